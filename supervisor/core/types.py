@@ -1,0 +1,190 @@
+"""Types of the pure core: states, events (facts), actions (imperatives), policy.
+
+Events are things that happened (``Spawned``, ``Exited``); actions are things the runtime must do
+(``Spawn``, ``Signal``). Every event carries the time it was observed (``now``, monotonic
+seconds) so the core never reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class State(enum.Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+class RestartPolicy(enum.Enum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class TimerKind(enum.Enum):
+    START = "start"          # start_seconds elapsed: a program without the library counts as up
+    BACKOFF = "backoff"      # backoff delay over: spawn again
+    GRACEFUL = "graceful"    # graceful_timeout over: send stop_signal to the process group
+    KILL = "kill"            # kill_timeout over: SIGKILL the process group
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The part of a worker's config that the state machine needs (seconds, signal numbers)."""
+
+    restart: RestartPolicy = RestartPolicy.ON_FAILURE
+    success_codes: frozenset[int] = frozenset({0})
+    backoff_initial: float = 0.1
+    backoff_factor: float = 2.0
+    backoff_max: float = 30.0
+    start_retries: int = 5
+    start_seconds: float = 1.0
+    graceful_timeout: float = 10.0
+    stop_signal: int = 15        # SIGTERM
+    kill_timeout: float = 5.0
+    kill_signal: int = 9         # SIGKILL
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a process ended. Exactly one of code / signal is set, or neither (unknown)."""
+
+    code: int | None = None
+    signal: int | None = None
+    source: str = "waitid"   # waitid | pidfd | worker | unknown
+
+    @property
+    def known(self) -> bool:
+        return self.code is not None or self.signal is not None
+
+    def describe(self) -> str:
+        if self.code is not None:
+            return f"exit status {self.code}"
+        if self.signal is not None:
+            return f"killed by signal {self.signal}"
+        return "exit status unknown"
+
+
+# -- events -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StartRequested:
+    now: float
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    now: float
+    graceful: bool = True     # False: skip the control word, go straight to stop_signal
+
+
+@dataclass(frozen=True)
+class Spawned:
+    now: float
+    pid: int
+
+
+@dataclass(frozen=True)
+class SpawnFailed:
+    now: float
+    error: str               # e.g. "No such file or directory: '/usr/bin/nope'"
+
+
+@dataclass(frozen=True)
+class ReadyReported:
+    now: float
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    now: float
+    kind: TimerKind
+
+
+@dataclass(frozen=True)
+class Exited:
+    now: float
+    status: ExitStatus
+
+
+@dataclass(frozen=True)
+class HeartbeatStale:
+    now: float
+    age: float               # seconds since the last heartbeat
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A running process found at daemon start (its block verified) is ours again."""
+
+    now: float
+    pid: int
+    ready: bool              # the worker reported ready (or a plain program past start_seconds)
+    started_at: float        # monotonic seconds at which it was started (best known)
+
+
+Event = (
+    StartRequested | StopRequested | Spawned | SpawnFailed | ReadyReported | TimerFired
+    | Exited | HeartbeatStale | Adopted
+)
+
+
+# -- actions ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spawn:
+    pass
+
+
+@dataclass(frozen=True)
+class PostStop:
+    """Write STOP_GRACEFUL (deadline = now + graceful_timeout) into the control word and wake."""
+
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Signal:
+    signum: int
+    group: bool = True       # to the process group (the worker and everything it forked)
+
+
+@dataclass(frozen=True)
+class ArmTimer:
+    kind: TimerKind
+    delay: float             # seconds from the event's now; re-arming a kind replaces it
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    kind: TimerKind
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str               # "INFO" | "WARNING" | "ERROR"
+    message: str             # without the instance name; the runtime prefixes "name:index "
+
+
+Action = Spawn | PostStop | Signal | ArmTimer | CancelTimer | Log
+
+
+# -- the per-instance record ------------------------------------------------------------------
+@dataclass(frozen=True)
+class InstanceState:
+    state: State = State.STOPPED
+    pid: int | None = None
+    started_at: float | None = None        # when the current process was spawned
+    ready_at: float | None = None
+    retries: int = 0                       # consecutive failed starts
+    backoff: float = 0.0                   # the delay used for the current BACKOFF
+    stop_requested: bool = False           # a stop was asked: never restart after this exit
+    restart_after_stop: bool = False       # stop, then start again (restart / stale heartbeat)
+    last_exit: ExitStatus | None = None
+    last_exit_at: float | None = None
+    fatal_reason: str | None = None
+    timers: frozenset[TimerKind] = field(default_factory=frozenset)  # armed kinds
