@@ -4,16 +4,16 @@ This package must not import os, signal, psutil, posix_ipc, loguru or anything t
 (a test checks). Time comes in with each event (``now``), so tests drive it with a fake clock.
 """
 
-from supervisor.core.machine import step
+from supervisor.core.machine import IGNORED, TRANSITIONS, TransitionError, step
 from supervisor.core.types import (
     Action,
+    Adopted,
     ArmTimer,
     CancelTimer,
     Event,
     Exited,
     ExitStatus,
     HeartbeatStale,
-    Adopted,
     InstanceState,
     Log,
     Policy,
@@ -32,8 +32,31 @@ from supervisor.core.types import (
 )
 
 __all__ = [
-    "Action", "Adopted", "ArmTimer", "CancelTimer", "Event", "Exited", "ExitStatus",
-    "HeartbeatStale", "InstanceState", "Log", "Policy", "PostStop", "ReadyReported",
-    "RestartPolicy", "Signal", "Spawn", "Spawned", "SpawnFailed", "StartRequested", "State",
-    "StopRequested", "TimerFired", "TimerKind", "step",
+    "IGNORED",
+    "TRANSITIONS",
+    "Action",
+    "Adopted",
+    "ArmTimer",
+    "CancelTimer",
+    "Event",
+    "ExitStatus",
+    "Exited",
+    "HeartbeatStale",
+    "InstanceState",
+    "Log",
+    "Policy",
+    "PostStop",
+    "ReadyReported",
+    "RestartPolicy",
+    "Signal",
+    "Spawn",
+    "SpawnFailed",
+    "Spawned",
+    "StartRequested",
+    "State",
+    "StopRequested",
+    "TimerFired",
+    "TimerKind",
+    "TransitionError",
+    "step",
 ]

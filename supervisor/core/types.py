@@ -38,6 +38,7 @@ class TimerKind(enum.Enum):
 class Policy:
     """The part of a worker's config that the state machine needs (seconds, signal numbers)."""
 
+    name: str = ""               # worker name ("web"), for the recovery hint in the FATAL message
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
     success_codes: frozenset[int] = frozenset({0})
     backoff_initial: float = 0.1
@@ -81,6 +82,7 @@ class StartRequested:
 class StopRequested:
     now: float
     graceful: bool = True     # False: skip the control word, go straight to stop_signal
+    restart: bool = False     # a restart: stop, then start again once the process is gone
 
 
 @dataclass(frozen=True)
@@ -181,9 +183,11 @@ class InstanceState:
     started_at: float | None = None        # when the current process was spawned
     ready_at: float | None = None
     retries: int = 0                       # consecutive failed starts
+    attempts_since: float | None = None    # when the current run of start attempts began
     backoff: float = 0.0                   # the delay used for the current BACKOFF
     stop_requested: bool = False           # a stop was asked: never restart after this exit
     restart_after_stop: bool = False       # stop, then start again (restart / stale heartbeat)
+    kills_sent: int = 0                    # kill_signal sent this many times in this STOPPING
     last_exit: ExitStatus | None = None
     last_exit_at: float | None = None
     fatal_reason: str | None = None

@@ -1,0 +1,418 @@
+"""The per-instance state machine: ``step(inst, event, policy) -> (inst, actions)``.
+
+Pure: no clock (time is ``event.now``), no I/O, no globals that change. The runtime owns the
+process, the timers and the log; it feeds facts in and carries out the actions that come back,
+in order.
+
+The rules live in one table, ``TRANSITIONS``, keyed by ``(State, event type)`` (as in h11).
+A pair that is not in the table is ignored: the same state comes back and no actions.
+``IGNORED`` lists those pairs on purpose (so a test can check that every pair was thought about),
+and ``ERRORS`` lists the pairs that can only come from a bug in the runtime; they raise
+``TransitionError``: a ``Spawned`` we did not ask for means a process nobody supervises.
+
+Rules every handler keeps (``_goto`` and ``_stay`` enforce them):
+
+* Every state change emits exactly one ``Log`` whose message is ``"OLD -> NEW (reason)"``; it
+  comes first. Other log lines (escalations, the FATAL hint) never have that shape.
+* Each state allows some timer kinds (``TIMERS_FOR``). Entering a state cancels every armed
+  timer it does not allow, with ``CancelTimer`` right after the transition log. ``ArmTimer``
+  for an armed kind replaces it. ``inst.timers`` is always the set of armed kinds.
+* A ``TimerFired`` for a kind that is not armed is stale (cancelled, or replaced by a re-arm
+  the runtime had not yet seen) and is ignored. A timer that fires is no longer armed.
+
+Contract with the runtime: after executing ``Spawn`` it feeds ``Spawned`` or ``SpawnFailed``
+for that instance before any other event of that instance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+from supervisor.core.types import (
+    Action,
+    Adopted,
+    ArmTimer,
+    CancelTimer,
+    Event,
+    Exited,
+    ExitStatus,
+    HeartbeatStale,
+    InstanceState,
+    Log,
+    Policy,
+    PostStop,
+    ReadyReported,
+    RestartPolicy,
+    Signal,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    StartRequested,
+    State,
+    StopRequested,
+    TimerFired,
+    TimerKind,
+)
+
+Result = tuple[InstanceState, list[Action]]
+Handler = Callable[[InstanceState, Any, Policy], Result]
+E = TypeVar("E", StartRequested, StopRequested, Spawned, SpawnFailed, ReadyReported, TimerFired,
+            Exited, HeartbeatStale, Adopted)
+
+EVENT_TYPES: tuple[type, ...] = (
+    StartRequested, StopRequested, Spawned, SpawnFailed, ReadyReported, TimerFired, Exited,
+    HeartbeatStale, Adopted,
+)
+
+# The timer kinds that may be armed in each state; entering a state cancels the others.
+TIMERS_FOR: dict[State, frozenset[TimerKind]] = {
+    State.STOPPED: frozenset(),
+    State.STARTING: frozenset({TimerKind.START}),
+    State.RUNNING: frozenset(),
+    State.BACKOFF: frozenset({TimerKind.BACKOFF}),
+    State.STOPPING: frozenset({TimerKind.GRACEFUL, TimerKind.KILL}),
+    State.EXITED: frozenset(),
+    State.FATAL: frozenset(),
+}
+_TIMER_ORDER = list(TimerKind)
+
+# States with no process: nothing to stop, nothing can exit.
+_IDLE = (State.STOPPED, State.EXITED, State.FATAL)
+
+
+class TransitionError(Exception):
+    """An event that can only come from a bug in the runtime (the state says it cannot happen)."""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _secs(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def _fold_timers(timers: frozenset[TimerKind], actions: Iterable[Action]) -> frozenset[TimerKind]:
+    armed = set(timers)
+    for action in actions:
+        if isinstance(action, ArmTimer):
+            armed.add(action.kind)
+        elif isinstance(action, CancelTimer):
+            armed.discard(action.kind)
+    return frozenset(armed)
+
+
+def _stay(inst: InstanceState, actions: list[Action], **changes: Any) -> Result:
+    """No state change: apply field changes and keep ``timers`` in step with the actions."""
+    timers = _fold_timers(inst.timers, actions)
+    return dataclasses.replace(inst, timers=timers, **changes), actions
+
+
+def _goto(inst: InstanceState, new: State, reason: str, actions: Iterable[Action] = (),
+          *, level: str = "INFO", extra_logs: Iterable[Log] = (), **changes: Any) -> Result:
+    """A state change: the transition log, cancels for timers ``new`` does not allow, then
+    ``extra_logs`` and ``actions``."""
+    out: list[Action] = [Log(level, f"{inst.state.value} -> {new.value} ({reason})")]
+    out.extend(extra_logs)
+    out.extend(CancelTimer(k) for k in _TIMER_ORDER if k in inst.timers - TIMERS_FOR[new])
+    out.extend(actions)
+    timers = _fold_timers(inst.timers, out)
+    return dataclasses.replace(inst, state=new, timers=timers, **changes), out
+
+
+def _no_process() -> dict[str, Any]:
+    """Field changes for 'the process is gone'."""
+    return {"pid": None, "started_at": None, "ready_at": None, "kills_sent": 0}
+
+
+def _spawn(inst: InstanceState, reason: str, now: float, *, fresh: bool,
+           level: str = "INFO") -> Result:
+    """-> STARTING with [Spawn()]. ``fresh``: a new run of attempts (explicit start, restart,
+    or a process that had been RUNNING), so retries start again from 0."""
+    changes: dict[str, Any] = {**_no_process(), "stop_requested": False,
+                               "restart_after_stop": False}
+    if fresh:
+        changes.update(retries=0, attempts_since=now, fatal_reason=None)
+    elif inst.attempts_since is None:
+        changes.update(attempts_since=now)
+    return _goto(inst, State.STARTING, reason, [Spawn()], level=level, **changes)
+
+
+def _exit_changes(ev: Exited) -> dict[str, Any]:
+    return {**_no_process(), "last_exit": ev.status, "last_exit_at": ev.now}
+
+
+def _is_success(status: ExitStatus, policy: Policy) -> bool:
+    return status.code is not None and status.code in policy.success_codes
+
+
+def _begin_stop(inst: InstanceState, now: float, graceful: bool, reason: str, policy: Policy,
+                *, stop_requested: bool, restart: bool, level: str = "INFO") -> Result:
+    """-> STOPPING: post the graceful command, or signal at once."""
+    actions: list[Action]
+    if graceful:
+        actions = [PostStop(deadline=now + policy.graceful_timeout),
+                   ArmTimer(TimerKind.GRACEFUL, policy.graceful_timeout)]
+        how = f"graceful, up to {_secs(policy.graceful_timeout)}"
+    else:
+        actions = [Signal(policy.stop_signal), ArmTimer(TimerKind.KILL, policy.kill_timeout)]
+        how = f"signal {policy.stop_signal}"
+    return _goto(inst, State.STOPPING, f"{reason}; {how}", actions, level=level,
+                 stop_requested=stop_requested, restart_after_stop=restart, kills_sent=0)
+
+
+# -- handlers: STOPPED / EXITED / FATAL ------------------------------------------------------------
+def _idle_start(inst: InstanceState, ev: StartRequested, policy: Policy) -> Result:
+    return _spawn(inst, "start requested", ev.now, fresh=True)
+
+
+def _stopped_adopted(inst: InstanceState, ev: Adopted, policy: Policy) -> Result:
+    up = max(0.0, ev.now - ev.started_at)
+    changes: dict[str, Any] = {"pid": ev.pid, "started_at": ev.started_at, "retries": 0,
+                               "attempts_since": ev.started_at, "stop_requested": False,
+                               "restart_after_stop": False, "kills_sent": 0}
+    if ev.ready:
+        return _goto(inst, State.RUNNING, f"adopted pid {ev.pid}, up for {_secs(up)}; ready",
+                     ready_at=ev.now, **changes)
+    remaining = max(0.0, policy.start_seconds - up)
+    return _goto(inst, State.STARTING, f"adopted pid {ev.pid}, up for {_secs(up)}; not ready yet",
+                 [ArmTimer(TimerKind.START, remaining)], ready_at=None, **changes)
+
+
+# -- handlers: STARTING ----------------------------------------------------------------------------
+def _starting_spawned(inst: InstanceState, ev: Spawned, policy: Policy) -> Result:
+    if inst.pid is not None:
+        raise TransitionError(f"Spawned pid {ev.pid} but pid {inst.pid} is already running")
+    return _stay(inst, [Log("INFO", f"spawned pid {ev.pid}"),
+                        ArmTimer(TimerKind.START, policy.start_seconds)],
+                 pid=ev.pid, started_at=ev.now)
+
+
+def _failed_start(inst: InstanceState, now: float, what: str, policy: Policy,
+                  changes: dict[str, Any], verb: str) -> Result:
+    """A start that did not get to RUNNING: BACKOFF, or FATAL once start_retries are used up."""
+    retries = inst.retries + 1
+    if retries > policy.start_retries:
+        since = inst.attempts_since if inst.attempts_since is not None else now
+        name = policy.name or "NAME"
+        message = (f"{verb} {retries} times within {_secs(now - since)}; giving up (FATAL). "
+                   f"Fix it, then: supervisorctl start {name}")
+        return _goto(inst, State.FATAL, f"{what}; {retries} failed starts", level="ERROR",
+                     extra_logs=[Log("ERROR", message)], retries=retries, fatal_reason=message,
+                     **changes)
+    delay = min(policy.backoff_initial * policy.backoff_factor ** (retries - 1),
+                policy.backoff_max)
+    reason = f"{what}; retry {retries} of {policy.start_retries} in {_secs(delay)}"
+    return _goto(inst, State.BACKOFF, reason, [ArmTimer(TimerKind.BACKOFF, delay)],
+                 level="WARNING", retries=retries, backoff=delay, **changes)
+
+
+def _starting_spawn_failed(inst: InstanceState, ev: SpawnFailed, policy: Policy) -> Result:
+    if inst.pid is not None:
+        raise TransitionError(f"SpawnFailed but pid {inst.pid} is running")
+    return _failed_start(inst, ev.now, f"spawn failed: {ev.error}", policy, _no_process(),
+                         "failed to spawn")
+
+
+def _to_running(inst: InstanceState, now: float, reason: str) -> Result:
+    return _goto(inst, State.RUNNING, reason, ready_at=now, retries=0, attempts_since=None,
+                 fatal_reason=None)
+
+
+def _starting_ready(inst: InstanceState, ev: ReadyReported, policy: Policy) -> Result:
+    if inst.pid is None or inst.started_at is None:
+        return inst, []         # nothing spawned yet: nothing can be ready
+    return _to_running(inst, ev.now, f"ready after {_secs(ev.now - inst.started_at)}")
+
+
+def _starting_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
+    # Only START can be armed in STARTING (step() already dropped it from inst.timers).
+    started = inst.started_at if inst.started_at is not None else ev.now
+    return _to_running(
+        inst, ev.now, f"up for {_secs(ev.now - started)}, start_seconds; no ready report")
+
+
+def _starting_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
+    what = f"exited: {ev.status.describe()}"
+    changes = _exit_changes(ev)
+    if inst.stop_requested:       # not reachable through this table (a stop goes STOPPING)
+        return _goto(inst, State.STOPPED, what, **changes)
+    if policy.restart is RestartPolicy.NEVER:
+        return _goto(inst, State.EXITED, f"{what}; restart=never", level="WARNING", **changes)
+    if policy.restart is RestartPolicy.ON_FAILURE and _is_success(ev.status, policy):
+        return _goto(inst, State.EXITED, f"{what}; success, restart=on-failure", **changes)
+    return _failed_start(inst, ev.now, what, policy, changes, "exited")
+
+
+def _active_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Result:
+    verb = "restart requested" if ev.restart else "stop requested"
+    if inst.pid is None:          # STARTING before Spawned: breaks the contract, stay safe
+        if ev.restart:
+            return inst, []
+        return _goto(inst, State.STOPPED, f"{verb} before spawn", stop_requested=True,
+                     **_no_process())
+    return _begin_stop(inst, ev.now, ev.graceful, verb, policy, stop_requested=not ev.restart,
+                       restart=ev.restart)
+
+
+# -- handlers: RUNNING -----------------------------------------------------------------------------
+def _running_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
+    what = f"exited: {ev.status.describe()}"
+    changes = _exit_changes(ev)
+    if inst.stop_requested:
+        return _goto(inst, State.STOPPED, what, **changes)
+    rule = f"restart={policy.restart.value}"
+    restart = (policy.restart is RestartPolicy.ALWAYS
+               or (policy.restart is RestartPolicy.ON_FAILURE
+                   and not _is_success(ev.status, policy)))
+    if not restart:
+        level = "INFO" if _is_success(ev.status, policy) else "WARNING"
+        return _goto(inst, State.EXITED, f"{what}; {rule}", level=level, **changes)
+    state, actions = _spawn(inst, f"{what}; {rule}", ev.now, fresh=True, level="WARNING")
+    return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
+
+
+def _running_stale(inst: InstanceState, ev: HeartbeatStale, policy: Policy) -> Result:
+    # A hung worker cannot read the control word: signal at once.
+    return _begin_stop(inst, ev.now, False, f"heartbeat stale for {ev.age:.1f} s; restarting",
+                       policy, stop_requested=False, restart=True, level="WARNING")
+
+
+# -- handlers: BACKOFF -----------------------------------------------------------------------------
+def _backoff_start(inst: InstanceState, ev: StartRequested, policy: Policy) -> Result:
+    return _spawn(inst, "start requested; skipping backoff", ev.now, fresh=False)
+
+
+def _backoff_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
+    reason = (f"backoff {_secs(inst.backoff)} over; retry {inst.retries} of "
+              f"{policy.start_retries}")
+    return _spawn(inst, reason, ev.now, fresh=False)
+
+
+def _backoff_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Result:
+    if ev.restart:
+        return _spawn(inst, "restart requested", ev.now, fresh=True)
+    return _goto(inst, State.STOPPED, "stop requested", stop_requested=True)
+
+
+# -- handlers: STOPPING ----------------------------------------------------------------------------
+def _stopping_start(inst: InstanceState, ev: StartRequested, policy: Policy) -> Result:
+    if inst.restart_after_stop:
+        return inst, []
+    return _stay(inst, [Log("INFO", "start requested while stopping; will start after exit")],
+                 restart_after_stop=True)
+
+
+def _stopping_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Result:
+    """A second stop/restart while stopping: it decides whether we come back, and a
+    non-graceful one skips the rest of the graceful wait."""
+    actions: list[Action] = []
+    if ev.restart != inst.restart_after_stop:
+        then = "start again" if ev.restart else "stay stopped"
+        actions.append(Log("INFO", f"{'restart' if ev.restart else 'stop'} requested while "
+                                   f"stopping; will {then} after exit"))
+    if not ev.graceful and TimerKind.GRACEFUL in inst.timers:
+        actions += [Log("INFO", f"stop now requested; sending signal {policy.stop_signal}"),
+                    CancelTimer(TimerKind.GRACEFUL), Signal(policy.stop_signal),
+                    ArmTimer(TimerKind.KILL, policy.kill_timeout)]
+    return _stay(inst, actions, restart_after_stop=ev.restart, stop_requested=not ev.restart)
+
+
+def _stopping_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
+    if ev.kind is TimerKind.GRACEFUL:
+        msg = (f"did not exit within {_secs(policy.graceful_timeout)} of the stop command; "
+               f"sending signal {policy.stop_signal}")
+        return _stay(inst, [Log("WARNING", msg), Signal(policy.stop_signal),
+                            ArmTimer(TimerKind.KILL, policy.kill_timeout)])
+    if inst.kills_sent == 0:
+        msg = (f"still alive {_secs(policy.kill_timeout)} after signal {policy.stop_signal}; "
+               f"sending signal {policy.kill_signal}")
+    else:
+        msg = (f"still alive {_secs(policy.kill_timeout)} after signal {policy.kill_signal} "
+               f"(sent {inst.kills_sent} times); sending it again")
+    return _stay(inst, [Log("WARNING", msg), Signal(policy.kill_signal),
+                        ArmTimer(TimerKind.KILL, policy.kill_timeout)],
+                 kills_sent=inst.kills_sent + 1)
+
+
+def _stopping_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
+    what = f"exited: {ev.status.describe()}"
+    if inst.restart_after_stop:
+        state, actions = _spawn(inst, f"{what}; restarting", ev.now, fresh=True)
+        return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
+    return _goto(inst, State.STOPPED, what, stop_requested=True, restart_after_stop=False,
+                 **_exit_changes(ev))
+
+
+# -- the table -------------------------------------------------------------------------------------
+TRANSITIONS: dict[tuple[State, type], Handler] = {}
+
+
+def _on(event_type: type[E], handler: Callable[[InstanceState, E, Policy], Result],
+        *states: State) -> None:
+    for state in states:
+        TRANSITIONS[(state, event_type)] = cast(Handler, handler)
+
+
+_on(StartRequested, _idle_start, *_IDLE)
+_on(Adopted, _stopped_adopted, State.STOPPED)
+
+_on(Spawned, _starting_spawned, State.STARTING)
+_on(SpawnFailed, _starting_spawn_failed, State.STARTING)
+_on(ReadyReported, _starting_ready, State.STARTING)
+_on(TimerFired, _starting_timer, State.STARTING)
+_on(Exited, _starting_exited, State.STARTING)
+_on(StopRequested, _active_stop, State.STARTING, State.RUNNING)
+
+_on(Exited, _running_exited, State.RUNNING)
+_on(HeartbeatStale, _running_stale, State.RUNNING)
+
+_on(StartRequested, _backoff_start, State.BACKOFF)
+_on(TimerFired, _backoff_timer, State.BACKOFF)
+_on(StopRequested, _backoff_stop, State.BACKOFF)
+
+_on(StartRequested, _stopping_start, State.STOPPING)
+_on(StopRequested, _stopping_stop, State.STOPPING)
+_on(TimerFired, _stopping_timer, State.STOPPING)
+_on(Exited, _stopping_exited, State.STOPPING)
+
+# Pairs that are bugs in the runtime: we never asked for a spawn, or adoption is only done at
+# daemon start, when every instance is still STOPPED.
+ERRORS: frozenset[tuple[State, type]] = frozenset(
+    {(s, Spawned) for s in State if s is not State.STARTING}
+    | {(s, SpawnFailed) for s in State if s is not State.STARTING}
+    | {(s, Adopted) for s in State if s is not State.STOPPED}
+)
+
+# Pairs ignored on purpose (same state, no actions), with the reason:
+IGNORED: frozenset[tuple[State, type]] = frozenset(
+    # already started, or starting: nothing to do
+    {(State.STARTING, StartRequested), (State.RUNNING, StartRequested)}
+    # nothing is running: a stop is a no-op
+    | {(s, StopRequested) for s in _IDLE}
+    # no process: a late or duplicate ready report / exit report / heartbeat check
+    | {(s, ReadyReported) for s in (*_IDLE, State.BACKOFF, State.RUNNING, State.STOPPING)}
+    | {(s, Exited) for s in (*_IDLE, State.BACKOFF)}
+    # heartbeats count only once RUNNING; a stopping worker is being dealt with anyway
+    | {(s, HeartbeatStale) for s in (*_IDLE, State.STARTING, State.BACKOFF, State.STOPPING)}
+    # no timer is ever armed in these states: any TimerFired is stale
+    | {(s, TimerFired) for s in (*_IDLE, State.RUNNING)}
+)
+
+
+def step(inst: InstanceState, event: Event, policy: Policy) -> Result:
+    """Feed one event to one instance; return its new record and the actions to carry out."""
+    key = (inst.state, type(event))
+    if key in ERRORS:
+        raise TransitionError(f"{type(event).__name__} cannot happen in {inst.state.value}: "
+                              f"{event!r}")
+    handler = TRANSITIONS.get(key)
+    if handler is None:
+        return inst, []
+    if isinstance(event, TimerFired):
+        if event.kind not in inst.timers:
+            return inst, []     # stale: cancelled or re-armed since
+        inst = dataclasses.replace(inst, timers=inst.timers - {event.kind})
+    new, actions = handler(inst, event, policy)
+    if not new.timers <= TIMERS_FOR[new.state]:
+        raise AssertionError(f"timers {set(new.timers)} armed in {new.state.value}")
+    return new, actions
