@@ -1,0 +1,221 @@
+"""Talking to supervisord: find its socket from the config path, send one request, read one reply.
+
+The locator (supervisor.paths) maps a config file's real path to the daemon's socket, so the
+client never parses YAML. Failures the client sees itself become a CtlError carrying its exit
+code and one line for stderr; everything else (what to print, which code) comes from the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, NoReturn
+
+import click
+
+from supervisor import paths
+from supervisor.ctl.exitcodes import ERROR, INTERRUPTED, NOT_RUNNING, TIMEOUT, USAGE
+
+DEFAULT_CONFIG = "supervisord.yaml"
+CONNECT_TIMEOUT = 5.0
+MAX_REPLY = 64 * 1024 * 1024
+
+
+class CtlError(click.ClickException):
+    """A failure seen by the client: ``message`` is printed as is, the process exits ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = int(code)  # type: ignore[misc]  # per-instance code by design
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(self.message, err=True)
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    out: str
+    err: str
+    data: Any
+
+
+@dataclass
+class Session:
+    """What the group options decided; every verb gets it as click's ``obj``."""
+
+    config: str | None
+    timeout: float | None = None
+    connect_timeout: float = CONNECT_TIMEOUT
+
+    def config_file(self) -> tuple[str, str]:
+        """(the config as the user named it, its absolute path). CtlError if there is none."""
+        if self.config:
+            return self.config, os.path.abspath(self.config)
+        if os.path.isfile(DEFAULT_CONFIG):
+            return DEFAULT_CONFIG, os.path.abspath(DEFAULT_CONFIG)
+        raise CtlError(
+            USAGE,
+            f"supervisorctl: no config file: give -c FILE, set {paths.ENV_CONFIG}, "
+            f"or run it where ./{DEFAULT_CONFIG} is",
+        )
+
+
+def not_running(config: str) -> CtlError:
+    return CtlError(
+        NOT_RUNNING,
+        f"supervisorctl: no supervisord is running for {config} "
+        f"(start it with: supervisord -c {config})",
+    )
+
+
+def socket_path(session: Session) -> str:
+    """The daemon's socket for the session's config; CtlError(NOT_RUNNING) without a locator."""
+    shown, config = session.config_file()
+    doc = paths.read_locator(config)
+    sock = doc.get("socket") if doc is not None else None
+    if not isinstance(sock, str) or not sock:
+        raise not_running(shown)
+    return os.path.join(os.path.dirname(config), sock)  # an absolute sock wins in join
+
+
+def request(
+    session: Session,
+    cmd: str,
+    targets: Sequence[str] = (),
+    opts: Mapping[str, Any] | None = None,
+) -> Reply:
+    """Send {"cmd", "targets", "opts"} to the session's daemon and return its reply."""
+    shown, _config = session.config_file()
+    path = socket_path(session)
+    payload = {"cmd": cmd, "targets": list(targets), "opts": dict(opts or {})}
+    try:
+        return exchange(path, payload, session.timeout, session.connect_timeout, shown)
+    except KeyboardInterrupt:
+        raise CtlError(
+            INTERRUPTED,
+            "supervisorctl: interrupted; supervisord carries on with the request "
+            f"(see: supervisorctl -c {shown} status)",
+        ) from None
+
+
+def exchange(
+    path: str,
+    payload: Mapping[str, Any],
+    timeout: float | None,
+    connect_timeout: float,
+    shown_config: str,
+) -> Reply:
+    """One round trip on the socket at path. Raises CtlError for every failure."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise not_running(shown_config) from None
+        except TimeoutError:
+            raise CtlError(
+                TIMEOUT,
+                f"supervisorctl: supervisord did not accept a connection on {path} within "
+                f"{connect_timeout:g} s (is it hung?)",
+            ) from None
+        except OSError as e:
+            raise _os_error(path, e) from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        data = (json.dumps(payload) + "\n").encode()
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon refused us early; its reply is already in our buffer
+        except TimeoutError:
+            raise _timeout(timeout, shown_config) from None
+        return _read_reply(sock, deadline, timeout, shown_config)
+    finally:
+        sock.close()
+
+
+def _read_reply(
+    sock: socket.socket, deadline: float | None, timeout: float | None, shown: str
+) -> Reply:
+    buf = bytearray()
+    while b"\n" not in buf and len(buf) <= MAX_REPLY:
+        if deadline is not None:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise _timeout(timeout, shown) from None
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        buf += chunk
+    line = bytes(buf).split(b"\n", 1)[0]
+    if not line:
+        raise CtlError(
+            ERROR, "supervisorctl: supervisord closed the connection without a reply (see its log)"
+        )
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("code"), int):
+        raise CtlError(ERROR, "supervisorctl: supervisord sent a malformed reply (see its log)")
+    out, err = doc.get("out"), doc.get("err")
+    return Reply(
+        code=doc["code"],
+        out=out if isinstance(out, str) else "",
+        err=err if isinstance(err, str) else "",
+        data=doc.get("data"),
+    )
+
+
+def _timeout(timeout: float | None, shown: str) -> CtlError:
+    return CtlError(
+        TIMEOUT,
+        f"supervisorctl: no reply from supervisord within {timeout:g} s; the request may still "
+        f"complete (see: supervisorctl -c {shown} status)",
+    )
+
+
+def _os_error(path: str, e: OSError) -> CtlError:
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return CtlError(
+            ERROR,
+            f"supervisorctl: permission denied on {path} (run as supervisord's user or root, "
+            "or as a member of its socket group)",
+        )
+    return CtlError(ERROR, f"supervisorctl: cannot connect to supervisord at {path}: {e.strerror}")
+
+
+def print_reply(reply: Reply) -> None:
+    """Print the daemon's text verbatim: out to stdout, err to stderr."""
+    if reply.out:
+        click.echo(reply.out, nl=False)
+    if reply.err:
+        click.echo(reply.err, nl=False, err=True)
+    sys.stdout.flush()
+
+
+def emit(reply: Reply) -> NoReturn:
+    """Print the reply and exit with its code."""
+    print_reply(reply)
+    raise SystemExit(reply.code)
+
+
+def run(
+    session: Session,
+    cmd: str,
+    targets: Sequence[str] = (),
+    opts: Mapping[str, Any] | None = None,
+) -> NoReturn:
+    """What most verbs do: one request, print the reply, exit with its code."""
+    emit(request(session, cmd, targets, opts))

@@ -1,0 +1,17 @@
+"""supervisorctl status [TARGETS] [--json]"""
+
+from __future__ import annotations
+
+import click
+
+from supervisor.ctl import client
+from supervisor.ctl.targets import TARGET
+
+
+@click.command("status")
+@click.argument("targets", nargs=-1, type=TARGET)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_obj
+def cmd(session: client.Session, targets: tuple[str, ...], as_json: bool) -> None:
+    """Show the state of TARGETS (default: all)."""
+    client.run(session, "status", targets or ("all",), {"json": as_json})
