@@ -1,0 +1,50 @@
+"""pyvisor's worker library: what a supervised process imports.
+
+Depends on posix_ipc and the standard library only -- never on supervisor/, loguru,
+pydantic or click (tests/worker/test_purity.py checks this).
+"""
+
+from worker.api import Worker, WorkerError
+from worker.block import (
+    CMD_NONE,
+    CMD_STOP_GRACEFUL,
+    CMD_STOP_NOW,
+    EXIT_SRC_NONE,
+    EXIT_SRC_PIDFD,
+    EXIT_SRC_UNKNOWN,
+    EXIT_SRC_WAITID,
+    EXIT_SRC_WORKER,
+    ST_BUSY,
+    ST_EXITED,
+    ST_INIT,
+    ST_READY,
+    ST_STARTING,
+    ST_STOPPING,
+    BlockError,
+    ControlBlock,
+    ExitRecord,
+    shm_name,
+)
+
+__all__ = [
+    "CMD_NONE",
+    "CMD_STOP_GRACEFUL",
+    "CMD_STOP_NOW",
+    "EXIT_SRC_NONE",
+    "EXIT_SRC_PIDFD",
+    "EXIT_SRC_UNKNOWN",
+    "EXIT_SRC_WAITID",
+    "EXIT_SRC_WORKER",
+    "ST_BUSY",
+    "ST_EXITED",
+    "ST_INIT",
+    "ST_READY",
+    "ST_STARTING",
+    "ST_STOPPING",
+    "BlockError",
+    "ControlBlock",
+    "ExitRecord",
+    "Worker",
+    "WorkerError",
+    "shm_name",
+]

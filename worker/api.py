@@ -1,0 +1,306 @@
+"""The worker side of a control block: ``from worker import Worker``.
+
+    with Worker() as w:                 # attach from $PYVISOR_BLOCK (set by supervisord)
+        setup()
+        w.ready()                       # state READY; the daemon is woken
+        while not w.should_stop:        # one native load + compare, ~20 ns, no syscall
+            do_one_unit()
+            w.heartbeat(); w.add_work()
+    # leaving the block records the exit (status 0, or 1 on an exception) and EXITED
+
+Rules:
+  * The worker writes only its own lines (ack word, pid, start ticks, heartbeat, work,
+    busy-since, exit record); the daemon writes the command word and its arguments.
+  * ``should_stop`` is the hot path, implemented in C (worker._ctlword.Poller): when the
+    command word's seq equals the last one handled it returns the latched flag; only a new
+    seq calls back into Python (_on_command), which reads the arguments, acknowledges the
+    command (ack word = acked seq + state, futex wake) and latches the stop. Seqs are 24
+    bits and wrap: they are compared with ``!=`` only.
+  * Once a stop is seen it stays seen; the state stays STOPPING until close() sets EXITED.
+  * ``wait_for_stop_async`` runs the futex wait in the default executor in slices of
+    ASYNC_SLICE_S seconds, re-checking between slices: the event loop never blocks, a
+    cancelled task returns at once (its thread finishes the current slice, then ends), and
+    an idle worker costs a handful of wake-ups per second. A pure asyncio.sleep poll would
+    have to trade wake-up latency against idle wake-ups; a futex in a thread has neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Self
+
+from worker._ctlword import Poller
+from worker.block import (
+    CMD_NONE,
+    CMD_STOP_GRACEFUL,
+    CMD_STOP_NOW,
+    EXIT_SRC_WORKER,
+    OFF_ACK,
+    OFF_BUSY_SINCE,
+    OFF_CMD,
+    OFF_DEADLINE,
+    OFF_HEARTBEAT,
+    OFF_PID,
+    OFF_START_TICKS,
+    OFF_WORK_DONE,
+    ST_BUSY,
+    ST_EXITED,
+    ST_READY,
+    ST_STARTING,
+    ST_STOPPING,
+    STATE_NAMES,
+    ControlBlock,
+    proc_start_ticks,
+    shm_name,
+)
+
+ENV_BLOCK = "PYVISOR_BLOCK"
+ENV_INSTANCE = "PYVISOR_INSTANCE"
+ENV_NOTIFY = "PYVISOR_NOTIFY"
+ASYNC_SLICE_S = 0.25
+_CLOSE_WAIT_S = 2.0
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot attach to its control block (e.g. not started by supervisord)."""
+
+
+def _resolve_name(name: str | None, prefix: str | None, instance: str | None) -> str:
+    if name is not None:
+        return name if name.startswith("/") else "/" + name
+    if prefix is not None:
+        if instance is None:
+            raise WorkerError("Worker(prefix=...) also needs instance='name:index'")
+        return shm_name(prefix, instance)
+    env = os.environ.get(ENV_BLOCK)
+    if not env:
+        raise WorkerError(
+            f"${ENV_BLOCK} is not set: this process was not started by supervisord. "
+            "To attach by hand pass the block's name, e.g. "
+            "Worker(name='/pyvisor-0123456789ab.web:0') (see: ls /dev/shm)"
+        )
+    return env
+
+
+class Worker(Poller):
+    """A worker process's handle on its control block."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        prefix: str | None = None,
+        instance: str | None = None,
+    ) -> None:
+        self.name = _resolve_name(name, prefix, instance)
+        if instance is None:
+            instance = os.environ.get(ENV_INSTANCE) if name is None and prefix is None else None
+        self.instance: str = instance or self.name.partition(".")[2]
+        self.block = ControlBlock.attach(self.name)
+        self._view = self.block.view
+        self._state = ST_STARTING
+        self._stop_cmd = CMD_NONE
+        self._stop_deadline_ns: int | None = None
+        self._closed = False
+        v = self._view
+        v.store_u32(OFF_PID, os.getpid())
+        v.store_u64(OFF_START_TICKS, proc_start_ticks(os.getpid()))
+        # Commands acked by an earlier attach of this block stay handled; anything newer
+        # (e.g. a stop posted before we got here) is seen by the first should_stop.
+        self._poll_bind(v, OFF_CMD, v.load_u32(OFF_ACK) >> 8)
+        self._store_ack(wake=True)
+
+    # -- state -------------------------------------------------------------------------
+
+    def _store_ack(self, *, wake: bool) -> None:
+        self._view.store_u32(OFF_ACK, (self._poll_seq << 8) | self._state)
+        if wake:
+            self._view.wake(OFF_ACK)
+
+    def _set_state(self, state: int, *, wake: bool) -> None:
+        if self._state in (ST_STOPPING, ST_EXITED) and state != ST_EXITED:
+            return  # a stop, once seen, is never undone
+        self._state = state
+        self._store_ack(wake=wake)
+
+    def _on_command(self, word: int) -> bool:
+        """Slow path of should_stop: a command with a new seq arrived. Ack it."""
+        seq, cmd = word >> 8, word & 0xFF
+        self._poll_seq = seq
+        if cmd in (CMD_STOP_GRACEFUL, CMD_STOP_NOW):
+            deadline = self._view.load_u64(OFF_DEADLINE)
+            if self._stop_cmd != CMD_STOP_NOW:  # STOP_NOW is never downgraded
+                self._stop_cmd = cmd
+            self._stop_deadline_ns = deadline or None
+            self._poll_stop = True
+            if self._state != ST_EXITED:
+                self._state = ST_STOPPING
+        self._store_ack(wake=True)
+        return bool(self._poll_stop)
+
+    @property
+    def state(self) -> int:
+        """ST_* as last published in the ack word."""
+        return self._state
+
+    @property
+    def state_name(self) -> str:
+        return STATE_NAMES.get(self._state, str(self._state))
+
+    @property
+    def stop_command(self) -> int:
+        """CMD_STOP_GRACEFUL or CMD_STOP_NOW once a stop was seen, else CMD_NONE."""
+        return self._stop_cmd if self.should_stop else CMD_NONE
+
+    @property
+    def stop_now(self) -> bool:
+        """True if the stop asked for is STOP_NOW (abandon the current unit)."""
+        return self.stop_command == CMD_STOP_NOW
+
+    @property
+    def stop_deadline_ns(self) -> int | None:
+        """CLOCK_MONOTONIC ns by which the daemon wants us gone (None: no deadline/stop)."""
+        return self._stop_deadline_ns if self.should_stop else None
+
+    def stop_time_left(self) -> float | None:
+        """Seconds left until the stop deadline (may be negative), None without one."""
+        d = self.stop_deadline_ns
+        return None if d is None else (d - time.monotonic_ns()) / 1e9
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def ready(self) -> None:
+        """Publish READY (futex wake on the ack word) and nudge the daemon's notify socket."""
+        self._set_state(ST_READY, wake=True)
+        _notify_ready(os.environ.get(ENV_NOTIFY))
+
+    def heartbeat(self) -> None:
+        self._view.store_u64(OFF_HEARTBEAT, time.monotonic_ns())
+
+    def add_work(self, n: int = 1) -> None:
+        self._view.fetch_add_u64(OFF_WORK_DONE, n)
+
+    @property
+    def work_done(self) -> int:
+        return self._view.load_u64(OFF_WORK_DONE)
+
+    def begin_busy(self) -> None:
+        self._view.store_u64(OFF_BUSY_SINCE, time.monotonic_ns())
+        if self._state == ST_READY:
+            self._set_state(ST_BUSY, wake=False)
+
+    def end_busy(self) -> None:
+        self._view.store_u64(OFF_BUSY_SINCE, 0)
+        if self._state == ST_BUSY:
+            self._set_state(ST_READY, wake=False)
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """State BUSY (and busy-since) for the duration of the block."""
+        self.begin_busy()
+        try:
+            yield
+        finally:
+            self.end_busy()
+
+    def wait_for_stop(self, timeout: float | None = None) -> bool:
+        """Sleep until a stop is requested (True) or timeout seconds pass (False).
+
+        Wakes at once on a command (futex); Python signal handlers still run promptly.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        v = self._view
+        while True:
+            word = v.load_u32(OFF_CMD)  # load before checking: no lost wake-up
+            if self.should_stop:
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            v.wait_u32(OFF_CMD, word, left)
+
+    async def wait_for_stop_async(self, timeout: float | None = None) -> bool:
+        """asyncio version of wait_for_stop (futex wait in the default executor)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        v = self._view
+        while True:
+            word = v.load_u32(OFF_CMD)
+            if self.should_stop:
+                return True
+            left = ASYNC_SLICE_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await loop.run_in_executor(
+                None, v.wait_u32, OFF_CMD, word, min(left, ASYNC_SLICE_S)
+            )
+
+    def close(self, status: int = 0) -> None:
+        """Record the exit (status, now, WORKER), publish EXITED and unmap. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        v = self._view
+        v.store_u64(OFF_BUSY_SINCE, 0)
+        self.block.write_exit(status, EXIT_SRC_WORKER)
+        self._state = ST_EXITED
+        self._store_ack(wake=True)
+        self._poll_unbind()
+        # An executor thread of wait_for_stop_async may still be in its last slice.
+        end = time.monotonic() + _CLOSE_WAIT_S
+        while v.waiters and time.monotonic() < end:
+            time.sleep(0.005)
+        self.block.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(_exit_status(ev))
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.instance} {self.name} {self.state_name}>"
+
+
+def _exit_status(exc: BaseException | None) -> int:
+    """The status a `with Worker()` block records for how it was left."""
+    if exc is None:
+        return 0
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
+    if isinstance(exc, KeyboardInterrupt):
+        return -int(signal.SIGINT)  # Python re-raises SIGINT on an unhandled Ctrl-C
+    return 1
+
+
+def _notify_ready(path: str | None) -> None:
+    """Best effort b"READY" datagram to the daemon; never blocks, ignores every error."""
+    if not path:
+        return
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        ) as s:
+            s.sendto(b"READY", addr)
+    except OSError:
+        pass

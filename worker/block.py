@@ -1,0 +1,424 @@
+"""Control block layout v1: the single Python definition (worker/ctlblock.h is the C one).
+
+One 4096-byte POSIX shared-memory object per worker instance, created by the daemon and
+attached by the worker. Fields are little-endian, naturally aligned and grouped by writer
+in 64-byte lines; every field has exactly one writer. All accesses go through
+worker._ctlword (acquire loads, release stores), never through struct on the mapping.
+
+Rules:
+  * create() sizes the object once (O_CREAT|O_EXCL, 0600) and writes the magic LAST with a
+    release store, so a reader that sees the magic sees every line-0 field.
+  * attach() opens with size 0 (posix_ipc would truncate an existing object if given a size
+    with O_CREAT) and checks the fstat size BEFORE mapping: touching a mapping past the end
+    of a truncated object is SIGBUS, which no Python code can catch.
+  * A block carries the boot_id of the boot that created it; a block left in /dev/shm from
+    before a reboot (e.g. a tmpfs that survived in a container) is refused, because its
+    pids and start times mean nothing any more.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import posix_ipc
+
+from worker._ctlword import View
+
+MAGIC = 0x31424C4354535950  # b"PYSTCLB1" little-endian
+VERSION = 1
+HEADER_SIZE = 0x200
+BLOCK_SIZE = 4096
+
+# line 0: daemon, immutable after init
+OFF_MAGIC = 0x000
+OFF_VERSION = 0x008
+OFF_HEADER_SIZE = 0x00C
+OFF_BLOCK_SIZE = 0x010
+OFF_SLOT = 0x014
+OFF_BOOT_ID = 0x018  # 16 bytes
+# line 1: daemon
+OFF_CMD = 0x040  # u32 futex word: seq24 << 8 | cmd8
+OFF_REQUEST_BITS = 0x044
+OFF_DEADLINE = 0x048  # u64 CLOCK_MONOTONIC ns, 0 = none
+OFF_SUPERVISOR_PID = 0x050
+OFF_SPAWNED_PID = 0x054
+OFF_EPOCH = 0x058
+OFF_INCARNATION = 0x060
+OFF_SPAWNED_START = 0x068
+# line 2: worker
+OFF_ACK = 0x080  # u32 futex word: acked_seq24 << 8 | state8
+OFF_PID = 0x084
+OFF_START_TICKS = 0x088
+# line 4: worker
+OFF_HEARTBEAT = 0x100
+OFF_WORK_DONE = 0x108
+OFF_BUSY_SINCE = 0x110
+# line 6: exit record under a seqlock (worker, or daemon for a worker that died silently)
+OFF_EXIT_SEQ = 0x180
+OFF_EXIT_STATUS = 0x184  # i32, stored as u32
+OFF_EXIT_TIME = 0x188
+OFF_EXIT_SOURCE = 0x190
+OFF_APP = 0x200  # free for the application
+
+CMD_NONE = 0
+CMD_STOP_GRACEFUL = 1
+CMD_STOP_NOW = 2
+
+ST_INIT = 0
+ST_STARTING = 1
+ST_READY = 2
+ST_BUSY = 3
+ST_STOPPING = 4
+ST_EXITED = 5
+
+EXIT_SRC_NONE = 0
+EXIT_SRC_WORKER = 1
+EXIT_SRC_WAITID = 2
+EXIT_SRC_PIDFD = 3
+EXIT_SRC_UNKNOWN = 4
+
+SEQ_MASK = 0xFFFFFF
+CMD_NAMES = {CMD_NONE: "NONE", CMD_STOP_GRACEFUL: "STOP_GRACEFUL", CMD_STOP_NOW: "STOP_NOW"}
+STATE_NAMES = {
+    ST_INIT: "INIT",
+    ST_STARTING: "STARTING",
+    ST_READY: "READY",
+    ST_BUSY: "BUSY",
+    ST_STOPPING: "STOPPING",
+    ST_EXITED: "EXITED",
+}
+
+SHM_DIR = "/dev/shm"
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
+_NAME_MAX = 255  # NAME_MAX of /dev/shm, without the leading "/"
+
+
+class BlockError(Exception):
+    """A control block that cannot be used; str() names the block and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    status: int  # exit code >= 0, or -signal
+    time_ns: int  # CLOCK_REALTIME ns
+    source: int  # EXIT_SRC_*
+
+
+def shm_name(prefix: str, instance: str) -> str:
+    """The shm name of an instance's block: "/" + prefix + "." + instance.
+
+    prefix: [A-Za-z0-9_][A-Za-z0-9_-]* (no dot, so the name splits unambiguously);
+    instance: "name:index" with name [A-Za-z0-9_][A-Za-z0-9_.-]{0,63} and index digits.
+    """
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(
+            f"invalid control block prefix {prefix!r}: use 1-128 characters from "
+            "[A-Za-z0-9_-], not starting with '-' (no '/' or '.')"
+        )
+    name, sep, index = instance.partition(":")
+    if not sep or not _NAME_RE.fullmatch(name) or not index.isdecimal() or not index.isascii():
+        raise ValueError(
+            f"invalid instance name {instance!r}: expected 'name:index' with name matching "
+            "[A-Za-z0-9_][A-Za-z0-9_.-]{0,63} and index a decimal number, e.g. 'web:0'"
+        )
+    full = f"/{prefix}.{instance}"
+    if len(full) - 1 > _NAME_MAX:
+        raise ValueError(f"control block name {full!r} is longer than {_NAME_MAX} characters")
+    return full
+
+
+def list_blocks(prefix: str) -> list[str]:
+    """Shm names ("/..." form) of the blocks under /dev/shm that start with "/prefix."."""
+    start = prefix + "."
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted("/" + e for e in entries if e.startswith(start))
+
+
+def read_boot_id() -> bytes:
+    """This boot's id (16 bytes) from /proc/sys/kernel/random/boot_id."""
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        return uuid.UUID(f.read().strip()).bytes
+
+
+def parse_start_ticks(stat: str) -> int:
+    """Field 22 (starttime, clock ticks after boot) of a /proc/PID/stat line.
+
+    Field 2 (comm) may hold spaces and parentheses, so split after the LAST ')'.
+    """
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return int(rest[22 - 3])
+
+
+def proc_start_ticks(pid: int) -> int:
+    """Start time of a process in clock ticks; ProcessLookupError if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return parse_start_ticks(f.read())
+    except FileNotFoundError:
+        raise ProcessLookupError(pid, f"no process with pid {pid}") from None
+
+
+def _to_i32(u: int) -> int:
+    return u - (1 << 32) if u & 0x80000000 else u
+
+
+class ControlBlock:
+    """A mapped control block. The daemon create()s, the worker attach()es."""
+
+    name: str
+
+    def __init__(self, name: str, mm: mmap.mmap) -> None:
+        # Use create() or attach().
+        self.name = name
+        self._mm = mm
+        self.view = View(mm)
+
+    # -- life cycle --------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str, *, slot: int, supervisor_pid: int, epoch: int) -> ControlBlock:
+        """Create, size and initialise a new block; FileExistsError if the name exists."""
+        try:
+            shm = posix_ipc.SharedMemory(
+                name, posix_ipc.O_CREAT | posix_ipc.O_EXCL, mode=0o600, size=BLOCK_SIZE
+            )
+        except posix_ipc.ExistentialError:
+            raise FileExistsError(f"control block {name} already exists") from None
+        try:
+            mm = mmap.mmap(shm.fd, BLOCK_SIZE)
+        finally:
+            shm.close_fd()
+        blk = cls(name, mm)
+        v = blk.view
+        v.store_u32(OFF_VERSION, VERSION)
+        v.store_u32(OFF_HEADER_SIZE, HEADER_SIZE)
+        v.store_u32(OFF_BLOCK_SIZE, BLOCK_SIZE)
+        v.store_u32(OFF_SLOT, slot)
+        mm[OFF_BOOT_ID : OFF_BOOT_ID + 16] = read_boot_id()
+        v.store_u32(OFF_SUPERVISOR_PID, supervisor_pid)
+        v.store_u64(OFF_EPOCH, epoch)
+        v.store_u64(OFF_MAGIC, MAGIC)  # last, release: publishes everything above
+        return blk
+
+    @classmethod
+    def attach(cls, name: str) -> ControlBlock:
+        """Map an existing block (never truncating it) and validate its header.
+
+        FileNotFoundError if there is no such block; BlockError if it is not a valid
+        layout-v1 block of this boot.
+        """
+        try:
+            shm = posix_ipc.SharedMemory(name, 0, size=0)
+        except posix_ipc.ExistentialError:
+            raise FileNotFoundError(
+                2, f"control block {name} does not exist (is the worker's supervisor running?)"
+            ) from None
+        except posix_ipc.PermissionsError as e:
+            raise PermissionError(13, f"control block {name}: {e}") from None
+        try:
+            size = os.fstat(shm.fd).st_size
+            if size < BLOCK_SIZE:
+                raise BlockError(
+                    f"control block {name}: size is {size} bytes, expected at least "
+                    f"{BLOCK_SIZE} (truncated, or not a pyvisor block)"
+                )
+            mm = mmap.mmap(shm.fd, BLOCK_SIZE)
+        finally:
+            shm.close_fd()
+        blk = cls(name, mm)
+        try:
+            blk._validate()
+        except BaseException:
+            blk.close()
+            raise
+        return blk
+
+    def _validate(self) -> None:
+        v, n = self.view, self.name
+        magic = v.load_u64(OFF_MAGIC)
+        if magic == 0:
+            raise BlockError(f"control block {n}: not initialised (magic is 0; being created?)")
+        if magic != MAGIC:
+            raise BlockError(
+                f"control block {n}: wrong magic {magic:#018x} (not a pyvisor block, or "
+                f"corrupted; expected {MAGIC:#018x})"
+            )
+        checks = (
+            ("layout version", OFF_VERSION, VERSION),
+            ("header size", OFF_HEADER_SIZE, HEADER_SIZE),
+            ("block size", OFF_BLOCK_SIZE, BLOCK_SIZE),
+        )
+        for what, off, want in checks:
+            got = v.load_u32(off)
+            if got != want:
+                raise BlockError(
+                    f"control block {n}: {what} is {got:#x}, expected {want:#x} "
+                    "(written by an incompatible pyvisor version?)"
+                )
+        boot = self.boot_id
+        if boot != read_boot_id():
+            raise BlockError(
+                f"control block {n}: created during another boot (boot_id "
+                f"{uuid.UUID(bytes=boot)}); it is left over from before a reboot, remove it"
+            )
+
+    def close(self) -> None:
+        """Unmap (idempotent). BufferError while a wait on the block is in flight."""
+        if not self.view.closed:
+            self.view.close()
+        if not self._mm.closed:
+            self._mm.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.view.closed
+
+    def unlink(self) -> None:
+        """Remove the name from /dev/shm (mappings stay valid); a missing name is fine."""
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ControlBlock {self.name}{' closed' if self.closed else ''}>"
+
+    # -- daemon side ----------------------------------------------------------------------
+
+    def post_command(self, cmd: int, deadline_ns: int = 0) -> int:
+        """Post a command (args first, then the cmd word seq_cst, then a wake); new seq."""
+        if not 0 <= cmd <= 0xFF:
+            raise ValueError(f"command {cmd} out of range 0..255")
+        v = self.view
+        v.store_u64(OFF_DEADLINE, deadline_ns)
+        seq = ((v.load_u32(OFF_CMD) >> 8) + 1) & SEQ_MASK
+        v.store_u32_seq_cst(OFF_CMD, (seq << 8) | cmd)
+        v.wake(OFF_CMD)
+        return seq
+
+    def set_spawned(self, pid: int, start_ticks: int, incarnation: int) -> None:
+        v = self.view
+        v.store_u64(OFF_INCARNATION, incarnation)
+        v.store_u64(OFF_SPAWNED_START, start_ticks)
+        v.store_u32(OFF_SPAWNED_PID, pid)
+
+    @property
+    def slot(self) -> int:
+        return self.view.load_u32(OFF_SLOT)
+
+    @property
+    def boot_id(self) -> bytes:
+        return bytes(self._mm[OFF_BOOT_ID : OFF_BOOT_ID + 16])
+
+    @property
+    def supervisor_pid(self) -> int:
+        return self.view.load_u32(OFF_SUPERVISOR_PID)
+
+    @property
+    def spawned_pid(self) -> int:
+        return self.view.load_u32(OFF_SPAWNED_PID)
+
+    @property
+    def spawned_start_ticks(self) -> int:
+        return self.view.load_u64(OFF_SPAWNED_START)
+
+    @property
+    def incarnation(self) -> int:
+        return self.view.load_u64(OFF_INCARNATION)
+
+    @property
+    def epoch(self) -> int:
+        return self.view.load_u64(OFF_EPOCH)
+
+    @property
+    def deadline_ns(self) -> int:
+        return self.view.load_u64(OFF_DEADLINE)
+
+    @property
+    def cmd(self) -> tuple[int, int]:
+        """(seq, cmd) of the command word."""
+        w = self.view.load_u32(OFF_CMD)
+        return w >> 8, w & 0xFF
+
+    # -- worker side (read by the daemon) -----------------------------------------------
+
+    @property
+    def ack(self) -> tuple[int, int]:
+        """(acked_seq, state) of the ack word."""
+        w = self.view.load_u32(OFF_ACK)
+        return w >> 8, w & 0xFF
+
+    @property
+    def pid(self) -> int:
+        return self.view.load_u32(OFF_PID)
+
+    @property
+    def start_ticks(self) -> int:
+        return self.view.load_u64(OFF_START_TICKS)
+
+    @property
+    def heartbeat_ns(self) -> int:
+        return self.view.load_u64(OFF_HEARTBEAT)
+
+    @property
+    def work_done(self) -> int:
+        return self.view.load_u64(OFF_WORK_DONE)
+
+    @property
+    def busy_since_ns(self) -> int:
+        return self.view.load_u64(OFF_BUSY_SINCE)
+
+    # -- exit record (seqlock) ----------------------------------------------------------
+
+    def read_exit(self) -> ExitRecord | None:
+        """The exit record, or None if none was written (source NONE)."""
+        v = self.view
+        for _ in range(10_000):
+            s1 = v.load_u32(OFF_EXIT_SEQ)
+            if s1 & 1:
+                os.sched_yield()
+                continue
+            status = _to_i32(v.load_u32(OFF_EXIT_STATUS))
+            t = v.load_u64(OFF_EXIT_TIME)
+            source = v.load_u32(OFF_EXIT_SOURCE)
+            # Acquire loads keep this re-read after the field reads.
+            if v.load_u32(OFF_EXIT_SEQ) == s1:
+                return None if source == EXIT_SRC_NONE else ExitRecord(status, t, source)
+        raise BlockError(f"control block {self.name}: exit record writer stuck mid-write")
+
+    def write_exit(self, status: int, source: int) -> None:
+        """Write the exit record (status: code >= 0 or -signal) stamped with CLOCK_REALTIME."""
+        if not -(1 << 31) <= status < (1 << 31):
+            raise OverflowError(f"exit status {status} does not fit an i32")
+        v = self.view
+        # The odd seq goes in with a seq_cst RMW and the fields with release stores, so no
+        # field store becomes visible before the odd seq; the final release publishes them.
+        s = v.load_u32(OFF_EXIT_SEQ)
+        odd = (s + (2 if s & 1 else 1)) & 0xFFFFFFFF  # odd already: a writer died mid-write
+        v.exchange_u32(OFF_EXIT_SEQ, odd)
+        v.store_u32(OFF_EXIT_STATUS, status & 0xFFFFFFFF)
+        v.store_u64(OFF_EXIT_TIME, time.time_ns())  # CLOCK_REALTIME
+        v.store_u32(OFF_EXIT_SOURCE, source)
+        v.store_u32(OFF_EXIT_SEQ, (odd + 1) & 0xFFFFFFFF)
