@@ -1,0 +1,56 @@
+"""Fixtures for tests against a real systemd (systemd-nspawn, root only).
+
+One container per test module (booting takes ~1 s on an overlay of /, but state such as
+restart counters and journals is easier to reason about per module).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import nspawn` in any import mode
+
+import nspawn  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL_PREFIX = "/opt/pyvisor"   # where systemd/supervisord.service expects the venv
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: systemd-nspawn / PID namespaces (CI runs these as root)")
+
+
+def venv_binds() -> list[str]:
+    """Host paths the test venv needs inside the container: the checkout (editable install),
+    the venv and the interpreter it was made from. Overlaying / does not descend into other
+    mounts, so they are bound explicitly (read-only) at the same paths: venvs are not
+    relocatable."""
+    paths = {str(REPO), os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
+    ordered = sorted(paths, key=len)
+    out: list[str] = []
+    for p in ordered:
+        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
+            out.append(p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
+    require_root()
+    workdir = tmp_path_factory.mktemp("nspawn")
+    c = nspawn.boot(workdir, binds_ro=venv_binds())
+    try:
+        # The unit's install prefix is a link to the test venv (same paths as on the host).
+        link = c.path(INSTALL_PREFIX)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.realpath(sys.prefix))
+        yield c
+    finally:
+        rc = c.halt()
+        assert rc == 0, f"container did not halt cleanly (helper rc={rc}); log {c.log_path}"
