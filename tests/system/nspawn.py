@@ -324,7 +324,11 @@ def _serve(spec: dict[str, object]) -> int:
                 nspawn.kill()
                 nspawn.wait(10)
 
-    signal.signal(signal.SIGTERM, lambda *_: (halt(), os._exit(143)))
+    def on_term(*_: object) -> None:
+        halt()
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
     deadline = time.monotonic() + timeout
     leader = 0
     while time.monotonic() < deadline and nspawn.poll() is None:

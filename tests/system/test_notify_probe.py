@@ -70,7 +70,9 @@ def test_notify_protocol_under_real_systemd(container: nspawn.Container) -> None
     c.write("/opt/sdprobe/probe.py", PROBE)
     c.write(f"/etc/systemd/system/{UNIT}", UNIT_TEXT)
     c.ct("systemctl", "daemon-reload", check=True)
-    show = lambda: c.journal(UNIT, 60)  # noqa: E731
+
+    def show() -> str:
+        return c.journal(UNIT, 60)
 
     t0 = time.monotonic()
     start = c.ct("systemctl", "start", UNIT, timeout=30)
