@@ -1,0 +1,272 @@
+/*
+ * ctlblock.h -- pyvisor control block layout v1 for C/C++ workers.
+ *
+ * The same layout as worker/block.py (the Python definition); keep the two in step.
+ * A 4096-byte POSIX shm object per worker instance, little-endian, naturally aligned,
+ * one writer per field. The daemon creates it; the worker attaches (never truncating),
+ * publishes its pid/start time/state, polls the command word between units of work and
+ * acknowledges commands in the ack word. Header-only: static inline helpers built on the
+ * GCC/Clang __atomic builtins and the futex syscall (SHARED futexes: no FUTEX_PRIVATE_FLAG).
+ * Compile with -std=gnu11 (or -D_GNU_SOURCE): it needs syscall(), shm_open() and mmap().
+ *
+ *   struct pyvisor_block b;
+ *   if (pyvisor_attach(getenv("PYVISOR_BLOCK"), &b) != 0) { perror(...); ... }
+ *   pyvisor_set_state(&b, PYVISOR_ST_READY);
+ *   while (!pyvisor_should_stop(&b)) { do_unit(); pyvisor_heartbeat(&b); pyvisor_add_work(&b, 1); }
+ *   pyvisor_close(&b, 0);
+ */
+#ifndef PYVISOR_CTLBLOCK_H
+#define PYVISOR_CTLBLOCK_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PYVISOR_MAGIC 0x31424C4354535950ULL /* "PYSTCLB1" little-endian */
+#define PYVISOR_VERSION 1u
+#define PYVISOR_HEADER_SIZE 0x200u
+#define PYVISOR_BLOCK_SIZE 4096u
+
+/* line 0: daemon, immutable after init */
+#define PYVISOR_OFF_MAGIC 0x000
+#define PYVISOR_OFF_VERSION 0x008
+#define PYVISOR_OFF_HEADER_SIZE 0x00C
+#define PYVISOR_OFF_BLOCK_SIZE 0x010
+#define PYVISOR_OFF_SLOT 0x014
+#define PYVISOR_OFF_BOOT_ID 0x018 /* 16 bytes */
+/* line 1: daemon */
+#define PYVISOR_OFF_CMD 0x040 /* u32 futex: seq24 << 8 | cmd8 */
+#define PYVISOR_OFF_REQUEST_BITS 0x044
+#define PYVISOR_OFF_DEADLINE 0x048 /* u64 CLOCK_MONOTONIC ns, 0 = none */
+#define PYVISOR_OFF_SUPERVISOR_PID 0x050
+#define PYVISOR_OFF_SPAWNED_PID 0x054
+#define PYVISOR_OFF_EPOCH 0x058
+#define PYVISOR_OFF_INCARNATION 0x060
+#define PYVISOR_OFF_SPAWNED_START 0x068
+/* line 2: worker */
+#define PYVISOR_OFF_ACK 0x080 /* u32 futex: acked_seq24 << 8 | state8 */
+#define PYVISOR_OFF_PID 0x084
+#define PYVISOR_OFF_START_TICKS 0x088
+/* line 4: worker */
+#define PYVISOR_OFF_HEARTBEAT 0x100
+#define PYVISOR_OFF_WORK_DONE 0x108
+#define PYVISOR_OFF_BUSY_SINCE 0x110
+/* line 6: exit record under a seqlock */
+#define PYVISOR_OFF_EXIT_SEQ 0x180
+#define PYVISOR_OFF_EXIT_STATUS 0x184 /* i32 */
+#define PYVISOR_OFF_EXIT_TIME 0x188   /* u64 CLOCK_REALTIME ns */
+#define PYVISOR_OFF_EXIT_SOURCE 0x190
+#define PYVISOR_OFF_APP 0x200
+
+enum { PYVISOR_CMD_NONE = 0, PYVISOR_CMD_STOP_GRACEFUL = 1, PYVISOR_CMD_STOP_NOW = 2 };
+enum {
+    PYVISOR_ST_INIT = 0,
+    PYVISOR_ST_STARTING = 1,
+    PYVISOR_ST_READY = 2,
+    PYVISOR_ST_BUSY = 3,
+    PYVISOR_ST_STOPPING = 4,
+    PYVISOR_ST_EXITED = 5
+};
+enum {
+    PYVISOR_EXIT_SRC_NONE = 0,
+    PYVISOR_EXIT_SRC_WORKER = 1,
+    PYVISOR_EXIT_SRC_WAITID = 2,
+    PYVISOR_EXIT_SRC_PIDFD = 3,
+    PYVISOR_EXIT_SRC_UNKNOWN = 4
+};
+
+/* ---- raw field access -------------------------------------------------------------- */
+
+#define PYVISOR_U32(base, off) ((uint32_t *)((char *)(base) + (off)))
+#define PYVISOR_U64(base, off) ((uint64_t *)((char *)(base) + (off)))
+
+static inline uint32_t pyvisor_load_u32(void *base, unsigned off)
+{
+    return __atomic_load_n(PYVISOR_U32(base, off), __ATOMIC_ACQUIRE);
+}
+static inline uint64_t pyvisor_load_u64(void *base, unsigned off)
+{
+    return __atomic_load_n(PYVISOR_U64(base, off), __ATOMIC_ACQUIRE);
+}
+static inline void pyvisor_store_u32(void *base, unsigned off, uint32_t v)
+{
+    __atomic_store_n(PYVISOR_U32(base, off), v, __ATOMIC_RELEASE);
+}
+static inline void pyvisor_store_u64(void *base, unsigned off, uint64_t v)
+{
+    __atomic_store_n(PYVISOR_U64(base, off), v, __ATOMIC_RELEASE);
+}
+
+/* Shared futex wait (returns 0 woken/changed, -1 with errno ETIMEDOUT/EINTR/EAGAIN). */
+static inline int pyvisor_futex_wait(void *base, unsigned off, uint32_t expected,
+                                     const struct timespec *rel_timeout)
+{
+    return (int)syscall(SYS_futex, PYVISOR_U32(base, off), FUTEX_WAIT, expected,
+                        rel_timeout, NULL, 0);
+}
+static inline int pyvisor_futex_wake(void *base, unsigned off)
+{
+    return (int)syscall(SYS_futex, PYVISOR_U32(base, off), FUTEX_WAKE, 0x7fffffff, NULL,
+                        NULL, 0);
+}
+
+static inline uint64_t pyvisor_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- a worker's handle --------------------------------------------------------------- */
+
+struct pyvisor_block {
+    void *base;     /* the 4096-byte mapping */
+    uint32_t seq;   /* last command seq handled */
+    uint32_t state; /* last state published */
+    int stop;       /* latched: a stop was requested */
+    uint32_t stop_cmd;
+};
+
+/* Field 22 of /proc/self/stat (start time in clock ticks), parsed after the last ')'. */
+static inline uint64_t pyvisor_self_start_ticks(void)
+{
+    char buf[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    p += 2; /* field 3 */
+    for (int field = 3; field < 22 && p; field++) {
+        p = strchr(p, ' ');
+        if (p)
+            p++;
+    }
+    return p ? strtoull(p, NULL, 10) : 0;
+}
+
+static inline void pyvisor_publish_ack(struct pyvisor_block *b)
+{
+    pyvisor_store_u32(b->base, PYVISOR_OFF_ACK, (b->seq << 8) | b->state);
+    pyvisor_futex_wake(b->base, PYVISOR_OFF_ACK);
+}
+
+/* Map and validate a block by shm name (e.g. getenv("PYVISOR_BLOCK")), then publish pid,
+ * start time and STARTING. Returns 0, or -1 with errno set (EINVAL: not a valid v1 block,
+ * EMSGSIZE: too small). The size is checked with fstat BEFORE mapping (no SIGBUS). The
+ * boot_id check is the daemon's job; a worker only runs under the daemon that made it. */
+static inline int pyvisor_attach(const char *name, struct pyvisor_block *b)
+{
+    memset(b, 0, sizeof *b);
+    if (name == NULL) {
+        errno = ENOENT;
+        return -1;
+    }
+    int fd = shm_open(name, O_RDWR, 0);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < (off_t)PYVISOR_BLOCK_SIZE) {
+        close(fd);
+        errno = EMSGSIZE;
+        return -1;
+    }
+    void *base = mmap(NULL, PYVISOR_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (base == MAP_FAILED)
+        return -1;
+    if (pyvisor_load_u64(base, PYVISOR_OFF_MAGIC) != PYVISOR_MAGIC ||
+        pyvisor_load_u32(base, PYVISOR_OFF_VERSION) != PYVISOR_VERSION ||
+        pyvisor_load_u32(base, PYVISOR_OFF_HEADER_SIZE) != PYVISOR_HEADER_SIZE ||
+        pyvisor_load_u32(base, PYVISOR_OFF_BLOCK_SIZE) != PYVISOR_BLOCK_SIZE) {
+        munmap(base, PYVISOR_BLOCK_SIZE);
+        errno = EINVAL;
+        return -1;
+    }
+    b->base = base;
+    b->seq = pyvisor_load_u32(base, PYVISOR_OFF_ACK) >> 8;
+    b->state = PYVISOR_ST_STARTING;
+    pyvisor_store_u32(base, PYVISOR_OFF_PID, (uint32_t)getpid());
+    pyvisor_store_u64(base, PYVISOR_OFF_START_TICKS, pyvisor_self_start_ticks());
+    pyvisor_publish_ack(b);
+    return 0;
+}
+
+static inline void pyvisor_set_state(struct pyvisor_block *b, uint32_t state)
+{
+    if (b->stop && state != PYVISOR_ST_EXITED)
+        return; /* a stop, once seen, is never undone */
+    b->state = state;
+    pyvisor_publish_ack(b);
+}
+
+/* The hot path: one acquire load; a new seq is acknowledged (and a stop latched). */
+static inline int pyvisor_should_stop(struct pyvisor_block *b)
+{
+    uint32_t w = pyvisor_load_u32(b->base, PYVISOR_OFF_CMD);
+    if ((w >> 8) == b->seq)
+        return b->stop;
+    b->seq = w >> 8;
+    uint32_t cmd = w & 0xff;
+    if (cmd == PYVISOR_CMD_STOP_GRACEFUL || cmd == PYVISOR_CMD_STOP_NOW) {
+        if (b->stop_cmd != PYVISOR_CMD_STOP_NOW)
+            b->stop_cmd = cmd;
+        b->stop = 1;
+        b->state = PYVISOR_ST_STOPPING;
+    }
+    pyvisor_publish_ack(b);
+    return b->stop;
+}
+
+static inline void pyvisor_heartbeat(struct pyvisor_block *b)
+{
+    pyvisor_store_u64(b->base, PYVISOR_OFF_HEARTBEAT, pyvisor_monotonic_ns());
+}
+
+static inline void pyvisor_add_work(struct pyvisor_block *b, uint64_t n)
+{
+    __atomic_fetch_add(PYVISOR_U64(b->base, PYVISOR_OFF_WORK_DONE), n, __ATOMIC_SEQ_CST);
+}
+
+/* Exit record under the seqlock (status: exit code >= 0 or -signal). */
+static inline void pyvisor_write_exit(void *base, int32_t status, uint32_t source)
+{
+    uint32_t s = pyvisor_load_u32(base, PYVISOR_OFF_EXIT_SEQ);
+    uint32_t odd = s + ((s & 1) ? 2 : 1);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    __atomic_exchange_n(PYVISOR_U32(base, PYVISOR_OFF_EXIT_SEQ), odd, __ATOMIC_SEQ_CST);
+    pyvisor_store_u32(base, PYVISOR_OFF_EXIT_STATUS, (uint32_t)status);
+    pyvisor_store_u64(base, PYVISOR_OFF_EXIT_TIME,
+                      (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
+    pyvisor_store_u32(base, PYVISOR_OFF_EXIT_SOURCE, source);
+    pyvisor_store_u32(base, PYVISOR_OFF_EXIT_SEQ, odd + 1);
+}
+
+/* Record the exit, publish EXITED, unmap. */
+static inline void pyvisor_close(struct pyvisor_block *b, int32_t status)
+{
+    if (!b->base)
+        return;
+    pyvisor_store_u64(b->base, PYVISOR_OFF_BUSY_SINCE, 0);
+    pyvisor_write_exit(b->base, status, PYVISOR_EXIT_SRC_WORKER);
+    b->state = PYVISOR_ST_EXITED;
+    pyvisor_publish_ack(b);
+    munmap(b->base, PYVISOR_BLOCK_SIZE);
+    b->base = NULL;
+}
+
+#endif /* PYVISOR_CTLBLOCK_H */
