@@ -20,8 +20,9 @@ Rules every handler keeps (``_goto`` and ``_stay`` enforce them):
 * A ``TimerFired`` for a kind that is not armed is stale (cancelled, or replaced by a re-arm
   the runtime had not yet seen) and is ignored. A timer that fires is no longer armed.
 
-Contract with the runtime: after executing ``Spawn`` it feeds ``Spawned`` or ``SpawnFailed``
-for that instance before any other event of that instance.
+Contract with the runtime: ``Spawn`` is always the last action of a step; after carrying it out
+the runtime feeds ``Spawned`` or ``SpawnFailed``. Other events may come in between (a stop while
+STARTING with no pid yet goes to STOPPING and the process is asked to stop once ``Spawned``).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ _TIMER_ORDER = list(TimerKind)
 
 # States with no process: nothing to stop, nothing can exit.
 _IDLE = (State.STOPPED, State.EXITED, State.FATAL)
+# States in which a spawn may be under way (a stop can come between Spawn and Spawned).
+_SPAWNING = (State.STARTING, State.STOPPING)
 
 
 class TransitionError(Exception):
@@ -245,11 +248,9 @@ def _starting_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
 
 def _active_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Result:
     verb = "restart requested" if ev.restart else "stop requested"
-    if inst.pid is None:          # STARTING before Spawned: breaks the contract, stay safe
-        if ev.restart:
-            return inst, []
-        return _goto(inst, State.STOPPED, f"{verb} before spawn", stop_requested=True,
-                     **_no_process())
+    if inst.pid is None:          # STARTING, Spawn carried out, Spawned not yet fed
+        return _goto(inst, State.STOPPING, f"{verb}; waiting for the spawn to finish",
+                     stop_requested=not ev.restart, restart_after_stop=ev.restart, kills_sent=0)
     return _begin_stop(inst, ev.now, ev.graceful, verb, policy, stop_requested=not ev.restart,
                        restart=ev.restart)
 
@@ -317,6 +318,25 @@ def _stopping_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Re
     return _stay(inst, actions, restart_after_stop=ev.restart, stop_requested=not ev.restart)
 
 
+def _stopping_spawned(inst: InstanceState, ev: Spawned, policy: Policy) -> Result:
+    """A stop came between Spawn and Spawned: the new process is asked to stop at once."""
+    if inst.pid is not None:
+        raise TransitionError(f"Spawned pid {ev.pid} but pid {inst.pid} is already running")
+    return _stay(inst, [Log("INFO", f"spawned pid {ev.pid} while stopping; asking it to stop"),
+                        PostStop(deadline=ev.now + policy.graceful_timeout),
+                        ArmTimer(TimerKind.GRACEFUL, policy.graceful_timeout)],
+                 pid=ev.pid, started_at=ev.now)
+
+
+def _stopping_spawn_failed(inst: InstanceState, ev: SpawnFailed, policy: Policy) -> Result:
+    if inst.pid is not None:
+        raise TransitionError(f"SpawnFailed but pid {inst.pid} is running")
+    if inst.restart_after_stop:
+        return _spawn(inst, f"spawn failed: {ev.error}; restarting", ev.now, fresh=False)
+    return _goto(inst, State.STOPPED, f"spawn failed: {ev.error}", stop_requested=True,
+                 restart_after_stop=False, **_no_process())
+
+
 def _stopping_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
     if ev.kind is TimerKind.GRACEFUL:
         msg = (f"did not exit within {_secs(policy.graceful_timeout)} of the stop command; "
@@ -373,13 +393,15 @@ _on(StopRequested, _backoff_stop, State.BACKOFF)
 _on(StartRequested, _stopping_start, State.STOPPING)
 _on(StopRequested, _stopping_stop, State.STOPPING)
 _on(TimerFired, _stopping_timer, State.STOPPING)
+_on(Spawned, _stopping_spawned, State.STOPPING)
+_on(SpawnFailed, _stopping_spawn_failed, State.STOPPING)
 _on(Exited, _stopping_exited, State.STOPPING)
 
 # Pairs that are bugs in the runtime: we never asked for a spawn, or adoption is only done at
 # daemon start, when every instance is still STOPPED.
 ERRORS: frozenset[tuple[State, type]] = frozenset(
-    {(s, Spawned) for s in State if s is not State.STARTING}
-    | {(s, SpawnFailed) for s in State if s is not State.STARTING}
+    {(s, Spawned) for s in State if s not in _SPAWNING}
+    | {(s, SpawnFailed) for s in State if s not in _SPAWNING}
     | {(s, Adopted) for s in State if s is not State.STOPPED}
 )
 

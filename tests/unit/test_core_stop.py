@@ -116,6 +116,33 @@ def test_stop_during_starting_of_a_program_that_never_reads_the_control_word() -
     assert sim.state is State.STOPPED
 
 
+def test_stop_between_spawn_and_spawned_stops_the_new_process() -> None:
+    sim = Sim()
+    sim.feed(StartRequested(0.0))
+    assert sim.feed(StopRequested(0.0)) == [
+        info("STARTING -> STOPPING (stop requested; waiting for the spawn to finish)")]
+    assert sim.feed(Spawned(0.01, 77)) == [
+        info("spawned pid 77 while stopping; asking it to stop"), PostStop(deadline=10.01),
+        ArmTimer(GRACEFUL, 10.0)]
+    recorded = sim.inst.pid
+    assert recorded == 77
+    with pytest.raises(TransitionError, match="already running"):
+        step(sim.inst, Spawned(0.02, 78), POLICY)
+    sim.feed(Exited(0.5, code(0)))
+    assert (sim.state, sim.inst.pid) == (State.STOPPED, None)
+
+
+@pytest.mark.parametrize(("restart", "state"), [(False, State.STOPPED),
+                                                (True, State.STARTING)])
+def test_stop_between_spawn_and_a_failed_spawn(restart: bool, state: State) -> None:
+    sim = Sim()
+    sim.feed(StartRequested(0.0))
+    sim.feed(StopRequested(0.0, restart=restart))
+    actions = sim.feed(SpawnFailed(0.0, "boom"))
+    assert sim.state is state, sim.history
+    assert (actions[-1] == Spawn()) is restart
+
+
 def test_stop_during_backoff() -> None:
     sim = Sim()
     sim.feed(StartRequested(0.0))
@@ -264,7 +291,8 @@ def test_a_fired_timer_is_no_longer_armed() -> None:
     assert sim.inst.timers == frozenset({KILL})
 
 
-@pytest.mark.parametrize("state", [s for s in State if s is not State.STARTING])
+@pytest.mark.parametrize("state", [s for s in State if s not in (State.STARTING,
+                                                                   State.STOPPING)])
 def test_spawn_reports_we_did_not_ask_for_are_errors(state: State) -> None:
     inst = InstanceState(state=state)
     with pytest.raises(TransitionError, match="Spawned cannot happen"):
