@@ -1,0 +1,285 @@
+"""The daemon's answers to supervisorctl: one handler per verb, replies rendered here.
+
+supervisorctl only imports click and sends a request; the daemon (which has psutil loaded
+anyway) does the work and sends back the text to print and the exit code. Long operations
+(start, stop, restart, reload, shutdown) answer when they are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as signal_mod
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import psutil
+
+from supervisor.core import State
+from supervisor.ctl.exitcodes import FAILED, NO_SUCH_TARGET, OK, USAGE
+from supervisor.runtime import GONE, Instance, Runtime
+
+Reply = dict[str, Any]
+
+
+class Responder(Protocol):
+    closed: bool
+
+    def __call__(self, reply: Reply) -> None: ...
+
+
+class Daemon(Protocol):
+    """What the handlers need from the daemon beyond the runtime."""
+
+    runtime: Runtime
+
+    def reload(self, done: Callable[[Reply], None]) -> None: ...
+    def shutdown(self, done: Callable[[], None]) -> None: ...
+    def reexec(self) -> None: ...
+    def stop_instances(self, insts: list[Instance], graceful: bool,
+                       restart: bool = False) -> None: ...
+
+
+def reply(code: int = OK, out: str = "", err: str = "", data: Any = None) -> Reply:
+    return {"code": code, "out": out, "err": err, "data": data}
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d {h:02}:{m:02}:{s:02}" if d else f"{h}:{m:02}:{s:02}"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def instance_facts(inst: Instance, now: float) -> dict[str, Any]:
+    st = inst.st
+    facts: dict[str, Any] = {
+        "name": inst.name, "worker": inst.worker, "state": st.state.value, "pid": inst.pid,
+        "uptime": None, "heartbeat_age": None, "work_done": None, "cpu_seconds": None,
+        "rss": None, "last_exit": st.last_exit.describe() if st.last_exit else None,
+        "fatal_reason": st.fatal_reason, "adopted": not inst.child,
+    }
+    if inst.pid is not None and st.started_at is not None:
+        facts["uptime"] = round(now - st.started_at, 3)
+    if inst.block is not None and inst.pid is not None:
+        if inst.block.pid:   # the worker uses the library
+            hb = inst.block.heartbeat_ns
+            facts["heartbeat_age"] = round(now - hb / 1e9, 3) if hb else None
+            facts["work_done"] = inst.block.work_done
+    if inst.pid is not None:
+        try:
+            p = psutil.Process(inst.pid)
+            with p.oneshot():
+                cpu = p.cpu_times()
+                facts["cpu_seconds"] = round(cpu.user + cpu.system, 2)
+                facts["rss"] = p.memory_info().rss
+        except (psutil.Error, OSError):
+            pass
+    return facts
+
+
+def render_status_line(f: dict[str, Any], width: int) -> str:
+    head = f"{f['name']:<{width}}  {f['state']:<8}"
+    if f["pid"] is None:
+        detail = f["fatal_reason"] or (f"last: {f['last_exit']}" if f["last_exit"] else "")
+        return f"{head}  {detail}".rstrip()
+    parts = [f"pid {f['pid']}"]
+    if f["uptime"] is not None:
+        parts.append(f"uptime {fmt_duration(f['uptime'])}")
+    parts.append(f"hb {f['heartbeat_age']:.1f}s ago" if f["heartbeat_age"] is not None
+                 else "hb -")
+    parts.append(f"work {f['work_done']}" if f["work_done"] is not None else "work -")
+    if f["cpu_seconds"] is not None:
+        parts.append(f"cpu {f['cpu_seconds']:.2f}s")
+    if f["rss"] is not None:
+        parts.append(f"mem {fmt_bytes(f['rss'])}")
+    if f["adopted"]:
+        parts.append("adopted")
+    return f"{head}  " + ", ".join(parts)
+
+
+class Handlers:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.rt = daemon.runtime
+        self.table: dict[str, Callable[[dict[str, Any], Responder], None]] = {
+            "status": self.status, "start": self.start, "stop": self.stop,
+            "restart": self.restart, "signal": self.signal, "tail": self.tail,
+            "reload": self.reload, "shutdown": self.shutdown, "pid": self.pid,
+            "reexec": self.reexec,
+        }
+
+    def __call__(self, request: dict[str, Any], respond: Responder) -> None:
+        cmd = request.get("cmd")
+        fn = self.table.get(cmd) if isinstance(cmd, str) else None
+        if fn is None:
+            respond(reply(USAGE, err=f"unknown command {cmd!r}; known: "
+                                     f"{', '.join(sorted(self.table))}\n"))
+            return
+        fn(request, respond)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _targets(self, request: dict[str, Any], respond: Responder,
+                 default_all: bool = False) -> list[Instance] | None:
+        targets = request.get("targets") or (["all"] if default_all else [])
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            respond(reply(USAGE, err="targets must be a list of names\n"))
+            return None
+        if not targets:
+            respond(reply(USAGE, err="name a target: NAME, NAME:INDEX or all\n"))
+            return None
+        insts, unknown = self.rt.select(targets)
+        if unknown:
+            known = ", ".join(sorted({i.worker for i in self.rt.instances.values()})) or "none"
+            respond(reply(NO_SUCH_TARGET, err=f"no such worker: {', '.join(unknown)} "
+                                              f"(known: {known})\n"))
+            return None
+        return insts
+
+    @staticmethod
+    def _opt(request: dict[str, Any], key: str, default: Any) -> Any:
+        opts = request.get("opts")
+        return opts.get(key, default) if isinstance(opts, dict) else default
+
+    def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool]
+                 ) -> Reply:
+        lines, failed = [], False
+        for i in insts:
+            good = ok(i)
+            failed |= not good
+            why = ""
+            if not good:
+                why = f" ({i.st.fatal_reason or (i.st.last_exit.describe() if i.st.last_exit else 'see the daemon log')})"
+            lines.append(f"{i.name}: {verb if good else 'ERROR'} ({i.st.state.value}){why}"
+                         if not good else f"{i.name}: {verb}")
+        text = "\n".join(lines) + "\n"
+        return reply(FAILED, err=text) if failed else reply(OK, out=text)
+
+    # -- verbs --------------------------------------------------------------------------------
+    def status(self, request: dict[str, Any], respond: Responder) -> None:
+        insts = self._targets(request, respond, default_all=True)
+        if insts is None:
+            return
+        now = self.rt.now()
+        facts = [instance_facts(i, now) for i in insts]
+        if self._opt(request, "json", False):
+            respond(reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
+            return
+        width = max((len(f["name"]) for f in facts), default=4)
+        text = "".join(render_status_line(f, width) + "\n" for f in facts)
+        respond(reply(OK, out=text or "no workers configured\n", data=facts))
+
+    def start(self, request: dict[str, Any], respond: Responder) -> None:
+        insts = self._targets(request, respond)
+        if insts is None:
+            return
+        self.rt.request_start(insts)
+        if not self._opt(request, "wait", True):
+            respond(reply(OK, out="".join(f"{i.name}: start requested\n" for i in insts)))
+            return
+
+        def settled(i: Instance) -> bool:
+            return i.st.state in (State.RUNNING, State.FATAL, State.EXITED, State.STOPPED)
+
+        self.rt.wait_for(insts, settled, lambda: respond(
+            self._summary(insts, "started", lambda i: i.st.state is State.RUNNING)))
+
+    def stop(self, request: dict[str, Any], respond: Responder) -> None:
+        insts = self._targets(request, respond)
+        if insts is None:
+            return
+        self.daemon.stop_instances(insts, bool(self._opt(request, "graceful", False)))
+        if not self._opt(request, "wait", True):
+            respond(reply(OK, out="".join(f"{i.name}: stop requested\n" for i in insts)))
+            return
+        self.rt.wait_for(insts, lambda i: i.st.state in GONE, lambda: respond(
+            self._summary(insts, "stopped", lambda i: i.st.state in GONE)))
+
+    def restart(self, request: dict[str, Any], respond: Responder) -> None:
+        insts = self._targets(request, respond)
+        if insts is None:
+            return
+        graceful = bool(self._opt(request, "graceful", False))
+        running = [i for i in insts if i.st.state not in GONE]
+        idle = [i for i in insts if i.st.state in GONE]
+        for i in running:
+            self.daemon.stop_instances([i], graceful, restart=True)
+        self.rt.request_start(idle)
+
+        def settled(i: Instance) -> bool:
+            return i.st.state in (State.RUNNING, State.FATAL, State.EXITED) or (
+                i.st.state is State.STOPPED and not i.st.restart_after_stop)
+
+        self.rt.wait_for(insts, settled, lambda: respond(
+            self._summary(insts, "restarted", lambda i: i.st.state is State.RUNNING)))
+
+    def signal(self, request: dict[str, Any], respond: Responder) -> None:
+        insts = self._targets(request, respond)
+        if insts is None:
+            return
+        name = str(self._opt(request, "signal", "")).upper()
+        try:
+            signum = int(name) if name.isdigit() else signal_mod.Signals(
+                name if name.startswith("SIG") else f"SIG{name}").value
+        except (KeyError, ValueError):
+            respond(reply(USAGE, err=f"unknown signal {name!r} (e.g. HUP, USR1, 10)\n"))
+            return
+        lines, failed = [], False
+        for i in insts:
+            if self.rt.send_signal(i, signum):
+                lines.append(f"{i.name}: sent {signal_mod.Signals(signum).name}\n")
+            else:
+                failed = True
+                lines.append(f"{i.name}: not running ({i.st.state.value})\n")
+        respond(reply(FAILED, err="".join(lines)) if failed else reply(OK, out="".join(lines)))
+
+    def tail(self, request: dict[str, Any], respond: Responder) -> None:
+        insts = self._targets(request, respond)
+        if insts is None:
+            return
+        if len(insts) != 1:
+            respond(reply(USAGE, err="tail takes one instance, e.g. web:0\n"))
+            return
+        i = insts[0]
+        respond(reply(OK, data={"stdout": i.stdout_path, "stderr": i.stderr_path,
+                                "instance": i.name}))
+
+    def pid(self, request: dict[str, Any], respond: Responder) -> None:
+        if not request.get("targets"):
+            respond(reply(OK, out=f"{os.getpid()}\n", data=os.getpid()))
+            return
+        insts = self._targets(request, respond)
+        if insts is None:
+            return
+        pids = {i.name: i.pid for i in insts}
+        text = "".join(f"{p}\n" if p is not None else f"{n}: not running\n"
+                       for n, p in pids.items())
+        code = OK if all(p is not None for p in pids.values()) else FAILED
+        respond(reply(code, out=text if code == OK else "", err="" if code == OK else text,
+                      data=pids))
+
+    def reload(self, request: dict[str, Any], respond: Responder) -> None:
+        self.daemon.reload(respond)
+
+    def shutdown(self, request: dict[str, Any], respond: Responder) -> None:
+        if not self._opt(request, "wait", True):
+            respond(reply(OK, out="shutting down\n"))
+            self.daemon.shutdown(lambda: None)
+            return
+        self.daemon.shutdown(lambda: respond(reply(OK, out="shut down\n")))
+
+    def reexec(self, request: dict[str, Any], respond: Responder) -> None:
+        respond(reply(OK, out="re-executing supervisord in place (same pid, workers keep "
+                              "running)\n"))
+        self.daemon.reexec()
+
+

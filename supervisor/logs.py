@@ -1,0 +1,160 @@
+"""The daemon's own log (loguru) and the capture of worker output.
+
+Worker output design (DESIGN §5): a worker's stdout/stderr is a file descriptor of its log file,
+opened O_APPEND by the daemon and handed to the child at spawn. The daemon never sits between
+a worker and its output, so a daemon crash, SIGKILL or re-exec neither kills (no SIGPIPE) nor
+blocks (no full pipe) a worker, and not one byte of output is lost while the daemon is down.
+
+Rotation is size based and done in place ("copytruncate"): the file is copied to ``.1`` (older
+backups shifted to ``.2`` …), then truncated to zero; the worker's O_APPEND descriptor simply
+continues at the new end. What a worker writes between the copy and the truncation is lost:
+the window is one copy_file_range of at most max_bytes (a few ms for 10 MB). While the daemon
+is down nothing rotates, so a file can grow past max_bytes until the daemon is back.
+
+The daemon learns that a file grew through inotify, not a timer: one IN_MODIFY|IN_ONESHOT watch
+per file, re-armed at most once per ``recheck`` seconds after it fires. An idle worker costs
+nothing; a flooding one wakes the daemon at most once per second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from loguru import logger
+
+from supervisor.loop import Loop
+
+_IN_MODIFY = 0x00000002
+_IN_ONESHOT = 0x80000000
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+_EVENT = struct.Struct("iIII")
+
+LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}"
+
+
+def setup_daemon_logging(level: str, log_file: str | None = None) -> None:
+    """One line per event to stderr (journald keeps it under systemd) and optionally a file."""
+    logger.remove()
+    logger.add(sys.stderr, level=level, format=LOG_FORMAT, colorize=False, backtrace=False,
+               diagnose=False)
+    if log_file:
+        logger.add(log_file, level=level, format=LOG_FORMAT, rotation="10 MB", retention=5,
+                   backtrace=False, diagnose=False)
+
+
+def open_output(path: str) -> int:
+    """Open (creating) an output file for a worker to append to; the caller closes it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def rotate(path: str, backups: int) -> None:
+    """Copy path to path.1 (shifting older backups), then truncate path in place."""
+    if backups <= 0:
+        os.truncate(path, 0)
+        return
+    for i in range(backups - 1, 0, -1):
+        src = f"{path}.{i}"
+        if os.path.exists(src):
+            os.replace(src, f"{path}.{i + 1}")
+    with open(path, "rb") as src_f, open(f"{path}.1", "wb") as dst_f:
+        remaining = os.fstat(src_f.fileno()).st_size
+        while remaining > 0:
+            n = os.copy_file_range(src_f.fileno(), dst_f.fileno(), remaining)
+            if n == 0:
+                break
+            remaining -= n
+    os.truncate(path, 0)
+
+
+@dataclass
+class _Watched:
+    path: str
+    max_bytes: int
+    backups: int
+    users: int = 1
+    wd: int = -1
+
+
+class Rotator:
+    """Keeps every watched output file at most ~max_bytes (checked when inotify says it grew)."""
+
+    def __init__(self, loop: Loop, recheck: float = 1.0) -> None:
+        self._loop = loop
+        self._recheck = recheck
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._add_watch: Callable[[int, bytes, int], int] = libc.inotify_add_watch
+        self._fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if self._fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self._files: dict[str, _Watched] = {}
+        self._by_wd: dict[int, _Watched] = {}
+        loop.add_reader(self._fd, self._on_events)
+
+    def watch(self, path: str, max_bytes: int, backups: int) -> None:
+        if max_bytes <= 0:
+            return
+        w = self._files.get(path)
+        if w is not None:
+            w.users += 1
+            return
+        w = self._files[path] = _Watched(path, max_bytes, backups)
+        self._check(w)
+
+    def unwatch(self, path: str) -> None:
+        w = self._files.get(path)
+        if w is None:
+            return
+        w.users -= 1
+        if w.users <= 0:
+            del self._files[path]
+            self._by_wd.pop(w.wd, None)
+
+    def _arm(self, w: _Watched) -> None:
+        if self._files.get(w.path) is not w:
+            return
+        wd = self._add_watch(self._fd, os.fsencode(w.path), _IN_MODIFY | _IN_ONESHOT)
+        if wd < 0:
+            logger.warning(f"log rotation: cannot watch {w.path}: "
+                           f"{os.strerror(ctypes.get_errno())}")
+            return
+        w.wd = wd
+        self._by_wd[wd] = w
+
+    def _check(self, w: _Watched) -> None:
+        try:
+            if os.stat(w.path).st_size > w.max_bytes:
+                rotate(w.path, w.backups)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            logger.warning(f"log rotation of {w.path} failed: {e}")
+        self._arm(w)
+
+    def _on_events(self, _mask: int) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        pos = 0
+        fired: list[_Watched] = []
+        while pos + _EVENT.size <= len(data):
+            wd, _m, _cookie, length = _EVENT.unpack_from(data, pos)
+            pos += _EVENT.size + length
+            w = self._by_wd.pop(wd, None)
+            if w is not None:
+                fired.append(w)
+        for w in fired:
+            # rate limit: look again (and re-arm) after `recheck` seconds
+            self._loop.call_later(self._recheck, lambda w=w: self._check(w))  # type: ignore[misc]
+
+    def close(self) -> None:
+        self._loop.remove(self._fd)
+        os.close(self._fd)
