@@ -1,0 +1,460 @@
+"""The config file: pydantic models, loading, and the JSON Schema editors use.
+
+``load_config(path)`` returns a ``Config`` or raises ``ConfigError`` whose lines each name the
+file, line, path and problem (see configerrors.py). Everything is checked at load time -- unknown
+keys, types, signal names, users, dependency cycles, colliding log files -- so a reload can
+refuse a bad file before touching anything.
+
+Models are frozen; ``WorkerConfig`` compares by value, so reload detects a changed worker with
+``old != new``. All paths in a loaded config are absolute (relative ones are taken from the
+config file's directory), and log paths have ``{log_dir}`` filled in, so a changed log_dir shows
+as changed workers too. Validation needs the context that ``load_config`` passes (config path);
+the YAML-shaped input is described by ``json_schema()`` (``python -m supervisor.config
+--schema``, committed as configs/pyvisor.schema.json).
+
+Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``x-defaults:
+&defaults``) to merge into workers with ``<<: *defaults``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from supervisor import configvalues as cv
+from supervisor import paths
+from supervisor.configchecks import cross_checks
+from supervisor.configerrors import (
+    ConfigError,
+    from_validation_error,
+    got,
+    line_text,
+    problem,
+    suggest,
+)
+from supervisor.configyaml import Path, YamlSyntaxError, parse
+from supervisor.core.types import Policy, RestartPolicy
+
+__all__ = ["BackoffConfig", "Config", "ConfigError", "LogConfig", "SupervisorConfig",
+           "WorkerConfig", "json_schema", "load_config"]
+
+_SCALAR = {"type": ["string", "number", "boolean", "null"]}
+_NULLABLE: dict[str, Any] = {"type": ["string", "null"]}
+Seconds = Annotated[float, Field(ge=0)]
+Signum = Annotated[int, BeforeValidator(cv.signal_number), WithJsonSchema({"anyOf": [
+    {"type": "string", "enum": [n for s in cv.SIGNAL_NAMES for n in (s, "SIG" + s)]},
+    {"type": "integer", "minimum": 1, "maximum": cv.SIGNAL_MAX}]})]
+Size = Annotated[int, BeforeValidator(cv.byte_size), WithJsonSchema({"anyOf": [
+    {"type": "integer", "minimum": 0},
+    {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([kKmMgGtT][iI]?)?[bB]?\s*$"}]})]
+WorkerName = Annotated[str, AfterValidator(cv.worker_name)]
+EnvName = Annotated[str, AfterValidator(cv.env_name)]
+EnvValue = Annotated[str, BeforeValidator(cv.env_value), WithJsonSchema(_SCALAR)]
+
+
+def _context(info: ValidationInfo) -> dict[str, Any]:
+    return info.context if isinstance(info.context, dict) else {}
+
+
+def _resolve(value: str, info: ValidationInfo) -> str:
+    """A path from the file: ~ expanded, relative to the config file's directory."""
+    base = _context(info).get("base_dir") or os.getcwd()
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
+
+
+class BackoffConfig(_Model):
+    """Delay before restarting a worker that failed: initial, then times factor, up to max."""
+
+    initial: Seconds = 0.1
+    """Seconds before the first restart."""
+    factor: float = Field(default=2.0, ge=1)
+    """Each further delay is the previous one times this."""
+    max: Seconds = 30.0
+    """The delay never grows past this many seconds."""
+
+    @model_validator(mode="after")
+    def _max_at_least_initial(self) -> BackoffConfig:
+        if self.max < self.initial:
+            raise problem(f"max ({self.max:g}) must be ≥ initial ({self.initial:g})")
+        return self
+
+
+class LogConfig(_Model):
+    """Where a stream of a worker's output goes, and its size-based rotation."""
+
+    path: Annotated[str, AfterValidator(cv.log_template)] | None = None
+    """File path; may use {name} {index} {instance} {log_dir}. Relative paths are taken from
+    the config file's directory. null: {log_dir}/{name}-{index}.out.log (.err.log for stderr)."""
+    max_bytes: Size = 10 * 1024 * 1024
+    """Rotate when the file reaches this size: bytes, or '10MB', '512KB', '1GiB' (1KB = 1024
+    bytes). 0: never rotate."""
+    backups: int = Field(default=5, ge=0)
+    """How many rotated files (.1, .2, ...) to keep."""
+
+
+def _stderr_kind(value: Any) -> str:
+    return "stdout" if isinstance(value, str) else "file"
+
+
+def _stderr_input(value: Any) -> Any:
+    if value == "stdout" or isinstance(value, dict | LogConfig):
+        return value
+    raise problem(f"must be a mapping (path, max_bytes, backups) or 'stdout' (got {got(value)})")
+
+
+Stderr = Annotated[
+    Annotated[LogConfig, Tag("file")] | Annotated[Literal["stdout"], Tag("stdout")],
+    Discriminator(_stderr_kind), BeforeValidator(_stderr_input)]
+
+
+class SupervisorConfig(_Model):
+    """Settings of the daemon itself. All optional."""
+
+    socket: str = Field(default=None, validate_default=True,
+                      json_schema_extra=_NULLABLE)
+    """Control socket path. null: a path under /run/pyvisor (root) or $XDG_RUNTIME_DIR/pyvisor
+    derived from the config file's path."""
+    socket_group: Annotated[str, BeforeValidator(cv.group_name)] | None = None
+    """Group allowed to use the control socket (with socket_mode '0660')."""
+    socket_mode: Annotated[int, BeforeValidator(cv.socket_mode), WithJsonSchema({"anyOf": [
+        {"type": "string", "enum": ["0600", "0660", "600", "660"]},
+        {"type": "integer", "enum": [0o600, 0o660]}]})] = Field(default=None, validate_default=True)
+    """'0600' (owner only) or '0660' (and socket_group). Default: '0660' when socket_group is
+    set, else '0600'."""
+    log_dir: str = Field(default="logs", validate_default=True)
+    """Directory for worker output logs, relative to the config file's directory."""
+    block_prefix: str = Field(default=None, validate_default=True,
+                            json_schema_extra=_NULLABLE)
+    """Prefix of the workers' shared-memory control block names. null: derived from the config
+    file's path, so two configs never collide."""
+    log_level: Annotated[str, BeforeValidator(cv.log_level), WithJsonSchema(
+        {"type": "string", "enum": list(cv.LOG_LEVELS)})] = "INFO"
+    """Level of the daemon's own log."""
+    shutdown_timeout: float | None = Field(default=None, gt=0)
+    """Most seconds a whole shutdown may take. null: derived from the workers' timeouts."""
+
+    @field_validator("socket", mode="before")
+    @classmethod
+    def _socket(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return paths.default_socket_path(_context(info).get("config_path") or "pyvisor.yaml")
+        if isinstance(value, str) and value:
+            path = _resolve(value, info)
+            if len(os.fsencode(path)) > 107:
+                raise problem(f"socket path is {len(os.fsencode(path))} bytes long, the limit is "
+                              f"107 (got {got(value)})")
+            return path
+        return value
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _socket_mode(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return 0o660 if info.data.get("socket_group") else 0o600
+        return value
+
+    @field_validator("log_dir", mode="after")
+    @classmethod
+    def _log_dir(cls, value: str, info: ValidationInfo) -> str:
+        path = _resolve(value, info)
+        _context(info)["log_dir"] = path      # the workers' log paths are built from it
+        return path
+
+    @field_validator("block_prefix", mode="before")
+    @classmethod
+    def _block_prefix(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return paths.default_block_prefix(_context(info).get("config_path") or "pyvisor.yaml")
+        return cv.block_prefix(value) if isinstance(value, str) else value
+
+
+class WorkerConfig(_Model):
+    """One named program, run as numprocs instances name:0, name:1, ..."""
+
+    command: Annotated[tuple[str, ...], BeforeValidator(cv.command), WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": _SCALAR, "minItems": 1}]})]
+    """The program and its arguments: a list, or a string split like a shell would (no shell
+    is run)."""
+    numprocs: int = Field(default=1, ge=1)
+    """How many instances to run."""
+    directory: str = Field(default=None, validate_default=True,
+                         json_schema_extra=_NULLABLE)
+    """Working directory, relative to the config file's directory. null: that directory."""
+    environment: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    """Extra environment variables; values are taken as the text written."""
+    user: Annotated[str, BeforeValidator(cv.user_name), WithJsonSchema(
+        {"type": ["string", "integer"]})] | None = None
+    """Run as this user (name or uid). null: the daemon's user."""
+    autostart: bool = True
+    """Start with the daemon."""
+    restart: Annotated[RestartPolicy, BeforeValidator(lambda v: _restart(v))] = (
+        RestartPolicy.ON_FAILURE)
+    """always | on-failure | never."""
+    exit_codes: Annotated[frozenset[int], BeforeValidator(cv.exit_codes), WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]})] = (
+        frozenset({0}))
+    """Exit codes that count as success (for restart: on-failure)."""
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    start_retries: int = Field(default=5, ge=0)
+    """Failed starts in a row before the worker is FATAL."""
+    start_seconds: Seconds = 1.0
+    """A program that never reports ready counts as running after this many seconds."""
+    graceful_timeout: Seconds = 10.0
+    """Seconds a worker has to stop at a unit-of-work boundary before stop_signal."""
+    stop_signal: Signum = 15
+    """Signal sent to the process group when the graceful timeout passes: TERM, SIGTERM or 15."""
+    kill_timeout: Seconds = 5.0
+    """Seconds after stop_signal before SIGKILL."""
+    heartbeat_timeout: float | None = Field(default=None, gt=0)
+    """Restart a worker whose heartbeat is older than this many seconds. null: not checked."""
+    stdout: LogConfig = Field(default_factory=dict, validate_default=True)
+    stderr: Stderr = Field(default_factory=dict, validate_default=True)
+    """A mapping like stdout, or 'stdout': into the same file as stdout."""
+    priority: int = 999
+    """Lower starts first and stops last."""
+    depends_on: tuple[Annotated[str, Field(strict=True)], ...] = Field(default=(), strict=False)
+    """Workers that must be running (ready) before this one starts."""
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _directory(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return _context(info).get("base_dir") or os.getcwd()
+        if not isinstance(value, str):
+            return value
+        path = _resolve(value, info)
+        if not os.path.isdir(path):
+            raise problem(f"no such directory: {path}")
+        return path
+
+    @field_validator("stdout", "stderr", mode="after")
+    @classmethod
+    def _log_path(cls, value: LogConfig | str, info: ValidationInfo) -> LogConfig | str:
+        if isinstance(value, str):
+            return value
+        stream = "out" if info.field_name == "stdout" else "err"
+        template = value.path or "{log_dir}/{name}-{index}." + stream + ".log"
+        ctx = _context(info)
+        log_dir = ctx.get("log_dir") or _resolve("logs", info)
+        resolved = template.replace("{log_dir}", _escape(log_dir))
+        base = _escape(ctx.get("base_dir") or os.getcwd())
+        return value.model_copy(update={"path": os.path.normpath(os.path.join(base, resolved))})
+
+    def policy(self, name: str = "") -> Policy:
+        """What the state machine needs, in seconds and signal numbers (``name``: the worker's
+        name, for the state machine's messages)."""
+        return Policy(
+            name=name, restart=self.restart, success_codes=self.exit_codes,
+            backoff_initial=self.backoff.initial, backoff_factor=self.backoff.factor,
+            backoff_max=self.backoff.max, start_retries=self.start_retries,
+            start_seconds=self.start_seconds, graceful_timeout=self.graceful_timeout,
+            stop_signal=self.stop_signal, kill_timeout=self.kill_timeout)
+
+    def instances(self, name: str) -> list[str]:
+        return [f"{name}:{i}" for i in range(self.numprocs)]
+
+    def log_paths(self, name: str, index: int) -> tuple[str, str]:
+        """(stdout, stderr) absolute file paths of instance name:index. Equal strings mean one
+        shared file (stderr: stdout)."""
+        fields = {"name": name, "index": index, "instance": f"{name}:{index}"}
+        assert isinstance(self.stdout.path, str), "log paths are resolved by validation"
+        out = self.stdout.path.format(**fields)
+        if isinstance(self.stderr, str):
+            return out, out
+        assert isinstance(self.stderr.path, str), "log paths are resolved by validation"
+        return out, self.stderr.path.format(**fields)
+
+    def log_config(self, stream: Literal["stdout", "stderr"]) -> LogConfig:
+        """Rotation settings of a stream (stderr: stdout gives stdout's)."""
+        value = self.stdout if stream == "stdout" else self.stderr
+        return self.stdout if isinstance(value, str) else value
+
+
+def _escape(path: str) -> str:
+    return path.replace("{", "{{").replace("}", "}}")
+
+
+def _restart(value: Any) -> RestartPolicy:
+    if isinstance(value, RestartPolicy):
+        return value
+    choices = [p.value for p in RestartPolicy]
+    if isinstance(value, str) and value in choices:
+        return RestartPolicy(value)
+    near = suggest(value, choices) if isinstance(value, str) else None
+    hint = f"; did you mean {near!r}?" if near else ""
+    raise problem(f"must be one of {', '.join(choices)} (got {got(value)}){hint}")
+
+
+class Config(_Model):
+    """A whole config file. ``path`` is its absolute path (not a key in the file)."""
+
+    supervisor: SupervisorConfig = Field(default_factory=dict, validate_default=True)
+    workers: dict[WorkerName, WorkerConfig]
+    """The programs to run, by name: 1-64 characters from A-Z a-z 0-9 _ . - ."""
+    _path: str = PrivateAttr(default="")
+
+    def model_post_init(self, context: Any) -> None:
+        if isinstance(context, dict):
+            self._path = context.get("config_path", "")
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(self._path)
+
+    def start_order(self) -> list[str]:
+        """Worker names: every worker after the ones it depends on; otherwise by priority,
+        then name. Stop in the reverse order."""
+        waiting = {name: set(w.depends_on) & set(self.workers) for name, w in self.workers.items()}
+        ready = [(w.priority, name) for name, w in self.workers.items() if not waiting[name]]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            _, name = heapq.heappop(ready)
+            order.append(name)
+            for other, deps in waiting.items():
+                if name in deps:
+                    deps.discard(name)
+                    if not deps:
+                        heapq.heappush(ready, (self.workers[other].priority, other))
+        if len(order) != len(self.workers):
+            raise ValueError("depends_on has a cycle")   # load_config reports cycles first
+        return order
+
+    def instances(self) -> list[str]:
+        """Every instance name, in start order."""
+        return [i for name in self.start_order() for i in self.workers[name].instances(name)]
+
+
+# -- loading --------------------------------------------------------------------------------
+def _keys_at(path: Path) -> Sequence[str]:
+    model: Any = Config
+    if path[:1] == ("supervisor",):
+        model = SupervisorConfig
+    elif path[:1] == ("workers",) and len(path) >= 2:
+        model = {"backoff": BackoffConfig, "stdout": LogConfig,
+                 "stderr": LogConfig}.get(str(path[2]), WorkerConfig) if len(path) > 2 else (
+            WorkerConfig)
+    return list(model.model_fields)
+
+
+def load_config(path: str) -> Config:
+    """Read, parse and check a config file. Raises ConfigError (never anything else for a bad
+    file; the messages use ``path`` as given)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                           f"{e.start})")]) from None
+    try:
+        doc = parse(text)
+    except YamlSyntaxError as e:
+        where = f"{path}:{e.line}:{e.column}" if e.line is not None else path
+        raise ConfigError([f"{where}: invalid YAML: {e.message}"]) from None
+    if doc.data is None:
+        raise ConfigError([(f"{path}: the file is empty; a config needs at least a 'workers:' "
+                           "mapping")])
+    if not isinstance(doc.data, dict):
+        raise ConfigError([(f"{path}:1: the top level must be a mapping with a 'workers:' key "
+                           f"(got {got(doc.data)})")])
+    data = {k: v for k, v in doc.data.items() if not k.startswith("x-")}
+    abs_path = os.path.abspath(path)
+    context = {"config_path": abs_path, "base_dir": os.path.dirname(abs_path)}
+    found: list[tuple[int | None, str]] = [
+        (line or doc.line_of(p), line_text(path, line or doc.line_of(p), p, msg))
+        for p, msg, line in doc.problems]
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data, context=context)
+    except ValidationError as e:
+        problems = from_validation_error(e, data, _keys_at)
+    else:
+        problems = cross_checks(config)
+    found += [(doc.line_of(p), line_text(path, doc.line_of(p), p, m)) for p, m in problems]
+    if found or config is None:
+        found.sort(key=lambda item: item[0] or 0)
+        raise ConfigError([text for _, text in found])
+    return config
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the YAML file (what editors check against)."""
+    schema = _one_line(Config.model_json_schema(mode="validation"))
+    schema["patternProperties"] = {"^x-": {"description": "Ignored: a place for YAML anchors."}}
+    schema["title"] = "pyvisor config"
+    schema["description"] = ("Workers for supervisord to run. Generated by `python -m "
+                             "supervisor.config --schema`; do not edit.")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def _one_line(node: Any) -> Any:
+    """Descriptions come from docstrings: join their wrapped lines."""
+    if isinstance(node, dict):
+        return {k: " ".join(v.split()) if k == "description" and isinstance(v, str)
+                else _one_line(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_one_line(v) for v in node]
+    return node
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m supervisor.config",
+                                     description="Check a pyvisor config, or print its schema.")
+    parser.add_argument("--schema", action="store_true", help="print the JSON Schema")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="config files to check")
+    args = parser.parse_args(argv)
+    if args.schema:
+        print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    status = 0
+    for file in args.files:
+        try:
+            config = load_config(file)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            status = 1
+        else:
+            print(f"{file}: OK ({len(config.workers)} workers, {len(config.instances())} "
+                  "instances)")
+    if not args.schema and not args.files:
+        parser.print_usage(sys.stderr)
+        return 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Parsers for the config's scalar values that YAML cannot type by itself: signals, sizes,
+socket modes, commands, exit codes, worker and user names. Each takes what the file held and
+returns the value the daemon uses, or raises ``problem(...)`` with the message the user sees.
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import re
+import shlex
+import signal
+import string
+from typing import Any
+
+from supervisor.configerrors import got, problem
+
+WORKER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+BLOCK_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+PLACEHOLDERS = ("name", "index", "instance", "log_dir")
+SIGNAL_NAMES = tuple(s.name[3:] for s in signal.Signals)   # "HUP", "INT", ... (no aliases)
+SIGNAL_MAX = int(signal.SIGRTMAX)
+# Binary units, as supervisord and logrotate count them: 1KB = 1KiB = 1024 bytes.
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
+_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+SOCKET_MODES = (0o600, 0o660)
+
+
+def _no_bool(value: Any, what: str) -> None:
+    if isinstance(value, bool):
+        raise problem(f"must be {what} (got {got(value)})")
+
+
+def signal_number(value: Any) -> int:
+    """'TERM', 'SIGTERM', 'term', 15 or '15' -> 15."""
+    _no_bool(value, "a signal name or number")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int):
+        if 1 <= value <= SIGNAL_MAX:
+            return value
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            pass
+    raise problem(f"unknown signal {got(value)}; use one of {', '.join(SIGNAL_NAMES)} "
+                  f"(with or without SIG) or a number from 1 to {SIGNAL_MAX}")
+
+
+def byte_size(value: Any) -> int:
+    """1048576, '10MB', '512KB', '1GiB', '1.5 G' -> bytes. 0 means no rotation."""
+    _no_bool(value, "a size")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.fullmatch(value.strip())
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(float(m.group(1)) * _UNITS[unit])
+    raise problem(f"must be a number of bytes or a size such as '10MB', '512KB', '1GiB' "
+                  f"(got {got(value)})")
+
+
+def socket_mode(value: Any) -> int:
+    """Read as octal, like chmod: '0600', '600', '0o660' (YAML text) or an int mode."""
+    _no_bool(value, "'0600' or '0660'")
+    mode: int | None = value if isinstance(value, int) else None
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        mode = int(text, 8) if re.fullmatch(r"[0-7]{3,4}", text) else None
+    if mode not in SOCKET_MODES:
+        raise problem(f"must be '0600' or '0660' (got {got(value)})")
+    return mode
+
+
+def command(value: Any) -> tuple[str, ...]:
+    """A list of strings, or one string split like a shell would (no shell is run)."""
+    if isinstance(value, str):
+        try:
+            parts = shlex.split(value)
+        except ValueError as e:
+            raise problem(f"cannot split the command: {str(e).lower()} (got {got(value)})")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise problem(f"every item must be a string (item {i} is {got(item)})")
+        parts = list(value)
+    else:
+        raise problem(f"must be a string or a list of strings (got {got(value)})")
+    if not parts or not parts[0]:
+        raise problem("must name a program to run (got an empty command)")
+    return tuple(parts)
+
+
+def exit_codes(value: Any) -> frozenset[int]:
+    items = value if isinstance(value, list | tuple | set | frozenset) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= 255:
+            raise problem(f"must be a list of exit codes from 0 to 255 (got {got(item)})")
+    return frozenset(items)
+
+
+def env_value(value: Any) -> str:
+    """YAML gives the text as written; Python callers may pass plain scalars."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise problem(f"must be a string (got {got(value)})")
+
+
+def env_name(name: str) -> str:
+    if not name or "=" in name or "\0" in name:
+        raise problem(f"invalid environment variable name {got(name)}")
+    return name
+
+
+def worker_name(name: str) -> str:
+    if not WORKER_NAME.fullmatch(name):
+        raise problem(f"invalid worker name {got(name)}: use 1-64 characters from A-Z a-z 0-9 "
+                      "_ . - (not starting with . or -)")
+    return name
+
+
+def block_prefix(value: str) -> str:
+    if not BLOCK_PREFIX.fullmatch(value):
+        raise problem(f"must be 1-100 characters from A-Z a-z 0-9 _ . - (got {got(value)})")
+    return value
+
+
+def log_level(value: Any) -> str:
+    if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+        return value.strip().upper()
+    raise problem(f"must be one of {', '.join(LOG_LEVELS)} (got {got(value)})")
+
+
+def user_name(value: Any) -> str:
+    """A user name or uid that exists on this machine -> the user name."""
+    _no_bool(value, "a user name")
+    try:
+        if isinstance(value, int):
+            return pwd.getpwuid(value).pw_name
+        if isinstance(value, str):
+            return pwd.getpwnam(value).pw_name
+    except (KeyError, OverflowError):
+        raise problem(f"no such user on this machine (got {got(value)})") from None
+    raise problem(f"must be a user name (got {got(value)})")
+
+
+def group_name(value: Any) -> str:
+    _no_bool(value, "a group name")
+    try:
+        if isinstance(value, int):
+            return grp.getgrgid(value).gr_name
+        if isinstance(value, str):
+            return grp.getgrnam(value).gr_name
+    except (KeyError, OverflowError):
+        raise problem(f"no such group on this machine (got {got(value)})") from None
+    raise problem(f"must be a group name (got {got(value)})")
+
+
+def log_template(value: str) -> str:
+    """A log path may use {name} {index} {instance} {log_dir}; nothing else in braces."""
+    allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value)
+                  if f is not None]
+    except ValueError as e:
+        raise problem(f"{e} (write {{{{ and }}}} for literal braces; "
+                      f"placeholders: {allowed}) (got {got(value)})") from None
+    for field, spec, conv in fields:
+        if field not in PLACEHOLDERS or spec or conv:
+            raise problem(f"unknown placeholder {{{field}}}; use {allowed} (got {got(value)})")
+    if not value:
+        raise problem("must not be empty (null means the default path)")
+    return value
