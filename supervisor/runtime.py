@@ -152,7 +152,11 @@ class Runtime:
             while self._queue:
                 inst, event = self._queue.popleft()
                 old = inst.st.state
-                inst.st, actions = core.step(inst.st, event, inst.policy)
+                try:
+                    inst.st, actions = core.step(inst.st, event, inst.policy)
+                except core.TransitionError as e:
+                    logger.error(f"{inst.name} {e} (event ignored)")
+                    continue
                 for action in actions:
                     self._execute(inst, action, event.now)
                 if inst.st.state is not old:

@@ -243,10 +243,10 @@ class _Conn:
         self.state = _CLOSED
         self.responder.closed = True
         self._cancel_timer()
+        self.server._forget(self)
         if self.watch_reads:
             self.server.loop.remove(self.fd)
         self.sock.close()
-        self.server._forget(self)
 
 
 class ControlServer:
