@@ -228,8 +228,8 @@ class Handlers:
             return
         name = str(self._opt(request, "signal", "")).upper()
         try:
-            signum = int(name) if name.isdigit() else signal_mod.Signals(
-                name if name.startswith("SIG") else f"SIG{name}").value
+            signum = int(name) if name.isdigit() else signal_mod.Signals[
+                name if name.startswith("SIG") else f"SIG{name}"].value
         except (KeyError, ValueError):
             respond(reply(USAGE, err=f"unknown signal {name!r} (e.g. HUP, USR1, 10)\n"))
             return
