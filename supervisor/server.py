@@ -98,6 +98,7 @@ class _Conn:
         self.watch_reads = True
         self.timer: Timer | None = None
         self.responder = Responder(self)
+        self.refused_uid: int | None = None  # a peer we will refuse once its request is in
 
     # -- events -------------------------------------------------------------------------------
     def on_event(self, mask: int) -> None:
@@ -155,6 +156,9 @@ class _Conn:
     # -- request ------------------------------------------------------------------------------
     def _dispatch(self, line: bytes) -> None:
         self._cancel_timer()
+        if self.refused_uid is not None:
+            self.send_error(1, "")
+            return
         try:
             req = json.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
@@ -183,7 +187,12 @@ class _Conn:
     # -- reply --------------------------------------------------------------------------------
     def send_error(self, code: int, message: str) -> None:
         self.responder.replied = True
-        self.send_reply({"code": code, "err": f"supervisord: bad request: {message}\n"})
+        if self.refused_uid is not None:  # tell a refused peer nothing else
+            uid = self.refused_uid
+            err = f"permission denied: uid {uid} is not allowed on this socket\n"
+            self.send_reply({"code": 1, "err": err})
+        else:
+            self.send_reply({"code": code, "err": f"supervisord: bad request: {message}\n"})
 
     def send_reply(self, reply: Reply) -> None:
         if self.state in (_WRITING, _CLOSED):
@@ -326,13 +335,10 @@ class ControlServer:
         conn = _Conn(self, sock)
         self._conns[conn.fd] = conn
         self.loop.add_reader(conn.fd, conn.on_event)
-        uid = self._refused_uid(sock)
-        if uid is not None:
-            conn.responder.replied = True
-            conn.send_reply(
-                {"code": 1, "err": f"permission denied: uid {uid} is not allowed on this socket\n"}
-            )
-            return
+        # A refused peer still gets to send its request (never parsed): replying and closing
+        # before it is in would make the peer's send fail (EPIPE/ECONNRESET) instead of letting
+        # it read why.
+        conn.refused_uid = self._refused_uid(sock)
         conn.timer = self.loop.call_later(self.read_timeout, conn.on_read_timeout)
 
     def _refused_uid(self, sock: socket.socket) -> int | None:
