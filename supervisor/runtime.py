@@ -351,8 +351,8 @@ class Runtime:
         status = exit_status_from_record(rec) if rec is not None else None
         if status is None and inst.pidfd is not None:
             status = pidfd_exit_status(inst.pidfd)
-            if status is None and tries < 20:
-                self.loop.call_later(0.01, lambda: self._adopted_exit(inst, tries + 1))
+            if status is None and tries < 50:
+                self.loop.call_later(0.02, lambda: self._adopted_exit(inst, tries + 1))
                 return
         self._exited(inst, status or core.ExitStatus(source="unknown"))
 
