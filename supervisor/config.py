@@ -448,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             print(e, file=sys.stderr)
             status = 1
         else:
-            print(f"{file}: OK ({len(config.workers)} workers, {len(config.instances())} "
-                  "instances)")
+            n, m = len(config.workers), len(config.instances())
+            print(f"{file}: OK ({n} worker{'s' * (n != 1)}, {m} instance{'s' * (m != 1)})")
     if not args.schema and not args.files:
         parser.print_usage(sys.stderr)
         return 2

@@ -144,9 +144,15 @@ def translate(err: ErrorDetails, data: Any,
 
 def from_validation_error(exc: ValidationError, data: Any,
                           keys_at: Callable[[Path], Sequence[str]]) -> list[tuple[Path, str]]:
+    """The problems of a failed validation; a missing key that a misspelt one was meant to be
+    is not reported twice (``worker:`` -> "did you mean 'workers'?", not also "missing")."""
     out: list[tuple[Path, str]] = []
     for err in exc.errors(include_url=False):
         item = translate(err, data, keys_at)
         if item not in out:
             out.append(item)
-    return out
+    meant = {path[:-1] + (msg.split("'")[1],) for path, msg in out
+             if msg.startswith("unknown key; did you mean")}
+    return [(path, msg) for path, msg in out
+            if not (msg.startswith("missing required key") and path + (msg.split("'")[1],)
+                    in meant)]
