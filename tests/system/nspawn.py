@@ -156,10 +156,21 @@ class Container:
     def prop(self, unit: str, name: str) -> str:
         return self.ct("systemctl", "show", "-p", name, "--value", unit).stdout.strip()
 
-    def journal(self, unit: str | None = None, lines: int = 200) -> str:
+    def journal(self, unit: str | None = None, lines: int = 200, after: str = "") -> str:
+        """The last lines of the journal (of a unit), optionally only after a cursor."""
         args = ["journalctl", "--no-pager", "-o", "short-monotonic", "-n", str(lines)]
         args += ["-u", unit] if unit else ["-b"]
+        args += [f"--after-cursor={after}"] if after else []
         return self.ct(*args).stdout
+
+    def journal_cursor(self) -> str:
+        """A cursor at the journal's current end (for journal(after=...))."""
+        self.ct("journalctl", "--sync")
+        out = self.ct("journalctl", "-n", "1", "--show-cursor", "--no-pager", "-q").stdout
+        for line in out.splitlines():
+            if line.startswith("-- cursor: "):
+                return line[len("-- cursor: "):].strip()
+        return ""
 
     def wait_for(
         self, what: str, probe: Callable[[], object], timeout: float = 20.0,
