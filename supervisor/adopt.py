@@ -66,11 +66,35 @@ def _started_at(ticks: int) -> float:
     return time.monotonic() - max(0.0, since_boot)
 
 
-def verify(name: str, block: blk.ControlBlock) -> tuple[int, int] | str:
+def find_by_environ(names: set[str]) -> dict[str, int]:
+    """PIDs whose environment names one of these blocks (one pass over /proc)."""
+    wanted = {f"{ENV_BLOCK}={n}".encode(): n for n in names}
+    found: dict[str, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        for var in env.split(b"\0"):
+            n = wanted.get(var)
+            if n is not None:
+                found[n] = int(entry.name)
+    return found
+
+
+def verify(name: str, block: blk.ControlBlock, unrecorded: dict[str, int]) -> tuple[int, int] | str:
     """(pid, pidfd) of the verified process of a block, or why it does not verify."""
     pid, ticks = block.spawned_pid, block.spawned_start_ticks
     if not pid:                           # the daemon died before recording the spawn
         pid, ticks = block.pid, block.start_ticks
+    if not pid:                           # ... and the worker had not attached yet
+        pid = unrecorded.get(name, 0)
+        if not pid:
+            return "gone"
+        ticks = 0                         # unknown: the environment check below decides
     if pid <= 1 or pid == os.getpid():
         return f"names pid {pid}, which is never a worker"
     try:
@@ -81,7 +105,7 @@ def verify(name: str, block: blk.ControlBlock) -> tuple[int, int] | str:
         return f"cannot open a pidfd for pid {pid}: {e}"
     try:
         actual = blk.proc_start_ticks(pid)
-        if actual != ticks:
+        if ticks and actual != ticks:
             why = f"pid {pid} started at tick {actual}, not {ticks} (a recycled pid)"
         elif os.getpgid(pid) != pid:
             why = f"pid {pid} does not lead its process group"
@@ -97,18 +121,23 @@ def verify(name: str, block: blk.ControlBlock) -> tuple[int, int] | str:
 
 def scan(prefix: str) -> list[Found]:
     found: list[Found] = []
+    blocks: dict[str, blk.ControlBlock] = {}
     for name in blk.list_blocks(prefix):
         instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
         try:
-            block = blk.ControlBlock.attach(name)
+            blocks[name] = blk.ControlBlock.attach(name)
         except blk.BlockError as e:
             logger.warning(f"{instance} removing unusable control block: {e}")
             blk.unlink_name(name)
             continue
         except OSError as e:
             logger.warning(f"{instance} cannot open control block {name}: {e}")
-            continue
-        result = verify(name, block)
+    # blocks whose process was never recorded (the daemon died in the middle of a spawn)
+    unrecorded = find_by_environ({n for n, b in blocks.items()
+                                  if not b.spawned_pid and not b.pid})
+    for name, block in blocks.items():
+        instance = name[len(prefix) + 2:]
+        result = verify(name, block, unrecorded)
         if isinstance(result, str):
             exit_rec = block.read_exit()
             if result != "gone":

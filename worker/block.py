@@ -145,6 +145,14 @@ def list_blocks(prefix: str) -> list[str]:
     return sorted("/" + e for e in entries if e.startswith(start))
 
 
+def unlink_name(name: str) -> None:
+    """Remove a block's name from /dev/shm without attaching to it; a missing name is fine."""
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    except posix_ipc.ExistentialError:
+        pass
+
+
 def read_boot_id() -> bytes:
     """This boot's id (16 bytes) from /proc/sys/kernel/random/boot_id."""
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
@@ -286,10 +294,7 @@ class ControlBlock:
 
     def unlink(self) -> None:
         """Remove the name from /dev/shm (mappings stay valid); a missing name is fine."""
-        try:
-            posix_ipc.unlink_shared_memory(self.name)
-        except posix_ipc.ExistentialError:
-            pass
+        unlink_name(self.name)
 
     def __enter__(self) -> Self:
         return self
