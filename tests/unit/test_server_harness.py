@@ -78,10 +78,10 @@ class LoopThread:
 class Recorder:
     """A handler that records requests. Behaviour by cmd:
     echo -> code 0, data = the request; defer -> the same after opts.delay seconds;
-    hold -> keeps the responder (reply with LoopThread.call); big -> an out of opts.size bytes;
+    hold (or replies[cmd] = None) -> keeps the responder (reply with LoopThread.call); big -> an out of opts.size bytes;
     boom -> raises; anything else -> ``replies[cmd]`` (default code 0)."""
 
-    def __init__(self, loop: Loop, replies: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, loop: Loop, replies: dict[str, dict[str, Any] | None] | None = None) -> None:
         self.loop = loop
         self.replies = replies or {}
         self.requests: list[Request] = []
@@ -96,14 +96,14 @@ class Recorder:
         elif cmd == "defer":
             reply = {"code": 0, "out": "deferred\n", "err": "", "data": req}
             self.loop.call_later(float(opts["delay"]), lambda: responder(reply))
-        elif cmd == "hold":
+        elif cmd == "hold" or (cmd in self.replies and self.replies[cmd] is None):
             self.held.append(responder)
         elif cmd == "big":
             responder({"code": 0, "out": "x" * int(opts["size"]), "err": "", "data": None})
         elif cmd == "boom":
             raise RuntimeError("boom")
         else:
-            responder(self.replies.get(cmd, {"code": 0, "out": "", "err": "", "data": None}))
+            responder(self.replies.get(cmd) or {"code": 0, "out": "", "err": "", "data": None})
 
 
 def start_server(lt: LoopThread, path: str, **kw: Any) -> tuple[ControlServer, Recorder]:
