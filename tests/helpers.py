@@ -178,7 +178,7 @@ class DaemonProcess:
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run ``supervisorctl -c CONFIG ARGS...``; text output, never raises on exit codes."""
         return subprocess.run([SUPERVISORCTL, "-c", str(self.config_path), *args],
-                              capture_output=True, text=True, timeout=timeout,
+                              check=False, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
 
     def status_json(self) -> list[dict[str, Any]]:
@@ -222,8 +222,8 @@ class DaemonProcess:
             return ""
 
     def wait_log(self, regex: str, timeout: float = 15.0, after: int = 0) -> re.Match[str]:
-        """Wait for ``regex`` (re.M) in the daemon's output from character ``after`` on."""
-        pattern = re.compile(regex, re.M)
+        """Wait for ``regex`` (MULTILINE) in the daemon's output from character ``after`` on."""
+        pattern = re.compile(regex, re.MULTILINE)
 
         def found() -> re.Match[str] | None:
             return pattern.search(self.log_text(), after)

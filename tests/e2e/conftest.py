@@ -23,7 +23,7 @@ TESTS = str(Path(__file__).resolve().parents[1])
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
-from helpers import DaemonProcess  # noqa: E402
+from helpers import DaemonProcess
 
 DaemonFactory = Callable[..., DaemonProcess]
 
