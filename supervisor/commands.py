@@ -17,7 +17,7 @@ import psutil
 
 from supervisor.core import State
 from supervisor.ctl.exitcodes import FAILED, NO_SUCH_TARGET, OK, USAGE
-from supervisor.runtime import GONE, Instance, Runtime
+from supervisor.runtime import GONE, Instance, Runtime, uses_library
 
 Reply = dict[str, Any]
 
@@ -70,11 +70,10 @@ def instance_facts(inst: Instance, now: float) -> dict[str, Any]:
     }
     if inst.pid is not None and st.started_at is not None:
         facts["uptime"] = round(now - st.started_at, 3)
-    if inst.block is not None and inst.pid is not None:
-        if inst.block.pid:   # the worker uses the library
-            hb = inst.block.heartbeat_ns
-            facts["heartbeat_age"] = round(now - hb / 1e9, 3) if hb else None
-            facts["work_done"] = inst.block.work_done
+    if inst.pid is not None and inst.block is not None and uses_library(inst):
+        hb = inst.block.heartbeat_ns
+        facts["heartbeat_age"] = round(now - hb / 1e9, 3) if hb else None
+        facts["work_done"] = inst.block.work_done
     if inst.pid is not None:
         try:
             p = psutil.Process(inst.pid)

@@ -22,6 +22,7 @@ from supervisor.adopt import Found, scan
 from supervisor.config import Config, WorkerConfig
 from supervisor.core import InstanceState, State, TimerKind
 from supervisor.runtime import GONE, Instance, Runtime, exit_status_from_record, uses_library
+from worker import block as blk
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -70,7 +71,15 @@ def apply_adoption(rt: Runtime, config: Config) -> set[str]:
         rt.dispatch(inst, core.Adopted(now, f.pid, ready, f.started_at))
         logger.info(f"{inst.name} adopted pid {f.pid} "
                     f"({'child, re-exec' if f.child else 'after a daemon restart'})")
-        if inst.removed:
+        _seq, cmd = f.block.cmd
+        if cmd == blk.CMD_STOP_GRACEFUL:
+            # the block remembers a graceful stop in flight: carry on with it, same deadline
+            logger.info(f"{inst.name} was being stopped when supervisord went down; carrying on")
+            rt.dispatch(inst, core.StopRequested(now, graceful=True))
+            deadline = f.block.deadline_ns / 1e9
+            if TimerKind.GRACEFUL in inst.timers and deadline > now:
+                rt.arm_timer(inst, TimerKind.GRACEFUL, deadline)
+        elif inst.removed:
             logger.info(f"{inst.name} is no longer configured; stopping it")
             rt.dispatch(inst, core.StopRequested(now, graceful=uses_library(inst)))
         elif _cmdline(f.pid) not in (None, list(inst.cfg.command)):
