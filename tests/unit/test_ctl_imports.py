@@ -1,0 +1,59 @@
+"""supervisorctl's start-up is its latency: it imports click and the standard library only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from test_ctl import REPO, child_env
+
+FORBIDDEN = ("pydantic", "yaml", "psutil", "loguru", "posix_ipc", "worker")
+
+
+def loaded_after(statement: str) -> list[str]:
+    code = f"import sys, json; {statement}; print(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=REPO,
+        timeout=60,
+    )
+    modules = json.loads(proc.stdout)
+    assert isinstance(modules, list)
+    return modules
+
+
+def test_ctl_main_loads_no_heavy_module() -> None:
+    modules = loaded_after("import supervisor.ctl.main")
+    heavy = [m for m in modules if m.split(".")[0] in FORBIDDEN]
+    assert heavy == [], f"import supervisor.ctl.main loaded {heavy}"
+    ours = sorted(m for m in modules if m.startswith("supervisor"))
+    assert all(
+        m == "supervisor" or m.startswith(("supervisor.ctl", "supervisor.paths")) for m in ours
+    ), ours
+
+
+def test_importtime_shows_no_heavy_module() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import supervisor.ctl.main"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=REPO,
+        timeout=60,
+    )
+    names = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line]
+    assert "supervisor.ctl.main" in names, proc.stderr[-2000:]
+    heavy = [n for n in names if n.split(".")[0] in FORBIDDEN]
+    assert heavy == [], heavy
+
+
+def test_supervisor_package_is_import_free() -> None:
+    before = set(loaded_after("pass"))
+    after = set(loaded_after("import supervisor"))
+    assert sorted(after - before) == ["supervisor"]
