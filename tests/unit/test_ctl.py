@@ -327,3 +327,12 @@ def test_completion_asks_the_daemon(daemon: Fake) -> None:
 def test_completion_without_daemon_is_silent(run_dir: Path, tmp_path: Path) -> None:
     result = complete(tmp_path / "none.yaml", "stop ")
     assert (result.exit_code, result.stdout, result.stderr) == (0, "\n", "")  # no candidates
+
+
+def test_completion_reads_the_daemons_status_list(daemon: Fake) -> None:
+    daemon.rec.replies["status"] = {
+        "code": 0,
+        "data": [{"name": "web:0", "worker": "web"}, {"name": "db:0", "worker": "db"}],
+    }
+    result = complete(daemon.config, "stop d")
+    assert (result.exit_code, result.stdout) == (0, "plain,db\nplain,db:0\n")
