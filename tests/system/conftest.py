@@ -21,11 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 INSTALL_PREFIX = "/opt/pyvisor"   # where systemd/supervisord.service expects the venv
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: systemd-nspawn / PID namespaces (CI runs these as root)")
-
-
 def venv_binds() -> list[str]:
     """Host paths the test venv needs inside the container: the checkout (editable install),
     the venv and the interpreter it was made from. Overlaying / does not descend into other
@@ -42,7 +37,7 @@ def venv_binds() -> list[str]:
 
 @pytest.fixture(scope="module")
 def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
-    require_root()
+    nspawn.require_root()
     workdir = tmp_path_factory.mktemp("nspawn")
     c = nspawn.boot(workdir, binds_ro=venv_binds())
     try:

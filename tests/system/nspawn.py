@@ -48,6 +48,14 @@ class NspawnError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- host preparation
+def require_root() -> None:
+    """Skip (outside CI) when not root; CI runs the system tests as root."""
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("needs root: systemd-nspawn / PID namespaces (CI runs these as root)")
+
+
 def ensure_nspawn() -> str:
     """Path of systemd-nspawn; installs systemd-container (pinned to the installed systemd
     version, so apt never upgrades systemd itself) when it is missing."""

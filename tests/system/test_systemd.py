@@ -16,9 +16,8 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 import nspawn
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "supervisord.service"
