@@ -238,9 +238,7 @@ class Worker(Poller):
             left = ASYNC_SLICE_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return False
-            await loop.run_in_executor(
-                None, v.wait_u32, OFF_CMD, word, min(left, ASYNC_SLICE_S)
-            )
+            await loop.run_in_executor(None, v.wait_u32, OFF_CMD, word, min(left, ASYNC_SLICE_S))
 
     def close(self, status: int = 0) -> None:
         """Record the exit (status, now, WORKER), publish EXITED and unmap. Idempotent."""

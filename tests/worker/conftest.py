@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if sys.path[:1] != [str(ROOT)]:
     sys.path.insert(0, str(ROOT))
 
-from worker.block import ControlBlock  # noqa: E402
+from worker.block import ControlBlock
 
 SHM_DIR = Path("/dev/shm")
 # One prefix per test session: "pvt" + 10 hex digits (no dot, a valid block prefix).

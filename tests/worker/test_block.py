@@ -35,6 +35,7 @@ def attach_in_child(name: str) -> str:
     r = subprocess.run(
         [sys.executable, "-c", ATTACH, name],
         env=python_env(),
+        check=False,
         capture_output=True,
         text=True,
         timeout=30,
@@ -178,9 +179,7 @@ def test_block_from_before_a_reboot_is_refused(block: ControlBlock) -> None:
 
 
 @pytest.mark.parametrize("size", [0, 100, 4095])
-def test_truncated_block_is_refused_without_sigbus(
-    block: ControlBlock, size: int
-) -> None:
+def test_truncated_block_is_refused_without_sigbus(block: ControlBlock, size: int) -> None:
     shm = posix_ipc.SharedMemory(block.name)
     try:
         os.ftruncate(shm.fd, size)
@@ -242,6 +241,7 @@ def test_child_sees_fields_written_by_parent(block: ControlBlock) -> None:
     r = subprocess.run(
         [sys.executable, "-c", code, block.name],
         env=python_env(),
+        check=False,
         capture_output=True,
         text=True,
         timeout=30,

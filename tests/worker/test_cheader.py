@@ -72,7 +72,7 @@ def c_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     r = subprocess.run(
         [gcc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT}", str(src),
          "-o", str(exe)],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, f"gcc failed:\n{r.stderr}"
     return exe
@@ -84,7 +84,9 @@ def test_c_worker_reads_python_fields_and_writes_back(
     blk = new_block("cw:5", slot=5, epoch=1234567890123)
     blk.set_spawned(31337, 555, 9)
     seq = blk.post_command(B.CMD_STOP_GRACEFUL, 777)
-    r = subprocess.run([str(c_program), blk.name], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [str(c_program), blk.name], check=False, capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0, f"C worker failed: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
     lines = r.stdout.splitlines()
     assert lines[0] == f"magic={B.MAGIC:016x} version=1 header=512 size=4096 slot=5", lines
@@ -111,7 +113,11 @@ def test_c_attach_checks_size_and_magic(
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, size=size)
     shm.close_fd()
     r = subprocess.run(
-        [str(c_program), name, "attach-only"], capture_output=True, text=True, timeout=30
+        [str(c_program), name, "attach-only"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.returncode == 1, f"expected a clean refusal: rc={r.returncode} {r.stderr}"
     want = "Message too long" if size < 4096 else "Invalid argument"

@@ -183,16 +183,13 @@ def test_close_records_the_exit(env_block: ControlBlock) -> None:
 def test_exit_status_from_the_with_block(
     env_block: ControlBlock, exc: BaseException, status: int
 ) -> None:
-    with pytest.raises(type(exc)):
-        with Worker():
-            raise exc
+    with pytest.raises(type(exc)), Worker():
+        raise exc
     rec = env_block.read_exit()
     assert rec is not None and rec.status == status, rec
 
 
-def test_attach_refuses_a_bad_block(
-    new_block: Callable[..., ControlBlock]
-) -> None:
+def test_attach_refuses_a_bad_block(new_block: Callable[..., ControlBlock]) -> None:
     blk = new_block()
     blk.view.store_u32(B.OFF_VERSION, 9)
     with pytest.raises(B.BlockError, match="layout version"):
