@@ -301,3 +301,11 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return "?"
+
+
+def write_script(directory: Path, name: str, text: str) -> str:
+    """Write a Python script (e.g. a worker using ``from worker import Worker``) into
+    ``directory``; returns its path."""
+    path = directory / name
+    path.write_text(text)
+    return str(path)
