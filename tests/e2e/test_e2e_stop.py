@@ -1,0 +1,123 @@
+"""Stopping: graceful at a unit boundary, escalation to SIGKILL, process groups, SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from helpers import pid_alive, pids_with_block_prefix, wait_until, write_script
+
+UNIT_WORKER = """\
+import time
+from worker import Worker
+
+with Worker() as w:
+    w.ready()
+    n = 0
+    while not w.should_stop:
+        with w.busy():
+            time.sleep(0.05)
+        n += 1
+        w.heartbeat()
+        w.add_work()
+        print(f"unit {n} done", flush=True)
+    print(f"stopping at unit boundary after unit {n}", flush=True)
+"""
+
+STUBBORN_WORKER = """\
+import signal, time
+from worker import Worker
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+w = Worker()
+w.ready()
+print("ignoring everything", flush=True)
+while True:          # never looks at should_stop
+    time.sleep(0.05)
+"""
+
+
+def test_graceful_stop_at_unit_boundary(daemon: Any, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "units.py", UNIT_WORKER)
+    d = daemon({"u": {"command": [sys.executable, script], "graceful_timeout": 5,
+                      "kill_timeout": 1}})
+    d.wait_state("u:0", "RUNNING")
+    out = d.log_dir / "u-0.out.log"
+    wait_until(lambda: "unit 3 done" in out.read_text(), 10, "three units of work")
+    pid = d.pids()["u:0"]
+    mark = d.log_mark()
+    r = d.ctl("stop", "--graceful", "u")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "u:0: stopped\n", ""), r
+    assert not pid_alive(pid)
+    d.wait_log(r"u:0 RUNNING -> STOPPING \(stop requested; graceful, up to 5\.00 s\)$",
+               after=mark)
+    d.wait_log(r"u:0 STOPPING -> STOPPED \(exited: exit status 0\)$", after=mark)
+    assert "signal" not in d.log_text()[mark:], d.log_text()[mark:]
+    lines = out.read_text().splitlines()
+    last = re.fullmatch(r"stopping at unit boundary after unit (\d+)", lines[-1])
+    assert last and lines[-2] == f"unit {last.group(1)} done", lines[-5:]
+    row = d.status_of("u:0")
+    assert row["state"] == "STOPPED" and row["work_done"] in (None, int(last.group(1))), row
+    r = d.ctl("status", "u:0")
+    assert r.stdout == "u:0  STOPPED   last: exit status 0\n", r
+
+
+def test_escalation_to_sigkill(daemon: Any, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "stubborn.py", STUBBORN_WORKER)
+    d = daemon({"s": {"command": [sys.executable, script], "graceful_timeout": 0.5,
+                      "kill_timeout": 0.5}})
+    d.wait_state("s:0", "RUNNING")
+    pid = d.pids()["s:0"]
+    mark = d.log_mark()
+    r = d.ctl("stop", "--graceful", "s")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "s:0: stopped\n", ""), r
+    assert not pid_alive(pid)
+    text = d.log_text()[mark:]
+    expected = [
+        r"s:0 RUNNING -> STOPPING \(stop requested; graceful, up to 0\.50 s\)",
+        r"s:0 did not exit within 0\.50 s of the stop command; sending signal 15",
+        r"s:0 still alive 0\.50 s after signal 15; sending signal 9",
+        r"s:0 STOPPING -> STOPPED \(exited: killed by signal 9\)",
+    ]
+    found = [m.group(0) for m in re.finditer(r"s:0 .*", text)]
+    assert len(found) == len(expected), text
+    for line, pattern in zip(found, expected, strict=True):
+        assert re.fullmatch(pattern, line), (pattern, text)
+    assert d.ctl("status", "s:0").stdout == "s:0  STOPPED   last: killed by signal 9\n"
+
+
+def test_grandchildren_are_gone_after_stop(daemon: Any) -> None:
+    d = daemon({"g": {"command": "sh -c 'sleep 1000 & sleep 1000 & wait'",
+                      "start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}})
+    d.wait_state("g:0", "RUNNING")
+    family = wait_until(lambda: [p for p in [pids_with_block_prefix(d.prefix)] if len(p) == 3],
+                        10, "sh and its two sleeps")[0]
+    r = d.ctl("stop", "g")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "g:0: stopped\n", ""), r
+    wait_until(lambda: not [p for p in family if pid_alive(p)], 5,
+               f"every process of the group {family} to be gone")
+    assert pids_with_block_prefix(d.prefix) == []
+
+
+def test_sigterm_stops_everything_and_exits_0(daemon: Any, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "units.py", UNIT_WORKER)
+    d = daemon({"u": {"command": [sys.executable, script], "numprocs": 2,
+                      "graceful_timeout": 5, "kill_timeout": 1},
+                "p": {"command": "sh -c 'sleep 1000 & wait'", "start_seconds": 0.2,
+                      "kill_timeout": 0.5, "priority": 1}})
+    d.wait_state("u:1", "RUNNING")
+    d.wait_state("p:0", "RUNNING")
+    workers = pids_with_block_prefix(d.prefix)
+    assert len(workers) == 4, workers
+    assert d.stop(timeout=30) == 0, d.log_text()
+    log = d.log_text()
+    assert "shutting down: stopping every worker gracefully" in log
+    assert re.search(r"u:0 STOPPING -> STOPPED \(exited: exit status 0\)", log), log
+    assert re.search(r"u:1 STOPPING -> STOPPED \(exited: exit status 0\)", log), log
+    assert log.rstrip().endswith("every worker stopped; supervisord exits"), log
+    # priority 1 starts first, so it stops last
+    assert log.index("p:0 RUNNING -> STOPPING") > log.index("u:1 STOPPING -> STOPPED"), log
+    assert not [p for p in workers if pid_alive(p)]
+    assert not d.socket.exists(), "the control socket outlived the daemon"
