@@ -104,9 +104,13 @@ def verify(name: str, block: blk.ControlBlock, unrecorded: dict[str, int]) -> tu
     except OSError as e:
         return f"cannot open a pidfd for pid {pid}: {e}"
     try:
-        actual = blk.proc_start_ticks(pid)
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+        actual = blk.parse_start_ticks(stat)
         if ticks and actual != ticks:
             why = f"pid {pid} started at tick {actual}, not {ticks} (a recycled pid)"
+        elif stat[stat.rindex(")") + 2] == "Z":
+            why = "gone"                  # exited; a zombie waiting for init to reap it
         elif os.getpgid(pid) != pid:
             why = f"pid {pid} does not lead its process group"
         elif not _environ_names_block(pid, name):
