@@ -242,3 +242,28 @@ def test_two_daemons_at_once_exactly_one_runs(daemon_factory: Any) -> None:
             if p.poll() is None and p is not d.proc:
                 p.kill()
                 p.wait()
+
+
+COUNTER = "import itertools, sys, time\n" \
+          "for i in itertools.count():\n" \
+          "    print(i, flush=True)\n" \
+          "    time.sleep(0.005)\n"
+
+
+def test_output_keeps_reaching_the_log_across_a_daemon_kill(daemon_factory: Any,
+                                                             tmp_path: Path) -> None:
+    """Workers write straight into their log file: with the daemon dead for a while, not one
+    line is lost and the worker neither dies (SIGPIPE) nor blocks."""
+    (tmp_path / "counter.py").write_text(COUNTER)
+    d = daemon_factory({"count": {"command": [sys.executable, str(tmp_path / "counter.py")],
+                                  "start_seconds": 0.2}}).start()
+    pid = d.wait_state("count:0", "RUNNING")["pid"]
+    log = d.log_dir / "count-0.out.log"
+    kill_daemon(d)
+    size = log.stat().st_size
+    wait_until(lambda: log.stat().st_size > size + 200, 10, "output while the daemon is dead")
+    d.start()
+    assert d.wait_state("count:0", "RUNNING")["pid"] == pid
+    lines = log.read_text().split()
+    numbers = [int(x) for x in lines]
+    assert numbers == list(range(len(numbers))), "a gap or a repeat in the worker's output"
