@@ -1,0 +1,77 @@
+"""reload: added, removed, changed and invalid configs, without restarting the daemon."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from helpers import pid_alive
+
+QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
+
+
+def sleeper(seconds: int, **kw: Any) -> dict[str, Any]:
+    return {"command": f"sleep {seconds}", **QUICK, **kw}
+
+
+def test_reload_added_removed_changed(daemon: Any) -> None:
+    d = daemon({"keep": sleeper(1000), "gone": sleeper(1000), "change": sleeper(1000)})
+    for name in ("keep:0", "gone:0", "change:0"):
+        d.wait_state(name, "RUNNING")
+    before = d.pids()
+
+    d.write_config({"keep": sleeper(1000), "change": sleeper(2000), "new": sleeper(1000)})
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, ("removed gone (1 instances)\nchanged change: restarted 1 instances\n"
+           "added new (1 instances)\n"), ""), r
+    rows = {row["name"]: row for row in d.status_json()}
+    assert sorted(rows) == ["change:0", "keep:0", "new:0"], rows
+    assert all(row["state"] == "RUNNING" for row in rows.values()), rows
+    assert rows["keep:0"]["pid"] == before["keep:0"], "an unchanged worker was restarted"
+    assert rows["change:0"]["pid"] != before["change:0"]
+    assert not pid_alive(before["gone:0"]) and not pid_alive(before["change:0"])
+    with open(f"/proc/{rows['change:0']['pid']}/cmdline", "rb") as f:
+        assert f.read() == b"sleep\x002000\x00"
+
+    d.write_config({"keep": sleeper(1000, numprocs=2), "change": sleeper(2000),
+                    "new": sleeper(1000)})
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "keep: numprocs 1 -> 2\n", ""), r
+    after = d.pids()
+    assert after["keep:0"] == before["keep:0"] and "keep:1" in after, after
+
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "no changes\n", ""), r
+    assert d.pids() == after
+
+
+def test_reload_invalid_keeps_old_workers(daemon: Any) -> None:
+    d = daemon({"a": sleeper(1000, numprocs=2), "b": sleeper(1000)})
+    d.wait_state("a:1", "RUNNING")
+    d.wait_state("b:0", "RUNNING")
+    before = d.pids()
+    cfg = d.config_path
+    good = cfg.read_text()
+    bad = good.replace("    numprocs: 2\n", "    numprocs: 2\n    start_secs: 1\n", 1)
+    assert bad != good
+    line = bad.splitlines().index("    start_secs: 1") + 1
+    d.write_config({}, raw=bad)
+    mark = d.log_mark()
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        7, "", ("reload refused; still running the previous config.\n"
+                f"{cfg}:{line}: workers.a.start_secs: unknown key; did you mean "
+                "'start_seconds'?\n")), r
+    d.wait_log(r"reload refused, still running the previous config:", after=mark)
+    assert d.pids() == before
+    assert all(pid_alive(p) for p in before.values())
+
+    d.write_config({}, raw="workers:\n  a:\n    command: sleep 1000\n    numprocs: -1\n")
+    r = d.ctl("reload")
+    assert r.returncode == 7 and r.stdout == "" and f"{cfg}:4: workers.a.numprocs:" in r.stderr, r
+    assert d.pids() == before
+
+    d.write_config({}, raw=good)          # fixed: reload is a no-op
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "no changes\n", ""), r
+    assert d.pids() == before
