@@ -25,7 +25,11 @@ CONFIG = "/etc/pyvisor/supervisord.yaml"
 LOG_DIR = "/var/log/pyvisor"
 PLAIN_START_SECONDS = 1.5
 
-DROP_IN = """[Service]
+DROP_IN = """[Unit]
+# this module starts the unit more often than a real machine would
+StartLimitIntervalSec=0
+
+[Service]
 # test timings: a hung daemon is detected in 3 s and killed 2 s later
 WatchdogSec=3s
 TimeoutAbortSec=2s
@@ -45,6 +49,20 @@ while True:
 
 # Every process with PYVISOR_INSTANCE in its environment, by instance (the daemon puts it
 # in each worker's environment; workers here are single processes).
+# Holds a process in ptrace-stop: unlike SIGSTOP (systemd follows its SIGTERM with SIGCONT)
+# nothing but SIGKILL gets it out, like a daemon hung for real. Exits when the tracee dies.
+TRACER = r'''
+import ctypes, os, sys
+pid = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.ptrace(16, pid, 0, 0) != 0:          # PTRACE_ATTACH
+    sys.exit(f"ptrace attach {pid}: errno {ctypes.get_errno()}")
+while True:
+    _, st = os.waitpid(pid, 0x40000000)      # __WALL; never resume it
+    if os.WIFEXITED(st) or os.WIFSIGNALED(st):
+        break
+'''
+
 PS_WORKERS = r'''
 import json, os
 found = {}
@@ -223,6 +241,36 @@ def test_sigkill_of_the_daemon_leaves_no_duplicates(svc: Svc) -> None:
                    show=svc.show)
     after = one_each(svc.workers())
     assert after == before, "workers changed across the daemon's SIGKILL + restart"
+
+
+def test_hung_at_stop_workers_outlive_the_unit_and_next_start_adopts(svc: Svc) -> None:
+    """The KillMode=process trade-off: a daemon hung at `systemctl stop` is SIGKILLed after
+    TimeoutStopSec, its workers stay (in the unit's cgroup) and the next start adopts them."""
+    c = svc.c
+    before = one_each(svc.workers())
+    main = svc.prop("MainPID")
+    c.write(f"/etc/systemd/system/{UNIT}.d/hung.conf", "[Service]\nTimeoutStopSec=2s\n")
+    c.ct("systemctl", "daemon-reload", check=True)
+    try:
+        c.write("/opt/pyvisor-test/tracer.py", TRACER)
+        c.ct("systemd-run", "--unit=pyvisor-test-tracer", "--collect",
+             "/opt/pyvisor/bin/python", "/opt/pyvisor-test/tracer.py", main, check=True)
+        c.wait_for("the daemon in ptrace-stop",
+                   lambda: "tracing stop" in c.ct("grep", "State:", f"/proc/{main}/status").stdout,
+                   timeout=10, show=svc.show)
+        p = c.ct("systemctl", "stop", UNIT, timeout=60)
+        assert svc.prop("ActiveState") in ("failed", "inactive"), svc.show()
+        assert svc.prop("Result") == "timeout", f"stop rc={p.returncode}\n{svc.show()}"
+        assert one_each(svc.workers()) == before, "workers did not outlive the hung daemon"
+        assert "remains running after unit stopped" in svc.journal(), svc.show()
+    finally:
+        c.ct("rm", "-f", f"/etc/systemd/system/{UNIT}.d/hung.conf")
+        c.ct("systemctl", "daemon-reload", check=True)
+    p = c.ct("systemctl", "start", UNIT, timeout=120)
+    assert p.returncode == 0, f"start rc={p.returncode} {p.stderr}\n{svc.show()}"
+    assert svc.statuses() == {k: "RUNNING" for k in before}, svc.show()
+    assert one_each(svc.workers()) == before, "the next start did not adopt the leftovers"
+    assert "adopted" in svc.journal(), svc.show()
 
 
 def test_stop_is_graceful(svc: Svc) -> None:
