@@ -1,0 +1,50 @@
+"""Setups shared by the 1,000-worker benches: N plain or N library workers under either
+supervisor, booted and awaited until all RUNNING."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from harness import PV_BIN, PY_WORKER, Daemon, Run
+
+SLEEP = "/bin/sleep"
+
+
+def pyvisor_workers(kind: str, n: int, **extra: Any) -> dict[str, dict[str, Any]]:
+    if kind == "plain":
+        w: dict[str, Any] = {"command": [SLEEP, "100000"], "numprocs": n, "start_seconds": 0}
+    else:
+        w = {"command": [str(PV_BIN / "python3"), PY_WORKER], "numprocs": n,
+             "graceful_timeout": 10}
+    w.update(extra)
+    return {kind: w}
+
+
+def supervisord_programs(kind: str, n: int, **extra: Any) -> dict[str, dict[str, Any]]:
+    cmd = f"{SLEEP} 100000" if kind == "plain" else f"{PV_BIN / 'python3'} {PY_WORKER}"
+    p: dict[str, Any] = {"command": cmd, "numprocs": n, "startsecs": 0, "stopwaitsecs": 10,
+                         "autorestart": "true"}
+    p.update(extra)
+    return {kind: p}
+
+
+def make(run: Run, side: str, kind: str, n: int, name: str | None = None) -> Daemon:
+    name = name or f"{side[:2]}-{kind}"
+    if side == "pyvisor":
+        return run.pyvisor(pyvisor_workers(kind, n), name=name)
+    return run.supervisord(supervisord_programs(kind, n), name=name)
+
+
+def boot(d: Daemon, n: int, timeout: float = 300, step: float = 0.1) -> float:
+    """Start d and wait until n RUNNING; returns seconds from start to all RUNNING."""
+    t0 = d.start()
+    t1 = d.wait_all_running(n, timeout, step)
+    return t1 - t0
+
+
+def sides(only: str | None) -> list[str]:
+    return [s for s in ("pyvisor", "supervisord") if only in (None, s)]
+
+
+_ = time
