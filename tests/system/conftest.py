@@ -21,15 +21,27 @@ REPO = Path(__file__).resolve().parents[2]
 INSTALL_PREFIX = "/opt/pyvisor"   # where systemd/supervisord.service expects the venv
 
 
+# A pyvisor install the host may have: the container must start from a clean slate.
+HOST_LEFTOVERS = (
+    "/etc/systemd/system/supervisord.service",
+    "/etc/systemd/system/supervisord.service.d",
+    "/etc/systemd/system/multi-user.target.wants/supervisord.service",
+    INSTALL_PREFIX,
+    "/etc/pyvisor",
+)
+
+
 def venv_binds() -> list[str]:
     """Host paths the test venv needs inside the container: the checkout (editable install),
-    the venv and the interpreter it was made from. Overlaying / does not descend into other
-    mounts, so they are bound explicitly (read-only) at the same paths: venvs are not
-    relocatable."""
+    the venv and the interpreter it was made from, at the same paths (venvs are not
+    relocatable). The container's root is an overlay of the host's root file system, which
+    does not descend into other mounts: paths on another file system are bound read-only."""
+    root_dev = os.stat("/").st_dev
     paths = {str(REPO), os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
-    ordered = sorted(paths, key=len)
     out: list[str] = []
-    for p in ordered:
+    for p in sorted(paths, key=len):
+        if os.stat(p).st_dev == root_dev:
+            continue
         if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
             out.append(p)
     return out
@@ -39,7 +51,7 @@ def venv_binds() -> list[str]:
 def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
     nspawn.require_root()
     workdir = tmp_path_factory.mktemp("nspawn")
-    c = nspawn.boot(workdir, binds_ro=venv_binds())
+    c = nspawn.boot(workdir, binds_ro=venv_binds(), remove=HOST_LEFTOVERS)
     try:
         # The unit's install prefix is a link to the test venv (same paths as on the host).
         link = c.path(INSTALL_PREFIX)

@@ -220,10 +220,14 @@ def boot(
     *,
     binds_ro: Sequence[str] = (),
     mask: Sequence[str] = DEFAULT_MASK,
+    remove: Sequence[str] = (),
     boot_unit: str = "multi-user.target",
     timeout: float = 60.0,
 ) -> Container:
-    """Boot a container on an overlay of /; returns once its systemd finished booting."""
+    """Boot a container on an overlay of /; returns once its systemd finished booting.
+
+    binds_ro: host paths bound read-only at the same place; mask: units masked; remove:
+    paths deleted from the container's root before boot (whatever the host has there)."""
     if os.geteuid() != 0:
         raise NspawnError("systemd-nspawn needs root")
     nspawn = ensure_nspawn()
@@ -232,7 +236,8 @@ def boot(
     log_path = workdir / "nspawn.log"
     spec = {
         "nspawn": nspawn, "workdir": str(workdir), "log": str(log_path),
-        "binds_ro": list(binds_ro), "mask": list(mask), "boot_unit": boot_unit,
+        "binds_ro": list(binds_ro), "mask": list(mask), "remove": list(remove),
+        "boot_unit": boot_unit,
         "machine": "pyvt" + uuid.uuid4().hex[:10], "timeout": timeout,
     }
     t0 = time.monotonic()
@@ -313,6 +318,12 @@ def _serve(spec: dict[str, object]) -> int:
          f"lowerdir=/,upperdir={ovl / 'upper'},workdir={ovl / 'work'}", str(merged)],
         check=True,
     )
+    for path in spec["remove"]:  # type: ignore[attr-defined]
+        target = merged / str(path).lstrip("/")
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
     for unit in spec["mask"]:  # type: ignore[attr-defined]
         link = merged / "etc/systemd/system" / str(unit)
         link.unlink(missing_ok=True)
