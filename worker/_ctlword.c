@@ -16,14 +16,19 @@
  *    (mm, address), so every wake from another process would be lost.
  *  - Blocking waits release the GIL and sleep in FINITE slices of at most
  *    WAIT_SLICE_NS. Python runs signal handlers only in the main thread when
- *    it re-enters the eval loop; a signal that is delivered to another thread,
- *    or whose handler was installed with SA_RESTART, does not interrupt the
- *    futex wait, so an untimed wait could delay Ctrl-C / SIGTERM handlers
- *    until the next wake. With 50 ms slices the worst case delay is 50 ms and
- *    the cost is 20 wake-ups per second of waiting (measured in
- *    bench/bench_worker.py: well under 0.1 % of a core). On EINTR and after
- *    every slice PyErr_CheckSignals() runs, so a KeyboardInterrupt raised by a
- *    handler ends the wait at once.
+ *    it re-enters the eval loop. A process-directed signal normally goes to
+ *    the sleeping main thread and interrupts the futex wait (EINTR: handlers
+ *    run at once), but a handler installed with SA_RESTART
+ *    (signal.siginterrupt(sig, False)) or a signal delivered to another thread
+ *    does not interrupt it, and an untimed wait would then delay Ctrl-C /
+ *    SIGTERM handlers until the next wake. The slice bounds that corner-case
+ *    delay. Its length is a trade: every slice is a wake-up, and a wake-up of
+ *    an idle process costs 80-140 us of CPU on these VMs (measured by
+ *    bench/bench_worker.py, the same for time.sleep). 50 ms slices cost
+ *    0.16-0.28 % of a core per idle worker, over the 0.1 % budget; 100 ms
+ *    slices cost half that, and 100 ms stays below what a person notices after
+ *    Ctrl-C. On EINTR and after every slice PyErr_CheckSignals() runs, so an
+ *    exception raised by a handler (KeyboardInterrupt) ends the wait.
  *  - close() is refused (BufferError) while a wait is in flight: the waiter
  *    is sleeping on an address inside the buffer.
  *  - A read-only buffer may be loaded from, waited and woken on; any write
@@ -48,7 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WAIT_SLICE_NS 50000000LL /* 50 ms: see the header comment */
+#define WAIT_SLICE_NS 100000000LL /* 100 ms: see the header comment */
 #define NS_PER_SEC 1000000000LL
 
 typedef struct {
