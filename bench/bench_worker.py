@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker import Worker  # noqa: E402
-from worker import block as B  # noqa: E402
-from worker.block import ControlBlock  # noqa: E402
+from worker import Worker
+from worker import block as B
+from worker.block import ControlBlock
 
 PREFIX = "pvbench" + uuid.uuid4().hex[:8]
 OFF_T0 = B.OFF_APP  # u64: the poster's CLOCK_MONOTONIC ns just before posting
