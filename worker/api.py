@@ -110,12 +110,17 @@ class Worker(Poller):
         self._stop_deadline_ns: int | None = None
         self._closed = False
         v = self._view
-        v.store_u32(OFF_PID, os.getpid())
-        v.store_u64(OFF_START_TICKS, proc_start_ticks(os.getpid()))
-        # Commands acked by an earlier attach of this block stay handled; anything newer
-        # (e.g. a stop posted before we got here) is seen by the first should_stop.
-        self._poll_bind(v, OFF_CMD, v.load_u32(OFF_ACK) >> 8)
-        self._store_ack(wake=True)
+        try:
+            v.store_u32(OFF_PID, os.getpid())
+            v.store_u64(OFF_START_TICKS, proc_start_ticks(os.getpid()))
+            # Commands acked by an earlier attach of this block stay handled; anything newer
+            # (e.g. a stop posted before we got here) is seen by the first should_stop.
+            self._poll_bind(v, OFF_CMD, v.load_u32(OFF_ACK) >> 8)
+            self._store_ack(wake=True)
+        except BaseException:
+            self._closed = True
+            self.block.close()
+            raise
 
     # -- state -------------------------------------------------------------------------
 
