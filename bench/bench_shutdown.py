@@ -10,11 +10,48 @@ SIGTERM. Two measurements per supervisor, each from a freshly booted daemon:
 
 from __future__ import annotations
 
+import os
+import struct
 import subprocess
+import threading
 import time
 
 from harness import Pyvisor, Run, header, ms, parse_args, say, wait_gone
 from mass import boot, make, sides
+
+
+def watch_acks(prefix: str, names: list[str], out: dict[str, float]) -> threading.Thread:
+    """pyvisor: poll each block's ack word (0x080); record when all show STOPPING/EXITED (or
+    the block is gone): the daemon has posted every STOP_GRACEFUL and every worker woke."""
+    fds = []
+    for n in names:
+        try:
+            fds.append(os.open(f"/dev/shm/{prefix}.{n}", os.O_RDONLY))
+        except OSError:
+            pass
+
+    def loop() -> None:
+        try:
+            end = time.monotonic() + 300
+            pending = list(fds)
+            while pending and time.monotonic() < end:
+                left = []
+                for fd in pending:
+                    try:
+                        state = struct.unpack("<I", os.pread(fd, 4, 0x80))[0] & 0xFF
+                    except (OSError, struct.error):
+                        continue
+                    if state < 4:
+                        left.append(fd)
+                pending = left
+                if pending:
+                    time.sleep(0.002)
+            out["acked"] = time.monotonic()
+        finally:
+            for fd in fds:
+                os.close(fd)
+    t = threading.Thread(target=loop, daemon=True)
+    return t
 
 
 def main() -> None:
@@ -34,16 +71,24 @@ def main() -> None:
                         else ["stop", "all"]
                 else:
                     args = ["shutdown"]
+                acks: dict[str, float] = {}
+                watcher = watch_acks(run.prefix, d.names, acks) if isinstance(d, Pyvisor) \
+                    else None
                 t0 = time.monotonic()
+                if watcher:
+                    watcher.start()
                 proc = subprocess.Popen(d.ctl_argv(*args), stdout=subprocess.DEVNULL,
                                         env=run.env(), cwd=d.dir)
                 t_gone = wait_gone(pids, 300)
                 proc.wait(300)
                 t_ret = time.monotonic()
                 extra = ""
+                if watcher:
+                    watcher.join(60)
+                    extra += f", all acked STOPPING {ms(acks.get('acked', t0) - t0):.0f} ms"
                 if what == "shutdown" and d.proc is not None:
                     d.proc.wait(60)
-                    extra = f", daemon exited {ms(time.monotonic() - t0):.0f} ms"
+                    extra += f", daemon exited {ms(time.monotonic() - t0):.0f} ms"
                 say(f"{side:12s} {what:9s} {len(pids)} workers gone in "
                     f"{ms(t_gone - t0):.0f} ms, command returned {ms(t_ret - t0):.0f} ms"
                     f"{extra}  (boot was {bs:.1f} s)")
