@@ -166,6 +166,7 @@ class Container:
 
     def journal(self, unit: str | None = None, lines: int = 200, after: str = "") -> str:
         """The last lines of the journal (of a unit), optionally only after a cursor."""
+        self.ct("journalctl", "--sync")  # journald writes asynchronously
         args = ["journalctl", "--no-pager", "-o", "short-monotonic", "-n", str(lines)]
         args += ["-u", unit] if unit else ["-b"]
         args += [f"--after-cursor={after}"] if after else []

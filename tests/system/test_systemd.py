@@ -296,7 +296,6 @@ def test_stop_is_graceful(svc: Svc) -> None:
     plain = svc.log("plain-0.out.log")
     assert f"plain {workers['plain:0']}: SIGTERM, exiting 0" in plain, plain
     # with KillMode=process systemd would name any process left in the unit's cgroup
-    svc.c.ct("journalctl", "--sync")
     since_stop = svc.c.journal(UNIT, 200, after=cursor)
     assert "remains running after unit stopped" not in since_stop, since_stop
     assert not svc.c.sh(f"cat /sys/fs/cgroup{svc.prop('ControlGroup')}/cgroup.procs "
