@@ -40,7 +40,7 @@ class Abort(Exception):
     """Raised by a wait_until predicate: stop waiting now (e.g. the process died)."""
 
 
-def wait_until(pred: Callable[[], T], timeout: float, what: str) -> T:
+def wait_until(pred: Callable[[], T | None], timeout: float, what: str) -> T:
     """Call ``pred`` until it returns something truthy (returned) or ``timeout`` seconds pass
     (AssertionError naming ``what`` and the last value seen). An exception from ``pred`` counts
     as a value, except AssertionError and Abort, which end the wait at once."""
@@ -48,14 +48,15 @@ def wait_until(pred: Callable[[], T], timeout: float, what: str) -> T:
     last: Any = None
     while True:
         try:
-            last = pred()
+            value = pred()
         except (AssertionError, Abort):
             raise
         except Exception as e:  # noqa: BLE001 - the last error is the last value seen
             last = e
         else:
-            if last:
-                return last
+            if value:
+                return value
+            last = value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
                                  f"last value seen: {last!r}")
@@ -207,7 +208,7 @@ class DaemonProcess:
         def check() -> bool:
             row = self.status_of(instance)
             last[:] = [row]
-            return row["state"] == state
+            return bool(row["state"] == state)
 
         try:
             wait_until(check, timeout, f"{instance} to be {state}")
