@@ -122,7 +122,11 @@ class Daemon:
                     f"{len(rt.instances)} instances, {len(adopted)} adopted, "
                     f"socket {self.config.supervisor.socket}")
         rt.wait_for(autostart, lambda i: i.st.state not in (State.STARTING, State.BACKOFF),
-                    lambda: self.notifier.ready(self.summary()))
+                    self._ready)
+
+    def _ready(self) -> None:
+        self.notifier.ready(self.summary())
+        logger.info(f"ready: {self.summary()}")
 
     # -- verbs the control socket needs ------------------------------------------------------
     def stop_instances(self, insts: list[Instance], graceful: bool,

@@ -472,12 +472,12 @@ def uses_library(inst: Instance) -> bool:
     return inst.block is not None and inst.block.pid != 0
 
 
-def describe_spawn_error(argv: list[str], e: BaseException) -> str:
+def describe_spawn_error(argv: tuple[str, ...] | list[str], e: BaseException) -> str:
     if isinstance(e, FileNotFoundError):
         return f"cannot execute {argv[0]!r}: no such file or directory (check command and PATH)"
     if isinstance(e, PermissionError):
         return f"cannot execute {argv[0]!r}: permission denied"
-    if isinstance(e, NotADirectoryError | FileNotFoundError):
+    if isinstance(e, NotADirectoryError):
         return f"cannot start in its directory: {e}"
     return f"cannot start {argv[0]!r}: {e}"
 
