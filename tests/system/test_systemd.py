@@ -220,7 +220,10 @@ def test_watchdog_kills_a_hung_daemon_and_the_new_one_adopts(svc: Svc) -> None:
     svc.c.wait_for("watchdog kill and restart", lambda: svc.restarted(main, restarts + 1),
                    timeout=30, show=svc.show)
     took = time.monotonic() - t0
-    assert "Watchdog timeout" in svc.journal(), svc.show()
+    journal = svc.journal()
+    assert "Watchdog timeout" in journal, svc.show()
+    # PYTHONFAULTHANDLER=1 in the unit: the abort left the hung daemon's traceback behind
+    assert "Fatal Python error: Aborted" in journal, svc.show()
     svc.c.wait_for("all instances RUNNING after adoption",
                    lambda: svc.statuses() == {k: "RUNNING" for k in before}, timeout=20,
                    show=svc.show)
