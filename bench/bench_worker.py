@@ -170,9 +170,10 @@ w = Worker(name=sys.argv[3])
 w.ready()
 if sys.argv[2] == "futex":
     w.wait_for_stop()
-else:
+else:  # sleep-poll every N ms
+    nap = float(sys.argv[2]) / 1000
     while not w.should_stop:
-        time.sleep(0.001)
+        time.sleep(nap)
 w.close()
 """
 
@@ -193,46 +194,61 @@ def proc_cpu(pid: int) -> tuple[float, float, int]:
 
 
 def bench_idle(seconds: float) -> None:
-    print(f"\n3. idle worker waiting for a stop, measured over {seconds:g} s")
-    for label, mode in (("wait_for_stop (futex)", "futex"), ("1 ms sleep-poll loop", "poll")):
-        blk = new_block("idle")
-        p = subprocess.Popen([sys.executable, "-c", IDLER, str(ROOT), mode, blk.name])
-        try:
+    print(f"\n3. idle workers waiting for a stop, all side by side over the same {seconds:g} s")
+    cases = (
+        ("wait_for_stop (futex)", "futex"),
+        ("1 ms sleep-poll loop", "1"),
+        ("100 ms sleep-poll (wake-rate baseline)", "100"),
+    )
+    blocks = [new_block("idle") for _ in cases]
+    kids: list[subprocess.Popen[bytes]] = []
+    try:
+        for (_, mode), blk in zip(cases, blocks, strict=True):
+            kids.append(subprocess.Popen([sys.executable, "-c", IDLER, str(ROOT), mode, blk.name]))
+        for blk in blocks:
             while blk.ack[1] != B.ST_READY:
                 blk.view.wait_u32(B.OFF_ACK, blk.view.load_u32(B.OFF_ACK), 5.0)
-            time.sleep(0.5)  # let start-up settle
-            c0, s0, v0 = proc_cpu(p.pid)
-            t0 = time.monotonic()
-            time.sleep(seconds)
-            c1, s1, v1 = proc_cpu(p.pid)
-            dt = time.monotonic() - t0
+        time.sleep(0.5)  # let start-up settle
+        before = [proc_cpu(p.pid) for p in kids]
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        after = [proc_cpu(p.pid) for p in kids]
+        dt = time.monotonic() - t0
+        for blk in blocks:
             blk.post_command(B.CMD_STOP_GRACEFUL)
+        for p in kids:
             p.wait(10)
-        finally:
+    finally:
+        for p in kids:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for blk in blocks:
             blk.unlink()
             blk.close()
-        print(f"   {label:36s} CPU {100 * (s1 - s0) / dt:7.4f} % of a core (schedstat), "
+    for (label, _), (c0, s0, v0), (c1, s1, v1) in zip(cases, before, after, strict=True):
+        wakes = max(v1 - v0, 1)
+        print(f"   {label:40s} CPU {100 * (s1 - s0) / dt:7.4f} % of a core (schedstat), "
               f"{100 * (c1 - c0) / dt:6.3f} % (utime+stime), "
-              f"{(v1 - v0) / dt:7.1f} wake-ups/s")  # fmt: skip
+              f"{(v1 - v0) / dt:6.1f} wake-ups/s, {(s1 - s0) / wakes * 1e6:5.1f} us CPU/wake-up")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--number", type=int, default=1_000_000, help="calls per poll timing")
     ap.add_argument("--rounds", type=int, default=200, help="wake latency rounds per case")
-    ap.add_argument("--idle", type=float, default=8.0, help="seconds per idle measurement")
+    ap.add_argument("--idle", type=float, default=6.0, help="seconds per idle measurement")
     ap.add_argument("--only", choices=["poll", "wake", "idle"], help="run one part")
     a = ap.parse_args()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} vCPUs, kernel {os.uname().release}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} vCPUs, kernel {os.uname().release}, "
+          f"load average {os.getloadavg()[0]:.2f} (other work on the machine skews 2 and 3)")  # fmt: skip
     if a.only in (None, "poll"):
         bench_poll(a.number)
     if a.only in (None, "wake"):
         bench_wake(a.rounds)
     if a.only in (None, "idle"):
         bench_idle(a.idle)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     for path in Path("/dev/shm").glob(PREFIX + "*"):  # nothing should be left; just in case
         path.unlink(missing_ok=True)
 
