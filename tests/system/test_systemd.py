@@ -179,6 +179,10 @@ def test_start_returns_after_ready(svc: Svc) -> None:
     assert "3 running" in svc.prop("StatusText"), svc.show()
     assert svc.prop("WatchdogUSec") == "3s"
     one_each(svc.workers())
+    # the hardening is in force (and the workers run under it): ProtectSystem=full -> /usr ro
+    mounts = svc.c.ct("cat", f"/proc/{svc.prop('MainPID')}/mountinfo").stdout
+    usr = [ln for ln in mounts.splitlines() if ln.split()[4] == "/usr"]
+    assert usr and " ro," in " " + usr[-1].split()[5] + ",", f"/usr mounts: {usr}"
 
 
 def test_reload_applies_a_new_worker(svc: Svc) -> None:
