@@ -12,13 +12,20 @@ from pathlib import Path
 
 import pytest
 
-# pytest puts tests/ on sys.path (for tests/conftest.py); tests/worker/ would then be found
-# as a namespace package "worker" before the editable install's finder is asked. Put the
-# repository root first so `import worker` is always the real package.
+# pytest puts tests/ on sys.path (for tests/conftest.py), and an editable install finds the
+# real package only after sys.path has been searched: tests/worker/ is then imported as a
+# namespace package "worker" (no __init__: `from worker import Worker` fails). Put the
+# repository root first and, if an earlier-collected module already got the namespace
+# package, replace it by the real one (submodules already imported are the same files and
+# are reused as they are).
 ROOT = Path(__file__).resolve().parents[2]
 if sys.path[:1] != [str(ROOT)]:
     sys.path.insert(0, str(ROOT))
+if getattr(sys.modules.get("worker"), "__file__", "") is None:
+    del sys.modules["worker"]
 
+
+import worker  # noqa: F401
 from worker.block import ControlBlock
 
 SHM_DIR = Path("/dev/shm")
@@ -104,12 +111,3 @@ def procs() -> Iterator[Callable[..., subprocess.Popen[str]]]:
         if p.poll() is None:
             p.kill()
         p.communicate(timeout=10)
-
-
-def python_env(**extra: str) -> dict[str, str]:
-    """Environment for Python children: the repo root importable, unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYVISOR_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env

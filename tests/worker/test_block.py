@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import posix_ipc
 import pytest
-from conftest import python_env
+from worker_helpers import python_env
 
 from worker import block as B
 from worker.block import BlockError, ControlBlock, ExitRecord

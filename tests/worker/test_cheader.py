@@ -9,7 +9,7 @@ from pathlib import Path
 
 import posix_ipc
 import pytest
-from conftest import ROOT
+from worker_helpers import ROOT
 
 from worker import block as B
 from worker.block import ControlBlock

@@ -9,8 +9,7 @@ import textwrap
 import time
 from collections.abc import Callable
 
-from conftest import python_env
-from worker_helpers import Lines, wait_until
+from worker_helpers import Lines, python_env, wait_until
 
 from worker.block import OFF_APP, OFF_CMD, ControlBlock
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import python_env
+from worker_helpers import python_env
 
 FORBIDDEN = ("supervisor", "loguru", "pydantic", "click", "psutil", "yaml")
 

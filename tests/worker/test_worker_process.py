@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import python_env
-from worker_helpers import Lines, wait_until
+from worker_helpers import Lines, python_env, wait_until
 
 from worker import block as B
 from worker.block import ControlBlock

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, TypeVar
 
 T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """Environment for Python children: the repo root importable, unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYVISOR_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
 
 
 def wait_until(
