@@ -151,15 +151,16 @@ class Handlers:
 
     def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool]
                  ) -> Reply:
+        """One line per instance; exit FAILED (on stderr) if any did not end up as asked."""
         lines, failed = [], False
         for i in insts:
-            good = ok(i)
-            failed |= not good
-            why = ""
-            if not good:
-                why = f" ({i.st.fatal_reason or (i.st.last_exit.describe() if i.st.last_exit else 'see the daemon log')})"
-            lines.append(f"{i.name}: {verb if good else 'ERROR'} ({i.st.state.value}){why}"
-                         if not good else f"{i.name}: {verb}")
+            if ok(i):
+                lines.append(f"{i.name}: {verb}")
+                continue
+            failed = True
+            why = i.st.fatal_reason or (i.st.last_exit.describe() if i.st.last_exit
+                                        else "see the daemon log")
+            lines.append(f"{i.name}: ERROR ({i.st.state.value}) ({why})")
         text = "\n".join(lines) + "\n"
         return reply(FAILED, err=text) if failed else reply(OK, out=text)
 

@@ -363,15 +363,17 @@ class Runtime:
         self._close_process(inst)
         self.dispatch(inst, core.Exited(self.now(), status))
 
-    def _close_process(self, inst: Instance) -> None:
-        """Forget the pidfd and the control block of a process that is gone."""
+    def _close_process(self, inst: Instance, unlink: bool = True) -> None:
+        """Forget the pidfd and the control block of a process that is gone (unlink=False:
+        of one that lives on without us — the daemon exits or re-executes)."""
         if inst.pidfd is not None:
             self.loop.remove(inst.pidfd)
             os.close(inst.pidfd)
             inst.pidfd = None
         if inst.block is not None:
             inst.block.close()
-            inst.block.unlink()
+            if unlink:
+                inst.block.unlink()
             inst.block = None
         inst.popen = None
         for path in {inst.stdout_path, inst.stderr_path} - {None}:
@@ -449,13 +451,7 @@ class Runtime:
         for inst in self.instances.values():
             for kind in list(inst.timers):
                 self._cancel_timer(inst, kind)
-            if inst.pidfd is not None:
-                self.loop.remove(inst.pidfd)
-                os.close(inst.pidfd)
-                inst.pidfd = None
-            if inst.block is not None:
-                inst.block.close()
-                inst.block = None
+            self._close_process(inst, unlink=False)
         if self._notify_sock is not None:
             self.loop.remove(self._notify_sock.fileno())
             self._notify_sock.close()
