@@ -5,7 +5,7 @@ Drift rules (documented in the README):
   stopped gracefully and forgotten;
 - a configured instance with no process is started if autostart;
 - an instance whose worker config changed is restarted (gracefully) with the new config;
-  after a daemon crash the config is compared by the command line the process runs.
+  after a daemon crash, by the hash of its config recorded in its control block.
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ from supervisor import core
 from supervisor.adopt import Found, scan
 from supervisor.config import Config, WorkerConfig
 from supervisor.core import InstanceState, State, TimerKind
-from supervisor.runtime import GONE, Instance, Runtime, exit_status_from_record, uses_library
+from supervisor.runtime import (
+    GONE,
+    Instance,
+    Runtime,
+    config_hash,
+    exit_status_from_record,
+    uses_library,
+)
 from worker import block as blk
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
-    except OSError:
-        return None
 
 
 def _removed_config() -> WorkerConfig:
@@ -82,8 +81,8 @@ def apply_adoption(rt: Runtime, config: Config) -> set[str]:
         elif inst.removed:
             logger.info(f"{inst.name} is no longer configured; stopping it")
             rt.dispatch(inst, core.StopRequested(now, graceful=uses_library(inst)))
-        elif _cmdline(f.pid) not in (None, list(inst.cfg.command)):
-            logger.info(f"{inst.name} runs another command than configured; restarting it")
+        elif f.block.config_hash != config_hash(inst.cfg):
+            logger.info(f"{inst.name} config changed while supervisord was down; restarting it")
             rt.dispatch(inst, core.StopRequested(now, graceful=uses_library(inst), restart=True))
     return accounted
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import signal
@@ -276,7 +277,8 @@ class Runtime:
         inst.popen, inst.block, inst.child = popen, block, True
         pid = popen.pid
         try:
-            block.set_spawned(pid, blk.proc_start_ticks(pid), inst.incarnation)
+            block.set_spawned(pid, blk.proc_start_ticks(pid), inst.incarnation,
+                              config_hash(cfg))
         except ProcessLookupError:
             pass   # gone already: the pidfd below still tells us about the exit
         self.watch(inst, pid, os.pidfd_open(pid))
@@ -461,6 +463,15 @@ class Runtime:
                 except FileNotFoundError:
                     pass
         self.rotator.close()
+
+
+def config_hash(cfg: WorkerConfig) -> int:
+    """A stable 63-bit digest of a worker's config, kept in its block: after a daemon restart,
+    a differing hash means the config changed while the daemon was down. numprocs is left
+    out: adding or removing instances leaves the others alone."""
+    data = cfg.model_dump_json(exclude={"numprocs"}).encode()
+    digest = hashlib.blake2b(data, digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def uses_library(inst: Instance) -> bool:

@@ -52,6 +52,7 @@ OFF_SPAWNED_PID = 0x054
 OFF_EPOCH = 0x058
 OFF_INCARNATION = 0x060
 OFF_SPAWNED_START = 0x068
+OFF_CONFIG_HASH = 0x070  # u64: the daemon's hash of the worker config it spawned with
 # line 2: worker
 OFF_ACK = 0x080  # u32 futex word: acked_seq24 << 8 | state8
 OFF_PID = 0x084
@@ -323,8 +324,10 @@ class ControlBlock:
         v.wake(OFF_CMD)
         return seq
 
-    def set_spawned(self, pid: int, start_ticks: int, incarnation: int) -> None:
+    def set_spawned(self, pid: int, start_ticks: int, incarnation: int,
+                    config_hash: int = 0) -> None:
         v = self.view
+        v.store_u64(OFF_CONFIG_HASH, config_hash)
         v.store_u64(OFF_INCARNATION, incarnation)
         v.store_u64(OFF_SPAWNED_START, start_ticks)
         v.store_u32(OFF_SPAWNED_PID, pid)
@@ -348,6 +351,10 @@ class ControlBlock:
     @property
     def spawned_start_ticks(self) -> int:
         return self.view.load_u64(OFF_SPAWNED_START)
+
+    @property
+    def config_hash(self) -> int:
+        return self.view.load_u64(OFF_CONFIG_HASH)
 
     @property
     def incarnation(self) -> int:

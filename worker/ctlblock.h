@@ -52,6 +52,7 @@
 #define PYVISOR_OFF_EPOCH 0x058
 #define PYVISOR_OFF_INCARNATION 0x060
 #define PYVISOR_OFF_SPAWNED_START 0x068
+#define PYVISOR_OFF_CONFIG_HASH   0x070
 /* line 2: worker */
 #define PYVISOR_OFF_ACK 0x080 /* u32 futex: acked_seq24 << 8 | state8 */
 #define PYVISOR_OFF_PID 0x084

@@ -267,3 +267,32 @@ def test_output_keeps_reaching_the_log_across_a_daemon_kill(daemon_factory: Any,
     lines = log.read_text().split()
     numbers = [int(x) for x in lines]
     assert numbers == list(range(len(numbers))), "a gap or a repeat in the worker's output"
+
+
+def test_config_drift_while_down_is_reconciled(daemon_factory: Any) -> None:
+    d = daemon_factory({
+        "same": PLAIN,
+        "changed": {**PLAIN, "environment": {"V": "1"}},
+        "shrunk": {**PLAIN, "numprocs": 3},
+        "gone": PLAIN,
+    }).start()
+    before = wait_until(lambda: all_running_adopted(d, 6), 20, "6 RUNNING")
+    kill_daemon(d)
+    d.write_config({
+        "same": PLAIN,
+        "changed": {**PLAIN, "environment": {"V": "2"}},
+        "shrunk": {**PLAIN, "numprocs": 1},
+        "new": PLAIN,
+    })
+    d.start()
+    after = wait_until(lambda: all_running_adopted(d, 4), 20, "4 RUNNING after drift")
+    assert after["same:0"] == before["same:0"], "unchanged: adopted, same PID"
+    assert after["shrunk:0"] == before["shrunk:0"]
+    assert after["changed:0"] != before["changed:0"], "changed while down: restarted"
+    assert "new:0" in after
+    for gone in ("gone:0", "shrunk:1", "shrunk:2"):
+        wait_until(lambda g=gone: not pid_alive(before[g]), 10, f"{gone} stopped")
+    d.wait_log(r"changed:0 config changed while supervisord was down; restarting it")
+    d.wait_log(r"gone:0 is no longer configured; stopping it")
+    counts = instances_per_process(d)
+    assert counts == Counter({"same:0": 1, "changed:0": 1, "shrunk:0": 1, "new:0": 1}), counts

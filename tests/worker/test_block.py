@@ -50,7 +50,7 @@ def test_layout_offsets_match_the_contract() -> None:
         "MAGIC": 0x000, "VERSION": 0x008, "HEADER_SIZE": 0x00C, "BLOCK_SIZE": 0x010,
         "SLOT": 0x014, "BOOT_ID": 0x018, "CMD": 0x040, "REQUEST_BITS": 0x044,
         "DEADLINE": 0x048, "SUPERVISOR_PID": 0x050, "SPAWNED_PID": 0x054, "EPOCH": 0x058,
-        "INCARNATION": 0x060, "SPAWNED_START": 0x068, "ACK": 0x080, "PID": 0x084,
+        "INCARNATION": 0x060, "SPAWNED_START": 0x068, "CONFIG_HASH": 0x070, "ACK": 0x080, "PID": 0x084,
         "START_TICKS": 0x088, "HEARTBEAT": 0x100, "WORK_DONE": 0x108, "BUSY_SINCE": 0x110,
         "EXIT_SEQ": 0x180, "EXIT_STATUS": 0x184, "EXIT_TIME": 0x188, "EXIT_SOURCE": 0x190,
         "APP": 0x200,
