@@ -16,8 +16,15 @@ import subprocess
 import threading
 import time
 
-from harness import Pyvisor, Run, header, ms, parse_args, say, wait_gone
+from harness import CLK_TCK, Pyvisor, Run, cpu_seconds, header, ms, parse_args, say, wait_gone
 from mass import boot, make, sides
+
+
+def child_cpu(pid: int) -> float:
+    """cutime + cstime of pid: CPU of the children it has reaped (their whole lives)."""
+    stat = open(f"/proc/{pid}/stat").read()
+    f = stat[stat.rindex(")") + 2:].split()
+    return (int(f[13]) + int(f[14])) / CLK_TCK
 
 
 def watch_acks(prefix: str, names: list[str], out: dict[str, float]) -> threading.Thread:
@@ -74,6 +81,7 @@ def main() -> None:
                 acks: dict[str, float] = {}
                 watcher = watch_acks(run.prefix, d.names, acks) if isinstance(d, Pyvisor) \
                     else None
+                cpu0, ccpu0 = cpu_seconds(d.pid), child_cpu(d.pid)
                 t0 = time.monotonic()
                 if watcher:
                     watcher.start()
@@ -82,6 +90,11 @@ def main() -> None:
                 t_gone = wait_gone(pids, 300)
                 proc.wait(300)
                 t_ret = time.monotonic()
+                try:
+                    cpu = f"daemon CPU {cpu_seconds(d.pid) - cpu0:.2f} s, workers' CPU " \
+                          f"(whole lives, reaped) {child_cpu(d.pid) - ccpu0:.1f} s; "
+                except OSError:
+                    cpu = ""
                 extra = ""
                 if watcher:
                     watcher.join(60)
@@ -91,7 +104,7 @@ def main() -> None:
                     extra += f", daemon exited {ms(time.monotonic() - t0):.0f} ms"
                 say(f"{side:12s} {what:9s} {len(pids)} workers gone in "
                     f"{ms(t_gone - t0):.0f} ms, command returned {ms(t_ret - t0):.0f} ms"
-                    f"{extra}  (boot was {bs:.1f} s)")
+                    f"{extra}  ({cpu}boot was {bs:.1f} s)")
 
 
 if __name__ == "__main__":
