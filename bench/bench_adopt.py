@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import time
 
-from harness import (Pyvisor, Run, alive, header, ms, parse_args, say, tagged_pids,
-                     wait_until)
+from harness import Pyvisor, Run, alive, header, ms, parse_args, say, tagged_pids, wait_until
 from mass import make, sides
 
 

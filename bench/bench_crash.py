@@ -15,8 +15,20 @@ import os
 import signal
 import time
 
-from harness import (PV_BIN, PY_WORKER, Daemon, Fifo, Run, alive_binary, header, ms,
-                     parse_args, say, summary, wait_until)
+from harness import (
+    PV_BIN,
+    PY_WORKER,
+    Daemon,
+    Fifo,
+    Run,
+    alive_binary,
+    header,
+    ms,
+    parse_args,
+    say,
+    summary,
+    wait_until,
+)
 
 
 def measure(d: Daemon, fifo: Fifo, kills: int, n: int, settle: float) -> list[float]:

@@ -12,7 +12,7 @@ import os
 import time
 
 from harness import Pyvisor, Run, Supervisord, header, ms, parse_args, pct, say, summary
-from mass import sides, pyvisor_workers, supervisord_programs
+from mass import pyvisor_workers, sides, supervisord_programs
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
             done = False
             i = 0
             while not done and time.monotonic() - t_start < 600:
-                rc, out, wall = d.ctl(*cli_args)
+                _rc, _out, wall = d.ctl(*cli_args)
                 cli.append(ms(wall))
                 t0 = time.monotonic()
                 try:

@@ -48,7 +48,7 @@ def main() -> None:
             res[f"{side} raw"] = raw
             say(f"{side:12s} raw socket status    median {median(raw):7.1f} ms  {summary(raw)}")
             # CLI start-up alone: a request that does almost nothing
-            xs = [ms(d.ctl("pid" if isinstance(d, Pyvisor) else "pid")[2]) for _ in range(a.reps)]
+            xs = [ms(d.ctl("pid")[2]) for _ in range(a.reps)]
             say(f"{side:12s} cli pid (start-up)   median {median(xs):7.1f} ms")
     if "pyvisor cli status" in res and "supervisord cli status" in res:
         say(f"ratio supervisord/pyvisor cli status median: "

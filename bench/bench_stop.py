@@ -17,8 +17,21 @@ import subprocess
 import time
 from typing import Any
 
-from harness import (PV_BIN, PY_WORKER, Daemon, Pyvisor, Run, Supervisord, header, ms,
-                     parse_args, pct, say, summary, wait_until)
+from harness import (
+    PV_BIN,
+    PY_WORKER,
+    Daemon,
+    Pyvisor,
+    Run,
+    Supervisord,
+    header,
+    ms,
+    parse_args,
+    pct,
+    say,
+    summary,
+    wait_until,
+)
 
 
 def _gone_after(pid: int, issue: Any) -> tuple[float, float]:
@@ -66,16 +79,16 @@ def measure(d: Daemon, runs: int) -> dict[str, list[float]]:
             if how == "cli":
                 args = ["stop", "--graceful", name] if isinstance(d, Pyvisor) else ["stop", name]
                 argv = d.ctl_argv(*args)
-                issue = lambda: subprocess.Popen(argv, stdout=subprocess.DEVNULL,  # noqa: E731
+                issue = lambda: subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                  env=d.run.env(), cwd=d.dir)
             elif isinstance(d, Pyvisor):
-                issue = lambda: d.request("stop", [name], {"graceful": True, "wait": True}) and None  # noqa: E731,E501
+                issue = lambda: d.request("stop", [name], {"graceful": True, "wait": True}) and None
             else:
                 assert isinstance(d, Supervisord)
-                issue = lambda: d.rpc().supervisor.stopProcess(name, True) and None  # noqa: E731
+                issue = lambda: d.rpc().supervisor.stopProcess(name, True) and None
             gone, returned = _gone_after(pid, issue)
             if how == "raw":
-                returned = gone if returned < gone else returned
+                returned = max(returned, gone)
             out[f"{how} gone"].append(gone)
             out[f"{how} returned"].append(returned)
             if isinstance(d, Pyvisor):

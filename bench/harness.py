@@ -362,7 +362,7 @@ class Daemon:
         argv = self.ctl_argv(*args)
         t0 = time.monotonic()
         p = subprocess.run(argv, capture_output=True, timeout=timeout, env=self.run.env(),
-                           cwd=self.dir)
+                           cwd=self.dir, check=False)
         return p.returncode, p.stdout.decode(errors="replace"), time.monotonic() - t0
 
     def states(self) -> dict[str, tuple[str, int]] | None:
