@@ -60,7 +60,8 @@ def fmt_bytes(n: int) -> str:
     return str(n)
 
 
-def instance_facts(inst: Instance, now: float) -> dict[str, Any]:
+def instance_facts(inst: Instance, now: float, proc: psutil.Process | None
+                   ) -> dict[str, Any]:
     st = inst.st
     facts: dict[str, Any] = {
         "name": inst.name, "worker": inst.worker, "state": st.state.value, "pid": inst.pid,
@@ -74,13 +75,12 @@ def instance_facts(inst: Instance, now: float) -> dict[str, Any]:
         hb = inst.block.heartbeat_ns
         facts["heartbeat_age"] = round(now - hb / 1e9, 3) if hb else None
         facts["work_done"] = inst.block.work_done
-    if inst.pid is not None:
+    if proc is not None:
         try:
-            p = psutil.Process(inst.pid)
-            with p.oneshot():
-                cpu = p.cpu_times()
+            with proc.oneshot():
+                cpu = proc.cpu_times()
                 facts["cpu_seconds"] = round(cpu.user + cpu.system, 2)
-                facts["rss"] = p.memory_info().rss
+                facts["rss"] = proc.memory_info().rss
         except (psutil.Error, OSError):
             pass
     return facts
@@ -110,6 +110,7 @@ class Handlers:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.rt = daemon.runtime
+        self._procs: dict[int, psutil.Process] = {}
         self.table: dict[str, Callable[[dict[str, Any], Responder], None]] = {
             "status": self.status, "start": self.start, "stop": self.stop,
             "restart": self.restart, "signal": self.signal, "tail": self.tail,
@@ -170,13 +171,29 @@ class Handlers:
         if insts is None:
             return
         now = self.rt.now()
-        facts = [instance_facts(i, now) for i in insts]
+        facts = [instance_facts(i, now, self._process(i.pid)) for i in insts]
         if self._opt(request, "json", False):
             respond(reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
             return
         width = max((len(f["name"]) for f in facts), default=4)
         text = "".join(render_status_line(f, width) + "\n" for f in facts)
-        respond(reply(OK, out=text or "no workers configured\n", data=facts))
+        # names only: completion needs them, and the text is what gets printed
+        respond(reply(OK, out=text or "no workers configured\n",
+                      data=[{"name": f["name"]} for f in facts]))
+
+    def _process(self, pid: int | None) -> psutil.Process | None:
+        """A psutil handle per live PID, kept between calls (building one reads /proc)."""
+        if pid is None:
+            return None
+        proc = self._procs.get(pid)
+        if proc is None:
+            live = {i.pid for i in self.rt.instances.values()}
+            self._procs = {p: h for p, h in self._procs.items() if p in live}
+            try:
+                proc = self._procs[pid] = psutil.Process(pid)
+            except psutil.Error:
+                return None
+        return proc
 
     def start(self, request: dict[str, Any], respond: Responder) -> None:
         insts = self._targets(request, respond)

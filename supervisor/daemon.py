@@ -110,12 +110,11 @@ class Daemon:
         for name in self.config.start_order():
             rt.make_instances(name, self.config.workers[name])
         adopted = apply_adoption(rt, self.config)
-        if saved is not None:
-            restore_state(rt, saved)
+        restored = restore_state(rt, saved) if saved is not None else set()
         to_start = [i for name in self.config.start_order()
                     for i in rt.instances.values()
                     if i.worker == name and i.cfg.autostart and i.st.state is State.STOPPED
-                    and i.name not in adopted and not (saved and i.name in saved["instances"])]
+                    and i.name not in adopted | restored]
         rt.request_start(to_start)
         autostart = [i for i in rt.instances.values() if i.cfg.autostart]
         logger.info(f"supervisord {os.getpid()} running {self.config.path}: "

@@ -50,8 +50,12 @@ def setup_daemon_logging(level: str, log_file: str | None = None) -> None:
 
 def open_output(path: str) -> int:
     """Open (creating) an output file for a worker to append to; the caller closes it."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o640)
+    except FileNotFoundError:          # its directory is missing: make it, once
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return os.open(path, flags, 0o640)
 
 
 def rotate(path: str, backups: int) -> None:

@@ -185,7 +185,9 @@ def save_state(rt: Runtime, path: str) -> None:
     os.replace(tmp, path)
 
 
-def restore_state(rt: Runtime, saved: dict[str, Any]) -> None:
+def restore_state(rt: Runtime, saved: dict[str, Any]) -> set[str]:
+    """Put back what a re-exec saved; returns the names of the instances restored."""
+    restored: set[str] = set()
     for name, rec in saved.get("instances", {}).items():
         inst = rt.instances.get(name)
         if inst is None:
@@ -206,3 +208,5 @@ def restore_state(rt: Runtime, saved: dict[str, Any]) -> None:
         inst.incarnation = rec["incarnation"]
         for kind, when in rec["deadlines"].items():
             rt.arm_timer(inst, TimerKind(kind), when)
+        restored.add(name)
+    return restored

@@ -39,6 +39,7 @@ from supervisor.spawn import SpawnRequest, spawn
 from worker import block as blk
 
 GONE = (State.STOPPED, State.EXITED, State.FATAL)
+SPAWN_BATCH = 16          # processes spawned per loop turn (see _drain_spawns)
 
 # struct pidfd_info (VER0, 64 bytes) and ioctl PIDFD_GET_INFO = _IOWR(0xFF, 11, 64)
 _PIDFD_INFO = struct.Struct("QQ11Ii")
@@ -103,6 +104,8 @@ class Runtime:
         self.on_change: Callable[[], None] = lambda: None   # e.g. systemd STATUS=
         self._queue: deque[tuple[Instance, Event]] = deque()
         self._dispatching = False
+        self._spawn_queue: deque[Instance] = deque()
+        self._spawn_scheduled = False
         self._deferred: list[Instance] = []      # start requests waiting on depends_on
         self._notify_sock: socket.socket | None = None
         self.notify_path = notify_path
@@ -168,7 +171,10 @@ class Runtime:
     def _execute(self, inst: Instance, action: core.Action, now: float) -> None:
         match action:
             case core.Spawn():
-                self._spawn(inst, now)
+                self._spawn_queue.append(inst)
+                if not self._spawn_scheduled:
+                    self._spawn_scheduled = True
+                    self.loop.call_later(0, self._drain_spawns)
             case core.PostStop(deadline=deadline):
                 if inst.block is not None:
                     inst.block.post_command(blk.CMD_STOP_GRACEFUL, int(deadline * 1e9))
@@ -249,7 +255,23 @@ class Runtime:
             if inst in self._deferred:
                 self._deferred.remove(inst)
 
-    def _spawn(self, inst: Instance, now: float) -> None:
+    def _drain_spawns(self) -> None:
+        """Spawn at most SPAWN_BATCH processes per loop turn, so that exits, ready reports
+        and supervisorctl are served in between even while 1,000 workers start."""
+        self._spawn_scheduled = False
+        for _ in range(min(SPAWN_BATCH, len(self._spawn_queue))):
+            inst = self._spawn_queue.popleft()
+            if inst.st.state is State.STOPPING and inst.st.pid is None:
+                event: Event = core.SpawnFailed(self.now(), "stopped before it was spawned")
+            else:
+                event = self._spawn(inst, self.now())
+            self.dispatch(inst, event)
+        if self._spawn_queue and not self._spawn_scheduled:
+            self._spawn_scheduled = True
+            self.loop.call_later(0, self._drain_spawns)
+
+    def _spawn(self, inst: Instance, now: float) -> Event:
+        """Start the process of inst; returns what happened (Spawned or SpawnFailed)."""
         self._close_process(inst)
         name = blk.shm_name(self.config.supervisor.block_prefix, inst.name)
         inst.incarnation += 1
@@ -262,8 +284,7 @@ class Runtime:
                 block = blk.ControlBlock.create(name, slot=inst.index, supervisor_pid=os.getpid(),
                                                 epoch=self.epoch)
         except (OSError, blk.BlockError) as e:
-            self._queue.append((inst, core.SpawnFailed(now, f"control block {name}: {e}")))
-            return
+            return core.SpawnFailed(now, f"control block {name}: {e}")
         cfg = inst.cfg
         req = SpawnRequest(inst.name, list(cfg.command), cfg.directory, dict(cfg.environment),
                            cfg.user, inst.stdout_path, inst.stderr_path, name, self.notify_path)
@@ -272,8 +293,7 @@ class Runtime:
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             block.close()
             block.unlink()
-            self._queue.append((inst, core.SpawnFailed(now, describe_spawn_error(cfg.command, e))))
-            return
+            return core.SpawnFailed(now, describe_spawn_error(cfg.command, e))
         inst.popen, inst.block, inst.child = popen, block, True
         pid = popen.pid
         try:
@@ -286,7 +306,7 @@ class Runtime:
                            inst.stderr_path: cfg.log_config("stderr")}.items():
             if path:
                 self.rotator.watch(path, spec.max_bytes, spec.backups)
-        self._queue.append((inst, core.Spawned(now, pid)))
+        return core.Spawned(now, pid)
 
     def watch(self, inst: Instance, pid: int, pidfd: int) -> None:
         inst.pidfd = pidfd
@@ -353,8 +373,8 @@ class Runtime:
         status = exit_status_from_record(rec) if rec is not None else None
         if status is None and inst.pidfd is not None:
             status = pidfd_exit_status(inst.pidfd)
-            if status is None and tries < 50:
-                self.loop.call_later(0.02, lambda: self._adopted_exit(inst, tries + 1))
+            if status is None and tries < 8:     # 10 ms, 20 ms, ... 1.3 s in all
+                self.loop.call_later(0.01 * 2 ** tries, lambda: self._adopted_exit(inst, tries + 1))
                 return
         self._exited(inst, status or core.ExitStatus(source="unknown"))
 
@@ -469,9 +489,16 @@ def config_hash(cfg: WorkerConfig) -> int:
     """A stable 63-bit digest of a worker's config, kept in its block: after a daemon restart,
     a differing hash means the config changed while the daemon was down. numprocs is left
     out: adding or removing instances leaves the others alone."""
+    hit = _HASHES.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
     data = cfg.model_dump_json(exclude={"numprocs"}).encode()
-    digest = hashlib.blake2b(data, digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+    _HASHES[id(cfg)] = (cfg, value)    # configs are frozen: hash each object once
+    return value
+
+
+_HASHES: dict[int, tuple[WorkerConfig, int]] = {}
 
 
 def uses_library(inst: Instance) -> bool:

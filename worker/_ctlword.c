@@ -26,8 +26,9 @@
  *    an idle process costs 80-140 us of CPU on these VMs (measured by
  *    bench/bench_worker.py, the same for time.sleep). 50 ms slices cost
  *    0.16-0.28 % of a core per idle worker, over the 0.1 % budget; 100 ms
- *    slices cost half that, and 100 ms stays below what a person notices after
- *    Ctrl-C. On EINTR and after every slice PyErr_CheckSignals() runs, so an
+ *    slices cost half that, which 1,000 idle workers still turn into ~1 core of
+ *    a 2-core VM (bench/README.md); 250 ms slices (4 wake-ups/s) keep the
+ *    corner-case delay well under a second. On EINTR and after every slice PyErr_CheckSignals() runs, so an
  *    exception raised by a handler (KeyboardInterrupt) ends the wait.
  *  - close() is refused (BufferError) while a wait is in flight: the waiter
  *    is sleeping on an address inside the buffer.
@@ -53,7 +54,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WAIT_SLICE_NS 100000000LL /* 100 ms: see the header comment */
+#define WAIT_SLICE_NS 250000000LL /* 250 ms: see the header comment */
 #define NS_PER_SEC 1000000000LL
 
 typedef struct {

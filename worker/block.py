@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import re
@@ -154,8 +155,9 @@ def unlink_name(name: str) -> None:
         pass
 
 
+@functools.cache
 def read_boot_id() -> bytes:
-    """This boot's id (16 bytes) from /proc/sys/kernel/random/boot_id."""
+    """This boot's id (16 bytes) from /proc/sys/kernel/random/boot_id (read once)."""
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
         return uuid.UUID(f.read().strip()).bytes
 

@@ -9,7 +9,7 @@ writable buffer, normally the mmap of a control block:
   value (seq_cst; fetch_add wraps).
 * ``wait_u32(offset, expected, timeout=None) -> bool``: True once the word differs from
   ``expected``, False on timeout. Releases the GIL, sleeps in slices of at most
-  ``WAIT_SLICE_NS`` (100 ms) and runs Python signal handlers on EINTR and between slices,
+  ``WAIT_SLICE_NS`` (250 ms) and runs Python signal handlers on EINTR and between slices,
   so Ctrl-C / SIGTERM handlers run promptly and an exception they raise ends the wait.
 * ``wake(offset, n=INT_MAX) -> int``: wake up to n waiters (shared futex, cross-process).
 
