@@ -34,14 +34,12 @@ HOST_LEFTOVERS = (
 def venv_binds() -> list[str]:
     """Host paths the test venv needs inside the container: the checkout (editable install),
     the venv and the interpreter it was made from, at the same paths (venvs are not
-    relocatable). The container's root is an overlay of the host's root file system, which
-    does not descend into other mounts: paths on another file system are bound read-only."""
-    root_dev = os.stat("/").st_dev
+    relocatable). The container's root is an overlay of the host's root file system, but
+    that does not descend into other mounts, and the container's systemd mounts a tmpfs on
+    /tmp (where a checkout may well live): so all three are always bound read-only."""
     paths = {str(REPO), os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
     out: list[str] = []
     for p in sorted(paths, key=len):
-        if os.stat(p).st_dev == root_dev:
-            continue
         if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
             out.append(p)
     return out
