@@ -43,13 +43,17 @@ class Found:
     incarnation: int
 
 
-def _environ_names_block(pid: int, name: str) -> bool:
+def _environ(pid: int | str) -> list[bytes]:
+    """The environment a process was started with ([] if it cannot be read)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read().split(b"\0")
+            return f.read().split(b"\0")
     except OSError:
-        return False
-    return f"{ENV_BLOCK}={name}".encode() in env
+        return []
+
+
+def _environ_names_block(pid: int, name: str) -> bool:
+    return f"{ENV_BLOCK}={name}".encode() in _environ(pid)
 
 
 def _is_child(pid: int) -> bool:
@@ -73,12 +77,7 @@ def find_by_environ(names: set[str]) -> dict[str, int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        for var in env.split(b"\0"):
+        for var in _environ(entry.name):
             n = wanted.get(var)
             if n is not None:
                 found[n] = int(entry.name)
