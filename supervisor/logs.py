@@ -77,7 +77,7 @@ def rotate(path: str, backups: int) -> None:
     os.truncate(path, 0)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Watched:
     path: str
     max_bytes: int

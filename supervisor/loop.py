@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 FdCallback = Callable[[int], None]
 
 
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class Timer:
     when: float
     seq: int

@@ -47,7 +47,7 @@ _PIDFD_GET_INFO = 0xC0000000 | (_PIDFD_INFO.size << 16) | (0xFF << 8) | 11
 _PIDFD_INFO_EXIT = 1 << 3
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Instance:
     name: str                      # "web:0"
     worker: str                    # "web"
@@ -72,7 +72,7 @@ class Instance:
         return self.st.pid if self.st.state not in GONE else None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Waiter:
     """A client waiting until every instance in `pending` satisfies `done`."""
 
@@ -116,12 +116,13 @@ class Runtime:
     # -- instances --------------------------------------------------------------------------
     def make_instances(self, name: str, cfg: WorkerConfig) -> list[Instance]:
         made = []
+        policy = cfg.policy(name)
         for index in range(cfg.numprocs):
             inst_name = f"{name}:{index}"
             if inst_name in self.instances:
                 continue
             out, err = cfg.log_paths(name, index)
-            inst = Instance(inst_name, name, index, cfg, cfg.policy(name), stdout_path=out,
+            inst = Instance(inst_name, name, index, cfg, policy, stdout_path=out,
                             stderr_path=err)
             self.instances[inst_name] = inst
             made.append(inst)
@@ -189,8 +190,12 @@ class Runtime:
 
     def arm_timer(self, inst: Instance, kind: TimerKind, when: float) -> None:
         self._cancel_timer(inst, kind)
-        inst.timers[kind] = self.loop.call_at(
-            when, lambda: self.dispatch(inst, core.TimerFired(self.now(), kind)))
+
+        def fire() -> None:
+            del inst.timers[kind]   # fired: not kept (cancelling pops it, so it is this one)
+            self.dispatch(inst, core.TimerFired(self.now(), kind))
+
+        inst.timers[kind] = self.loop.call_at(when, fire)
 
     def _cancel_timer(self, inst: Instance, kind: TimerKind) -> None:
         t = inst.timers.pop(kind, None)

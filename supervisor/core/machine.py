@@ -41,6 +41,7 @@ from supervisor.core.types import (
     ExitStatus,
     HeartbeatStale,
     InstanceState,
+    NO_TIMERS,
     Log,
     Policy,
     PostStop,
@@ -101,7 +102,7 @@ def _fold_timers(timers: frozenset[TimerKind], actions: Iterable[Action]) -> fro
             armed.add(action.kind)
         elif isinstance(action, CancelTimer):
             armed.discard(action.kind)
-    return frozenset(armed)
+    return timers if armed == timers else frozenset(armed) or NO_TIMERS
 
 
 def _stay(inst: InstanceState, actions: list[Action], **changes: Any) -> Result:
@@ -433,7 +434,7 @@ def step(inst: InstanceState, event: Event, policy: Policy) -> Result:
     if isinstance(event, TimerFired):
         if event.kind not in inst.timers:
             return inst, []     # stale: cancelled or re-armed since
-        inst = dataclasses.replace(inst, timers=inst.timers - {event.kind})
+        inst = dataclasses.replace(inst, timers=inst.timers - {event.kind} or NO_TIMERS)
     new, actions = handler(inst, event, policy)
     if not new.timers <= TIMERS_FOR[new.state]:
         raise AssertionError(f"timers {set(new.timers)} armed in {new.state.value}")

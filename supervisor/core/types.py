@@ -34,7 +34,10 @@ class TimerKind(enum.Enum):
     KILL = "kill"            # kill_timeout over: SIGKILL the process group
 
 
-@dataclass(frozen=True)
+NO_TIMERS: frozenset[TimerKind] = frozenset()   # one shared empty set for every instance
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The part of a worker's config that the state machine needs (seconds, signal numbers)."""
 
@@ -52,7 +55,7 @@ class Policy:
     kill_signal: int = 9         # SIGKILL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExitStatus:
     """How a process ended. Exactly one of code / signal is set, or neither (unknown)."""
 
@@ -73,54 +76,54 @@ class ExitStatus:
 
 
 # -- events -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StartRequested:
     now: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     now: float
     graceful: bool = True     # False: skip the control word, go straight to stop_signal
     restart: bool = False     # a restart: stop, then start again once the process is gone
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Spawned:
     now: float
     pid: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SpawnFailed:
     now: float
     error: str               # e.g. "No such file or directory: '/usr/bin/nope'"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReadyReported:
     now: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     now: float
     kind: TimerKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Exited:
     now: float
     status: ExitStatus
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeartbeatStale:
     now: float
     age: float               # seconds since the last heartbeat
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Adopted:
     """A running process found at daemon start (its block verified) is ours again."""
 
@@ -137,36 +140,36 @@ Event = (
 
 
 # -- actions ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Spawn:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PostStop:
     """Write STOP_GRACEFUL (deadline = now + graceful_timeout) into the control word and wake."""
 
     deadline: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Signal:
     signum: int
     group: bool = True       # to the process group (the worker and everything it forked)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArmTimer:
     kind: TimerKind
     delay: float             # seconds from the event's now; re-arming a kind replaces it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CancelTimer:
     kind: TimerKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Log:
     level: str               # "INFO" | "WARNING" | "ERROR"
     message: str             # without the instance name; the runtime prefixes "name:index "
@@ -176,7 +179,7 @@ Action = Spawn | PostStop | Signal | ArmTimer | CancelTimer | Log
 
 
 # -- the per-instance record ------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstanceState:
     state: State = State.STOPPED
     pid: int | None = None
@@ -191,4 +194,4 @@ class InstanceState:
     last_exit: ExitStatus | None = None
     last_exit_at: float | None = None
     fatal_reason: str | None = None
-    timers: frozenset[TimerKind] = field(default_factory=frozenset)  # armed kinds
+    timers: frozenset[TimerKind] = NO_TIMERS   # armed kinds
