@@ -26,14 +26,10 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import time
-from collections.abc import Iterator
-from types import TracebackType
-from typing import Self
+
+import _socket  # the C module: `socket` loads enum, selectors and more, for one datagram
 
 from worker._ctlword import Poller
 from worker.block import (
@@ -60,10 +56,16 @@ from worker.block import (
     shm_name,
 )
 
+TYPE_CHECKING = False  # typing is not imported at run time (see worker/block.py)
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Self
+
 ENV_BLOCK = "PYVISOR_BLOCK"
 ENV_INSTANCE = "PYVISOR_INSTANCE"
 ENV_NOTIFY = "PYVISOR_NOTIFY"
 ASYNC_SLICE_S = 0.25
+_SIGINT = 2  # signal.SIGINT on Linux; the signal module would load enum for one constant
 _CLOSE_WAIT_S = 2.0
 
 
@@ -205,14 +207,9 @@ class Worker(Poller):
         if self._state == ST_BUSY:
             self._set_state(ST_READY, wake=False)
 
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """State BUSY (and busy-since) for the duration of the block."""
-        self.begin_busy()
-        try:
-            yield
-        finally:
-            self.end_busy()
+    def busy(self) -> _Busy:
+        """``with worker.busy():`` state BUSY (and busy-since) for the duration of the block."""
+        return _Busy(self)
 
     def wait_for_stop(self, timeout: float | None = None) -> bool:
         """Sleep until a stop is requested (True) or timeout seconds pass (False).
@@ -292,7 +289,7 @@ def _exit_status(exc: BaseException | None) -> int:
             return 0
         return code if isinstance(code, int) else 1
     if isinstance(exc, KeyboardInterrupt):
-        return -int(signal.SIGINT)  # Python re-raises SIGINT on an unhandled Ctrl-C
+        return -_SIGINT  # Python re-raises SIGINT on an unhandled Ctrl-C
     return 1
 
 
@@ -302,9 +299,27 @@ def _notify_ready(path: str | None) -> None:
         return
     addr = "\0" + path[1:] if path.startswith("@") else path
     try:
-        with socket.socket(
-            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-        ) as s:
+        s = _socket.socket(
+            _socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC
+        )
+        try:
             s.sendto(b"READY", addr)
+        finally:
+            s.close()
     except OSError:
         pass
+
+
+class _Busy:
+    """What Worker.busy() returns (contextlib would be one more import for every worker)."""
+
+    __slots__ = ("_worker",)
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def __enter__(self) -> None:
+        self._worker.begin_busy()
+
+    def __exit__(self, *exc: object) -> None:
+        self._worker.end_busy()

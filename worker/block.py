@@ -18,19 +18,20 @@ Rules:
 
 from __future__ import annotations
 
-import functools
 import mmap
 import os
-import re
 import time
-import uuid
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 import posix_ipc
 
 from worker._ctlword import View
+
+# Every worker imports this module, and its start-up and exit time grow with each module
+# loaded: only os, time, mmap and posix_ipc here (no re, uuid, dataclasses, typing).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Self
 
 MAGIC = 0x31424C4354535950  # b"PYSTCLB1" little-endian
 VERSION = 1
@@ -98,8 +99,15 @@ STATE_NAMES = {
 }
 
 SHM_DIR = "/dev/shm"
-_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
+_WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _is_word(s: str, max_len: int, more: str) -> bool:
+    """s matches [A-Za-z0-9_][A-Za-z0-9_<more>]{0,max_len-1}."""
+    return (0 < len(s) <= max_len and s[0] in _WORD_CHARS
+            and all(c in _WORD_CHARS or c in more for c in s))
+
+
 _NAME_MAX = 255  # NAME_MAX of /dev/shm, without the leading "/"
 
 
@@ -107,11 +115,27 @@ class BlockError(Exception):
     """A control block that cannot be used; str() names the block and what is wrong."""
 
 
-@dataclass(frozen=True)
 class ExitRecord:
-    status: int  # exit code >= 0, or -signal
-    time_ns: int  # CLOCK_REALTIME ns
-    source: int  # EXIT_SRC_*
+    """How a process ended, as recorded in its block."""
+
+    __slots__ = ("status", "time_ns", "source")
+
+    def __init__(self, status: int, time_ns: int, source: int) -> None:
+        self.status = status  # exit code >= 0, or -signal
+        self.time_ns = time_ns  # CLOCK_REALTIME ns
+        self.source = source  # EXIT_SRC_*
+
+    def _key(self) -> tuple[int, int, int]:
+        return (self.status, self.time_ns, self.source)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExitRecord) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"ExitRecord(status={self.status}, time_ns={self.time_ns}, source={self.source})"
 
 
 def shm_name(prefix: str, instance: str) -> str:
@@ -120,13 +144,13 @@ def shm_name(prefix: str, instance: str) -> str:
     prefix: [A-Za-z0-9_][A-Za-z0-9_-]* (no dot, so the name splits unambiguously);
     instance: "name:index" with name [A-Za-z0-9_][A-Za-z0-9_.-]{0,63} and index digits.
     """
-    if not _PREFIX_RE.fullmatch(prefix):
+    if not _is_word(prefix, 128, "-"):
         raise ValueError(
             f"invalid control block prefix {prefix!r}: use 1-128 characters from "
             "[A-Za-z0-9_-], not starting with '-' (no '/' or '.')"
         )
     name, sep, index = instance.partition(":")
-    if not sep or not _NAME_RE.fullmatch(name) or not index.isdecimal() or not index.isascii():
+    if not sep or not _is_word(name, 64, ".-") or not index.isdecimal() or not index.isascii():
         raise ValueError(
             f"invalid instance name {instance!r}: expected 'name:index' with name matching "
             "[A-Za-z0-9_][A-Za-z0-9_.-]{0,63} and index a decimal number, e.g. 'web:0'"
@@ -155,11 +179,22 @@ def unlink_name(name: str) -> None:
         pass
 
 
-@functools.cache
+_boot_id: bytes | None = None
+
+
 def read_boot_id() -> bytes:
     """This boot's id (16 bytes) from /proc/sys/kernel/random/boot_id (read once)."""
-    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-        return uuid.UUID(f.read().strip()).bytes
+    global _boot_id
+    if _boot_id is None:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            _boot_id = bytes.fromhex(f.read().strip().replace("-", ""))
+    return _boot_id
+
+
+def format_uuid(b: bytes) -> str:
+    """16 bytes in the 8-4-4-4-12 form of /proc/sys/kernel/random/boot_id."""
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def parse_start_ticks(stat: str) -> int:
@@ -281,7 +316,7 @@ class ControlBlock:
         if boot != read_boot_id():
             raise BlockError(
                 f"control block {n}: created during another boot (boot_id "
-                f"{uuid.UUID(bytes=boot)}); it is left over from before a reboot, remove it"
+                f"{format_uuid(boot)}); it is left over from before a reboot, remove it"
             )
 
     def close(self) -> None:
