@@ -11,7 +11,7 @@
  *
  *   struct pyvisor_block b;
  *   if (pyvisor_attach(getenv("PYVISOR_BLOCK"), &b) != 0) { perror(...); ... }
- *   pyvisor_set_state(&b, PYVISOR_ST_READY);
+ *   pyvisor_ready(&b);
  *   while (!pyvisor_should_stop(&b)) { do_unit(); pyvisor_heartbeat(&b); pyvisor_add_work(&b, 1); }
  *   pyvisor_close(&b, 0);
  */
@@ -21,13 +21,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -230,6 +233,43 @@ static inline int pyvisor_should_stop(struct pyvisor_block *b)
     }
     pyvisor_publish_ack(b);
     return b->stop;
+}
+
+/* READY, as worker.Worker.ready(): publish the state, then send a best-effort "READY"
+ * datagram to the daemon's notify socket ($PYVISOR_NOTIFY; "@name" is an abstract address),
+ * so that the daemon learns it at once rather than after start_seconds. Never blocks. */
+static inline void pyvisor_ready(struct pyvisor_block *b)
+{
+    pyvisor_set_state(b, PYVISOR_ST_READY);
+    const char *path = getenv("PYVISOR_NOTIFY");
+    struct sockaddr_un a;
+    size_t n = path ? strlen(path) : 0;
+    if (n == 0 || n >= sizeof a.sun_path)
+        return;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    memcpy(a.sun_path, path, n);
+    if (path[0] == '@')
+        a.sun_path[0] = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    (void)sendto(fd, "READY", 5, 0, (struct sockaddr *)&a,
+                 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
+    close(fd);
+}
+
+/* Sleep until a stop is requested (a shared futex wait on the command word, no polling).
+ * Returns 1 (stop), or 0 when interrupted by a signal (EINTR), so handlers can run. */
+static inline int pyvisor_wait_for_stop(struct pyvisor_block *b)
+{
+    for (;;) {
+        uint32_t w = pyvisor_load_u32(b->base, PYVISOR_OFF_CMD); /* before the check */
+        if (pyvisor_should_stop(b))
+            return 1;
+        if (pyvisor_futex_wait(b->base, PYVISOR_OFF_CMD, w, NULL) != 0 && errno == EINTR)
+            return 0;
+    }
 }
 
 static inline void pyvisor_heartbeat(struct pyvisor_block *b)
