@@ -1,8 +1,9 @@
 """Bench 6: time to stop N cooperative workers.
 
-Library workers (bench/workers/pvb_worker.py): under pyvisor they block in wait_for_stop and
-leave on STOP_GRACEFUL; under supervisord the same script blocks in sigwait and leaves on
-SIGTERM. Two measurements per supervisor, each from a freshly booted daemon:
+--kind lib (default): the Python library worker (bench/workers/pvb_worker.py); --kind c: the
+C worker bench/workers/coop.c (worker/ctlblock.h), which has no interpreter to start or tear
+down. Under pyvisor both sleep on the command word and leave on STOP_GRACEFUL; under
+supervisord the same program blocks in sigwait and leaves on SIGTERM. Two measurements per supervisor, each from a freshly booted daemon:
   stop all: `supervisorctl stop --graceful all` (supervisord: `stop all`) -> every worker gone
             (pidfds) and -> the command returned;
   shutdown: `supervisorctl shutdown` -> every worker gone and the daemon exited.
@@ -17,7 +18,7 @@ import threading
 import time
 
 from harness import CLK_TCK, Pyvisor, Run, cpu_seconds, header, ms, parse_args, say, wait_gone
-from mass import boot, make, sides
+from mass import KINDS, boot, make, sides
 
 
 def child_cpu(pid: int) -> float:
@@ -63,7 +64,7 @@ def watch_acks(prefix: str, names: list[str], out: dict[str, float]) -> threadin
 
 def main() -> None:
     a = parse_args(__doc__.split("\n")[0], default_n=1000, extra=lambda ap: (
-        ap.add_argument("--kind", default="lib")))
+        ap.add_argument("--kind", default="lib", choices=KINDS)))
     header("time to stop N cooperative workers", "stop all / shutdown -> all workers gone",
            "<= 1 s for library workers (pyvisor)", a.workers)
     for side in sides(a.only):

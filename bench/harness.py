@@ -103,14 +103,26 @@ def ensure_supervisord() -> Path:
     return SD_VENV / "bin"
 
 
-def alive_binary() -> str:
-    """A tiny C program: writes "pid CLOCK_MONOTONIC-ns" to argv[1] (a FIFO) then pause()s."""
-    src = BENCH / "workers" / "alive.c"
-    out = CACHE / "alive"
+def c_binary(name: str) -> str:
+    """bench/workers/NAME.c compiled with cc into the cache (again when the source is newer)."""
+    src = BENCH / "workers" / f"{name}.c"
+    out = CACHE / name
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
         CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cc", "-O2", "-o", str(out), str(src)], check=True)
+        subprocess.run(["cc", "-std=gnu11", "-O2", f"-I{REPO / 'worker'}", "-o", str(out),
+                        str(src)], check=True)
     return str(out)
+
+
+def alive_binary() -> str:
+    """A tiny C program: writes "pid CLOCK_MONOTONIC-ns" to argv[1] (a FIFO) then pause()s."""
+    return c_binary("alive")
+
+
+def coop_binary() -> str:
+    """The cooperative C worker (worker/ctlblock.h): READY, futex wait for a stop, exit 0;
+    outside pyvisor it waits in sigwait for SIGTERM."""
+    return c_binary("coop")
 
 
 PY_WORKER = str(BENCH / "workers" / "pvb_worker.py")

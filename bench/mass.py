@@ -6,23 +6,34 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from harness import PV_BIN, PY_WORKER, Daemon, Run
+from harness import PV_BIN, PY_WORKER, Daemon, Run, coop_binary
 
 SLEEP = "/bin/sleep"
 
 
+KINDS = ("plain", "lib", "c")   # sleep; the Python library worker; the C cooperative worker
+
+
+def command(kind: str) -> list[str]:
+    if kind == "plain":
+        return [SLEEP, "100000"]
+    if kind == "c":
+        return [coop_binary()]
+    assert kind == "lib", f"kind must be one of {KINDS}"
+    return [str(PV_BIN / "python3"), PY_WORKER]
+
+
 def pyvisor_workers(kind: str, n: int, **extra: Any) -> dict[str, dict[str, Any]]:
     if kind == "plain":
-        w: dict[str, Any] = {"command": [SLEEP, "100000"], "numprocs": n, "start_seconds": 0}
+        w: dict[str, Any] = {"command": command(kind), "numprocs": n, "start_seconds": 0}
     else:
-        w = {"command": [str(PV_BIN / "python3"), PY_WORKER], "numprocs": n,
-             "graceful_timeout": 10}
+        w = {"command": command(kind), "numprocs": n, "graceful_timeout": 10}
     w.update(extra)
     return {kind: w}
 
 
 def supervisord_programs(kind: str, n: int, **extra: Any) -> dict[str, dict[str, Any]]:
-    cmd = f"{SLEEP} 100000" if kind == "plain" else f"{PV_BIN / 'python3'} {PY_WORKER}"
+    cmd = " ".join(command(kind))
     p: dict[str, Any] = {"command": cmd, "numprocs": n, "startsecs": 0, "stopwaitsecs": 10,
                          "autorestart": "true"}
     p.update(extra)

@@ -9,7 +9,6 @@ The report is "pid CLOCK_MONOTONIC-ns\n" written to FIFO (optional) once the wor
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
@@ -40,6 +39,8 @@ def main() -> int:
             report(fifo)
             w.wait_for_stop()
         return 0
+    import signal  # here: the pyvisor path does not need it, and every module costs at exit
+
     sigs = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     report(fifo)
