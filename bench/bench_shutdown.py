@@ -66,7 +66,7 @@ def main() -> None:
     a = parse_args(__doc__.split("\n")[0], default_n=1000, extra=lambda ap: (
         ap.add_argument("--kind", default="lib", choices=KINDS)))
     header("time to stop N cooperative workers", "stop all / shutdown -> all workers gone",
-           "<= 1 s for library workers (pyvisor)", a.workers)
+           "<= 1 s (pyvisor)", a.workers)
     for side in sides(a.only):
         for what in ("stop all", "shutdown"):
             with Run("shutdown") as run:
