@@ -26,10 +26,9 @@ Rules:
 
 from __future__ import annotations
 
+import _socket  # the C module: `socket` loads enum, selectors and more, for one datagram
 import os
 import time
-
-import _socket  # the C module: `socket` loads enum, selectors and more, for one datagram
 
 from worker._ctlword import Poller
 from worker.block import (

@@ -118,7 +118,7 @@ class BlockError(Exception):
 class ExitRecord:
     """How a process ended, as recorded in its block."""
 
-    __slots__ = ("status", "time_ns", "source")
+    __slots__ = ("source", "status", "time_ns")
 
     def __init__(self, status: int, time_ns: int, source: int) -> None:
         self.status = status  # exit code >= 0, or -signal

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from supervisor.core.types import (
+    NO_TIMERS,
     Action,
     Adopted,
     ArmTimer,
@@ -41,7 +42,6 @@ from supervisor.core.types import (
     ExitStatus,
     HeartbeatStale,
     InstanceState,
-    NO_TIMERS,
     Log,
     Policy,
     PostStop,

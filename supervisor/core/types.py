@@ -8,7 +8,7 @@ seconds) so the core never reads a clock.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class State(enum.Enum):
