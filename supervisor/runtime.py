@@ -192,7 +192,7 @@ class Runtime:
         self._cancel_timer(inst, kind)
 
         def fire() -> None:
-            del inst.timers[kind]   # fired: not kept (cancelling pops it, so it is this one)
+            inst.timers.pop(kind, None)   # fired: not kept (a cancelled one never fires)
             self.dispatch(inst, core.TimerFired(self.now(), kind))
 
         inst.timers[kind] = self.loop.call_at(when, fire)
