@@ -33,6 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from supervisor import paths
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 PV_BIN = REPO / ".venv" / "bin"
@@ -297,6 +299,9 @@ class Run:
         end = time.monotonic() + 10
         while self.kill_all() and time.monotonic() < end:
             time.sleep(0.05)
+        for d in self.daemons:   # a killed daemon leaves its locator (the runtime directory)
+            if isinstance(d, Pyvisor) and d.proc is not None:
+                paths.remove_locator(str(d.config), d.pid)
         for n in os.listdir("/dev/shm"):
             if n.startswith(self.prefix + "."):
                 try:
