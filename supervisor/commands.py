@@ -175,11 +175,12 @@ class Handlers:
         now = self.rt.now()
         facts = [instance_facts(i, now, self._process(i.pid)) for i in insts]
         if self._opt(request, "json", False):
-            respond(reply(OK, out=json.dumps(facts, indent=2) + "\n"))
+            # data too: shell completion and scripts on the socket read the rows from it
+            respond(reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
             return
         width = max((len(f["name"]) for f in facts), default=4)
         text = "".join(render_status_line(f, width) + "\n" for f in facts)
-        # names only: completion needs them, and the text is what gets printed
+        # names only in data: the text is what gets printed (--json carries the whole rows)
         respond(reply(OK, out=text or "no workers configured\n",
                       data=[{"name": f["name"]} for f in facts]))
 

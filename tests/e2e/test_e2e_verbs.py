@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
 from typing import Any
 
-from helpers import pid_alive, wait_until
+from helpers import SUPERVISORCTL, pid_alive, wait_until
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
 SLEEPER: dict[str, Any] = {"command": "sleep 1000", **QUICK}
@@ -166,3 +167,13 @@ def test_fatal_start_exit_5_then_recover(daemon: Any, tmp_path: Any) -> None:
     row = d.status_of("crash:0")
     assert row["state"] == "RUNNING" and row["fatal_reason"] is None, row
     assert os.path.exists(f"/proc/{row['pid']}")
+
+
+def test_shell_completion_offers_the_running_daemons_names(daemon: Any) -> None:
+    d = daemon({"web": {"command": "sleep 1000", "numprocs": 2, "start_seconds": 0}})
+    d.wait_state("web:1", "RUNNING")
+    r = subprocess.run(
+        [SUPERVISORCTL], check=False, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "_SUPERVISORCTL_COMPLETE": "bash_complete",
+             "COMP_WORDS": f"supervisorctl -c {d.config_path} stop w", "COMP_CWORD": "4"})
+    assert (r.returncode, r.stdout) == (0, "plain,web\nplain,web:0\nplain,web:1\n"), r
