@@ -14,9 +14,9 @@ import string
 from typing import Any
 
 from supervisor.configerrors import got, problem
+from worker import block as blk
 
 WORKER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-BLOCK_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 PLACEHOLDERS = ("name", "index", "instance", "log_dir")
 SIGNAL_NAMES = tuple(s.name[3:] for s in signal.Signals)   # "HUP", "INT", ... (no aliases)
@@ -129,8 +129,8 @@ def worker_name(name: str) -> str:
 
 
 def block_prefix(value: str) -> str:
-    if not BLOCK_PREFIX.fullmatch(value):
-        raise problem(f"must be 1-100 characters from A-Z a-z 0-9 _ . - (got {got(value)})")
+    if not blk.valid_prefix(value):   # the block module's rule, so that spawns cannot fail on it
+        raise problem(f"must be {blk.PREFIX_RULE} (got {got(value)})")
     return value
 
 

@@ -109,6 +109,14 @@ def _is_word(s: str, max_len: int, more: str) -> bool:
 
 
 _NAME_MAX = 255  # NAME_MAX of /dev/shm, without the leading "/"
+PREFIX_RULE = "1-128 characters from A-Z a-z 0-9 _ - (not starting with -; no . or /)"
+
+
+def valid_prefix(prefix: str) -> bool:
+    """Whether prefix may start block names (see PREFIX_RULE). No dot: a block is named
+    prefix + "." + instance, and list_blocks() finds a daemon's blocks by that dot, so a prefix
+    "app" must never match another daemon's "app.x" blocks."""
+    return _is_word(prefix, 128, "-")
 
 
 class BlockError(Exception):
@@ -141,14 +149,11 @@ class ExitRecord:
 def shm_name(prefix: str, instance: str) -> str:
     """The shm name of an instance's block: "/" + prefix + "." + instance.
 
-    prefix: [A-Za-z0-9_][A-Za-z0-9_-]* (no dot, so the name splits unambiguously);
+    prefix: see valid_prefix();
     instance: "name:index" with name [A-Za-z0-9_][A-Za-z0-9_.-]{0,63} and index digits.
     """
-    if not _is_word(prefix, 128, "-"):
-        raise ValueError(
-            f"invalid control block prefix {prefix!r}: use 1-128 characters from "
-            "[A-Za-z0-9_-], not starting with '-' (no '/' or '.')"
-        )
+    if not valid_prefix(prefix):
+        raise ValueError(f"invalid control block prefix {prefix!r}: use {PREFIX_RULE}")
     name, sep, index = instance.partition(":")
     if not sep or not _is_word(name, 64, ".-") or not index.isdecimal() or not index.isascii():
         raise ValueError(

@@ -229,8 +229,8 @@ BAD = [
           log_level: loud
         workers: {}
         """, ["app.yaml:2: supervisor.socket_mode: must be '0600' or '0660' (got '644')",
-              ("app.yaml:3: supervisor.block_prefix: must be 1-100 characters from A-Z a-z "
-              "0-9 _ . - (got 'a/b')"),
+              ("app.yaml:3: supervisor.block_prefix: must be 1-128 characters from A-Z a-z "
+              "0-9 _ - (not starting with -; no . or /) (got 'a/b')"),
               ("app.yaml:4: supervisor.log_level: must be one of TRACE, DEBUG, INFO, SUCCESS, "
               "WARNING, ERROR, CRITICAL (got 'loud')")], id="bad-supervisor-values"),
     pytest.param("""
@@ -536,3 +536,14 @@ def test_main_checks_files(capsys: pytest.CaptureFixture[str]) -> None:
     assert out == "app.yaml: OK (1 worker, 1 instance)\n"
     assert err == "bad.yaml:1: workers.web: missing required key 'command'\n"
     assert os.path.exists("app.yaml")
+
+
+@pytest.mark.parametrize("prefix", ["my.app", "-app", "a" * 129])
+def test_block_prefix_follows_the_block_modules_rule(prefix: str) -> None:
+    # a dotted prefix "my" would match another daemon's "my.app.*" blocks at adoption, and
+    # shm_name() refuses it: the config must refuse it first, not every spawn later
+    from worker import block
+
+    assert not block.valid_prefix(prefix)
+    assert errors(f"supervisor: {{block_prefix: '{prefix}'}}\nworkers: {{}}\n") == [
+        f"app.yaml:1: supervisor.block_prefix: must be {block.PREFIX_RULE} (got {prefix!r})"]
