@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import psutil
 
-from supervisor.core import State
+from supervisor.core import IN_TRANSITION, State
 from supervisor.ctl.exitcodes import FAILED, NO_SUCH_TARGET, OK, USAGE
-from supervisor.runtime import GONE, Instance, Runtime, uses_library
+from supervisor.runtime import Instance, Runtime
 
 Reply = dict[str, Any]
 
@@ -36,8 +36,6 @@ class Daemon(Protocol):
     def reload(self, done: Callable[[Reply], None]) -> None: ...
     def shutdown(self, done: Callable[[], None]) -> None: ...
     def reexec(self) -> None: ...
-    def stop_instances(self, insts: list[Instance], graceful: bool,
-                       restart: bool = False) -> None: ...
 
 
 def reply(code: int = OK, out: str = "", err: str = "", data: Any = None) -> Reply:
@@ -70,7 +68,7 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None
     if pid is not None:
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
-        if inst.block is not None and uses_library(inst):
+        if inst.block is not None and inst.uses_library:
             hb = inst.block.heartbeat_ns
             hb_age = round(now - hb / 1e9, 3) if hb else None
             work = inst.block.work_done
@@ -204,33 +202,25 @@ class Handlers:
             respond(reply(OK, out="".join(f"{i.name}: start requested\n" for i in insts)))
             return
 
-        def settled(i: Instance) -> bool:
-            return i.st.state in (State.RUNNING, State.FATAL, State.EXITED, State.STOPPED)
-
-        self.rt.wait_for(insts, settled, lambda: respond(
+        self.rt.wait_for(insts, lambda i: i.st.state not in IN_TRANSITION, lambda: respond(
             self._summary(insts, "started", lambda i: i.st.state is State.RUNNING)))
 
     def stop(self, request: dict[str, Any], respond: Responder) -> None:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        self.daemon.stop_instances(insts, bool(self._opt(request, "graceful", False)))
+        self.rt.request_stop(insts, bool(self._opt(request, "graceful", False)))
         if not self._opt(request, "wait", True):
             respond(reply(OK, out="".join(f"{i.name}: stop requested\n" for i in insts)))
             return
-        self.rt.wait_for(insts, lambda i: i.st.state in GONE, lambda: respond(
-            self._summary(insts, "stopped", lambda i: i.st.state in GONE)))
+        self.rt.wait_for(insts, lambda i: not i.has_process, lambda: respond(
+            self._summary(insts, "stopped", lambda i: not i.has_process)))
 
     def restart(self, request: dict[str, Any], respond: Responder) -> None:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        graceful = bool(self._opt(request, "graceful", False))
-        running = [i for i in insts if i.st.state not in GONE]
-        idle = [i for i in insts if i.st.state in GONE]
-        for i in running:
-            self.daemon.stop_instances([i], graceful, restart=True)
-        self.rt.request_start(idle)
+        self.rt.request_restart(insts, bool(self._opt(request, "graceful", False)))
 
         def settled(i: Instance) -> bool:
             return i.st.state in (State.RUNNING, State.FATAL, State.EXITED) or (

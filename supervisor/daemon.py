@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -21,12 +22,12 @@ from loguru import logger
 from supervisor import paths
 from supervisor.commands import Handlers, Reply, reply
 from supervisor.config import Config, ConfigError, load_config
-from supervisor.core import State, StopRequested
+from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
 from supervisor.ctl.exitcodes import BAD_CONFIG, OK
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
 from supervisor.reconcile import apply_adoption, apply_config, restore_state, save_state
-from supervisor.runtime import GONE, Instance, Runtime, uses_library
+from supervisor.runtime import Runtime
 from supervisor.sdnotify import Notifier
 from supervisor.server import ControlServer
 
@@ -98,17 +99,15 @@ class Daemon:
         self.notifier.status(self.summary())
 
     def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for inst in self.runtime.instances.values():
-            counts[inst.st.state.value] = counts.get(inst.st.state.value, 0) + 1
-        order = ("RUNNING", "STARTING", "BACKOFF", "STOPPING", "FATAL", "EXITED", "STOPPED")
-        return ", ".join(f"{counts[s]} {s.lower()}" for s in order if counts.get(s)) or "no workers"
+        counts = Counter(inst.st.state for inst in self.runtime.instances.values())
+        return ", ".join(f"{counts[s]} {s.value.lower()}" for s in SUMMARY_ORDER
+                         if counts[s]) or "no workers"
 
     # -- start-up -----------------------------------------------------------------------------
     def start(self, saved: dict[str, Any] | None) -> None:
         rt = self.runtime
         for name in self.config.start_order():
-            rt.make_instances(name, self.config.workers[name])
+            rt.add_worker(name, self.config.workers[name])
         adopted = apply_adoption(rt, self.config)
         restored = restore_state(rt, saved) if saved is not None else set()
         to_start = [i for name in self.config.start_order()
@@ -120,23 +119,13 @@ class Daemon:
         logger.info(f"supervisord {os.getpid()} running {self.config.path}: "
                     f"{len(rt.instances)} instances, {len(adopted)} adopted, "
                     f"socket {self.config.supervisor.socket}")
-        rt.wait_for(autostart, lambda i: i.st.state not in (State.STARTING, State.BACKOFF),
-                    self._ready)
+        rt.wait_for(autostart, lambda i: i.st.state not in COMING_UP, self._ready)
 
     def _ready(self) -> None:
         self.notifier.ready(self.summary())
         logger.info(f"ready: {self.summary()}")
 
     # -- verbs the control socket needs ------------------------------------------------------
-    def stop_instances(self, insts: list[Instance], graceful: bool,
-                       restart: bool = False) -> None:
-        rt = self.runtime
-        rt.cancel_deferred(insts)
-        for inst in insts:
-            # a program that never attached to its block can't read the control word
-            rt.dispatch(inst, StopRequested(rt.now(), graceful=graceful and uses_library(inst),
-                                            restart=restart))
-
     def reload(self, done: Callable[[Reply], None]) -> None:
         try:
             new = load_config(self.config.path)
@@ -154,7 +143,7 @@ class Daemon:
             self.notifier.ready(self.summary())
             done(reply(OK, out=summary or "no changes\n"))
 
-        self.runtime.wait_for(settle, _settled, finished)
+        self.runtime.wait_for(settle, lambda i: i.st.state not in IN_TRANSITION, finished)
 
     def shutdown(self, done: Callable[[], None]) -> None:
         self._shutdown_waiters.append(done)
@@ -177,12 +166,12 @@ class Daemon:
             batch = {n for n in names if workers[n].priority == level}
             rest = [n for n in names if n not in batch]
             insts += [i for i in rt.instances.values() if i.worker in batch]
-        live = [i for i in insts if i.st.state not in GONE]
+        live = [i for i in insts if i.has_process]
         if not live and not rest:
             self._finish_shutdown()
             return
-        self.stop_instances(live, graceful=True)
-        rt.wait_for(insts, lambda i: i.st.state in GONE, lambda: self._stop_in_order(rest))
+        rt.request_stop(live, graceful=True)
+        rt.wait_for(insts, lambda i: not i.has_process, lambda: self._stop_in_order(rest))
 
     def _finish_shutdown(self) -> None:
         logger.info("every worker stopped; supervisord exits")
@@ -211,10 +200,6 @@ class Daemon:
         self.runtime.close()
         paths.remove_locator(self.config.path, os.getpid())
         self.loop.close()
-
-
-def _settled(inst: Instance) -> bool:
-    return inst.st.state not in (State.STARTING, State.BACKOFF, State.STOPPING)
 
 
 def _load_saved(path: str | None) -> dict[str, Any] | None:

@@ -1,13 +1,15 @@
 """The daemon's event loop: one selector, a timer heap, the signal wakeup fd. No tick.
 
-Every registered file descriptor carries a callback ``fn(mask)``; timers are ``call_at``/``call_later``
-handles that can be cancelled. ``run_once`` sleeps until the nearest timer or an fd event, so an
-idle daemon makes no system calls at all. Signals arrive through ``signal.set_wakeup_fd`` and are
-dispatched from the loop (never from inside a Python signal handler), so handlers may do anything.
+Every registered file descriptor carries a callback ``fn(mask)``; timers are ``call_at`` /
+``call_later`` handles that can be cancelled. ``run_once`` sleeps until the nearest timer or an
+fd event, so an idle daemon makes no system calls at all. Signals arrive through
+``signal.set_wakeup_fd`` and are dispatched from the loop (never from inside a Python signal
+handler), so handlers may do anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -50,10 +52,8 @@ class Loop:
         self.selector.modify(fd, events, fn)
 
     def remove(self, fd: int) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
 
     # -- timers -------------------------------------------------------------------------------
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:

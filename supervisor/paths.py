@@ -9,6 +9,7 @@ put it) and the daemon's PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -72,7 +73,5 @@ def read_locator(config_path: str) -> dict[str, object] | None:
 def remove_locator(config_path: str, pid: int) -> None:
     doc = read_locator(config_path)
     if doc is not None and doc.get("pid") == pid:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(locator_path(config_path))
-        except FileNotFoundError:
-            pass

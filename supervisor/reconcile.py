@@ -19,37 +19,11 @@ from loguru import logger
 
 from supervisor import core
 from supervisor.adopt import Found, scan
-from supervisor.config import Config, WorkerConfig
-from supervisor.core import InstanceState, State, TimerKind
-from supervisor.runtime import (
-    GONE,
-    Instance,
-    Runtime,
-    config_hash,
-    exit_status_from_record,
-    uses_library,
-)
+from supervisor.config import Config
+from supervisor.core import NO_PROCESS, InstanceState, State, TimerKind
+from supervisor.runtime import Instance, Runtime, config_hash
+from supervisor.runtime.exits import exit_status_from_record
 from worker import block as blk
-
-
-def _removed_config() -> WorkerConfig:
-    """A stand-in config for an adopted instance that the config no longer has."""
-    return WorkerConfig.model_validate({"command": ["(removed)"], "autostart": False,
-                                        "restart": "never"})
-
-
-def _instance_for(rt: Runtime, config: Config, name: str) -> Instance:
-    inst = rt.instances.get(name)
-    if inst is not None:
-        return inst
-    worker, _, index = name.rpartition(":")
-    cfg = config.workers.get(worker) or _removed_config()
-    inst = Instance(name, worker, int(index) if index.isdigit() else 0, cfg, cfg.policy(worker),
-                    removed=True)
-    if worker in config.workers:
-        inst.stdout_path, inst.stderr_path = cfg.log_paths(worker, inst.index)
-    rt.instances[name] = inst
-    return inst
 
 
 def apply_adoption(rt: Runtime, config: Config) -> set[str]:
@@ -57,33 +31,28 @@ def apply_adoption(rt: Runtime, config: Config) -> set[str]:
     accounted: set[str] = set()
     now = rt.now()
     for f in scan(config.supervisor.block_prefix):
-        inst = _instance_for(rt, config, f.instance)
+        inst = rt.instance_named(f.instance)
         accounted.add(inst.name)
         inst.incarnation = f.incarnation
         if f.pid is None:
             _exited_while_away(rt, inst, f)
             continue
         assert f.pidfd is not None
-        inst.block, inst.child = f.block, f.child
-        rt.watch(inst, f.pid, f.pidfd)
         ready = f.ready or (f.block.pid == 0 and now - f.started_at >= inst.policy.start_seconds)
-        rt.dispatch(inst, core.Adopted(now, f.pid, ready, f.started_at))
+        rt.adopt(inst, f.pid, f.pidfd, f.block, f.child, ready, f.started_at)
         logger.info(f"{inst.name} adopted pid {f.pid} "
                     f"({'child, re-exec' if f.child else 'after a daemon restart'})")
         _seq, cmd = f.block.cmd
         if cmd == blk.CMD_STOP_GRACEFUL:
             # the block remembers a graceful stop in flight: carry on with it, same deadline
             logger.info(f"{inst.name} was being stopped when supervisord went down; carrying on")
-            rt.dispatch(inst, core.StopRequested(now, graceful=True))
-            deadline = f.block.deadline_ns / 1e9
-            if TimerKind.GRACEFUL in inst.timers and deadline > now:
-                rt.arm_timer(inst, TimerKind.GRACEFUL, deadline)
+            rt.continue_graceful_stop(inst, f.block.deadline_ns / 1e9)
         elif inst.removed:
             logger.info(f"{inst.name} is no longer configured; stopping it")
-            rt.dispatch(inst, core.StopRequested(now, graceful=uses_library(inst)))
+            rt.request_stop([inst], graceful=True)
         elif f.block.config_hash != config_hash(inst.cfg):
             logger.info(f"{inst.name} config changed while supervisord was down; restarting it")
-            rt.dispatch(inst, core.StopRequested(now, graceful=uses_library(inst), restart=True))
+            rt.request_stop([inst], graceful=True, restart=True)
     return accounted
 
 
@@ -93,31 +62,25 @@ def _exited_while_away(rt: Runtime, inst: Instance, f: Found) -> None:
     f.block.close()
     f.block.unlink()
     logger.info(f"{inst.name} exited while supervisord was down ({status.describe()})")
-    if inst.removed:
-        rt.instances.pop(inst.name, None)
-        return
-    now = rt.now()
-    rt.dispatch(inst, core.Adopted(now, 0, True, f.started_at))
-    rt.dispatch(inst, core.Exited(now, status))
+    rt.exited_while_away(inst, status, f.started_at)
 
 
 # -- reload -----------------------------------------------------------------------------------
 def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Instance]]:
     """Apply only what changed. Returns a summary and the instances to wait for."""
-    rt.config = new
+    rt.set_config(new)
     lines: list[str] = []
     settle: list[Instance] = []
-    now = rt.now()
     for name in old.workers.keys() - new.workers.keys():
-        insts = [i for i in rt.instances.values() if i.worker == name]
-        _remove(rt, insts, now)
+        insts = rt.of_worker(name)
+        rt.remove(insts)
         settle += insts
         lines.append(f"removed {name} ({len(insts)} instances)")
     for name in new.start_order():
         cfg = new.workers[name]
         before = old.workers.get(name)
         if before is None:
-            made = rt.make_instances(name, cfg)
+            made = rt.add_worker(name, cfg)
             if cfg.autostart:
                 rt.request_start(made)
             settle += made
@@ -125,16 +88,15 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
             continue
         if before == cfg:
             continue
-        insts = [i for i in rt.instances.values() if i.worker == name]
+        insts = rt.of_worker(name)
         only_numprocs = before.model_copy(update={"numprocs": cfg.numprocs}) == cfg
         surplus = [i for i in insts if i.index >= cfg.numprocs]
-        _remove(rt, surplus, now)
+        rt.remove(surplus)
         settle += surplus
         keep = [i for i in insts if i.index < cfg.numprocs]
         for i in keep:
-            i.cfg, i.policy = cfg, cfg.policy(name)
-            i.stdout_path, i.stderr_path = cfg.log_paths(name, i.index)
-        made = rt.make_instances(name, cfg)
+            rt.reconfigure(i, cfg)
+        made = rt.add_worker(name, cfg)
         if cfg.autostart:
             rt.request_start(made)
         settle += made
@@ -142,8 +104,8 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
             lines.append(f"{name}: numprocs {before.numprocs} -> {cfg.numprocs}")
             continue
         for i in keep:
-            if i.st.state not in GONE:
-                rt.dispatch(i, core.StopRequested(now, graceful=uses_library(i), restart=True))
+            if i.has_process:
+                rt.request_stop([i], graceful=True, restart=True)
             elif cfg.autostart and not i.st.stop_requested:
                 rt.request_start([i])
         settle += keep
@@ -153,16 +115,6 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
         lines.append("supervisor: section changed; socket, block_prefix and log_dir take "
                      "effect at the next start of supervisord")
     return "".join(f"{line}\n" for line in lines), settle
-
-
-def _remove(rt: Runtime, insts: list[Instance], now: float) -> None:
-    rt.cancel_deferred(insts)
-    for i in insts:
-        i.removed = True
-        if i.st.state in GONE:
-            rt.instances.pop(i.name, None)
-        else:
-            rt.dispatch(i, core.StopRequested(now, graceful=uses_library(i)))
 
 
 # -- re-exec ----------------------------------------------------------------------------------
@@ -196,17 +148,10 @@ def restore_state(rt: Runtime, saved: dict[str, Any]) -> set[str]:
         st["state"] = State(st["state"])
         st["timers"] = frozenset(TimerKind(k) for k in st["timers"])
         st["last_exit"] = core.ExitStatus(**st["last_exit"]) if st["last_exit"] else None
-        if st["state"] not in GONE and st["state"] is not State.BACKOFF and inst.pidfd is None:
+        if st["state"] not in NO_PROCESS and st["state"] is not State.BACKOFF and (
+                inst.pidfd is None):
             continue   # its process is gone: adoption already handled it
-        live_pid = inst.st.pid
-        for t in inst.timers.values():
-            t.cancel()
-        inst.timers.clear()
-        inst.st = InstanceState(**st)
-        if live_pid is not None and inst.st.pid != live_pid:
-            inst.st = dataclasses.replace(inst.st, pid=live_pid)
-        inst.incarnation = rec["incarnation"]
-        for kind, when in rec["deadlines"].items():
-            rt.arm_timer(inst, TimerKind(kind), when)
+        rt.restore(inst, InstanceState(**st), rec["incarnation"],
+                   {TimerKind(k): when for k, when in rec["deadlines"].items()})
         restored.add(name)
     return restored

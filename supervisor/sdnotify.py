@@ -25,6 +25,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -130,10 +131,8 @@ class Notifier:
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def __repr__(self) -> str:
         return f"Notifier(address={self._address!r}, watchdog_usec={self._watchdog_usec!r})"

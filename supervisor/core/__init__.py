@@ -6,6 +6,11 @@ This package must not import os, signal, psutil, posix_ipc, loguru or anything t
 
 from supervisor.core.machine import IGNORED, TRANSITIONS, TransitionError, step
 from supervisor.core.types import (
+    COMING_UP,
+    IN_TRANSITION,
+    MAY_BE_SPAWNING,
+    NO_PROCESS,
+    SUMMARY_ORDER,
     Action,
     Adopted,
     ArmTimer,
@@ -32,6 +37,11 @@ from supervisor.core.types import (
 )
 
 __all__ = [
+    "COMING_UP",
+    "IN_TRANSITION",
+    "MAY_BE_SPAWNING",
+    "NO_PROCESS",
+    "SUMMARY_ORDER",
     "IGNORED",
     "TRANSITIONS",
     "Action",

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from supervisor.core.types import (
+    MAY_BE_SPAWNING,
+    NO_PROCESS,
     NO_TIMERS,
     Action,
     Adopted,
@@ -80,10 +82,6 @@ TIMERS_FOR: dict[State, frozenset[TimerKind]] = {
 }
 _TIMER_ORDER = list(TimerKind)
 
-# States with no process: nothing to stop, nothing can exit.
-_IDLE = (State.STOPPED, State.EXITED, State.FATAL)
-# States in which a spawn may be under way (a stop can come between Spawn and Spawned).
-_SPAWNING = (State.STARTING, State.STOPPING)
 
 
 class TransitionError(Exception):
@@ -374,7 +372,7 @@ def _on(event_type: type[E], handler: Callable[[InstanceState, E, Policy], Resul
         TRANSITIONS[(state, event_type)] = cast(Handler, handler)
 
 
-_on(StartRequested, _idle_start, *_IDLE)
+_on(StartRequested, _idle_start, *NO_PROCESS)
 _on(Adopted, _stopped_adopted, State.STOPPED)
 
 _on(Spawned, _starting_spawned, State.STARTING)
@@ -401,8 +399,8 @@ _on(Exited, _stopping_exited, State.STOPPING)
 # Pairs that are bugs in the runtime: we never asked for a spawn, or adoption is only done at
 # daemon start, when every instance is still STOPPED.
 ERRORS: frozenset[tuple[State, type]] = frozenset(
-    {(s, Spawned) for s in State if s not in _SPAWNING}
-    | {(s, SpawnFailed) for s in State if s not in _SPAWNING}
+    {(s, Spawned) for s in State if s not in MAY_BE_SPAWNING}
+    | {(s, SpawnFailed) for s in State if s not in MAY_BE_SPAWNING}
     | {(s, Adopted) for s in State if s is not State.STOPPED}
 )
 
@@ -411,14 +409,14 @@ IGNORED: frozenset[tuple[State, type]] = frozenset(
     # already started, or starting: nothing to do
     {(State.STARTING, StartRequested), (State.RUNNING, StartRequested)}
     # nothing is running: a stop is a no-op
-    | {(s, StopRequested) for s in _IDLE}
+    | {(s, StopRequested) for s in NO_PROCESS}
     # no process: a late or duplicate ready report / exit report / heartbeat check
-    | {(s, ReadyReported) for s in (*_IDLE, State.BACKOFF, State.RUNNING, State.STOPPING)}
-    | {(s, Exited) for s in (*_IDLE, State.BACKOFF)}
+    | {(s, ReadyReported) for s in (*NO_PROCESS, State.BACKOFF, State.RUNNING, State.STOPPING)}
+    | {(s, Exited) for s in (*NO_PROCESS, State.BACKOFF)}
     # heartbeats count only once RUNNING; a stopping worker is being dealt with anyway
-    | {(s, HeartbeatStale) for s in (*_IDLE, State.STARTING, State.BACKOFF, State.STOPPING)}
+    | {(s, HeartbeatStale) for s in (*NO_PROCESS, State.STARTING, State.BACKOFF, State.STOPPING)}
     # no timer is ever armed in these states: any TimerFired is stale
-    | {(s, TimerFired) for s in (*_IDLE, State.RUNNING)}
+    | {(s, TimerFired) for s in (*NO_PROCESS, State.RUNNING)}
 )
 
 

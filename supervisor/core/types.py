@@ -21,6 +21,20 @@ class State(enum.Enum):
     FATAL = "FATAL"
 
 
+# State classes, defined once beside the states and used everywhere else by name.
+NO_PROCESS: frozenset[State] = frozenset({State.STOPPED, State.EXITED, State.FATAL})
+"""No process: nothing to stop, nothing can exit."""
+MAY_BE_SPAWNING: frozenset[State] = frozenset({State.STARTING, State.STOPPING})
+"""A spawn may be under way: a stop can come between Spawn and Spawned."""
+COMING_UP: frozenset[State] = frozenset({State.STARTING, State.BACKOFF})
+"""A start that has not settled: it ends in RUNNING, or in FATAL/EXITED."""
+IN_TRANSITION: frozenset[State] = COMING_UP | {State.STOPPING}
+"""On the way somewhere: a start, stop or reload has settled once its instances are in none."""
+SUMMARY_ORDER: tuple[State, ...] = (State.RUNNING, State.STARTING, State.BACKOFF, State.STOPPING,
+                                    State.FATAL, State.EXITED, State.STOPPED)
+"""The order in which summaries (systemd STATUS=, the start-up line) count the states."""
+
+
 class RestartPolicy(enum.Enum):
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
@@ -154,8 +168,9 @@ class PostStop:
 
 @dataclass(frozen=True, slots=True)
 class Signal:
+    """Send signum to the process group: the worker and everything it forked."""
+
     signum: int
-    group: bool = True       # to the process group (the worker and everything it forked)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,134 @@
+"""How the runtime learns that a process ended, and how it ended.
+
+A pidfd per process is registered with the loop (readable when the process exits). Children are
+reaped with waitid(P_ALL) in one place (``Reaper.reap``), which also reaps orphaned zombies when
+the daemon is a container's PID 1. Adopted processes (not our children) get their status from
+the worker's exit record in the control block, else from PIDFD_INFO_EXIT (Linux ≥ 6.15), else
+"unknown".
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import signal
+import struct
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from supervisor import core
+from supervisor.runtime.instance import Instance
+from worker import block as blk
+
+if TYPE_CHECKING:
+    from supervisor.runtime.runtime import Runtime
+
+# struct pidfd_info (VER0, 64 bytes) and ioctl PIDFD_GET_INFO = _IOWR(0xFF, 11, 64)
+_PIDFD_INFO = struct.Struct("QQ11Ii")
+_PIDFD_GET_INFO = 0xC0000000 | (_PIDFD_INFO.size << 16) | (0xFF << 8) | 11
+_PIDFD_INFO_EXIT = 1 << 3
+
+
+def exit_status_from_wait(si_code: int, si_status: int, source: str) -> core.ExitStatus:
+    if si_code == os.CLD_EXITED:
+        return core.ExitStatus(code=si_status, source=source)
+    return core.ExitStatus(signal=si_status, source=source)
+
+
+def exit_status_from_record(rec: blk.ExitRecord) -> core.ExitStatus:
+    if rec.status < 0:
+        return core.ExitStatus(signal=-rec.status, source="worker")
+    return core.ExitStatus(code=rec.status, source="worker")
+
+
+def pidfd_exit_status(pidfd: int) -> core.ExitStatus | None:
+    """PIDFD_INFO_EXIT (Linux ≥ 6.15) for a process that is not our child, once it is reaped."""
+    buf = array.array("B", bytes(_PIDFD_INFO.size))
+    struct.pack_into("Q", buf, 0, _PIDFD_INFO_EXIT)
+    try:
+        fcntl.ioctl(pidfd, _PIDFD_GET_INFO, buf, True)
+    except OSError as e:
+        if e.errno not in (errno.ENOTTY, errno.EINVAL, errno.ESRCH):
+            logger.debug(f"PIDFD_GET_INFO: {e}")
+        return None
+    fields = _PIDFD_INFO.unpack(buf.tobytes())
+    if not fields[0] & _PIDFD_INFO_EXIT:
+        return None
+    wstatus = fields[-1]
+    if os.WIFEXITED(wstatus):
+        return core.ExitStatus(code=os.WEXITSTATUS(wstatus), source="pidfd")
+    if os.WIFSIGNALED(wstatus):
+        return core.ExitStatus(signal=os.WTERMSIG(wstatus), source="pidfd")
+    return None
+
+
+class Reaper:
+    """Watches every process by pidfd and reports its exit to the runtime (``Exited``)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.by_pid: dict[int, Instance] = {}
+        rt.loop.add_signal_handler(signal.SIGCHLD, lambda _s: self.reap())
+
+    def watch(self, inst: Instance, pid: int, pidfd: int) -> None:
+        inst.pidfd = pidfd
+        self.by_pid[pid] = inst
+        self.rt.loop.add_reader(pidfd, lambda _m: self._on_pidfd(inst))
+
+    def forget(self, inst: Instance) -> None:
+        """Stop watching the process of inst (gone, or living on without us) and close its
+        pidfd."""
+        if inst.pidfd is not None:
+            self.rt.loop.remove(inst.pidfd)
+            os.close(inst.pidfd)
+            inst.pidfd = None
+
+    def _on_pidfd(self, inst: Instance) -> None:
+        if inst.child:
+            self.reap()
+        else:
+            self._adopted_exit(inst)
+
+    def reap(self) -> None:
+        """Reap every exited child: our workers, and orphans reparented to us (PID 1)."""
+        while True:
+            try:
+                res = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                return
+            if res is None or res.si_pid == 0:
+                return
+            inst = self.by_pid.get(res.si_pid)
+            if inst is None or not inst.child:
+                logger.debug(f"reaped pid {res.si_pid} (not a worker)")
+                continue
+            status = exit_status_from_wait(res.si_code, res.si_status, "waitid")
+            if inst.popen is not None:
+                inst.popen.returncode = res.si_status   # keep subprocess from waiting on it
+            self._exited(inst, status)
+
+    def _adopted_exit(self, inst: Instance, tries: int = 0) -> None:
+        """An adopted process ended. Its exit record (if the worker wrote one) comes first;
+        PIDFD_INFO_EXIT appears only once its parent (init) has reaped it, so look again a
+        few times before settling for "unknown"."""
+        if inst.pidfd is not None and tries == 0:
+            self.rt.loop.remove(inst.pidfd)   # stays readable: don't spin on it
+        rec = inst.block.read_exit() if inst.block is not None else None
+        status = exit_status_from_record(rec) if rec is not None else None
+        if status is None and inst.pidfd is not None:
+            status = pidfd_exit_status(inst.pidfd)
+            if status is None and tries < 8:     # 10 ms, 20 ms, ... 1.3 s in all
+                self.rt.loop.call_later(0.01 * 2 ** tries,
+                                        lambda: self._adopted_exit(inst, tries + 1))
+                return
+        self._exited(inst, status or core.ExitStatus(source="unknown"))
+
+    def _exited(self, inst: Instance, status: core.ExitStatus) -> None:
+        pid = inst.st.pid
+        if pid is not None:
+            self.by_pid.pop(pid, None)
+        self.rt.release_process(inst)
+        self.rt.dispatch(inst, core.Exited(self.rt.now(), status))

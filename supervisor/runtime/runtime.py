@@ -1,0 +1,350 @@
+"""The runtime: carries out the pure core's actions with real processes, pidfds and timers.
+
+Every fact (a spawn, an exit, a timer, a ready report, a request) is turned into a core event
+and fed through ``dispatch``, which runs ``core.step`` and executes the actions it returns.
+Nothing here decides policy; it only does I/O and reports what happened.
+
+The rest of the daemon (start-up, adoption, reload, re-exec, the control socket's handlers)
+changes instances only through the public methods of ``Runtime``; the jobs live beside it:
+``Spawner`` (spawning.py), ``Reaper`` (exits.py), ``Readiness`` (readiness.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+
+from loguru import logger
+
+from supervisor import core
+from supervisor.config import Config, WorkerConfig
+from supervisor.core import NO_PROCESS, Event, InstanceState, State, TimerKind
+from supervisor.logs import Rotator
+from supervisor.loop import Loop
+from supervisor.runtime.exits import Reaper
+from supervisor.runtime.instance import Instance, Waiter
+from supervisor.runtime.readiness import Readiness
+from supervisor.runtime.spawning import Spawner
+from worker import block as blk
+
+
+class Runtime:
+    def __init__(self, loop: Loop, config: Config, notify_path: str | None = None) -> None:
+        self.loop = loop
+        self.config = config
+        self.epoch = secrets.randbits(63)
+        self._instances: dict[str, Instance] = {}
+        self.instances: Mapping[str, Instance] = MappingProxyType(self._instances)
+        self.rotator = Rotator(loop)
+        self.on_change: Callable[[], None] = lambda: None   # e.g. systemd STATUS=
+        self._queue: deque[tuple[Instance, Event]] = deque()
+        self._dispatching = False
+        self._deferred: list[Instance] = []      # start requests waiting on depends_on
+        self.reaper = Reaper(self)
+        self.spawner = Spawner(self)
+        self.readiness = Readiness(self, notify_path)
+
+    # -- the set of instances -----------------------------------------------------------------
+    def set_config(self, config: Config) -> None:
+        """The config new spawns use (block prefix); instances keep their own worker config
+        until ``reconfigure``."""
+        self.config = config
+
+    def _new_instance(self, worker: str, index: int, cfg: WorkerConfig,
+                      policy: core.Policy | None = None, removed: bool = False) -> Instance:
+        inst = Instance(f"{worker}:{index}", worker, index, cfg, policy or cfg.policy(worker),
+                        removed=removed)
+        if not removed:
+            inst.stdout_path, inst.stderr_path = cfg.log_paths(worker, index)
+        self._instances[inst.name] = inst
+        return inst
+
+    def add_worker(self, name: str, cfg: WorkerConfig) -> list[Instance]:
+        """Instances name:0 .. name:numprocs-1 that do not exist yet; returns the new ones."""
+        policy = cfg.policy(name)
+        made = []
+        for index in range(cfg.numprocs):
+            if f"{name}:{index}" in self._instances:
+                continue
+            made.append(self._new_instance(name, index, cfg, policy))  # one Policy per worker
+        return made
+
+    def instance_named(self, name: str) -> Instance:
+        """The instance called name (from a control block an earlier daemon left). One that
+        the config does not have is made and marked removed: it is stopped and forgotten."""
+        inst = self._instances.get(name)
+        if inst is not None:
+            return inst
+        worker, _, index = name.rpartition(":")
+        cfg = self.config.workers.get(worker) or _removed_config()
+        inst = self._new_instance(worker, int(index) if index.isdigit() else 0, cfg,
+                                  removed=True)
+        if worker in self.config.workers:
+            inst.stdout_path, inst.stderr_path = cfg.log_paths(worker, inst.index)
+        return inst
+
+    def reconfigure(self, inst: Instance, cfg: WorkerConfig) -> None:
+        """Give inst a changed worker config (its process, if any, is not touched)."""
+        inst.cfg, inst.policy = cfg, cfg.policy(inst.worker)
+        inst.stdout_path, inst.stderr_path = cfg.log_paths(inst.worker, inst.index)
+
+    def remove(self, insts: Iterable[Instance]) -> None:
+        """Instances gone from the config: stopped (gracefully when they can be) and forgotten
+        once they have no process."""
+        insts = list(insts)
+        self.cancel_deferred(insts)
+        for i in insts:
+            i.removed = True
+            if i.has_process:
+                self.dispatch(i, core.StopRequested(self.now(), graceful=i.uses_library))
+            else:
+                self.forget(i)
+
+    def forget(self, inst: Instance) -> None:
+        self.cancel_deferred([inst])
+        for kind in list(inst.timers):
+            self._cancel_timer(inst, kind)
+        self._instances.pop(inst.name, None)
+
+    def select(self, targets: Iterable[str]) -> tuple[list[Instance], list[str]]:
+        """Instances named by targets ("all", "web", "web:0"), and the unknown targets."""
+        chosen: dict[str, Instance] = {}
+        unknown: list[str] = []
+        for t in targets:
+            if t == "all":
+                chosen.update(self._instances)
+            elif t in self._instances:
+                chosen[t] = self._instances[t]
+            else:
+                found = {n: i for n, i in self._instances.items() if i.worker == t}
+                if not found:
+                    unknown.append(t)
+                chosen.update(found)
+        return sorted(chosen.values(), key=lambda i: (i.worker, i.index)), unknown
+
+    def of_worker(self, worker: str) -> list[Instance]:
+        return [i for i in self._instances.values() if i.worker == worker]
+
+    # -- what the operator asks for -----------------------------------------------------------
+    def request_start(self, insts: Iterable[Instance]) -> None:
+        for inst in insts:
+            if self._deps_ready(inst):
+                self.dispatch(inst, core.StartRequested(self.now()))
+            elif inst not in self._deferred:
+                self._deferred.append(inst)
+                missing = ", ".join(d for d in inst.cfg.depends_on if not self._worker_ready(d))
+                logger.info(f"{inst.name} waiting for {missing} to be RUNNING before it starts")
+
+    def request_stop(self, insts: Iterable[Instance], graceful: bool,
+                     restart: bool = False) -> None:
+        """Stop (or restart) insts; graceful only for a process that attached to its block,
+        since a program that never did cannot read the control word."""
+        insts = list(insts)
+        self.cancel_deferred(insts)
+        for inst in insts:
+            self.dispatch(inst, core.StopRequested(
+                self.now(), graceful=graceful and inst.uses_library, restart=restart))
+
+    def request_restart(self, insts: Iterable[Instance], graceful: bool) -> None:
+        """Stop and start again the ones that run; start the ones that do not."""
+        insts = list(insts)
+        for i in [i for i in insts if i.has_process]:
+            self.request_stop([i], graceful, restart=True)
+        self.request_start([i for i in insts if not i.has_process])
+
+    def send_signal(self, inst: Instance, signum: int) -> bool:
+        """supervisorctl signal: to the worker process itself (verified through its pidfd)."""
+        if inst.pidfd is None or not inst.has_process:
+            return False
+        try:
+            signal.pidfd_send_signal(inst.pidfd, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def cancel_deferred(self, insts: Iterable[Instance]) -> None:
+        for inst in insts:
+            if inst in self._deferred:
+                self._deferred.remove(inst)
+
+    def _worker_ready(self, worker: str) -> bool:
+        return all(i.st.state is State.RUNNING for i in self._instances.values()
+                   if i.worker == worker)
+
+    def _deps_ready(self, inst: Instance) -> bool:
+        return all(self._worker_ready(d) for d in inst.cfg.depends_on)
+
+    def _start_deferred(self) -> None:
+        ready = [i for i in self._deferred if self._deps_ready(i)]
+        for inst in ready:
+            self._deferred.remove(inst)
+            if not inst.removed and not inst.has_process and not inst.st.stop_requested:
+                self.dispatch(inst, core.StartRequested(self.now()))
+
+    # -- what an earlier daemon left running --------------------------------------------------
+    def adopt(self, inst: Instance, pid: int, pidfd: int, block: blk.ControlBlock, child: bool,
+              ready: bool, started_at: float) -> None:
+        """A verified live process of inst, found at start-up: watch it and tell the core."""
+        inst.block, inst.child = block, child
+        self.reaper.watch(inst, pid, pidfd)
+        self.dispatch(inst, core.Adopted(self.now(), pid, ready, started_at))
+
+    def exited_while_away(self, inst: Instance, status: core.ExitStatus,
+                          started_at: float) -> None:
+        """inst's process ended while no daemon watched it."""
+        if inst.removed:
+            self.forget(inst)
+            return
+        now = self.now()
+        self.dispatch(inst, core.Adopted(now, 0, True, started_at))
+        self.dispatch(inst, core.Exited(now, status))
+
+    def continue_graceful_stop(self, inst: Instance, deadline: float) -> None:
+        """A graceful stop was in flight when the last daemon went: carry on, same deadline."""
+        self.dispatch(inst, core.StopRequested(self.now(), graceful=True))
+        if TimerKind.GRACEFUL in inst.timers and deadline > self.now():
+            self.arm_timer(inst, TimerKind.GRACEFUL, deadline)
+
+    def restore(self, inst: Instance, st: InstanceState, incarnation: int,
+                deadlines: Mapping[TimerKind, float]) -> None:
+        """Put back the record a re-exec saved (the pid stays the live one adoption found)."""
+        live_pid = inst.st.pid
+        for t in inst.timers.values():
+            t.cancel()
+        inst.timers.clear()
+        inst.st = st
+        if live_pid is not None and st.pid != live_pid:
+            inst.st = dataclasses.replace(st, pid=live_pid)
+        inst.incarnation = incarnation
+        for kind, when in deadlines.items():
+            self.arm_timer(inst, kind, when)
+
+    # -- the dispatch loop --------------------------------------------------------------------
+    def now(self) -> float:
+        return self.loop.clock()
+
+    def dispatch(self, inst: Instance, event: Event) -> None:
+        self._queue.append((inst, event))
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._queue:
+                inst, event = self._queue.popleft()
+                old = inst.st.state
+                try:
+                    inst.st, actions = core.step(inst.st, event, inst.policy)
+                except core.TransitionError as e:
+                    logger.error(f"{inst.name} {e} (event ignored)")
+                    continue
+                for action in actions:
+                    self._execute(inst, action, event.now)
+                if inst.st.state is not old:
+                    self._on_transition(inst)
+        finally:
+            self._dispatching = False
+
+    def _execute(self, inst: Instance, action: core.Action, now: float) -> None:
+        match action:
+            case core.Spawn():
+                self.spawner.enqueue(inst)
+            case core.PostStop(deadline=deadline):
+                if inst.block is not None:
+                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, int(deadline * 1e9))
+            case core.Signal(signum=signum):
+                self._signal_group(inst, signum)
+            case core.ArmTimer(kind=kind, delay=delay):
+                self.arm_timer(inst, kind, now + delay)
+            case core.CancelTimer(kind=kind):
+                self._cancel_timer(inst, kind)
+            case core.Log(level=level, message=message):
+                logger.log(level, f"{inst.name} {message}")
+
+    def arm_timer(self, inst: Instance, kind: TimerKind, when: float) -> None:
+        self._cancel_timer(inst, kind)
+
+        def fire() -> None:
+            inst.timers.pop(kind, None)   # fired: not kept (a cancelled one never fires)
+            self.dispatch(inst, core.TimerFired(self.now(), kind))
+
+        inst.timers[kind] = self.loop.call_at(when, fire)
+
+    def _cancel_timer(self, inst: Instance, kind: TimerKind) -> None:
+        t = inst.timers.pop(kind, None)
+        if t is not None:
+            t.cancel()
+
+    def _on_transition(self, inst: Instance) -> None:
+        self.readiness.on_transition(inst)
+        if inst.st.state is State.RUNNING:
+            self._start_deferred()
+        for w in list(inst.waiters):
+            if w.done(inst):
+                inst.waiters.remove(w)
+                w.pending.discard(inst)
+                if not w.pending:
+                    w.finish()
+        if inst.st.state in NO_PROCESS and inst.removed:
+            self.forget(inst)
+        self.on_change()
+
+    def wait_for(self, insts: Iterable[Instance], done: Callable[[Instance], bool],
+                 finish: Callable[[], None]) -> None:
+        """Call finish() once every instance satisfies done (at once if they all do)."""
+        pending = {i for i in insts if not done(i)}
+        if not pending:
+            finish()
+            return
+        w = Waiter(pending, done, finish)
+        for i in pending:
+            i.waiters.append(w)
+
+    # -- processes ----------------------------------------------------------------------------
+    def _signal_group(self, inst: Instance, signum: int) -> None:
+        pid = inst.st.pid
+        if pid is None or inst.pidfd is None:
+            return
+        try:
+            os.killpg(pid, signum)          # pgid == pid: we started it with setsid
+        except ProcessLookupError:
+            pass
+        except PermissionError as e:
+            logger.error(f"{inst.name} cannot send signal {signum} to pid {pid}: {e}")
+
+    def watch_logs(self, inst: Instance) -> None:
+        for path, spec in {inst.stdout_path: inst.cfg.log_config("stdout"),
+                           inst.stderr_path: inst.cfg.log_config("stderr")}.items():
+            if path:
+                self.rotator.watch(path, spec.max_bytes, spec.backups)
+
+    def release_process(self, inst: Instance, unlink: bool = True) -> None:
+        """Forget the pidfd and the control block of a process that is gone (unlink=False:
+        of one that lives on without us — the daemon exits or re-executes)."""
+        self.reaper.forget(inst)
+        if inst.block is not None:
+            inst.block.close()
+            if unlink:
+                inst.block.unlink()
+            inst.block = None
+        inst.popen = None
+        for path in {inst.stdout_path, inst.stderr_path} - {None}:
+            self.rotator.unwatch(path)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for inst in self._instances.values():
+            for kind in list(inst.timers):
+                self._cancel_timer(inst, kind)
+            self.release_process(inst, unlink=False)
+        self.readiness.close()
+        self.rotator.close()
+
+
+def _removed_config() -> WorkerConfig:
+    """A stand-in config for an adopted instance that the config no longer has."""
+    return WorkerConfig.model_validate({"command": ["(removed)"], "autostart": False,
+                                        "restart": "never"})
