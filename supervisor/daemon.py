@@ -8,7 +8,6 @@ SIGTERM/SIGINT: graceful stop of everything, exit 0. SIGHUP: reload.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import sys
@@ -19,14 +18,20 @@ from typing import Any, NoReturn
 import click
 from loguru import logger
 
-from supervisor import paths
+from supervisor import paths, safefs
 from supervisor.commands import Handlers, Reply, reply
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
 from supervisor.ctl.exitcodes import BAD_CONFIG, OK
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
-from supervisor.reconcile import apply_adoption, apply_config, restore_state, save_state
+from supervisor.reconcile import (
+    apply_adoption,
+    apply_config,
+    load_state,
+    restore_state,
+    save_state,
+)
 from supervisor.runtime import Runtime
 from supervisor.sdnotify import Notifier
 from supervisor.server import ControlServer
@@ -40,12 +45,16 @@ class LockedError(Exception):
 
 
 def acquire_lock(path: str, config_path: str, inherited_fd: int | None) -> int:
-    """flock a file beside the socket; the holder's PID is written in it."""
+    """flock a file beside the socket; the holder's PID is written in it. The directory must
+    be one only we can write, and the lock is never opened through a link."""
     if inherited_fd is not None:
         os.set_inheritable(inherited_fd, False)
         return inherited_fd
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    dfd = safefs.trusted_dir(os.path.dirname(path) or ".", create=True)
+    try:
+        fd = safefs.open_private(dfd, os.path.basename(path), path)
+    finally:
+        os.close(dfd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -206,11 +215,8 @@ def _load_saved(path: str | None) -> dict[str, Any] | None:
     if not path:
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            saved: dict[str, Any] = json.load(f)
-        os.unlink(path)
-        return saved
-    except (OSError, ValueError) as e:
+        return load_state(path)
+    except (OSError, ValueError, RecursionError) as e:
         logger.warning(f"cannot read the re-exec state {path}: {e}; adopting from blocks only")
         return None
 

@@ -1,6 +1,6 @@
 """The daemon's own log (loguru) and the capture of worker output.
 
-Worker output design (DESIGN §5): a worker's stdout/stderr is a file descriptor of its log file,
+Worker output: a worker's stdout/stderr is a file descriptor of its log file,
 opened O_APPEND by the daemon and handed to the child at spawn. The daemon never sits between
 a worker and its output, so a daemon crash, SIGKILL or re-exec neither kills (no SIGPIPE) nor
 blocks (no full pipe) a worker, and not one byte of output is lost while the daemon is down.
@@ -18,8 +18,10 @@ nothing; a flooding one wakes the daemon at most once per second.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import stat
 import struct
 import sys
 from collections.abc import Callable
@@ -27,10 +29,12 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from supervisor import safefs
 from supervisor.loop import Loop
 
 _IN_MODIFY = 0x00000002
 _IN_ONESHOT = 0x80000000
+_IN_DONT_FOLLOW = 0x02000000
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")
@@ -49,32 +53,75 @@ def setup_daemon_logging(level: str, log_file: str | None = None) -> None:
 
 
 def open_output(path: str) -> int:
-    """Open (creating) an output file for a worker to append to; the caller closes it."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    """Open (creating it and its directory) an output file for a worker to append to; never
+    through a planted symlink, never a FIFO or device (see safefs). The caller closes it."""
+    return safefs.open_append(path, 0o640)
+
+
+def rotate_if_larger(path: str, max_bytes: int, backups: int) -> None:
+    """If path holds more than max_bytes: copy it to path.1 (shifting older backups up to
+    path.<backups>), then truncate it in place. All through one directory fd, and no link is
+    followed. A backup gets the live file's owner and mode. When the copy fails (a full disk)
+    the partial backup is removed and the file is truncated all the same: losing old output
+    beats losing all new output."""
+    dfd = safefs.open_dir(os.path.dirname(os.path.abspath(path)))
     try:
-        return os.open(path, flags, 0o640)
-    except FileNotFoundError:          # its directory is missing: make it, once
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        return os.open(path, flags, 0o640)
+        name = os.path.basename(path)
+        fd = safefs.open_existing(dfd, name, path, os.O_RDWR)
+        try:
+            st = os.fstat(fd)
+            if st.st_size <= max_bytes:
+                return
+            failed = _backup(dfd, name, fd, st, backups) if backups > 0 else None
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+    if failed is not None:
+        raise OSError(failed.errno, f"could not keep a backup ({failed.strerror}); truncated "
+                                    "it anyway so that new output is kept")
 
 
-def rotate(path: str, backups: int) -> None:
-    """Copy path to path.1 (shifting older backups), then truncate path in place."""
-    if backups <= 0:
-        os.truncate(path, 0)
-        return
-    for i in range(backups - 1, 0, -1):
-        src = f"{path}.{i}"
-        if os.path.exists(src):
-            os.replace(src, f"{path}.{i + 1}")
-    with open(path, "rb") as src_f, open(f"{path}.1", "wb") as dst_f:
-        remaining = os.fstat(src_f.fileno()).st_size
+def _exists(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _backup(dfd: int, name: str, fd: int, st: os.stat_result, backups: int) -> OSError | None:
+    """Shift name.1.. up by one (only the ones that exist: a huge ``backups`` costs nothing)
+    and copy fd to a new name.1. Returns the error of a failed copy (the partial copy is gone)."""
+    first_free = 1
+    while first_free < backups and _exists(dfd, f"{name}.{first_free}"):
+        first_free += 1
+    for i in range(first_free - 1, 0, -1):
+        os.rename(f"{name}.{i}", f"{name}.{i + 1}", src_dir_fd=dfd, dst_dir_fd=dfd)
+    backup = f"{name}.1"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(backup, dir_fd=dfd)     # backups == 1, or one planted since the shift
+    out = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o600, dir_fd=dfd)
+    try:
+        if os.geteuid() == 0:
+            os.fchown(out, st.st_uid, st.st_gid)
+        os.fchmod(out, stat.S_IMODE(st.st_mode))
+        remaining, offset = st.st_size, 0
         while remaining > 0:
-            n = os.copy_file_range(src_f.fileno(), dst_f.fileno(), remaining)
+            n = os.copy_file_range(fd, out, remaining, offset, 0)
             if n == 0:
                 break
             remaining -= n
-    os.truncate(path, 0)
+            offset += n
+    except OSError as e:
+        os.close(out)
+        with contextlib.suppress(OSError):
+            os.unlink(backup, dir_fd=dfd)
+        return e
+    os.close(out)
+    return None
 
 
 @dataclass(slots=True)
@@ -124,7 +171,8 @@ class Rotator:
     def _arm(self, w: _Watched) -> None:
         if self._files.get(w.path) is not w:
             return
-        wd = self._add_watch(self._fd, os.fsencode(w.path), _IN_MODIFY | _IN_ONESHOT)
+        wd = self._add_watch(self._fd, os.fsencode(w.path),
+                             _IN_MODIFY | _IN_ONESHOT | _IN_DONT_FOLLOW)
         if wd < 0:
             logger.warning(f"log rotation: cannot watch {w.path}: "
                            f"{os.strerror(ctypes.get_errno())}")
@@ -134,12 +182,11 @@ class Rotator:
 
     def _check(self, w: _Watched) -> None:
         try:
-            if os.stat(w.path).st_size > w.max_bytes:
-                rotate(w.path, w.backups)
+            rotate_if_larger(w.path, w.max_bytes, w.backups)
         except FileNotFoundError:
             pass
         except OSError as e:
-            logger.warning(f"log rotation of {w.path} failed: {e}")
+            logger.warning(f"log rotation of {w.path}: {e}")
         self._arm(w)
 
     def _on_events(self, _mask: int) -> None:

@@ -5,6 +5,11 @@ supervisorctl imports this, and its start-up time is its latency.
 pydantic cost ~120 ms to import). So a running daemon writes a small *locator* file at a place
 computed from the config's real path alone; it names the control socket (wherever the config
 put it) and the daemon's PID.
+
+The runtime directory holds the locator, and by default the socket and lock: it must be ours
+alone (owner = euid, writable by nobody else; see safefs.private_dir), else it is refused, so
+a directory another user made in /tmp can neither steer supervisorctl to a fake daemon nor
+make the daemon write through a planted link.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+
+from supervisor import safefs
 
 ENV_CONFIG = "PYVISOR_CONFIG"
 
@@ -21,7 +28,7 @@ def runtime_dir() -> str:
     if os.geteuid() == 0:
         return "/run/pyvisor"
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
         return os.path.join(xdg, "pyvisor")
     return f"/tmp/pyvisor-{os.geteuid()}"
 
@@ -51,27 +58,45 @@ def default_block_prefix(config_path: str) -> str:
     return f"pyvisor-{config_key(config_path)}"
 
 
+MAX_LOCATOR = 64 * 1024
+
+
 def write_locator(config_path: str, socket_path: str, pid: int) -> str:
     path = locator_path(config_path)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.{pid}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"socket": socket_path, "pid": pid, "config": os.path.realpath(config_path)}, f)
-    os.replace(tmp, path)
+    doc = {"socket": socket_path, "pid": pid, "config": os.path.realpath(config_path)}
+    dfd = safefs.private_dir(runtime_dir())
+    try:
+        safefs.write_atomic(dfd, os.path.basename(path), json.dumps(doc).encode())
+    finally:
+        os.close(dfd)
     return path
 
 
 def read_locator(config_path: str) -> dict[str, object] | None:
+    """The locator of config_path's daemon, None when there is none (or it is garbage).
+    Raises UnsafePathError when the runtime directory or the file is not ours."""
+    path = locator_path(config_path)
     try:
-        with open(locator_path(config_path), encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
+        dfd = safefs.private_dir(runtime_dir(), create=False)
+    except FileNotFoundError:
         return None
+    try:
+        raw = safefs.read_small(dfd, os.path.basename(path), path, MAX_LOCATOR, os.geteuid())
+        doc = json.loads(raw)
+    except FileNotFoundError:
+        return None
+    except (ValueError, RecursionError):   # not JSON, not UTF-8, nested past the parser
+        return None
+    finally:
+        os.close(dfd)
     return doc if isinstance(doc, dict) else None
 
 
 def remove_locator(config_path: str, pid: int) -> None:
-    doc = read_locator(config_path)
+    try:
+        doc = read_locator(config_path)
+    except OSError:
+        return
     if doc is not None and doc.get("pid") == pid:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(locator_path(config_path))

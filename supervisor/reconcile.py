@@ -17,7 +17,7 @@ from typing import Any
 
 from loguru import logger
 
-from supervisor import core
+from supervisor import core, safefs
 from supervisor.adopt import Found, scan
 from supervisor.config import Config
 from supervisor.core import NO_PROCESS, InstanceState, State, TimerKind
@@ -131,10 +131,30 @@ def save_state(rt: Runtime, path: str) -> None:
             "st": st, "incarnation": inst.incarnation,
             "deadlines": {k.value: t.when for k, t in inst.timers.items() if not t.cancelled},
         }
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    dfd = safefs.trusted_dir(os.path.dirname(path))
+    try:
+        safefs.write_atomic(dfd, os.path.basename(path), json.dumps(doc).encode())
+    finally:
+        os.close(dfd)
+
+
+MAX_SAVED_STATE = 256 * 1024 * 1024
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """Read and remove what save_state wrote (ours alone: owner and directory checked).
+    Raises OSError or ValueError."""
+    dfd = safefs.trusted_dir(os.path.dirname(path))
+    try:
+        name = os.path.basename(path)
+        raw = safefs.read_small(dfd, name, path, MAX_SAVED_STATE, os.geteuid())
+        os.unlink(name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
 
 
 def restore_state(rt: Runtime, saved: dict[str, Any]) -> set[str]:

@@ -1,0 +1,276 @@
+"""Opening files in directories that someone else may be able to write, without being fooled.
+
+The daemon runs as root, and log directories, /tmp and runtime directories are untrusted
+(a worker running as another user may own its log directory). The rules, for every path the
+daemon opens for writing or reads state from:
+
+1. A path is walked one component at a time from ``/`` with ``O_NOFOLLOW|O_DIRECTORY`` and
+   directory fds (``openat``), never resolved by the kernel in one go.
+2. A symbolic link is followed only when nobody but root or the daemon's user could have put
+   it there: the link is owned by root or our euid, and so is the directory holding it, which
+   nobody else can write. Anything else is refused (``UnsafePathError``), so a planted link in
+   a directory a worker owns can never make root create, append to, rename or truncate a file
+   elsewhere.
+3. The last component is opened with ``O_NOFOLLOW|O_NONBLOCK`` (a FIFO never blocks the loop)
+   and checked on the open fd: a regular file, one link (no hard link to a file elsewhere).
+4. Files the daemon keeps for itself (lock, locator, re-exec state) live in a directory owned
+   by its euid that nobody else can write (``private_dir``), and are created with ``O_EXCL``
+   and renamed into place.
+
+``UnsafePathError`` is an ``OSError``, so callers that already turn OSError into a clear
+message (a spawn failure, a refused start) need nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 16     # symlinks followed in one walk (the kernel's ELOOP limit is 40)
+
+
+class UnsafePathError(OSError):
+    """A path the daemon refuses to use; str() says which and why."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(errno.EPERM, f"{path}: {why}")
+        self.path = path
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
+
+
+def _trusted_uid(uid: int) -> bool:
+    return uid == 0 or uid == os.geteuid()
+
+
+def _others_can_write(st: os.stat_result) -> bool:
+    """Can anyone but root and the owner add, remove or rename entries of this directory?
+    Group-writable counts unless the group is root's or ours."""
+    if st.st_mode & stat.S_IWOTH:
+        return True
+    return bool(st.st_mode & stat.S_IWGRP) and st.st_gid not in (0, os.getegid())
+
+
+def _describe_owner(st: os.stat_result) -> str:
+    return f"owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def open_dir(path: str, create: bool = False, mode: int = 0o755) -> int:
+    """An fd of the directory ``path`` (absolute, or taken from the cwd), walked by rule 1 and
+    2; missing directories are made (``mode``) when ``create``. The caller closes it."""
+    path = os.path.abspath(path)
+    parts = [p for p in path.split("/") if p]
+    fd = os.open("/", _DIR_FLAGS)
+    links = 0
+    walked = ""
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name == ".":
+                continue
+            here = os.path.dirname(walked) if name == ".." else f"{walked}/{name}"
+            try:
+                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, mode, dir_fd=fd)
+                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise UnsafePathError(here, "is not a directory") from None
+                parent = os.fstat(fd)
+                if not _trusted_uid(st.st_uid) or not _trusted_uid(parent.st_uid) or (
+                        _others_can_write(parent)):
+                    raise UnsafePathError(here, (
+                        f"is a symbolic link that another user could have planted (link "
+                        f"owned by uid {st.st_uid}, in a directory {_describe_owner(parent)}); "
+                        "refusing to follow it: use the real path")) from None
+                links += 1
+                if links > _MAX_LINKS:
+                    raise UnsafePathError(path, "too many symbolic links") from None
+                target = os.readlink(name, dir_fd=fd)
+                parts = [p for p in target.split("/") if p] + parts
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIR_FLAGS)
+                    walked = ""
+                continue
+            os.close(fd)
+            fd = nfd
+            walked = here
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_special(e: OSError, path: str) -> None:
+    """Turn what O_NOFOLLOW|O_NONBLOCK says about a link or a FIFO into a clear refusal."""
+    if e.errno == errno.ELOOP:
+        raise UnsafePathError(path, "is a symbolic link; refusing to follow it") from None
+    if e.errno == errno.ENXIO:
+        raise UnsafePathError(path, "is a FIFO or a device, not a regular file; refusing to "
+                                    "use it") from None
+
+
+def _check_regular(fd: int, path: str) -> os.stat_result:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(path, "is not a regular file (a FIFO, device, socket or "
+                                    "directory); refusing to use it")
+    if st.st_nlink > 1:
+        raise UnsafePathError(path, f"has {st.st_nlink} hard links; refusing to write to a "
+                                    "file that is also elsewhere")
+    return st
+
+
+def open_append(path: str, mode: int = 0o640, dir_mode: int = 0o755) -> int:
+    """Open (creating, and making its directory) a file to append to, by the rules above.
+    The fd is blocking again when returned (it is handed to a worker). The caller closes it."""
+    dfd = open_dir(os.path.dirname(os.path.abspath(path)), create=True, mode=dir_mode)
+    try:
+        fd = os.open(os.path.basename(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, mode,
+                     dir_fd=dfd)
+    except OSError as e:
+        _refuse_special(e, path)
+        raise
+    finally:
+        os.close(dfd)
+    try:
+        _check_regular(fd, path)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_existing(dfd: int, name: str, path: str, flags: int = os.O_RDONLY) -> int:
+    """Open an existing regular file ``name`` in the directory ``dfd`` (never a link, FIFO or
+    device). ``path`` is for messages. The caller closes it."""
+    try:
+        fd = os.open(name, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                     dir_fd=dfd)
+    except OSError as e:
+        _refuse_special(e, path)
+        raise
+    try:
+        _check_regular(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_private(dfd: int, name: str, path: str) -> int:
+    """Open (creating, 0600) a read-write file of ours in the directory ``dfd``: never a link,
+    FIFO or device, and owned by our euid. The caller closes it."""
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_NOCTTY, 0o600, dir_fd=dfd)
+    except OSError as e:
+        _refuse_special(e, path)
+        raise
+    try:
+        st = _check_regular(fd, path)
+        if st.st_uid != os.geteuid():
+            raise UnsafePathError(path, f"is owned by uid {st.st_uid}, not {os.geteuid()}; "
+                                        "remove it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def private_dir(path: str, create: bool = True) -> int:
+    """An fd of a directory only we use: made 0700 when missing, else it must be ours
+    (owner = euid) and nobody else may write it. The caller closes it."""
+    path = os.path.abspath(path)
+    parent = open_dir(os.path.dirname(path), create=create, mode=0o755)
+    try:
+        name = os.path.basename(path)
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=parent)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(path, "is not a directory (a symbolic link or a file); "
+                                            "remove it") from None
+            raise
+    finally:
+        os.close(parent)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        raise UnsafePathError(path, f"is {_describe_owner(st)}, not a directory of uid "
+                                    f"{os.geteuid()} that only it can write; remove it (another "
+                                    "user may have made it)")
+    return fd
+
+
+def trusted_dir(path: str, create: bool = False) -> int:
+    """An fd of a directory that only root or our euid can change (where the daemon keeps its
+    socket, lock and re-exec state); UnsafePathError for one that others can write (such as
+    /tmp), since they could plant links or files under the names the daemon uses."""
+    fd = open_dir(path, create=create, mode=0o700)
+    st = os.fstat(fd)
+    if not _trusted_uid(st.st_uid) or _others_can_write(st):
+        os.close(fd)
+        raise UnsafePathError(path, f"is {_describe_owner(st)}: other users can write it; put "
+                                    f"the control socket in a directory only uid "
+                                    f"{os.geteuid()} can write")
+    return fd
+
+
+def write_atomic(dfd: int, name: str, data: bytes, mode: int = 0o600,
+                 durable: bool = False) -> None:
+    """Replace ``name`` in the directory ``dfd`` with ``data``: written to a new file made
+    with O_EXCL, then renamed over it (readers see the old or the new, never half)."""
+    tmp = f".{name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dfd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode, dir_fd=dfd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp, dir_fd=dfd)
+        raise
+    os.close(fd)
+    os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    if durable:
+        os.fsync(dfd)
+
+
+def read_small(dfd: int, name: str, path: str, limit: int, owner: int | None = None) -> bytes:
+    """The content of a regular file of at most ``limit`` bytes (owned by ``owner`` when
+    given); UnsafePathError otherwise."""
+    fd = open_existing(dfd, name, path)
+    try:
+        st = os.fstat(fd)
+        if owner is not None and st.st_uid != owner:
+            raise UnsafePathError(path, f"is owned by uid {st.st_uid}, not {owner}; ignoring it")
+        if st.st_size > limit:
+            raise UnsafePathError(path, f"is {st.st_size} bytes, more than {limit}; ignoring it")
+        return os.read(fd, limit + 1)[:limit]
+    finally:
+        os.close(fd)
