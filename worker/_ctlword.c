@@ -9,7 +9,8 @@
  *  - One atomic per call, never with the GIL released: releasing and taking
  *    the GIL costs far more than the atomic itself.
  *  - Loads are acquire, stores release (plus a seq_cst variant for the
- *    command word), read-modify-writes seq_cst.
+ *    command word), read-modify-writes seq_cst. Only the operations the
+ *    library uses exist: add one here when a caller needs it.
  *  - Alignment is checked on the ABSOLUTE address (buffer base + offset), and
  *    bounds on offset + width: a misaligned atomic may tear or split a lock.
  *  - Futexes are SHARED (no FUTEX_PRIVATE_FLAG): a private futex is keyed by
@@ -333,7 +334,6 @@ view_load_u64(ViewObject *self, PyObject *off)
 DEF_STORE(store_u32, 4, uint32_t, as_u32, memory_order_release, U32P)
 DEF_STORE(store_u64, 8, uint64_t, as_u64, memory_order_release, U64P)
 DEF_STORE(store_u32_seq_cst, 4, uint32_t, as_u32, memory_order_seq_cst, U32P)
-DEF_STORE(store_u64_seq_cst, 8, uint64_t, as_u64, memory_order_seq_cst, U64P)
 
 /* Read-modify-write returning the previous value (seq_cst). */
 #define DEF_RMW(NAME, W, T, CONV, OP, PTR, FROM)                              \
@@ -351,48 +351,7 @@ DEF_STORE(store_u64_seq_cst, 8, uint64_t, as_u64, memory_order_seq_cst, U64P)
 
 DEF_RMW(exchange_u32, 4, uint32_t, as_u32, atomic_exchange, U32P,
         PyLong_FromUnsignedLong)
-DEF_RMW(exchange_u64, 8, uint64_t, as_u64, atomic_exchange, U64P,
-        PyLong_FromUnsignedLongLong)
-DEF_RMW(fetch_add_u32, 4, uint32_t, as_u32, atomic_fetch_add, U32P,
-        PyLong_FromUnsignedLong)
 DEF_RMW(fetch_add_u64, 8, uint64_t, as_u64, atomic_fetch_add, U64P,
-        PyLong_FromUnsignedLongLong)
-DEF_RMW(fetch_or_u32, 4, uint32_t, as_u32, atomic_fetch_or, U32P,
-        PyLong_FromUnsignedLong)
-DEF_RMW(fetch_or_u64, 8, uint64_t, as_u64, atomic_fetch_or, U64P,
-        PyLong_FromUnsignedLongLong)
-DEF_RMW(fetch_and_u32, 4, uint32_t, as_u32, atomic_fetch_and, U32P,
-        PyLong_FromUnsignedLong)
-DEF_RMW(fetch_and_u64, 8, uint64_t, as_u64, atomic_fetch_and, U64P,
-        PyLong_FromUnsignedLongLong)
-
-/* compare_exchange_*(offset, expected, desired) -> (ok, actual):
- * ok is True when the word held `expected` and now holds `desired`; actual is
- * the value found (== expected on success). Strong CAS, seq_cst. */
-#define DEF_CAS(NAME, W, T, CONV, PTR, FROM)                                  \
-    static PyObject *view_##NAME(ViewObject *self, PyObject *const *args,     \
-                                 Py_ssize_t nargs)                            \
-    {                                                                         \
-        CHECK_NARGS(#NAME, 3);                                                \
-        void *p = view_addr(self, args[0], W, 1);                             \
-        T expected, desired;                                                  \
-        if (p == NULL || CONV(args[1], &expected) < 0 ||                      \
-            CONV(args[2], &desired) < 0) {                                    \
-            return NULL;                                                      \
-        }                                                                     \
-        int ok = atomic_compare_exchange_strong(PTR(p), &expected, desired);  \
-        PyObject *actual = FROM(expected);                                    \
-        if (actual == NULL) {                                                 \
-            return NULL;                                                      \
-        }                                                                     \
-        PyObject *res = PyTuple_Pack(2, ok ? Py_True : Py_False, actual);     \
-        Py_DECREF(actual);                                                    \
-        return res;                                                           \
-    }
-
-DEF_CAS(compare_exchange_u32, 4, uint32_t, as_u32, U32P,
-        PyLong_FromUnsignedLong)
-DEF_CAS(compare_exchange_u64, 8, uint64_t, as_u64, U64P,
         PyLong_FromUnsignedLongLong)
 
 /* --------------------------------------------------------- View: futexes */
@@ -532,19 +491,8 @@ static PyMethodDef view_methods[] = {
     FAST(store_u32, "store_u32(offset, value): release store."),
     FAST(store_u64, "store_u64(offset, value): release store."),
     FAST(store_u32_seq_cst, "store_u32_seq_cst(offset, value): seq_cst store."),
-    FAST(store_u64_seq_cst, "store_u64_seq_cst(offset, value): seq_cst store."),
     FAST(exchange_u32, "exchange_u32(offset, value) -> old value."),
-    FAST(exchange_u64, "exchange_u64(offset, value) -> old value."),
-    FAST(compare_exchange_u32,
-         "compare_exchange_u32(offset, expected, desired) -> (ok, actual)."),
-    FAST(compare_exchange_u64,
-         "compare_exchange_u64(offset, expected, desired) -> (ok, actual)."),
-    FAST(fetch_add_u32, "fetch_add_u32(offset, value) -> old (wraps mod 2**32)."),
     FAST(fetch_add_u64, "fetch_add_u64(offset, value) -> old (wraps mod 2**64)."),
-    FAST(fetch_or_u32, "fetch_or_u32(offset, bits) -> old value."),
-    FAST(fetch_or_u64, "fetch_or_u64(offset, bits) -> old value."),
-    FAST(fetch_and_u32, "fetch_and_u32(offset, mask) -> old value."),
-    FAST(fetch_and_u64, "fetch_and_u64(offset, mask) -> old value."),
     {"wait_u32", (PyCFunction)(void (*)(void))view_wait_u32,
      METH_VARARGS | METH_KEYWORDS,
      "wait_u32(offset, expected, timeout=None) -> bool: sleep on a shared "
