@@ -1,7 +1,11 @@
 /*
  * worker._ctlword -- C11 atomics and shared futexes over a writable buffer.
  *
- * The private native layer under worker.block / worker.api (see DESIGN.md §4).
+ * The private native layer under worker.block / worker.api. It is compiled
+ * from ctlblock.h and exports that header's constants (the layout v1 offsets,
+ * sizes, magic, codes and environment names) as module attributes named
+ * without the PYVISOR_ prefix, so the layout is defined once, in C.
+ *
  * A View holds a Py_buffer on some object (normally the mmap of a control
  * block) for its whole life and performs single atomic operations at byte
  * offsets inside it. Rules this file follows, and why:
@@ -23,14 +27,11 @@
  *    (signal.siginterrupt(sig, False)) or a signal delivered to another thread
  *    does not interrupt it, and an untimed wait would then delay Ctrl-C /
  *    SIGTERM handlers until the next wake. The slice bounds that corner-case
- *    delay. Its length is a trade: every slice is a wake-up, and a wake-up of
- *    an idle process costs 80-140 us of CPU on these VMs (measured by
- *    bench/bench_worker.py, the same for time.sleep). 50 ms slices cost
- *    0.16-0.28 % of a core per idle worker, over the 0.1 % budget; 100 ms
- *    slices cost half that, which 1,000 idle workers still turn into ~1 core of
- *    a 2-core VM (bench/README.md); 250 ms slices (4 wake-ups/s) keep the
- *    corner-case delay well under a second. On EINTR and after every slice PyErr_CheckSignals() runs, so an
- *    exception raised by a handler (KeyboardInterrupt) ends the wait.
+ *    delay. Its length is a trade: every slice wakes an idle worker, so the
+ *    slice is as long as it can be while keeping that delay well under a
+ *    second: 250 ms, 4 wake-ups/s. On EINTR and after every slice
+ *    PyErr_CheckSignals() runs, so an exception raised by a handler
+ *    (KeyboardInterrupt) ends the wait.
  *  - close() is refused (BufferError) while a wait is in flight: the waiter
  *    is sleeping on an address inside the buffer.
  *  - A read-only buffer may be loaded from, waited and woken on; any write
@@ -54,6 +55,8 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "ctlblock.h"
 
 #define WAIT_SLICE_NS 250000000LL /* 250 ms: see the header comment */
 #define NS_PER_SEC 1000000000LL
@@ -722,6 +725,67 @@ static PyType_Spec poller_spec = {
     .slots = poller_slots,
 };
 
+/* ---------------------------------------------------- ctlblock.h constants */
+
+/* Every constant of ctlblock.h, named without its PYVISOR_ prefix. */
+#define INT_CONST(name) {#name, (unsigned long long)PYVISOR_##name}
+static const struct {
+    const char *name;
+    unsigned long long value;
+} int_constants[] = {
+    INT_CONST(MAGIC), INT_CONST(VERSION), INT_CONST(HEADER_SIZE),
+    INT_CONST(BLOCK_SIZE),
+    /* line 0: daemon, immutable after init */
+    INT_CONST(OFF_MAGIC), INT_CONST(OFF_VERSION), INT_CONST(OFF_HEADER_SIZE),
+    INT_CONST(OFF_BLOCK_SIZE), INT_CONST(OFF_SLOT), INT_CONST(OFF_BOOT_ID),
+    /* line 1: daemon */
+    INT_CONST(OFF_CMD), INT_CONST(OFF_REQUEST_BITS), INT_CONST(OFF_DEADLINE),
+    INT_CONST(OFF_SUPERVISOR_PID), INT_CONST(OFF_SPAWNED_PID),
+    INT_CONST(OFF_EPOCH), INT_CONST(OFF_INCARNATION),
+    INT_CONST(OFF_SPAWNED_START), INT_CONST(OFF_CONFIG_HASH),
+    /* line 2: worker */
+    INT_CONST(OFF_ACK), INT_CONST(OFF_PID), INT_CONST(OFF_START_TICKS),
+    /* line 4: worker */
+    INT_CONST(OFF_HEARTBEAT), INT_CONST(OFF_WORK_DONE),
+    INT_CONST(OFF_BUSY_SINCE),
+    /* line 6: exit record */
+    INT_CONST(OFF_EXIT_SEQ), INT_CONST(OFF_EXIT_STATUS),
+    INT_CONST(OFF_EXIT_TIME), INT_CONST(OFF_EXIT_SOURCE), INT_CONST(OFF_APP),
+    INT_CONST(CMD_NONE), INT_CONST(CMD_STOP_GRACEFUL),
+    INT_CONST(ST_INIT), INT_CONST(ST_STARTING), INT_CONST(ST_READY),
+    INT_CONST(ST_BUSY), INT_CONST(ST_STOPPING), INT_CONST(ST_EXITED),
+    INT_CONST(EXIT_SRC_NONE), INT_CONST(EXIT_SRC_WORKER),
+};
+#define STR_CONST(name) {#name, PYVISOR_##name}
+static const struct {
+    const char *name;
+    const char *value;
+} str_constants[] = {
+    STR_CONST(ENV_BLOCK), STR_CONST(ENV_INSTANCE), STR_CONST(ENV_NOTIFY),
+};
+
+static int
+add_constants(PyObject *m)
+{
+    for (size_t i = 0; i < sizeof int_constants / sizeof int_constants[0]; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(int_constants[i].value);
+        int rc = PyModule_AddObjectRef(m, int_constants[i].name, v);
+        Py_XDECREF(v);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < sizeof str_constants / sizeof str_constants[0]; i++) {
+        PyObject *v = PyUnicode_FromString(str_constants[i].value);
+        int rc = PyModule_AddObjectRef(m, str_constants[i].name, v);
+        Py_XDECREF(v);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static int
@@ -741,7 +805,7 @@ ctlword_exec(PyObject *m)
     if (PyModule_AddIntConstant(m, "WAIT_SLICE_NS", WAIT_SLICE_NS) < 0) {
         return -1;
     }
-    return 0;
+    return add_constants(m);
 }
 
 static int
