@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from supervisor.spawn import ENV_BLOCK
 from worker import block as blk
+from worker.block import ENV_BLOCK
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -14,10 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from supervisor.logs import open_output
-
-ENV_BLOCK = "PYVISOR_BLOCK"
-ENV_INSTANCE = "PYVISOR_INSTANCE"
-ENV_NOTIFY = "PYVISOR_NOTIFY"
+from worker.block import ENV_BLOCK, ENV_INSTANCE, ENV_NOTIFY
 
 
 @dataclass

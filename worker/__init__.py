@@ -8,11 +8,7 @@ from worker.api import Worker, WorkerError
 from worker.block import (
     CMD_NONE,
     CMD_STOP_GRACEFUL,
-    CMD_STOP_NOW,
     EXIT_SRC_NONE,
-    EXIT_SRC_PIDFD,
-    EXIT_SRC_UNKNOWN,
-    EXIT_SRC_WAITID,
     EXIT_SRC_WORKER,
     ST_BUSY,
     ST_EXITED,
@@ -29,11 +25,7 @@ from worker.block import (
 __all__ = [
     "CMD_NONE",
     "CMD_STOP_GRACEFUL",
-    "CMD_STOP_NOW",
     "EXIT_SRC_NONE",
-    "EXIT_SRC_PIDFD",
-    "EXIT_SRC_UNKNOWN",
-    "EXIT_SRC_WAITID",
     "EXIT_SRC_WORKER",
     "ST_BUSY",
     "ST_EXITED",

@@ -2,8 +2,8 @@
 
 Attaches to its control block ($PYVISOR_BLOCK, or --name), reports ready, then does units
 of work (a sleep standing in for real work), publishing a heartbeat and the work count
-after each, and checks should_stop between units: a STOP_GRACEFUL (or STOP_NOW) ends the
-loop at the next unit boundary and the process exits 0. SIGTERM does the same (the
+after each, and checks should_stop between units: a STOP_GRACEFUL ends the loop at the
+next unit boundary and the process exits 0. SIGTERM does the same (the
 handler only sets a flag, so a unit is never cut in half).
 """
 

@@ -1,7 +1,11 @@
 /*
  * worker._ctlword -- C11 atomics and shared futexes over a writable buffer.
  *
- * The private native layer under worker.block / worker.api (see DESIGN.md §4).
+ * The private native layer under worker.block / worker.api. It is compiled
+ * from ctlblock.h and exports that header's constants (the layout v1 offsets,
+ * sizes, magic, codes and environment names) as module attributes named
+ * without the PYVISOR_ prefix, so the layout is defined once, in C.
+ *
  * A View holds a Py_buffer on some object (normally the mmap of a control
  * block) for its whole life and performs single atomic operations at byte
  * offsets inside it. Rules this file follows, and why:
@@ -9,7 +13,8 @@
  *  - One atomic per call, never with the GIL released: releasing and taking
  *    the GIL costs far more than the atomic itself.
  *  - Loads are acquire, stores release (plus a seq_cst variant for the
- *    command word), read-modify-writes seq_cst.
+ *    command word), read-modify-writes seq_cst. Only the operations the
+ *    library uses exist: add one here when a caller needs it.
  *  - Alignment is checked on the ABSOLUTE address (buffer base + offset), and
  *    bounds on offset + width: a misaligned atomic may tear or split a lock.
  *  - Futexes are SHARED (no FUTEX_PRIVATE_FLAG): a private futex is keyed by
@@ -22,14 +27,11 @@
  *    (signal.siginterrupt(sig, False)) or a signal delivered to another thread
  *    does not interrupt it, and an untimed wait would then delay Ctrl-C /
  *    SIGTERM handlers until the next wake. The slice bounds that corner-case
- *    delay. Its length is a trade: every slice is a wake-up, and a wake-up of
- *    an idle process costs 80-140 us of CPU on these VMs (measured by
- *    bench/bench_worker.py, the same for time.sleep). 50 ms slices cost
- *    0.16-0.28 % of a core per idle worker, over the 0.1 % budget; 100 ms
- *    slices cost half that, which 1,000 idle workers still turn into ~1 core of
- *    a 2-core VM (bench/README.md); 250 ms slices (4 wake-ups/s) keep the
- *    corner-case delay well under a second. On EINTR and after every slice PyErr_CheckSignals() runs, so an
- *    exception raised by a handler (KeyboardInterrupt) ends the wait.
+ *    delay. Its length is a trade: every slice wakes an idle worker, so the
+ *    slice is as long as it can be while keeping that delay well under a
+ *    second: 250 ms, 4 wake-ups/s. On EINTR and after every slice
+ *    PyErr_CheckSignals() runs, so an exception raised by a handler
+ *    (KeyboardInterrupt) ends the wait.
  *  - close() is refused (BufferError) while a wait is in flight: the waiter
  *    is sleeping on an address inside the buffer.
  *  - A read-only buffer may be loaded from, waited and woken on; any write
@@ -53,6 +55,8 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "ctlblock.h"
 
 #define WAIT_SLICE_NS 250000000LL /* 250 ms: see the header comment */
 #define NS_PER_SEC 1000000000LL
@@ -333,7 +337,6 @@ view_load_u64(ViewObject *self, PyObject *off)
 DEF_STORE(store_u32, 4, uint32_t, as_u32, memory_order_release, U32P)
 DEF_STORE(store_u64, 8, uint64_t, as_u64, memory_order_release, U64P)
 DEF_STORE(store_u32_seq_cst, 4, uint32_t, as_u32, memory_order_seq_cst, U32P)
-DEF_STORE(store_u64_seq_cst, 8, uint64_t, as_u64, memory_order_seq_cst, U64P)
 
 /* Read-modify-write returning the previous value (seq_cst). */
 #define DEF_RMW(NAME, W, T, CONV, OP, PTR, FROM)                              \
@@ -351,48 +354,7 @@ DEF_STORE(store_u64_seq_cst, 8, uint64_t, as_u64, memory_order_seq_cst, U64P)
 
 DEF_RMW(exchange_u32, 4, uint32_t, as_u32, atomic_exchange, U32P,
         PyLong_FromUnsignedLong)
-DEF_RMW(exchange_u64, 8, uint64_t, as_u64, atomic_exchange, U64P,
-        PyLong_FromUnsignedLongLong)
-DEF_RMW(fetch_add_u32, 4, uint32_t, as_u32, atomic_fetch_add, U32P,
-        PyLong_FromUnsignedLong)
 DEF_RMW(fetch_add_u64, 8, uint64_t, as_u64, atomic_fetch_add, U64P,
-        PyLong_FromUnsignedLongLong)
-DEF_RMW(fetch_or_u32, 4, uint32_t, as_u32, atomic_fetch_or, U32P,
-        PyLong_FromUnsignedLong)
-DEF_RMW(fetch_or_u64, 8, uint64_t, as_u64, atomic_fetch_or, U64P,
-        PyLong_FromUnsignedLongLong)
-DEF_RMW(fetch_and_u32, 4, uint32_t, as_u32, atomic_fetch_and, U32P,
-        PyLong_FromUnsignedLong)
-DEF_RMW(fetch_and_u64, 8, uint64_t, as_u64, atomic_fetch_and, U64P,
-        PyLong_FromUnsignedLongLong)
-
-/* compare_exchange_*(offset, expected, desired) -> (ok, actual):
- * ok is True when the word held `expected` and now holds `desired`; actual is
- * the value found (== expected on success). Strong CAS, seq_cst. */
-#define DEF_CAS(NAME, W, T, CONV, PTR, FROM)                                  \
-    static PyObject *view_##NAME(ViewObject *self, PyObject *const *args,     \
-                                 Py_ssize_t nargs)                            \
-    {                                                                         \
-        CHECK_NARGS(#NAME, 3);                                                \
-        void *p = view_addr(self, args[0], W, 1);                             \
-        T expected, desired;                                                  \
-        if (p == NULL || CONV(args[1], &expected) < 0 ||                      \
-            CONV(args[2], &desired) < 0) {                                    \
-            return NULL;                                                      \
-        }                                                                     \
-        int ok = atomic_compare_exchange_strong(PTR(p), &expected, desired);  \
-        PyObject *actual = FROM(expected);                                    \
-        if (actual == NULL) {                                                 \
-            return NULL;                                                      \
-        }                                                                     \
-        PyObject *res = PyTuple_Pack(2, ok ? Py_True : Py_False, actual);     \
-        Py_DECREF(actual);                                                    \
-        return res;                                                           \
-    }
-
-DEF_CAS(compare_exchange_u32, 4, uint32_t, as_u32, U32P,
-        PyLong_FromUnsignedLong)
-DEF_CAS(compare_exchange_u64, 8, uint64_t, as_u64, U64P,
         PyLong_FromUnsignedLongLong)
 
 /* --------------------------------------------------------- View: futexes */
@@ -532,19 +494,8 @@ static PyMethodDef view_methods[] = {
     FAST(store_u32, "store_u32(offset, value): release store."),
     FAST(store_u64, "store_u64(offset, value): release store."),
     FAST(store_u32_seq_cst, "store_u32_seq_cst(offset, value): seq_cst store."),
-    FAST(store_u64_seq_cst, "store_u64_seq_cst(offset, value): seq_cst store."),
     FAST(exchange_u32, "exchange_u32(offset, value) -> old value."),
-    FAST(exchange_u64, "exchange_u64(offset, value) -> old value."),
-    FAST(compare_exchange_u32,
-         "compare_exchange_u32(offset, expected, desired) -> (ok, actual)."),
-    FAST(compare_exchange_u64,
-         "compare_exchange_u64(offset, expected, desired) -> (ok, actual)."),
-    FAST(fetch_add_u32, "fetch_add_u32(offset, value) -> old (wraps mod 2**32)."),
     FAST(fetch_add_u64, "fetch_add_u64(offset, value) -> old (wraps mod 2**64)."),
-    FAST(fetch_or_u32, "fetch_or_u32(offset, bits) -> old value."),
-    FAST(fetch_or_u64, "fetch_or_u64(offset, bits) -> old value."),
-    FAST(fetch_and_u32, "fetch_and_u32(offset, mask) -> old value."),
-    FAST(fetch_and_u64, "fetch_and_u64(offset, mask) -> old value."),
     {"wait_u32", (PyCFunction)(void (*)(void))view_wait_u32,
      METH_VARARGS | METH_KEYWORDS,
      "wait_u32(offset, expected, timeout=None) -> bool: sleep on a shared "
@@ -774,6 +725,67 @@ static PyType_Spec poller_spec = {
     .slots = poller_slots,
 };
 
+/* ---------------------------------------------------- ctlblock.h constants */
+
+/* Every constant of ctlblock.h, named without its PYVISOR_ prefix. */
+#define INT_CONST(name) {#name, (unsigned long long)PYVISOR_##name}
+static const struct {
+    const char *name;
+    unsigned long long value;
+} int_constants[] = {
+    INT_CONST(MAGIC), INT_CONST(VERSION), INT_CONST(HEADER_SIZE),
+    INT_CONST(BLOCK_SIZE),
+    /* line 0: daemon, immutable after init */
+    INT_CONST(OFF_MAGIC), INT_CONST(OFF_VERSION), INT_CONST(OFF_HEADER_SIZE),
+    INT_CONST(OFF_BLOCK_SIZE), INT_CONST(OFF_SLOT), INT_CONST(OFF_BOOT_ID),
+    /* line 1: daemon */
+    INT_CONST(OFF_CMD), INT_CONST(OFF_REQUEST_BITS), INT_CONST(OFF_DEADLINE),
+    INT_CONST(OFF_SUPERVISOR_PID), INT_CONST(OFF_SPAWNED_PID),
+    INT_CONST(OFF_EPOCH), INT_CONST(OFF_INCARNATION),
+    INT_CONST(OFF_SPAWNED_START), INT_CONST(OFF_CONFIG_HASH),
+    /* line 2: worker */
+    INT_CONST(OFF_ACK), INT_CONST(OFF_PID), INT_CONST(OFF_START_TICKS),
+    /* line 4: worker */
+    INT_CONST(OFF_HEARTBEAT), INT_CONST(OFF_WORK_DONE),
+    INT_CONST(OFF_BUSY_SINCE),
+    /* line 6: exit record */
+    INT_CONST(OFF_EXIT_SEQ), INT_CONST(OFF_EXIT_STATUS),
+    INT_CONST(OFF_EXIT_TIME), INT_CONST(OFF_EXIT_SOURCE), INT_CONST(OFF_APP),
+    INT_CONST(CMD_NONE), INT_CONST(CMD_STOP_GRACEFUL),
+    INT_CONST(ST_INIT), INT_CONST(ST_STARTING), INT_CONST(ST_READY),
+    INT_CONST(ST_BUSY), INT_CONST(ST_STOPPING), INT_CONST(ST_EXITED),
+    INT_CONST(EXIT_SRC_NONE), INT_CONST(EXIT_SRC_WORKER),
+};
+#define STR_CONST(name) {#name, PYVISOR_##name}
+static const struct {
+    const char *name;
+    const char *value;
+} str_constants[] = {
+    STR_CONST(ENV_BLOCK), STR_CONST(ENV_INSTANCE), STR_CONST(ENV_NOTIFY),
+};
+
+static int
+add_constants(PyObject *m)
+{
+    for (size_t i = 0; i < sizeof int_constants / sizeof int_constants[0]; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(int_constants[i].value);
+        int rc = PyModule_AddObjectRef(m, int_constants[i].name, v);
+        Py_XDECREF(v);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < sizeof str_constants / sizeof str_constants[0]; i++) {
+        PyObject *v = PyUnicode_FromString(str_constants[i].value);
+        int rc = PyModule_AddObjectRef(m, str_constants[i].name, v);
+        Py_XDECREF(v);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static int
@@ -793,7 +805,7 @@ ctlword_exec(PyObject *m)
     if (PyModule_AddIntConstant(m, "WAIT_SLICE_NS", WAIT_SLICE_NS) < 0) {
         return -1;
     }
-    return 0;
+    return add_constants(m);
 }
 
 static int

@@ -7,6 +7,51 @@ from typing_extensions import Buffer
 
 WAIT_SLICE_NS: int
 
+# The constants of worker/ctlblock.h, named without their PYVISOR_ prefix.
+MAGIC: int
+VERSION: int
+HEADER_SIZE: int
+BLOCK_SIZE: int
+OFF_MAGIC: int
+OFF_VERSION: int
+OFF_HEADER_SIZE: int
+OFF_BLOCK_SIZE: int
+OFF_SLOT: int
+OFF_BOOT_ID: int
+OFF_CMD: int
+OFF_REQUEST_BITS: int
+OFF_DEADLINE: int
+OFF_SUPERVISOR_PID: int
+OFF_SPAWNED_PID: int
+OFF_EPOCH: int
+OFF_INCARNATION: int
+OFF_SPAWNED_START: int
+OFF_CONFIG_HASH: int
+OFF_ACK: int
+OFF_PID: int
+OFF_START_TICKS: int
+OFF_HEARTBEAT: int
+OFF_WORK_DONE: int
+OFF_BUSY_SINCE: int
+OFF_EXIT_SEQ: int
+OFF_EXIT_STATUS: int
+OFF_EXIT_TIME: int
+OFF_EXIT_SOURCE: int
+OFF_APP: int
+CMD_NONE: int
+CMD_STOP_GRACEFUL: int
+ST_INIT: int
+ST_STARTING: int
+ST_READY: int
+ST_BUSY: int
+ST_STOPPING: int
+ST_EXITED: int
+EXIT_SRC_NONE: int
+EXIT_SRC_WORKER: int
+ENV_BLOCK: str
+ENV_INSTANCE: str
+ENV_NOTIFY: str
+
 class View:
     """Atomics and shared futexes at byte offsets of a buffer (held until close())."""
 
@@ -24,21 +69,8 @@ class View:
     def store_u32(self, offset: int, value: int, /) -> None: ...
     def store_u64(self, offset: int, value: int, /) -> None: ...
     def store_u32_seq_cst(self, offset: int, value: int, /) -> None: ...
-    def store_u64_seq_cst(self, offset: int, value: int, /) -> None: ...
     def exchange_u32(self, offset: int, value: int, /) -> int: ...
-    def exchange_u64(self, offset: int, value: int, /) -> int: ...
-    def compare_exchange_u32(
-        self, offset: int, expected: int, desired: int, /
-    ) -> tuple[bool, int]: ...
-    def compare_exchange_u64(
-        self, offset: int, expected: int, desired: int, /
-    ) -> tuple[bool, int]: ...
-    def fetch_add_u32(self, offset: int, value: int, /) -> int: ...
     def fetch_add_u64(self, offset: int, value: int, /) -> int: ...
-    def fetch_or_u32(self, offset: int, value: int, /) -> int: ...
-    def fetch_or_u64(self, offset: int, value: int, /) -> int: ...
-    def fetch_and_u32(self, offset: int, value: int, /) -> int: ...
-    def fetch_and_u64(self, offset: int, value: int, /) -> int: ...
     def wait_u32(self, offset: int, expected: int, timeout: float | None = None) -> bool: ...
     def wake(self, offset: int, n: int = ...) -> int: ...
     def nop(self) -> None: ...

@@ -3,7 +3,7 @@
     with Worker() as w:                 # attach from $PYVISOR_BLOCK (set by supervisord)
         setup()
         w.ready()                       # state READY; the daemon is woken
-        while not w.should_stop:        # one native load + compare, ~20 ns, no syscall
+        while not w.should_stop:        # one native load + compare, no syscall
             do_one_unit()
             w.heartbeat(); w.add_work()
     # leaving the block records the exit (status 0, or 1 on an exception) and EXITED
@@ -34,7 +34,9 @@ from worker._ctlword import Poller
 from worker.block import (
     CMD_NONE,
     CMD_STOP_GRACEFUL,
-    CMD_STOP_NOW,
+    ENV_BLOCK,
+    ENV_INSTANCE,
+    ENV_NOTIFY,
     EXIT_SRC_WORKER,
     OFF_ACK,
     OFF_BUSY_SINCE,
@@ -60,9 +62,6 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-ENV_BLOCK = "PYVISOR_BLOCK"
-ENV_INSTANCE = "PYVISOR_INSTANCE"
-ENV_NOTIFY = "PYVISOR_NOTIFY"
 ASYNC_SLICE_S = 0.25
 _SIGINT = 2  # signal.SIGINT on Linux; the signal module would load enum for one constant
 _CLOSE_WAIT_S = 2.0
@@ -139,10 +138,9 @@ class Worker(Poller):
         """Slow path of should_stop: a command with a new seq arrived. Ack it."""
         seq, cmd = word >> 8, word & 0xFF
         self._poll_seq = seq
-        if cmd in (CMD_STOP_GRACEFUL, CMD_STOP_NOW):
+        if cmd == CMD_STOP_GRACEFUL:
             deadline = self._view.load_u64(OFF_DEADLINE)
-            if self._stop_cmd != CMD_STOP_NOW:  # STOP_NOW is never downgraded
-                self._stop_cmd = cmd
+            self._stop_cmd = cmd
             self._stop_deadline_ns = deadline or None
             self._poll_stop = True
             if self._state != ST_EXITED:
@@ -161,13 +159,8 @@ class Worker(Poller):
 
     @property
     def stop_command(self) -> int:
-        """CMD_STOP_GRACEFUL or CMD_STOP_NOW once a stop was seen, else CMD_NONE."""
+        """CMD_STOP_GRACEFUL once a stop was seen, else CMD_NONE."""
         return self._stop_cmd if self.should_stop else CMD_NONE
-
-    @property
-    def stop_now(self) -> bool:
-        """True if the stop asked for is STOP_NOW (abandon the current unit)."""
-        return self.stop_command == CMD_STOP_NOW
 
     @property
     def stop_deadline_ns(self) -> int | None:
@@ -228,7 +221,7 @@ class Worker(Poller):
 
     async def wait_for_stop_async(self, timeout: float | None = None) -> bool:
         """asyncio version of wait_for_stop (futex wait in the default executor)."""
-        import asyncio  # here, not at the top: it costs ~70 ms of every worker's start-up
+        import asyncio  # here, not at the top: it would slow every worker's start-up
 
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else time.monotonic() + timeout

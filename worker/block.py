@@ -1,4 +1,4 @@
-"""Control block layout v1: the single Python definition (worker/ctlblock.h is the C one).
+"""Control block layout v1 seen from Python: create, attach, validate, read and write fields.
 
 One 4096-byte POSIX shared-memory object per worker instance, created by the daemon and
 attached by the worker. Fields are little-endian, naturally aligned and grouped by writer
@@ -24,6 +24,7 @@ import time
 
 import posix_ipc
 
+from worker import _ctlword as _c
 from worker._ctlword import View
 
 # Every worker imports this module, and its start-up and exit time grow with each module
@@ -33,62 +34,65 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-MAGIC = 0x31424C4354535950  # b"PYSTCLB1" little-endian
-VERSION = 1
-HEADER_SIZE = 0x200
-BLOCK_SIZE = 4096
+# The layout is defined once, in worker/ctlblock.h; the native module is compiled from it and
+# hands its constants over. Daemon and workers use these names.
+MAGIC = _c.MAGIC  # b"PYSTCLB1" little-endian
+VERSION = _c.VERSION
+HEADER_SIZE = _c.HEADER_SIZE
+BLOCK_SIZE = _c.BLOCK_SIZE
 
 # line 0: daemon, immutable after init
-OFF_MAGIC = 0x000
-OFF_VERSION = 0x008
-OFF_HEADER_SIZE = 0x00C
-OFF_BLOCK_SIZE = 0x010
-OFF_SLOT = 0x014
-OFF_BOOT_ID = 0x018  # 16 bytes
+OFF_MAGIC = _c.OFF_MAGIC
+OFF_VERSION = _c.OFF_VERSION
+OFF_HEADER_SIZE = _c.OFF_HEADER_SIZE
+OFF_BLOCK_SIZE = _c.OFF_BLOCK_SIZE
+OFF_SLOT = _c.OFF_SLOT
+OFF_BOOT_ID = _c.OFF_BOOT_ID  # 16 bytes
 # line 1: daemon
-OFF_CMD = 0x040  # u32 futex word: seq24 << 8 | cmd8
-OFF_REQUEST_BITS = 0x044
-OFF_DEADLINE = 0x048  # u64 CLOCK_MONOTONIC ns, 0 = none
-OFF_SUPERVISOR_PID = 0x050
-OFF_SPAWNED_PID = 0x054
-OFF_EPOCH = 0x058
-OFF_INCARNATION = 0x060
-OFF_SPAWNED_START = 0x068
-OFF_CONFIG_HASH = 0x070  # u64: the daemon's hash of the worker config it spawned with
+OFF_CMD = _c.OFF_CMD  # u32 futex word: seq24 << 8 | cmd8
+OFF_REQUEST_BITS = _c.OFF_REQUEST_BITS
+OFF_DEADLINE = _c.OFF_DEADLINE  # u64 CLOCK_MONOTONIC ns, 0 = none
+OFF_SUPERVISOR_PID = _c.OFF_SUPERVISOR_PID
+OFF_SPAWNED_PID = _c.OFF_SPAWNED_PID
+OFF_EPOCH = _c.OFF_EPOCH
+OFF_INCARNATION = _c.OFF_INCARNATION
+OFF_SPAWNED_START = _c.OFF_SPAWNED_START
+OFF_CONFIG_HASH = _c.OFF_CONFIG_HASH  # u64: hash of the worker config it was spawned with
 # line 2: worker
-OFF_ACK = 0x080  # u32 futex word: acked_seq24 << 8 | state8
-OFF_PID = 0x084
-OFF_START_TICKS = 0x088
+OFF_ACK = _c.OFF_ACK  # u32 futex word: acked_seq24 << 8 | state8
+OFF_PID = _c.OFF_PID
+OFF_START_TICKS = _c.OFF_START_TICKS
 # line 4: worker
-OFF_HEARTBEAT = 0x100
-OFF_WORK_DONE = 0x108
-OFF_BUSY_SINCE = 0x110
-# line 6: exit record under a seqlock (worker, or daemon for a worker that died silently)
-OFF_EXIT_SEQ = 0x180
-OFF_EXIT_STATUS = 0x184  # i32, stored as u32
-OFF_EXIT_TIME = 0x188
-OFF_EXIT_SOURCE = 0x190
-OFF_APP = 0x200  # free for the application
+OFF_HEARTBEAT = _c.OFF_HEARTBEAT
+OFF_WORK_DONE = _c.OFF_WORK_DONE
+OFF_BUSY_SINCE = _c.OFF_BUSY_SINCE
+# line 6: exit record under a seqlock (the worker writes it as it exits)
+OFF_EXIT_SEQ = _c.OFF_EXIT_SEQ
+OFF_EXIT_STATUS = _c.OFF_EXIT_STATUS  # i32, stored as u32
+OFF_EXIT_TIME = _c.OFF_EXIT_TIME
+OFF_EXIT_SOURCE = _c.OFF_EXIT_SOURCE
+OFF_APP = _c.OFF_APP  # free for the application
 
-CMD_NONE = 0
-CMD_STOP_GRACEFUL = 1
-CMD_STOP_NOW = 2
+CMD_NONE = _c.CMD_NONE
+CMD_STOP_GRACEFUL = _c.CMD_STOP_GRACEFUL
 
-ST_INIT = 0
-ST_STARTING = 1
-ST_READY = 2
-ST_BUSY = 3
-ST_STOPPING = 4
-ST_EXITED = 5
+ST_INIT = _c.ST_INIT
+ST_STARTING = _c.ST_STARTING
+ST_READY = _c.ST_READY
+ST_BUSY = _c.ST_BUSY
+ST_STOPPING = _c.ST_STOPPING
+ST_EXITED = _c.ST_EXITED
 
-EXIT_SRC_NONE = 0
-EXIT_SRC_WORKER = 1
-EXIT_SRC_WAITID = 2
-EXIT_SRC_PIDFD = 3
-EXIT_SRC_UNKNOWN = 4
+EXIT_SRC_NONE = _c.EXIT_SRC_NONE  # no exit record yet
+EXIT_SRC_WORKER = _c.EXIT_SRC_WORKER  # written by the worker as it exits
+
+# The environment the daemon gives every worker it starts.
+ENV_BLOCK = _c.ENV_BLOCK  # the shm name of its control block
+ENV_INSTANCE = _c.ENV_INSTANCE  # its instance name, "name:index"
+ENV_NOTIFY = _c.ENV_NOTIFY  # the daemon's notify socket ("@name": abstract)
 
 SEQ_MASK = 0xFFFFFF
-CMD_NAMES = {CMD_NONE: "NONE", CMD_STOP_GRACEFUL: "STOP_GRACEFUL", CMD_STOP_NOW: "STOP_NOW"}
+CMD_NAMES = {CMD_NONE: "NONE", CMD_STOP_GRACEFUL: "STOP_GRACEFUL"}
 STATE_NAMES = {
     ST_INIT: "INIT",
     ST_STARTING: "STARTING",
@@ -178,7 +182,7 @@ def list_blocks(prefix: str) -> list[str]:
 
 def unlink_name(name: str) -> None:
     """Remove a block's name from /dev/shm without attaching to it; a missing name is fine."""
-    try:
+    try:  # noqa: SIM105 -- contextlib.suppress would be one more import for every worker
         posix_ipc.unlink_shared_memory(name)
     except posix_ipc.ExistentialError:
         pass

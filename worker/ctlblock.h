@@ -1,7 +1,11 @@
 /*
  * ctlblock.h -- pyvisor control block layout v1 for C/C++ workers.
  *
- * The same layout as worker/block.py (the Python definition); keep the two in step.
+ * The one definition of the layout and of the worker's environment: the native module
+ * worker._ctlword is compiled from this file and exports every constant below to Python
+ * (under the same name without PYVISOR_), and worker/block.py takes them from there.
+ * tests/worker/test_cheader.py compiles this file with gcc and compares each with Python's.
+ *
  * A 4096-byte POSIX shm object per worker instance, little-endian, naturally aligned,
  * one writer per field. The daemon creates it; the worker attaches (never truncating),
  * publishes its pid/start time/state, polls the command word between units of work and
@@ -10,7 +14,7 @@
  * Compile with -std=gnu11 (or -D_GNU_SOURCE): it needs syscall(), shm_open() and mmap().
  *
  *   struct pyvisor_block b;
- *   if (pyvisor_attach(getenv("PYVISOR_BLOCK"), &b) != 0) { perror(...); ... }
+ *   if (pyvisor_attach(getenv(PYVISOR_ENV_BLOCK), &b) != 0) { perror(...); ... }
  *   pyvisor_ready(&b);
  *   while (!pyvisor_should_stop(&b)) { do_unit(); pyvisor_heartbeat(&b); pyvisor_add_work(&b, 1); }
  *   pyvisor_close(&b, 0);
@@ -38,6 +42,12 @@
 #define PYVISOR_VERSION 1u
 #define PYVISOR_HEADER_SIZE 0x200u
 #define PYVISOR_BLOCK_SIZE 4096u
+
+/* The environment the daemon gives a worker: its block's shm name, its instance name
+ * ("name:index") and the daemon's notify socket ("@name": an abstract address). */
+#define PYVISOR_ENV_BLOCK "PYVISOR_BLOCK"
+#define PYVISOR_ENV_INSTANCE "PYVISOR_INSTANCE"
+#define PYVISOR_ENV_NOTIFY "PYVISOR_NOTIFY"
 
 /* line 0: daemon, immutable after init */
 #define PYVISOR_OFF_MAGIC 0x000
@@ -71,7 +81,7 @@
 #define PYVISOR_OFF_EXIT_SOURCE 0x190
 #define PYVISOR_OFF_APP 0x200
 
-enum { PYVISOR_CMD_NONE = 0, PYVISOR_CMD_STOP_GRACEFUL = 1, PYVISOR_CMD_STOP_NOW = 2 };
+enum { PYVISOR_CMD_NONE = 0, PYVISOR_CMD_STOP_GRACEFUL = 1 };
 enum {
     PYVISOR_ST_INIT = 0,
     PYVISOR_ST_STARTING = 1,
@@ -80,13 +90,8 @@ enum {
     PYVISOR_ST_STOPPING = 4,
     PYVISOR_ST_EXITED = 5
 };
-enum {
-    PYVISOR_EXIT_SRC_NONE = 0,
-    PYVISOR_EXIT_SRC_WORKER = 1,
-    PYVISOR_EXIT_SRC_WAITID = 2,
-    PYVISOR_EXIT_SRC_PIDFD = 3,
-    PYVISOR_EXIT_SRC_UNKNOWN = 4
-};
+/* Who wrote the exit record (NONE: nobody yet). */
+enum { PYVISOR_EXIT_SRC_NONE = 0, PYVISOR_EXIT_SRC_WORKER = 1 };
 
 /* ---- raw field access -------------------------------------------------------------- */
 
@@ -168,7 +173,7 @@ static inline void pyvisor_publish_ack(struct pyvisor_block *b)
     pyvisor_futex_wake(b->base, PYVISOR_OFF_ACK);
 }
 
-/* Map and validate a block by shm name (e.g. getenv("PYVISOR_BLOCK")), then publish pid,
+/* Map and validate a block by shm name (e.g. getenv(PYVISOR_ENV_BLOCK)), then publish pid,
  * start time and STARTING. Returns 0, or -1 with errno set (EINVAL: not a valid v1 block,
  * EMSGSIZE: too small). The size is checked with fstat BEFORE mapping (no SIGBUS). The
  * boot_id check is the daemon's job; a worker only runs under the daemon that made it. */
@@ -225,9 +230,8 @@ static inline int pyvisor_should_stop(struct pyvisor_block *b)
         return b->stop;
     b->seq = w >> 8;
     uint32_t cmd = w & 0xff;
-    if (cmd == PYVISOR_CMD_STOP_GRACEFUL || cmd == PYVISOR_CMD_STOP_NOW) {
-        if (b->stop_cmd != PYVISOR_CMD_STOP_NOW)
-            b->stop_cmd = cmd;
+    if (cmd == PYVISOR_CMD_STOP_GRACEFUL) {
+        b->stop_cmd = cmd;
         b->stop = 1;
         b->state = PYVISOR_ST_STOPPING;
     }
@@ -241,7 +245,7 @@ static inline int pyvisor_should_stop(struct pyvisor_block *b)
 static inline void pyvisor_ready(struct pyvisor_block *b)
 {
     pyvisor_set_state(b, PYVISOR_ST_READY);
-    const char *path = getenv("PYVISOR_NOTIFY");
+    const char *path = getenv(PYVISOR_ENV_NOTIFY);
     struct sockaddr_un a;
     size_t n = path ? strlen(path) : 0;
     if (n == 0 || n >= sizeof a.sun_path)

@@ -4,9 +4,8 @@
 writable buffer, normally the mmap of a control block:
 
 * ``load_u32/load_u64`` (acquire), ``store_u32/store_u64`` (release),
-  ``store_u32_seq_cst/store_u64_seq_cst`` (for the command word),
-  ``exchange_*``, ``compare_exchange_*`` -> ``(ok, actual)``, ``fetch_add/or/and_*`` -> old
-  value (seq_cst; fetch_add wraps).
+  ``store_u32_seq_cst`` (for the command word), ``exchange_u32`` and ``fetch_add_u64`` ->
+  old value (seq_cst; fetch_add wraps).
 * ``wait_u32(offset, expected, timeout=None) -> bool``: True once the word differs from
   ``expected``, False on timeout. Releases the GIL, sleeps in slices of at most
   ``WAIT_SLICE_NS`` (250 ms) and runs Python signal handlers on EINTR and between slices,

@@ -1,7 +1,9 @@
-"""worker/ctlblock.h: a C program (compiled here with gcc) and Python share a block."""
+"""worker/ctlblock.h: a C program (compiled here with gcc) and Python share a block, and
+every constant of the header has the same value in C as in worker.block."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -61,14 +63,13 @@ int main(int argc, char **argv)
 """
 
 
-@pytest.fixture(scope="module")
-def c_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def compile_c(source: str, d: Path) -> Path:
+    """Compile a C program against the header as a C worker would; the executable."""
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc is not installed")
-    d = tmp_path_factory.mktemp("cheader")
     src, exe = d / "prog.c", d / "prog"
-    src.write_text(C_PROGRAM)
+    src.write_text(source)
     r = subprocess.run(
         [gcc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT}", str(src),
          "-o", str(exe)],
@@ -76,6 +77,11 @@ def c_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert r.returncode == 0, f"gcc failed:\n{r.stderr}"
     return exe
+
+
+@pytest.fixture(scope="module")
+def c_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_c(C_PROGRAM, tmp_path_factory.mktemp("cheader"))
 
 
 def test_c_worker_reads_python_fields_and_writes_back(
@@ -122,3 +128,47 @@ def test_c_attach_checks_size_and_magic(
     assert r.returncode == 1, f"expected a clean refusal: rc={r.returncode} {r.stderr}"
     want = "Message too long" if size < 4096 else "Invalid argument"
     assert f"pyvisor_attach: {want}" in r.stderr, r.stderr
+
+
+HEADER = ROOT / "worker" / "ctlblock.h"
+MACRO = re.compile(r"^#define PYVISOR_(\w+)[ \t]+(\S)", re.M)  # object-like, with a value
+ENUM = re.compile(r"\benum\s*\{([^}]*)\}")
+LAYOUT_LIKE = re.compile(r"(OFF|CMD|ST|EXIT_SRC|ENV)_[A-Z_]+|MAGIC|VERSION|HEADER_SIZE|BLOCK_SIZE")
+
+
+def header_constants() -> dict[str, bool]:
+    """Every constant worker/ctlblock.h defines, without its PYVISOR_ prefix -> whether it is
+    a string: the object-like macros that have a value, and the enumerators."""
+    text = HEADER.read_text()
+    found = {m[1]: m[2] == '"' for m in MACRO.finditer(text)}
+    for body in ENUM.findall(text):
+        found.update(dict.fromkeys(re.findall(r"\bPYVISOR_(\w+)\s*=", body), False))
+    return found
+
+
+def print_constants_program(consts: dict[str, bool]) -> str:
+    """A C program that prints "NAME value" for each constant, as the header defines it."""
+    lines = [
+        f'    printf("{name} %s\\n", PYVISOR_{name});' if is_str
+        else f'    printf("{name} %llu\\n", (unsigned long long)PYVISOR_{name});'
+        for name, is_str in consts.items()
+    ]  # fmt: skip
+    body = "\n".join(lines)
+    return f'#include "worker/ctlblock.h"\n\nint main(void)\n{{\n{body}\n    return 0;\n}}\n'
+
+
+def test_every_header_constant_has_the_same_value_in_python(tmp_path: Path) -> None:
+    consts = header_constants()
+    assert {"MAGIC", "OFF_CMD", "OFF_APP", "ST_EXITED", "ENV_BLOCK"} <= consts.keys(), consts
+    exe = compile_c(print_constants_program(consts), tmp_path)
+    r = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30)
+    in_c = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    in_python = {name: str(getattr(B, name, "missing from worker.block")) for name in consts}
+    assert in_python == in_c
+    # and nothing in worker.block looks like a layout constant that the header lacks
+    extra = {
+        n for n, v in vars(B).items()
+        if LAYOUT_LIKE.fullmatch(n) and isinstance(v, int | str) and n not in consts
+    }  # fmt: skip
+    assert not extra, f"worker.block defines {sorted(extra)}, worker/ctlblock.h does not"
+    assert B.MAGIC.to_bytes(8, "little") == b"PYSTCLB1"

@@ -24,20 +24,8 @@ def test_loads_stores_and_rmw(mm: mmap.mmap) -> None:
         assert v.load_u64(0x48) == 2**64 - 1
         assert mm[0x40:0x44] == (0xDEADBEEF).to_bytes(4, "little")
         v.store_u32_seq_cst(0x40, 7)
-        v.store_u64_seq_cst(0x50, 9)
-        assert (v.load_u32(0x40), v.load_u64(0x50)) == (7, 9)
+        assert v.load_u32(0x40) == 7
         assert v.exchange_u32(0x40, 8) == 7 and v.load_u32(0x40) == 8
-        assert v.exchange_u64(0x50, 10) == 9 and v.load_u64(0x50) == 10
-        assert v.compare_exchange_u32(0x40, 8, 11) == (True, 8)
-        assert v.compare_exchange_u32(0x40, 8, 12) == (False, 11)
-        assert v.compare_exchange_u64(0x50, 10, 2**63) == (True, 10)
-        assert v.compare_exchange_u64(0x50, 10, 1) == (False, 2**63)
-        assert v.fetch_or_u32(0x40, 0x100) == 11 and v.load_u32(0x40) == 0x10B
-        assert v.fetch_and_u32(0x40, 0xFF) == 0x10B and v.load_u32(0x40) == 0x0B
-        assert v.fetch_or_u64(0x58, 1 << 40) == 0
-        assert v.fetch_and_u64(0x58, 0) == 1 << 40
-        assert v.fetch_add_u32(0x44, 0xFFFFFFFF) == 0
-        assert v.fetch_add_u32(0x44, 2) == 0xFFFFFFFF and v.load_u32(0x44) == 1  # wraps
         assert v.fetch_add_u64(0x60, 2**64 - 1) == 0
         assert v.fetch_add_u64(0x60, 1) == 2**64 - 1 and v.load_u64(0x60) == 0
         assert v.nbytes == 4096 and not v.readonly and not v.closed
@@ -59,10 +47,9 @@ def test_readonly_buffer_loads_but_refuses_writes() -> None:
     for call in (
         lambda: v.store_u32(0, 1),
         lambda: v.store_u64(0, 1),
+        lambda: v.store_u32_seq_cst(0, 1),
         lambda: v.exchange_u32(0, 1),
-        lambda: v.compare_exchange_u32(0, 0, 1),
         lambda: v.fetch_add_u64(0, 1),
-        lambda: v.fetch_or_u32(0, 1),
     ):
         with pytest.raises(TypeError, match="read-only"):
             call()
@@ -109,14 +96,14 @@ def test_values_out_of_range(mm: mmap.mmap) -> None:
         with pytest.raises(OverflowError):
             v.store_u32(0, bad)
         with pytest.raises(OverflowError):
-            v.fetch_add_u32(0, bad)
+            v.exchange_u32(0, bad)
         with pytest.raises(OverflowError):
             v.wait_u32(0, bad, 0)
     for bad in (2**64, -1):
         with pytest.raises(OverflowError):
             v.store_u64(0, bad)
         with pytest.raises(OverflowError):
-            v.compare_exchange_u64(0, 0, bad)
+            v.fetch_add_u64(0, bad)
     with pytest.raises(TypeError):
         v.store_u32(0, 1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError):

@@ -82,7 +82,7 @@ def test_stop_is_seen_acked_and_latched(env_block: ControlBlock) -> None:
         seq = env_block.post_command(B.CMD_STOP_GRACEFUL, deadline)
         assert w.should_stop is True
         assert env_block.ack == (seq, B.ST_STOPPING)
-        assert w.stop_command == B.CMD_STOP_GRACEFUL and not w.stop_now
+        assert w.stop_command == B.CMD_STOP_GRACEFUL
         assert w.stop_deadline_ns == deadline
         left = w.stop_time_left()
         assert left is not None and 0 < left <= 5
@@ -90,8 +90,8 @@ def test_stop_is_seen_acked_and_latched(env_block: ControlBlock) -> None:
         assert w.should_stop is True and env_block.ack == (seq2, B.ST_STOPPING)
         w.ready()  # a stop once seen is never undone
         assert env_block.ack[1] == B.ST_STOPPING
-        seq3 = env_block.post_command(B.CMD_STOP_NOW)
-        assert w.should_stop and w.stop_now and env_block.ack == (seq3, B.ST_STOPPING)
+        seq3 = env_block.post_command(B.CMD_STOP_GRACEFUL)
+        assert w.should_stop and env_block.ack == (seq3, B.ST_STOPPING)
 
 
 def test_non_stop_command_is_acked_without_stopping(env_block: ControlBlock) -> None:
@@ -103,9 +103,9 @@ def test_non_stop_command_is_acked_without_stopping(env_block: ControlBlock) -> 
 
 
 def test_stop_posted_before_attach_is_seen_first_poll(env_block: ControlBlock) -> None:
-    seq = env_block.post_command(B.CMD_STOP_NOW)
+    seq = env_block.post_command(B.CMD_STOP_GRACEFUL)
     with Worker() as w:
-        assert w.should_stop and w.stop_now
+        assert w.should_stop and w.stop_command == B.CMD_STOP_GRACEFUL
         assert env_block.ack == (seq, B.ST_STOPPING)
 
 

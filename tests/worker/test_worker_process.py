@@ -127,12 +127,12 @@ def test_wait_for_stop_in_a_child_is_woken_by_the_daemon_side(
     p = procs([sys.executable, "-c", code], env=env)
     out = Lines(p.stdout)  # type: ignore[arg-type]
     wait_until(lambda: ack_state(block), lambda s: s == B.ST_READY, what="READY")
-    seq = block.post_command(B.CMD_STOP_NOW)
+    seq = block.post_command(B.CMD_STOP_GRACEFUL)
     t0 = time.monotonic()
     wait_until(lambda: block.ack, lambda a: a == (seq, B.ST_STOPPING) or a[1] == B.ST_EXITED,
                what="the stop ack")  # fmt: skip
     assert time.monotonic() - t0 < 5
     line = out.expect("stopped")
-    assert line.split()[1:3] == ["True", str(B.CMD_STOP_NOW)], line
+    assert line.split()[1:3] == ["True", str(B.CMD_STOP_GRACEFUL)], line
     assert p.wait(10) == 0
     assert block.ack == (seq, B.ST_EXITED)
