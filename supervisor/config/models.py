@@ -1,29 +1,17 @@
-"""The config file: pydantic models, loading, and the JSON Schema editors use.
-
-``load_config(path)`` returns a ``Config`` or raises ``ConfigError`` whose lines each name the
-file, line, path and problem (see configerrors.py). Everything is checked at load time -- unknown
-keys, types, signal names, users, dependency cycles, colliding log files -- so a reload can
-refuse a bad file before touching anything.
+"""The config file's pydantic models: what each key means, its default, and the checks of one
+value at a time (the value parsers are in values.py, their wording in errors.py).
 
 Models are frozen; ``WorkerConfig`` compares by value, so reload detects a changed worker with
-``old != new``. All paths in a loaded config are absolute (relative ones are taken from the
-config file's directory), and log paths have ``{log_dir}`` filled in, so a changed log_dir shows
-as changed workers too. Validation needs the context that ``load_config`` passes (config path);
-the YAML-shaped input is described by ``json_schema()`` (``python -m supervisor.config
---schema``, committed as configs/pyvisor.schema.json).
-
-Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``x-defaults:
-&defaults``) to merge into workers with ``<<: *defaults``.
+``old != new``. All paths in a validated config are absolute (relative ones are taken from the
+config file's directory, the context's ``base_dir``), and log paths have ``{log_dir}`` filled
+in, so a changed log_dir shows as changed workers too. The field docstrings are the
+descriptions in the JSON Schema (load.json_schema).
 """
 
 from __future__ import annotations
 
-import argparse
 import heapq
-import json
 import os
-import sys
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -35,29 +23,16 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from supervisor import configvalues as cv
 from supervisor import paths
-from supervisor.configchecks import cross_checks
-from supervisor.configerrors import (
-    ConfigError,
-    from_validation_error,
-    got,
-    line_text,
-    problem,
-    suggest,
-)
-from supervisor.configyaml import Path, YamlSyntaxError, parse
+from supervisor.config import values as cv
+from supervisor.config.errors import got, problem, suggest
 from supervisor.core.types import Policy, RestartPolicy
-
-__all__ = ["BackoffConfig", "Config", "ConfigError", "LogConfig", "SupervisorConfig",
-           "WorkerConfig", "json_schema", "load_config"]
 
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
 _NULLABLE: dict[str, Any] = {"type": ["string", "null"]}
@@ -354,107 +329,3 @@ class Config(_Model):
     def instances(self) -> list[str]:
         """Every instance name, in start order."""
         return [i for name in self.start_order() for i in self.workers[name].instances(name)]
-
-
-# -- loading --------------------------------------------------------------------------------
-def _keys_at(path: Path) -> Sequence[str]:
-    model: Any = Config
-    if path[:1] == ("supervisor",):
-        model = SupervisorConfig
-    elif path[:1] == ("workers",) and len(path) >= 2:
-        model = {"backoff": BackoffConfig, "stdout": LogConfig,
-                 "stderr": LogConfig}.get(str(path[2]), WorkerConfig) if len(path) > 2 else (
-            WorkerConfig)
-    return list(model.model_fields)
-
-
-def load_config(path: str) -> Config:
-    """Read, parse and check a config file. Raises ConfigError (never anything else for a bad
-    file; the messages use ``path`` as given)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError([(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
-                           f"{e.start})")]) from None
-    try:
-        doc = parse(text)
-    except YamlSyntaxError as e:
-        where = f"{path}:{e.line}:{e.column}" if e.line is not None else path
-        raise ConfigError([f"{where}: invalid YAML: {e.message}"]) from None
-    if doc.data is None:
-        raise ConfigError([(f"{path}: the file is empty; a config needs at least a 'workers:' "
-                           "mapping")])
-    if not isinstance(doc.data, dict):
-        raise ConfigError([(f"{path}:1: the top level must be a mapping with a 'workers:' key "
-                           f"(got {got(doc.data)})")])
-    data = {k: v for k, v in doc.data.items() if not k.startswith("x-")}
-    abs_path = os.path.abspath(path)
-    context = {"config_path": abs_path, "base_dir": os.path.dirname(abs_path)}
-    found: list[tuple[int | None, str]] = [
-        (line or doc.line_of(p), line_text(path, line or doc.line_of(p), p, msg))
-        for p, msg, line in doc.problems]
-    config: Config | None = None
-    try:
-        config = Config.model_validate(data, context=context)
-    except ValidationError as e:
-        problems = from_validation_error(e, data, _keys_at)
-    else:
-        problems = cross_checks(config)
-    found += [(doc.line_of(p), line_text(path, doc.line_of(p), p, m)) for p, m in problems]
-    if found or config is None:
-        found.sort(key=lambda item: item[0] or 0)
-        raise ConfigError([text for _, text in found])
-    return config
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the YAML file (what editors check against)."""
-    schema = _one_line(Config.model_json_schema(mode="validation"))
-    schema["patternProperties"] = {"^x-": {"description": "Ignored: a place for YAML anchors."}}
-    schema["title"] = "pyvisor config"
-    schema["description"] = ("Workers for supervisord to run. Generated by `python -m "
-                             "supervisor.config --schema`; do not edit.")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-
-
-def _one_line(node: Any) -> Any:
-    """Descriptions come from docstrings: join their wrapped lines."""
-    if isinstance(node, dict):
-        return {k: " ".join(v.split()) if k == "description" and isinstance(v, str)
-                else _one_line(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_one_line(v) for v in node]
-    return node
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m supervisor.config",
-                                     description="Check a pyvisor config, or print its schema.")
-    parser.add_argument("--schema", action="store_true", help="print the JSON Schema")
-    parser.add_argument("files", nargs="*", metavar="FILE", help="config files to check")
-    args = parser.parse_args(argv)
-    if args.schema:
-        print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
-    status = 0
-    for file in args.files:
-        try:
-            config = load_config(file)
-        except ConfigError as e:
-            print(e, file=sys.stderr)
-            status = 1
-        else:
-            n, m = len(config.workers), len(config.instances())
-            print(f"{file}: OK ({n} worker{'s' * (n != 1)}, {m} instance{'s' * (m != 1)})")
-    if not args.schema and not args.files:
-        parser.print_usage(sys.stderr)
-        return 2
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
