@@ -6,6 +6,11 @@ Models are frozen; ``WorkerConfig`` compares by value, so reload detects a chang
 config file's directory, the context's ``base_dir``), and log paths have ``{log_dir}`` filled
 in, so a changed log_dir shows as changed workers too. The field docstrings are the
 descriptions in the JSON Schema (load.json_schema).
+
+Validation only reads its context (``config_path``, ``base_dir``; load_config passes them), it
+never writes to it. What needs two sections at once is done on the whole model: ``Config``'s
+after-validator turns every worker's log path templates into file paths under
+supervisor.log_dir. A ``WorkerConfig`` validated on its own keeps its templates.
 """
 
 from __future__ import annotations
@@ -157,9 +162,7 @@ class SupervisorConfig(_Model):
     @field_validator("log_dir", mode="after")
     @classmethod
     def _log_dir(cls, value: str, info: ValidationInfo) -> str:
-        path = _resolve(value, info)
-        _context(info)["log_dir"] = path      # the workers' log paths are built from it
-        return path
+        return _resolve(value, info)
 
     @field_validator("block_prefix", mode="before")
     @classmethod
@@ -209,6 +212,7 @@ class WorkerConfig(_Model):
     """Seconds after stop_signal before SIGKILL."""
     heartbeat_timeout: float | None = Field(default=None, gt=0)
     """Restart a worker whose heartbeat is older than this many seconds. null: not checked."""
+    # The log paths are templates until the Config validator makes them files (_log_files).
     stdout: LogConfig = Field(default_factory=dict, validate_default=True)
     stderr: Stderr = Field(default_factory=dict, validate_default=True)
     """A mapping like stdout, or 'stdout': into the same file as stdout."""
@@ -229,19 +233,6 @@ class WorkerConfig(_Model):
             raise problem(f"no such directory: {path}")
         return path
 
-    @field_validator("stdout", "stderr", mode="after")
-    @classmethod
-    def _log_path(cls, value: LogConfig | str, info: ValidationInfo) -> LogConfig | str:
-        if isinstance(value, str):
-            return value
-        stream = "out" if info.field_name == "stdout" else "err"
-        template = value.path or "{log_dir}/{name}-{index}." + stream + ".log"
-        ctx = _context(info)
-        log_dir = ctx.get("log_dir") or _resolve("logs", info)
-        resolved = template.replace("{log_dir}", _escape(log_dir))
-        base = _escape(ctx.get("base_dir") or os.getcwd())
-        return value.model_copy(update={"path": os.path.normpath(os.path.join(base, resolved))})
-
     def policy(self, name: str = "") -> Policy:
         """What the state machine needs, in seconds and signal numbers (``name``: the worker's
         name, for the state machine's messages)."""
@@ -256,14 +247,14 @@ class WorkerConfig(_Model):
         return [f"{name}:{i}" for i in range(self.numprocs)]
 
     def log_paths(self, name: str, index: int) -> tuple[str, str]:
-        """(stdout, stderr) absolute file paths of instance name:index. Equal strings mean one
-        shared file (stderr: stdout)."""
+        """(stdout, stderr) absolute file paths of instance name:index, for a worker of a
+        validated Config. Equal strings mean one shared file (stderr: stdout)."""
         fields = {"name": name, "index": index, "instance": f"{name}:{index}"}
-        assert isinstance(self.stdout.path, str), "log paths are resolved by validation"
+        assert isinstance(self.stdout.path, str), "log paths are resolved by Config validation"
         out = self.stdout.path.format(**fields)
         if isinstance(self.stderr, str):
             return out, out
-        assert isinstance(self.stderr.path, str), "log paths are resolved by validation"
+        assert isinstance(self.stderr.path, str), "log paths are resolved by Config validation"
         return out, self.stderr.path.format(**fields)
 
     def log_config(self, stream: Literal["stdout", "stderr"]) -> LogConfig:
@@ -274,6 +265,23 @@ class WorkerConfig(_Model):
 
 def _escape(path: str) -> str:
     return path.replace("{", "{{").replace("}", "}}")
+
+
+def _log_file(log: LogConfig, stream: Literal["out", "err"], log_dir: str,
+              base_dir: str) -> LogConfig:
+    """``log`` with its path template made a file path: the default where none is set,
+    {log_dir} filled in, a relative path taken from base_dir. What is left to format is
+    {name} {index} {instance} (WorkerConfig.log_paths), so literal braces stay doubled."""
+    template = log.path or "{log_dir}/{name}-{index}." + stream + ".log"
+    path = os.path.join(_escape(base_dir), template.replace("{log_dir}", _escape(log_dir)))
+    return log.model_copy(update={"path": os.path.normpath(path)})
+
+
+def _with_log_files(worker: WorkerConfig, log_dir: str, base_dir: str) -> WorkerConfig:
+    update = {"stdout": _log_file(worker.stdout, "out", log_dir, base_dir)}
+    if not isinstance(worker.stderr, str):      # stderr: stdout shares stdout's file
+        update["stderr"] = _log_file(worker.stderr, "err", log_dir, base_dir)
+    return worker.model_copy(update=update)
 
 
 def _restart(value: Any) -> RestartPolicy:
@@ -298,6 +306,17 @@ class Config(_Model):
     def model_post_init(self, context: Any) -> None:
         if isinstance(context, dict):
             self._path = context.get("config_path", "")
+
+    @model_validator(mode="after")
+    def _log_files(self, info: ValidationInfo) -> Config:
+        """Every worker's log paths, from supervisor.log_dir. The workers dict is this model's
+        own (validation built it), so it is updated in place: an after-validator must return
+        self for ``Config(...)`` to work, and the frozen workers are replaced by copies."""
+        base_dir = _context(info).get("base_dir") or os.getcwd()
+        log_dir = self.supervisor.log_dir
+        self.workers.update({name: _with_log_files(worker, log_dir, base_dir)
+                             for name, worker in self.workers.items()})
+        return self
 
     @property
     def path(self) -> str:
