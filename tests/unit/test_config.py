@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from supervisor import paths
-from supervisor.config import Config, ConfigError, json_schema, load_config, main
+from supervisor.config import Config, ConfigError, json_schema, load_config
+from supervisor.config.__main__ import main
 from supervisor.core.types import Policy, RestartPolicy
 
 REPO = Path(__file__).resolve().parents[2]

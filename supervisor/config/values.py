@@ -13,7 +13,7 @@ import signal
 import string
 from typing import Any
 
-from supervisor.configerrors import got, problem
+from supervisor.config.errors import got, problem
 from worker import block as blk
 
 WORKER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -83,7 +83,8 @@ def command(value: Any) -> tuple[str, ...]:
         try:
             parts = shlex.split(value)
         except ValueError as e:
-            raise problem(f"cannot split the command: {str(e).lower()} (got {got(value)})")
+            raise problem(f"cannot split the command: {str(e).lower()} "
+                          f"(got {got(value)})") from None
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             if not isinstance(item, str):
