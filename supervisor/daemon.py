@@ -19,16 +19,16 @@ import click
 from loguru import logger
 
 from supervisor import paths
-from supervisor.commands import Handlers, Reply, reply
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.control.handlers import Handlers
+from supervisor.control.protocol import BAD_CONFIG, OK, Reply
+from supervisor.control.server import ControlServer
 from supervisor.core import State, StopRequested
-from supervisor.ctl.exitcodes import BAD_CONFIG, OK
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
 from supervisor.reconcile import apply_adoption, apply_config, restore_state, save_state
 from supervisor.runtime import GONE, Instance, Runtime, uses_library
 from supervisor.sdnotify import Notifier
-from supervisor.server import ControlServer
 
 EXIT_BAD_CONFIG = 2
 EXIT_LOCKED = 1
@@ -142,7 +142,7 @@ class Daemon:
             new = load_config(self.config.path)
         except ConfigError as e:
             logger.error(f"reload refused, still running the previous config:\n{e}")
-            done(reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
+            done(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
                                        f"{e}\n"))
             return
         self.notifier.reloading()
@@ -152,7 +152,7 @@ class Daemon:
 
         def finished() -> None:
             self.notifier.ready(self.summary())
-            done(reply(OK, out=summary or "no changes\n"))
+            done(Reply(OK, out=summary or "no changes\n"))
 
         self.runtime.wait_for(settle, _settled, finished)
 
