@@ -19,10 +19,11 @@ import click
 from loguru import logger
 
 from supervisor import paths, safefs
-from supervisor.commands import Handlers, Reply, reply
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.control.handlers import Handlers
+from supervisor.control.protocol import BAD_CONFIG, OK, Reply
+from supervisor.control.server import ControlServer
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
-from supervisor.ctl.exitcodes import BAD_CONFIG, OK
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
 from supervisor.reconcile import (
@@ -34,7 +35,6 @@ from supervisor.reconcile import (
 )
 from supervisor.runtime import Runtime
 from supervisor.sdnotify import Notifier
-from supervisor.server import ControlServer
 
 EXIT_BAD_CONFIG = 2
 EXIT_LOCKED = 1
@@ -140,7 +140,7 @@ class Daemon:
             new = load_config(self.config.path)
         except ConfigError as e:
             logger.error(f"reload refused, still running the previous config:\n{e}")
-            done(reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
+            done(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
                                        f"{e}\n"))
             return
         self.notifier.reloading()
@@ -150,7 +150,7 @@ class Daemon:
 
         def finished() -> None:
             self.notifier.ready(self.summary())
-            done(reply(OK, out=summary or "no changes\n"))
+            done(Reply(OK, out=summary or "no changes\n"))
 
         self.runtime.wait_for(settle, lambda i: i.st.state not in IN_TRANSITION, finished)
 

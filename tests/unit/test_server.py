@@ -22,7 +22,7 @@ from test_server_harness import (
     wait_for,
 )
 
-from supervisor.server import ServerError, SocketInUseError
+from supervisor.control.server import ServerError, SocketInUseError
 
 
 @pytest.fixture

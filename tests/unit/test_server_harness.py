@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from supervisor.control.protocol import Request
+from supervisor.control.server import ControlServer, Responder
 from supervisor.loop import Loop
-from supervisor.server import ControlServer, Request, Responder
 
 T = TypeVar("T")
 DEADLINE = 10.0
