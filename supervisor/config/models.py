@@ -38,6 +38,7 @@ from supervisor import paths
 from supervisor.config import values as cv
 from supervisor.config.errors import got, problem, suggest
 from supervisor.core.types import Policy, RestartPolicy
+from supervisor.names import instance_name
 
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
 _NULLABLE: dict[str, Any] = {"type": ["string", "null"]}
@@ -244,12 +245,12 @@ class WorkerConfig(_Model):
             stop_signal=self.stop_signal, kill_timeout=self.kill_timeout)
 
     def instances(self, name: str) -> list[str]:
-        return [f"{name}:{i}" for i in range(self.numprocs)]
+        return [instance_name(name, i) for i in range(self.numprocs)]
 
     def log_paths(self, name: str, index: int) -> tuple[str, str]:
         """(stdout, stderr) absolute file paths of instance name:index, for a worker of a
         validated Config. Equal strings mean one shared file (stderr: stdout)."""
-        fields = {"name": name, "index": index, "instance": f"{name}:{index}"}
+        fields = {"name": name, "index": index, "instance": instance_name(name, index)}
         assert isinstance(self.stdout.path, str), "log paths are resolved by Config validation"
         out = self.stdout.path.format(**fields)
         if isinstance(self.stderr, str):

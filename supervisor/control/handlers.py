@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal as signal_mod
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -17,6 +16,7 @@ import psutil
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.core import IN_TRANSITION, State
+from supervisor.names import parse_signal, signal_name
 from supervisor.runtime import Instance, Runtime
 
 
@@ -222,17 +222,16 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        name = str(request.opts.get("signal", "")).upper()
+        name = str(request.opts.get("signal", ""))[:32].upper()
         try:
-            signum = int(name) if name.isdigit() else signal_mod.Signals[
-                name if name.startswith("SIG") else f"SIG{name}"].value
-        except (KeyError, ValueError):
+            signum = parse_signal(name)
+        except ValueError:
             respond(Reply(USAGE, err=f"unknown signal {name!r} (e.g. HUP, USR1, 10)\n"))
             return
         lines, failed = [], False
         for i in insts:
             if self.rt.send_signal(i, signum):
-                lines.append(f"{i.name}: sent {signal_mod.Signals(signum).name}\n")
+                lines.append(f"{i.name}: sent {signal_name(signum)}\n")
             else:
                 failed = True
                 lines.append(f"{i.name}: not running ({i.st.state.value})\n")
@@ -245,9 +244,13 @@ class Handlers:
         if len(insts) != 1:
             respond(Reply(USAGE, err="tail takes one instance, e.g. web:0\n"))
             return
+        stream = request.opts.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            respond(Reply(USAGE, err="tail: stream must be stdout or stderr\n"))
+            return
         i = insts[0]
-        respond(Reply(OK, data={"stdout": i.stdout_path, "stderr": i.stderr_path,
-                                "instance": i.name}))
+        path = i.stdout_path if stream == "stdout" else i.stderr_path
+        respond(Reply(OK, data={stream: path, "instance": i.name}))
 
     def pid(self, request: Request, respond: Responder) -> None:
         if request.targets == []:  # None (not a list of names) is for _targets to refuse

@@ -32,7 +32,7 @@ def test_ctl_main_loads_no_heavy_module() -> None:
     heavy = [m for m in modules if m.split(".")[0] in FORBIDDEN]
     assert heavy == [], f"import supervisor.ctl.main loaded {heavy}"
     ours = sorted(m for m in modules if m.startswith("supervisor"))
-    stdlib_only = ("supervisor.ctl", "supervisor.paths", "supervisor.safefs")
+    stdlib_only = ("supervisor.ctl", "supervisor.names", "supervisor.paths", "supervisor.safefs")
     assert all(
         m in ("supervisor", "supervisor.control", "supervisor.control.protocol")
         or m.startswith(stdlib_only)
