@@ -30,6 +30,7 @@ class Daemon(Protocol):
     """What the handlers need from the daemon beyond the runtime."""
 
     runtime: Runtime
+    leaving: str          # "" while running; "shutting down" or "re-executing" once begun
 
     def reload(self, done: Callable[[Reply], None]) -> None: ...
     def shutdown(self, done: Callable[[], None]) -> None: ...
@@ -101,6 +102,11 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
     ))
 
 
+# Verbs refused once a shutdown or a re-exec has begun. stop and shutdown stay allowed: a
+# shutdown stops everything anyway, and a second shutdown just waits for the first.
+CHANGES_STATE = frozenset({"start", "restart", "signal", "reload", "reexec"})
+
+
 class Handlers:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -117,6 +123,11 @@ class Handlers:
         if fn is None:
             respond(Reply(USAGE, err=f"unknown command {request.cmd!r}; known: "
                                      f"{', '.join(sorted(self.table))}\n"))
+            return
+        busy = self.daemon.leaving
+        if busy and request.cmd in CHANGES_STATE:
+            # what it would change would be lost (a re-exec) or undone (a shutdown)
+            respond(Reply(FAILED, err=f"supervisord is {busy}; {request.cmd} refused\n"))
             return
         fn(request, respond)
 
