@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import posix_ipc
 import pytest
-from worker_helpers import python_env
 
+from tests.support.child import python_env
 from worker import block as B
 from worker.block import BlockError, ControlBlock, ExitRecord
 
@@ -50,7 +50,8 @@ def test_layout_offsets_match_the_contract() -> None:
         "MAGIC": 0x000, "VERSION": 0x008, "HEADER_SIZE": 0x00C, "BLOCK_SIZE": 0x010,
         "SLOT": 0x014, "BOOT_ID": 0x018, "CMD": 0x040, "REQUEST_BITS": 0x044,
         "DEADLINE": 0x048, "SUPERVISOR_PID": 0x050, "SPAWNED_PID": 0x054, "EPOCH": 0x058,
-        "INCARNATION": 0x060, "SPAWNED_START": 0x068, "CONFIG_HASH": 0x070, "ACK": 0x080, "PID": 0x084,
+        "INCARNATION": 0x060, "SPAWNED_START": 0x068, "CONFIG_HASH": 0x070, "ACK": 0x080,
+        "PID": 0x084,
         "START_TICKS": 0x088, "HEARTBEAT": 0x100, "WORK_DONE": 0x108, "BUSY_SINCE": 0x110,
         "EXIT_SEQ": 0x180, "EXIT_STATUS": 0x184, "EXIT_TIME": 0x188, "EXIT_SOURCE": 0x190,
         "APP": 0x200,
@@ -114,12 +115,14 @@ def test_exit_record_seqlock(block: ControlBlock) -> None:
     assert before <= rec.time_ns <= time.time_ns()
     assert block.view.load_u32(B.OFF_EXIT_SEQ) == 2
     block.write_exit(3, B.EXIT_SRC_WORKER)
-    assert block.read_exit() == ExitRecord(3, block.read_exit().time_ns, B.EXIT_SRC_WORKER)  # type: ignore[union-attr]
+    rec = block.read_exit()
+    assert rec is not None and rec == ExitRecord(3, rec.time_ns, B.EXIT_SRC_WORKER)
     # A writer that died mid-write left the seq odd: the next writer still publishes.
     block.view.store_u32(B.OFF_EXIT_SEQ, 5)
     block.write_exit(0, B.EXIT_SRC_PIDFD)
     assert block.view.load_u32(B.OFF_EXIT_SEQ) % 2 == 0
-    assert block.read_exit() is not None and block.read_exit().status == 0  # type: ignore[union-attr]
+    rec = block.read_exit()
+    assert rec is not None and rec.status == 0
     with pytest.raises(OverflowError):
         block.write_exit(2**31, B.EXIT_SRC_WORKER)
 
