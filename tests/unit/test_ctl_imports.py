@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from test_ctl import REPO, child_env
+from tests.unit.test_ctl import REPO, child_env
 
 FORBIDDEN = ("pydantic", "yaml", "psutil", "loguru", "posix_ipc", "worker")
 

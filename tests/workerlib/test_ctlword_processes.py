@@ -9,8 +9,8 @@ import textwrap
 import time
 from collections.abc import Callable
 
-from worker_helpers import Lines, python_env, wait_until
-
+from tests.support.child import Lines, python_env
+from tests.support.wait import wait_until
 from worker.block import OFF_APP, OFF_CMD, ControlBlock
 
 # A child that maps a block by name (raw, no validation) and runs BODY with `v` a View.
@@ -45,7 +45,7 @@ def test_two_processes_fetch_add_a_million_each(
     print("done", flush=True)
     """
     kids = [run_child(procs, block.name, body) for _ in range(2)]
-    lines = [Lines(k.stdout) for k in kids]  # type: ignore[arg-type]
+    lines = [Lines(k.stdout) for k in kids]
     for ln in lines:
         ln.expect("go")
     block.view.store_u32(OFF_APP + 16, 1)  # start both at once
@@ -65,7 +65,7 @@ def test_wait_in_one_process_woken_by_store_and_wake_from_another(
     print("woke", r, hex(v.load_u32({OFF_CMD})), round(time.monotonic() - t0, 3), flush=True)
     """
     kid = run_child(procs, block.name, body)
-    out = Lines(kid.stdout)  # type: ignore[arg-type]
+    out = Lines(kid.stdout)
     out.expect("waiting")
     t0 = time.monotonic()
     block.view.store_u32_seq_cst(OFF_CMD, 0x101)
@@ -85,7 +85,7 @@ def test_timed_wait_in_a_child_returns_false(
     print("result", r, time.monotonic() - t0, flush=True)
     """
     kid = run_child(procs, block.name, body)
-    line = Lines(kid.stdout).expect("result")  # type: ignore[arg-type]
+    line = Lines(kid.stdout).expect("result")
     _, r, took = line.split()
     assert r == "False" and 0.25 <= float(took) < 2.0, line
 
@@ -97,7 +97,7 @@ def in_futex_wait(pid: int) -> None:
         with open(f"/proc/{pid}/wchan") as f:
             return f.read()
 
-    wait_until(wchan, lambda w: "futex" in w, what=f"pid {pid} to sleep in a futex wait")
+    wait_until(wchan, 10, f"pid {pid} to sleep in a futex wait", ok=lambda w: "futex" in w)
 
 
 def _interrupt_child(
@@ -114,7 +114,7 @@ def _interrupt_child(
         print("raised", type(e).__name__, round(time.monotonic() - t0, 3), flush=True)
     """
     kid = run_child(procs, block.name, body)
-    out = Lines(kid.stdout)  # type: ignore[arg-type]
+    out = Lines(kid.stdout)
     out.expect("waiting")
     in_futex_wait(kid.pid)
     t0 = time.monotonic()

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import posix_ipc
 import pytest
-from worker_helpers import python_env
 
+from tests.support.child import python_env
 from worker import block as B
 from worker.block import BlockError, ControlBlock, ExitRecord
 
@@ -93,12 +93,14 @@ def test_exit_record_seqlock(block: ControlBlock) -> None:
     assert before <= rec.time_ns <= time.time_ns()
     assert block.view.load_u32(B.OFF_EXIT_SEQ) == 2
     block.write_exit(3, B.EXIT_SRC_WORKER)
-    assert block.read_exit() == ExitRecord(3, block.read_exit().time_ns, B.EXIT_SRC_WORKER)  # type: ignore[union-attr]
+    rec = block.read_exit()
+    assert rec is not None and rec == ExitRecord(3, rec.time_ns, B.EXIT_SRC_WORKER)
     # A writer that died mid-write left the seq odd: the next writer still publishes.
     block.view.store_u32(B.OFF_EXIT_SEQ, 5)
     block.write_exit(0, 3)
     assert block.view.load_u32(B.OFF_EXIT_SEQ) % 2 == 0
-    assert block.read_exit() is not None and block.read_exit().status == 0  # type: ignore[union-attr]
+    rec = block.read_exit()
+    assert rec is not None and rec.status == 0
     with pytest.raises(OverflowError):
         block.write_exit(2**31, B.EXIT_SRC_WORKER)
 
