@@ -10,7 +10,7 @@ import subprocess
 from collections import deque
 from typing import TYPE_CHECKING
 
-from supervisor import core
+from supervisor import core, safefs
 from supervisor.config import WorkerConfig
 from supervisor.core import Event, State
 from supervisor.runtime.instance import Instance
@@ -112,6 +112,8 @@ _HASHES: dict[int, tuple[WorkerConfig, int]] = {}
 
 
 def describe_spawn_error(argv: tuple[str, ...] | list[str], e: BaseException) -> str:
+    if isinstance(e, safefs.UnsafePathError):
+        return f"refusing its output file {e}"
     if isinstance(e, FileNotFoundError):
         return f"cannot execute {argv[0]!r}: no such file or directory (check command and PATH)"
     if isinstance(e, PermissionError):
