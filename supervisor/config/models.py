@@ -190,7 +190,13 @@ class WorkerConfig(_Model):
     """Extra environment variables; values are taken as the text written."""
     user: Annotated[str, BeforeValidator(cv.user_name), WithJsonSchema(
         {"type": ["string", "integer"]})] | None = None
-    """Run as this user (name or uid). null: the daemon's user."""
+    """Run as this user (name or uid): its uid, primary group and supplementary groups, and
+    HOME, USER, LOGNAME, SHELL from its passwd entry; its log files are made its own (0600).
+    null: the daemon's user."""
+    group: Annotated[str, BeforeValidator(cv.group_name), WithJsonSchema(
+        {"type": ["string", "integer"]})] | None = None
+    """With user: this primary group (name or gid) instead of the user's own. null: the
+    user's."""
     autostart: bool = True
     """Start with the daemon."""
     restart: Annotated[RestartPolicy, BeforeValidator(lambda v: _restart(v))] = (
@@ -233,6 +239,13 @@ class WorkerConfig(_Model):
         if not os.path.isdir(path):
             raise problem(f"no such directory: {path}")
         return path
+
+    @model_validator(mode="after")
+    def _group_needs_user(self) -> WorkerConfig:
+        if self.group is not None and self.user is None:
+            raise problem(f"group: {got(self.group)} replaces the primary group of user:, "
+                          "which is not set; set user: too")
+        return self
 
     def policy(self, name: str = "") -> Policy:
         """What the state machine needs, in seconds and signal numbers (``name``: the worker's

@@ -133,7 +133,8 @@ def log_level(value: Any) -> str:
 
 
 def user_name(value: Any) -> str:
-    """A user name or uid that exists on this machine -> the user name."""
+    """A user name or uid that exists on this machine -> the user name. A uid without a
+    passwd entry is refused: it has no groups to take, no HOME, and nobody to own its files."""
     _no_bool(value, "a user name")
     try:
         if isinstance(value, int):
@@ -146,6 +147,7 @@ def user_name(value: Any) -> str:
 
 
 def group_name(value: Any) -> str:
+    """A group name or gid that exists on this machine -> the group name."""
     _no_bool(value, "a group name")
     try:
         if isinstance(value, int):

@@ -77,7 +77,7 @@ class Spawner:
         cfg = inst.cfg
         req = SpawnRequest(inst.name, list(cfg.command), cfg.directory, dict(cfg.environment),
                            cfg.user, inst.stdout_path, inst.stderr_path, name,
-                           rt.readiness.notify_path)
+                           rt.readiness.notify_path, cfg.group)
         try:
             popen = spawn(req)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
