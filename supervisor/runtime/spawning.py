@@ -102,7 +102,8 @@ def config_hash(cfg: WorkerConfig) -> int:
     hit = _HASHES.get(id(cfg))
     if hit is not None and hit[0] is cfg:
         return hit[1]
-    data = cfg.model_dump_json(exclude={"numprocs"}).encode()
+    # defaults left out: a new config key with a default does not restart every worker
+    data = cfg.model_dump_json(exclude={"numprocs"}, exclude_defaults=True).encode()
     value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
     _HASHES[id(cfg)] = (cfg, value)    # configs are frozen: hash each object once
     return value

@@ -11,9 +11,7 @@ import pwd
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,14 +20,9 @@ from typing import Any
 
 import pytest
 
-TESTS = str(Path(__file__).resolve().parents[1])
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from e2e.conftest import daemon, daemon_factory  # noqa: E402,F401  (the e2e fixtures)
-
-from supervisor import spawn as sp  # noqa: E402
-from supervisor.config import ConfigError, load_config  # noqa: E402
+from supervisor import spawn as sp
+from supervisor.config import ConfigError, load_config
+from tests.support.wait import wait_until
 
 REPORT = ('id -u; id -g; id -G; echo "env=$HOME|$USER|$LOGNAME|$SHELL"; '
           'echo reports-done; exec sleep 1000')
@@ -79,20 +72,14 @@ def unpriv() -> Iterator[Unprivileged]:
 
 
 @pytest.fixture
-def udaemon(unpriv: Unprivileged, daemon: Any) -> Any:  # noqa: F811
+def udaemon(unpriv: Unprivileged, daemon: Any) -> Any:
     """The e2e ``daemon`` fixture, set up after ``unpriv`` so that it is torn down first: its
     workers (running as the user) are gone before userdel, which refuses a user in use."""
     return daemon
 
 
 def _wait(pred: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(pred, timeout, what)
 
 
 def _report(path: Path) -> list[str]:
@@ -241,7 +228,7 @@ def test_environment_of_the_worker_wins_and_no_empty_shell(monkeypatch: pytest.M
 
 def test_daemon_not_root_cannot_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     other = pwd.getpwuid(0).pw_name
-    monkeypatch.setattr(sp.os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
     with pytest.raises(sp.CredentialsError) as e:
         sp.spawn(_request({}))
     assert str(e.value) == (f"cannot run as user {other!r}: the daemon runs as uid 4242, and "
