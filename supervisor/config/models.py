@@ -137,6 +137,9 @@ class SupervisorConfig(_Model):
     log_level: Annotated[str, BeforeValidator(cv.log_level), WithJsonSchema(
         {"type": "string", "enum": list(cv.LOG_LEVELS)})] = "INFO"
     """Level of the daemon's own log."""
+    cgroups: bool = True
+    """One cgroup (v2) per instance, so that a worker is its whole process tree, when the
+    daemon can have them (root, or a delegated systemd unit); false: process groups only."""
     shutdown_timeout: float | None = Field(default=None, gt=0)
     """Most seconds a whole shutdown may take. null: derived from the workers' timeouts."""
 
@@ -217,6 +220,11 @@ class WorkerConfig(_Model):
     """Signal sent to the process group when the graceful timeout passes: TERM, SIGTERM or 15."""
     kill_timeout: Seconds = 5.0
     """Seconds after stop_signal before SIGKILL."""
+    crash_burst: int = Field(default=5, ge=1, le=1000)
+    """A worker that exits more than this many times within crash_interval seconds of
+    running (a crash loop) backs off after the first exit and goes FATAL past the burst."""
+    crash_interval: float = Field(default=10.0, gt=0, le=86400)
+    """The window, in seconds, over which exits from RUNNING are counted."""
     heartbeat_timeout: float | None = Field(default=None, gt=0)
     """Restart a worker whose heartbeat is older than this many seconds. null: not checked."""
     # The log paths are templates until the Config validator makes them files (_log_files).
@@ -255,7 +263,8 @@ class WorkerConfig(_Model):
             backoff_initial=self.backoff.initial, backoff_factor=self.backoff.factor,
             backoff_max=self.backoff.max, start_retries=self.start_retries,
             start_seconds=self.start_seconds, graceful_timeout=self.graceful_timeout,
-            stop_signal=self.stop_signal, kill_timeout=self.kill_timeout)
+            stop_signal=self.stop_signal, kill_timeout=self.kill_timeout,
+            crash_burst=self.crash_burst, crash_interval=self.crash_interval)
 
     def instances(self, name: str) -> list[str]:
         return [instance_name(name, i) for i in range(self.numprocs)]

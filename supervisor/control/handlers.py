@@ -53,13 +53,14 @@ def fmt_bytes(n: int) -> str:
     return str(n)
 
 
-def instance_facts(inst: Instance, now: float, proc: psutil.Process | None
-                   ) -> dict[str, Any]:
-    """What status shows of one instance (the --json row; the text line renders it)."""
+def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
+                   tree: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """What status shows of one instance (the --json row; the text line renders it). With a
+    cgroup (``tree``), CPU and memory are the whole tree's; else the leader's (``proc``)."""
     st = inst.st
     pid = inst.pid
     last = st.last_exit
-    uptime = hb_age = work = cpu = rss = None
+    uptime = hb_age = work = cpu = rss = processes = ooms = None
     if pid is not None:
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
@@ -76,11 +77,16 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None
             rss = proc.memory_info().rss
         except (psutil.Error, OSError):
             pass
+    if tree is not None:
+        usec = tree["cpu_usec"]
+        cpu = None if usec is None else round(usec / 1e6, 2)
+        rss, processes, ooms = tree["memory"], tree["processes"], tree["oom_kills"]
     return {
         "name": inst.name, "worker": inst.worker, "state": st.state.value, "pid": pid,
         "uptime": uptime, "heartbeat_age": hb_age, "work_done": work, "cpu_seconds": cpu,
         "rss": rss, "last_exit": last.describe() if last else None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
+        "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
     }
 
 
@@ -98,6 +104,7 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
         ", work -" if work is None else f", work {work}",
         "" if cpu is None else f", cpu {cpu:.2f}s",
         "" if rss is None else f", mem {fmt_bytes(rss)}",
+        f", {f['processes']} processes" if (f.get("processes") or 0) > 1 else "",
         ", adopted" if f["adopted"] else "",
     ))
 
@@ -171,7 +178,10 @@ class Handlers:
         if insts is None:
             return
         now = self.rt.now()
-        facts = [instance_facts(i, now, self._process(i.pid)) for i in insts]
+        facts = []
+        for i in insts:
+            tree = self.rt.trees.stats(i) if i.pid is not None else None
+            facts.append(instance_facts(i, now, None if tree else self._process(i.pid), tree))
         if request.opts.get("json", False):
             # data too: shell completion and scripts on the socket read the rows from it
             respond(Reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))

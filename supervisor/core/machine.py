@@ -133,7 +133,7 @@ def _spawn(inst: InstanceState, reason: str, now: float, *, fresh: bool,
     changes: dict[str, Any] = {**_no_process(), "stop_requested": False,
                                "restart_after_stop": False}
     if fresh:
-        changes.update(retries=0, attempts_since=now, fatal_reason=None)
+        changes.update(retries=0, attempts_since=now, fatal_reason=None, recent_crashes=())
     elif inst.attempts_since is None:
         changes.update(attempts_since=now)
     return _goto(inst, State.STARTING, reason, [Spawn()], level=level, **changes)
@@ -267,8 +267,33 @@ def _running_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
     if not restart:
         level = "INFO" if _is_success(ev.status, policy) else "WARNING"
         return _goto(inst, State.EXITED, f"{what}; {rule}", level=level, **changes)
+    # Rule: exits from RUNNING are counted over a window (systemd's StartLimitBurst), so a
+    # program that keeps dying soon after it counts as up cannot loop for ever: the first is
+    # restarted at once, the next ones in the window back off, past crash_burst it is FATAL.
+    crashes = tuple(t for t in inst.recent_crashes if ev.now - t <= policy.crash_interval)
+    crashes += (ev.now,)
+    changes["recent_crashes"] = crashes
+    if len(crashes) > policy.crash_burst:
+        name = policy.name or "NAME"
+        message = (f"exited {len(crashes)} times within {_secs(ev.now - crashes[0])} of "
+                   f"running (a crash loop); giving up (FATAL). Fix it, then: supervisorctl "
+                   f"start {name}")
+        return _goto(inst, State.FATAL, f"{what}; crash loop", level="ERROR",
+                     extra_logs=[Log("ERROR", message)], fatal_reason=message, **changes)
+    if len(crashes) > 1:
+        delay = _backoff_delay(policy, len(crashes) - 1)
+        reason = (f"{what}; {rule}; exit {len(crashes)} within "
+                  f"{_secs(policy.crash_interval)}, restarting in {_secs(delay)}")
+        return _goto(inst, State.BACKOFF, reason, [ArmTimer(TimerKind.BACKOFF, delay)],
+                     level="WARNING", backoff=delay, retries=0, attempts_since=None, **changes)
     state, actions = _spawn(inst, f"{what}; {rule}", ev.now, fresh=True, level="WARNING")
-    return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
+    return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now,
+                               recent_crashes=crashes), actions
+
+
+def _backoff_delay(policy: Policy, n: int) -> float:
+    """initial * factor ** (n - 1), capped at max."""
+    return min(policy.backoff_initial * policy.backoff_factor ** (n - 1), policy.backoff_max)
 
 
 def _running_stale(inst: InstanceState, ev: HeartbeatStale, policy: Policy) -> Result:
@@ -283,8 +308,11 @@ def _backoff_start(inst: InstanceState, ev: StartRequested, policy: Policy) -> R
 
 
 def _backoff_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
-    reason = (f"backoff {_secs(inst.backoff)} over; retry {inst.retries} of "
-              f"{policy.start_retries}")
+    if inst.retries == 0:       # backing off after a crash of a RUNNING process
+        reason = f"backoff {_secs(inst.backoff)} over; restarting after a crash"
+    else:
+        reason = (f"backoff {_secs(inst.backoff)} over; retry {inst.retries} of "
+                  f"{policy.start_retries}")
     return _spawn(inst, reason, ev.now, fresh=False)
 
 

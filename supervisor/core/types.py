@@ -67,6 +67,8 @@ class Policy:
     stop_signal: int = 15        # SIGTERM
     kill_timeout: float = 5.0
     kill_signal: int = 9         # SIGKILL
+    crash_burst: int = 5         # more exits from RUNNING than this within crash_interval:
+    crash_interval: float = 10.0  # a crash loop, FATAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,4 +211,5 @@ class InstanceState:
     last_exit: ExitStatus | None = None
     last_exit_at: float | None = None
     fatal_reason: str | None = None
+    recent_crashes: tuple[float, ...] = ()  # times of exits from RUNNING, within crash_interval
     timers: frozenset[TimerKind] = NO_TIMERS   # armed kinds

@@ -131,4 +131,6 @@ class Reaper:
         if pid is not None:
             self.by_pid.pop(pid, None)
         self.rt.release_process(inst)
-        self.rt.dispatch(inst, core.Exited(self.rt.now(), status))
+        # the core hears of the exit once the whole tree is gone
+        self.rt.trees.end(inst, pid, lambda: self.rt.dispatch(
+            inst, core.Exited(self.rt.now(), status)))

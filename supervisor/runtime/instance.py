@@ -32,6 +32,7 @@ class Instance:
     stdout_path: str | None = None
     stderr_path: str | None = None
     removed: bool = False          # gone from the config: forget it once stopped
+    cgroup: str | None = None      # the instance's cgroup directory, when it has one
     waiters: list[Waiter] = field(default_factory=list)
 
     @property

@@ -12,7 +12,6 @@ changes instances only through the public methods of ``Runtime``; the jobs live 
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 import signal
 from collections import deque
@@ -31,6 +30,7 @@ from supervisor.runtime.exits import Reaper
 from supervisor.runtime.instance import Instance, Waiter
 from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
+from supervisor.runtime.trees import Trees
 from worker import block as blk
 
 
@@ -49,6 +49,7 @@ class Runtime:
         self.reaper = Reaper(self)
         self.spawner = Spawner(self)
         self.readiness = Readiness(self, notify_path)
+        self.trees = Trees(self, config.supervisor.cgroups)
 
     # -- the set of instances -----------------------------------------------------------------
     def set_config(self, config: Config) -> None:
@@ -193,6 +194,7 @@ class Runtime:
         """A verified live process of inst, found at start-up: watch it and tell the core."""
         inst.block, inst.child = block, child
         self.reaper.watch(inst, pid, pidfd)
+        self.trees.adopt(inst, pid)
         self.dispatch(inst, core.Adopted(self.now(), pid, ready, started_at))
 
     def exited_while_away(self, inst: Instance, status: core.ExitStatus,
@@ -258,7 +260,7 @@ class Runtime:
                 if inst.block is not None:
                     inst.block.post_command(blk.CMD_STOP_GRACEFUL, int(deadline * 1e9))
             case core.Signal(signum=signum):
-                self._signal_group(inst, signum)
+                self.trees.signal(inst, signum)
             case core.ArmTimer(kind=kind, delay=delay):
                 self.arm_timer(inst, kind, now + delay)
             case core.CancelTimer(kind=kind):
@@ -306,17 +308,6 @@ class Runtime:
             i.waiters.append(w)
 
     # -- processes ----------------------------------------------------------------------------
-    def _signal_group(self, inst: Instance, signum: int) -> None:
-        pid = inst.st.pid
-        if pid is None or inst.pidfd is None:
-            return
-        try:
-            os.killpg(pid, signum)          # pgid == pid: we started it with setsid
-        except ProcessLookupError:
-            pass
-        except PermissionError as e:
-            logger.error(f"{inst.name} cannot send signal {signum} to pid {pid}: {e}")
-
     def watch_logs(self, inst: Instance) -> None:
         for path, spec in {inst.stdout_path: inst.cfg.log_config("stdout"),
                            inst.stderr_path: inst.cfg.log_config("stderr")}.items():
@@ -342,6 +333,7 @@ class Runtime:
                 self._cancel_timer(inst, kind)
             self.release_process(inst, unlink=False)
         self.readiness.close()
+        self.trees.close()
         self.rotator.close()
 
 

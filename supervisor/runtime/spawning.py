@@ -79,7 +79,8 @@ class Spawner:
                            cfg.user, inst.stdout_path, inst.stderr_path, name,
                            rt.readiness.notify_path, cfg.group)
         try:
-            popen = spawn(req)
+            with rt.trees.spawning(inst):
+                popen = spawn(req)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             block.close()
             block.unlink()

@@ -234,6 +234,31 @@ class DaemonProcess:
                        "left-over processes to die")
         left += [f"/dev/shm/{name} was left; unlinked" for name in remove_shm(self.prefix + ".")]
         left += self._remove_locator()
+        left += self._remove_cgroups()
+        return left
+
+    def _remove_cgroups(self) -> list[str]:
+        """The instance cgroups (empty ones are removed silently: a daemon that was SIGKILLed
+        leaves them for the next one); processes still in one were started by this daemon."""
+        from supervisor.runtime.cgroups import cgroup2_mount
+        mount = cgroup2_mount()
+        base = os.path.join(mount, self.prefix) if mount else None
+        if base is None or not os.path.isdir(base):
+            return []
+        left: list[str] = []
+        for entry in os.scandir(base):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            with open(os.path.join(entry.path, "cgroup.procs")) as f:
+                members = [int(p) for p in f.read().split()]
+            if members:
+                left.append(f"processes {members} in cgroup {entry.path}; killed")
+                with open(os.path.join(entry.path, "cgroup.kill"), "w") as f:
+                    f.write("1")
+                wait_until(lambda e=entry.path: "populated 0" in open(  # type: ignore[misc]
+                    os.path.join(e, "cgroup.events")).read(), 10, "cgroup to empty")
+            os.rmdir(entry.path)
+        os.rmdir(base)
         return left
 
     def _remove_locator(self) -> list[str]:

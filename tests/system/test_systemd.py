@@ -13,6 +13,7 @@ processes (found by their PYVISOR_INSTANCE variable) and their logs.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -186,6 +187,24 @@ def test_start_returns_after_ready(svc: Svc) -> None:
     assert usr and " ro," in " " + usr[-1].split()[5] + ",", f"/usr mounts: {usr}"
 
 
+def _cgroup_of(svc: Svc, pid: int | str) -> str:
+    text = svc.c.ct("cat", f"/proc/{pid}/cgroup", check=True).stdout
+    return next(ln[3:] for ln in text.splitlines() if ln.startswith("0::"))
+
+
+def test_instances_have_cgroups_in_the_delegated_subtree(svc: Svc) -> None:
+    unit = svc.prop("ControlGroup")
+    assert unit.endswith(f"/{UNIT}"), svc.show()
+    daemon = _cgroup_of(svc, svc.prop("MainPID"))
+    assert re.fullmatch(re.escape(unit) + r"/supervisord\.(pyvisor-[0-9a-f]{12})", daemon), daemon
+    prefix = daemon.split("/supervisord.", 1)[1]
+    for inst, pid in one_each(svc.workers()).items():
+        assert _cgroup_of(svc, pid) == f"{unit}/{prefix}/{inst}", svc.show()
+    _, out = svc.ctl("status", "--json")
+    rows = json.loads(out)
+    assert all(r["cgroup"] and r["processes"] == 1 for r in rows), rows
+
+
 def test_reload_applies_a_new_worker(svc: Svc) -> None:
     before = one_each(svc.workers())
     main = svc.prop("MainPID")
@@ -306,8 +325,14 @@ def test_stop_is_graceful(svc: Svc) -> None:
     # with KillMode=process systemd would name any process left in the unit's cgroup
     since_stop = svc.c.journal(UNIT, 200, after=cursor)
     assert "remains running after unit stopped" not in since_stop, since_stop
-    assert not svc.c.sh(f"cat /sys/fs/cgroup{svc.prop('ControlGroup')}/cgroup.procs "
-                        "2>/dev/null").stdout.strip(), svc.show()
+    # the unit's whole cgroup subtree is empty (the instances' cgroups included)
+    unified = svc.c.sh("test -d /sys/fs/cgroup/unified && echo /sys/fs/cgroup/unified || "
+                       "echo /sys/fs/cgroup").stdout.strip()
+    procs = svc.c.sh(f"find {unified}/system.slice -path '*{UNIT}*' -name cgroup.procs "
+                     "-exec cat {} +").stdout.strip()
+    # (systemd removes the unit's cgroup once it is empty; the slice is still there)
+    assert svc.c.sh(f"test -f {unified}/system.slice/cgroup.procs && echo y").stdout.strip()
+    assert not procs, f"processes left in the unit's cgroups: {procs}\n{svc.show()}"
 
 
 def _log(instance: str) -> str:

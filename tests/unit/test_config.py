@@ -81,7 +81,8 @@ BAD = [
         """, [("app.yaml:4: workers.web.zzz: unknown key; valid keys: command, numprocs, "
               "directory, environment, user, group, autostart, restart, exit_codes, backoff, "
               "start_retries, start_seconds, graceful_timeout, stop_signal, kill_timeout, "
-              "heartbeat_timeout, stdout, stderr, priority, depends_on")],
+              "crash_burst, crash_interval, heartbeat_timeout, stdout, stderr, priority, "
+              "depends_on")],
         id="unknown-key-no-suggestion"),
     pytest.param("""
         workers:

@@ -1,0 +1,205 @@
+"""A cgroup (v2) per instance: a worker is its whole process tree.
+
+Layout: the daemon's own cgroup (where it was started: the unit's cgroup under systemd with
+``Delegate=yes``, or wherever root started it) is the *base*. Instances live in
+``<base>/<prefix>/<instance>``. When the base is not the hierarchy's root, the daemon first
+moves itself into the leaf ``<base>/supervisord.<prefix>``, so that it never sits in an inner
+node with processes (cgroup v2's "no internal processes" rule) and its workers' cgroups are
+its siblings, not its children.
+
+Spawning straight into the cgroup: the daemon moves itself into the instance's cgroup, forks
+and execs the worker (which is born there, before it runs a single instruction of its own,
+so nothing it forks can escape), then moves itself back. Two small writes per spawn.
+
+A process cannot leave a cgroup without write access to ``cgroup.procs`` of a common
+ancestor, which only root (or the daemon's uid, in a delegated subtree) has: membership is
+part of the identity the daemon verifies at adoption.
+
+Where there is no writable cgroup2 hierarchy (non-root without delegation, a read-only mount,
+``supervisor: {cgroups: false}``) ``CgroupTree.setup`` returns None with the reason, and the
+runtime falls back to process groups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _read(path: str, limit: int = 1 << 20) -> str:
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read(limit)
+
+
+def cgroup2_mount() -> str | None:
+    """Where the cgroup2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+    hybrid setup), from /proc/self/mountinfo."""
+    try:
+        text = _read("/proc/self/mountinfo")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if sep and right.split(" ", 1)[0] == "cgroup2":
+            fields = left.split()
+            if len(fields) >= 5:
+                return fields[4].replace("\\040", " ")
+    return None
+
+
+def own_cgroup(pid: int | str = "self") -> str | None:
+    """The cgroup2 path of a process ("/system.slice/x.service"), from /proc/PID/cgroup."""
+    try:
+        text = _read(f"/proc/{pid}/cgroup")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or "/"
+    return None
+
+
+class CgroupTree:
+    def __init__(self, mount: str, base: str, prefix: str, home: str) -> None:
+        self.mount = mount
+        self.base = base                      # absolute directory of the base cgroup
+        self.dir = os.path.join(base, prefix)  # the instances' parent
+        self.home = home                      # the daemon's own cgroup.procs
+        self.has_kill = True
+
+    @classmethod
+    def setup(cls, prefix: str) -> tuple[CgroupTree | None, str]:
+        """(the tree, "") or (None, why there is none)."""
+        mount = cgroup2_mount()
+        if mount is None:
+            return None, "no cgroup2 hierarchy is mounted"
+        own = own_cgroup()
+        if own is None:
+            return None, "this process has no cgroup2 path"
+        base = os.path.normpath(mount + own)
+        leaf = f"supervisord.{prefix}"
+        if os.path.basename(base) == leaf:        # a re-exec, or a restart in our own leaf
+            base = os.path.dirname(base)
+        try:
+            if base != mount:
+                # never an inner node with processes: the daemon goes into a leaf of its own
+                home = os.path.join(base, leaf)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(home, 0o755)
+                _write(os.path.join(home, "cgroup.procs"), "0")
+            else:
+                home = base
+            tree = cls(mount, base, prefix, os.path.join(home, "cgroup.procs"))
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(tree.dir, 0o755)
+            if not os.access(os.path.join(tree.dir, "cgroup.procs"), os.W_OK):
+                return None, f"{tree.dir} is not writable"
+        except OSError as e:
+            return None, f"cannot set up cgroups under {base}: {e.strerror or e}"
+        tree.has_kill = os.path.exists(os.path.join(tree.dir, "cgroup.kill"))
+        return tree, ""
+
+    # -- one instance's cgroup -------------------------------------------------------------
+    def path(self, instance: str) -> str:
+        return os.path.join(self.dir, instance)
+
+    def relative(self, instance: str) -> str:
+        """The path as /proc/PID/cgroup shows it."""
+        return "/" + os.path.relpath(self.path(instance), self.mount)
+
+    def prepare(self, instance: str) -> str:
+        path = self.path(instance)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755)
+        return path
+
+    @contextlib.contextmanager
+    def entered(self, path: str):  # type: ignore[no-untyped-def]
+        """The daemon inside the cgroup at path for the duration (a fork inside is born
+        there), and back home afterwards, whatever happens."""
+        _write(os.path.join(path, "cgroup.procs"), "0")
+        try:
+            yield
+        finally:
+            _write(self.home, "0")
+
+    def contains(self, instance: str, pid: int) -> bool:
+        return own_cgroup(pid) == self.relative(instance)
+
+    def members(self, path: str) -> list[int]:
+        try:
+            return [int(p) for p in _read(os.path.join(path, "cgroup.procs")).split()]
+        except (OSError, ValueError):
+            return []
+
+    def populated(self, path: str) -> bool:
+        try:
+            return "populated 1" in _read(os.path.join(path, "cgroup.events"))
+        except OSError:
+            return False
+
+    def signal(self, path: str, signum: int) -> None:
+        """Send signum to every process in the cgroup (a double-forked daemon included)."""
+        if signum == signal.SIGKILL and self.has_kill:
+            with contextlib.suppress(OSError):
+                _write(os.path.join(path, "cgroup.kill"), "1")
+                return
+        for pid in self.members(path):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def remove(self, path: str) -> None:
+        """rmdir an empty instance cgroup (EBUSY while it has processes: left for later)."""
+        try:
+            os.rmdir(path)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
+                raise
+
+    def stats(self, path: str) -> dict[str, int | None]:
+        """processes, cpu_usec (the whole tree, exited children included), memory (bytes:
+        memory.current where the memory controller is enabled, else the sum of the members'
+        RSS), oom_kills (None without the memory controller)."""
+        members = self.members(path)
+        cpu = memory = ooms = None
+        try:
+            for line in _read(os.path.join(path, "cpu.stat")).splitlines():
+                if line.startswith("usage_usec "):
+                    cpu = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            memory = int(_read(os.path.join(path, "memory.current")).strip())
+        except (OSError, ValueError):
+            memory = _rss_sum(members)
+        try:
+            for line in _read(os.path.join(path, "memory.events")).splitlines():
+                if line.startswith("oom_kill "):
+                    ooms = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return {"processes": len(members), "cpu_usec": cpu, "memory": memory,
+                "oom_kills": ooms}
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _rss_sum(pids: list[int]) -> int | None:
+    total, seen = 0, False
+    for pid in pids:
+        try:
+            total += int(_read(f"/proc/{pid}/statm", 256).split()[1]) * _PAGE
+            seen = True
+        except (OSError, ValueError, IndexError):
+            pass
+    return total if seen else None

@@ -1,0 +1,157 @@
+"""A worker is its whole process tree: spawning into it, signalling it, ending it.
+
+With cgroups (cgroups.py) the tree is the instance's cgroup: signals go to every member (a
+double-forked daemon included), SIGKILL is ``cgroup.kill``, and the tree is gone when the
+cgroup is no longer populated. Without, it is the process group the worker leads (every worker
+starts in a session of its own), and whatever forked itself out of the group is out of reach.
+
+Rule: when the leader of a tree exits, whatever is left of the tree is killed and waited for
+before the core hears ``Exited`` — so an instance counts as stopped only once its whole tree
+is gone, and a restart never runs beside the previous incarnation's leftovers (as systemd
+does for a service's cgroup). One log line names the leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from supervisor.runtime.cgroups import CgroupTree
+from supervisor.runtime.instance import Instance
+
+if TYPE_CHECKING:
+    from supervisor.runtime.runtime import Runtime
+
+_KILL_WAIT = 5.0         # seconds to wait for a killed tree to be gone before giving up
+
+
+def _describe(pids: list[int]) -> str:
+    shown = []
+    for pid in pids[:5]:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+                shown.append(f"{pid} ({f.read(64).strip()})")
+        except OSError:
+            shown.append(str(pid))
+    more = f" and {len(pids) - 5} more" if len(pids) > 5 else ""
+    return ", ".join(shown) + more
+
+
+class Trees:
+    def __init__(self, rt: Runtime, enabled: bool) -> None:
+        self.rt = rt
+        self.cgroups: CgroupTree | None = None
+        if not enabled:
+            self.why = "off in the config (supervisor.cgroups: false)"
+        else:
+            self.cgroups, self.why = CgroupTree.setup(rt.config.supervisor.block_prefix)
+        if self.cgroups is not None:
+            logger.info(f"process trees: one cgroup per instance under {self.cgroups.dir}")
+        else:
+            logger.info(f"process trees: process groups only ({self.why})")
+
+    @contextlib.contextmanager
+    def spawning(self, inst: Instance) -> Iterator[None]:
+        """Around the fork of inst's process: it is born in the instance's cgroup."""
+        cg = self.cgroups
+        inst.cgroup = None
+        if cg is None:
+            yield
+            return
+        try:
+            path = cg.prepare(inst.name)
+            ctx = cg.entered(path)
+            ctx.__enter__()
+        except OSError as e:
+            logger.warning(f"{inst.name} cannot use its cgroup ({e}); process group only")
+            yield
+            return
+        try:
+            inst.cgroup = path
+            yield
+        finally:
+            ctx.__exit__(None, None, None)
+
+    def adopt(self, inst: Instance, pid: int) -> None:
+        """inst's adopted process: its tree is the instance's cgroup if it is in it."""
+        cg = self.cgroups
+        inst.cgroup = cg.path(inst.name) if cg is not None and cg.contains(inst.name, pid) else (
+            None)
+
+    def signal(self, inst: Instance, signum: int) -> None:
+        pid = inst.st.pid
+        if pid is None or inst.pidfd is None:
+            return
+        try:
+            os.killpg(pid, signum)          # pgid == pid: we started it with setsid
+        except ProcessLookupError:
+            pass
+        except PermissionError as e:
+            logger.error(f"{inst.name} cannot send signal {signum} to pid {pid}: {e}")
+        if self.cgroups is not None and inst.cgroup is not None:
+            self.cgroups.signal(inst.cgroup, signum)
+
+    def end(self, inst: Instance, leader: int | None, then: Callable[[], None]) -> None:
+        """The leader exited: kill what is left of its tree, then call ``then`` once the tree
+        is gone (or after _KILL_WAIT, with a warning)."""
+        cg, path = self.cgroups, inst.cgroup
+        if cg is not None and path is not None:
+            left = cg.members(path)
+            if not left:
+                cg.remove(path)
+                then()
+                return
+            logger.warning(f"{inst.name} killing what its exited leader left in its cgroup: "
+                           f"{_describe(left)}")
+            cg.signal(path, signal.SIGKILL)
+            self._wait_empty(inst, path, then, self.rt.now() + _KILL_WAIT, 0.001)
+            return
+        if leader is not None:
+            try:
+                os.killpg(leader, 0)
+            except (ProcessLookupError, PermissionError):
+                pass
+            else:
+                logger.warning(f"{inst.name} killing what its exited leader left in its "
+                               f"process group {leader}")
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(leader, signal.SIGKILL)
+        then()
+
+    def _wait_empty(self, inst: Instance, path: str, then: Callable[[], None], deadline: float,
+                    delay: float) -> None:
+        cg = self.cgroups
+        assert cg is not None
+        if not cg.populated(path):
+            cg.remove(path)
+            then()
+            return
+        if self.rt.now() >= deadline:
+            logger.error(f"{inst.name} processes still alive {_KILL_WAIT:g} s after SIGKILL in "
+                         f"{path}: {_describe(cg.members(path))}; counting it as exited")
+            then()
+            return
+        self.rt.loop.call_later(delay, lambda: self._wait_empty(
+            inst, path, then, deadline, min(delay * 2, 0.1)))
+
+    def close(self) -> None:
+        """Remove the empty instance cgroups and their parent (not the ones with processes:
+        those live on for the next daemon to adopt)."""
+        cg = self.cgroups
+        if cg is None:
+            return
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(cg.dir):
+                if entry.is_dir(follow_symlinks=False):
+                    cg.remove(entry.path)
+            cg.remove(cg.dir)
+
+    def stats(self, inst: Instance) -> dict[str, int | None] | None:
+        if self.cgroups is None or inst.cgroup is None:
+            return None
+        return self.cgroups.stats(inst.cgroup)

@@ -1,0 +1,162 @@
+"""A worker is its whole process tree (issue 12): with one cgroup per instance, and with the
+process-group fallback (``supervisor: {cgroups: false}``). Real processes throughout, and a
+real nginx whose master is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import DaemonFactory, pid_alive, pids_with_block_prefix
+from tests.support.wait import wait_until
+
+MODES = [pytest.param(True, id="cgroup"), pytest.param(False, id="process-group")]
+
+
+def _daemon(factory: DaemonFactory, cgroups: bool, workers: dict[str, Any]) -> Any:
+    d = factory(workers, supervisor={"cgroups": cgroups}).start()
+    if cgroups:
+        d.wait_log(r"process trees: one cgroup per instance")
+    else:
+        d.wait_log(r"process trees: process groups only")
+    return d
+
+
+def _pid_in(path: Path) -> int:
+    def read() -> str | None:
+        return path.read_text().strip() if path.exists() else None
+    return int(wait_until(read, 10, f"a pid in {path}"))
+
+
+@pytest.mark.parametrize("cgroups", MODES)
+def test_stop_kills_a_child_that_ignores_sigterm(daemon_factory: DaemonFactory,
+                                                  tmp_path: Path, cgroups: bool) -> None:
+    f = tmp_path / "child.pid"
+    script = (f"sh -c 'trap \"\" TERM; echo $$ > {f}; exec sleep 1000' & exec sleep 1000")
+    d = _daemon(daemon_factory, cgroups, {"w": {"command": ["sh", "-c", script],
+                                                "start_seconds": 0.1, "kill_timeout": 2}})
+    d.wait_state("w:0", "RUNNING")
+    child = _pid_in(f)
+    r = d.ctl("stop", "w")
+    assert r.returncode == 0, r.stderr
+    assert not pid_alive(child), "the stop left the worker's child running"
+    d.wait_log(r"w:0 killing what its exited leader left in its (cgroup|process group)")
+
+
+def test_double_forked_daemon_is_stopped_with_its_cgroup(daemon_factory: DaemonFactory,
+                                                         tmp_path: Path) -> None:
+    f = tmp_path / "daemonized.pid"
+    script = f"(setsid sh -c 'echo $$ > {f}; exec sleep 1000' &); exec sleep 1000"
+    d = _daemon(daemon_factory, True, {"w": {"command": ["sh", "-c", script],
+                                             "start_seconds": 0.1}})
+    d.wait_state("w:0", "RUNNING")
+    escaped = _pid_in(f)
+    assert os.getpgid(escaped) != d.status_of("w:0")["pid"], "it left the process group"
+    assert d.status_of("w:0")["processes"] == 2
+    assert d.ctl("stop", "w").returncode == 0
+    assert not pid_alive(escaped), "a double-forked process outlived the stop"
+
+
+@pytest.mark.parametrize("cgroups", MODES)
+def test_grandchildren_of_a_crashing_worker_do_not_accumulate(daemon_factory: DaemonFactory,
+                                                              cgroups: bool) -> None:
+    script = "sleep 1000 & sleep 0.3; exit 1"
+    d = _daemon(daemon_factory, cgroups, {"w": {"command": ["sh", "-c", script],
+                                                "start_seconds": 0.1, "restart": "always",
+                                                "crash_burst": 100}})
+    wait_until(lambda: len(d.log_text().split("w:0 spawned pid")) > 4, 30, "3 restarts")
+    # each incarnation's sleep is killed before the next one starts: at most the current one
+    left = [p for p in pids_with_block_prefix(d.prefix)
+            if Path(f"/proc/{p}/cmdline").read_bytes() == b"sleep\x001000\x00"]
+    assert len(left) <= 1, f"grandchildren accumulated: {left}"
+
+
+def test_crash_loop_after_running_goes_fatal(daemon_factory: DaemonFactory) -> None:
+    d = daemon_factory({"w": {"command": ["sh", "-c", "sleep 0.2; exit 3"],
+                              "start_seconds": 0.05, "restart": "always", "crash_burst": 3,
+                              "crash_interval": 60}}).start()
+    row = d.wait_state("w:0", "FATAL", timeout=30)
+    assert "(a crash loop); giving up (FATAL). Fix it, then: supervisorctl start w" in (
+        row["fatal_reason"] or ""), row
+    d.wait_log(r"w:0 RUNNING -> BACKOFF \(exited: exit status 3; restart=always; exit 2 within")
+
+
+def test_status_counts_the_whole_tree(daemon_factory: DaemonFactory) -> None:
+    d = _daemon(daemon_factory, True, {"w": {
+        "command": ["sh", "-c", "sleep 1000 & sleep 1000 & exec sleep 1000"],
+        "start_seconds": 0.1}})
+    d.wait_state("w:0", "RUNNING")
+    row = wait_until(lambda: (r := d.status_of("w:0"))["processes"] == 3 and r, 10,
+                     "3 processes in the tree")
+    assert row["cpu_seconds"] is not None and row["rss"] is not None
+    assert row["cgroup"].endswith(f"/{d.prefix}/w:0")
+    assert "3 processes" in d.ctl("status").stdout
+
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
+                                  else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+        return str(r.read().decode())
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.parametrize("cgroups", MODES)
+def test_nginx_master_sigkilled_leaves_no_workers(daemon_factory: DaemonFactory,
+                                                  tmp_path: Path, cgroups: bool) -> None:
+    if NGINX is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is not installed: bash .ci/setup --test installs nginx-light")
+        pytest.skip("nginx is not installed (bash .ci/setup --test installs it, as root)")
+    port = _free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""daemon off; master_process on; worker_processes 2;
+pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;
+events {{ worker_connections 64; }}
+http {{ access_log off; client_body_temp_path {tmp_path}/body;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok"; }} }} }}
+""")
+    d = _daemon(daemon_factory, cgroups, {"nginx": {
+        "command": [NGINX, "-p", str(tmp_path), "-c", str(conf)],
+        "start_seconds": 1, "restart": "always", "kill_timeout": 2}})
+    master = d.wait_state("nginx:0", "RUNNING")["pid"]
+    assert wait_until(lambda: _get(port) == "ok", 10, "nginx serving")
+    def two_workers() -> list[int] | None:
+        found = _children(master)
+        return found if len(found) == 2 else None
+    workers = wait_until(two_workers, 10, "2 nginx workers")
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not any(pid_alive(w) for w in workers), 10, "the old workers gone")
+    new = wait_until(lambda: (r := d.status_of("nginx:0"))["state"] == "RUNNING"
+                     and r["pid"] != master and r, 15, "a new master RUNNING")
+    assert wait_until(lambda: _get(port) == "ok", 10, "the new master serving")
+    assert len(_children(new["pid"])) == 2
+    assert d.ctl("stop", "nginx").returncode == 0
+    wait_until(lambda: not _children(new["pid"]), 10, "no nginx left")
