@@ -13,6 +13,7 @@ its distribution is also called "supervisor", so it never goes into the repo's .
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -308,10 +309,25 @@ class Run:
                     os.unlink(f"/dev/shm/{n}")
                 except FileNotFoundError:
                     pass
+        self._remove_cgroups()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def pyvisor(self, workers: dict[str, dict[str, Any]], name: str = "pv") -> Pyvisor:
-        d = Pyvisor(self, workers, name)
+    def _remove_cgroups(self) -> None:
+        """The instance cgroups a killed pyvisor leaves (empty once kill_all is done)."""
+        from supervisor.runtime.cgroups import cgroup2_mount
+        mount = cgroup2_mount()
+        base = os.path.join(mount, self.prefix) if mount else ""
+        if not base or not os.path.isdir(base):
+            return
+        for entry in os.scandir(base):
+            with contextlib.suppress(OSError):
+                os.rmdir(entry.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(base)
+
+    def pyvisor(self, workers: dict[str, dict[str, Any]], name: str = "pv",
+                cgroups: bool = True) -> Pyvisor:
+        d = Pyvisor(self, workers, name, cgroups)
         self.daemons.append(d)
         return d
 
@@ -405,12 +421,14 @@ class Daemon:
 class Pyvisor(Daemon):
     kind = "pyvisor"
 
-    def __init__(self, run: Run, workers: dict[str, dict[str, Any]], name: str) -> None:
+    def __init__(self, run: Run, workers: dict[str, dict[str, Any]], name: str,
+                 cgroups: bool = True) -> None:
         super().__init__(run, name)
         self.sock = str(self.dir / "ctl.sock")
         self.config = self.dir / "pyvisor.yaml"
         cfg = {"supervisor": {"socket": self.sock, "log_dir": str(self.dir / "logs"),
-                              "block_prefix": run.prefix, "log_level": "INFO"},
+                              "block_prefix": run.prefix, "log_level": "INFO",
+                              "cgroups": cgroups},
                "workers": workers}
         self.config.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
         self.names = [f"{w}:{i}" for w, c in workers.items() for i in range(c.get("numprocs", 1))]
@@ -536,7 +554,8 @@ def parse_args(desc: str, default_n: int, quick_n: int = 100,
     ap = argparse.ArgumentParser(description=desc)
     ap.add_argument("--workers", type=int, default=None, help=f"N (default {default_n})")
     ap.add_argument("--quick", action="store_true", help=f"smoke run (N={quick_n})")
-    ap.add_argument("--only", choices=["pyvisor", "supervisord"], help="run one side only")
+    ap.add_argument("--only", choices=["pyvisor", "pyvisor-nocg", "supervisord"],
+                    help="run one side only (pyvisor-nocg: pyvisor without cgroups)")
     if extra:
         extra(ap)
     a = ap.parse_args()

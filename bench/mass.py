@@ -42,8 +42,10 @@ def supervisord_programs(kind: str, n: int, **extra: Any) -> dict[str, dict[str,
 
 def make(run: Run, side: str, kind: str, n: int, name: str | None = None) -> Daemon:
     name = name or f"{side[:2]}-{kind}"
-    if side == "pyvisor":
-        return run.pyvisor(pyvisor_workers(kind, n), name=name)
+    if side.startswith("pyvisor"):
+        # pyvisor-nocg: the same daemon with process groups only (no cgroup per instance)
+        return run.pyvisor(pyvisor_workers(kind, n), name=name,
+                           cgroups=side != "pyvisor-nocg")
     return run.supervisord(supervisord_programs(kind, n), name=name)
 
 
@@ -55,6 +57,10 @@ def boot(d: Daemon, n: int, timeout: float = 300, step: float = 0.1) -> float:
 
 
 def sides(only: str | None) -> list[str]:
+    """Both supervisors by default; --only pyvisor-nocg: pyvisor without cgroups (to compare
+    with a run of --only pyvisor)."""
+    if only == "pyvisor-nocg":
+        return ["pyvisor-nocg"]
     return [s for s in ("pyvisor", "supervisord") if only in (None, s)]
 
 

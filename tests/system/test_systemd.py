@@ -197,7 +197,7 @@ def test_instances_have_cgroups_in_the_delegated_subtree(svc: Svc) -> None:
     assert unit.endswith(f"/{UNIT}"), svc.show()
     daemon = _cgroup_of(svc, svc.prop("MainPID"))
     assert re.fullmatch(re.escape(unit) + r"/supervisord\.(pyvisor-[0-9a-f]{12})", daemon), daemon
-    prefix = daemon.split("/supervisord.", 1)[1]
+    prefix = daemon.rsplit("/supervisord.", 1)[1]
     for inst, pid in one_each(svc.workers()).items():
         assert _cgroup_of(svc, pid) == f"{unit}/{prefix}/{inst}", svc.show()
     _, out = svc.ctl("status", "--json")
