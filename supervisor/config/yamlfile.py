@@ -273,6 +273,9 @@ class _Builder:
                 self.doc.problems.append((path, "keys must be plain strings", line))
                 continue
             key = key_node.value
+            if "\0" in key:
+                self.refuse(path, f"the key {key!r} contains a NUL character (\\0)", key_node)
+                continue
             if key in first_line:
                 self.doc.problems.append(
                     (path + (key,), f"duplicate key; first defined on line {first_line[key]}",
@@ -285,6 +288,10 @@ class _Builder:
             for key_node, value_node in source.value:
                 if isinstance(key_node, ScalarNode) and key_node.value not in result:
                     key = key_node.value
+                    if "\0" in key:
+                        self.refuse(path, f"the key {key!r} contains a NUL character (\\0)",
+                                    key_node)
+                        continue
                     self.doc.lines[path + (key,)] = key_node.start_mark.line + 1
                     result[key] = self.build(value_node, path + (key,))
         return result
