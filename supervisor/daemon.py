@@ -201,6 +201,13 @@ class Daemon:
             done(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
                                        f"{e}\n"))
             return
+        except Exception as e:      # load_config should raise only ConfigError: never die of it
+            logger.opt(exception=True).error(
+                f"reload refused, still running the previous config: {type(e).__name__}: {e}")
+            done(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
+                                       f"cannot load {self.config.path}: {type(e).__name__}: "
+                                       f"{e}\n"))
+            return
         self.notifier.reloading()
         summary, settle = apply_config(self.runtime, self.config, new)
         self.config = new

@@ -3,8 +3,10 @@
 ``load_config(path)`` returns a ``Config`` or raises ``ConfigError`` whose lines each name the
 file, line, path and problem. Everything is checked at load time -- unknown keys, types, signal
 names, users, dependency cycles, colliding log files -- so a reload can refuse a bad file before
-touching anything. The YAML-shaped input is described by ``json_schema()`` (``python -m
-supervisor.config --schema``, committed as configs/pyvisor.schema.json).
+touching anything. The file is untrusted input: its size, nesting, aliases and tags are bounded
+(yamlfile.py), and so is every number (models.py), to what the daemon can carry out. The
+YAML-shaped input is described by ``json_schema()`` (``python -m supervisor.config --schema``,
+committed as configs/pyvisor.schema.json).
 
 Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``x-defaults:
 &defaults``) to merge into workers with ``<<: *defaults``.

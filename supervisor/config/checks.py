@@ -1,5 +1,6 @@
 """Checks that look at a whole validated config at once: the control socket's mode and group,
-depends_on (unknown workers, cycles), and log files that two instances would share. Each
+depends_on (unknown workers, cycles), the number of instances, and log files that two
+instances would share (or that are the config file). Each
 returns ``(path, message)`` problems; load.load_config turns them into ConfigError lines.
 
 The dependency goes one way: these checks read the models, and loading calls the checks (the
@@ -8,8 +9,11 @@ models know nothing of them).
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from supervisor.config.errors import unknown
-from supervisor.config.models import Config
+from supervisor.config.models import MAX_INSTANCES, Config, WorkerConfig
 from supervisor.config.yamlfile import Path
 
 Problem = tuple[Path, str]
@@ -30,6 +34,7 @@ def cross_checks(config: Config) -> list[Problem]:
             if dep not in config.workers:
                 out.append((("workers", name, "depends_on", i), unknown("worker", dep, names)))
     out += _cycles(config)
+    out += _instances(config)
     out += _log_collisions(config)
     return out
 
@@ -60,23 +65,100 @@ def _cycles(config: Config) -> list[Problem]:
     return out
 
 
-def _log_collisions(config: Config) -> list[Problem]:
-    """Two instances appending to one file would break its rotation (and be unreadable)."""
-    out: list[Problem] = []
-    owner: dict[str, str] = {}
-    for name, worker in config.workers.items():
-        for index in range(worker.numprocs):
-            instance = f"{name}:{index}"
-            out_err = worker.log_paths(name, index)
-            for stream, path in zip(("stdout", "stderr"), out_err, strict=True):
-                first = owner.setdefault(path, f"{instance} {stream}")
-                where: Path = ("workers", name, stream, "path")
-                if first.startswith(instance + " ") or any(p == where for p, _ in out):
-                    continue
-                if first.startswith(name + ":"):
-                    msg = (f"all {worker.numprocs} instances would write to {path}; put "
-                           "{index} or {instance} in the path")
-                else:
-                    msg = f"{instance} {stream} would write to the same file as {first}: {path}"
-                out.append((where, msg))
+def _instances(config: Config) -> list[Problem]:
+    total = sum(w.numprocs for w in config.workers.values())
+    if total > MAX_INSTANCES:
+        return [(("workers",), f"{total:,} instances in all; the limit is {MAX_INSTANCES:,}")]
+    return []
+
+
+# Log collisions without enumerating every instance. A path template with {name} filled in
+# stands for one path per index; writing the index as _MARK gives the template's "shape": the
+# path with every run of digits or _MARK collapsed to one _MARK. Two equal paths have equal
+# shapes (an index is a run of digits), so only templates of one shape can collide, and those
+# are expanded. One template with an index never collides with itself; one without an index
+# gives the same path for every instance, so two instances show that. A config has one shape
+# per worker as a rule: numprocs 10,000 costs nothing.
+_MARK = "\0"                   # no path holds a NUL (the loader refuses them)
+_RUNS = re.compile(r"[0-9\0]+")
+
+
+@dataclass(frozen=True)
+class _Stream:
+    order: int                  # position of the worker in the file
+    stream: int                 # 0 stdout, 1 stderr
+    name: str
+    worker: WorkerConfig
+    pattern: str                # the path with the index written as _MARK
+
+
+def _streams(config: Config) -> list[_Stream]:
+    out: list[_Stream] = []
+    for order, (name, worker) in enumerate(config.workers.items()):
+        fields = {"name": name, "index": _MARK, "instance": f"{name}:{_MARK}"}
+        assert isinstance(worker.stdout.path, str), "log paths are resolved by Config validation"
+        out_pattern = worker.stdout.path.format(**fields)
+        err = worker.stderr
+        err_pattern = out_pattern if isinstance(err, str) else str(err.path).format(**fields)
+        out += [_Stream(order, 0, name, worker, out_pattern),
+                _Stream(order, 1, name, worker, err_pattern)]
     return out
+
+
+def _log_collisions(config: Config) -> list[Problem]:
+    """Two instances appending to one file would break its rotation (and be unreadable); and
+    a log file must not be the config file."""
+    shapes: dict[str, list[_Stream]] = {}
+    for s in _streams(config):
+        shapes.setdefault(_RUNS.sub(_MARK, s.pattern), []).append(s)
+    found: list[tuple[tuple[int, int, int], Problem]] = []
+    for members in shapes.values():
+        if len({(m.order, m.pattern) for m in members}) > 1 or _MARK not in members[0].pattern:
+            found += _collisions(members)
+    found.sort(key=lambda item: item[0])
+    out = [problem for _, problem in found]
+    for s in shapes.get(_RUNS.sub(_MARK, config.path), []):
+        if _matches(s, config.path):
+            out.append((("workers", s.name, ("stdout", "stderr")[s.stream], "path"),
+                        f"would write to the config file itself: {config.path}"))
+    return out
+
+
+def _collisions(members: list[_Stream]) -> list[tuple[tuple[int, int, int], Problem]]:
+    """The first-claim rule over every instance of these streams, in file order (worker, index,
+    stdout before stderr). A template without an index needs two instances to show that all
+    of them share its file."""
+    claims = sorted((m.order, index, m.stream, m) for m in members
+                    for index in range(m.worker.numprocs if _MARK in m.pattern
+                                       else min(m.worker.numprocs, 2)))
+    out: list[tuple[tuple[int, int, int], Problem]] = []
+    owner: dict[str, str] = {}
+    reported: set[Path] = set()
+    for order, index, stream, m in claims:
+        name, worker = m.name, m.worker
+        instance = f"{name}:{index}"
+        label = ("stdout", "stderr")[stream]
+        path = m.pattern.replace(_MARK, str(index))
+        first = owner.setdefault(path, f"{instance} {label}")
+        where: Path = ("workers", name, label, "path")
+        if first.startswith(instance + " ") or where in reported:
+            continue
+        if first.startswith(name + ":"):
+            msg = (f"all {worker.numprocs} instances would write to {path}; put "
+                   "{index} or {instance} in the path")
+        else:
+            msg = f"{instance} {label} would write to the same file as {first}: {path}"
+        reported.add(where)
+        out.append(((order, index, stream), (where, msg)))
+    return out
+
+
+def _matches(s: _Stream, path: str) -> bool:
+    """Whether some instance of the stream writes to ``path``."""
+    head, *rest = s.pattern.split(_MARK)
+    if not rest:
+        return head == path
+    regex = re.escape(head) + "".join(
+        ("(0|[1-9][0-9]*)" if i == 0 else r"\1") + re.escape(part) for i, part in enumerate(rest))
+    m = re.fullmatch(regex, path)
+    return m is not None and int(m.group(1)) < s.worker.numprocs

@@ -22,6 +22,10 @@ from supervisor.config.models import (
 )
 from supervisor.config.yamlfile import Path, YamlSyntaxError, parse
 
+# A config for 10,000 workers is a few hundred KB; what is far larger is a mistake (or an
+# attack), and everything after reading is bounded by this size.
+MAX_FILE_BYTES = 1 << 20
+
 
 def _keys_at(path: Path) -> Sequence[str]:
     model: Any = Config
@@ -38,10 +42,25 @@ def load_config(path: str) -> Config:
     """Read, parse and check a config file. Raises ConfigError (never anything else for a bad
     file; the messages use ``path`` as given)."""
     try:
+        return _load(path)
+    except ConfigError:
+        raise
+    except MemoryError:
+        raise ConfigError([f"{path}: the config needs more memory than there is"]) from None
+    except Exception as e:      # the last line of defence: a bug below must not be a traceback
+        raise ConfigError([f"{path}: cannot load the config: {type(e).__name__}: "
+                           f"{str(e)[:200]}"]) from None
+
+
+def _load(path: str) -> Config:
+    try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([f"{path}: the file is larger than {MAX_FILE_BYTES >> 20} MiB; a "
+                           "config is never that large"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -52,6 +71,12 @@ def load_config(path: str) -> Config:
     except YamlSyntaxError as e:
         where = f"{path}:{e.line}:{e.column}" if e.line is not None else path
         raise ConfigError([f"{where}: invalid YAML: {e.message}"]) from None
+    found: list[tuple[int | None, str]] = [
+        (line or doc.line_of(p), line_text(path, line or doc.line_of(p), p, msg))
+        for p, msg, line in doc.problems]
+    if doc.refused:        # refused values are None: validating the rest would only add noise
+        found.sort(key=lambda item: item[0] or 0)
+        raise ConfigError([text for _, text in found])
     if doc.data is None:
         raise ConfigError([(f"{path}: the file is empty; a config needs at least a 'workers:' "
                            "mapping")])
@@ -61,9 +86,6 @@ def load_config(path: str) -> Config:
     data = {k: v for k, v in doc.data.items() if not k.startswith("x-")}
     abs_path = os.path.abspath(path)
     context = {"config_path": abs_path, "base_dir": os.path.dirname(abs_path)}
-    found: list[tuple[int | None, str]] = [
-        (line or doc.line_of(p), line_text(path, line or doc.line_of(p), p, msg))
-        for p, msg, line in doc.problems]
     config: Config | None = None
     try:
         config = Config.model_validate(data, context=context)

@@ -40,14 +40,30 @@ from supervisor.config.errors import got, problem, suggest
 from supervisor.core.types import Policy, RestartPolicy
 from supervisor.names import instance_name
 
+# Every number has a bound the daemon can carry out (deadlines in u64 nanoseconds, backoff
+# in floats, one shm block and process per instance):
+# - a timeout or delay is at most a day: longer is never meant, and a day in nanoseconds is far
+#   inside u64;
+# - numprocs at most 10,000 per worker, 100,000 instances per config (checks.py): ten times
+#   the 10,000 instances pyvisor is built to run, still under the kernel's default pid_max;
+# - start_retries at most 1,000,000; backups 1,000; max_bytes 1 TiB; priority within
+#   +-1,000,000 (it only orders workers).
+MAX_SECONDS = 86400.0
+MAX_FACTOR = 100.0
+MAX_NUMPROCS = 10_000
+MAX_INSTANCES = 100_000
+MAX_RETRIES = 1_000_000
+MAX_BACKUPS = 1000
+MAX_PRIORITY = 1_000_000
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
 _NULLABLE: dict[str, Any] = {"type": ["string", "null"]}
-Seconds = Annotated[float, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+Timeout = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 Signum = Annotated[int, BeforeValidator(cv.signal_number), WithJsonSchema({"anyOf": [
     {"type": "string", "enum": [n for s in cv.SIGNAL_NAMES for n in (s, "SIG" + s)]},
     {"type": "integer", "minimum": 1, "maximum": cv.SIGNAL_MAX}]})]
 Size = Annotated[int, BeforeValidator(cv.byte_size), WithJsonSchema({"anyOf": [
-    {"type": "integer", "minimum": 0},
+    {"type": "integer", "minimum": 0, "maximum": cv.MAX_BYTES},
     {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([kKmMgGtT][iI]?)?[bB]?\s*$"}]})]
 WorkerName = Annotated[str, AfterValidator(cv.worker_name)]
 EnvName = Annotated[str, AfterValidator(cv.env_name)]
@@ -73,11 +89,11 @@ class BackoffConfig(_Model):
     """Delay before restarting a worker that failed: initial, then times factor, up to max."""
 
     initial: Seconds = 0.1
-    """Seconds before the first restart."""
-    factor: float = Field(default=2.0, ge=1)
-    """Each further delay is the previous one times this."""
+    """Seconds before the first restart (at most 86400)."""
+    factor: float = Field(default=2.0, ge=1, le=MAX_FACTOR)
+    """Each further delay is the previous one times this (1 to 100)."""
     max: Seconds = 30.0
-    """The delay never grows past this many seconds."""
+    """The delay never grows past this many seconds (at most 86400)."""
 
     @model_validator(mode="after")
     def _max_at_least_initial(self) -> BackoffConfig:
@@ -94,9 +110,9 @@ class LogConfig(_Model):
     the config file's directory. null: {log_dir}/{name}-{index}.out.log (.err.log for stderr)."""
     max_bytes: Size = 10 * 1024 * 1024
     """Rotate when the file reaches this size: bytes, or '10MB', '512KB', '1GiB' (1KB = 1024
-    bytes). 0: never rotate."""
-    backups: int = Field(default=5, ge=0)
-    """How many rotated files (.1, .2, ...) to keep."""
+    bytes), at most 1 TiB. 0: never rotate."""
+    backups: int = Field(default=5, ge=0, le=MAX_BACKUPS)
+    """How many rotated files (.1, .2, ...) to keep, at most 1000."""
 
 
 def _stderr_kind(value: Any) -> str:
@@ -140,8 +156,9 @@ class SupervisorConfig(_Model):
     cgroups: bool = True
     """One cgroup (v2) per instance, so that a worker is its whole process tree, when the
     daemon can have them (root, or a delegated systemd unit); false: process groups only."""
-    shutdown_timeout: float | None = Field(default=None, gt=0)
-    """Most seconds a whole shutdown may take. null: derived from the workers' timeouts."""
+    shutdown_timeout: Timeout | None = None
+    """Most seconds a whole shutdown may take (at most 86400). null: derived from the workers'
+    timeouts."""
 
     @field_validator("socket", mode="before")
     @classmethod
@@ -149,7 +166,7 @@ class SupervisorConfig(_Model):
         if value is None:
             return paths.default_socket_path(_context(info).get("config_path") or "pyvisor.yaml")
         if isinstance(value, str) and value:
-            path = _resolve(value, info)
+            path = _resolve(cv.no_nul(value), info)
             if len(os.fsencode(path)) > 107:
                 raise problem(f"socket path is {len(os.fsencode(path))} bytes long, the limit is "
                               f"107 (got {got(value)})")
@@ -166,7 +183,7 @@ class SupervisorConfig(_Model):
     @field_validator("log_dir", mode="after")
     @classmethod
     def _log_dir(cls, value: str, info: ValidationInfo) -> str:
-        return _resolve(value, info)
+        return _resolve(cv.no_nul(value), info)
 
     @field_validator("block_prefix", mode="before")
     @classmethod
@@ -184,8 +201,8 @@ class WorkerConfig(_Model):
         {"type": "array", "items": _SCALAR, "minItems": 1}]})]
     """The program and its arguments: a list, or a string split like a shell would (no shell
     is run)."""
-    numprocs: int = Field(default=1, ge=1)
-    """How many instances to run."""
+    numprocs: int = Field(default=1, ge=1, le=MAX_NUMPROCS)
+    """How many instances to run: 1 to 10,000 (and 100,000 in the whole config)."""
     directory: str = Field(default=None, validate_default=True,
                          json_schema_extra=_NULLABLE)
     """Working directory, relative to the config file's directory. null: that directory."""
@@ -210,29 +227,32 @@ class WorkerConfig(_Model):
         frozenset({0}))
     """Exit codes that count as success (for restart: on-failure)."""
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
-    start_retries: int = Field(default=5, ge=0)
-    """Failed starts in a row before the worker is FATAL."""
+    start_retries: int = Field(default=5, ge=0, le=MAX_RETRIES)
+    """Failed starts in a row before the worker is FATAL (at most 1,000,000)."""
     start_seconds: Seconds = 1.0
-    """A program that never reports ready counts as running after this many seconds."""
+    """A program that never reports ready counts as running after this many seconds (at most
+    86400, like every timeout)."""
     graceful_timeout: Seconds = 10.0
-    """Seconds a worker has to stop at a unit-of-work boundary before stop_signal."""
+    """Seconds a worker has to stop at a unit-of-work boundary before stop_signal (at most
+    86400)."""
     stop_signal: Signum = 15
     """Signal sent to the process group when the graceful timeout passes: TERM, SIGTERM or 15."""
     kill_timeout: Seconds = 5.0
-    """Seconds after stop_signal before SIGKILL."""
+    """Seconds after stop_signal before SIGKILL (at most 86400)."""
     crash_burst: int = Field(default=5, ge=1, le=1000)
     """A worker that exits more than this many times within crash_interval seconds of
     running (a crash loop) backs off after the first exit and goes FATAL past the burst."""
-    crash_interval: float = Field(default=10.0, gt=0, le=86400)
-    """The window, in seconds, over which exits from RUNNING are counted."""
-    heartbeat_timeout: float | None = Field(default=None, gt=0)
-    """Restart a worker whose heartbeat is older than this many seconds. null: not checked."""
+    crash_interval: Timeout = 10.0
+    """The window, in seconds, over which exits from RUNNING are counted (at most 86400)."""
+    heartbeat_timeout: Timeout | None = None
+    """Restart a worker whose heartbeat is older than this many seconds (at most 86400). null:
+    not checked."""
     # The log paths are templates until the Config validator makes them files (_log_files).
     stdout: LogConfig = Field(default_factory=dict, validate_default=True)
     stderr: Stderr = Field(default_factory=dict, validate_default=True)
     """A mapping like stdout, or 'stdout': into the same file as stdout."""
-    priority: int = 999
-    """Lower starts first and stops last."""
+    priority: int = Field(default=999, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    """Lower starts first and stops last (-1,000,000 to 1,000,000)."""
     depends_on: tuple[Annotated[str, Field(strict=True)], ...] = Field(default=(), strict=False)
     """Workers that must be running (ready) before this one starts."""
 
@@ -243,7 +263,7 @@ class WorkerConfig(_Model):
             return _context(info).get("base_dir") or os.getcwd()
         if not isinstance(value, str):
             return value
-        path = _resolve(value, info)
+        path = _resolve(cv.no_nul(value), info)
         if not os.path.isdir(path):
             raise problem(f"no such directory: {path}")
         return path

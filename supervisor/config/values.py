@@ -23,6 +23,9 @@ PLACEHOLDERS = ("name", "index", "instance", "log_dir")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
 _UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 SOCKET_MODES = (0o600, 0o660)
+MAX_BYTES = 1 << 40          # a log file rotated at 1 TiB at most
+MAX_ARG = 128 * 1024         # the kernel's MAX_ARG_STRLEN: exec fails on a longer argument
+MAX_COMMAND_TEXT = 32 * 1024  # shlex.split takes quadratic time; longer commands: use a list
 
 
 def _no_bool(value: Any, what: str) -> None:
@@ -45,13 +48,18 @@ def signal_number(value: Any) -> int:
 def byte_size(value: Any) -> int:
     """1048576, '10MB', '512KB', '1GiB', '1.5 G' -> bytes. 0 means no rotation."""
     _no_bool(value, "a size")
+    size: float | None = None
     if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, str):
+        size = value
+    elif isinstance(value, str) and len(value) <= 100:
         m = _SIZE.fullmatch(value.strip())
         if m:
             unit = m.group(2).lower() if m.group(2) else None
-            return int(float(m.group(1)) * _UNITS[unit])
+            size = float(m.group(1)) * _UNITS[unit]
+    if size is not None:
+        if size > MAX_BYTES:        # also inf, from a string of 400 digits
+            raise problem(f"must be at most 1TiB ({MAX_BYTES} bytes) (got {got(value)})")
+        return int(size)
     raise problem(f"must be a number of bytes or a size such as '10MB', '512KB', '1GiB' "
                   f"(got {got(value)})")
 
@@ -71,6 +79,9 @@ def socket_mode(value: Any) -> int:
 def command(value: Any) -> tuple[str, ...]:
     """A list of strings, or one string split like a shell would (no shell is run)."""
     if isinstance(value, str):
+        if len(value) > MAX_COMMAND_TEXT:
+            raise problem(f"a command string of {len(value):,} characters is too long (at most "
+                          f"{MAX_COMMAND_TEXT:,}); write the command as a list")
         try:
             parts = shlex.split(value)
         except ValueError as e:
@@ -85,7 +96,20 @@ def command(value: Any) -> tuple[str, ...]:
         raise problem(f"must be a string or a list of strings (got {got(value)})")
     if not parts or not parts[0]:
         raise problem("must name a program to run (got an empty command)")
+    for i, part in enumerate(parts):
+        no_nul(part)
+        if len(part) > MAX_ARG:
+            raise problem(f"item {i} is {len(part):,} characters long; exec refuses an argument "
+                          f"longer than {MAX_ARG:,}")
     return tuple(parts)
+
+
+def no_nul(value: str) -> str:
+    """What goes to exec, open or the environment cannot hold a NUL (the file cannot either:
+    yamlfile refuses it; this is for models made in Python)."""
+    if "\0" in value:
+        raise problem(f"must not contain a NUL character (\\0) (got {got(value)})")
+    return value
 
 
 def exit_codes(value: Any) -> frozenset[int]:
@@ -102,13 +126,15 @@ def env_value(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return ""
-    if isinstance(value, str | int | float):
+    if isinstance(value, str):
+        return no_nul(value)
+    if isinstance(value, int | float):
         return str(value)
     raise problem(f"must be a string (got {got(value)})")
 
 
 def env_name(name: str) -> str:
-    if not name or "=" in name or "\0" in name:
+    if not name or "=" in name or "\0" in name or "\n" in name:
         raise problem(f"invalid environment variable name {got(name)}")
     return name
 
@@ -136,6 +162,8 @@ def user_name(value: Any) -> str:
     """A user name or uid that exists on this machine -> the user name. A uid without a
     passwd entry is refused: it has no groups to take, no HOME, and nobody to own its files."""
     _no_bool(value, "a user name")
+    if isinstance(value, str):
+        no_nul(value)
     try:
         if isinstance(value, int):
             return pwd.getpwuid(value).pw_name
@@ -149,6 +177,8 @@ def user_name(value: Any) -> str:
 def group_name(value: Any) -> str:
     """A group name or gid that exists on this machine -> the group name."""
     _no_bool(value, "a group name")
+    if isinstance(value, str):
+        no_nul(value)
     try:
         if isinstance(value, int):
             return grp.getgrgid(value).gr_name
@@ -161,6 +191,7 @@ def group_name(value: Any) -> str:
 
 def log_template(value: str) -> str:
     """A log path may use {name} {index} {instance} {log_dir}; nothing else in braces."""
+    no_nul(value)
     allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
     try:
         fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value)

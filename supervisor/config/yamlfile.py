@@ -9,25 +9,98 @@ build the data ourselves, which lets us:
 - keep the *text* of a few scalars instead of YAML's guess at their type: environment values
   (``FLAG: yes`` means the string "yes", not True; ``VERSION: 1.10`` is not 1.1), command-list
   items (``[sleep, 3600]``) and ``socket_mode`` (``0600`` and ``600`` both mean octal 600),
-- support ``<<: *anchor`` merge keys (keys written in the mapping itself win).
+- support ``<<: *anchor`` merge keys (keys written in the mapping itself win),
+- refuse what a config never needs and an attacker would use: tags other than YAML's plain
+  scalar and collection ones (``!!python/object`` ...), a value that contains itself through
+  an alias, nesting deeper than MAX_DEPTH, more than MAX_VALUES values once aliases are
+  expanded (a few hundred bytes of aliases can stand for billions of values), integers longer
+  than MAX_INT_CHARS, and NUL characters (no path, command, name or environment value can
+  hold one).
 
 Mapping keys are always strings: their text as written (``123:`` is the worker "123").
 Problems are collected, not raised, as ``(path, message, line)``; ``YamlSyntaxError`` is raised
-only when the file cannot be parsed at all.
+only when the file cannot be parsed at all. A refused value (``Document.refused``) is built as
+None, so what is left is not worth validating: load_config reports the problems alone.
+
+The node tree is measured before anything is built (``_measure``: each distinct node once,
+so in time proportional to the file): a value that contains itself, nesting deeper than
+MAX_DEPTH and more than MAX_VALUES values with aliases expanded are refused there. A config
+for 10,000 workers with 20 settings each has 200,000 values; 500,000 leaves room for that.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 Path = tuple[str | int, ...]
 
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_NULL_TAG = "tag:yaml.org,2002:null"
+MAX_DEPTH = 64
+MAX_VALUES = 500_000
+MAX_INT_CHARS = 100
+_STD = "tag:yaml.org,2002:"
+_MERGE_TAG = _STD + "merge"
+_NULL_TAG = _STD + "null"
+_INT_TAG = _STD + "int"
+_SCALAR_TAGS = frozenset(_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp"))
+_TAGS = {MappingNode: frozenset({_STD + "map"}), SequenceNode: frozenset({_STD + "seq"}),
+         ScalarNode: _SCALAR_TAGS}
+
+
+class _DepthLimit(yaml.composer.Composer):
+    """A composer that refuses nesting deeper than MAX_DEPTH (it recurses once per level, so
+    a deep file would otherwise end in RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark)  # type: ignore[attr-defined]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Loader(_DepthLimit, yaml.SafeLoader):
+    pass
+
+
+_CLoader: type | None = None
+if yaml.__with_libyaml__:
+    from yaml._yaml import CParser
+
+    class _FastLoader(_DepthLimit, CParser, yaml.constructor.SafeConstructor,
+                      yaml.resolver.Resolver):
+        """libyaml's parser (ten times faster than PyYAML's on a large file) under the same
+        composer and resolver as _Loader, so both make the same node tree."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            _DepthLimit.__init__(self)
+
+    _CLoader = _FastLoader
+
+
+def _compose(text: str) -> Node | None:
+    if _CLoader is not None:
+        try:
+            return yaml.compose(text, Loader=_CLoader)
+        except yaml.YAMLError:
+            pass       # PyYAML's parser words the error (and may accept what libyaml does not)
+    return yaml.compose(text, Loader=_Loader)
+
+
+def _tag_text(tag: str) -> str:
+    return "!!" + tag.removeprefix(_STD) if tag.startswith(_STD) else tag
 
 
 class YamlSyntaxError(Exception):
@@ -45,6 +118,7 @@ class Document:
     data: Any                                   # None for an empty file
     lines: dict[Path, int] = field(default_factory=dict)   # path -> 1-based line of its key
     problems: list[tuple[Path, str, int | None]] = field(default_factory=list)  # line if known
+    refused: bool = False                       # a value was refused (built as None)
 
     def line_of(self, path: Path) -> int | None:
         """The line of ``path``, or of its nearest ancestor that is in the file."""
@@ -64,7 +138,7 @@ def _keeps_text(path: Path) -> bool:
 
 def parse(text: str) -> Document:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         message = e.problem or e.context or "invalid YAML"
@@ -82,9 +156,61 @@ def parse(text: str) -> Document:
     doc = Document(data=None, lines={(): 1})
     if root is None:
         return doc
-    builder = _Builder(doc)
-    doc.data = builder.build(root, ())
+    if _measure(root, doc):
+        builder = _Builder(doc)
+        doc.data = builder.build(root, ())
     return doc
+
+
+class _Refused(Exception):
+    pass
+
+
+def _measure(root: Node, doc: Document) -> bool:
+    """Whether the tree may be built: no cycle, no deeper than MAX_DEPTH, at most MAX_VALUES
+    values once aliases are expanded. Otherwise the reason is in doc.problems."""
+    # id(collection node) -> (values in it with aliases expanded, levels of nesting in it)
+    measured: dict[int, tuple[int, int]] = {}
+    active: set[int] = set()
+
+    def refuse(path: Path, message: str, node: Node) -> NoReturn:
+        doc.refused = True
+        doc.problems.append((path, message, node.start_mark.line + 1))
+        raise _Refused
+
+    def measure(node: Node, path: Path) -> tuple[int, int]:
+        if isinstance(node, ScalarNode):
+            return 1, 0
+        key = id(node)
+        if key in active:
+            refuse(path, "recursive alias: this value contains itself", node)
+        total, height = measured.get(key, (0, 0))
+        if len(active) + height >= MAX_DEPTH:
+            refuse(path, f"nesting deeper than {MAX_DEPTH} levels (through aliases)", node)
+        if key in measured:
+            return total, height
+        active.add(key)
+        if isinstance(node, SequenceNode):
+            children = [(item, path + (i,)) for i, item in enumerate(node.value)]
+        else:
+            children = [(v, path + (k.value if isinstance(k, ScalarNode) else i,))
+                        for i, (k, v) in enumerate(node.value)]
+        total, height = 1, 0
+        for child, where in children:
+            size, levels = measure(child, where)
+            total, height = total + size, max(height, levels)
+        active.discard(key)
+        if total > MAX_VALUES:
+            refuse(path, f"has more than {MAX_VALUES:,} values (an alias counts as many as it "
+                         "stands for); a config needs far fewer", node)
+        measured[key] = total, height + 1
+        return total, height + 1
+
+    try:
+        measure(root, ())
+    except _Refused:
+        return False
+    return True
 
 
 class _Builder:
@@ -92,23 +218,47 @@ class _Builder:
         self.doc = doc
         self.constructor = yaml.SafeLoader("")   # only its scalar constructors are used
 
+    def refuse(self, path: Path, message: str, node: Node) -> None:
+        self.doc.refused = True
+        self.doc.problems.append((path, message, node.start_mark.line + 1))
+
     def build(self, node: Node, path: Path) -> Any:
-        if isinstance(node, MappingNode):
+        if isinstance(node, ScalarNode) and node.tag == _MERGE_TAG:
+            return node.value                  # '<<' as a value, not a key: just the text
+        if node.tag not in _TAGS.get(type(node), ()):
+            self.refuse(path, f"unsupported YAML tag {_tag_text(node.tag)!r}; use plain "
+                              "strings, numbers, true/false, null, lists and mappings", node)
+            return None
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path)
+        if isinstance(node, MappingNode):    # _measure has made sure this ends, and soon
             return self._mapping(node, path)
-        if isinstance(node, SequenceNode):
-            items = []
-            for i, item in enumerate(node.value):
-                self.doc.lines.setdefault(path + (i,), item.start_mark.line + 1)
-                items.append(self.build(item, path + (i,)))
-            return items
-        assert isinstance(node, ScalarNode)
+        items = []
+        for i, item in enumerate(node.value):
+            self.doc.lines.setdefault(path + (i,), item.start_mark.line + 1)
+            items.append(self.build(item, path + (i,)))
+        return items
+
+    def _scalar(self, node: ScalarNode, path: Path) -> Any:
+        if "\0" in node.value:
+            self.refuse(path, "contains a NUL character (\\0), which no path, command, name "
+                              "or environment value can hold", node)
+            return None
         if _keeps_text(path):
             if node.tag == _NULL_TAG and path[0] == "supervisor":
                 return None                    # socket_mode: null -> the default
             if node.tag == _NULL_TAG and path[2] == "environment":
                 return ""
             return node.value
-        return self.constructor.construct_object(node, deep=True)
+        if node.tag == _INT_TAG and len(node.value) > MAX_INT_CHARS:
+            self.refuse(path, f"integer of {len(node.value):,} characters; no setting takes "
+                              "a number that large", node)
+            return None
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except Exception:      # e.g. !!int 'x', !!bool maybe, !!timestamp 1: the text is wrong
+            self.refuse(path, f"{node.value[:40]!r} is not a valid {_tag_text(node.tag)}", node)
+            return None
 
     def _mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -123,6 +273,9 @@ class _Builder:
                 self.doc.problems.append((path, "keys must be plain strings", line))
                 continue
             key = key_node.value
+            if "\0" in key:
+                self.refuse(path, f"the key {key!r} contains a NUL character (\\0)", key_node)
+                continue
             if key in first_line:
                 self.doc.problems.append(
                     (path + (key,), f"duplicate key; first defined on line {first_line[key]}",
@@ -135,6 +288,10 @@ class _Builder:
             for key_node, value_node in source.value:
                 if isinstance(key_node, ScalarNode) and key_node.value not in result:
                     key = key_node.value
+                    if "\0" in key:
+                        self.refuse(path, f"the key {key!r} contains a NUL character (\\0)",
+                                    key_node)
+                        continue
                     self.doc.lines[path + (key,)] = key_node.start_mark.line + 1
                     result[key] = self.build(value_node, path + (key,))
         return result

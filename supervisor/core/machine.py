@@ -189,6 +189,19 @@ def _starting_spawned(inst: InstanceState, ev: Spawned, policy: Policy) -> Resul
                  pid=ev.pid, started_at=ev.now)
 
 
+def backoff_delay(policy: Policy, n: int) -> float:
+    """min(initial * factor ** n, max) without overflow: factor ** n alone overflows a float
+    (factor 2 from n = 1024 on), and 0 * inf would be nan."""
+    initial, cap = policy.backoff_initial, policy.backoff_max
+    if initial <= 0 or cap <= initial or n <= 0:
+        return max(min(initial, cap), 0.0)
+    try:
+        delay = initial * policy.backoff_factor ** n
+    except OverflowError:
+        return cap
+    return min(delay, cap)
+
+
 def _failed_start(inst: InstanceState, now: float, what: str, policy: Policy,
                   changes: dict[str, Any], verb: str) -> Result:
     """A start that did not get to RUNNING: BACKOFF, or FATAL once start_retries are used up."""
@@ -201,8 +214,7 @@ def _failed_start(inst: InstanceState, now: float, what: str, policy: Policy,
         return _goto(inst, State.FATAL, f"{what}; {retries} failed starts", level="ERROR",
                      extra_logs=[Log("ERROR", message)], retries=retries, fatal_reason=message,
                      **changes)
-    delay = min(policy.backoff_initial * policy.backoff_factor ** (retries - 1),
-                policy.backoff_max)
+    delay = backoff_delay(policy, retries - 1)
     reason = f"{what}; retry {retries} of {policy.start_retries} in {_secs(delay)}"
     return _goto(inst, State.BACKOFF, reason, [ArmTimer(TimerKind.BACKOFF, delay)],
                  level="WARNING", retries=retries, backoff=delay, **changes)

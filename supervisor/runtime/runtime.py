@@ -33,6 +33,15 @@ from supervisor.runtime.spawning import Spawner
 from supervisor.runtime.trees import Trees
 from worker import block as blk
 
+U64_MAX = (1 << 64) - 1
+
+
+def _deadline_ns(deadline: float) -> int:
+    """A deadline in seconds as the block's u64 nanoseconds, clamped (the config bounds
+    timeouts, but the block must never be handed a number it cannot hold)."""
+    ns = deadline * 1e9
+    return U64_MAX if not ns < U64_MAX else max(int(ns), 0)
+
 
 class Runtime:
     def __init__(self, loop: Loop, config: Config, notify_path: str | None = None) -> None:
@@ -258,7 +267,7 @@ class Runtime:
                 self.spawner.enqueue(inst)
             case core.PostStop(deadline=deadline):
                 if inst.block is not None:
-                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, int(deadline * 1e9))
+                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, _deadline_ns(deadline))
             case core.Signal(signum=signum):
                 self.trees.signal(inst, signum)
             case core.ArmTimer(kind=kind, delay=delay):

@@ -1,0 +1,339 @@
+"""The config is a trust boundary: every file gives a Config or a ConfigError (never a traceback,
+a hang or gigabytes), and every value a Config holds is one the daemon can carry out. Each test
+here is an attack that once got through (``--check`` accepted it and the daemon then crashed or
+hung, or ``--check`` itself died)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.config import ConfigError, load_config
+from supervisor.core import InstanceState, SpawnFailed, State
+from supervisor.core.machine import backoff_delay, step
+from supervisor.core.types import Policy
+from supervisor.runtime.runtime import U64_MAX, _deadline_ns
+from tests.e2e.conftest import daemon, daemon_factory  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def write(text: str, name: str = "app.yaml") -> str:
+    Path(name).write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return name
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(text))
+    return info.value.errors
+
+
+def worker(extra: str) -> str:
+    return "workers:\n  a:\n    command: sleep 1\n" + textwrap.indent(
+        textwrap.dedent(extra).strip("\n"), "    ") + "\n"
+
+
+# -- numbers the daemon could not carry out ------------------------------------------------------
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("graceful_timeout: 1.0e+20", "app.yaml:4: workers.a.graceful_timeout: must be ≤ 86400"),
+    ("kill_timeout: 86401", "app.yaml:4: workers.a.kill_timeout: must be ≤ 86400"),
+    ("start_seconds: 1.0e+300", "app.yaml:4: workers.a.start_seconds: must be ≤ 86400"),
+    ("heartbeat_timeout: 1.0e+10", "app.yaml:4: workers.a.heartbeat_timeout: must be ≤ 86400"),
+    ("backoff: {factor: 1.0e+200}", "app.yaml:4: workers.a.backoff.factor: must be ≤ 100"),
+    ("backoff: {initial: 1, max: 1.0e+9}", "app.yaml:4: workers.a.backoff.max: must be ≤ 86400"),
+    ("start_retries: 1000001", "app.yaml:4: workers.a.start_retries: must be ≤ 1000000"),
+    ("numprocs: 10000000", "app.yaml:4: workers.a.numprocs: must be ≤ 10000 (got 10000000)"),
+    ("stdout: {backups: 100000000}", "app.yaml:4: workers.a.stdout.backups: must be ≤ 1000"),
+    ("stdout: {max_bytes: 2TB}", "app.yaml:4: workers.a.stdout.max_bytes: must be at most 1TiB"),
+    ("stdout: {max_bytes: '" + "9" * 50 + "T'}", "app.yaml:4: workers.a.stdout.max_bytes: must "
+                                                 "be at most 1TiB"),
+    ("stdout: {max_bytes: '" + "9" * 400 + "T'}", "app.yaml:4: workers.a.stdout.max_bytes: must "
+                                                  "be a number of bytes"),
+    ("priority: 10000000000", "app.yaml:4: workers.a.priority: must be ≤ 1000000"),
+    ("exit_codes: [256]", "app.yaml:4: workers.a.exit_codes: must be a list of exit codes from "
+                          "0 to 255 (got 256)"),
+    ("stop_signal: '" + "9" * 5000 + "'", "app.yaml:4: workers.a.stop_signal: unknown signal"),
+])
+def test_numbers_past_their_bound_are_refused(extra: str, message: str) -> None:
+    errs = errors(worker(extra))
+    assert len(errs) == 1 and errs[0].startswith(message), errs
+
+
+def test_shutdown_timeout_bound() -> None:
+    errs = errors("supervisor:\n  shutdown_timeout: 1.0e+20\n" + worker(""))
+    assert errs[0].startswith("app.yaml:2: supervisor.shutdown_timeout: must be ≤ 86400"), errs
+
+
+def test_the_largest_values_are_accepted() -> None:
+    config = load_config(write(worker("""
+        numprocs: 10000
+        start_retries: 1000000
+        graceful_timeout: 86400
+        backoff: {initial: 86400, factor: 100, max: 86400}
+        stdout: {path: "{name}-{index}.log", max_bytes: 1TiB, backups: 1000}
+        priority: -1000000
+    """)))
+    assert config.workers["a"].numprocs == 10000
+
+
+def test_instances_in_all_are_bounded() -> None:
+    text = "workers:\n" + "".join(
+        f"  w{i}:\n    command: sleep 1\n    numprocs: 10000\n" for i in range(11))
+    errs = errors(text)
+    assert errs == ["app.yaml:1: workers: 110,000 instances in all; the limit is 100,000"], errs
+
+
+# -- the core and the runtime never overflow, whatever they are given -------------------------
+
+@pytest.mark.parametrize(("factor", "n"), [(2.0, 1024), (2.0, 10**6), (1e200, 2), (100.0, 10**6)])
+def test_backoff_never_overflows(factor: float, n: int) -> None:
+    assert backoff_delay(Policy(backoff_factor=factor, backoff_max=30.0), n) == 30.0
+
+
+def test_backoff_values() -> None:
+    policy = Policy(backoff_initial=0.5, backoff_factor=2.0, backoff_max=30.0)
+    assert [backoff_delay(policy, n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert backoff_delay(Policy(backoff_initial=0.0, backoff_factor=1e200), 5) == 0.0
+    assert backoff_delay(Policy(backoff_initial=5.0, backoff_max=1.0), 3) == 1.0
+
+
+def test_failed_start_after_1025_retries_backs_off_at_max() -> None:
+    policy = Policy(start_retries=1_000_000, backoff_max=30.0)
+    inst = InstanceState(state=State.STARTING, retries=1500, attempts_since=0.0)
+    new, _ = step(inst, SpawnFailed(now=1.0, error="boom"), policy)
+    assert (new.state, new.retries, new.backoff) == (State.BACKOFF, 1501, 30.0)
+
+
+@pytest.mark.parametrize(("deadline", "ns"), [
+    (1.5, 1_500_000_000), (0.0, 0), (-3.0, 0), (1e20, U64_MAX), (float("inf"), U64_MAX),
+    (float("nan"), U64_MAX), (18446744073.709553, U64_MAX)])
+def test_stop_deadline_fits_u64(deadline: float, ns: int) -> None:
+    assert _deadline_ns(deadline) == ns
+
+
+# -- strings exec, open and the environment cannot take ----------------------------------------
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("", None),
+    ('environment: {A: "x\\0y"}', "app.yaml:4: workers.a.environment.A: contains a NUL"),
+    ('environment: {"A\\0": y}', "app.yaml:4: workers.a.environment: the key 'A\\x00' "
+                                 "contains a NUL character (\\0)"),
+    ('environment: {"A\\nB": y}', "app.yaml:4: workers.a.environment.A\nB: invalid environment "
+                                  "variable name 'A\\nB'"),
+    ('directory: "/tmp\\0"', "app.yaml:4: workers.a.directory: contains a NUL"),
+    ('user: "root\\0"', "app.yaml:4: workers.a.user: contains a NUL"),
+    ('stdout: {path: "x\\0.log"}', "app.yaml:4: workers.a.stdout.path: contains a NUL"),
+    ('stderr: {path: "x\\0.log"}', "app.yaml:4: workers.a.stderr.path: contains a NUL"),
+])
+def test_nul_in_any_string_is_refused(extra: str, message: str | None) -> None:
+    if message is None:       # the command itself
+        errs = errors('workers:\n  a:\n    command: "sleep\\0 1"\n')
+        assert errs == ["app.yaml:3: workers.a.command: contains a NUL character (\\0), which "
+                        "no path, command, name or environment value can hold"], errs
+        errs = errors('workers:\n  a:\n    command: [sleep, "1\\0"]\n')
+        assert errs[0].startswith("app.yaml:3: workers.a.command[1]: contains a NUL"), errs
+        return
+    errs = errors(worker(extra))
+    assert len(errs) == 1 and errs[0].startswith(message), errs
+
+
+@pytest.mark.parametrize("key", ["socket", "log_dir", "block_prefix"])
+def test_nul_in_supervisor_strings_is_refused(key: str) -> None:
+    errs = errors(f'supervisor:\n  {key}: "x\\0"\n' + worker(""))
+    assert errs[0].startswith(f"app.yaml:2: supervisor.{key}: contains a NUL"), errs
+
+
+def test_nul_refused_in_models_made_in_python() -> None:
+    from pydantic import ValidationError
+
+    from supervisor.config import WorkerConfig
+    for kw in ({"command": ["a\0"]}, {"command": "a", "environment": {"A": "b\0"}},
+               {"command": "a", "stdout": {"path": "x\0"}}):
+        with pytest.raises(ValidationError, match="NUL"):
+            WorkerConfig(**kw)
+
+
+def test_overlong_command_string_is_refused() -> None:
+    errs = errors(worker("") .replace("sleep 1", "x" * 40000))
+    assert errs[0].startswith("app.yaml:3: workers.a.command: a command string of 40,000 "
+                              "characters is too long"), errs
+
+
+# -- YAML that is not data ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("workers:\n  a:\n    command: !!python/object:os.system x\n",
+     "app.yaml:3: workers.a.command: unsupported YAML tag '!!python/object:os.system'; use "
+     "plain strings, numbers, true/false, null, lists and mappings"),
+    ("workers: !!python/object/apply:os.system {}\n",
+     "app.yaml:1: workers: unsupported YAML tag '!!python/object/apply:os.system'"),
+    ("workers: !!set {a: null}\n", "app.yaml:1: workers: unsupported YAML tag '!!set'"),
+    ("workers:\n  a: !local {command: x}\n", "app.yaml:2: workers.a: unsupported YAML tag "
+                                             "'!local'"),
+    ("workers:\n  a:\n    command: x\n    numprocs: !!int zz\n",
+     "app.yaml:4: workers.a.numprocs: 'zz' is not a valid !!int"),
+    ("workers:\n  a:\n    command: x\n    autostart: !!bool maybe\n",
+     "app.yaml:4: workers.a.autostart: 'maybe' is not a valid !!bool"),
+    ("workers:\n  a:\n    command: x\n    numprocs: " + "9" * 5000 + "\n",
+     "app.yaml:4: workers.a.numprocs: integer of 5,000 characters; no setting takes a number "
+     "that large"),
+    ("workers:\n  a:\n    command: x\n    numprocs: 0x" + "f" * 5000 + "\n",
+     "app.yaml:4: workers.a.numprocs: integer of 5,002 characters"),
+    ("workers:\n  a:\n    command: x\n    numprocs: 1" + ":5" * 5000 + "\n",
+     "app.yaml:4: workers.a.numprocs: integer of 10,001 characters"),
+    ("workers: &w\n  a: *w\n", "app.yaml:1: workers.a: recursive alias: this value contains "
+                               "itself"),
+    ("x-d: &d\n  <<: *d\nworkers: {}\n", "app.yaml:1: x-d.<<: recursive alias"),
+    ("workers: " + "[" * 100 + "]" * 100 + "\n",
+     "app.yaml:1:73: invalid YAML: nesting deeper than 64 levels"),
+    ("a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 100))
+     + "workers: {}\n", "nesting deeper than 64 levels (through aliases)"),
+])
+def test_yaml_that_is_not_plain_data(text: str, message: str) -> None:
+    errs = errors(text)
+    assert any(message in e for e in errs) and errs[0].startswith("app.yaml"), errs
+
+
+def test_billion_laughs_is_refused_fast_and_small() -> None:
+    lines = ["a: &a [x,x,x,x,x,x,x,x,x]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    text = "\n".join(lines) + "\nworkers: {}\n"
+    assert len(text) < 500
+    start = time.perf_counter()
+    errs = errors(text)
+    assert time.perf_counter() - start < 1.0
+    assert errs == ["app.yaml:6: f: has more than 500,000 values (an alias counts as many as it "
+                    "stands for); a config needs far fewer"], errs
+
+
+def test_file_size_is_bounded() -> None:
+    errs = errors("workers: {}\n" + "#" * (1 << 20))
+    assert errs == ["app.yaml: the file is larger than 1 MiB; a config is never that large"]
+
+
+def test_load_config_turns_any_failure_into_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.config import load as load_module
+
+    def boom(_text: str) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(load_module, "parse", boom)
+    errs = errors(worker(""))
+    assert errs == ["app.yaml: cannot load the config: RecursionError: maximum recursion depth "
+                    "exceeded"], errs
+
+
+# -- log files ---------------------------------------------------------------------------------
+
+def test_log_path_equal_to_the_config_file_is_refused(tmp_path: Path) -> None:
+    errs = errors(worker(f"stdout: {{path: {tmp_path}/app.yaml}}"))
+    assert errs == [f"app.yaml:4: workers.a.stdout.path: would write to the config file itself: "
+                    f"{tmp_path}/app.yaml"], errs
+    errs = errors(worker("stderr: {path: 'logs/../app.yaml'}"))
+    assert errs == [f"app.yaml:4: workers.a.stderr.path: would write to the config file itself: "
+                    f"{tmp_path}/app.yaml"], errs
+
+
+def test_log_path_template_matching_the_config_file(tmp_path: Path) -> None:
+    text = worker("numprocs: 3\nstderr: {path: 'app{index}.yaml'}")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(text, "app2.yaml"))
+    assert info.value.errors == [
+        f"app2.yaml:5: workers.a.stderr.path: would write to the config file itself: "
+        f"{tmp_path}/app2.yaml"]
+    load_config(write(text, "app3.yaml"))          # instances 0, 1, 2 only
+    load_config(write(text, "app02.yaml"))         # {index} is never written 02
+
+
+def test_log_path_equal_to_another_workers_file_is_refused() -> None:
+    errs = errors("workers:\n  a:\n    command: x\n    stdout: {path: shared.log}\n"
+                  "  b:\n    command: x\n    stderr: {path: shared.log}\n")
+    assert len(errs) == 1 and errs[0].startswith(
+        "app.yaml:7: workers.b.stderr.path: b:0 stderr would write to the same file as a:0 "
+        "stdout: "), errs
+
+
+def test_numprocs_10000_checks_fast() -> None:
+    text = worker("numprocs: 10000")
+    start = time.perf_counter()
+    config = load_config(write(text))
+    took = time.perf_counter() - start
+    assert config.workers["a"].numprocs == 10000
+    assert took < 0.5, f"load_config took {took:.3f} s"
+    errs = errors(worker("numprocs: 10000\nstdout: {path: one.log}"))
+    assert len(errs) == 1 and "all 10000 instances would write to" in errs[0], errs
+
+
+def test_supervisord_check_never_tracebacks(tmp_path: Path) -> None:
+    files = {
+        "tag.yaml": "workers:\n  a:\n    command: !!python/object:os.system x\n",
+        "alias.yaml": "workers: &w\n  a: *w\n",
+        "int.yaml": "workers:\n  a:\n    command: x\n    numprocs: " + "9" * 5000 + "\n",
+        "nul.yaml": 'workers:\n  a:\n    command: "sleep\\0 1"\n',
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        r = subprocess.run([sys.executable, "-m", "supervisor.daemon", "-c", name, "--check"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert r.stderr.startswith(f"{name}:"), (name, r.stderr)
+
+
+# -- the running daemon ------------------------------------------------------------------------
+
+QUICK = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
+
+
+def test_sighup_with_an_unloadable_file_keeps_the_old_config(daemon: Any) -> None:  # noqa: F811
+    d = daemon({"a": {"command": "sleep 1000", **QUICK}})
+    d.wait_state("a:0", "RUNNING")
+    before = d.pids()
+    good = d.config_path.read_text()
+    for bad, why in [(good + "x-bad: !!python/object:os.system x\n", "unsupported YAML tag"),
+                     (good + "x-loop: &l\n  a: *l\n", "recursive alias")]:
+        d.write_config({}, raw=bad)
+        mark = d.log_mark()
+        d.kill(signal.SIGHUP)
+        d.wait_log(r"reload refused, still running the previous config:", after=mark)
+        d.wait_log(why, after=mark)
+        assert d.proc is not None and d.proc.poll() is None, "the daemon died"
+        assert d.pids() == before
+        r = d.ctl("reload")
+        assert r.returncode == 7 and why in r.stderr, r
+    d.write_config({}, raw=good)
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout) == (0, "no changes\n"), r
+
+
+def test_reload_refuses_whatever_load_config_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_config raises only ConfigError; should a bug let anything else out, reload still
+    refuses (code 7) and the daemon runs on."""
+    from types import SimpleNamespace
+
+    from supervisor import daemon as daemon_module
+
+    def broken(_path: str) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(daemon_module, "load_config", broken)
+    replies: list[Any] = []
+    fake = SimpleNamespace(config=SimpleNamespace(path="/etc/app.yaml"))
+    daemon_module.Daemon.reload(fake, replies.append)  # type: ignore[arg-type]
+    assert [(r.code, r.err) for r in replies] == [
+        (7, "reload refused; still running the previous config.\ncannot load /etc/app.yaml: "
+            "RuntimeError: a bug\n")]
