@@ -10,7 +10,7 @@ A pair that is not in the table is ignored: the same state comes back and no act
 and ``ERRORS`` lists the pairs that can only come from a bug in the runtime; they raise
 ``TransitionError``: a ``Spawned`` we did not ask for means a process nobody supervises.
 
-Rules every handler keeps (``_goto`` and ``_stay`` enforce them):
+Rules every handler keeps (``goto`` and ``stay`` in rules.py enforce them):
 
 * Every state change emits exactly one ``Log`` whose message is ``"OLD -> NEW (reason)"``; it
   comes first. Other log lines (escalations, the FATAL hint) never have that shape.
@@ -28,9 +28,23 @@ STARTING with no pid yet goes to STOPPING and the process is asked to stop once 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from supervisor.core.rules import (
+    TIMERS_FOR,
+    Result,
+    backoff_delay,
+    begin_stop,
+    exit_changes,
+    goto,
+    is_success,
+    no_process,
+    restarts,
+    secs,
+    spawn,
+    stay,
+)
 from supervisor.core.types import (
     MAY_BE_SPAWNING,
     NO_PROCESS,
@@ -41,130 +55,43 @@ from supervisor.core.types import (
     CancelTimer,
     Event,
     Exited,
-    ExitStatus,
+    ExitedWhileAway,
+    ExitStatusLearned,
     HeartbeatStale,
     InstanceState,
+    IntentRestored,
     Log,
     Policy,
     PostStop,
     ReadyReported,
     RestartPolicy,
     Signal,
-    Spawn,
     Spawned,
     SpawnFailed,
     StartRequested,
     State,
+    StopInFlight,
     StopRequested,
     TimerFired,
     TimerKind,
 )
 
-Result = tuple[InstanceState, list[Action]]
 Handler = Callable[[InstanceState, Any, Policy], Result]
 E = TypeVar("E", StartRequested, StopRequested, Spawned, SpawnFailed, ReadyReported, TimerFired,
-            Exited, HeartbeatStale, Adopted)
+            Exited, HeartbeatStale, Adopted, ExitedWhileAway, ExitStatusLearned, IntentRestored)
 
 EVENT_TYPES: tuple[type, ...] = (
     StartRequested, StopRequested, Spawned, SpawnFailed, ReadyReported, TimerFired, Exited,
-    HeartbeatStale, Adopted,
+    HeartbeatStale, Adopted, ExitedWhileAway, ExitStatusLearned, IntentRestored,
 )
-
-# The timer kinds that may be armed in each state; entering a state cancels the others.
-TIMERS_FOR: dict[State, frozenset[TimerKind]] = {
-    State.STOPPED: frozenset(),
-    State.STARTING: frozenset({TimerKind.START}),
-    State.RUNNING: frozenset(),
-    State.BACKOFF: frozenset({TimerKind.BACKOFF}),
-    State.STOPPING: frozenset({TimerKind.GRACEFUL, TimerKind.KILL}),
-    State.EXITED: frozenset(),
-    State.FATAL: frozenset(),
-}
-_TIMER_ORDER = list(TimerKind)
-
-
 
 class TransitionError(Exception):
     """An event that can only come from a bug in the runtime (the state says it cannot happen)."""
 
 
-# -- helpers ------------------------------------------------------------------------------------
-def _secs(seconds: float) -> str:
-    return f"{seconds:.2f} s"
-
-
-def _fold_timers(timers: frozenset[TimerKind], actions: Iterable[Action]) -> frozenset[TimerKind]:
-    armed = set(timers)
-    for action in actions:
-        if isinstance(action, ArmTimer):
-            armed.add(action.kind)
-        elif isinstance(action, CancelTimer):
-            armed.discard(action.kind)
-    return timers if armed == timers else frozenset(armed) or NO_TIMERS
-
-
-def _stay(inst: InstanceState, actions: list[Action], **changes: Any) -> Result:
-    """No state change: apply field changes and keep ``timers`` in step with the actions."""
-    timers = _fold_timers(inst.timers, actions)
-    return dataclasses.replace(inst, timers=timers, **changes), actions
-
-
-def _goto(inst: InstanceState, new: State, reason: str, actions: Iterable[Action] = (),
-          *, level: str = "INFO", extra_logs: Iterable[Log] = (), **changes: Any) -> Result:
-    """A state change: the transition log, cancels for timers ``new`` does not allow, then
-    ``extra_logs`` and ``actions``."""
-    out: list[Action] = [Log(level, f"{inst.state.value} -> {new.value} ({reason})")]
-    out.extend(extra_logs)
-    out.extend(CancelTimer(k) for k in _TIMER_ORDER if k in inst.timers - TIMERS_FOR[new])
-    out.extend(actions)
-    timers = _fold_timers(inst.timers, out)
-    return dataclasses.replace(inst, state=new, timers=timers, **changes), out
-
-
-def _no_process() -> dict[str, Any]:
-    """Field changes for 'the process is gone'."""
-    return {"pid": None, "started_at": None, "ready_at": None, "kills_sent": 0}
-
-
-def _spawn(inst: InstanceState, reason: str, now: float, *, fresh: bool,
-           level: str = "INFO") -> Result:
-    """-> STARTING with [Spawn()]. ``fresh``: a new run of attempts (explicit start, restart,
-    or a process that had been RUNNING), so retries start again from 0."""
-    changes: dict[str, Any] = {**_no_process(), "stop_requested": False,
-                               "restart_after_stop": False}
-    if fresh:
-        changes.update(retries=0, attempts_since=now, fatal_reason=None, recent_crashes=())
-    elif inst.attempts_since is None:
-        changes.update(attempts_since=now)
-    return _goto(inst, State.STARTING, reason, [Spawn()], level=level, **changes)
-
-
-def _exit_changes(ev: Exited) -> dict[str, Any]:
-    return {**_no_process(), "last_exit": ev.status, "last_exit_at": ev.now}
-
-
-def _is_success(status: ExitStatus, policy: Policy) -> bool:
-    return status.code is not None and status.code in policy.success_codes
-
-
-def _begin_stop(inst: InstanceState, now: float, graceful: bool, reason: str, policy: Policy,
-                *, stop_requested: bool, restart: bool, level: str = "INFO") -> Result:
-    """-> STOPPING: post the graceful command, or signal at once."""
-    actions: list[Action]
-    if graceful:
-        actions = [PostStop(deadline=now + policy.graceful_timeout),
-                   ArmTimer(TimerKind.GRACEFUL, policy.graceful_timeout)]
-        how = f"graceful, up to {_secs(policy.graceful_timeout)}"
-    else:
-        actions = [Signal(policy.stop_signal), ArmTimer(TimerKind.KILL, policy.kill_timeout)]
-        how = f"signal {policy.stop_signal}"
-    return _goto(inst, State.STOPPING, f"{reason}; {how}", actions, level=level,
-                 stop_requested=stop_requested, restart_after_stop=restart, kills_sent=0)
-
-
 # -- handlers: STOPPED / EXITED / FATAL ------------------------------------------------------------
 def _idle_start(inst: InstanceState, ev: StartRequested, policy: Policy) -> Result:
-    return _spawn(inst, "start requested", ev.now, fresh=True)
+    return spawn(inst, "start requested", ev.now, fresh=True)
 
 
 def _stopped_adopted(inst: InstanceState, ev: Adopted, policy: Policy) -> Result:
@@ -172,34 +99,63 @@ def _stopped_adopted(inst: InstanceState, ev: Adopted, policy: Policy) -> Result
     changes: dict[str, Any] = {"pid": ev.pid, "started_at": ev.started_at, "retries": 0,
                                "attempts_since": ev.started_at, "stop_requested": False,
                                "restart_after_stop": False, "kills_sent": 0}
+    if ev.stop is not None:
+        return _adopted_stopping(inst, ev, ev.stop, up, policy, changes)
     if ev.ready:
-        return _goto(inst, State.RUNNING, f"adopted pid {ev.pid}, up for {_secs(up)}; ready",
+        return goto(inst, State.RUNNING, f"adopted pid {ev.pid}, up for {secs(up)}; ready",
                      ready_at=ev.now, **changes)
     remaining = max(0.0, policy.start_seconds - up)
-    return _goto(inst, State.STARTING, f"adopted pid {ev.pid}, up for {_secs(up)}; not ready yet",
+    return goto(inst, State.STARTING, f"adopted pid {ev.pid}, up for {secs(up)}; not ready yet",
                  [ArmTimer(TimerKind.START, remaining)], ready_at=None, **changes)
+
+
+def _adopted_stopping(inst: InstanceState, ev: Adopted, stop: StopInFlight, up: float,
+                      policy: Policy, changes: dict[str, Any]) -> Result:
+    """Carry on with the previous daemon's stop: the same deadline, no second command."""
+    changes.update(stop_requested=not stop.restart, restart_after_stop=stop.restart,
+                   wanted=stop.restart, ready_at=None)
+    head = f"adopted pid {ev.pid}, up for {secs(up)}, while being stopped"
+    left = stop.deadline - ev.now
+    if stop.graceful and left > 0:
+        return goto(inst, State.STOPPING, f"{head}; graceful, {secs(left)} left",
+                     [ArmTimer(TimerKind.GRACEFUL, left)], **changes)
+    return goto(inst, State.STOPPING, f"{head}; signal {policy.stop_signal}",
+                 [Signal(policy.stop_signal), ArmTimer(TimerKind.KILL, policy.kill_timeout)],
+                 **changes)
+
+
+def _stopped_exited_away(inst: InstanceState, ev: ExitedWhileAway, policy: Policy) -> Result:
+    """The process ended while no daemon watched it: the restart policy and the operator's
+    last wish decide, as for an exit seen live."""
+    what = f"exited while supervisord was down: {ev.status.describe()}"
+    changes = exit_changes(ev)
+    if inst.wanted is False:
+        return stay(inst, [Log("INFO", f"{what}; stays stopped, as asked")], **changes)
+    if not restarts(ev.status, policy):
+        return goto(inst, State.EXITED, f"{what}; restart={policy.restart.value}", **changes)
+    state, actions = spawn(inst, f"{what}; restart={policy.restart.value}", ev.now,
+                            fresh=True, level="WARNING")
+    return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
+
+
+def _any_status_learned(inst: InstanceState, ev: ExitStatusLearned, policy: Policy) -> Result:
+    if inst.last_exit is None or inst.last_exit.known or not ev.status.known:
+        return inst, []
+    return stay(inst, [Log("INFO", f"the exit status is known now: {ev.status.describe()}")],
+                 last_exit=ev.status)
+
+
+def _stopped_intent(inst: InstanceState, ev: IntentRestored, policy: Policy) -> Result:
+    return stay(inst, [], wanted=ev.wanted)
 
 
 # -- handlers: STARTING ----------------------------------------------------------------------------
 def _starting_spawned(inst: InstanceState, ev: Spawned, policy: Policy) -> Result:
     if inst.pid is not None:
         raise TransitionError(f"Spawned pid {ev.pid} but pid {inst.pid} is already running")
-    return _stay(inst, [Log("INFO", f"spawned pid {ev.pid}"),
+    return stay(inst, [Log("INFO", f"spawned pid {ev.pid}"),
                         ArmTimer(TimerKind.START, policy.start_seconds)],
                  pid=ev.pid, started_at=ev.now)
-
-
-def backoff_delay(policy: Policy, n: int) -> float:
-    """min(initial * factor ** n, max) without overflow: factor ** n alone overflows a float
-    (factor 2 from n = 1024 on), and 0 * inf would be nan."""
-    initial, cap = policy.backoff_initial, policy.backoff_max
-    if initial <= 0 or cap <= initial or n <= 0:
-        return max(min(initial, cap), 0.0)
-    try:
-        delay = initial * policy.backoff_factor ** n
-    except OverflowError:
-        return cap
-    return min(delay, cap)
 
 
 def _failed_start(inst: InstanceState, now: float, what: str, policy: Policy,
@@ -209,76 +165,74 @@ def _failed_start(inst: InstanceState, now: float, what: str, policy: Policy,
     if retries > policy.start_retries:
         since = inst.attempts_since if inst.attempts_since is not None else now
         name = policy.name or "NAME"
-        message = (f"{verb} {retries} times within {_secs(now - since)}; giving up (FATAL). "
+        message = (f"{verb} {retries} times within {secs(now - since)}; giving up (FATAL). "
                    f"Fix it, then: supervisorctl start {name}")
-        return _goto(inst, State.FATAL, f"{what}; {retries} failed starts", level="ERROR",
+        return goto(inst, State.FATAL, f"{what}; {retries} failed starts", level="ERROR",
                      extra_logs=[Log("ERROR", message)], retries=retries, fatal_reason=message,
                      **changes)
     delay = backoff_delay(policy, retries - 1)
-    reason = f"{what}; retry {retries} of {policy.start_retries} in {_secs(delay)}"
-    return _goto(inst, State.BACKOFF, reason, [ArmTimer(TimerKind.BACKOFF, delay)],
+    reason = f"{what}; retry {retries} of {policy.start_retries} in {secs(delay)}"
+    return goto(inst, State.BACKOFF, reason, [ArmTimer(TimerKind.BACKOFF, delay)],
                  level="WARNING", retries=retries, backoff=delay, **changes)
 
 
 def _starting_spawn_failed(inst: InstanceState, ev: SpawnFailed, policy: Policy) -> Result:
     if inst.pid is not None:
         raise TransitionError(f"SpawnFailed but pid {inst.pid} is running")
-    return _failed_start(inst, ev.now, f"spawn failed: {ev.error}", policy, _no_process(),
+    return _failed_start(inst, ev.now, f"spawn failed: {ev.error}", policy, no_process(),
                          "failed to spawn")
 
 
 def _to_running(inst: InstanceState, now: float, reason: str) -> Result:
-    return _goto(inst, State.RUNNING, reason, ready_at=now, retries=0, attempts_since=None,
+    return goto(inst, State.RUNNING, reason, ready_at=now, retries=0, attempts_since=None,
                  fatal_reason=None)
 
 
 def _starting_ready(inst: InstanceState, ev: ReadyReported, policy: Policy) -> Result:
     if inst.pid is None or inst.started_at is None:
         return inst, []         # nothing spawned yet: nothing can be ready
-    return _to_running(inst, ev.now, f"ready after {_secs(ev.now - inst.started_at)}")
+    return _to_running(inst, ev.now, f"ready after {secs(ev.now - inst.started_at)}")
 
 
 def _starting_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
     # Only START can be armed in STARTING (step() already dropped it from inst.timers).
     started = inst.started_at if inst.started_at is not None else ev.now
     return _to_running(
-        inst, ev.now, f"up for {_secs(ev.now - started)}, start_seconds; no ready report")
+        inst, ev.now, f"up for {secs(ev.now - started)}, start_seconds; no ready report")
 
 
 def _starting_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
     what = f"exited: {ev.status.describe()}"
-    changes = _exit_changes(ev)
+    changes = exit_changes(ev)
     if inst.stop_requested:       # not reachable through this table (a stop goes STOPPING)
-        return _goto(inst, State.STOPPED, what, **changes)
+        return goto(inst, State.STOPPED, what, **changes)
     if policy.restart is RestartPolicy.NEVER:
-        return _goto(inst, State.EXITED, f"{what}; restart=never", level="WARNING", **changes)
-    if policy.restart is RestartPolicy.ON_FAILURE and _is_success(ev.status, policy):
-        return _goto(inst, State.EXITED, f"{what}; success, restart=on-failure", **changes)
+        return goto(inst, State.EXITED, f"{what}; restart=never", level="WARNING", **changes)
+    if policy.restart is RestartPolicy.ON_FAILURE and is_success(ev.status, policy):
+        return goto(inst, State.EXITED, f"{what}; success, restart=on-failure", **changes)
     return _failed_start(inst, ev.now, what, policy, changes, "exited")
 
 
 def _active_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Result:
     verb = "restart requested" if ev.restart else "stop requested"
     if inst.pid is None:          # STARTING, Spawn carried out, Spawned not yet fed
-        return _goto(inst, State.STOPPING, f"{verb}; waiting for the spawn to finish",
-                     stop_requested=not ev.restart, restart_after_stop=ev.restart, kills_sent=0)
-    return _begin_stop(inst, ev.now, ev.graceful, verb, policy, stop_requested=not ev.restart,
+        return goto(inst, State.STOPPING, f"{verb}; waiting for the spawn to finish",
+                     stop_requested=not ev.restart, restart_after_stop=ev.restart, kills_sent=0,
+                     pending_stop_graceful=ev.graceful)
+    return begin_stop(inst, ev.now, ev.graceful, verb, policy, stop_requested=not ev.restart,
                        restart=ev.restart)
 
 
 # -- handlers: RUNNING -----------------------------------------------------------------------------
 def _running_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
     what = f"exited: {ev.status.describe()}"
-    changes = _exit_changes(ev)
+    changes = exit_changes(ev)
     if inst.stop_requested:
-        return _goto(inst, State.STOPPED, what, **changes)
+        return goto(inst, State.STOPPED, what, **changes)
     rule = f"restart={policy.restart.value}"
-    restart = (policy.restart is RestartPolicy.ALWAYS
-               or (policy.restart is RestartPolicy.ON_FAILURE
-                   and not _is_success(ev.status, policy)))
-    if not restart:
-        level = "INFO" if _is_success(ev.status, policy) else "WARNING"
-        return _goto(inst, State.EXITED, f"{what}; {rule}", level=level, **changes)
+    if not restarts(ev.status, policy):
+        level = "INFO" if is_success(ev.status, policy) else "WARNING"
+        return goto(inst, State.EXITED, f"{what}; {rule}", level=level, **changes)
     # Rule: exits from RUNNING are counted over a window (systemd's StartLimitBurst), so a
     # program that keeps dying soon after it counts as up cannot loop for ever: the first is
     # restarted at once, the next ones in the window back off, past crash_burst it is FATAL.
@@ -287,58 +241,53 @@ def _running_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
     changes["recent_crashes"] = crashes
     if len(crashes) > policy.crash_burst:
         name = policy.name or "NAME"
-        message = (f"exited {len(crashes)} times within {_secs(ev.now - crashes[0])} of "
+        message = (f"exited {len(crashes)} times within {secs(ev.now - crashes[0])} of "
                    f"running (a crash loop); giving up (FATAL). Fix it, then: supervisorctl "
                    f"start {name}")
-        return _goto(inst, State.FATAL, f"{what}; crash loop", level="ERROR",
+        return goto(inst, State.FATAL, f"{what}; crash loop", level="ERROR",
                      extra_logs=[Log("ERROR", message)], fatal_reason=message, **changes)
     if len(crashes) > 1:
-        delay = _backoff_delay(policy, len(crashes) - 1)
+        delay = backoff_delay(policy, len(crashes) - 2)
         reason = (f"{what}; {rule}; exit {len(crashes)} within "
-                  f"{_secs(policy.crash_interval)}, restarting in {_secs(delay)}")
-        return _goto(inst, State.BACKOFF, reason, [ArmTimer(TimerKind.BACKOFF, delay)],
+                  f"{secs(policy.crash_interval)}, restarting in {secs(delay)}")
+        return goto(inst, State.BACKOFF, reason, [ArmTimer(TimerKind.BACKOFF, delay)],
                      level="WARNING", backoff=delay, retries=0, attempts_since=None, **changes)
-    state, actions = _spawn(inst, f"{what}; {rule}", ev.now, fresh=True, level="WARNING")
+    state, actions = spawn(inst, f"{what}; {rule}", ev.now, fresh=True, level="WARNING")
     return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now,
                                recent_crashes=crashes), actions
 
 
-def _backoff_delay(policy: Policy, n: int) -> float:
-    """initial * factor ** (n - 1), capped at max."""
-    return min(policy.backoff_initial * policy.backoff_factor ** (n - 1), policy.backoff_max)
-
-
 def _running_stale(inst: InstanceState, ev: HeartbeatStale, policy: Policy) -> Result:
     # A hung worker cannot read the control word: signal at once.
-    return _begin_stop(inst, ev.now, False, f"heartbeat stale for {ev.age:.1f} s; restarting",
+    return begin_stop(inst, ev.now, False, f"heartbeat stale for {ev.age:.1f} s; restarting",
                        policy, stop_requested=False, restart=True, level="WARNING")
 
 
 # -- handlers: BACKOFF -----------------------------------------------------------------------------
 def _backoff_start(inst: InstanceState, ev: StartRequested, policy: Policy) -> Result:
-    return _spawn(inst, "start requested; skipping backoff", ev.now, fresh=False)
+    return spawn(inst, "start requested; skipping backoff", ev.now, fresh=False)
 
 
 def _backoff_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
     if inst.retries == 0:       # backing off after a crash of a RUNNING process
-        reason = f"backoff {_secs(inst.backoff)} over; restarting after a crash"
+        reason = f"backoff {secs(inst.backoff)} over; restarting after a crash"
     else:
-        reason = (f"backoff {_secs(inst.backoff)} over; retry {inst.retries} of "
+        reason = (f"backoff {secs(inst.backoff)} over; retry {inst.retries} of "
                   f"{policy.start_retries}")
-    return _spawn(inst, reason, ev.now, fresh=False)
+    return spawn(inst, reason, ev.now, fresh=False)
 
 
 def _backoff_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Result:
     if ev.restart:
-        return _spawn(inst, "restart requested", ev.now, fresh=True)
-    return _goto(inst, State.STOPPED, "stop requested", stop_requested=True)
+        return spawn(inst, "restart requested", ev.now, fresh=True)
+    return goto(inst, State.STOPPED, "stop requested", stop_requested=True)
 
 
 # -- handlers: STOPPING ----------------------------------------------------------------------------
 def _stopping_start(inst: InstanceState, ev: StartRequested, policy: Policy) -> Result:
     if inst.restart_after_stop:
         return inst, []
-    return _stay(inst, [Log("INFO", "start requested while stopping; will start after exit")],
+    return stay(inst, [Log("INFO", "start requested while stopping; will start after exit")],
                  restart_after_stop=True)
 
 
@@ -354,41 +303,44 @@ def _stopping_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Re
         actions += [Log("INFO", f"stop now requested; sending signal {policy.stop_signal}"),
                     CancelTimer(TimerKind.GRACEFUL), Signal(policy.stop_signal),
                     ArmTimer(TimerKind.KILL, policy.kill_timeout)]
-    return _stay(inst, actions, restart_after_stop=ev.restart, stop_requested=not ev.restart)
+    return stay(inst, actions, restart_after_stop=ev.restart, stop_requested=not ev.restart)
 
 
 def _stopping_spawned(inst: InstanceState, ev: Spawned, policy: Policy) -> Result:
     """A stop came between Spawn and Spawned: the new process is asked to stop at once."""
     if inst.pid is not None:
         raise TransitionError(f"Spawned pid {ev.pid} but pid {inst.pid} is already running")
-    return _stay(inst, [Log("INFO", f"spawned pid {ev.pid} while stopping; asking it to stop"),
-                        PostStop(deadline=ev.now + policy.graceful_timeout),
-                        ArmTimer(TimerKind.GRACEFUL, policy.graceful_timeout)],
-                 pid=ev.pid, started_at=ev.now)
+    log = Log("INFO", f"spawned pid {ev.pid} while stopping; asking it to stop")
+    if inst.pending_stop_graceful:
+        actions: list[Action] = [log, PostStop(deadline=ev.now + policy.graceful_timeout),
+                                 ArmTimer(TimerKind.GRACEFUL, policy.graceful_timeout)]
+    else:                         # the stop asked was not graceful: no command, the signal
+        actions = [log, Signal(policy.stop_signal), ArmTimer(TimerKind.KILL, policy.kill_timeout)]
+    return stay(inst, actions, pid=ev.pid, started_at=ev.now, pending_stop_graceful=True)
 
 
 def _stopping_spawn_failed(inst: InstanceState, ev: SpawnFailed, policy: Policy) -> Result:
     if inst.pid is not None:
         raise TransitionError(f"SpawnFailed but pid {inst.pid} is running")
     if inst.restart_after_stop:
-        return _spawn(inst, f"spawn failed: {ev.error}; restarting", ev.now, fresh=False)
-    return _goto(inst, State.STOPPED, f"spawn failed: {ev.error}", stop_requested=True,
-                 restart_after_stop=False, **_no_process())
+        return spawn(inst, f"spawn failed: {ev.error}; restarting", ev.now, fresh=False)
+    return goto(inst, State.STOPPED, f"spawn failed: {ev.error}", stop_requested=True,
+                 restart_after_stop=False, **no_process())
 
 
 def _stopping_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
     if ev.kind is TimerKind.GRACEFUL:
-        msg = (f"did not exit within {_secs(policy.graceful_timeout)} of the stop command; "
+        msg = (f"did not exit within {secs(policy.graceful_timeout)} of the stop command; "
                f"sending signal {policy.stop_signal}")
-        return _stay(inst, [Log("WARNING", msg), Signal(policy.stop_signal),
+        return stay(inst, [Log("WARNING", msg), Signal(policy.stop_signal),
                             ArmTimer(TimerKind.KILL, policy.kill_timeout)])
     if inst.kills_sent == 0:
-        msg = (f"still alive {_secs(policy.kill_timeout)} after signal {policy.stop_signal}; "
+        msg = (f"still alive {secs(policy.kill_timeout)} after signal {policy.stop_signal}; "
                f"sending signal {policy.kill_signal}")
     else:
-        msg = (f"still alive {_secs(policy.kill_timeout)} after signal {policy.kill_signal} "
+        msg = (f"still alive {secs(policy.kill_timeout)} after signal {policy.kill_signal} "
                f"(sent {inst.kills_sent} times); sending it again")
-    return _stay(inst, [Log("WARNING", msg), Signal(policy.kill_signal),
+    return stay(inst, [Log("WARNING", msg), Signal(policy.kill_signal),
                         ArmTimer(TimerKind.KILL, policy.kill_timeout)],
                  kills_sent=inst.kills_sent + 1)
 
@@ -396,10 +348,10 @@ def _stopping_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Resu
 def _stopping_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
     what = f"exited: {ev.status.describe()}"
     if inst.restart_after_stop:
-        state, actions = _spawn(inst, f"{what}; restarting", ev.now, fresh=True)
+        state, actions = spawn(inst, f"{what}; restarting", ev.now, fresh=True)
         return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
-    return _goto(inst, State.STOPPED, what, stop_requested=True, restart_after_stop=False,
-                 **_exit_changes(ev))
+    return goto(inst, State.STOPPED, what, stop_requested=True, restart_after_stop=False,
+                 **exit_changes(ev))
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -414,6 +366,9 @@ def _on(event_type: type[E], handler: Callable[[InstanceState, E, Policy], Resul
 
 _on(StartRequested, _idle_start, *NO_PROCESS)
 _on(Adopted, _stopped_adopted, State.STOPPED)
+_on(ExitedWhileAway, _stopped_exited_away, State.STOPPED)
+_on(IntentRestored, _stopped_intent, State.STOPPED)
+_on(ExitStatusLearned, _any_status_learned, *State)
 
 _on(Spawned, _starting_spawned, State.STARTING)
 _on(SpawnFailed, _starting_spawn_failed, State.STARTING)
@@ -442,6 +397,8 @@ ERRORS: frozenset[tuple[State, type]] = frozenset(
     {(s, Spawned) for s in State if s not in MAY_BE_SPAWNING}
     | {(s, SpawnFailed) for s in State if s not in MAY_BE_SPAWNING}
     | {(s, Adopted) for s in State if s is not State.STOPPED}
+    | {(s, ExitedWhileAway) for s in State if s is not State.STOPPED}
+    | {(s, IntentRestored) for s in State if s is not State.STOPPED}
 )
 
 # Pairs ignored on purpose (same state, no actions), with the reason:
@@ -474,6 +431,11 @@ def step(inst: InstanceState, event: Event, policy: Policy) -> Result:
             return inst, []     # stale: cancelled or re-armed since
         inst = dataclasses.replace(inst, timers=inst.timers - {event.kind} or NO_TIMERS)
     new, actions = handler(inst, event, policy)
+    # Rule: what the operator asks is remembered whatever the state made of it.
+    if isinstance(event, StartRequested):
+        new = dataclasses.replace(new, wanted=True)
+    elif isinstance(event, StopRequested):
+        new = dataclasses.replace(new, wanted=event.restart)
     if not new.timers <= TIMERS_FOR[new.state]:
         raise AssertionError(f"timers {set(new.timers)} armed in {new.state.value}")
     return new, actions

@@ -140,6 +140,15 @@ class HeartbeatStale:
 
 
 @dataclass(frozen=True, slots=True)
+class StopInFlight:
+    """A stop the previous daemon had begun when it went (it is carried on, not begun again)."""
+
+    graceful: bool           # STOP_GRACEFUL was posted (else the stop signal was sent)
+    deadline: float          # monotonic seconds: when the graceful wait ends
+    restart: bool = False    # a restart: start again once the process is gone
+
+
+@dataclass(frozen=True, slots=True)
 class Adopted:
     """A running process found at daemon start (its block verified) is ours again."""
 
@@ -147,11 +156,37 @@ class Adopted:
     pid: int
     ready: bool              # the worker reported ready (or a plain program past start_seconds)
     started_at: float        # monotonic seconds at which it was started (best known)
+    stop: StopInFlight | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExitedWhileAway:
+    """At daemon start: the instance's process ended while no daemon watched it."""
+
+    now: float
+    status: ExitStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatusLearned:
+    """How a process that was reported gone with an unknown status really ended."""
+
+    now: float
+    status: ExitStatus
+
+
+@dataclass(frozen=True, slots=True)
+class IntentRestored:
+    """At daemon start: what the operator last asked for this instance, as the previous
+    daemon recorded it (True: started, False: stopped)."""
+
+    now: float
+    wanted: bool
 
 
 Event = (
     StartRequested | StopRequested | Spawned | SpawnFailed | ReadyReported | TimerFired
-    | Exited | HeartbeatStale | Adopted
+    | Exited | HeartbeatStale | Adopted | ExitedWhileAway | ExitStatusLearned | IntentRestored
 )
 
 
@@ -212,4 +247,9 @@ class InstanceState:
     last_exit_at: float | None = None
     fatal_reason: str | None = None
     recent_crashes: tuple[float, ...] = ()  # times of exits from RUNNING, within crash_interval
+    # What the operator last asked for (runit's "want", beside the state): True started,
+    # False stopped, None nothing yet (the config's autostart decides). Kept across daemon
+    # crashes and re-execs; every StartRequested / StopRequested sets it (see step()).
+    wanted: bool | None = None
+    pending_stop_graceful: bool = True     # the kind of a stop asked between Spawn and Spawned
     timers: frozenset[TimerKind] = NO_TIMERS   # armed kinds

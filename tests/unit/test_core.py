@@ -48,7 +48,8 @@ def test_normal_start_with_ready_report() -> None:
     assert sim.feed(ReadyReported(0.42)) == [
         info("STARTING -> RUNNING (ready after 0.41 s)"), CancelTimer(START)]
     assert sim.inst == InstanceState(state=State.RUNNING, pid=4242, started_at=0.01,
-                                     ready_at=0.42, retries=0, timers=frozenset())
+                                     ready_at=0.42, retries=0, timers=frozenset(),
+                                     wanted=True)
     # a second ready report (a worker may report again) changes nothing
     assert sim.feed(ReadyReported(0.5)) == []
 

@@ -23,9 +23,12 @@ from supervisor.core import (
     Adopted,
     Event,
     Exited,
+    ExitedWhileAway,
     ExitStatus,
+    ExitStatusLearned,
     HeartbeatStale,
     InstanceState,
+    IntentRestored,
     Policy,
     ReadyReported,
     Spawned,
@@ -56,6 +59,9 @@ SAMPLE_EVENTS: dict[type, Event] = {
     Exited: Exited(1.0, ExitStatus(code=1)),
     HeartbeatStale: HeartbeatStale(1.0, 30.0),
     Adopted: Adopted(1.0, 10, True, 0.5),
+    ExitedWhileAway: ExitedWhileAway(1.0, ExitStatus(code=1)),
+    ExitStatusLearned: ExitStatusLearned(1.0, ExitStatus(code=0)),
+    IntentRestored: IntentRestored(1.0, False),
 }
 
 
