@@ -101,6 +101,34 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
     ))
 
 
+def parse_signal(value: object) -> int | None:
+    """A signal number from a name (HUP, SIGHUP, hup) or a number 1..SIGRTMAX; None otherwise.
+    Bounded: a long string or a huge number is refused without converting it."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        num = value
+    elif isinstance(value, str) and 0 < len(value) <= 16:
+        text = value.strip().upper()
+        if text.isdigit() and text.isascii():
+            num = int(text)
+        else:
+            try:
+                return int(signal_mod.Signals[text if text.startswith("SIG") else f"SIG{text}"])
+            except KeyError:
+                return None
+    else:
+        return None
+    return num if 1 <= num <= signal_mod.SIGRTMAX else None
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal_mod.Signals(signum).name
+    except ValueError:  # a real-time signal has no name of its own
+        return f"SIGRTMIN+{signum - signal_mod.SIGRTMIN}"
+
+
 class Handlers:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -139,6 +167,14 @@ class Handlers:
             return None
         return insts
 
+    @staticmethod
+    def _flag(request: Request, respond: Responder, name: str, default: bool) -> bool | None:
+        """The boolean option, or None after a usage reply when it is not true or false."""
+        value = request.flag(name, default)
+        if value is None:
+            respond(Reply(USAGE, err=f"option {name!r} must be true or false\n"))
+        return value
+
     def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool]
                  ) -> Reply:
         """One line per instance; exit FAILED (on stderr) if any did not end up as asked."""
@@ -161,7 +197,10 @@ class Handlers:
             return
         now = self.rt.now()
         facts = [instance_facts(i, now, self._process(i.pid)) for i in insts]
-        if request.opts.get("json", False):
+        as_json = self._flag(request, respond, "json", False)
+        if as_json is None:
+            return
+        if as_json:
             # data too: shell completion and scripts on the socket read the rows from it
             respond(Reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
             return
@@ -186,8 +225,11 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
+        wait = self._flag(request, respond, "wait", True)
+        if wait is None:
+            return
         self.rt.request_start(insts)
-        if not request.opts.get("wait", True):
+        if not wait:
             respond(Reply(OK, out="".join(f"{i.name}: start requested\n" for i in insts)))
             return
 
@@ -198,8 +240,12 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        self.rt.request_stop(insts, bool(request.opts.get("graceful", False)))
-        if not request.opts.get("wait", True):
+        wait = self._flag(request, respond, "wait", True)
+        graceful = self._flag(request, respond, "graceful", False) if wait is not None else None
+        if graceful is None:
+            return
+        self.rt.request_stop(insts, graceful)
+        if not wait:
             respond(Reply(OK, out="".join(f"{i.name}: stop requested\n" for i in insts)))
             return
         self.rt.wait_for(insts, lambda i: not i.has_process, lambda: respond(
@@ -209,7 +255,10 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        self.rt.request_restart(insts, bool(request.opts.get("graceful", False)))
+        graceful = self._flag(request, respond, "graceful", False)
+        if graceful is None:
+            return
+        self.rt.request_restart(insts, graceful)
 
         def settled(i: Instance) -> bool:
             return i.st.state in (State.RUNNING, State.FATAL, State.EXITED) or (
@@ -222,17 +271,16 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        name = str(request.opts.get("signal", "")).upper()
-        try:
-            signum = int(name) if name.isdigit() else signal_mod.Signals[
-                name if name.startswith("SIG") else f"SIG{name}"].value
-        except (KeyError, ValueError):
-            respond(Reply(USAGE, err=f"unknown signal {name!r} (e.g. HUP, USR1, 10)\n"))
+        signum = parse_signal(request.opts.get("signal", ""))
+        if signum is None:
+            shown = request.opts.get("signal", "")
+            shown = shown[:40].upper() if isinstance(shown, str) else shown
+            respond(Reply(USAGE, err=f"unknown signal {shown!r} (e.g. HUP, USR1, 10)\n"))
             return
         lines, failed = [], False
         for i in insts:
             if self.rt.send_signal(i, signum):
-                lines.append(f"{i.name}: sent {signal_mod.Signals(signum).name}\n")
+                lines.append(f"{i.name}: sent {signal_name(signum)}\n")
             else:
                 failed = True
                 lines.append(f"{i.name}: not running ({i.st.state.value})\n")
@@ -267,7 +315,10 @@ class Handlers:
         self.daemon.reload(respond)
 
     def shutdown(self, request: Request, respond: Responder) -> None:
-        if not request.opts.get("wait", True):
+        wait = self._flag(request, respond, "wait", True)
+        if wait is None:
+            return
+        if not wait:
             respond(Reply(OK, out="shutting down\n"))
             self.daemon.shutdown(lambda: None)
             return
