@@ -67,7 +67,7 @@ from supervisor.loop import Loop, Timer
 __all__ = ["ControlServer", "Handler", "Responder", "ServerError", "SocketInUseError"]
 
 MAX_CONNECTIONS = 256
-MAX_OUTPUT = 16 * 1024 * 1024  # bytes of replies buffered for all clients together
+MAX_OUTPUT = 8 * 1024 * 1024  # bytes of replies buffered for all clients together
 _BIG_REPLY = 1024 * 1024  # releasing one this large hands freed heap back to the OS
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ACCEPT_BATCH = 64
@@ -258,6 +258,8 @@ class _Conn:
             except OSError:  # EPIPE, ECONNRESET: the client is gone
                 break
             self.sent += n
+            self.held -= n  # what the kernel took no longer counts against max_output
+            self.server.buffered -= n
         self.close()
 
     def _release(self) -> None:
