@@ -6,7 +6,9 @@ and a newline (at most ``MAX_REPLY`` bytes, taken by the client within ``WRITE_T
 closes. One connection carries one exchange: no ids, no pipelining, no length prefix.
 
 Request ``{"cmd": str, "targets": [str, ...], "opts": {str: value}}``: the protocol requires only
-"cmd"; "targets" and "opts" are read (and checked) by the verbs that use them.
+"cmd"; "targets" and "opts" are read (and checked) by the verbs that use them. The line must be
+strict JSON in strict UTF-8 within the limits below (nesting, integer digits, sizes): the daemon
+answers anything else with a USAGE reply, so no peer reaches a verb with data it cannot handle.
 
 Reply ``{"code": int, "out": str, "err": str, "data": value}``: "code" is supervisorctl's exit
 code, "out" and "err" the text it prints verbatim on stdout and stderr, "data" what a verb needs
@@ -105,8 +107,10 @@ class Request(dict[str, Any]):
 
     It stays that object (a dict) rather than a copy of the three keys, so a handler sees exactly
     what was sent and it compares equal to and serializes as that object. decode_request makes
-    sure "cmd" is a string. "targets" and "opts" are left to the verbs: one that takes no targets
-    ignores a malformed "targets", one that does answers ``targets is None`` with a usage error.
+    sure "cmd" is a string, "opts" an object when given, and a "targets" list within MAX_TARGETS
+    and MAX_NAME. Whether "targets" is a list of names is left to the verbs: one that takes no
+    targets ignores a malformed "targets", one that does answers ``targets is None`` with a
+    usage error; likewise an option of the wrong type (see ``flag``).
     """
 
     __slots__ = ()
