@@ -8,8 +8,8 @@ Rules this module keeps, because the daemon's loop must never stall or die for a
 
 - every socket is non-blocking; replies are written from a buffer as the client reads them,
   through a memoryview (a big reply is never copied), and the bytes buffered for all clients
-  together are capped (``max_output``): a reply that does not fit while others wait is replaced
-  by a short "busy" error, so clients that never read cannot grow the daemon;
+  together are capped (``max_output``): a big reply that does not fit while others wait is
+  replaced by a short "busy" error, so clients that never read cannot grow the daemon;
 - every connection has a deadline: the request within ``read_timeout``, the reply drained within
   ``write_timeout``; past it the connection is closed (with an error reply when one still fits);
 - the number of connections is capped; beyond the cap a connection is accepted and closed at once.
@@ -69,6 +69,9 @@ __all__ = ["ControlServer", "Handler", "Responder", "ServerError", "SocketInUseE
 MAX_CONNECTIONS = 256
 MAX_OUTPUT = 8 * 1024 * 1024  # bytes of replies buffered for all clients together
 _BIG_REPLY = 1024 * 1024  # releasing one this large hands freed heap back to the OS
+# Replies up to this size always go out (the cap on connections bounds them): the answer to a
+# start or stop that was done must never be swapped for "busy"; only big reads (status) can be.
+_SMALL_REPLY = 64 * 1024
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ACCEPT_BATCH = 64
 
@@ -229,7 +232,8 @@ class _Conn:
                 Reply(ERROR, err=f"supervisord: internal error: reply not serializable ({e})\n")
             )
         server = self.server
-        if server.buffered and server.buffered + len(data) > server.max_output:
+        if (len(data) > _SMALL_REPLY and server.buffered
+                and server.buffered + len(data) > server.max_output):
             server.log(f"control socket: {server.buffered} bytes of replies wait for clients "
                        f"that do not take them; refused a reply of {len(data)} bytes")
             data = encode_reply(Reply(ERROR, err="supervisord: busy: other clients have not "

@@ -341,3 +341,14 @@ def test_fuzzed_requests_get_a_reply_or_a_clean_close(sup: DaemonProcess) -> Non
     assert seen.get(2, 0) > 0, seen
     assert_serving(sup)
     assert sup.status_of(f"{WORKER}:0")["state"] == "RUNNING"
+
+
+def test_only_big_replies_are_refused_as_busy(lt: LoopThread, sock_path: str) -> None:
+    server, _rec = start_server(lt, sock_path, max_output=1 << 20)
+    with connect(sock_path) as hog:  # takes nothing of its 4 MB reply
+        hog.sendall(line({"cmd": "big", "opts": {"size": 4 << 20}}))
+        wait_for(lambda: lt.call(lambda: server.buffered) > 1 << 20 or None, "the hog's reply")
+        assert roundtrip(sock_path, line({"cmd": "echo"}))["code"] == 0  # small: always sent
+        reply = roundtrip(sock_path, line({"cmd": "big", "opts": {"size": 200_000}}))
+        assert reply == {"code": 1, "out": "", "data": None, "err": "supervisord: busy: other "
+                         "clients have not taken their replies yet; try again\n"}
