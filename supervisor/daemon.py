@@ -130,8 +130,11 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.runtime = Runtime(self.loop, config, notify_path=f"{sup.socket}.notify")
         self.runtime.on_change = self._status_changed
+        # The daemon logs to stderr, which systemd hands to the journal (JOURNAL_STREAM).
+        where = ("the daemon log (the systemd journal)" if "JOURNAL_STREAM" in os.environ
+                 else "the daemon log (supervisord's stderr)")
         self.server = ControlServer(self.loop, sup.socket, Handlers(self), mode=sup.socket_mode,
-                                    group=sup.socket_group)
+                                    group=sup.socket_group, log=logger.error, log_where=where)
         paths.write_locator(config.path, sup.socket, os.getpid())
         self.leaving = ""       # "shutting down" / "re-executing": see Handlers
         self._shutdown_waiters: list[Callable[[], None]] = []

@@ -44,8 +44,8 @@ def parse_signal(value: str | int) -> int:
 
 
 def signal_name(signum: int) -> str:
-    """15 -> "SIGTERM"; a number with no name (a real-time signal) -> "40"."""
+    """15 -> "SIGTERM"; a real-time signal (no name of its own) -> "SIGRTMIN+6"."""
     try:
         return signal.Signals(signum).name
     except ValueError:
-        return str(signum)
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"

@@ -157,6 +157,14 @@ class Handlers:
             return None
         return insts
 
+    @staticmethod
+    def _flag(request: Request, respond: Responder, name: str, default: bool) -> bool | None:
+        """The boolean option, or None after a usage reply when it is not true or false."""
+        value = request.flag(name, default)
+        if value is None:
+            respond(Reply(USAGE, err=f"option {name!r} must be true or false\n"))
+        return value
+
     def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool]
                  ) -> Reply:
         """One line per instance; exit FAILED (on stderr) if any did not end up as asked."""
@@ -182,7 +190,10 @@ class Handlers:
         for i in insts:
             tree = self.rt.trees.stats(i) if i.pid is not None else None
             facts.append(instance_facts(i, now, None if tree else self._process(i.pid), tree))
-        if request.opts.get("json", False):
+        as_json = self._flag(request, respond, "json", False)
+        if as_json is None:
+            return
+        if as_json:
             # data too: shell completion and scripts on the socket read the rows from it
             respond(Reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
             return
@@ -207,8 +218,11 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
+        wait = self._flag(request, respond, "wait", True)
+        if wait is None:
+            return
         self.rt.request_start(insts)
-        if not request.opts.get("wait", True):
+        if not wait:
             respond(Reply(OK, out="".join(f"{i.name}: start requested\n" for i in insts)))
             return
 
@@ -219,8 +233,12 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        self.rt.request_stop(insts, bool(request.opts.get("graceful", False)))
-        if not request.opts.get("wait", True):
+        wait = self._flag(request, respond, "wait", True)
+        graceful = self._flag(request, respond, "graceful", False) if wait is not None else None
+        if graceful is None:
+            return
+        self.rt.request_stop(insts, graceful)
+        if not wait:
             respond(Reply(OK, out="".join(f"{i.name}: stop requested\n" for i in insts)))
             return
         self.rt.wait_for(insts, lambda i: not i.has_process, lambda: respond(
@@ -230,7 +248,10 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        self.rt.request_restart(insts, bool(request.opts.get("graceful", False)))
+        graceful = self._flag(request, respond, "graceful", False)
+        if graceful is None:
+            return
+        self.rt.request_restart(insts, graceful)
 
         def settled(i: Instance) -> bool:
             return i.st.state in (State.RUNNING, State.FATAL, State.EXITED) or (
@@ -243,11 +264,14 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        name = str(request.opts.get("signal", ""))[:32].upper()
+        raw = request.opts.get("signal", "")
+        shown = raw[:40].upper() if isinstance(raw, str) else raw
         try:
-            signum = parse_signal(name)
+            if not isinstance(raw, str | int):
+                raise ValueError(raw)
+            signum = parse_signal(raw)
         except ValueError:
-            respond(Reply(USAGE, err=f"unknown signal {name!r} (e.g. HUP, USR1, 10)\n"))
+            respond(Reply(USAGE, err=f"unknown signal {shown!r} (e.g. HUP, USR1, 10)\n"))
             return
         lines, failed = [], False
         for i in insts:
@@ -291,7 +315,10 @@ class Handlers:
         self.daemon.reload(respond)
 
     def shutdown(self, request: Request, respond: Responder) -> None:
-        if not request.opts.get("wait", True):
+        wait = self._flag(request, respond, "wait", True)
+        if wait is None:
+            return
+        if not wait:
             respond(Reply(OK, out="shutting down\n"))
             self.daemon.shutdown(lambda: None)
             return

@@ -6,7 +6,9 @@ and a newline (at most ``MAX_REPLY`` bytes, taken by the client within ``WRITE_T
 closes. One connection carries one exchange: no ids, no pipelining, no length prefix.
 
 Request ``{"cmd": str, "targets": [str, ...], "opts": {str: value}}``: the protocol requires only
-"cmd"; "targets" and "opts" are read (and checked) by the verbs that use them.
+"cmd"; "targets" and "opts" are read (and checked) by the verbs that use them. The line must be
+strict JSON in strict UTF-8 within the limits below (nesting, integer digits, sizes): the daemon
+answers anything else with a USAGE reply, so no peer reaches a verb with data it cannot handle.
 
 Reply ``{"code": int, "out": str, "err": str, "data": value}``: "code" is supervisorctl's exit
 code, "out" and "err" the text it prints verbatim on stdout and stderr, "data" what a verb needs
@@ -22,6 +24,8 @@ Standard library only: supervisorctl imports this module, and its start-up time 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -34,6 +38,12 @@ MAX_REPLY = 64 * 1024 * 1024  # bytes of one reply line; the client reads no fur
 READ_TIMEOUT = 10.0  # seconds the daemon waits for a complete request
 WRITE_TIMEOUT = 10.0  # seconds the daemon gives a client to take its reply
 CONNECT_TIMEOUT = 5.0  # seconds the client waits for the daemon to accept the connection
+# A request is small and flat; these bound what the daemon's parser and handlers ever see.
+MAX_DEPTH = 32  # nesting of objects and arrays
+MAX_INT_DIGITS = 20  # digits of an integer (a pid, a signal, a count)
+MAX_CMD = 64  # characters of "cmd"
+MAX_TARGETS = 4096  # entries of "targets"
+MAX_NAME = 1024  # characters of one target name
 
 
 # -- exit codes ------------------------------------------------------------------------------
@@ -97,8 +107,10 @@ class Request(dict[str, Any]):
 
     It stays that object (a dict) rather than a copy of the three keys, so a handler sees exactly
     what was sent and it compares equal to and serializes as that object. decode_request makes
-    sure "cmd" is a string. "targets" and "opts" are left to the verbs: one that takes no targets
-    ignores a malformed "targets", one that does answers ``targets is None`` with a usage error.
+    sure "cmd" is a string, "opts" an object when given, and a "targets" list within MAX_TARGETS
+    and MAX_NAME. Whether "targets" is a list of names is left to the verbs: one that takes no
+    targets ignores a malformed "targets", one that does answers ``targets is None`` with a
+    usage error; likewise an option of the wrong type (see ``flag``).
     """
 
     __slots__ = ()
@@ -124,6 +136,13 @@ class Request(dict[str, Any]):
         if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
             return list(raw)
         return None
+
+    def flag(self, name: str, default: bool) -> bool | None:
+        """The boolean option ``name`` (default when absent or null); None when not a bool."""
+        value = self.opts.get(name)
+        if value is None:
+            return default
+        return value if isinstance(value, bool) else None
 
     @property
     def opts(self) -> Mapping[str, Any]:
@@ -154,16 +173,78 @@ def encode_request(request: Mapping[str, Any]) -> bytes:
 
 
 def decode_request(line: bytes) -> Request:
-    """The request in one line (without its newline). BadRequest says what is wrong with it."""
+    """The request in one line (without its newline). BadRequest says what is wrong with it.
+
+    Only strict JSON in strict UTF-8 passes: no lone surrogates (raw or escaped), no NaN or
+    Infinity, no integer longer than MAX_INT_DIGITS, no nesting deeper than MAX_DEPTH, and
+    "targets" and "opts" (when given) within their bounds and of the right shape.
+    """
     try:
-        doc = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as e:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"request is not valid JSON (not UTF-8: {e})") from None
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                         parse_float=_finite_float)
+    except BadRequest:
+        raise
+    except RecursionError:
+        raise BadRequest(f"request nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:
         raise BadRequest(f"request is not valid JSON ({e})") from None
     if not isinstance(doc, dict):
         raise BadRequest(f"request must be a JSON object (got {type(doc).__name__})")
-    if not isinstance(doc.get("cmd"), str):
+    _check_tree(doc)
+    cmd = doc.get("cmd")
+    if not isinstance(cmd, str):
         raise BadRequest('request has no "cmd" string')
+    if len(cmd) > MAX_CMD:
+        raise BadRequest(f'"cmd" is longer than {MAX_CMD} characters')
+    targets = doc.get("targets")
+    if isinstance(targets, list):
+        if len(targets) > MAX_TARGETS:
+            raise BadRequest(f"too many targets (more than {MAX_TARGETS})")
+        if any(isinstance(t, str) and len(t) > MAX_NAME for t in targets):
+            raise BadRequest(f"a target name is longer than {MAX_NAME} characters")
+    if doc.get("opts") is not None and not isinstance(doc["opts"], dict):
+        raise BadRequest(f'"opts" must be a JSON object (got {type(doc["opts"]).__name__})')
     return Request(doc)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadRequest(f"request is not valid JSON ({name} is not a number)")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise BadRequest(f"request has an integer of more than {MAX_INT_DIGITS} digits")
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"request has a number out of range ({text[:40]})")
+    return value
+
+
+def _check_tree(doc: dict[str, Any]) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and strings with lone surrogates (from \\u escapes:
+    they cannot be encoded back, so no reply could quote them). Iterative: no recursion."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise BadRequest("request is not valid JSON (a string has a lone surrogate)")
+        elif isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise BadRequest(f"request nests deeper than {MAX_DEPTH} levels")
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items)
 
 
 def encode_reply(reply: Reply | Mapping[str, Any]) -> bytes:

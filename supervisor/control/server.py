@@ -6,32 +6,39 @@ RUNNING): it receives a :class:`Responder` and calls it when it is done.
 
 Rules this module keeps, because the daemon's loop must never stall or die for a client:
 
-- every socket is non-blocking; replies are written from a buffer as the client reads them;
+- every socket is non-blocking; replies are written from a buffer as the client reads them,
+  through a memoryview (a big reply is never copied), and the bytes buffered for all clients
+  together are capped (``max_output``): a big reply that does not fit while others wait is
+  replaced by a short "busy" error, so clients that never read cannot grow the daemon;
 - every connection has a deadline: the request within ``read_timeout``, the reply drained within
   ``write_timeout``; past it the connection is closed (with an error reply when one still fits);
-- the number of connections is capped; beyond the cap a connection is accepted and closed at once;
+- the number of connections is capped; beyond the cap a connection is accepted and closed at once.
+  Refused peers (a uid not allowed) get at most an eighth of the slots, and every slot comes back
+  at the read or write deadline, so no peer locks the others out for longer than that;
 - nothing a client sends can raise out of a callback: bad input gets a code-2 reply, a handler
-  that raises gets a code-1 reply;
+  that raises gets a code-1 reply and is logged with its traceback through ``log``, which the
+  reply names (``log_where``);
+- bytes sent after the request are read and dropped, up to ``max_request``; then the connection
+  is no longer read (the peer's writes block, the daemon's loop does not spin on them);
 - a client that goes away before its (deferred) reply marks the responder ``closed``; the reply is
   then dropped silently.
 
-The socket file is created so that it is never accessible to anyone else, not even for a moment
-(bound under a umask of 0177, then chown'ed to the group, then chmod'ed), a stale file is
-replaced only when nobody answers on it, and ``close()`` unlinks the file only if it is still ours.
+The socket file is made by supervisor.control.sockfile; ``close()`` unlinks it only if it is
+still ours.
 All of this runs on the loop's thread; the handler and responders must be called from it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
-import grp
 import os
 import select
 import selectors
 import socket
-import stat
 import struct
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,20 +55,25 @@ from supervisor.control.protocol import (
     decode_request,
     encode_reply,
 )
+from supervisor.control.sockfile import (
+    ServerError,
+    SocketInUseError,
+    create_socket,
+    resolve_group,
+    supplementary_gids,
+)
 from supervisor.loop import Loop, Timer
 
+__all__ = ["ControlServer", "Handler", "Responder", "ServerError", "SocketInUseError"]
+
 MAX_CONNECTIONS = 256
-_SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux
+MAX_OUTPUT = 8 * 1024 * 1024  # bytes of replies buffered for all clients together
+_BIG_REPLY = 1024 * 1024  # releasing one this large hands freed heap back to the OS
+# Replies up to this size always go out (the cap on connections bounds them): the answer to a
+# start or stop that was done must never be swapped for "busy"; only big reads (status) can be.
+_SMALL_REPLY = 64 * 1024
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ACCEPT_BATCH = 64
-
-
-class ServerError(Exception):
-    """The control socket cannot be set up; str() says which path and why."""
-
-
-class SocketInUseError(ServerError):
-    """Another process answers on the socket path (another daemon for this config?)."""
 
 
 class Responder:
@@ -101,7 +113,10 @@ class _Conn:
         self.sock = sock
         self.fd = sock.fileno()
         self.inbuf = bytearray()
-        self.outbuf = b""
+        self.out: memoryview | None = None  # the reply; self.sent bytes of it are gone
+        self.sent = 0
+        self.held = 0  # bytes of the reply counted in server.buffered
+        self.ignored = 0  # bytes read after the request line
         self.state = _READING
         self.watch_reads = True
         self.timer: Timer | None = None
@@ -110,10 +125,15 @@ class _Conn:
 
     # -- events -------------------------------------------------------------------------------
     def on_event(self, mask: int) -> None:
-        if self.state == _WRITING and mask & selectors.EVENT_WRITE:
-            self._flush()
-        elif mask & selectors.EVENT_READ and self.state in (_READING, _WAITING):
-            self._on_readable()
+        try:
+            if self.state == _WRITING and mask & selectors.EVENT_WRITE:
+                self._flush()
+            elif mask & selectors.EVENT_READ and self.state in (_READING, _WAITING):
+                self._on_readable()
+        except Exception as e:  # noqa: BLE001 -- a bug here must cost one connection, not the daemon
+            self.server.log(f"control socket: connection failed: {type(e).__name__}: {e}\n"
+                            f"{traceback.format_exc().rstrip()}")
+            self.close()
 
     def _on_readable(self) -> None:
         try:
@@ -126,7 +146,11 @@ class _Conn:
         if self.state == _WAITING:
             if not data:
                 self._on_eof_while_waiting()
-            return  # bytes after the request line are ignored
+                return
+            self.ignored += len(data)  # bytes after the request line are ignored, up to a point
+            if self.ignored > self.server.max_request:
+                self._stop_reading()
+            return
         if not data:
             if self.inbuf.strip():
                 self._dispatch(bytes(self.inbuf))  # the client half-closed after its request
@@ -177,12 +201,13 @@ class _Conn:
             self.server.handler(req, self.responder)
         except Exception as e:  # noqa: BLE001 -- a handler bug must not take the daemon down
             cmd = req.cmd
-            self.server.log(f"control socket: handler failed on {cmd!r}: {type(e).__name__}: {e}")
+            self.server.log(f"control socket: handler failed on {cmd!r}: {type(e).__name__}: {e}"
+                            f"\n{traceback.format_exc().rstrip()}")
             self.responder(
                 Reply(
                     ERROR,
                     err=f"supervisord: internal error while handling {cmd!r}: "
-                    f"{type(e).__name__}: {e} (see the daemon log)\n",
+                    f"{type(e).__name__}: {e} (see {self.server.log_where})\n",
                 )
             )
 
@@ -200,12 +225,22 @@ class _Conn:
         if self.state in (_WRITING, _CLOSED):
             return
         try:
-            self.outbuf = encode_reply(reply)
-        except (TypeError, ValueError) as e:
+            data = encode_reply(reply)
+        except (TypeError, ValueError, RecursionError) as e:
             self.server.log(f"control socket: reply not serializable: {e}")
-            self.outbuf = encode_reply(
+            data = encode_reply(
                 Reply(ERROR, err=f"supervisord: internal error: reply not serializable ({e})\n")
             )
+        server = self.server
+        if (len(data) > _SMALL_REPLY and server.buffered
+                and server.buffered + len(data) > server.max_output):
+            server.log(f"control socket: {server.buffered} bytes of replies wait for clients "
+                       f"that do not take them; refused a reply of {len(data)} bytes")
+            data = encode_reply(Reply(ERROR, err="supervisord: busy: other clients have not "
+                                      "taken their replies yet; try again\n"))
+        self.out = memoryview(data)
+        self.held = len(data)
+        server.buffered += self.held
         self.state = _WRITING
         self._cancel_timer()
         self.timer = self.server.loop.call_later(self.server.write_timeout, self.close)
@@ -218,16 +253,30 @@ class _Conn:
                 self.watch_reads = True
 
     def _flush(self) -> None:
-        while self.outbuf:
+        out = self.out
+        while out is not None and self.sent < len(out):
             try:
-                n = self.sock.send(self.outbuf)
+                n = self.sock.send(out[self.sent:])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # EPIPE, ECONNRESET: the client is gone
-                self.close()
-                return
-            self.outbuf = self.outbuf[n:]
+                break
+            self.sent += n
+            self.held -= n  # what the kernel took no longer counts against max_output
+            self.server.buffered -= n
         self.close()
+
+    def _release(self) -> None:
+        """Drop the reply buffer (sent or not) and give its budget back."""
+        if self.out is None:
+            return
+        size = len(self.out)
+        self.out.release()
+        self.out = None
+        self.server.buffered -= self.held
+        self.held = 0
+        if size >= _BIG_REPLY:
+            self.server.trim_soon()
 
     # -- lifetime -----------------------------------------------------------------------------
     def on_read_timeout(self) -> None:
@@ -246,6 +295,7 @@ class _Conn:
         self.state = _CLOSED
         self.responder.closed = True
         self._cancel_timer()
+        self._release()
         self.server._forget(self)
         if self.watch_reads:
             self.server.loop.remove(self.fd)
@@ -259,6 +309,9 @@ class ControlServer:
     from an allowed peer; it calls ``responder(reply)`` now or later. Allowed peers: uid 0, the
     daemon's euid, and (when ``group`` is set) members of that group by primary or supplementary
     gid. Raises ServerError (SocketInUseError when a live daemon answers on ``path``).
+
+    ``log(text)`` receives every server-side failure (a handler's, with its traceback); replies
+    that report one tell the client to see ``log_where``.
     """
 
     def __init__(
@@ -273,7 +326,9 @@ class ControlServer:
         write_timeout: float = WRITE_TIMEOUT,
         max_request: int = MAX_REQUEST,
         max_connections: int = MAX_CONNECTIONS,
+        max_output: int = MAX_OUTPUT,
         log: Callable[[str], None] | None = None,
+        log_where: str = "the daemon log",
     ) -> None:
         self.loop = loop
         self.path = path
@@ -282,12 +337,17 @@ class ControlServer:
         self.write_timeout = write_timeout
         self.max_request = max_request
         self.max_connections = max_connections
+        self.max_refused = max(1, max_connections // 8)
+        self.max_output = max_output
+        self.buffered = 0  # bytes of replies not yet taken, all connections together
         self.log: Callable[[str], None] = log or (lambda _msg: None)
-        self.gid: int | None = _resolve_group(group) if group is not None else None
+        self.log_where = log_where
+        self._trim: Timer | None = None
+        self.gid: int | None = resolve_group(group) if group is not None else None
         self._conns: dict[int, _Conn] = {}
         self._paused: Timer | None = None
         self._closed = False
-        self._sock, self._ident = _create_socket(path, mode, self.gid)
+        self._sock, self._ident = create_socket(path, mode, self.gid)
         self.loop.add_reader(self._sock.fileno(), self._on_accept)
 
     @property
@@ -325,6 +385,10 @@ class ControlServer:
         if len(self._conns) >= self.max_connections:
             sock.close()
             return
+        refused_uid = self._refused_uid(sock)
+        if refused_uid is not None and self._refused_count() >= self.max_refused:
+            sock.close()
+            return
         sock.setblocking(False)
         conn = _Conn(self, sock)
         self._conns[conn.fd] = conn
@@ -332,7 +396,7 @@ class ControlServer:
         # A refused peer still gets to send its request (never parsed): replying and closing
         # before it is in would make the peer's send fail (EPIPE/ECONNRESET) instead of letting
         # it read why.
-        conn.refused_uid = self._refused_uid(sock)
+        conn.refused_uid = refused_uid
         conn.timer = self.loop.call_later(self.read_timeout, conn.on_read_timeout)
 
     def _refused_uid(self, sock: socket.socket) -> int | None:
@@ -348,12 +412,26 @@ class ControlServer:
             return -1
         if uid == 0 or uid == os.geteuid():
             return None
-        if self.gid is not None and (gid == self.gid or self.gid in _supplementary_gids(pid)):
+        if self.gid is not None and (gid == self.gid or self.gid in supplementary_gids(pid)):
             return None
         return uid
 
+    def _refused_count(self) -> int:
+        return sum(1 for c in self._conns.values() if c.refused_uid is not None)
+
     def _forget(self, conn: _Conn) -> None:
         self._conns.pop(conn.fd, None)
+
+    def trim_soon(self) -> None:
+        """Hand freed heap back to the OS once the loop is done closing: glibc keeps the memory
+        of big freed replies otherwise, and 100 clients that never read would cost it for good."""
+        if self._trim is None and not self._closed:
+            self._trim = self.loop.call_later(0, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
     # -- closing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -363,6 +441,8 @@ class ControlServer:
         self._closed = True
         if self._paused is not None:
             self._paused.cancel()
+        if self._trim is not None:
+            self._trim.cancel()
         self.loop.remove(self._sock.fileno())
         for conn in list(self._conns.values()):
             conn.close()
@@ -376,88 +456,12 @@ class ControlServer:
                 os.unlink(self.path)
 
 
-# -- socket creation -------------------------------------------------------------------------
-def _resolve_group(group: str) -> int:
+def _find_malloc_trim() -> Callable[[int], int] | None:
     try:
-        return int(grp.getgrnam(group).gr_gid)
-    except KeyError:
-        if group.isdigit():
-            return int(group)
-        raise ServerError(f"control socket group {group!r} does not exist") from None
+        fn: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return fn
 
 
-def _supplementary_gids(pid: int) -> set[int]:
-    """The supplementary groups of a live process, from /proc/PID/status (empty if unknown)."""
-    if pid <= 0:
-        return set()
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
-
-
-def _answers(path: str) -> bool:
-    """Does a live process listen on the Unix socket at path?"""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-    try:
-        probe.connect(path)
-    except (BlockingIOError, InterruptedError):
-        return True  # listening, backlog full
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError as e:
-        raise ServerError(f"{path}: cannot tell whether another process uses it: {e}") from e
-    finally:
-        probe.close()
-    return True
-
-
-def _create_socket(path: str, mode: int, gid: int | None) -> tuple[socket.socket, tuple[int, int]]:
-    size = len(os.fsencode(path))
-    if size > _SUN_PATH_MAX:
-        raise ServerError(
-            f"control socket path is too long ({size} bytes, Linux allows {_SUN_PATH_MAX}): "
-            f"{path}; configure a shorter socket path"
-        )
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-        os.chmod(parent, 0o700)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ServerError(f"{path} exists and is not a socket; refusing to replace it")
-        if _answers(path):
-            raise SocketInUseError(
-                f"{path}: another process already answers on this control socket "
-                "(is another supervisord running with this config?)"
-            )
-        os.unlink(path)  # stale: left behind by a daemon that died
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    bound = False
-    try:
-        old = os.umask(0o177)
-        try:
-            sock.bind(path)
-            bound = True
-        finally:
-            os.umask(old)
-        if gid is not None:
-            os.chown(path, -1, gid)
-        os.chmod(path, mode)
-        st = os.lstat(path)
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        if bound:
-            os.unlink(path)
-        raise ServerError(f"cannot set up the control socket {path}: {e}") from e
-    return sock, (st.st_dev, st.st_ino)
+_malloc_trim = _find_malloc_trim()

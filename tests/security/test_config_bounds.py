@@ -17,7 +17,8 @@ import pytest
 
 from supervisor.config import ConfigError, load_config
 from supervisor.core import InstanceState, SpawnFailed, State
-from supervisor.core.machine import backoff_delay, step
+from supervisor.core.machine import step
+from supervisor.core.rules import backoff_delay
 from supervisor.core.types import Policy
 from supervisor.runtime.runtime import U64_MAX, _deadline_ns
 from tests.e2e.conftest import daemon, daemon_factory  # noqa: F401  (fixtures)

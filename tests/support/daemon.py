@@ -255,8 +255,9 @@ class DaemonProcess:
                 left.append(f"processes {members} in cgroup {entry.path}; killed")
                 with open(os.path.join(entry.path, "cgroup.kill"), "w") as f:
                     f.write("1")
-                wait_until(lambda e=entry.path: "populated 0" in open(  # type: ignore[misc]
-                    os.path.join(e, "cgroup.events")).read(), 10, "cgroup to empty")
+                events = os.path.join(entry.path, "cgroup.events")
+                wait_until(lambda e=events: "populated 0" in Path(e).read_text(),  # type: ignore[misc]
+                           10, "cgroup to empty")
             os.rmdir(entry.path)
         os.rmdir(base)
         return left

@@ -41,7 +41,8 @@ from supervisor.core import (
     TransitionError,
     step,
 )
-from supervisor.core.machine import ERRORS, EVENT_TYPES, IGNORED, TIMERS_FOR, TRANSITIONS
+from supervisor.core.machine import ERRORS, EVENT_TYPES, IGNORED, TRANSITIONS
+from supervisor.core.rules import TIMERS_FOR
 
 CORE_DIR = Path(supervisor.core.__file__).parent
 FORBIDDEN_IMPORTS = {"os", "signal", "time", "psutil", "posix_ipc", "loguru", "subprocess",

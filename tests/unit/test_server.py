@@ -167,7 +167,12 @@ def test_handler_exception_becomes_code_1(lt: LoopThread, sock_path: str) -> Non
         "(see the daemon log)\n",
         "data": None,
     }
-    assert logged == ["control socket: handler failed on 'boom': RuntimeError: boom"]
+    # the first line says what failed; the traceback follows, ending in the handler's raise
+    assert len(logged) == 1
+    first, *trace = logged[0].splitlines()
+    assert first == "control socket: handler failed on 'boom': RuntimeError: boom"
+    assert trace[0] == "Traceback (most recent call last):"
+    assert 'raise RuntimeError("boom")' in trace[-2] and trace[-1] == "RuntimeError: boom"
     assert roundtrip(sock_path, line({"cmd": "echo"}))["code"] == 0
 
 

@@ -6,6 +6,7 @@ relative path "ctl.sock", so it needs no access to pytest's 0700 tmp directories
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -126,3 +127,42 @@ def test_mode_0600_keeps_others_out_at_the_file_level(lt: LoopThread, pub: Path)
     start_server(lt, str(pub / "ctl.sock"))
     reply = request_as(pub, NOBODY, NOGROUP, [])
     assert reply == "CHILD ERROR: PermissionError(13, 'Permission denied')", reply
+
+
+def test_refused_peers_get_at_most_an_eighth_of_the_slots(lt: LoopThread, pub: Path) -> None:
+    server, _rec = start_server(lt, str(pub / "ctl.sock"), mode=0o666, max_connections=16)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: 5 silent connections as nobody; report how many were closed at once
+        code = 1
+        try:
+            os.close(r)
+            os.chdir(pub)
+            os.setgroups([])
+            os.setgid(NOGROUP)
+            os.setuid(NOBODY)
+            socks = []
+            for _ in range(5):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect("ctl.sock")
+                socks.append(s)
+            closed = 0
+            for s in socks:
+                s.settimeout(1.0)
+                with contextlib.suppress(TimeoutError):
+                    closed += s.recv(1) == b""
+            os.write(w, str(closed).encode())
+            code = 0
+        except BaseException as e:  # noqa: BLE001 -- reported through the pipe
+            os.write(w, f"CHILD ERROR: {e!r}".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        ready, _w, _x = select.select([r], [], [], 10.0)
+        out = os.read(r, 4096).decode() if ready else "no answer from the child"
+        assert lt.call(lambda: server.connections) <= 2
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert out == "3", out  # 16 // 8 = 2 refused peers are let in to read why; 3 closed at once
