@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from worker import Worker
 from worker import block as B
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 
 PREFIX = "pvbench" + uuid.uuid4().hex[:8]
 OFF_T0 = B.OFF_APP  # u64: the poster's CLOCK_MONOTONIC ns just before posting
@@ -83,7 +83,7 @@ WAITER = r"""
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
 from worker import Worker
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 mode, names = sys.argv[2], sys.argv[3:]
 cpu = int(os.environ.get("BENCH_CPU", "-1"))
 if cpu >= 0:

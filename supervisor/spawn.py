@@ -9,6 +9,7 @@ module from reaping behind our back, and is told the exit status once we have it
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ def child_environment(req: SpawnRequest) -> dict[str, str]:
     return env
 
 
+def _user_gid(user: str | None) -> int | None:
+    if user is None or os.geteuid() != 0:
+        return None
+    return (pwd.getpwuid(int(user)) if user.isdecimal() else pwd.getpwnam(user)).pw_gid
+
+
 def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
     """Start the worker; raises OSError (e.g. FileNotFoundError) if it cannot be executed."""
     out_fd = err_fd = None
@@ -65,6 +72,9 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
             cwd=req.directory,
             env=child_environment(req),
             user=req.user,
+            # under user:, the user's own group and no supplementary groups (not root's)
+            group=_user_gid(req.user),
+            extra_groups=[] if req.user is not None and os.geteuid() == 0 else None,
             start_new_session=True,
             close_fds=True,
             restore_signals=True,

@@ -26,7 +26,7 @@ if getattr(sys.modules.get("worker"), "__file__", "") is None:
 
 
 import worker  # noqa: F401
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 
 SHM_DIR = Path("/dev/shm")
 # One prefix per test session: "pvt" + 10 hex digits (no dot, a valid block prefix).

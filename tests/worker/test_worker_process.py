@@ -15,7 +15,7 @@ import pytest
 from worker_helpers import Lines, python_env, wait_until
 
 from worker import block as B
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 
 Spawn = Callable[..., subprocess.Popen[str]]
 
