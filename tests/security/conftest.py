@@ -6,6 +6,7 @@ The daemon fixtures and helpers are imported here only, so that they are easy to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -73,10 +74,8 @@ def test_user() -> Iterator[UnprivilegedUser]:
             uid = None
         if uid is not None:
             for pid in _pids_of_uid(uid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             helpers.wait_until(lambda: not [p for p in _pids_of_uid(uid) if helpers.pid_alive(p)],
                                10, f"processes of {name} to die")
         subprocess.run(["userdel", name], check=False, timeout=60)
