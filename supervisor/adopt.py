@@ -13,7 +13,7 @@ nothing it did not write itself:
      checks below cannot race with PID reuse;
   2. its start time (/proc/PID/stat field 22) equals the one recorded at spawn;
   3. the block's boot_id is this boot's (checked with the header);
-  4. the owner of /proc/PID is the uid recorded at spawn;
+  4. its real uid is the one recorded at spawn;
   5. its process group is the one recorded at spawn (we start every worker with setsid).
   The environment is not consulted for a recorded PID (nginx, redis and setproctitle programs
   overwrite it); only a block whose PID was never recorded (the daemon died mid-spawn) is
@@ -117,7 +117,7 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, int]) -> tuple[
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
             stat_line = f.read(4096)
         actual = blk.parse_start_ticks(stat_line)
-        owner = os.stat(f"/proc/{pid}").st_uid
+        owner = _real_uid(pid)
         if recorded and actual != ticks:
             why = f"pid {pid} started at tick {actual}, not {ticks} (a recycled pid)"
         elif stat_line[stat_line.rindex(")") + 2] == "Z":
@@ -136,6 +136,16 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, int]) -> tuple[
         why = f"cannot inspect pid {pid}: {e}"
     os.close(pidfd)
     return why
+
+
+def _real_uid(pid: int) -> int:
+    """The real uid of a process (/proc/PID/status; the owner of /proc/PID would be root for a
+    process that made itself non-dumpable)."""
+    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+        for line in f.read(16384).splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    raise ValueError(f"no Uid line in /proc/{pid}/status")
 
 
 def _owner_of(path: str) -> str:
@@ -212,7 +222,12 @@ def scan(prefix: str) -> list[Found]:
                            f"{pid} without its heartbeat and ready reports")
         _seq, state = block.ack
         ready = state in (blk.ST_READY, blk.ST_BUSY)
+        ticks = block.spawned_start_ticks
+        if not ticks:
+            try:
+                ticks = blk.proc_start_ticks(pid)
+            except (OSError, ValueError, IndexError):
+                ticks = 0
         found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
-                           _started_at(block.spawned_start_ticks or blk.proc_start_ticks(pid)),
-                           None, block.incarnation))
+                           _started_at(ticks), None, block.incarnation))
     return found
