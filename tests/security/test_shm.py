@@ -2,22 +2,92 @@
 
 Each test is a regression test for a way the daemon could be hurt through its control blocks:
 a worker truncating or scribbling on its pages, a full /dev/shm, names planted by another
-local user, and a worker under ``user:`` reaching for pages that are not its own."""
+local user, and a worker under ``user:`` reaching for pages that are not its own. Root only
+(CI is root): a real unprivileged user is made with useradd and removed with userdel, every
+process of its uid killed by PID first."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import signal
 import stat
 import struct
+import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import UnprivilegedUser, helpers
 
-from worker import block as B
+# -- the test support this file uses, all in one place (to repoint when tests/ moves) --------
+TESTS = str(Path(__file__).resolve().parents[1])
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+import e2e.conftest as e2e_fixtures  # noqa: E402
+import helpers  # noqa: E402  (DaemonProcess, SUPERVISORD, wait_until, pid_alive, ...)
+
+from worker import block as B  # noqa: E402
+
+daemon, daemon_factory = e2e_fixtures.daemon, e2e_fixtures.daemon_factory
+
+@dataclass
+class UnprivilegedUser:
+    name: str
+    uid: int
+    gid: int
+
+    def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
+        """Run argv as this user (its own group only)."""
+        return subprocess.run(argv, user=self.uid, group=self.gid, extra_groups=[],
+                              check=False, capture_output=True, timeout=30, **kw)  # type: ignore[call-overload]
+
+    def popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, user=self.uid, group=self.gid, extra_groups=[],
+                                start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture
+def shm_user() -> Iterator[UnprivilegedUser]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user")
+    name = "pvt" + uuid.uuid4().hex[:8]
+    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
+                    "--shell", "/bin/sh", name], check=True, timeout=60)
+    try:
+        pw = pwd.getpwnam(name)
+        yield UnprivilegedUser(name, pw.pw_uid, pw.pw_gid)
+    finally:
+        try:
+            uid = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            uid = None
+        if uid is not None:
+            def none_left() -> bool:
+                alive = [p for p in _pids_of_uid(uid) if helpers.pid_alive(p)]
+                for pid in alive:   # all started by the test (the user is brand new)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                return not alive
+            helpers.wait_until(none_left, 10, f"processes of {name} to die")
+        subprocess.run(["userdel", name], check=False, timeout=60)
+
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI is root)")]
@@ -59,10 +129,10 @@ def test_a_worker_truncating_its_pages_cannot_crash_the_daemon(
 
 
 def test_a_worker_under_user_cannot_truncate_its_ctl_page(
-        daemon: Any, tmp_path: Path, test_user: UnprivilegedUser) -> None:
+        shm_user: UnprivilegedUser, daemon: Any, tmp_path: Path) -> None:
     out = tmp_path / "logs" / "w-0.out.log"
     d = daemon({"w": {**shell(f"truncate -s 0 {CTL_PATH} || echo denied; exec sleep 1000"),
-                      "user": test_user.name}})
+                      "user": shm_user.name}})
     helpers.wait_until(lambda: out.exists() and "denied" in out.read_text(), 15,
                        "the truncation to be refused")
     name = B.shm_name(d.prefix, "w:0")
@@ -106,27 +176,27 @@ def forged_ctl(name: str, pid: int, ticks: int, uid: int, pgid: int,
 
 
 def test_names_planted_by_another_user_are_ignored(
-        daemon_factory: Any, test_user: UnprivilegedUser) -> None:
+        shm_user: UnprivilegedUser, daemon_factory: Any) -> None:
     d = daemon_factory({"w": {"command": "sleep 1000", "start_seconds": 0.2, "numprocs": 6}})
     path = {i: SHM + B.shm_name(d.prefix, f"w:{i}")[1:] for i in range(6)}
     stray = SHM + f"{d.prefix}.x:0"
-    own = test_user.popen(["sleep", "1000"])
+    own = shm_user.popen(["sleep", "1000"])
     try:
         ticks = B.proc_start_ticks(own.pid)
         planted = {
-            1: forged_ctl(B.shm_name(d.prefix, "w:1"), 4294967295, 1, test_user.uid, 1),
-            2: forged_ctl(B.shm_name(d.prefix, "w:2"), own.pid, ticks, test_user.uid, own.pid),
+            1: forged_ctl(B.shm_name(d.prefix, "w:1"), 4294967295, 1, shm_user.uid, 1),
+            2: forged_ctl(B.shm_name(d.prefix, "w:2"), own.pid, ticks, shm_user.uid, own.pid),
             3: os.urandom(B.BLOCK_SIZE),
         }
         for argv in (["mkdir", stray], ["mkdir", path[0]], ["mkfifo", path[4]],
                      ["ln", "-s", "/etc/passwd", path[5]]):
-            assert test_user.run(argv).returncode == 0, argv
+            assert shm_user.run(argv).returncode == 0, argv
         for i, data in planted.items():
-            r = test_user.run(["sh", "-c", 'cat > "$1"', "sh", path[i]], input=data)
+            r = shm_user.run(["sh", "-c", 'cat > "$1"', "sh", path[i]], input=data)
             assert r.returncode == 0, r.stderr
         # and a status page with a seqlock stuck odd, for the forged block naming its process
         status = f"{path[2]}.{'0' * 16}"
-        r = test_user.run(["sh", "-c", 'cat > "$1"', "sh", status],
+        r = shm_user.run(["sh", "-c", 'cat > "$1"', "sh", status],
                           input=struct.pack("<I", 0) * 32 + struct.pack("<I", 7) + bytes(4000))
         assert r.returncode == 0, r.stderr
         d.allow_leftovers = True   # the stray directory stays: the fixture removes it
@@ -137,7 +207,7 @@ def test_names_planted_by_another_user_are_ignored(
         assert own.poll() is None, "the planted process was signalled"
         rows = d.status_json()
         assert not any(r["adopted"] for r in rows), rows
-        owner = f"uid {test_user.uid}"
+        owner = f"uid {shm_user.uid}"
         d.wait_log(rf"x:0 ignoring {stray} \(owned by {owner}\)")
         d.wait_log(rf"w:1 ignoring {path[1]} \(owned by {owner}\): not a control block of "
                    r"ours \(not ours\)")
@@ -182,7 +252,7 @@ def test_a_broken_status_page_never_causes_a_duplicate(
 
 
 def test_a_worker_under_user_reaches_only_its_own_pages(
-        daemon: Any, tmp_path: Path, test_user: UnprivilegedUser) -> None:
+        shm_user: UnprivilegedUser, daemon: Any, tmp_path: Path) -> None:
     out = tmp_path / "logs" / "mine-0.out.log"
     script = (
         f"ctl={CTL_PATH}; b=${{PYVISOR_BLOCK#/}}; other=\"/dev/shm/${{b%.mine:0}}.other:0\"; "
@@ -195,7 +265,7 @@ def test_a_worker_under_user_reaches_only_its_own_pages(
         "for f in \"$other\".*; do cat \"$f\" > /dev/null 2>&1 || echo other-status-denied; "
         "done; echo checked; exec sleep 1000")
     d = daemon({"other": {"command": "sleep 1000", "start_seconds": 0.2},
-                "mine": {**shell(script), "user": test_user.name,
+                "mine": {**shell(script), "user": shm_user.name,
                          "depends_on": ["other"]}})
     helpers.wait_until(lambda: out.exists() and "checked" in out.read_text(), 15,
                        "the worker's checks")
@@ -204,7 +274,7 @@ def test_a_worker_under_user_reaches_only_its_own_pages(
                      "other-ctl-write-denied", "other-status-denied", "checked"], lines
     name = B.shm_name(d.prefix, "mine:0")
     st = os.stat(SHM + name[1:])
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, test_user.gid, 0o640)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, shm_user.gid, 0o640)
     assert_daemon_fine(d)
 
 
