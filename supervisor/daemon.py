@@ -7,6 +7,7 @@ SIGTERM/SIGINT: graceful stop of everything, exit 0. SIGHUP: reload.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -19,10 +20,11 @@ import click
 from loguru import logger
 
 from supervisor import paths, safefs
-from supervisor.commands import Handlers, Reply, reply
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.control.handlers import Handlers
+from supervisor.control.protocol import BAD_CONFIG, OK, Reply
+from supervisor.control.server import ControlServer
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
-from supervisor.ctl.exitcodes import BAD_CONFIG, OK
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
 from supervisor.reconcile import (
@@ -34,7 +36,6 @@ from supervisor.reconcile import (
 )
 from supervisor.runtime import Runtime
 from supervisor.sdnotify import Notifier
-from supervisor.server import ControlServer
 
 EXIT_BAD_CONFIG = 2
 EXIT_LOCKED = 1
@@ -44,35 +45,86 @@ class LockedError(Exception):
     pass
 
 
+def _flock(path: str, create_dir: bool) -> tuple[int, str]:
+    """An exclusive flock on path (in a directory only we can write, never through a link):
+    (fd, "") when we hold it, else (-1, what its holder wrote in it)."""
+    name = os.path.basename(path)
+    dfd = safefs.trusted_dir(os.path.dirname(path) or ".", create=create_dir)
+    try:
+        while True:
+            fd = safefs.open_private(dfd, name, path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                return -1, holder
+            # the holder before us removes the file when it exits: make sure we locked the
+            # file that is there now, not the one it just unlinked
+            try:
+                if os.stat(name, dir_fd=dfd, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    return fd, ""
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+    finally:
+        os.close(dfd)
+
+
+def release_lock(path: str, fd: int) -> None:
+    """Remove the lock file we hold (so that none is left behind), then let it go."""
+    with contextlib.suppress(OSError):
+        if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+    os.close(fd)
+
+
 def acquire_lock(path: str, config_path: str, inherited_fd: int | None) -> int:
-    """flock a file beside the socket; the holder's PID is written in it. The directory must
-    be one only we can write, and the lock is never opened through a link."""
+    """One daemon per config: flock a file beside the socket; the holder's PID is written in
+    it."""
     if inherited_fd is not None:
         os.set_inheritable(inherited_fd, False)
         return inherited_fd
-    dfd = safefs.trusted_dir(os.path.dirname(path) or ".", create=True)
-    try:
-        fd = safefs.open_private(dfd, os.path.basename(path), path)
-    finally:
-        os.close(dfd)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+    fd, holder = _flock(path, create_dir=True)
+    if fd < 0:
         raise LockedError(
             f"supervisord: another supervisord (pid {holder}) is already running "
             f"{config_path} (lock {path}); stop it first: supervisorctl -c {config_path} shutdown"
-        ) from None
+        )
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
+def prefix_lock_path(prefix: str) -> str:
+    return os.path.join(paths.runtime_dir(), f"prefix-{prefix}.lock")
+
+
+def acquire_prefix_lock(prefix: str, config_path: str, inherited_fd: int | None) -> int:
+    """One daemon per block prefix: two configs with the same block_prefix would adopt and
+    stop each other's workers. The lock lives in the runtime directory (ours alone)."""
+    if inherited_fd is not None:
+        os.set_inheritable(inherited_fd, False)
+        return inherited_fd
+    dfd = safefs.private_dir(paths.runtime_dir())
+    os.close(dfd)
+    path = prefix_lock_path(prefix)
+    fd, holder = _flock(path, create_dir=False)
+    if fd < 0:
+        pid, _, other = holder.partition(" ")
+        raise LockedError(
+            f"supervisord: block_prefix {prefix!r} is in use by another supervisord (pid {pid}, "
+            f"config {other or 'unknown'}); give {config_path} a block_prefix of its own "
+            "(supervisor: {block_prefix: NAME}) or stop the other one")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {os.path.realpath(config_path)}\n".encode(), 0)
+    return fd
+
+
 class Daemon:
-    def __init__(self, config: Config, lock_fd: int) -> None:
+    def __init__(self, config: Config, lock_fds: tuple[int, int]) -> None:
         self.config = config
-        self.lock_fd = lock_fd
+        self.lock_fds = lock_fds     # the config's lock, the block prefix's lock
         self.loop = Loop()
         sup = config.supervisor
         self.notifier = Notifier.from_env()
@@ -81,16 +133,22 @@ class Daemon:
         self.server = ControlServer(self.loop, sup.socket, Handlers(self), mode=sup.socket_mode,
                                     group=sup.socket_group)
         paths.write_locator(config.path, sup.socket, os.getpid())
-        self._shutting_down = False
+        self.leaving = ""       # "shutting down" / "re-executing": see Handlers
         self._shutdown_waiters: list[Callable[[], None]] = []
         self._status_pending = False
         self.exit_code = 0
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, lambda _s: self.shutdown(lambda: None))
-        self.loop.add_signal_handler(signal.SIGHUP, lambda _s: self.reload(lambda _r: None))
+        self.loop.add_signal_handler(signal.SIGHUP, lambda _s: self._on_sighup())
         interval = self.notifier.watchdog_interval()
         if interval:
             self._watchdog(interval)
+
+    def _on_sighup(self) -> None:
+        if self.leaving:
+            logger.warning(f"SIGHUP ignored: supervisord is {self.leaving}")
+            return
+        self.reload(lambda _r: None)
 
     # -- systemd ------------------------------------------------------------------------------
     def _watchdog(self, interval: float) -> None:
@@ -140,7 +198,7 @@ class Daemon:
             new = load_config(self.config.path)
         except ConfigError as e:
             logger.error(f"reload refused, still running the previous config:\n{e}")
-            done(reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
+            done(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
                                        f"{e}\n"))
             return
         self.notifier.reloading()
@@ -150,15 +208,15 @@ class Daemon:
 
         def finished() -> None:
             self.notifier.ready(self.summary())
-            done(reply(OK, out=summary or "no changes\n"))
+            done(Reply(OK, out=summary or "no changes\n"))
 
         self.runtime.wait_for(settle, lambda i: i.st.state not in IN_TRANSITION, finished)
 
     def shutdown(self, done: Callable[[], None]) -> None:
         self._shutdown_waiters.append(done)
-        if self._shutting_down:
+        if self.leaving == "shutting down":
             return
-        self._shutting_down = True
+        self.leaving = "shutting down"
         self.notifier.stopping()
         logger.info("shutting down: stopping every worker gracefully")
         self._stop_in_order(list(reversed(self.config.start_order())))
@@ -189,6 +247,7 @@ class Daemon:
         self.loop.call_later(0.05, self.loop.stop)   # let the last replies go out
 
     def reexec(self) -> None:
+        self.leaving = "re-executing"
         state_path = f"{self.config.supervisor.socket}.reexec.json"
         save_state(self.runtime, state_path)
         logger.info("re-executing supervisord in place (same pid; workers keep running)")
@@ -197,9 +256,12 @@ class Daemon:
     def _exec(self, state_path: str) -> NoReturn:
         self.server.close()
         self.runtime.close()
-        os.set_inheritable(self.lock_fd, True)
+        config_lock, prefix_lock = self.lock_fds
+        for fd in self.lock_fds:
+            os.set_inheritable(fd, True)
         argv = [sys.executable, "-m", "supervisor.daemon", "-c", self.config.path,
-                "--reexec-state", state_path, "--lock-fd", str(self.lock_fd)]
+                "--reexec-state", state_path, "--lock-fd", str(config_lock),
+                "--prefix-lock-fd", str(prefix_lock)]
         logger.complete()
         os.execv(sys.executable, argv)
 
@@ -209,6 +271,9 @@ class Daemon:
         self.runtime.close()
         paths.remove_locator(self.config.path, os.getpid())
         self.loop.close()
+        sup = self.config.supervisor
+        release_lock(f"{sup.socket}.lock", self.lock_fds[0])
+        release_lock(prefix_lock_path(sup.block_prefix), self.lock_fds[1])
 
 
 def _load_saved(path: str | None) -> dict[str, Any] | None:
@@ -227,7 +292,9 @@ def _load_saved(path: str | None) -> dict[str, Any] | None:
 @click.option("--check", is_flag=True, help="Validate the config and exit.")
 @click.option("--reexec-state", hidden=True)
 @click.option("--lock-fd", type=int, hidden=True)
-def main(config_path: str, check: bool, reexec_state: str | None, lock_fd: int | None) -> None:
+@click.option("--prefix-lock-fd", type=int, hidden=True)
+def main(config_path: str, check: bool, reexec_state: str | None, lock_fd: int | None,
+         prefix_lock_fd: int | None) -> None:
     """Run the supervisor daemon in the foreground on CONFIG."""
     try:
         config = load_config(config_path)
@@ -240,6 +307,8 @@ def main(config_path: str, check: bool, reexec_state: str | None, lock_fd: int |
     setup_daemon_logging(config.supervisor.log_level)
     try:
         fd = acquire_lock(f"{config.supervisor.socket}.lock", config_path, lock_fd)
+        prefix_fd = acquire_prefix_lock(config.supervisor.block_prefix, config_path,
+                                        prefix_lock_fd)
     except LockedError as e:
         click.echo(str(e), err=True)
         sys.exit(EXIT_LOCKED)
@@ -248,7 +317,7 @@ def main(config_path: str, check: bool, reexec_state: str | None, lock_fd: int |
                    err=True)
         sys.exit(EXIT_LOCKED)
     try:
-        daemon = Daemon(config, fd)
+        daemon = Daemon(config, (fd, prefix_fd))
     except OSError as e:
         click.echo(f"supervisord: cannot start: {e}", err=True)
         sys.exit(1)

@@ -52,10 +52,25 @@ def setup_daemon_logging(level: str, log_file: str | None = None) -> None:
                    backtrace=False, diagnose=False)
 
 
-def open_output(path: str) -> int:
+def open_output(path: str, owner: tuple[int, int] | None = None) -> int:
     """Open (creating it and its directory) an output file for a worker to append to; never
-    through a planted symlink, never a FIFO or device (see safefs). The caller closes it."""
-    return safefs.open_append(path, 0o640)
+    through a planted symlink, never a FIFO or device (see safefs). The caller closes it.
+
+    ``owner`` (uid, gid): the file of a worker run as another user. The daemon still opens
+    it (never the user, through a directory the user may control) and then hands it over on
+    the open fd: owned by uid:gid, mode 0600, readable by that user alone (0640 would let
+    everyone in its primary group read it, and that group can be a shared one given with
+    ``group:``). An existing file is handed over too, so a changed ``user:`` takes it along;
+    rotation backups copy the live file's owner and mode."""
+    fd = safefs.open_append(path, 0o640 if owner is None else 0o600)
+    if owner is not None:
+        try:
+            os.fchown(fd, *owner)
+            os.fchmod(fd, 0o600)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
 
 
 def rotate_if_larger(path: str, max_bytes: int, backups: int) -> None:

@@ -1,7 +1,7 @@
 """pyvisor's worker library: what a supervised process imports.
 
 Depends on posix_ipc and the standard library only -- never on supervisor/, loguru,
-pydantic or click (tests/worker/test_purity.py checks this).
+pydantic or click (tests/workerlib/test_purity.py checks this).
 """
 
 from worker.api import Worker, WorkerError

@@ -1,6 +1,7 @@
 """supervisorctl: the command-line client of supervisord, one module per verb.
 
 Its start-up time is its latency, so this package imports click, the standard library,
-supervisor.paths and its own modules only -- never pydantic, yaml, psutil, loguru or posix_ipc
-(tests/unit/test_ctl_imports.py checks). The daemon renders what to print; the client prints it.
+supervisor.paths, supervisor.control.protocol and its own modules only -- never pydantic, yaml,
+psutil, loguru or posix_ipc (tests/unit/test_ctl_imports.py checks). The daemon renders what to
+print; the client prints it.
 """

@@ -8,7 +8,6 @@ code and one line for stderr; everything else (what to print, which code) comes 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import sys
@@ -20,11 +19,23 @@ from typing import IO, Any, NoReturn
 import click
 
 from supervisor import paths
-from supervisor.ctl.exitcodes import ERROR, INTERRUPTED, NOT_RUNNING, TIMEOUT, USAGE
+from supervisor.control.protocol import (
+    CONNECT_TIMEOUT,
+    EOL,
+    ERROR,
+    INTERRUPTED,
+    MAX_REPLY,
+    NOT_RUNNING,
+    TIMEOUT,
+    USAGE,
+    BadReply,
+    Reply,
+    Request,
+    decode_reply,
+    encode_request,
+)
 
 DEFAULT_CONFIG = "supervisord.yaml"
-CONNECT_TIMEOUT = 5.0
-MAX_REPLY = 64 * 1024 * 1024
 
 
 class CtlError(click.ClickException):
@@ -36,14 +47,6 @@ class CtlError(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(self.message, err=True)
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    out: str
-    err: str
-    data: Any
 
 
 @dataclass
@@ -94,7 +97,7 @@ def request(
     """Send {"cmd", "targets", "opts"} to the session's daemon and return its reply."""
     shown, _config = session.config_file()
     path = socket_path(session)
-    payload = {"cmd": cmd, "targets": list(targets), "opts": dict(opts or {})}
+    payload = Request.make(cmd, targets, opts)
     try:
         return exchange(path, payload, session.timeout, session.connect_timeout, shown)
     except KeyboardInterrupt:
@@ -107,7 +110,7 @@ def request(
 
 def exchange(
     path: str,
-    payload: Mapping[str, Any],
+    payload: Request,
     timeout: float | None,
     connect_timeout: float,
     shown_config: str,
@@ -129,7 +132,7 @@ def exchange(
         except OSError as e:
             raise _os_error(path, e) from None
         deadline = None if timeout is None else time.monotonic() + timeout
-        data = (json.dumps(payload) + "\n").encode()
+        data = encode_request(payload)
         try:
             sock.settimeout(timeout)
             sock.sendall(data)
@@ -146,7 +149,7 @@ def _read_reply(
     sock: socket.socket, deadline: float | None, timeout: float | None, shown: str
 ) -> Reply:
     buf = bytearray()
-    while b"\n" not in buf and len(buf) <= MAX_REPLY:
+    while EOL not in buf and len(buf) <= MAX_REPLY:
         if deadline is not None:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
@@ -158,24 +161,17 @@ def _read_reply(
         if not chunk:
             break
         buf += chunk
-    line = bytes(buf).split(b"\n", 1)[0]
+    line = bytes(buf).split(EOL, 1)[0]
     if not line:
         raise CtlError(
             ERROR, "supervisorctl: supervisord closed the connection without a reply (see its log)"
         )
     try:
-        doc = json.loads(line)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("code"), int):
-        raise CtlError(ERROR, "supervisorctl: supervisord sent a malformed reply (see its log)")
-    out, err = doc.get("out"), doc.get("err")
-    return Reply(
-        code=doc["code"],
-        out=out if isinstance(out, str) else "",
-        err=err if isinstance(err, str) else "",
-        data=doc.get("data"),
-    )
+        return decode_reply(line)
+    except BadReply:
+        raise CtlError(
+            ERROR, "supervisorctl: supervisord sent a malformed reply (see its log)"
+        ) from None
 
 
 def _timeout(timeout: float | None, shown: str) -> CtlError:

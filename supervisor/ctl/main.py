@@ -1,7 +1,8 @@
 """supervisorctl: the command-line client of supervisord (entry point ``main``).
 
 Each verb lives in its own module and sends one request; supervisord does the work and renders
-the text, which is printed verbatim, and decides the exit code (supervisor/ctl/exitcodes.py).
+the text, which is printed verbatim, and decides the exit code (defined in
+supervisor.control.protocol).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import click
 
 from supervisor import __version__, paths
+from supervisor.control.protocol import help_epilog
 from supervisor.ctl import (
     client,
     pid,
@@ -22,7 +24,6 @@ from supervisor.ctl import (
     stop,
     tail,
 )
-from supervisor.ctl.exitcodes import help_epilog
 
 
 @click.group(

@@ -9,6 +9,7 @@ import click
 
 from supervisor.ctl import client
 from supervisor.ctl.targets import TARGET
+from supervisor.names import parse_signal
 
 
 class SignalType(click.ParamType):  # type: ignore[type-arg]  # generic only since click 8.5
@@ -17,15 +18,10 @@ class SignalType(click.ParamType):  # type: ignore[type-arg]  # generic only sin
     name = "signal"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip().upper()
         try:
-            if text.isdigit():
-                return signal.Signals(int(text)).name
-            name = text if text.startswith("SIG") else f"SIG{text}"
-            return signal.Signals[name].name
-        except (KeyError, ValueError):
+            return signal.Signals(parse_signal(str(value))).name
+        except ValueError:
             self.fail(f"{value!r} is not a signal (e.g. HUP, TERM, USR1, 15)", param, ctx)
-
 
 @click.command("signal")
 @click.argument("signame", metavar="SIGNAL", type=SignalType())

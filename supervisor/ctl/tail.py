@@ -15,8 +15,8 @@ from typing import BinaryIO
 
 import click
 
+from supervisor.control.protocol import ERROR, OK
 from supervisor.ctl import client
-from supervisor.ctl.exitcodes import ERROR, OK
 from supervisor.ctl.targets import TARGET
 
 POLL_INTERVAL = 0.2

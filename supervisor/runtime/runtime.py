@@ -26,6 +26,7 @@ from supervisor.config import Config, WorkerConfig
 from supervisor.core import NO_PROCESS, Event, InstanceState, State, TimerKind
 from supervisor.logs import Rotator
 from supervisor.loop import Loop
+from supervisor.names import instance_name, split_instance_name
 from supervisor.runtime.exits import Reaper
 from supervisor.runtime.instance import Instance, Waiter
 from supervisor.runtime.readiness import Readiness
@@ -57,7 +58,8 @@ class Runtime:
 
     def _new_instance(self, worker: str, index: int, cfg: WorkerConfig,
                       policy: core.Policy | None = None, removed: bool = False) -> Instance:
-        inst = Instance(f"{worker}:{index}", worker, index, cfg, policy or cfg.policy(worker),
+        inst = Instance(instance_name(worker, index), worker, index, cfg,
+                        policy or cfg.policy(worker),
                         removed=removed)
         if not removed:
             inst.stdout_path, inst.stderr_path = cfg.log_paths(worker, index)
@@ -69,7 +71,7 @@ class Runtime:
         policy = cfg.policy(name)
         made = []
         for index in range(cfg.numprocs):
-            if f"{name}:{index}" in self._instances:
+            if instance_name(name, index) in self._instances:
                 continue
             made.append(self._new_instance(name, index, cfg, policy))  # one Policy per worker
         return made
@@ -80,10 +82,9 @@ class Runtime:
         inst = self._instances.get(name)
         if inst is not None:
             return inst
-        worker, _, index = name.rpartition(":")
+        worker, index = split_instance_name(name)
         cfg = self.config.workers.get(worker) or _removed_config()
-        inst = self._new_instance(worker, int(index) if index.isdigit() else 0, cfg,
-                                  removed=True)
+        inst = self._new_instance(worker, index or 0, cfg, removed=True)
         if worker in self.config.workers:
             inst.stdout_path, inst.stderr_path = cfg.log_paths(worker, inst.index)
         return inst

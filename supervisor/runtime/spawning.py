@@ -7,17 +7,16 @@ import contextlib
 import errno
 import hashlib
 import os
-import pwd
 import stat
 import subprocess
 from collections import deque
 from typing import TYPE_CHECKING
 
-from supervisor import core
+from supervisor import core, safefs
 from supervisor.config import WorkerConfig
 from supervisor.core import Event, State
 from supervisor.runtime.instance import Instance
-from supervisor.spawn import SpawnRequest, spawn
+from supervisor.spawn import CredentialsError, SpawnRequest, credentials, spawn
 from worker import block as blk
 from worker.ctlpage import ControlBlock
 
@@ -69,10 +68,11 @@ class Spawner:
         name = blk.shm_name(rt.config.supervisor.block_prefix, inst.name)
         inst.incarnation += 1
         cfg = inst.cfg
-        try:
-            uid, gid = worker_ids(cfg.user)
-        except KeyError:
-            return core.SpawnFailed(now, f"no such user {cfg.user!r}")
+        try:   # the worker's uid and gid: its status page is its own, its ctl page its group's
+            creds = credentials(cfg.user, cfg.group) if cfg.user is not None else None
+        except CredentialsError as e:
+            return core.SpawnFailed(now, describe_spawn_error(cfg.command, e))
+        uid, gid = (creds.uid, creds.gid) if creds is not None else (None, None)
         try:
             block = create_block(name, inst.index, rt.epoch, uid, gid)
         except BlockTaken as e:
@@ -83,7 +83,7 @@ class Spawner:
                                          f"{e.strerror or e}{hint}")
         req = SpawnRequest(inst.name, list(cfg.command), cfg.directory, dict(cfg.environment),
                            cfg.user, inst.stdout_path, inst.stderr_path, name,
-                           rt.readiness.notify_path)
+                           rt.readiness.notify_path, cfg.group)
         try:
             popen = spawn(req)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
@@ -103,15 +103,6 @@ class Spawner:
 
 class BlockTaken(Exception):
     """The name of a control block is held by an object that is not ours and stays."""
-
-
-def worker_ids(user: str | None) -> tuple[int | None, int | None]:
-    """(uid, gid) of a worker's ``user:`` (name or uid), or (None, None) without one.
-    KeyError if there is no such user."""
-    if user is None:
-        return None, None
-    pw = pwd.getpwuid(int(user)) if user.isdecimal() else pwd.getpwnam(user)
-    return pw.pw_uid, pw.pw_gid
 
 
 def _describe(path: str) -> tuple[str, int] | None:
@@ -176,7 +167,8 @@ def config_hash(cfg: WorkerConfig) -> int:
     hit = _HASHES.get(id(cfg))
     if hit is not None and hit[0] is cfg:
         return hit[1]
-    data = cfg.model_dump_json(exclude={"numprocs"}).encode()
+    # defaults left out: a new config key with a default does not restart every worker
+    data = cfg.model_dump_json(exclude={"numprocs"}, exclude_defaults=True).encode()
     value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
     _HASHES[id(cfg)] = (cfg, value)    # configs are frozen: hash each object once
     return value
@@ -186,6 +178,8 @@ _HASHES: dict[int, tuple[WorkerConfig, int]] = {}
 
 
 def describe_spawn_error(argv: tuple[str, ...] | list[str], e: BaseException) -> str:
+    if isinstance(e, safefs.UnsafePathError):
+        return f"refusing its output file {e}"
     if isinstance(e, FileNotFoundError):
         return f"cannot execute {argv[0]!r}: no such file or directory (check command and PATH)"
     if isinstance(e, PermissionError):

@@ -6,26 +6,19 @@
         assert d.ctl("status").returncode == 0
 
 Every daemon made by the factory is cleaned up after the test, pass or fail (see
-tests/helpers.py); a test that left a process, an shm object or a locator behind fails in
+tests/support/daemon.py); a test that left a process, an shm object or a locator behind fails in
 teardown, and a failed test gets the daemon's output printed.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-TESTS = str(Path(__file__).resolve().parents[1])
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from helpers import DaemonProcess
-
-DaemonFactory = Callable[..., DaemonProcess]
+from tests.support.daemon import DaemonFactory, DaemonProcess, StartedDaemon
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -64,8 +57,9 @@ def daemon_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[D
 
 
 @pytest.fixture
-def daemon(daemon_factory: DaemonFactory) -> DaemonFactory:
+def daemon(daemon_factory: DaemonFactory) -> StartedDaemon:
     """Like daemon_factory, but the daemon is started: daemon(workers) -> running daemon."""
-    def make(workers: dict[str, Any], **kw: Any) -> DaemonProcess:
-        return daemon_factory(workers, **kw).start()
+    def make(workers: dict[str, Any], supervisor: dict[str, Any] | None = None,
+             name: str = "pyvisor.yaml", subdir: str | None = None) -> DaemonProcess:
+        return daemon_factory(workers, supervisor, name, subdir).start()
     return make

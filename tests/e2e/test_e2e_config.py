@@ -9,10 +9,10 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import SUPERVISORD
+
+from tests.support.daemon import SUPERVISORD, StartedDaemon
 
 SIGNALS = ("HUP, INT, QUIT, ILL, TRAP, ABRT, BUS, FPE, KILL, USR1, SEGV, USR2, PIPE, ALRM, TERM, "
            "STKFLT, CHLD, CONT, STOP, TSTP, TTIN, TTOU, URG, XCPU, XFSZ, VTALRM, PROF, WINCH, IO, "
@@ -47,7 +47,7 @@ def test_bad_config_exit_2_exact_message(tmp_path: Path, case: str) -> None:
     assert "Traceback" not in r.stderr
 
 
-def test_one_daemon_per_config(daemon: Any) -> None:
+def test_one_daemon_per_config(daemon: StartedDaemon) -> None:
     d = daemon({"w": {"command": "sleep 1000", "start_seconds": 0.2, "kill_timeout": 0.5}})
     pids = d.pids()
     r = subprocess.run([SUPERVISORD, "-c", str(d.config_path)], capture_output=True, text=True,
@@ -60,13 +60,13 @@ def test_one_daemon_per_config(daemon: Any) -> None:
     assert d.ctl("pid").stdout == f"{d.pid}\n"
 
 
-def test_socket_mode_0600(daemon: Any) -> None:
+def test_socket_mode_0600(daemon: StartedDaemon) -> None:
     d = daemon({"w": {"command": "sleep 1000", "start_seconds": 0.2, "kill_timeout": 0.5}})
     st = os.stat(d.socket)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
 
 
-def test_silent_clients_do_not_stall_status(daemon: Any) -> None:
+def test_silent_clients_do_not_stall_status(daemon: StartedDaemon) -> None:
     d = daemon({"w": {"command": "sleep 1000", "start_seconds": 0.2, "kill_timeout": 0.5}})
     d.wait_state("w:0", "RUNNING")
     silent = []

@@ -6,10 +6,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import pid_alive
+
+from tests.support.daemon import StartedDaemon, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def c_worker(tmp_path: Path) -> str:
     return str(exe)
 
 
-def test_c_worker_ready_and_graceful_stop(daemon: Any, c_worker: str) -> None:
+def test_c_worker_ready_and_graceful_stop(daemon: StartedDaemon, c_worker: str) -> None:
     # start_seconds 60: RUNNING within the wait below can only come from the ready report
     d = daemon({"c": {"command": [c_worker], "start_seconds": 60, "graceful_timeout": 10,
                       "kill_timeout": 1}})

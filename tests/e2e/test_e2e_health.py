@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
-from helpers import pid_alive, rss_kib, wait_until, write_script
+from tests.support.daemon import StartedDaemon, pid_alive, rss_kib, write_script
+from tests.support.wait import wait_until
 
 HANGS = """\
 import time
@@ -38,7 +38,7 @@ time.sleep(1000)
 MB = 1024 * 1024
 
 
-def test_hung_worker_is_restarted(daemon: Any, tmp_path: Path) -> None:
+def test_hung_worker_is_restarted(daemon: StartedDaemon, tmp_path: Path) -> None:
     script = write_script(tmp_path, "hangs.py", HANGS)
     d = daemon({"h": {"command": [sys.executable, script], "heartbeat_timeout": 1,
                       "graceful_timeout": 0.5, "kill_timeout": 0.5}})
@@ -55,7 +55,7 @@ def test_hung_worker_is_restarted(daemon: Any, tmp_path: Path) -> None:
     assert row["pid"] != first
 
 
-def test_output_flood_rss_flat_and_rotated(daemon: Any, tmp_path: Path) -> None:
+def test_output_flood_rss_flat_and_rotated(daemon: StartedDaemon, tmp_path: Path) -> None:
     script = write_script(tmp_path, "flood.py", FLOOD)
     go = tmp_path / "go"
     d = daemon({"f": {"command": [sys.executable, script, str(go)], "start_seconds": 0.2,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers import pid_alive
+from tests.support.daemon import StartedDaemon, pid_alive
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
 
@@ -13,7 +13,7 @@ def sleeper(seconds: int, **kw: Any) -> dict[str, Any]:
     return {"command": f"sleep {seconds}", **QUICK, **kw}
 
 
-def test_reload_added_removed_changed(daemon: Any) -> None:
+def test_reload_added_removed_changed(daemon: StartedDaemon) -> None:
     d = daemon({"keep": sleeper(1000), "gone": sleeper(1000), "change": sleeper(1000)})
     for name in ("keep:0", "gone:0", "change:0"):
         d.wait_state(name, "RUNNING")
@@ -45,7 +45,7 @@ def test_reload_added_removed_changed(daemon: Any) -> None:
     assert d.pids() == after
 
 
-def test_reload_invalid_keeps_old_workers(daemon: Any) -> None:
+def test_reload_invalid_keeps_old_workers(daemon: StartedDaemon) -> None:
     d = daemon({"a": sleeper(1000, numprocs=2), "b": sleeper(1000)})
     d.wait_state("a:1", "RUNNING")
     d.wait_state("b:0", "RUNNING")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
-from helpers import pid_alive, pids_with_block_prefix, wait_until, write_script
+from tests.support.daemon import StartedDaemon, pid_alive, pids_with_block_prefix, write_script
+from tests.support.wait import wait_until
 
 UNIT_WORKER = """\
 import time
@@ -39,7 +39,7 @@ while True:          # never looks at should_stop
 """
 
 
-def test_graceful_stop_at_unit_boundary(daemon: Any, tmp_path: Path) -> None:
+def test_graceful_stop_at_unit_boundary(daemon: StartedDaemon, tmp_path: Path) -> None:
     script = write_script(tmp_path, "units.py", UNIT_WORKER)
     d = daemon({"u": {"command": [sys.executable, script], "graceful_timeout": 5,
                       "kill_timeout": 1}})
@@ -64,7 +64,7 @@ def test_graceful_stop_at_unit_boundary(daemon: Any, tmp_path: Path) -> None:
     assert r.stdout == "u:0  STOPPED   last: exit status 0\n", r
 
 
-def test_escalation_to_sigkill(daemon: Any, tmp_path: Path) -> None:
+def test_escalation_to_sigkill(daemon: StartedDaemon, tmp_path: Path) -> None:
     script = write_script(tmp_path, "stubborn.py", STUBBORN_WORKER)
     d = daemon({"s": {"command": [sys.executable, script], "graceful_timeout": 0.5,
                       "kill_timeout": 0.5}})
@@ -88,7 +88,7 @@ def test_escalation_to_sigkill(daemon: Any, tmp_path: Path) -> None:
     assert d.ctl("status", "s:0").stdout == "s:0  STOPPED   last: killed by signal 9\n"
 
 
-def test_grandchildren_are_gone_after_stop(daemon: Any) -> None:
+def test_grandchildren_are_gone_after_stop(daemon: StartedDaemon) -> None:
     d = daemon({"g": {"command": "sh -c 'sleep 1000 & sleep 1000 & wait'",
                       "start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}})
     d.wait_state("g:0", "RUNNING")
@@ -101,7 +101,7 @@ def test_grandchildren_are_gone_after_stop(daemon: Any) -> None:
     assert pids_with_block_prefix(d.prefix) == []
 
 
-def test_sigterm_stops_everything_and_exits_0(daemon: Any, tmp_path: Path) -> None:
+def test_sigterm_stops_everything_and_exits_0(daemon: StartedDaemon, tmp_path: Path) -> None:
     script = write_script(tmp_path, "units.py", UNIT_WORKER)
     d = daemon({"u": {"command": [sys.executable, script], "numprocs": 2,
                       "graceful_timeout": 5, "kill_timeout": 1},

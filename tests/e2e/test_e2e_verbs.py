@@ -7,15 +7,17 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-from helpers import SUPERVISORCTL, pid_alive, wait_until
+from tests.support.daemon import SUPERVISORCTL, DaemonFactory, StartedDaemon, pid_alive
+from tests.support.wait import wait_until
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
 SLEEPER: dict[str, Any] = {"command": "sleep 1000", **QUICK}
 
 
-def test_start_stop_restart_whole_output(daemon: Any) -> None:
+def test_start_stop_restart_whole_output(daemon: StartedDaemon) -> None:
     d = daemon({"w": {**SLEEPER, "numprocs": 2}})
     d.wait_state("w:1", "RUNNING")
     first = d.pids()
@@ -43,7 +45,7 @@ def test_start_stop_restart_whole_output(daemon: Any) -> None:
     assert d.pids() == {}
 
 
-def test_status_lines_and_json_fields(daemon: Any) -> None:
+def test_status_lines_and_json_fields(daemon: StartedDaemon) -> None:
     d = daemon({"w": SLEEPER})
     d.wait_state("w:0", "RUNNING")
     r = d.ctl("status")
@@ -60,7 +62,7 @@ def test_status_lines_and_json_fields(daemon: Any) -> None:
     assert row["fatal_reason"] is None and row["last_exit"] is None, row
 
 
-def test_no_daemon_exit_3_one_line(daemon_factory: Any) -> None:
+def test_no_daemon_exit_3_one_line(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory({"w": SLEEPER})      # config written, daemon never started
     cfg = str(d.config_path)
     for verb in (["status"], ["stop", "w"], ["pid"]):
@@ -70,7 +72,7 @@ def test_no_daemon_exit_3_one_line(daemon_factory: Any) -> None:
                     f"(start it with: supervisord -c {cfg})\n")), (verb, r)
 
 
-def test_unknown_target_exit_4(daemon: Any) -> None:
+def test_unknown_target_exit_4(daemon: StartedDaemon) -> None:
     d = daemon({"w": SLEEPER, "v": SLEEPER})
     for verb in ("start", "stop", "restart", "status"):
         r = d.ctl(verb, "nope")
@@ -81,7 +83,7 @@ def test_unknown_target_exit_4(daemon: Any) -> None:
     assert d.ctl("status").returncode == 0
 
 
-def test_pid_verb(daemon: Any) -> None:
+def test_pid_verb(daemon: StartedDaemon) -> None:
     d = daemon({"w": {**SLEEPER, "numprocs": 2}})
     d.wait_state("w:1", "RUNNING")
     r = d.ctl("pid")
@@ -94,7 +96,7 @@ def test_pid_verb(daemon: Any) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (5, "", f"{pids['w:0']}\nw:1: not running\n"), r
 
 
-def test_signal_verb(daemon: Any, tmp_path: Any) -> None:
+def test_signal_verb(daemon: StartedDaemon, tmp_path: Path) -> None:
     script = tmp_path / "usr1.py"
     script.write_text(
         "import signal, sys, time\n"
@@ -118,7 +120,7 @@ def test_signal_verb(daemon: Any, tmp_path: Any) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (5, "", "w:0: not running (STOPPED)\n"), r
 
 
-def test_tail_prints_last_lines(daemon: Any) -> None:
+def test_tail_prints_last_lines(daemon: StartedDaemon) -> None:
     d = daemon({"w": {**QUICK, "command": "sh -c 'for i in $(seq 1 50); do echo line $i; done;"
                                           " exec sleep 1000'"}})
     d.wait_state("w:0", "RUNNING")
@@ -138,7 +140,7 @@ def test_tail_prints_last_lines(daemon: Any) -> None:
     assert (r.returncode, r.stdout) == (0, ""), r
 
 
-def test_fatal_start_exit_5_then_recover(daemon: Any, tmp_path: Any) -> None:
+def test_fatal_start_exit_5_then_recover(daemon: StartedDaemon, tmp_path: Path) -> None:
     flag = tmp_path / "fixed"
     cmd = f"sh -c 'test -e {flag} || exit 3; exec sleep 1000'"
     d = daemon({"crash": {**QUICK, "command": cmd, "start_retries": 2,
@@ -169,7 +171,7 @@ def test_fatal_start_exit_5_then_recover(daemon: Any, tmp_path: Any) -> None:
     assert os.path.exists(f"/proc/{row['pid']}")
 
 
-def test_shell_completion_offers_the_running_daemons_names(daemon: Any) -> None:
+def test_shell_completion_offers_the_running_daemons_names(daemon: StartedDaemon) -> None:
     d = daemon({"web": {"command": "sleep 1000", "numprocs": 2, "start_seconds": 0}})
     d.wait_state("web:1", "RUNNING")
     r = subprocess.run(

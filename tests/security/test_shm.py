@@ -3,90 +3,35 @@
 Each test is a regression test for a way the daemon could be hurt through its control blocks:
 a worker truncating or scribbling on its pages, a full /dev/shm, names planted by another
 local user, and a worker under ``user:`` reaching for pages that are not its own. Root only
-(CI is root): a real unprivileged user is made with useradd and removed with userdel, every
-process of its uid killed by PID first."""
+(CI is root), with the real unprivileged user of tests/security/conftest.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
 import signal
 import stat
 import struct
 import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# -- the test support this file uses, all in one place (to repoint when tests/ moves) --------
-TESTS = str(Path(__file__).resolve().parents[1])
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-import e2e.conftest as e2e_fixtures  # noqa: E402
-import helpers  # noqa: E402  (DaemonProcess, SUPERVISORD, wait_until, pid_alive, ...)
-
-from worker import block as B  # noqa: E402
-
-daemon, daemon_factory = e2e_fixtures.daemon, e2e_fixtures.daemon_factory
-
-@dataclass
-class UnprivilegedUser:
-    name: str
-    uid: int
-    gid: int
-
-    def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
-        """Run argv as this user (its own group only)."""
-        return subprocess.run(argv, user=self.uid, group=self.gid, extra_groups=[],
-                              check=False, capture_output=True, timeout=30, **kw)  # type: ignore[call-overload]
-
-    def popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(argv, user=self.uid, group=self.gid, extra_groups=[],
-                                start_new_session=True, stdin=subprocess.DEVNULL)
+from tests.security.conftest import User
+from tests.support import daemon as support  # DaemonProcess, SUPERVISORD, pid_alive, ...
+from tests.support.wait import wait_until
+from worker import block as B
 
 
-def _pids_of_uid(uid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
+def as_user(user: User, argv: list[str], data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """Run argv as user (its own uid and gid, no supplementary groups), data on stdin."""
+    return subprocess.run(argv, user=user.uid, group=user.gid, extra_groups=[], input=data,
+                          capture_output=True, timeout=30, check=False)
 
 
-@pytest.fixture
-def shm_user() -> Iterator[UnprivilegedUser]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a user")
-    name = "pvt" + uuid.uuid4().hex[:8]
-    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
-                    "--shell", "/bin/sh", name], check=True, timeout=60)
-    try:
-        pw = pwd.getpwnam(name)
-        yield UnprivilegedUser(name, pw.pw_uid, pw.pw_gid)
-    finally:
-        try:
-            uid = pwd.getpwnam(name).pw_uid
-        except KeyError:
-            uid = None
-        if uid is not None:
-            def none_left() -> bool:
-                alive = [p for p in _pids_of_uid(uid) if helpers.pid_alive(p)]
-                for pid in alive:   # all started by the test (the user is brand new)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                return not alive
-            helpers.wait_until(none_left, 10, f"processes of {name} to die")
-        subprocess.run(["userdel", name], check=False, timeout=60)
+def popen_as_user(user: User, argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, user=user.uid, group=user.gid, extra_groups=[],
+                            start_new_session=True, stdin=subprocess.DEVNULL)
 
 
 pytestmark = [pytest.mark.root,
@@ -101,10 +46,10 @@ def shell(script: str) -> dict[str, Any]:
 
 
 def wait_file(path: Path, what: str) -> None:
-    helpers.wait_until(lambda: path.exists(), 15, what)
+    wait_until(lambda: path.exists(), 15, what)
 
 
-def assert_daemon_fine(d: helpers.DaemonProcess) -> None:
+def assert_daemon_fine(d: support.DaemonProcess) -> None:
     for _ in range(3):
         r = d.ctl("status")
         assert r.returncode in (0, 3), f"status failed: {r.returncode}\n{r.stdout}{r.stderr}"
@@ -129,11 +74,11 @@ def test_a_worker_truncating_its_pages_cannot_crash_the_daemon(
 
 
 def test_a_worker_under_user_cannot_truncate_its_ctl_page(
-        shm_user: UnprivilegedUser, daemon: Any, tmp_path: Path) -> None:
+        other_user: User, daemon: Any, tmp_path: Path) -> None:
     out = tmp_path / "logs" / "w-0.out.log"
     d = daemon({"w": {**shell(f"truncate -s 0 {CTL_PATH} || echo denied; exec sleep 1000"),
-                      "user": shm_user.name}})
-    helpers.wait_until(lambda: out.exists() and "denied" in out.read_text(), 15,
+                      "user": other_user.name}})
+    wait_until(lambda: out.exists() and "denied" in out.read_text(), 15,
                        "the truncation to be refused")
     name = B.shm_name(d.prefix, "w:0")
     assert os.stat(SHM + name[1:]).st_size == B.BLOCK_SIZE
@@ -149,15 +94,15 @@ def test_a_full_dev_shm_is_a_spawn_failure_not_a_crash(
         "exec unshare --mount --propagation private sh -c '"
         "mount -t tmpfs -o size=8k tmpfs /dev/shm || exit 99; "
         "head -c 65536 /dev/zero > /dev/shm/fill 2>/dev/null; "
-        f'exec "$0" "$@"\' {helpers.SUPERVISORD} "$@"\n')
+        f'exec "$0" "$@"\' {support.SUPERVISORD} "$@"\n')
     wrapper.chmod(0o755)
-    monkeypatch.setattr(helpers, "SUPERVISORD", str(wrapper))
+    monkeypatch.setattr(support, "SUPERVISORD", str(wrapper))
     d = daemon_factory({"w": {"command": "sleep 1000", "start_seconds": 0.2}}).start()
     name = B.shm_name(d.prefix, "w:0")
     d.wait_log(rf"cannot create control block {name}: No space left on device "
                r"\(/dev/shm is full\)")
     assert_daemon_fine(d)
-    assert helpers.pids_with_block_prefix(d.prefix) == []
+    assert support.pids_with_block_prefix(d.prefix) == []
 
 
 def forged_ctl(name: str, pid: int, ticks: int, uid: int, pgid: int,
@@ -176,38 +121,38 @@ def forged_ctl(name: str, pid: int, ticks: int, uid: int, pgid: int,
 
 
 def test_names_planted_by_another_user_are_ignored(
-        shm_user: UnprivilegedUser, daemon_factory: Any) -> None:
+        other_user: User, daemon_factory: Any) -> None:
     d = daemon_factory({"w": {"command": "sleep 1000", "start_seconds": 0.2, "numprocs": 6}})
     path = {i: SHM + B.shm_name(d.prefix, f"w:{i}")[1:] for i in range(6)}
     stray = SHM + f"{d.prefix}.x:0"
-    own = shm_user.popen(["sleep", "1000"])
+    own = popen_as_user(other_user, ["sleep", "1000"])
     try:
         ticks = B.proc_start_ticks(own.pid)
         planted = {
-            1: forged_ctl(B.shm_name(d.prefix, "w:1"), 4294967295, 1, shm_user.uid, 1),
-            2: forged_ctl(B.shm_name(d.prefix, "w:2"), own.pid, ticks, shm_user.uid, own.pid),
+            1: forged_ctl(B.shm_name(d.prefix, "w:1"), 4294967295, 1, other_user.uid, 1),
+            2: forged_ctl(B.shm_name(d.prefix, "w:2"), own.pid, ticks, other_user.uid, own.pid),
             3: os.urandom(B.BLOCK_SIZE),
         }
         for argv in (["mkdir", stray], ["mkdir", path[0]], ["mkfifo", path[4]],
                      ["ln", "-s", "/etc/passwd", path[5]]):
-            assert shm_user.run(argv).returncode == 0, argv
+            assert as_user(other_user, argv).returncode == 0, argv
         for i, data in planted.items():
-            r = shm_user.run(["sh", "-c", 'cat > "$1"', "sh", path[i]], input=data)
+            r = as_user(other_user, ["sh", "-c", 'cat > "$1"', "sh", path[i]], data)
             assert r.returncode == 0, r.stderr
         # and a status page with a seqlock stuck odd, for the forged block naming its process
         status = f"{path[2]}.{'0' * 16}"
-        r = shm_user.run(["sh", "-c", 'cat > "$1"', "sh", status],
-                          input=struct.pack("<I", 0) * 32 + struct.pack("<I", 7) + bytes(4000))
+        r = as_user(other_user, ["sh", "-c", 'cat > "$1"', "sh", status],
+                          struct.pack("<I", 0) * 32 + struct.pack("<I", 7) + bytes(4000))
         assert r.returncode == 0, r.stderr
         d.allow_leftovers = True   # the stray directory stays: the fixture removes it
         d.start()
-        pids = helpers.wait_until(lambda: (p := d.pids()) and len(p) == 6 and p, 20,
+        pids = wait_until(lambda: (p := d.pids()) and len(p) == 6 and p, 20,
                                   "all 6 real instances RUNNING")
         assert own.pid not in pids.values(), "a planted block made the daemon adopt"
         assert own.poll() is None, "the planted process was signalled"
         rows = d.status_json()
         assert not any(r["adopted"] for r in rows), rows
-        owner = f"uid {shm_user.uid}"
+        owner = f"uid {other_user.uid}"
         d.wait_log(rf"x:0 ignoring {stray} \(owned by {owner}\)")
         d.wait_log(rf"w:1 ignoring {path[1]} \(owned by {owner}\): not a control block of "
                    r"ours \(not ours\)")
@@ -245,14 +190,14 @@ def test_a_broken_status_page_never_causes_a_duplicate(
     d.start()
     row = d.wait_state("w:0", "RUNNING")
     assert row["pid"] == pid and row["adopted"], row
-    assert helpers.pids_with_block_prefix(d.prefix) == [pid], "a duplicate was started"
+    assert support.pids_with_block_prefix(d.prefix) == [pid], "a duplicate was started"
     if how == "delete":
         d.wait_log(r"w:0 status page .* is gone; adopting pid \d+ without its heartbeat")
     assert_daemon_fine(d)
 
 
 def test_a_worker_under_user_reaches_only_its_own_pages(
-        shm_user: UnprivilegedUser, daemon: Any, tmp_path: Path) -> None:
+        other_user: User, daemon: Any, tmp_path: Path) -> None:
     out = tmp_path / "logs" / "mine-0.out.log"
     script = (
         f"ctl={CTL_PATH}; b=${{PYVISOR_BLOCK#/}}; other=\"/dev/shm/${{b%.mine:0}}.other:0\"; "
@@ -265,18 +210,14 @@ def test_a_worker_under_user_reaches_only_its_own_pages(
         "for f in \"$other\".*; do cat \"$f\" > /dev/null 2>&1 || echo other-status-denied; "
         "done; echo checked; exec sleep 1000")
     d = daemon({"other": {"command": "sleep 1000", "start_seconds": 0.2},
-                "mine": {**shell(script), "user": shm_user.name,
+                "mine": {**shell(script), "user": other_user.name,
                          "depends_on": ["other"]}})
-    helpers.wait_until(lambda: out.exists() and "checked" in out.read_text(), 15,
+    wait_until(lambda: out.exists() and "checked" in out.read_text(), 15,
                        "the worker's checks")
     lines = out.read_text().split()
     assert lines == ["ctl-read-ok", "ctl-write-denied", "status-write-ok",
                      "other-ctl-write-denied", "other-status-denied", "checked"], lines
     name = B.shm_name(d.prefix, "mine:0")
     st = os.stat(SHM + name[1:])
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, shm_user.gid, 0o640)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, other_user.gid, 0o640)
     assert_daemon_fine(d)
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import nspawn` in any import mode
-
-import nspawn
+from tests.system import nspawn
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_PREFIX = "/opt/pyvisor"   # where systemd/supervisord.service expects the venv

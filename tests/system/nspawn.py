@@ -2,7 +2,8 @@
 
 The machine's own PID 1 is not systemd, so the system tests boot one in a container:
 
-  helper (this file run as a script, under ``unshare --mount --propagation private``)
+  helper (this file run as ``python -m tests.system.nspawn serve``, under ``unshare --mount
+  --propagation private``)
     1. joins a cgroup of its own (so nspawn's payload group does not land in the root cgroup;
        hybrid layout here: v1 name=systemd + cgroup2 at /sys/fs/cgroup/unified),
     2. mounts a tmpfs on /run (nspawn keeps state in /run/systemd/nspawn),
@@ -25,6 +26,7 @@ container's namespaces, with a clean environment, and reads/writes its files thr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -37,7 +39,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, TypeVar
 
+from tests.support.wait import Abort, WaitTimeout, wait_until
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
 CGROUP_PREFIX = "pyvisor-nspawn-"
 DEFAULT_MASK = ("postgresql.service", "postgresql@.service")
 CT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -45,6 +52,20 @@ CT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 class NspawnError(RuntimeError):
     pass
+
+
+class Spec(TypedDict):
+    """What boot() hands the helper (as JSON on its command line)."""
+
+    nspawn: str
+    workdir: str
+    log: str
+    binds_ro: list[str]
+    mask: list[str]
+    remove: list[str]
+    boot_unit: str
+    machine: str
+    timeout: float
 
 
 # --------------------------------------------------------------------------- host preparation
@@ -98,10 +119,8 @@ def remove_cgroup_tree(path: Path) -> None:
     if not path.is_dir():
         return
     for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda t: -len(t[0])):
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(dirpath)
-        except OSError:
-            pass
 
 
 def sweep_stale_cgroups() -> None:
@@ -148,8 +167,11 @@ class Container:
             )
         return proc
 
-    def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return self.ct("sh", "-c", script, **kw)  # type: ignore[arg-type]
+    def sh(
+        self, script: str, *, check: bool = False, timeout: float = 60, input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return self.ct("sh", "-c", script, check=check, timeout=timeout, input=input, env=env)
 
     def path(self, inside: str) -> Path:
         """Host path of a file inside the container (through /proc/LEADER/root)."""
@@ -182,21 +204,11 @@ class Container:
         return ""
 
     def wait_for(
-        self, what: str, probe: Callable[[], object], timeout: float = 20.0,
+        self, what: str, probe: Callable[[], T | None], timeout: float = 20.0,
         interval: float = 0.2, show: Callable[[], str] | None = None,
-    ) -> object:
+    ) -> T:
         """Poll probe() until truthy; on timeout fail with the last value (and show())."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while True:
-            last = probe()
-            if last:
-                return last
-            if time.monotonic() >= deadline:
-                extra = f"\n{show()}" if show else ""
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
-                                     f"last seen: {last!r}{extra}")
-            time.sleep(interval)
+        return wait_until(probe, timeout, what, interval=interval, show=show)
 
     def halt(self, timeout: float = 30.0) -> int | None:
         """Close the helper's stdin: it halts the container and unmounts; then remove cgroups."""
@@ -235,7 +247,7 @@ def boot(
     sweep_stale_cgroups()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "nspawn.log"
-    spec = {
+    spec: Spec = {
         "nspawn": nspawn, "workdir": str(workdir), "log": str(log_path),
         "binds_ro": list(binds_ro), "mask": list(mask), "remove": list(remove),
         "boot_unit": boot_unit,
@@ -244,8 +256,9 @@ def boot(
     t0 = time.monotonic()
     helper = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "--",
-         sys.executable, os.path.abspath(__file__), "serve", json.dumps(spec)],
+         sys.executable, "-m", "tests.system.nspawn", "serve", json.dumps(spec)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,  # where `-m` finds this module (and tests.support)
     )
     cgroup_name = f"{CGROUP_PREFIX}{helper.pid}"  # unshare execs the helper: same pid
     lines: list[str] = []
@@ -261,15 +274,17 @@ def boot(
         container.halt()
         raise NspawnError("container did not start:\n" + "\n".join(lines))
     container.timings["nspawn"] = time.monotonic() - t0
-    state = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def system_state() -> str:
         proc = container.ct("timeout", str(int(timeout)), "systemctl", "is-system-running",
                             "--wait", timeout=timeout + 5)
-        state = proc.stdout.strip()
-        if state in ("running", "degraded"):
-            break
-        time.sleep(0.2)
+        return proc.stdout.strip()
+
+    try:
+        state = wait_until(system_state, timeout, "the container to finish booting",
+                           ok=lambda s: s in ("running", "degraded"), interval=0.2)
+    except WaitTimeout as e:
+        state = e.last if isinstance(e.last, str) else ""
     container.boot_state = state
     container.timings["boot"] = time.monotonic() - t0
     if state not in ("running", "degraded"):
@@ -303,9 +318,9 @@ def _find_leader(nspawn_pid: int) -> int:
     return 0
 
 
-def _serve(spec: dict[str, object]) -> int:
-    workdir = Path(str(spec["workdir"]))
-    timeout = float(spec["timeout"])  # type: ignore[arg-type]
+def _serve(spec: Spec) -> int:
+    workdir = Path(spec["workdir"])
+    timeout = float(spec["timeout"])
     _join_cgroups(f"{CGROUP_PREFIX}{os.getpid()}")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", "/run"], check=True)
     ovl = workdir / "ovl"
@@ -319,14 +334,14 @@ def _serve(spec: dict[str, object]) -> int:
          f"lowerdir=/,upperdir={ovl / 'upper'},workdir={ovl / 'work'}", str(merged)],
         check=True,
     )
-    for path in spec["remove"]:  # type: ignore[attr-defined]
-        target = merged / str(path).lstrip("/")
+    for path in spec["remove"]:
+        target = merged / path.lstrip("/")
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
-    for unit in spec["mask"]:  # type: ignore[attr-defined]
-        link = merged / "etc/systemd/system" / str(unit)
+    for unit in spec["mask"]:
+        link = merged / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
     (merged / "etc/machine-id").unlink(missing_ok=True)
@@ -336,10 +351,10 @@ def _serve(spec: dict[str, object]) -> int:
     import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     hard_s = "524288" if hard == resource.RLIM_INFINITY else str(hard)
-    binds = [f"--bind-ro={p}" for p in spec["binds_ro"]]  # type: ignore[attr-defined]
-    with open(str(spec["log"]), "w") as log:
+    binds = [f"--bind-ro={p}" for p in spec["binds_ro"]]
+    with open(spec["log"], "w") as log:
         nspawn = subprocess.Popen(
-            ["setpriv", "--pdeathsig", "TERM", "--", str(spec["nspawn"]), "--quiet",
+            ["setpriv", "--pdeathsig", "TERM", "--", spec["nspawn"], "--quiet",
              "-D", str(merged), f"--machine={spec['machine']}", "--register=no", "--keep-unit",
              "--private-network", "--console=pipe", f"--rlimit=RLIMIT_NOFILE=1024:{hard_s}",
              *binds, "-b", "--", f"--unit={spec['boot_unit']}"],
@@ -360,17 +375,20 @@ def _serve(spec: dict[str, object]) -> int:
         os._exit(143)
 
     signal.signal(signal.SIGTERM, on_term)
-    deadline = time.monotonic() + timeout
-    leader = 0
-    while time.monotonic() < deadline and nspawn.poll() is None:
-        leader = _find_leader(nspawn.pid)
-        if leader:
-            break
-        time.sleep(0.05)
+
+    def container_pid1() -> int:
+        if nspawn.poll() is not None:
+            raise Abort(f"systemd-nspawn exited {nspawn.returncode}")
+        return _find_leader(nspawn.pid)
+
+    try:
+        leader = wait_until(container_pid1, timeout, "the container's PID 1", interval=0.05)
+    except (WaitTimeout, Abort):
+        leader = 0
     if not leader:
         halt()
         print(f"no container PID 1 appeared (nspawn rc={nspawn.poll()}); log:", flush=True)
-        print(Path(str(spec["log"])).read_text(errors="replace")[-4000:], flush=True)
+        print(Path(spec["log"]).read_text(errors="replace")[-4000:], flush=True)
         return 1
     print(f"LEADER {leader}", flush=True)
     sys.stdin.read()  # until the test closes our stdin (or dies)
@@ -383,4 +401,5 @@ def _serve(spec: dict[str, object]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "serve":
         sys.exit(_serve(json.loads(sys.argv[2])))
-    sys.exit("usage: nspawn.py serve SPEC_JSON (run by boot(), under unshare --mount)")
+    sys.exit("usage: python -m tests.system.nspawn serve SPEC_JSON "
+             "(run by boot(), under unshare --mount)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-import nspawn
+from tests.system import nspawn
 
 UNIT = "sdprobe.service"
 PROBE = r'''

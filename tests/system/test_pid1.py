@@ -20,12 +20,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from nspawn import require_root
+
+from tests.support.shm import remove_shm, shm_objects
+from tests.support.wait import wait_until
+from tests.system.nspawn import require_root
 
 VENV_BIN = Path(sys.prefix) / "bin"
 ORPHANS = 3
@@ -80,20 +83,8 @@ class Pid1:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def show(self) -> str:
-        return f"--- status\n{self.ctl('status').stdout}\n--- daemon log\n{self.daemon_log()[-3000:]}"
-
-
-def wait_for(what: str, probe: Callable[[], object], timeout: float,
-              show: Callable[[], str] | None = None) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen "
-                                 f"{last!r}\n{show() if show else ''}")
-        time.sleep(0.05)
+        return (f"--- status\n{self.ctl('status').stdout}\n"
+                f"--- daemon log\n{self.daemon_log()[-3000:]}")
 
 
 def children(pid: int) -> list[int]:
@@ -137,7 +128,8 @@ workers:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
-        kids = wait_for("the namespace's PID 1", lambda: children(proc.pid), 10)
+        kids = wait_until(lambda: children(proc.pid), 10, "the namespace's PID 1",
+                          interval=0.05)
         assert isinstance(kids, list)
         yield Pid1(proc, kids[0], tmp_path, config, prefix)
     finally:
@@ -149,24 +141,20 @@ workers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-        for name in os.listdir("/dev/shm"):
-            if name.startswith(prefix + "."):
-                os.unlink(f"/dev/shm/{name}")
+        remove_shm(prefix + ".")
 
 
 def test_pid1_reaps_orphans_and_stops_gracefully_on_sigterm(pid1: Pid1) -> None:
     daemon = pid1.host_pid
-    wait_for("all workers RUNNING",
-             lambda: (s := pid1.ctl("status").stdout).count("RUNNING") == 3 and s,
-             20, pid1.show)
+    wait_until(lambda: (s := pid1.ctl("status").stdout).count("RUNNING") == 3 and s,
+               20, "all workers RUNNING", interval=0.05, show=pid1.show)
     # the daemon really is PID 1 of its namespace
     nspid = Path(f"/proc/{daemon}/status").read_text().split("NSpid:")[1].split("\n")[0].split()
     assert nspid[-1] == "1", f"NSpid of the daemon: {nspid}"
 
     orphans_file = pid1.tmp / "orphans.txt"
-    wait_for(f"{ORPHANS} orphans recorded",
-             lambda: orphans_file.exists() and len(orphans_file.read_text().split()) == ORPHANS,
-             10, pid1.show)
+    wait_until(lambda: orphans_file.exists() and len(orphans_file.read_text().split()) == ORPHANS,
+               10, f"{ORPHANS} orphans recorded", interval=0.05, show=pid1.show)
     orphans = [int(x) for x in orphans_file.read_text().split()]
     # (pids in the file are namespace pids; map them to host pids through NSpid)
     host_orphans = []
@@ -195,8 +183,8 @@ def test_pid1_reaps_orphans_and_stops_gracefully_on_sigterm(pid1: Pid1) -> None:
         return [(p, f[0]) for p in host_orphans if (f := stat_fields(p)) is not None]
 
     # they exit ~1 s after their birth; PID 1 must reap them (no Z entry may stay behind)
-    wait_for("every orphan reaped", lambda: not zombies_left(), 10,
-             lambda: f"still there: {zombies_left()}\n{pid1.show()}")
+    wait_until(lambda: not zombies_left(), 10, "every orphan reaped", interval=0.05,
+               show=lambda: f"still there: {zombies_left()}\n{pid1.show()}")
     assert pid1.ctl("status").stdout.count("RUNNING") == 3, pid1.show()
 
     t0 = time.monotonic()
@@ -213,5 +201,5 @@ def test_pid1_reaps_orphans_and_stops_gracefully_on_sigterm(pid1: Pid1) -> None:
             f"{name} did not stop at a unit boundary:\n{text[-1000:]}\n{pid1.show()}")
     assert "SIGTERM, exiting 0" in pid1.log("orphaner-0.out.log"), pid1.show()
     assert "every worker stopped" in pid1.daemon_log(), pid1.daemon_log()[-2000:]
-    left = [n for n in os.listdir("/dev/shm") if n.startswith(pid1.prefix + ".")]
+    left = shm_objects(pid1.prefix + ".")
     assert not left, f"control blocks left in /dev/shm after a clean stop: {left}"

@@ -16,8 +16,9 @@ import json
 import time
 from pathlib import Path
 
-import nspawn
 import pytest
+
+from tests.system import nspawn
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "supervisord.service"

@@ -68,7 +68,8 @@ def test_unit_verifies_clean(tmp_path: Path) -> None:
         if "supervisord.service" in ln or str(tmp_path) in ln
     ]
     assert proc.returncode == 0 and not ours, (
-        f"systemd-analyze verify rc={proc.returncode}\nstderr:\n{proc.stderr}\nstdout:\n{proc.stdout}"
+        f"systemd-analyze verify rc={proc.returncode}\n"
+        f"stderr:\n{proc.stderr}\nstdout:\n{proc.stdout}"
     )
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from supervisor import paths
-from supervisor.config import Config, ConfigError, json_schema, load_config, main
+from supervisor.config import Config, ConfigError, json_schema, load_config
+from supervisor.config.__main__ import main
 from supervisor.core.types import Policy, RestartPolicy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ BAD = [
             command: x
             zzz: 1
         """, [("app.yaml:4: workers.web.zzz: unknown key; valid keys: command, numprocs, "
-              "directory, environment, user, autostart, restart, exit_codes, backoff, "
+              "directory, environment, user, group, autostart, restart, exit_codes, backoff, "
               "start_retries, start_seconds, graceful_timeout, stop_signal, kill_timeout, "
               "heartbeat_timeout, stdout, stderr, priority, depends_on")],
         id="unknown-key-no-suggestion"),

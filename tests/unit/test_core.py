@@ -7,18 +7,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from test_core_sim import (
-    BACKOFF,
-    POLICY,
-    START,
-    Sim,
-    code,
-    info,
-    killed,
-    started,
-    transitions,
-    warn,
-)
 
 from supervisor.core import (
     ArmTimer,
@@ -35,6 +23,18 @@ from supervisor.core import (
     StartRequested,
     State,
     StopRequested,
+)
+from tests.unit.test_core_sim import (
+    BACKOFF,
+    POLICY,
+    START,
+    Sim,
+    code,
+    info,
+    killed,
+    started,
+    transitions,
+    warn,
 )
 
 

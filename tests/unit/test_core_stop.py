@@ -6,19 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from test_core_sim import (
-    BACKOFF,
-    GRACEFUL,
-    KILL,
-    POLICY,
-    START,
-    Sim,
-    code,
-    info,
-    killed,
-    started,
-    warn,
-)
 
 from supervisor.core import (
     Adopted,
@@ -41,6 +28,19 @@ from supervisor.core import (
     TimerFired,
     TransitionError,
     step,
+)
+from tests.unit.test_core_sim import (
+    BACKOFF,
+    GRACEFUL,
+    KILL,
+    POLICY,
+    START,
+    Sim,
+    code,
+    info,
+    killed,
+    started,
+    warn,
 )
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from test_server_harness import LoopThread, Recorder, loop_thread_fixture, start_server
 
 from supervisor import paths
 from supervisor.ctl.main import cli
+from tests.unit.test_server_harness import LoopThread, Recorder, loop_thread_fixture, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 REPLY = {"code": 5, "out": "web:0 FATAL\n", "err": "web:0: could not start\n", "data": None}

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from test_ctl import REPO, child_env
+from tests.unit.test_ctl import REPO, child_env
 
 FORBIDDEN = ("pydantic", "yaml", "psutil", "loguru", "posix_ipc", "worker")
 
@@ -32,8 +32,12 @@ def test_ctl_main_loads_no_heavy_module() -> None:
     heavy = [m for m in modules if m.split(".")[0] in FORBIDDEN]
     assert heavy == [], f"import supervisor.ctl.main loaded {heavy}"
     ours = sorted(m for m in modules if m.startswith("supervisor"))
-    stdlib_only = ("supervisor.ctl", "supervisor.paths", "supervisor.safefs")
-    assert all(m == "supervisor" or m.startswith(stdlib_only) for m in ours), ours
+    stdlib_only = ("supervisor.ctl", "supervisor.names", "supervisor.paths", "supervisor.safefs")
+    assert all(
+        m in ("supervisor", "supervisor.control", "supervisor.control.protocol")
+        or m.startswith(stdlib_only)
+        for m in ours
+    ), ours
 
 
 def test_importtime_shows_no_heavy_module() -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import test_ctl
-from test_ctl import Fake, child_env, ctl, ctl_argv
+
+from tests.support.wait import wait_until
+from tests.unit import test_ctl
+from tests.unit.test_ctl import Fake, child_env, ctl, ctl_argv
 
 # test_ctl's fixtures, shared by name
 lt = test_ctl.lt
@@ -94,16 +96,14 @@ class Output:
         os.set_blocking(self.fd, False)
         self.buf = b""
 
+    def read(self) -> bytes:
+        """What the child wrote so far."""
+        with contextlib.suppress(BlockingIOError):
+            self.buf += os.read(self.fd, 65536)
+        return self.buf
+
     def wait_for(self, expected: bytes, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.buf != expected:
-            try:
-                self.buf += os.read(self.fd, 65536)
-            except BlockingIOError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"expected output {expected!r}, last seen {self.buf!r}")
-            time.sleep(0.02)
+        wait_until(self.read, timeout, f"output {expected!r}", ok=lambda buf: buf == expected)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_server_harness import (
+
+from supervisor.control.server import ServerError, SocketInUseError
+from tests.unit.test_server_harness import (
     LoopThread,
     connect,
     loop_thread_fixture,
@@ -21,8 +24,6 @@ from test_server_harness import (
     start_server,
     wait_for,
 )
-
-from supervisor.server import ServerError, SocketInUseError
 
 
 @pytest.fixture
@@ -148,10 +149,9 @@ def test_oversized_request(lt: LoopThread, sock_path: str, newline: bool) -> Non
     _server, rec = start_server(lt, sock_path)
     data = b'{"cmd": "echo", "pad": "' + b"x" * 70_000 + b'"}' + (b"\n" if newline else b"")
     with connect(sock_path) as s:
-        try:
+        # the server may close before we finish: the reply is already ours
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may close before we finish: the reply is already ours
         raw = read_all(s)
     assert json.loads(raw) == bad("request too large (more than 65536 bytes)")
     assert rec.requests == []
@@ -183,7 +183,7 @@ def test_unserializable_reply(lt: LoopThread, sock_path: str) -> None:
     }
 
 
-# -- slow, silent and too many clients --------------------------------------------------------------
+# -- slow, silent and too many clients -------------------------------------------------------------
 def test_silent_client_dropped_after_timeout_others_served(lt: LoopThread, sock_path: str) -> None:
     server, _rec = start_server(lt, sock_path, read_timeout=1.5)
     with connect(sock_path) as silent:
@@ -247,7 +247,7 @@ def test_connection_cap(lt: LoopThread, sock_path: str) -> None:
         assert json.loads(read_all(a))["code"] == json.loads(read_all(b))["code"] == 0
 
 
-# -- the socket file ---------------------------------------------------------------------------------
+# -- the socket file -------------------------------------------------------------------------------
 def test_socket_mode_0600_and_parent_created_0700(lt: LoopThread, tmp_path: Path) -> None:
     path = tmp_path / "run" / "sub" / "ctl.sock"
     start_server(lt, str(path))

@@ -8,18 +8,20 @@ thread through ``LoopThread.call``; the loop is woken through a pipe, so nothing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from supervisor.control.protocol import Request
+from supervisor.control.server import ControlServer, Responder
 from supervisor.loop import Loop
-from supervisor.server import ControlServer, Request, Responder
+from tests.support.wait import wait_until
 
 T = TypeVar("T")
 DEADLINE = 10.0
@@ -44,10 +46,8 @@ class LoopThread:
             self.errors.append(e)
 
     def _on_wake(self, _mask: int) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(self._r, 4096)
-        except BlockingIOError:
-            pass
         with self._lock:
             calls, self._calls = self._calls, []
         for fn, fut in calls:
@@ -78,7 +78,8 @@ class LoopThread:
 class Recorder:
     """A handler that records requests. Behaviour by cmd:
     echo -> code 0, data = the request; defer -> the same after opts.delay seconds;
-    hold (or replies[cmd] = None) -> keeps the responder (reply with LoopThread.call); big -> an out of opts.size bytes;
+    hold (or replies[cmd] = None) -> keeps the responder (reply with LoopThread.call);
+    big -> an out of opts.size bytes;
     boom -> raises; anything else -> ``replies[cmd]`` (default code 0)."""
 
     def __init__(self, loop: Loop, replies: dict[str, dict[str, Any] | None] | None = None) -> None:
@@ -139,16 +140,9 @@ def roundtrip(path: str, data: bytes, timeout: float = DEADLINE) -> dict[str, An
     return doc
 
 
-def wait_for(pred: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-    """Poll pred until it is truthy; fail with what was last seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {value!r}")
-        time.sleep(0.01)
+def wait_for(pred: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:
+    """Poll pred until it is truthy and return that; fail with what was last seen."""
+    return wait_until(pred, timeout, what, interval=0.01)
 
 
 def readable(s: socket.socket, timeout: float) -> bool:

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_server_harness import LoopThread, loop_thread_fixture, start_server
+
+from tests.unit.test_server_harness import LoopThread, loop_thread_fixture, start_server
 
 pytestmark = [
     pytest.mark.root,

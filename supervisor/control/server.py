@@ -1,9 +1,8 @@
 """The control socket: a Unix stream socket on the daemon's Loop, checked with SO_PEERCRED.
 
-Protocol (see the contract): a client sends ONE JSON object and a newline (at most 64 KiB, within
-10 s); the daemon answers ONE JSON object ``{"code", "out", "err", "data"}`` and a newline, then
-closes. The handler may answer at once or much later (``start`` waits for RUNNING): it receives a
-:class:`Responder` and calls it when it is done.
+What goes over it is supervisor.control.protocol: one request line in, one reply line out, then
+the connection is closed. The handler may answer at once or much later (``start`` waits for
+RUNNING): it receives a :class:`Responder` and calls it when it is done.
 
 Rules this module keeps, because the daemon's loop must never stall or die for a client:
 
@@ -24,30 +23,37 @@ All of this runs on the loop's thread; the handler and responders must be called
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
-import json
 import os
 import select
 import selectors
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from supervisor.control.protocol import (
+    EOL,
+    ERROR,
+    MAX_REQUEST,
+    READ_TIMEOUT,
+    USAGE,
+    WRITE_TIMEOUT,
+    BadRequest,
+    Reply,
+    Request,
+    decode_request,
+    encode_reply,
+)
 from supervisor.loop import Loop, Timer
 
-MAX_REQUEST = 64 * 1024
-READ_TIMEOUT = 10.0
-WRITE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
 _SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ACCEPT_BATCH = 64
-
-Reply = dict[str, Any]
-Request = dict[str, Any]
 
 
 class ServerError(Exception):
@@ -59,7 +65,9 @@ class SocketInUseError(ServerError):
 
 
 class Responder:
-    """Sends the one reply of one connection. Call it once with a dict; later calls are ignored.
+    """Sends the one reply of one connection. Call it once; later calls are ignored.
+
+    It takes a protocol Reply, or a mapping with some of its keys (the others are filled in).
 
     ``closed`` becomes True when the client went away (or the server closed); a reply given then
     is dropped silently. ``replied`` is True once a reply was accepted.
@@ -72,7 +80,7 @@ class Responder:
         self.closed = False
         self.replied = False
 
-    def __call__(self, reply: Reply) -> None:
+    def __call__(self, reply: Reply | Mapping[str, Any]) -> None:
         if self.closed or self.replied:
             return
         self.replied = True
@@ -127,11 +135,11 @@ class _Conn:
                 self.close()
             return
         self.inbuf += data
-        nl = self.inbuf.find(b"\n")
+        nl = self.inbuf.find(EOL)
         if nl < 0 and len(self.inbuf) <= self.server.max_request:
             return
         if nl < 0 or nl > self.server.max_request:
-            self.send_error(2, f"request too large (more than {self.server.max_request} bytes)")
+            self.send_error(USAGE, f"request too large (more than {self.server.max_request} bytes)")
             return
         line = bytes(self.inbuf[:nl])
         self.inbuf.clear()
@@ -157,31 +165,25 @@ class _Conn:
     def _dispatch(self, line: bytes) -> None:
         self._cancel_timer()
         if self.refused_uid is not None:
-            self.send_error(1, "")
+            self.send_error(ERROR, "")
             return
         try:
-            req = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
-            self.send_error(2, f"request is not valid JSON ({e})")
-            return
-        if not isinstance(req, dict):
-            self.send_error(2, f"request must be a JSON object (got {type(req).__name__})")
-            return
-        cmd = req.get("cmd")
-        if not isinstance(cmd, str):
-            self.send_error(2, 'request has no "cmd" string')
+            req = decode_request(line)
+        except BadRequest as e:
+            self.send_error(USAGE, str(e))
             return
         self.state = _WAITING
         try:
             self.server.handler(req, self.responder)
         except Exception as e:  # noqa: BLE001 -- a handler bug must not take the daemon down
+            cmd = req.cmd
             self.server.log(f"control socket: handler failed on {cmd!r}: {type(e).__name__}: {e}")
             self.responder(
-                {
-                    "code": 1,
-                    "err": f"supervisord: internal error while handling {cmd!r}: "
+                Reply(
+                    ERROR,
+                    err=f"supervisord: internal error while handling {cmd!r}: "
                     f"{type(e).__name__}: {e} (see the daemon log)\n",
-                }
+                )
             )
 
     # -- reply --------------------------------------------------------------------------------
@@ -190,28 +192,20 @@ class _Conn:
         if self.refused_uid is not None:  # tell a refused peer nothing else
             uid = self.refused_uid
             err = f"permission denied: uid {uid} is not allowed on this socket\n"
-            self.send_reply({"code": 1, "err": err})
+            self.send_reply(Reply(ERROR, err=err))
         else:
-            self.send_reply({"code": code, "err": f"supervisord: bad request: {message}\n"})
+            self.send_reply(Reply(code, err=f"supervisord: bad request: {message}\n"))
 
-    def send_reply(self, reply: Reply) -> None:
+    def send_reply(self, reply: Reply | Mapping[str, Any]) -> None:
         if self.state in (_WRITING, _CLOSED):
             return
-        full: Reply = {"code": 1, "out": "", "err": "", "data": None}
-        full.update(reply)
         try:
-            payload = json.dumps(full, ensure_ascii=False)
+            self.outbuf = encode_reply(reply)
         except (TypeError, ValueError) as e:
             self.server.log(f"control socket: reply not serializable: {e}")
-            payload = json.dumps(
-                {
-                    "code": 1,
-                    "out": "",
-                    "err": f"supervisord: internal error: reply not serializable ({e})\n",
-                    "data": None,
-                }
+            self.outbuf = encode_reply(
+                Reply(ERROR, err=f"supervisord: internal error: reply not serializable ({e})\n")
             )
-        self.outbuf = payload.encode("utf-8", "surrogateescape") + b"\n"
         self.state = _WRITING
         self._cancel_timer()
         self.timer = self.server.loop.call_later(self.server.write_timeout, self.close)
@@ -239,7 +233,7 @@ class _Conn:
     def on_read_timeout(self) -> None:
         self.timer = None
         if self.state == _READING:
-            self.send_error(2, f"no complete request within {self.server.read_timeout:g} s")
+            self.send_error(USAGE, f"no complete request within {self.server.read_timeout:g} s")
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -261,7 +255,7 @@ class _Conn:
 class ControlServer:
     """Serve the control protocol on a Unix socket at ``path`` with the daemon's Loop.
 
-    ``handler(request, responder)`` gets every well-formed request (a dict with a "cmd" string)
+    ``handler(request, responder)`` gets every well-formed request (decode_request accepted it)
     from an allowed peer; it calls ``responder(reply)`` now or later. Allowed peers: uid 0, the
     daemon's euid, and (when ``group`` is set) members of that group by primary or supplementary
     gid. Raises ServerError (SocketInUseError when a live daemon answers on ``path``).
@@ -378,10 +372,8 @@ class ControlServer:
         except OSError:
             return
         if (st.st_dev, st.st_ino) == self._ident:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
 
 # -- socket creation -------------------------------------------------------------------------

@@ -4,8 +4,8 @@ file, what was found and what is allowed. Never a traceback, never pydantic's wo
     configs/app.yaml:12: workers.web.numprocs: must be ≥ 1 (got 0)
     configs/app.yaml:9: workers.web.numproc: unknown key; did you mean 'numprocs'?
 
-Validators in config.py raise ``problem(...)`` (a PydanticCustomError of type "pyvisor") whose
-text is used as is; pydantic's own error types are translated here.
+The validators in models.py and values.py raise ``problem(...)`` (a PydanticCustomError of type
+"pyvisor") whose text is used as is; pydantic's own error types are translated here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from supervisor.configyaml import Path
+from supervisor.config.yamlfile import Path
 
 ERROR_TYPE = "pyvisor"
 

@@ -1,29 +1,22 @@
-"""The config file: pydantic models, loading, and the JSON Schema editors use.
-
-``load_config(path)`` returns a ``Config`` or raises ``ConfigError`` whose lines each name the
-file, line, path and problem (see configerrors.py). Everything is checked at load time -- unknown
-keys, types, signal names, users, dependency cycles, colliding log files -- so a reload can
-refuse a bad file before touching anything.
+"""The config file's pydantic models: what each key means, its default, and the checks of one
+value at a time (the value parsers are in values.py, their wording in errors.py).
 
 Models are frozen; ``WorkerConfig`` compares by value, so reload detects a changed worker with
-``old != new``. All paths in a loaded config are absolute (relative ones are taken from the
-config file's directory), and log paths have ``{log_dir}`` filled in, so a changed log_dir shows
-as changed workers too. Validation needs the context that ``load_config`` passes (config path);
-the YAML-shaped input is described by ``json_schema()`` (``python -m supervisor.config
---schema``, committed as configs/pyvisor.schema.json).
+``old != new``. All paths in a validated config are absolute (relative ones are taken from the
+config file's directory, the context's ``base_dir``), and log paths have ``{log_dir}`` filled
+in, so a changed log_dir shows as changed workers too. The field docstrings are the
+descriptions in the JSON Schema (load.json_schema).
 
-Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``x-defaults:
-&defaults``) to merge into workers with ``<<: *defaults``.
+Validation only reads its context (``config_path``, ``base_dir``; load_config passes them), it
+never writes to it. What needs two sections at once is done on the whole model: ``Config``'s
+after-validator turns every worker's log path templates into file paths under
+supervisor.log_dir. A ``WorkerConfig`` validated on its own keeps its templates.
 """
 
 from __future__ import annotations
 
-import argparse
 import heapq
-import json
 import os
-import sys
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -35,29 +28,17 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from supervisor import configvalues as cv
 from supervisor import paths
-from supervisor.configchecks import cross_checks
-from supervisor.configerrors import (
-    ConfigError,
-    from_validation_error,
-    got,
-    line_text,
-    problem,
-    suggest,
-)
-from supervisor.configyaml import Path, YamlSyntaxError, parse
+from supervisor.config import values as cv
+from supervisor.config.errors import got, problem, suggest
 from supervisor.core.types import Policy, RestartPolicy
-
-__all__ = ["BackoffConfig", "Config", "ConfigError", "LogConfig", "SupervisorConfig",
-           "WorkerConfig", "json_schema", "load_config"]
+from supervisor.names import instance_name
 
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
 _NULLABLE: dict[str, Any] = {"type": ["string", "null"]}
@@ -182,9 +163,7 @@ class SupervisorConfig(_Model):
     @field_validator("log_dir", mode="after")
     @classmethod
     def _log_dir(cls, value: str, info: ValidationInfo) -> str:
-        path = _resolve(value, info)
-        _context(info)["log_dir"] = path      # the workers' log paths are built from it
-        return path
+        return _resolve(value, info)
 
     @field_validator("block_prefix", mode="before")
     @classmethod
@@ -211,7 +190,13 @@ class WorkerConfig(_Model):
     """Extra environment variables; values are taken as the text written."""
     user: Annotated[str, BeforeValidator(cv.user_name), WithJsonSchema(
         {"type": ["string", "integer"]})] | None = None
-    """Run as this user (name or uid). null: the daemon's user."""
+    """Run as this user (name or uid): its uid, primary group and supplementary groups, and
+    HOME, USER, LOGNAME, SHELL from its passwd entry; its log files are made its own (0600).
+    null: the daemon's user."""
+    group: Annotated[str, BeforeValidator(cv.group_name), WithJsonSchema(
+        {"type": ["string", "integer"]})] | None = None
+    """With user: this primary group (name or gid) instead of the user's own. null: the
+    user's."""
     autostart: bool = True
     """Start with the daemon."""
     restart: Annotated[RestartPolicy, BeforeValidator(lambda v: _restart(v))] = (
@@ -234,6 +219,7 @@ class WorkerConfig(_Model):
     """Seconds after stop_signal before SIGKILL."""
     heartbeat_timeout: float | None = Field(default=None, gt=0)
     """Restart a worker whose heartbeat is older than this many seconds. null: not checked."""
+    # The log paths are templates until the Config validator makes them files (_log_files).
     stdout: LogConfig = Field(default_factory=dict, validate_default=True)
     stderr: Stderr = Field(default_factory=dict, validate_default=True)
     """A mapping like stdout, or 'stdout': into the same file as stdout."""
@@ -254,18 +240,12 @@ class WorkerConfig(_Model):
             raise problem(f"no such directory: {path}")
         return path
 
-    @field_validator("stdout", "stderr", mode="after")
-    @classmethod
-    def _log_path(cls, value: LogConfig | str, info: ValidationInfo) -> LogConfig | str:
-        if isinstance(value, str):
-            return value
-        stream = "out" if info.field_name == "stdout" else "err"
-        template = value.path or "{log_dir}/{name}-{index}." + stream + ".log"
-        ctx = _context(info)
-        log_dir = ctx.get("log_dir") or _resolve("logs", info)
-        resolved = template.replace("{log_dir}", _escape(log_dir))
-        base = _escape(ctx.get("base_dir") or os.getcwd())
-        return value.model_copy(update={"path": os.path.normpath(os.path.join(base, resolved))})
+    @model_validator(mode="after")
+    def _group_needs_user(self) -> WorkerConfig:
+        if self.group is not None and self.user is None:
+            raise problem(f"group: {got(self.group)} replaces the primary group of user:, "
+                          "which is not set; set user: too")
+        return self
 
     def policy(self, name: str = "") -> Policy:
         """What the state machine needs, in seconds and signal numbers (``name``: the worker's
@@ -278,17 +258,17 @@ class WorkerConfig(_Model):
             stop_signal=self.stop_signal, kill_timeout=self.kill_timeout)
 
     def instances(self, name: str) -> list[str]:
-        return [f"{name}:{i}" for i in range(self.numprocs)]
+        return [instance_name(name, i) for i in range(self.numprocs)]
 
     def log_paths(self, name: str, index: int) -> tuple[str, str]:
-        """(stdout, stderr) absolute file paths of instance name:index. Equal strings mean one
-        shared file (stderr: stdout)."""
-        fields = {"name": name, "index": index, "instance": f"{name}:{index}"}
-        assert isinstance(self.stdout.path, str), "log paths are resolved by validation"
+        """(stdout, stderr) absolute file paths of instance name:index, for a worker of a
+        validated Config. Equal strings mean one shared file (stderr: stdout)."""
+        fields = {"name": name, "index": index, "instance": instance_name(name, index)}
+        assert isinstance(self.stdout.path, str), "log paths are resolved by Config validation"
         out = self.stdout.path.format(**fields)
         if isinstance(self.stderr, str):
             return out, out
-        assert isinstance(self.stderr.path, str), "log paths are resolved by validation"
+        assert isinstance(self.stderr.path, str), "log paths are resolved by Config validation"
         return out, self.stderr.path.format(**fields)
 
     def log_config(self, stream: Literal["stdout", "stderr"]) -> LogConfig:
@@ -299,6 +279,23 @@ class WorkerConfig(_Model):
 
 def _escape(path: str) -> str:
     return path.replace("{", "{{").replace("}", "}}")
+
+
+def _log_file(log: LogConfig, stream: Literal["out", "err"], log_dir: str,
+              base_dir: str) -> LogConfig:
+    """``log`` with its path template made a file path: the default where none is set,
+    {log_dir} filled in, a relative path taken from base_dir. What is left to format is
+    {name} {index} {instance} (WorkerConfig.log_paths), so literal braces stay doubled."""
+    template = log.path or "{log_dir}/{name}-{index}." + stream + ".log"
+    path = os.path.join(_escape(base_dir), template.replace("{log_dir}", _escape(log_dir)))
+    return log.model_copy(update={"path": os.path.normpath(path)})
+
+
+def _with_log_files(worker: WorkerConfig, log_dir: str, base_dir: str) -> WorkerConfig:
+    update = {"stdout": _log_file(worker.stdout, "out", log_dir, base_dir)}
+    if not isinstance(worker.stderr, str):      # stderr: stdout shares stdout's file
+        update["stderr"] = _log_file(worker.stderr, "err", log_dir, base_dir)
+    return worker.model_copy(update=update)
 
 
 def _restart(value: Any) -> RestartPolicy:
@@ -323,6 +320,17 @@ class Config(_Model):
     def model_post_init(self, context: Any) -> None:
         if isinstance(context, dict):
             self._path = context.get("config_path", "")
+
+    @model_validator(mode="after")
+    def _log_files(self, info: ValidationInfo) -> Config:
+        """Every worker's log paths, from supervisor.log_dir. The workers dict is this model's
+        own (validation built it), so it is updated in place: an after-validator must return
+        self for ``Config(...)`` to work, and the frozen workers are replaced by copies."""
+        base_dir = _context(info).get("base_dir") or os.getcwd()
+        log_dir = self.supervisor.log_dir
+        self.workers.update({name: _with_log_files(worker, log_dir, base_dir)
+                             for name, worker in self.workers.items()})
+        return self
 
     @property
     def path(self) -> str:
@@ -354,107 +362,3 @@ class Config(_Model):
     def instances(self) -> list[str]:
         """Every instance name, in start order."""
         return [i for name in self.start_order() for i in self.workers[name].instances(name)]
-
-
-# -- loading --------------------------------------------------------------------------------
-def _keys_at(path: Path) -> Sequence[str]:
-    model: Any = Config
-    if path[:1] == ("supervisor",):
-        model = SupervisorConfig
-    elif path[:1] == ("workers",) and len(path) >= 2:
-        model = {"backoff": BackoffConfig, "stdout": LogConfig,
-                 "stderr": LogConfig}.get(str(path[2]), WorkerConfig) if len(path) > 2 else (
-            WorkerConfig)
-    return list(model.model_fields)
-
-
-def load_config(path: str) -> Config:
-    """Read, parse and check a config file. Raises ConfigError (never anything else for a bad
-    file; the messages use ``path`` as given)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError([(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
-                           f"{e.start})")]) from None
-    try:
-        doc = parse(text)
-    except YamlSyntaxError as e:
-        where = f"{path}:{e.line}:{e.column}" if e.line is not None else path
-        raise ConfigError([f"{where}: invalid YAML: {e.message}"]) from None
-    if doc.data is None:
-        raise ConfigError([(f"{path}: the file is empty; a config needs at least a 'workers:' "
-                           "mapping")])
-    if not isinstance(doc.data, dict):
-        raise ConfigError([(f"{path}:1: the top level must be a mapping with a 'workers:' key "
-                           f"(got {got(doc.data)})")])
-    data = {k: v for k, v in doc.data.items() if not k.startswith("x-")}
-    abs_path = os.path.abspath(path)
-    context = {"config_path": abs_path, "base_dir": os.path.dirname(abs_path)}
-    found: list[tuple[int | None, str]] = [
-        (line or doc.line_of(p), line_text(path, line or doc.line_of(p), p, msg))
-        for p, msg, line in doc.problems]
-    config: Config | None = None
-    try:
-        config = Config.model_validate(data, context=context)
-    except ValidationError as e:
-        problems = from_validation_error(e, data, _keys_at)
-    else:
-        problems = cross_checks(config)
-    found += [(doc.line_of(p), line_text(path, doc.line_of(p), p, m)) for p, m in problems]
-    if found or config is None:
-        found.sort(key=lambda item: item[0] or 0)
-        raise ConfigError([text for _, text in found])
-    return config
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the YAML file (what editors check against)."""
-    schema = _one_line(Config.model_json_schema(mode="validation"))
-    schema["patternProperties"] = {"^x-": {"description": "Ignored: a place for YAML anchors."}}
-    schema["title"] = "pyvisor config"
-    schema["description"] = ("Workers for supervisord to run. Generated by `python -m "
-                             "supervisor.config --schema`; do not edit.")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-
-
-def _one_line(node: Any) -> Any:
-    """Descriptions come from docstrings: join their wrapped lines."""
-    if isinstance(node, dict):
-        return {k: " ".join(v.split()) if k == "description" and isinstance(v, str)
-                else _one_line(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_one_line(v) for v in node]
-    return node
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m supervisor.config",
-                                     description="Check a pyvisor config, or print its schema.")
-    parser.add_argument("--schema", action="store_true", help="print the JSON Schema")
-    parser.add_argument("files", nargs="*", metavar="FILE", help="config files to check")
-    args = parser.parse_args(argv)
-    if args.schema:
-        print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
-    status = 0
-    for file in args.files:
-        try:
-            config = load_config(file)
-        except ConfigError as e:
-            print(e, file=sys.stderr)
-            status = 1
-        else:
-            n, m = len(config.workers), len(config.instances())
-            print(f"{file}: OK ({n} worker{'s' * (n != 1)}, {m} instance{'s' * (m != 1)})")
-    if not args.schema and not args.files:
-        parser.print_usage(sys.stderr)
-        return 2
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,16 +8,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_helpers import Lines, python_env, wait_until
 
+from tests.support.child import Lines, Spawn, python_env
+from tests.support.wait import wait_until
 from worker import block as B
 from worker.ctlpage import ControlBlock
-
-Spawn = Callable[..., subprocess.Popen[str]]
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def start_demo(
         env["PYVISOR_NOTIFY"] = notify.getsockname()
     p = procs([sys.executable, "-m", "worker", "--unit-ms", "20", *args], env=env)
     blk.set_spawned(p.pid, 0, 1)
-    return p, Lines(p.stdout)  # type: ignore[arg-type]
+    return p, Lines(p.stdout)
 
 
 def ack_state(blk: ControlBlock) -> int:
@@ -49,10 +48,10 @@ def test_demo_worker_ready_then_graceful_stop_at_a_unit_boundary(
 ) -> None:
     p, out = start_demo(procs, block, notify_sock)
     assert notify_sock.recv(64) == b"READY"
-    wait_until(lambda: ack_state(block), lambda s: s in (B.ST_READY, B.ST_BUSY), what="READY")
+    wait_until(lambda: ack_state(block), 10, "READY", ok=lambda s: s in (B.ST_READY, B.ST_BUSY))
     assert block.pid == p.pid
     assert block.start_ticks == B.proc_start_ticks(p.pid)
-    wait_until(lambda: block.work_done, lambda n: n >= 3, what="3 units of work")
+    wait_until(lambda: block.work_done, 10, "3 units of work", ok=lambda n: n >= 3)
     assert block.heartbeat_ns > 0
     seq = block.post_command(B.CMD_STOP_GRACEFUL, time.monotonic_ns() + 10**10)
     line = out.expect("STOP_GRACEFUL received")
@@ -125,12 +124,12 @@ def test_wait_for_stop_in_a_child_is_woken_by_the_daemon_side(
     )
     env = python_env(PYVISOR_BLOCK=block.name, PYVISOR_INSTANCE="w:0")
     p = procs([sys.executable, "-c", code], env=env)
-    out = Lines(p.stdout)  # type: ignore[arg-type]
-    wait_until(lambda: ack_state(block), lambda s: s == B.ST_READY, what="READY")
+    out = Lines(p.stdout)
+    wait_until(lambda: ack_state(block), 10, "READY", ok=lambda s: s == B.ST_READY)
     seq = block.post_command(B.CMD_STOP_GRACEFUL)
     t0 = time.monotonic()
-    wait_until(lambda: block.ack, lambda a: a == (seq, B.ST_STOPPING) or a[1] == B.ST_EXITED,
-               what="the stop ack")  # fmt: skip
+    wait_until(lambda: block.ack, 10, "the stop ack",
+               ok=lambda a: a == (seq, B.ST_STOPPING) or a[1] == B.ST_EXITED)
     assert time.monotonic() - t0 < 5
     line = out.expect("stopped")
     assert line.split()[1:3] == ["True", str(B.CMD_STOP_GRACEFUL)], line

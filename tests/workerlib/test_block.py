@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import posix_ipc
 import pytest
-from worker_helpers import python_env
 
+from tests.support.child import python_env
 from worker import block as B
 from worker._ctlword import View
 from worker.api import attach_pages

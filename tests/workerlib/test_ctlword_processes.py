@@ -9,8 +9,8 @@ import textwrap
 import time
 from collections.abc import Callable
 
-from worker_helpers import Lines, python_env, wait_until
-
+from tests.support.child import Lines, python_env
+from tests.support.wait import wait_until
 from worker.block import HEADER_SIZE, OFF_CMD
 from worker.ctlpage import ControlBlock
 
@@ -48,7 +48,7 @@ def test_two_processes_fetch_add_a_million_each(
     print("done", flush=True)
     """
     kids = [run_child(procs, block.name, body) for _ in range(2)]
-    lines = [Lines(k.stdout) for k in kids]  # type: ignore[arg-type]
+    lines = [Lines(k.stdout) for k in kids]
     for ln in lines:
         ln.expect("go")
     block.view.store_u32(OFF_APP + 16, 1)  # start both at once
@@ -68,7 +68,7 @@ def test_wait_in_one_process_woken_by_store_and_wake_from_another(
     print("woke", r, hex(v.load_u32({OFF_CMD})), round(time.monotonic() - t0, 3), flush=True)
     """
     kid = run_child(procs, block.name, body)
-    out = Lines(kid.stdout)  # type: ignore[arg-type]
+    out = Lines(kid.stdout)
     out.expect("waiting")
     t0 = time.monotonic()
     block.view.store_u32_seq_cst(OFF_CMD, 0x101)
@@ -88,7 +88,7 @@ def test_timed_wait_in_a_child_returns_false(
     print("result", r, time.monotonic() - t0, flush=True)
     """
     kid = run_child(procs, block.name, body)
-    line = Lines(kid.stdout).expect("result")  # type: ignore[arg-type]
+    line = Lines(kid.stdout).expect("result")
     _, r, took = line.split()
     assert r == "False" and 0.25 <= float(took) < 2.0, line
 
@@ -100,7 +100,7 @@ def in_futex_wait(pid: int) -> None:
         with open(f"/proc/{pid}/wchan") as f:
             return f.read()
 
-    wait_until(wchan, lambda w: "futex" in w, what=f"pid {pid} to sleep in a futex wait")
+    wait_until(wchan, 10, f"pid {pid} to sleep in a futex wait", ok=lambda w: "futex" in w)
 
 
 def _interrupt_child(
@@ -117,7 +117,7 @@ def _interrupt_child(
         print("raised", type(e).__name__, round(time.monotonic() - t0, 3), flush=True)
     """
     kid = run_child(procs, block.name, body)
-    out = Lines(kid.stdout)  # type: ignore[arg-type]
+    out = Lines(kid.stdout)
     out.expect("waiting")
     in_futex_wait(kid.pid)
     t0 = time.monotonic()

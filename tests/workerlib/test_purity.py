@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from worker_helpers import python_env
+from tests.support.child import python_env
 
 FORBIDDEN = ("supervisor", "loguru", "pydantic", "click", "psutil", "yaml")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import posix_ipc
 import pytest
-from worker_helpers import ROOT
 
+from tests.support.child import ROOT
 from worker import block as B
 from worker.ctlpage import ControlBlock
 

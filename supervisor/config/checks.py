@@ -1,17 +1,16 @@
-"""Checks that look at a whole loaded config at once: the control socket's mode and group,
+"""Checks that look at a whole validated config at once: the control socket's mode and group,
 depends_on (unknown workers, cycles), and log files that two instances would share. Each
-returns ``(path, message)`` problems; config.load_config turns them into ConfigError lines.
+returns ``(path, message)`` problems; load.load_config turns them into ConfigError lines.
+
+The dependency goes one way: these checks read the models, and loading calls the checks (the
+models know nothing of them).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from supervisor.configerrors import unknown
-from supervisor.configyaml import Path
-
-if TYPE_CHECKING:
-    from supervisor.config import Config
+from supervisor.config.errors import unknown
+from supervisor.config.models import Config
+from supervisor.config.yamlfile import Path
 
 Problem = tuple[Path, str]
 
@@ -68,7 +67,8 @@ def _log_collisions(config: Config) -> list[Problem]:
     for name, worker in config.workers.items():
         for index in range(worker.numprocs):
             instance = f"{name}:{index}"
-            for stream, path in zip(("stdout", "stderr"), worker.log_paths(name, index)):
+            out_err = worker.log_paths(name, index)
+            for stream, path in zip(("stdout", "stderr"), out_err, strict=True):
                 first = owner.setdefault(path, f"{instance} {stream}")
                 where: Path = ("workers", name, stream, "path")
                 if first.startswith(instance + " ") or any(p == where for p, _ in out):

@@ -1,5 +1,5 @@
-"""Helpers for the tests that run a real supervisord: a deadline-bounded poll and a handle on
-one daemon process that cleans up after itself.
+"""A real supervisord per test: a handle on one daemon process that cleans up after itself,
+and the /proc helpers the end-to-end tests use.
 
 ``DaemonProcess`` writes a config into a test's tmp_path with a socket, log_dir and a unique
 block prefix ("t" + 8 hex digits) there, starts ``supervisord -c`` from the venv of the running
@@ -13,54 +13,26 @@ so the fixture can fail a test that left anything behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 import yaml
 
-T = TypeVar("T")
+from tests.support.shm import remove_shm
+from tests.support.wait import Abort, wait_until
 
 BIN_DIR = os.path.dirname(sys.executable)
 SUPERVISORD = os.path.join(BIN_DIR, "supervisord")
 SUPERVISORCTL = os.path.join(BIN_DIR, "supervisorctl")
-SHM_DIR = Path("/dev/shm")
-POLL_S = 0.02
-
-
-class Abort(Exception):
-    """Raised by a wait_until predicate: stop waiting now (e.g. the process died)."""
-
-
-def wait_until(pred: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Call ``pred`` until it returns something truthy (returned) or ``timeout`` seconds pass
-    (AssertionError naming ``what`` and the last value seen). An exception from ``pred`` counts
-    as a value, except AssertionError and Abort, which end the wait at once."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = pred()
-        except (AssertionError, Abort):
-            raise
-        except Exception as e:  # noqa: BLE001 - the last error is the last value seen
-            last = e
-        else:
-            if value:
-                return value
-            last = value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
-                                 f"last value seen: {last!r}")
-        time.sleep(POLL_S)
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -100,10 +72,6 @@ def pids_with_block_prefix(prefix: str) -> list[int]:
     return found
 
 
-def shm_with_prefix(prefix: str) -> list[str]:
-    return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(prefix + "."))
-
-
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
@@ -125,7 +93,8 @@ class DaemonProcess:
         self.log_dir = tmp_path / "logs"
         self.out_path = tmp_path / f"supervisord-{self.prefix}.out"
         self.supervisor_extra = dict(supervisor or {})
-        self.proc: subprocess.Popen[bytes] | None = None
+        # (a test may hand over a daemon it started itself, with text pipes)
+        self.proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None
         self.seen: dict[int, int | None] = {}      # worker pid -> start ticks when seen
         self.allow_leftovers = False   # tests that kill the daemon hard may set this
         self.write_config(workers)
@@ -202,19 +171,10 @@ class DaemonProcess:
         return {row["name"]: row["pid"] for row in self.status_json() if row.get("pid")}
 
     def wait_state(self, instance: str, state: str, timeout: float = 15.0) -> dict[str, Any]:
-        """Wait until ``instance`` is in ``state``; returns its status row."""
-        last: list[dict[str, Any]] = []
-
-        def check() -> bool:
-            row = self.status_of(instance)
-            last[:] = [row]
-            return bool(row["state"] == state)
-
-        try:
-            wait_until(check, timeout, f"{instance} to be {state}")
-        except AssertionError as e:
-            raise AssertionError(f"{e}; last status row: {last}") from None
-        return last[0]
+        """Wait until ``instance`` is in ``state``; returns its status row (on timeout the
+        failure shows the last row seen)."""
+        return wait_until(lambda: self.status_of(instance), timeout, f"{instance} to be {state}",
+                          ok=lambda row: bool(row["state"] == state))
 
     def log_text(self) -> str:
         try:
@@ -226,13 +186,9 @@ class DaemonProcess:
         """Wait for ``regex`` (MULTILINE) in the daemon's output from character ``after`` on."""
         pattern = re.compile(regex, re.MULTILINE)
 
-        def found() -> re.Match[str] | None:
-            return pattern.search(self.log_text(), after)
-
-        try:
-            return wait_until(found, timeout, f"daemon log to match {regex!r}")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n--- supervisord output ---\n{self.log_text()}") from None
+        return wait_until(lambda: pattern.search(self.log_text(), after), timeout,
+                          f"daemon log to match {regex!r}",
+                          show=lambda: f"--- supervisord output ---\n{self.log_text()}")
 
     def log_mark(self) -> int:
         """Where the daemon log ends now (for wait_log(after=...))."""
@@ -271,19 +227,12 @@ class DaemonProcess:
                     if ticks is not None and proc_start_ticks(p) == ticks and pid_alive(p)}
         for p in sorted(victims):
             left.append(f"process {p} ({_cmdline(p)}) was still running; SIGKILLed")
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if victims:
             wait_until(lambda: not any(pid_alive(p) for p in victims), 10,
                        "left-over processes to die")
-        for name in shm_with_prefix(self.prefix):
-            left.append(f"/dev/shm/{name} was left; unlinked")
-            try:
-                (SHM_DIR / name).unlink()
-            except FileNotFoundError:
-                pass
+        left += [f"/dev/shm/{name} was left; unlinked" for name in remove_shm(self.prefix + ".")]
         left += self._remove_locator()
         return left
 
@@ -294,6 +243,18 @@ class DaemonProcess:
             os.unlink(loc)
             return [f"locator {loc} was left; removed"]
         return []
+
+
+class DaemonFactory(Protocol):
+    """The daemon_factory fixture: a DaemonProcess on a config in the test's tmp_path (or in
+    ``subdir`` of it), not started; cleaned up after the test."""
+
+    def __call__(self, workers: dict[str, Any], supervisor: dict[str, Any] | None = None,
+                 name: str = "pyvisor.yaml", subdir: str | None = None) -> DaemonProcess: ...
+
+
+# The daemon fixture: the same call as daemon_factory, and the daemon is started.
+StartedDaemon = DaemonFactory
 
 
 def _cmdline(pid: int) -> str:

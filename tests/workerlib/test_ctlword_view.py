@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.support.wait import wait_until
 from worker._ctlword import WAIT_SLICE_NS, View
 
 
@@ -135,9 +136,7 @@ def test_close_refused_while_a_wait_is_in_flight(mm: mmap.mmap) -> None:
     result: list[object] = []
     t = threading.Thread(target=lambda: result.append(v.wait_u32(0, 0, 30)))
     t.start()
-    deadline = time.monotonic() + 10
-    while v.waiters == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_until(lambda: v.waiters, 10, "the waiter thread to start waiting", interval=0.001)
     assert v.waiters == 1, "the waiter thread never started waiting"
     with pytest.raises(BufferError, match="in flight"):
         v.close()
@@ -174,9 +173,7 @@ def test_wait_ignores_a_wake_without_a_change(mm: mmap.mmap) -> None:
     got: list[bool] = []
     t = threading.Thread(target=lambda: got.append(v.wait_u32(0, 0, 0.5)))
     t.start()
-    deadline = time.monotonic() + 5
-    while v.waiters == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_until(lambda: v.waiters, 5, "the waiter thread to start waiting", interval=0.001)
     v.wake(0)  # spurious for the waiter: the word still holds 0
     t.join(10)
     assert got == [False]
@@ -192,9 +189,7 @@ def test_wait_woken_by_another_thread(mm: mmap.mmap) -> None:
 
     t = threading.Thread(target=waiter)
     t.start()
-    deadline = time.monotonic() + 5
-    while v.waiters == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_until(lambda: v.waiters, 5, "the waiter thread to start waiting", interval=0.001)
     v.store_u32(0x40, 1)
     woken = v.wake(0x40)
     t.join(10)

@@ -3,47 +3,27 @@ all removed even when a test fails, plus a session check that nothing was left i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-# pytest puts tests/ on sys.path (for tests/conftest.py), and an editable install finds the
-# real package only after sys.path has been searched: tests/worker/ is then imported as a
-# namespace package "worker" (no __init__: `from worker import Worker` fails). Put the
-# repository root first and, if an earlier-collected module already got the namespace
-# package, replace it by the real one (submodules already imported are the same files and
-# are reused as they are).
-ROOT = Path(__file__).resolve().parents[2]
-if sys.path[:1] != [str(ROOT)]:
-    sys.path.insert(0, str(ROOT))
-if getattr(sys.modules.get("worker"), "__file__", "") is None:
-    del sys.modules["worker"]
-
-
-import worker  # noqa: F401
+from tests.support.child import Spawn
+from tests.support.shm import remove_shm, unlink_shm
 from worker.ctlpage import ControlBlock
 
-SHM_DIR = Path("/dev/shm")
 # One prefix per test session: "pvt" + 10 hex digits (no dot, a valid block prefix).
 SESSION_PREFIX = "pvt" + uuid.uuid4().hex[:10]
-
-
-def _leftovers() -> list[str]:
-    return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(SESSION_PREFIX))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_shm_left_behind() -> Iterator[None]:
     """Fail the session if any /dev/shm object with this session's prefix survives."""
     yield
-    left = _leftovers()
-    for name in left:
-        (SHM_DIR / name).unlink(missing_ok=True)
+    left = remove_shm(SESSION_PREFIX)
     assert not left, f"tests left shm objects behind: {left}"
 
 
@@ -64,7 +44,7 @@ def shm_names() -> Iterator[Callable[[str], str]]:
 
     yield make
     for name in made:
-        (SHM_DIR / name[1:]).unlink(missing_ok=True)
+        unlink_shm(name)
 
 
 @pytest.fixture
@@ -82,10 +62,8 @@ def new_block(shm_names: Callable[[str], str]) -> Iterator[Callable[..., Control
     yield make
     for blk in blocks:
         blk.unlink()
-        try:
+        with contextlib.suppress(BufferError):
             blk.close()
-        except BufferError:
-            pass
 
 
 @pytest.fixture
@@ -94,15 +72,13 @@ def block(new_block: Callable[..., ControlBlock]) -> ControlBlock:
 
 
 @pytest.fixture
-def procs() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+def procs() -> Iterator[Spawn]:
     """Factory of child processes (text pipes); each is killed and reaped after the test."""
     started: list[subprocess.Popen[str]] = []
 
-    def spawn(args: list[str], **kw: object) -> subprocess.Popen[str]:
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
-        kw.setdefault("text", True)
-        p: subprocess.Popen[str] = subprocess.Popen(args, **kw)  # type: ignore[call-overload]
+    def spawn(args: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
         started.append(p)
         return p
 

@@ -1,16 +1,15 @@
-"""Helpers for tests/worker (deadline-bounded polls, child Python snippets)."""
+"""Python child processes of the tests: an environment that imports this checkout, and a
+reader that waits (bounded) for lines of a child's output."""
 
 from __future__ import annotations
 
 import os
 import queue
+import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
-
-T = TypeVar("T")
+from typing import IO, Protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,26 +23,19 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_until(
-    probe: Callable[[], T], ok: Callable[[T], bool], *, timeout: float = 10.0, what: str = ""
-) -> T:
-    """Poll probe() until ok(value); AssertionError naming the last value on timeout."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        value = probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {value!r}")
-        time.sleep(delay)  # poll interval of a deadline-bounded wait, not a bare sleep
-        delay = min(delay * 2, 0.05)
+class Spawn(Protocol):
+    """The procs fixture: start a child with text stdout/stderr pipes (killed and reaped after
+    the test)."""
+
+    def __call__(self, args: list[str], *, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen[str]: ...
 
 
 class Lines:
     """Reads a child's text pipe in a thread; expect() waits (bounded) for a matching line."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str] | None) -> None:
+        assert stream is not None, "the child has no pipe to read"
         self.seen: list[str] = []
         self._q: queue.Queue[str | None] = queue.Queue()
         self._t = threading.Thread(target=self._pump, args=(stream,), daemon=True)

@@ -9,18 +9,16 @@ import grp
 import pwd
 import re
 import shlex
-import signal
 import string
 from typing import Any
 
-from supervisor.configerrors import got, problem
+from supervisor.config.errors import got, problem
+from supervisor.names import SIGNAL_MAX, SIGNAL_NAMES, parse_signal
 from worker import block as blk
 
 WORKER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 PLACEHOLDERS = ("name", "index", "instance", "log_dir")
-SIGNAL_NAMES = tuple(s.name[3:] for s in signal.Signals)   # "HUP", "INT", ... (no aliases)
-SIGNAL_MAX = int(signal.SIGRTMAX)
 # Binary units, as supervisord and logrotate count them: 1KB = 1KiB = 1024 bytes.
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
 _UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -35,17 +33,10 @@ def _no_bool(value: Any, what: str) -> None:
 def signal_number(value: Any) -> int:
     """'TERM', 'SIGTERM', 'term', 15 or '15' -> 15."""
     _no_bool(value, "a signal name or number")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int):
-        if 1 <= value <= SIGNAL_MAX:
-            return value
-    elif isinstance(value, str):
-        name = value.strip().upper()
-        name = name if name.startswith("SIG") else "SIG" + name
+    if isinstance(value, str | int):
         try:
-            return int(signal.Signals[name])
-        except KeyError:
+            return parse_signal(value)
+        except ValueError:
             pass
     raise problem(f"unknown signal {got(value)}; use one of {', '.join(SIGNAL_NAMES)} "
                   f"(with or without SIG) or a number from 1 to {SIGNAL_MAX}")
@@ -83,7 +74,8 @@ def command(value: Any) -> tuple[str, ...]:
         try:
             parts = shlex.split(value)
         except ValueError as e:
-            raise problem(f"cannot split the command: {str(e).lower()} (got {got(value)})")
+            raise problem(f"cannot split the command: {str(e).lower()} "
+                          f"(got {got(value)})") from None
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             if not isinstance(item, str):
@@ -141,7 +133,8 @@ def log_level(value: Any) -> str:
 
 
 def user_name(value: Any) -> str:
-    """A user name or uid that exists on this machine -> the user name."""
+    """A user name or uid that exists on this machine -> the user name. A uid without a
+    passwd entry is refused: it has no groups to take, no HOME, and nobody to own its files."""
     _no_bool(value, "a user name")
     try:
         if isinstance(value, int):
@@ -154,6 +147,7 @@ def user_name(value: Any) -> str:
 
 
 def group_name(value: Any) -> str:
+    """A group name or gid that exists on this machine -> the group name."""
     _no_bool(value, "a group name")
     try:
         if isinstance(value, int):

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal as signal_mod
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import psutil
 
+from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.core import IN_TRANSITION, State
-from supervisor.ctl.exitcodes import FAILED, NO_SUCH_TARGET, OK, USAGE
+from supervisor.names import parse_signal, signal_name
 from supervisor.runtime import Instance, Runtime
-
-Reply = dict[str, Any]
 
 
 class Responder(Protocol):
@@ -32,14 +30,11 @@ class Daemon(Protocol):
     """What the handlers need from the daemon beyond the runtime."""
 
     runtime: Runtime
+    leaving: str          # "" while running; "shutting down" or "re-executing" once begun
 
     def reload(self, done: Callable[[Reply], None]) -> None: ...
     def shutdown(self, done: Callable[[], None]) -> None: ...
     def reexec(self) -> None: ...
-
-
-def reply(code: int = OK, out: str = "", err: str = "", data: Any = None) -> Reply:
-    return {"code": code, "out": out, "err": err, "data": data}
 
 
 def fmt_duration(seconds: float) -> str:
@@ -107,48 +102,53 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
     ))
 
 
+# Verbs refused once a shutdown or a re-exec has begun. stop and shutdown stay allowed: a
+# shutdown stops everything anyway, and a second shutdown just waits for the first.
+CHANGES_STATE = frozenset({"start", "restart", "signal", "reload", "reexec"})
+
+
 class Handlers:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.rt = daemon.runtime
-        self.table: dict[str, Callable[[dict[str, Any], Responder], None]] = {
+        self.table: dict[str, Callable[[Request, Responder], None]] = {
             "status": self.status, "start": self.start, "stop": self.stop,
             "restart": self.restart, "signal": self.signal, "tail": self.tail,
             "reload": self.reload, "shutdown": self.shutdown, "pid": self.pid,
             "reexec": self.reexec,
         }
 
-    def __call__(self, request: dict[str, Any], respond: Responder) -> None:
-        cmd = request.get("cmd")
-        fn = self.table.get(cmd) if isinstance(cmd, str) else None
+    def __call__(self, request: Request, respond: Responder) -> None:
+        fn = self.table.get(request.cmd)
         if fn is None:
-            respond(reply(USAGE, err=f"unknown command {cmd!r}; known: "
+            respond(Reply(USAGE, err=f"unknown command {request.cmd!r}; known: "
                                      f"{', '.join(sorted(self.table))}\n"))
+            return
+        busy = self.daemon.leaving
+        if busy and request.cmd in CHANGES_STATE:
+            # what it would change would be lost (a re-exec) or undone (a shutdown)
+            respond(Reply(FAILED, err=f"supervisord is {busy}; {request.cmd} refused\n"))
             return
         fn(request, respond)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _targets(self, request: dict[str, Any], respond: Responder,
+    def _targets(self, request: Request, respond: Responder,
                  default_all: bool = False) -> list[Instance] | None:
-        targets = request.get("targets") or (["all"] if default_all else [])
-        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-            respond(reply(USAGE, err="targets must be a list of names\n"))
+        targets = request.targets
+        if targets is None:
+            respond(Reply(USAGE, err="targets must be a list of names\n"))
             return None
+        targets = targets or (["all"] if default_all else [])
         if not targets:
-            respond(reply(USAGE, err="name a target: NAME, NAME:INDEX or all\n"))
+            respond(Reply(USAGE, err="name a target: NAME, NAME:INDEX or all\n"))
             return None
         insts, unknown = self.rt.select(targets)
         if unknown:
             known = ", ".join(sorted({i.worker for i in self.rt.instances.values()})) or "none"
-            respond(reply(NO_SUCH_TARGET, err=f"no such worker: {', '.join(unknown)} "
+            respond(Reply(NO_SUCH_TARGET, err=f"no such worker: {', '.join(unknown)} "
                                               f"(known: {known})\n"))
             return None
         return insts
-
-    @staticmethod
-    def _opt(request: dict[str, Any], key: str, default: Any) -> Any:
-        opts = request.get("opts")
-        return opts.get(key, default) if isinstance(opts, dict) else default
 
     def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool]
                  ) -> Reply:
@@ -163,23 +163,23 @@ class Handlers:
                                         else "see the daemon log")
             lines.append(f"{i.name}: ERROR ({i.st.state.value}) ({why})")
         text = "\n".join(lines) + "\n"
-        return reply(FAILED, err=text) if failed else reply(OK, out=text)
+        return Reply(FAILED, err=text) if failed else Reply(OK, out=text)
 
     # -- verbs --------------------------------------------------------------------------------
-    def status(self, request: dict[str, Any], respond: Responder) -> None:
+    def status(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond, default_all=True)
         if insts is None:
             return
         now = self.rt.now()
         facts = [instance_facts(i, now, self._process(i.pid)) for i in insts]
-        if self._opt(request, "json", False):
+        if request.opts.get("json", False):
             # data too: shell completion and scripts on the socket read the rows from it
-            respond(reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
+            respond(Reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
             return
         width = max((len(f["name"]) for f in facts), default=4)
         text = "".join(render_status_line(f, width) + "\n" for f in facts)
         # names only in data: the text is what gets printed (--json carries the whole rows)
-        respond(reply(OK, out=text or "no workers configured\n",
+        respond(Reply(OK, out=text or "no workers configured\n",
                       data=[{"name": f["name"]} for f in facts]))
 
     @staticmethod
@@ -193,34 +193,34 @@ class Handlers:
         except psutil.Error:
             return None
 
-    def start(self, request: dict[str, Any], respond: Responder) -> None:
+    def start(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)
         if insts is None:
             return
         self.rt.request_start(insts)
-        if not self._opt(request, "wait", True):
-            respond(reply(OK, out="".join(f"{i.name}: start requested\n" for i in insts)))
+        if not request.opts.get("wait", True):
+            respond(Reply(OK, out="".join(f"{i.name}: start requested\n" for i in insts)))
             return
 
         self.rt.wait_for(insts, lambda i: i.st.state not in IN_TRANSITION, lambda: respond(
             self._summary(insts, "started", lambda i: i.st.state is State.RUNNING)))
 
-    def stop(self, request: dict[str, Any], respond: Responder) -> None:
+    def stop(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        self.rt.request_stop(insts, bool(self._opt(request, "graceful", False)))
-        if not self._opt(request, "wait", True):
-            respond(reply(OK, out="".join(f"{i.name}: stop requested\n" for i in insts)))
+        self.rt.request_stop(insts, bool(request.opts.get("graceful", False)))
+        if not request.opts.get("wait", True):
+            respond(Reply(OK, out="".join(f"{i.name}: stop requested\n" for i in insts)))
             return
         self.rt.wait_for(insts, lambda i: not i.has_process, lambda: respond(
             self._summary(insts, "stopped", lambda i: not i.has_process)))
 
-    def restart(self, request: dict[str, Any], respond: Responder) -> None:
+    def restart(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        self.rt.request_restart(insts, bool(self._opt(request, "graceful", False)))
+        self.rt.request_restart(insts, bool(request.opts.get("graceful", False)))
 
         def settled(i: Instance) -> bool:
             return i.st.state in (State.RUNNING, State.FATAL, State.EXITED) or (
@@ -229,40 +229,43 @@ class Handlers:
         self.rt.wait_for(insts, settled, lambda: respond(
             self._summary(insts, "restarted", lambda i: i.st.state is State.RUNNING)))
 
-    def signal(self, request: dict[str, Any], respond: Responder) -> None:
+    def signal(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        name = str(self._opt(request, "signal", "")).upper()
+        name = str(request.opts.get("signal", ""))[:32].upper()
         try:
-            signum = int(name) if name.isdigit() else signal_mod.Signals[
-                name if name.startswith("SIG") else f"SIG{name}"].value
-        except (KeyError, ValueError):
-            respond(reply(USAGE, err=f"unknown signal {name!r} (e.g. HUP, USR1, 10)\n"))
+            signum = parse_signal(name)
+        except ValueError:
+            respond(Reply(USAGE, err=f"unknown signal {name!r} (e.g. HUP, USR1, 10)\n"))
             return
         lines, failed = [], False
         for i in insts:
             if self.rt.send_signal(i, signum):
-                lines.append(f"{i.name}: sent {signal_mod.Signals(signum).name}\n")
+                lines.append(f"{i.name}: sent {signal_name(signum)}\n")
             else:
                 failed = True
                 lines.append(f"{i.name}: not running ({i.st.state.value})\n")
-        respond(reply(FAILED, err="".join(lines)) if failed else reply(OK, out="".join(lines)))
+        respond(Reply(FAILED, err="".join(lines)) if failed else Reply(OK, out="".join(lines)))
 
-    def tail(self, request: dict[str, Any], respond: Responder) -> None:
+    def tail(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)
         if insts is None:
             return
         if len(insts) != 1:
-            respond(reply(USAGE, err="tail takes one instance, e.g. web:0\n"))
+            respond(Reply(USAGE, err="tail takes one instance, e.g. web:0\n"))
+            return
+        stream = request.opts.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            respond(Reply(USAGE, err="tail: stream must be stdout or stderr\n"))
             return
         i = insts[0]
-        respond(reply(OK, data={"stdout": i.stdout_path, "stderr": i.stderr_path,
-                                "instance": i.name}))
+        path = i.stdout_path if stream == "stdout" else i.stderr_path
+        respond(Reply(OK, data={stream: path, "instance": i.name}))
 
-    def pid(self, request: dict[str, Any], respond: Responder) -> None:
-        if not request.get("targets"):
-            respond(reply(OK, out=f"{os.getpid()}\n", data=os.getpid()))
+    def pid(self, request: Request, respond: Responder) -> None:
+        if request.targets == []:  # None (not a list of names) is for _targets to refuse
+            respond(Reply(OK, out=f"{os.getpid()}\n", data=os.getpid()))
             return
         insts = self._targets(request, respond)
         if insts is None:
@@ -271,21 +274,21 @@ class Handlers:
         text = "".join(f"{p}\n" if p is not None else f"{n}: not running\n"
                        for n, p in pids.items())
         code = OK if all(p is not None for p in pids.values()) else FAILED
-        respond(reply(code, out=text if code == OK else "", err="" if code == OK else text,
+        respond(Reply(code, out=text if code == OK else "", err="" if code == OK else text,
                       data=pids))
 
-    def reload(self, request: dict[str, Any], respond: Responder) -> None:
+    def reload(self, request: Request, respond: Responder) -> None:
         self.daemon.reload(respond)
 
-    def shutdown(self, request: dict[str, Any], respond: Responder) -> None:
-        if not self._opt(request, "wait", True):
-            respond(reply(OK, out="shutting down\n"))
+    def shutdown(self, request: Request, respond: Responder) -> None:
+        if not request.opts.get("wait", True):
+            respond(Reply(OK, out="shutting down\n"))
             self.daemon.shutdown(lambda: None)
             return
-        self.daemon.shutdown(lambda: respond(reply(OK, out="shut down\n")))
+        self.daemon.shutdown(lambda: respond(Reply(OK, out="shut down\n")))
 
-    def reexec(self, request: dict[str, Any], respond: Responder) -> None:
-        respond(reply(OK, out="re-executing supervisord in place (same pid, workers keep "
+    def reexec(self, request: Request, respond: Responder) -> None:
+        respond(Reply(OK, out="re-executing supervisord in place (same pid, workers keep "
                               "running)\n"))
         self.daemon.reexec()
 

@@ -1,0 +1,196 @@
+"""The control protocol between supervisorctl and supervisord: the one module both sides import.
+
+Framing: the client connects to the daemon's Unix socket and sends ONE JSON object and a newline
+(at most ``MAX_REQUEST`` bytes, within ``READ_TIMEOUT``); the daemon answers with ONE JSON object
+and a newline (at most ``MAX_REPLY`` bytes, taken by the client within ``WRITE_TIMEOUT``), then
+closes. One connection carries one exchange: no ids, no pipelining, no length prefix.
+
+Request ``{"cmd": str, "targets": [str, ...], "opts": {str: value}}``: the protocol requires only
+"cmd"; "targets" and "opts" are read (and checked) by the verbs that use them.
+
+Reply ``{"code": int, "out": str, "err": str, "data": value}``: "code" is supervisorctl's exit
+code, "out" and "err" the text it prints verbatim on stdout and stderr, "data" what a verb needs
+beyond the text (tail: the log paths; status: the rows; pid: the pids).
+
+Exit codes are defined here, once. The daemon decides the code of every reply; the client decides
+only the codes of failures it sees itself (no daemon, time-out, interrupted) and click's usage
+errors.
+
+Standard library only: supervisorctl imports this module, and its start-up time is its latency.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+# -- limits and framing ----------------------------------------------------------------------
+EOL = b"\n"  # ends the request and the reply: each is one line of JSON
+MAX_REQUEST = 64 * 1024  # bytes of one request line; the daemon refuses a longer one
+MAX_REPLY = 64 * 1024 * 1024  # bytes of one reply line; the client reads no further
+READ_TIMEOUT = 10.0  # seconds the daemon waits for a complete request
+WRITE_TIMEOUT = 10.0  # seconds the daemon gives a client to take its reply
+CONNECT_TIMEOUT = 5.0  # seconds the client waits for the daemon to accept the connection
+
+
+# -- exit codes ------------------------------------------------------------------------------
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NOT_RUNNING = 3
+    NO_SUCH_TARGET = 4
+    FAILED = 5
+    TIMEOUT = 6
+    BAD_CONFIG = 7
+    INTERRUPTED = 130
+
+
+OK = ExitCode.OK
+ERROR = ExitCode.ERROR
+USAGE = ExitCode.USAGE
+NOT_RUNNING = ExitCode.NOT_RUNNING
+NO_SUCH_TARGET = ExitCode.NO_SUCH_TARGET
+FAILED = ExitCode.FAILED
+TIMEOUT = ExitCode.TIMEOUT
+BAD_CONFIG = ExitCode.BAD_CONFIG
+INTERRUPTED = ExitCode.INTERRUPTED
+
+DESCRIPTIONS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.ERROR: "error (the message says what failed)",
+    ExitCode.USAGE: "usage error (bad option, argument or request)",
+    ExitCode.NOT_RUNNING: "no supervisord is running for this config",
+    ExitCode.NO_SUCH_TARGET: "no such worker or instance",
+    ExitCode.FAILED: "an instance went FATAL, could not start or could not stop",
+    ExitCode.TIMEOUT: "no answer from supervisord in time",
+    ExitCode.BAD_CONFIG: "the config is invalid (reload refused)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); supervisord carries on with the request",
+}
+
+
+def help_epilog() -> str:
+    """The exit-code table for --help (\\b keeps click from rewrapping it)."""
+    lines = ["\b", "Exit codes:"]
+    lines += [f"  {int(code):>3}  {text}" for code, text in DESCRIPTIONS.items()]
+    return "\n".join(lines)
+
+
+# -- messages --------------------------------------------------------------------------------
+class ProtocolError(ValueError):
+    """A line that is not a message of this protocol; str() says why."""
+
+
+class BadRequest(ProtocolError):
+    """A request the daemon cannot read; the server answers it with a USAGE reply."""
+
+
+class BadReply(ProtocolError):
+    """A reply the client cannot read."""
+
+
+class Request(dict[str, Any]):
+    """One request: the JSON object as the client sent it, with typed views of its three keys.
+
+    It stays that object (a dict) rather than a copy of the three keys, so a handler sees exactly
+    what was sent and it compares equal to and serializes as that object. decode_request makes
+    sure "cmd" is a string. "targets" and "opts" are left to the verbs: one that takes no targets
+    ignores a malformed "targets", one that does answers ``targets is None`` with a usage error.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def make(
+        cls, cmd: str, targets: Iterable[str] = (), opts: Mapping[str, Any] | None = None
+    ) -> Request:
+        """The request supervisorctl sends: all three keys, in this order."""
+        return cls(cmd=cmd, targets=list(targets), opts=dict(opts or {}))
+
+    @property
+    def cmd(self) -> str:
+        cmd = self.get("cmd")
+        return cmd if isinstance(cmd, str) else ""
+
+    @property
+    def targets(self) -> list[str] | None:
+        """The names asked for: [] when absent or empty, None when not a list of strings."""
+        raw = self.get("targets")
+        if not raw:
+            return []
+        if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+            return list(raw)
+        return None
+
+    @property
+    def opts(self) -> Mapping[str, Any]:
+        """The options; {} when absent or not an object."""
+        raw = self.get("opts")
+        return raw if isinstance(raw, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One reply: the exit code, the text for stdout and stderr, and data for the verb."""
+
+    code: int
+    out: str = ""
+    err: str = ""
+    data: Any = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"code": self.code, "out": self.out, "err": self.err, "data": self.data}
+
+
+_REPLY_DEFAULTS: dict[str, Any] = {"code": int(ERROR), "out": "", "err": "", "data": None}
+
+
+def encode_request(request: Mapping[str, Any]) -> bytes:
+    """The request's line (ASCII: non-ASCII text is escaped)."""
+    return json.dumps(request).encode() + EOL
+
+
+def decode_request(line: bytes) -> Request:
+    """The request in one line (without its newline). BadRequest says what is wrong with it."""
+    try:
+        doc = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"request must be a JSON object (got {type(doc).__name__})")
+    if not isinstance(doc.get("cmd"), str):
+        raise BadRequest('request has no "cmd" string')
+    return Request(doc)
+
+
+def encode_reply(reply: Reply | Mapping[str, Any]) -> bytes:
+    """The reply's line. A mapping may leave keys out: they are filled in, "code" with ERROR so
+    a reply that forgot its code never passes for success; any other keys it has are kept.
+
+    Text goes as UTF-8, and a string decoded from OS bytes with surrogateescape (a file name, a
+    worker's output) goes back as those bytes. Raises TypeError or ValueError when the data does
+    not serialize.
+    """
+    doc = reply.to_doc() if isinstance(reply, Reply) else {**_REPLY_DEFAULTS, **reply}
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogateescape") + EOL
+
+
+def decode_reply(line: bytes) -> Reply:
+    """The reply in one line (without its newline); BadReply unless it is an object with an
+    integer "code". An "out" or "err" that is not a string counts as empty."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("code"), int):
+        raise BadReply("reply is not a JSON object with an integer code")
+    out, err = doc.get("out"), doc.get("err")
+    return Reply(
+        code=doc["code"],
+        out=out if isinstance(out, str) else "",
+        err=err if isinstance(err, str) else "",
+        data=doc.get("data"),
+    )

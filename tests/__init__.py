@@ -1,0 +1,1 @@
+"""pyvisor's tests: a package, imported from the repository root (``tests.support...``)."""
