@@ -31,11 +31,22 @@ sys.path.insert(0, str(ROOT))
 
 from worker import Worker
 from worker import block as B
-from worker.block import ControlBlock
+from worker._ctlword import View
+from worker.api import attach_pages
+from worker.ctlpage import ControlBlock
 
 PREFIX = "pvbench" + uuid.uuid4().hex[:8]
-OFF_T0 = B.OFF_APP  # u64: the poster's CLOCK_MONOTONIC ns just before posting
-OFF_LAT = B.OFF_APP + 8  # u64: latency measured by the waiter (ns)
+# scratch in the status page (the bench plays the worker's side too, so it maps it)
+OFF_T0 = B.SOFF_APP  # u64: the poster's CLOCK_MONOTONIC ns just before posting
+OFF_LAT = B.SOFF_APP + 8  # u64: latency measured by the waiter (ns)
+_MAPS: list[object] = []
+
+
+def status_view(blk: ControlBlock) -> View:
+    """The status page mapped read-write, as its worker sees it (the daemon never does)."""
+    ctl, status, _name = attach_pages(blk.name)
+    _MAPS.extend((ctl, status))
+    return View(status)
 
 
 def new_block(tag: str) -> ControlBlock:
@@ -83,14 +94,14 @@ WAITER = r"""
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
 from worker import Worker
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 mode, names = sys.argv[2], sys.argv[3:]
 cpu = int(os.environ.get("BENCH_CPU", "-1"))
 if cpu >= 0:
     os.sched_setaffinity(0, {cpu})
 for name in names:
     w = Worker(name=name)
-    v = w.block.view
+    v = w._view  # its status page
     w.ready()
     if mode == "futex":
         w.wait_for_stop()
@@ -115,17 +126,17 @@ def wake_round_trip(mode: str, rounds: int, waiter_cpu: int, poster_cpu: int) ->
     lat: list[float] = []
     try:
         for blk in blocks:
-            v = blk.view
+            v = status_view(blk)
             # wait for READY on the ack word (futex), then let the waiter fall asleep
             while blk.ack[1] != B.ST_READY:
-                v.wait_u32(B.OFF_ACK, v.load_u32(B.OFF_ACK), 5.0)
+                v.wait_u32(B.SOFF_ACK, v.load_u32(B.SOFF_ACK), 5.0)
                 if p.poll() is not None:
                     raise RuntimeError(f"waiter died: rc={p.returncode}")
             time.sleep(random.uniform(0.002, 0.004))
             v.store_u64(OFF_T0, time.monotonic_ns())
             blk.post_command(B.CMD_STOP_GRACEFUL)
             while blk.ack[1] != B.ST_EXITED:
-                v.wait_u32(B.OFF_ACK, v.load_u32(B.OFF_ACK), 5.0)
+                v.wait_u32(B.SOFF_ACK, v.load_u32(B.SOFF_ACK), 5.0)
             lat.append(v.load_u64(OFF_LAT) / 1000.0)
         p.wait(30)
     finally:
@@ -206,8 +217,9 @@ def bench_idle(seconds: float) -> None:
         for (_, mode), blk in zip(cases, blocks, strict=True):
             kids.append(subprocess.Popen([sys.executable, "-c", IDLER, str(ROOT), mode, blk.name]))
         for blk in blocks:
+            sv = status_view(blk)
             while blk.ack[1] != B.ST_READY:
-                blk.view.wait_u32(B.OFF_ACK, blk.view.load_u32(B.OFF_ACK), 5.0)
+                sv.wait_u32(B.SOFF_ACK, sv.load_u32(B.SOFF_ACK), 5.0)
         time.sleep(0.5)  # let start-up settle
         before = [proc_cpu(p.pid) for p in kids]
         t0 = time.monotonic()

@@ -1,22 +1,34 @@
 """Finding running workers again through their control blocks (daemon crash, kill, re-exec).
 
-A control block is writable by its worker, so nothing in it is trusted on its own. A PID read
-from a block is adopted only when ALL of these hold, checked in this order:
+Anyone can create names in /dev/shm, and a worker owns its status page, so the scan trusts
+nothing it did not write itself:
 
-1. a pidfd is opened for it first: from then on the PID cannot be recycled under us, so the
-   checks below cannot race with PID reuse;
-2. its start time (/proc/PID/stat field 22) equals the one the daemon recorded at spawn;
-3. the block's boot_id is this boot's (checked when the block is attached);
-4. it leads its own process group (we start every worker with setsid);
-5. its environment names this very block (PYVISOR_BLOCK, set by the daemon at exec; a forged
-   block pointing at PID 1 or at an unrelated process fails here).
+* Only ctl-page names of our prefix are looked at ("<prefix>.name:index"). Each is opened with
+  O_NOFOLLOW|O_NONBLOCK and checked ON THE FD: a regular file, owned by our euid, exactly
+  BLOCK_SIZE bytes, in the mode we create it with. Anything else (a directory, FIFO, symlink,
+  someone else's file) is logged once and skipped: never read, never unlinked, never a crash.
+* Identity comes ONLY from the ctl page (which only we can write). A recorded PID is adopted
+  when ALL of these hold, checked in this order:
+  1. a pidfd is opened for it first: from then on the PID cannot be recycled under us, so the
+     checks below cannot race with PID reuse;
+  2. its start time (/proc/PID/stat field 22) equals the one recorded at spawn;
+  3. the block's boot_id is this boot's (checked with the header);
+  4. its real uid is the one recorded at spawn;
+  5. its process group is the one recorded at spawn (we start every worker with setsid).
+  The environment is not consulted for a recorded PID (nginx, redis and setproctitle programs
+  overwrite it); only a block whose PID was never recorded (the daemon died mid-spawn) is
+  matched by searching /proc/*/environ for the block's name.
+* Nothing in the status page can make the daemon adopt, signal, orphan or duplicate a process:
+  a worker that deleted or scribbled over it is still adopted by its ctl page, and the daemon
+  then does without its heartbeat and ready data.
 
-A block that fails any check is removed and its PID is never signalled.
+A block that fails a check is removed (both pages) and its PID is never signalled.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass
 
@@ -24,6 +36,7 @@ from loguru import logger
 
 from worker import block as blk
 from worker.block import ENV_BLOCK
+from worker.ctlpage import CTL_MODE, CTL_MODE_GROUP, ControlBlock
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -33,7 +46,7 @@ class Found:
     """A block left by an earlier daemon: a verified live process, or one that exited."""
 
     instance: str
-    block: blk.ControlBlock
+    block: ControlBlock
     pid: int | None          # None: the process is gone (or never verified)
     pidfd: int | None
     child: bool              # still our child (after a re-exec)
@@ -47,13 +60,9 @@ def _environ(pid: int | str) -> list[bytes]:
     """The environment a process was started with ([] if it cannot be read)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read().split(b"\0")
+            return f.read(1 << 20).split(b"\0")
     except OSError:
         return []
-
-
-def _environ_names_block(pid: int, name: str) -> bool:
-    return f"{ENV_BLOCK}={name}".encode() in _environ(pid)
 
 
 def _is_child(pid: int) -> bool:
@@ -74,6 +83,8 @@ def find_by_environ(names: set[str]) -> dict[str, int]:
     """PIDs whose environment names one of these blocks (one pass over /proc)."""
     wanted = {f"{ENV_BLOCK}={n}".encode(): n for n in names}
     found: dict[str, int] = {}
+    if not wanted:
+        return found
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -84,17 +95,17 @@ def find_by_environ(names: set[str]) -> dict[str, int]:
     return found
 
 
-def verify(name: str, block: blk.ControlBlock, unrecorded: dict[str, int]) -> tuple[int, int] | str:
+def verify(name: str, block: ControlBlock, unrecorded: dict[str, int]) -> tuple[int, int] | str:
     """(pid, pidfd) of the verified process of a block, or why it does not verify."""
     pid, ticks = block.spawned_pid, block.spawned_start_ticks
-    if not pid:                           # the daemon died before recording the spawn
-        pid, ticks = block.pid, block.start_ticks
-    if not pid:                           # ... and the worker had not attached yet
+    uid, pgid = block.spawned_uid, block.spawned_pgid
+    recorded = pid != 0
+    if not recorded:                      # the daemon died before recording the spawn
         pid = unrecorded.get(name, 0)
         if not pid:
             return "gone"
-        ticks = 0                         # unknown: the environment check below decides
-    if pid <= 1 or pid == os.getpid():
+        ticks, uid, pgid = 0, -1, pid     # unknown: the environment names the block
+    if not 1 < pid <= blk.PID_MAX or pid == os.getpid():
         return f"names pid {pid}, which is never a worker"
     try:
         pidfd = os.pidfd_open(pid)
@@ -104,42 +115,95 @@ def verify(name: str, block: blk.ControlBlock, unrecorded: dict[str, int]) -> tu
         return f"cannot open a pidfd for pid {pid}: {e}"
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            stat = f.read()
-        actual = blk.parse_start_ticks(stat)
-        if ticks and actual != ticks:
+            stat_line = f.read(4096)
+        actual = blk.parse_start_ticks(stat_line)
+        owner = _real_uid(pid)
+        if recorded and actual != ticks:
             why = f"pid {pid} started at tick {actual}, not {ticks} (a recycled pid)"
-        elif stat[stat.rindex(")") + 2] == "Z":
+        elif stat_line[stat_line.rindex(")") + 2] == "Z":
             why = "gone"                  # exited; a zombie waiting for init to reap it
-        elif os.getpgid(pid) != pid:
-            why = f"pid {pid} does not lead its process group"
-        elif not _environ_names_block(pid, name):
+        elif uid >= 0 and owner != uid:
+            why = f"pid {pid} runs as uid {owner}, not {uid}"
+        elif os.getpgid(pid) != pgid:
+            why = f"pid {pid} is not in process group {pgid}"
+        elif not recorded and f"{ENV_BLOCK}={name}".encode() not in _environ(pid):
             why = f"pid {pid} was not started for this block"
         else:
             return pid, pidfd
-    except (ProcessLookupError, OSError):
+    except (ProcessLookupError, FileNotFoundError):
         why = "gone"
+    except (OSError, ValueError, IndexError) as e:
+        why = f"cannot inspect pid {pid}: {e}"
     os.close(pidfd)
     return why
 
 
+def _real_uid(pid: int) -> int:
+    """The real uid of a process (/proc/PID/status; the owner of /proc/PID would be root for a
+    process that made itself non-dumpable)."""
+    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+        for line in f.read(16384).splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    raise ValueError(f"no Uid line in /proc/{pid}/status")
+
+
+def _owner_of(path: str) -> str:
+    try:
+        return f"uid {os.lstat(path).st_uid}"
+    except OSError:
+        return "an unknown owner"
+
+
+def open_block(name: str) -> ControlBlock | None:
+    """Open a ctl page an earlier daemon of ours left, or None (logged) if the name holds
+    anything else. Never raises; never unlinks what is not ours."""
+    instance = name.partition(".")[2]
+    path = blk.SHM_DIR + name
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        logger.warning(f"{instance} ignoring {path} (owned by {_owner_of(path)}): "
+                       f"not a control block ({e.strerror})")
+        return None
+    try:
+        st = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(st.st_mode):
+            problem = "not a regular file"
+        elif st.st_uid != os.geteuid():
+            problem = "not ours"
+        elif st.st_size != blk.BLOCK_SIZE:
+            problem = f"{st.st_size} bytes, not {blk.BLOCK_SIZE}"
+        elif stat.S_IMODE(st.st_mode) not in (CTL_MODE, CTL_MODE_GROUP):
+            problem = f"mode {stat.S_IMODE(st.st_mode):04o}"
+        if problem is not None:
+            logger.warning(f"{instance} ignoring {path} (owned by uid {st.st_uid}): "
+                           f"not a control block of ours ({problem})")
+            os.close(fd)
+            return None
+        return ControlBlock.open_existing(name, fd)
+    except blk.BlockError as e:
+        logger.warning(f"{instance} removing unusable control block: {e}")
+        os.close(fd)
+        blk.unlink_name(name)
+    except (OSError, ValueError) as e:
+        logger.warning(f"{instance} cannot open control block {name}: {e}")
+        os.close(fd)
+    return None
+
+
 def scan(prefix: str) -> list[Found]:
     found: list[Found] = []
-    blocks: dict[str, blk.ControlBlock] = {}
+    blocks: dict[str, ControlBlock] = {}
     for name in blk.list_blocks(prefix):
-        instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
-        try:
-            blocks[name] = blk.ControlBlock.attach(name)
-        except blk.BlockError as e:
-            logger.warning(f"{instance} removing unusable control block: {e}")
-            blk.unlink_name(name)
-            continue
-        except OSError as e:
-            logger.warning(f"{instance} cannot open control block {name}: {e}")
+        b = open_block(name)
+        if b is not None:
+            blocks[name] = b
     # blocks whose process was never recorded (the daemon died in the middle of a spawn)
-    unrecorded = find_by_environ({n for n, b in blocks.items()
-                                  if not b.spawned_pid and not b.pid})
+    unrecorded = find_by_environ({n for n, b in blocks.items() if not b.spawned_pid})
     for name, block in blocks.items():
-        instance = name[len(prefix) + 2:]
+        instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
         result = verify(name, block, unrecorded)
         if isinstance(result, str):
             exit_rec = block.read_exit()
@@ -153,8 +217,17 @@ def scan(prefix: str) -> list[Found]:
                                exit_rec, block.incarnation))
             continue
         pid, pidfd = result
+        if not block.has_status:
+            logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
+                           f"{pid} without its heartbeat and ready reports")
         _seq, state = block.ack
         ready = state in (blk.ST_READY, blk.ST_BUSY)
+        ticks = block.spawned_start_ticks
+        if not ticks:
+            try:
+                ticks = blk.proc_start_ticks(pid)
+            except (OSError, ValueError, IndexError):
+                ticks = 0
         found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
-                           _started_at(blk.proc_start_ticks(pid)), None, block.incarnation))
+                           _started_at(ticks), None, block.incarnation))
     return found

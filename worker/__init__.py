@@ -17,7 +17,6 @@ from worker.block import (
     ST_STARTING,
     ST_STOPPING,
     BlockError,
-    ControlBlock,
     ExitRecord,
     shm_name,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "ST_STARTING",
     "ST_STOPPING",
     "BlockError",
-    "ControlBlock",
     "ExitRecord",
     "Worker",
     "WorkerError",

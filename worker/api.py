@@ -9,8 +9,9 @@
     # leaving the block records the exit (status 0, or 1 on an exception) and EXITED
 
 Rules:
-  * The worker writes only its own lines (ack word, pid, start ticks, heartbeat, work,
-    busy-since, exit record); the daemon writes the command word and its arguments.
+  * The worker maps its ctl page (the daemon's: command word, deadline, identity) READ-ONLY and
+    waits on the command word there; it writes only its status page (ack word, pid, start
+    ticks, heartbeat, work, busy-since, exit record), whose name the ctl page holds.
   * ``should_stop`` is the hot path, implemented in C (worker._ctlword.Poller): when the
     command word's seq equals the last one handled it returns the latched flag; only a new
     seq calls back into Python (_on_command), which reads the arguments, acknowledges the
@@ -27,34 +28,41 @@ Rules:
 from __future__ import annotations
 
 import _socket  # the C module: `socket` loads enum, selectors and more, for one datagram
+import mmap
 import os
 import time
 
-from worker._ctlword import Poller
+from worker._ctlword import Poller, View
 from worker.block import (
+    BLOCK_SIZE,
     CMD_NONE,
     CMD_STOP_GRACEFUL,
     ENV_BLOCK,
     ENV_INSTANCE,
     ENV_NOTIFY,
     EXIT_SRC_WORKER,
-    OFF_ACK,
-    OFF_BUSY_SINCE,
+    HEADER_SIZE,
     OFF_CMD,
     OFF_DEADLINE,
-    OFF_HEARTBEAT,
-    OFF_PID,
-    OFF_START_TICKS,
-    OFF_WORK_DONE,
+    SHM_DIR,
+    SOFF_ACK,
+    SOFF_BUSY_SINCE,
+    SOFF_HEARTBEAT,
+    SOFF_PID,
+    SOFF_START_TICKS,
+    SOFF_WORK_DONE,
     ST_BUSY,
     ST_EXITED,
     ST_READY,
     ST_STARTING,
     ST_STOPPING,
     STATE_NAMES,
-    ControlBlock,
+    STATUS_SIZE,
+    BlockError,
+    check_header,
     proc_start_ticks,
     shm_name,
+    write_exit,
 )
 
 TYPE_CHECKING = False  # typing is not imported at run time (see worker/block.py)
@@ -88,6 +96,44 @@ def _resolve_name(name: str | None, prefix: str | None, instance: str | None) ->
     return env
 
 
+def _map_page(name: str, size: int, writable: bool) -> mmap.mmap:
+    """Map an shm object by name, its size checked with fstat BEFORE mapping (no SIGBUS)."""
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(SHM_DIR + name, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            2, f"control block {name} does not exist (is the worker's supervisor running?)"
+        ) from None
+    except PermissionError as e:
+        raise PermissionError(13, f"control block {name}: {e.strerror}") from None
+    try:
+        got = os.fstat(fd).st_size
+        if got < size:
+            raise BlockError(
+                f"control block {name}: size is {got} bytes, expected at least "
+                f"{size} (truncated, or not a pyvisor block)"
+            )
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        return mmap.mmap(fd, size, access=access)
+    finally:
+        os.close(fd)
+
+
+def attach_pages(name: str) -> tuple[mmap.mmap, mmap.mmap, str]:
+    """(ctl page mapped read-only, status page mapped read-write, status page name).
+
+    FileNotFoundError if there is no such block; BlockError if it is not a valid layout-v2
+    block of this boot."""
+    ctl = _map_page(name, BLOCK_SIZE, writable=False)
+    try:
+        status_name = check_header(name, ctl[:HEADER_SIZE])
+        return ctl, _map_page(status_name, STATUS_SIZE, writable=True), status_name
+    except BaseException:
+        ctl.close()
+        raise
+
+
 class Worker(Poller):
     """A worker process's handle on its control block."""
 
@@ -102,31 +148,32 @@ class Worker(Poller):
         if instance is None:
             instance = os.environ.get(ENV_INSTANCE) if name is None and prefix is None else None
         self.instance: str = instance or self.name.partition(".")[2]
-        self.block = ControlBlock.attach(self.name)
-        self._view = self.block.view
+        self._ctl_mm, self._status_mm, self.status_name = attach_pages(self.name)
+        self._ctl = View(self._ctl_mm)  # read-only: loads and futex waits only
+        self._view = View(self._status_mm)
         self._state = ST_STARTING
         self._stop_cmd = CMD_NONE
         self._stop_deadline_ns: int | None = None
         self._closed = False
         v = self._view
         try:
-            v.store_u32(OFF_PID, os.getpid())
-            v.store_u64(OFF_START_TICKS, proc_start_ticks(os.getpid()))
+            v.store_u32(SOFF_PID, os.getpid())
+            v.store_u64(SOFF_START_TICKS, proc_start_ticks(os.getpid()))
             # Commands acked by an earlier attach of this block stay handled; anything newer
             # (e.g. a stop posted before we got here) is seen by the first should_stop.
-            self._poll_bind(v, OFF_CMD, v.load_u32(OFF_ACK) >> 8)
+            self._poll_bind(self._ctl, OFF_CMD, v.load_u32(SOFF_ACK) >> 8)
             self._store_ack(wake=True)
         except BaseException:
             self._closed = True
-            self.block.close()
+            self._unmap()
             raise
 
     # -- state -------------------------------------------------------------------------
 
     def _store_ack(self, *, wake: bool) -> None:
-        self._view.store_u32(OFF_ACK, (self._poll_seq << 8) | self._state)
+        self._view.store_u32(SOFF_ACK, (self._poll_seq << 8) | self._state)
         if wake:
-            self._view.wake(OFF_ACK)
+            self._view.wake(SOFF_ACK)
 
     def _set_state(self, state: int, *, wake: bool) -> None:
         if self._state in (ST_STOPPING, ST_EXITED) and state != ST_EXITED:
@@ -139,7 +186,7 @@ class Worker(Poller):
         seq, cmd = word >> 8, word & 0xFF
         self._poll_seq = seq
         if cmd == CMD_STOP_GRACEFUL:
-            deadline = self._view.load_u64(OFF_DEADLINE)
+            deadline = self._ctl.load_u64(OFF_DEADLINE)
             self._stop_cmd = cmd
             self._stop_deadline_ns = deadline or None
             self._poll_stop = True
@@ -180,22 +227,22 @@ class Worker(Poller):
         _notify_ready(os.environ.get(ENV_NOTIFY))
 
     def heartbeat(self) -> None:
-        self._view.store_u64(OFF_HEARTBEAT, time.monotonic_ns())
+        self._view.store_u64(SOFF_HEARTBEAT, time.monotonic_ns())
 
     def add_work(self, n: int = 1) -> None:
-        self._view.fetch_add_u64(OFF_WORK_DONE, n)
+        self._view.fetch_add_u64(SOFF_WORK_DONE, n)
 
     @property
     def work_done(self) -> int:
-        return self._view.load_u64(OFF_WORK_DONE)
+        return self._view.load_u64(SOFF_WORK_DONE)
 
     def begin_busy(self) -> None:
-        self._view.store_u64(OFF_BUSY_SINCE, time.monotonic_ns())
+        self._view.store_u64(SOFF_BUSY_SINCE, time.monotonic_ns())
         if self._state == ST_READY:
             self._set_state(ST_BUSY, wake=False)
 
     def end_busy(self) -> None:
-        self._view.store_u64(OFF_BUSY_SINCE, 0)
+        self._view.store_u64(SOFF_BUSY_SINCE, 0)
         if self._state == ST_BUSY:
             self._set_state(ST_READY, wake=False)
 
@@ -209,7 +256,7 @@ class Worker(Poller):
         Wakes at once on a command (futex); Python signal handlers still run promptly.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        v = self._view
+        v = self._ctl
         while True:
             word = v.load_u32(OFF_CMD)  # load before checking: no lost wake-up
             if self.should_stop:
@@ -225,7 +272,7 @@ class Worker(Poller):
 
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else time.monotonic() + timeout
-        v = self._view
+        v = self._ctl
         while True:
             word = v.load_u32(OFF_CMD)
             if self.should_stop:
@@ -241,16 +288,23 @@ class Worker(Poller):
             return
         self._closed = True
         v = self._view
-        v.store_u64(OFF_BUSY_SINCE, 0)
-        self.block.write_exit(status, EXIT_SRC_WORKER)
+        v.store_u64(SOFF_BUSY_SINCE, 0)
+        write_exit(v, status, EXIT_SRC_WORKER)
         self._state = ST_EXITED
         self._store_ack(wake=True)
         self._poll_unbind()
         # An executor thread of wait_for_stop_async may still be in its last slice.
         end = time.monotonic() + _CLOSE_WAIT_S
-        while v.waiters and time.monotonic() < end:
+        while self._ctl.waiters and time.monotonic() < end:
             time.sleep(0.005)
-        self.block.close()
+        self._unmap()
+
+    def _unmap(self) -> None:
+        for view in (self._ctl, self._view):
+            if not view.closed:
+                view.close()
+        self._ctl_mm.close()
+        self._status_mm.close()
 
     @property
     def closed(self) -> bool:

@@ -1,16 +1,23 @@
-"""Control block layout v1 seen from Python: create, attach, validate, read and write fields.
+"""Control block layout v2 seen from Python: names, constants, header checks, the exit record.
 
-One 4096-byte POSIX shared-memory object per worker instance, created by the daemon and
-attached by the worker. Fields are little-endian, naturally aligned and grouped by writer
-in 64-byte lines; every field has exactly one writer. All accesses go through
-worker._ctlword (acquire loads, release stores), never through struct on the mapping.
+A block is two 4096-byte POSIX shared-memory objects per worker instance, both created by the
+daemon, ONE WRITER PER OBJECT:
+
+  * the ctl page, named "/<prefix>.<instance>" (what $PYVISOR_BLOCK names): the daemon's. Its
+    header, the command word and its arguments, and the identity the daemon recorded at spawn
+    (pid, start ticks, uid, process group, config hash) and the status page's name. The worker
+    maps it read-only and waits on the command word there (futex waits work on read-only
+    mappings). The daemon's side is worker.ctlpage.ControlBlock.
+  * the status page, "/<prefix>.<instance>.<16 random hex digits>" (unguessable, so nobody can
+    squat it): the worker's. Ack word, pid, start ticks, heartbeat, work done, busy-since, the
+    exit record, a status text and named metrics. The daemon never maps it.
+
+Fields are little-endian and naturally aligned, grouped in 64-byte lines. Workers access them
+through worker._ctlword (acquire loads, release stores), never through struct on a mapping.
 
 Rules:
-  * create() sizes the object once (O_CREAT|O_EXCL, 0600) and writes the magic LAST with a
-    release store, so a reader that sees the magic sees every line-0 field.
-  * attach() opens with size 0 (posix_ipc would truncate an existing object if given a size
-    with O_CREAT) and checks the fstat size BEFORE mapping: touching a mapping past the end
-    of a truncated object is SIGBUS, which no Python code can catch.
+  * Attaching checks the fstat size BEFORE mapping: touching a mapping past the end of a
+    truncated object is SIGBUS, which no Python code can catch.
   * A block carries the boot_id of the boot that created it; a block left in /dev/shm from
     before a reboot (e.g. a tmpfs that survived in a container) is refused, because its
     pids and start times mean nothing any more.
@@ -18,7 +25,6 @@ Rules:
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 
@@ -28,50 +34,61 @@ from worker import _ctlword as _c
 from worker._ctlword import View
 
 # Every worker imports this module, and its start-up and exit time grow with each module
-# loaded: only os, time, mmap and posix_ipc here (no re, uuid, dataclasses, typing).
+# loaded: only os, time and posix_ipc here (no re, uuid, dataclasses, typing).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from types import TracebackType
-    from typing import Self
+    from worker.ctlpage import ControlBlock as ControlBlock
 
 # The layout is defined once, in worker/ctlblock.h; the native module is compiled from it and
 # hands its constants over. Daemon and workers use these names.
-MAGIC = _c.MAGIC  # b"PYSTCLB1" little-endian
+MAGIC = _c.MAGIC  # b"PYSTCLB2" little-endian
 VERSION = _c.VERSION
 HEADER_SIZE = _c.HEADER_SIZE
-BLOCK_SIZE = _c.BLOCK_SIZE
+BLOCK_SIZE = _c.BLOCK_SIZE  # the ctl page
+STATUS_SIZE = _c.STATUS_SIZE  # the status page
 
-# line 0: daemon, immutable after init
+# ctl page (daemon-owned), line 0: immutable after init
 OFF_MAGIC = _c.OFF_MAGIC
 OFF_VERSION = _c.OFF_VERSION
 OFF_HEADER_SIZE = _c.OFF_HEADER_SIZE
 OFF_BLOCK_SIZE = _c.OFF_BLOCK_SIZE
 OFF_SLOT = _c.OFF_SLOT
 OFF_BOOT_ID = _c.OFF_BOOT_ID  # 16 bytes
-# line 1: daemon
+# ctl page, line 1: commands
 OFF_CMD = _c.OFF_CMD  # u32 futex word: seq24 << 8 | cmd8
 OFF_REQUEST_BITS = _c.OFF_REQUEST_BITS
 OFF_DEADLINE = _c.OFF_DEADLINE  # u64 CLOCK_MONOTONIC ns, 0 = none
 OFF_SUPERVISOR_PID = _c.OFF_SUPERVISOR_PID
-OFF_SPAWNED_PID = _c.OFF_SPAWNED_PID
 OFF_EPOCH = _c.OFF_EPOCH
 OFF_INCARNATION = _c.OFF_INCARNATION
+# ctl page, line 2: the identity recorded at spawn; then the status page's name
+OFF_SPAWNED_PID = _c.OFF_SPAWNED_PID
+OFF_SPAWNED_UID = _c.OFF_SPAWNED_UID
 OFF_SPAWNED_START = _c.OFF_SPAWNED_START
+OFF_SPAWNED_PGID = _c.OFF_SPAWNED_PGID
 OFF_CONFIG_HASH = _c.OFF_CONFIG_HASH  # u64: hash of the worker config it was spawned with
-# line 2: worker
-OFF_ACK = _c.OFF_ACK  # u32 futex word: acked_seq24 << 8 | state8
-OFF_PID = _c.OFF_PID
-OFF_START_TICKS = _c.OFF_START_TICKS
-# line 4: worker
-OFF_HEARTBEAT = _c.OFF_HEARTBEAT
-OFF_WORK_DONE = _c.OFF_WORK_DONE
-OFF_BUSY_SINCE = _c.OFF_BUSY_SINCE
-# line 6: exit record under a seqlock (the worker writes it as it exits)
-OFF_EXIT_SEQ = _c.OFF_EXIT_SEQ
-OFF_EXIT_STATUS = _c.OFF_EXIT_STATUS  # i32, stored as u32
-OFF_EXIT_TIME = _c.OFF_EXIT_TIME
-OFF_EXIT_SOURCE = _c.OFF_EXIT_SOURCE
-OFF_APP = _c.OFF_APP  # free for the application
+OFF_STATUS_NAME = _c.OFF_STATUS_NAME  # NUL-terminated
+STATUS_NAME_SIZE = _c.STATUS_NAME_SIZE
+# status page (worker-owned)
+SOFF_ACK = _c.SOFF_ACK  # u32 futex word: acked_seq24 << 8 | state8
+SOFF_PID = _c.SOFF_PID
+SOFF_START_TICKS = _c.SOFF_START_TICKS
+SOFF_HEARTBEAT = _c.SOFF_HEARTBEAT
+SOFF_WORK_DONE = _c.SOFF_WORK_DONE
+SOFF_BUSY_SINCE = _c.SOFF_BUSY_SINCE
+SOFF_EXIT_SEQ = _c.SOFF_EXIT_SEQ  # exit record under a seqlock
+SOFF_EXIT_STATUS = _c.SOFF_EXIT_STATUS  # i32, stored as u32
+SOFF_EXIT_TIME = _c.SOFF_EXIT_TIME
+SOFF_EXIT_SOURCE = _c.SOFF_EXIT_SOURCE
+SOFF_TEXT_SEQ = _c.SOFF_TEXT_SEQ  # status text under its own seqlock
+SOFF_TEXT_LEN = _c.SOFF_TEXT_LEN
+SOFF_TEXT = _c.SOFF_TEXT
+TEXT_SIZE = _c.TEXT_SIZE
+SOFF_METRICS = _c.SOFF_METRICS  # METRIC_COUNT x {name[METRIC_NAME_SIZE], u64}
+METRIC_COUNT = _c.METRIC_COUNT
+METRIC_SIZE = _c.METRIC_SIZE
+METRIC_NAME_SIZE = _c.METRIC_NAME_SIZE
+SOFF_APP = _c.SOFF_APP  # free for the application
 
 CMD_NONE = _c.CMD_NONE
 CMD_STOP_GRACEFUL = _c.CMD_STOP_GRACEFUL
@@ -112,7 +129,8 @@ def _is_word(s: str, max_len: int, more: str) -> bool:
             and all(c in _WORD_CHARS or c in more for c in s))
 
 
-_NAME_MAX = 255  # NAME_MAX of /dev/shm, without the leading "/"
+# NAME_MAX of /dev/shm, without the leading "/", less what the status page's name adds
+_NAME_MAX = 255 - 17
 PREFIX_RULE = "1-128 characters from A-Z a-z 0-9 _ - (not starting with -; no . or /)"
 
 
@@ -171,13 +189,21 @@ def shm_name(prefix: str, instance: str) -> str:
 
 
 def list_blocks(prefix: str) -> list[str]:
-    """Shm names ("/..." form) of the blocks under /dev/shm that start with "/prefix."."""
+    """Shm names ("/..." form) under /dev/shm that look like ctl pages of this prefix:
+    "/prefix.name:digits" (status pages, "...:digits.<hex>", are not listed)."""
     start = prefix + "."
     try:
         entries = os.listdir(SHM_DIR)
-    except FileNotFoundError:
+    except OSError:
         return []
-    return sorted("/" + e for e in entries if e.startswith(start))
+    found = []
+    for e in entries:
+        if not e.startswith(start):
+            continue
+        _name, sep, index = e[len(start) :].rpartition(":")
+        if sep and index.isdecimal() and index.isascii():
+            found.append("/" + e)
+    return sorted(found)
 
 
 def unlink_name(name: str) -> None:
@@ -228,255 +254,84 @@ def _to_i32(u: int) -> int:
     return u - (1 << 32) if u & 0x80000000 else u
 
 
-class ControlBlock:
-    """A mapped control block. The daemon create()s, the worker attach()es."""
+def _u32(buf: bytes, off: int) -> int:
+    return int.from_bytes(buf[off : off + 4], "little")
 
-    name: str
 
-    def __init__(self, name: str, mm: mmap.mmap) -> None:
-        # Use create() or attach().
-        self.name = name
-        self._mm = mm
-        self.view = View(mm)
+def _u64(buf: bytes, off: int) -> int:
+    return int.from_bytes(buf[off : off + 8], "little")
 
-    # -- life cycle --------------------------------------------------------------------
 
-    @classmethod
-    def create(cls, name: str, *, slot: int, supervisor_pid: int, epoch: int) -> ControlBlock:
-        """Create, size and initialise a new block; FileExistsError if the name exists."""
-        try:
-            shm = posix_ipc.SharedMemory(
-                name, posix_ipc.O_CREAT | posix_ipc.O_EXCL, mode=0o600, size=BLOCK_SIZE
-            )
-        except posix_ipc.ExistentialError:
-            raise FileExistsError(f"control block {name} already exists") from None
-        try:
-            mm = mmap.mmap(shm.fd, BLOCK_SIZE)
-        finally:
-            shm.close_fd()
-        blk = cls(name, mm)
-        v = blk.view
-        v.store_u32(OFF_VERSION, VERSION)
-        v.store_u32(OFF_HEADER_SIZE, HEADER_SIZE)
-        v.store_u32(OFF_BLOCK_SIZE, BLOCK_SIZE)
-        v.store_u32(OFF_SLOT, slot)
-        mm[OFF_BOOT_ID : OFF_BOOT_ID + 16] = read_boot_id()
-        v.store_u32(OFF_SUPERVISOR_PID, supervisor_pid)
-        v.store_u64(OFF_EPOCH, epoch)
-        v.store_u64(OFF_MAGIC, MAGIC)  # last, release: publishes everything above
-        return blk
+PID_MAX = 4194304  # the kernel's PID_MAX_LIMIT: no pid read from a page is ever larger
 
-    @classmethod
-    def attach(cls, name: str) -> ControlBlock:
-        """Map an existing block (never truncating it) and validate its header.
 
-        FileNotFoundError if there is no such block; BlockError if it is not a valid
-        layout-v1 block of this boot.
-        """
-        try:
-            shm = posix_ipc.SharedMemory(name, 0, size=0)
-        except posix_ipc.ExistentialError:
-            raise FileNotFoundError(
-                2, f"control block {name} does not exist (is the worker's supervisor running?)"
-            ) from None
-        except posix_ipc.PermissionsError as e:
-            raise PermissionError(13, f"control block {name}: {e}") from None
-        try:
-            size = os.fstat(shm.fd).st_size
-            if size < BLOCK_SIZE:
-                raise BlockError(
-                    f"control block {name}: size is {size} bytes, expected at least "
-                    f"{BLOCK_SIZE} (truncated, or not a pyvisor block)"
-                )
-            mm = mmap.mmap(shm.fd, BLOCK_SIZE)
-        finally:
-            shm.close_fd()
-        blk = cls(name, mm)
-        try:
-            blk._validate()
-        except BaseException:
-            blk.close()
-            raise
-        return blk
+def status_name_ok(ctl_name: str, status_name: str) -> bool:
+    """Whether status_name follows the naming rule: ctl_name + "." + 16 lowercase hex digits
+    (checked before the daemon opens or unlinks a name it read from a page)."""
+    token = status_name[len(ctl_name) + 1 :]
+    return (status_name.startswith(ctl_name + ".") and len(token) == 16
+            and all(c in "0123456789abcdef" for c in token))
 
-    def _validate(self) -> None:
-        v, n = self.view, self.name
-        magic = v.load_u64(OFF_MAGIC)
-        if magic == 0:
-            raise BlockError(f"control block {n}: not initialised (magic is 0; being created?)")
-        if magic != MAGIC:
-            raise BlockError(
-                f"control block {n}: wrong magic {magic:#018x} (not a pyvisor block, or "
-                f"corrupted; expected {MAGIC:#018x})"
-            )
-        checks = (
-            ("layout version", OFF_VERSION, VERSION),
-            ("header size", OFF_HEADER_SIZE, HEADER_SIZE),
-            ("block size", OFF_BLOCK_SIZE, BLOCK_SIZE),
+
+def check_header(name: str, head: bytes) -> str:
+    """Validate a ctl page's header (its first HEADER_SIZE bytes); returns the status page's
+    name. BlockError says what is wrong."""
+    if len(head) < HEADER_SIZE:
+        raise BlockError(f"control block {name}: size is {len(head)} bytes, expected "
+                         f"{BLOCK_SIZE} (truncated, or not a pyvisor block)")
+    magic = _u64(head, OFF_MAGIC)
+    if magic == 0:
+        raise BlockError(f"control block {name}: not initialised (magic is 0; being created?)")
+    if magic != MAGIC:
+        raise BlockError(
+            f"control block {name}: wrong magic {magic:#018x} (not a pyvisor block, or "
+            f"corrupted; expected {MAGIC:#018x})"
         )
-        for what, off, want in checks:
-            got = v.load_u32(off)
-            if got != want:
-                raise BlockError(
-                    f"control block {n}: {what} is {got:#x}, expected {want:#x} "
-                    "(written by an incompatible pyvisor version?)"
-                )
-        boot = self.boot_id
-        if boot != read_boot_id():
+    checks = (
+        ("layout version", OFF_VERSION, VERSION),
+        ("header size", OFF_HEADER_SIZE, HEADER_SIZE),
+        ("block size", OFF_BLOCK_SIZE, BLOCK_SIZE),
+    )
+    for what, off, want in checks:
+        got = _u32(head, off)
+        if got != want:
             raise BlockError(
-                f"control block {n}: created during another boot (boot_id "
-                f"{format_uuid(boot)}); it is left over from before a reboot, remove it"
+                f"control block {name}: {what} is {got:#x}, expected {want:#x} "
+                "(written by an incompatible pyvisor version?)"
             )
+    boot = head[OFF_BOOT_ID : OFF_BOOT_ID + 16]
+    if boot != read_boot_id():
+        raise BlockError(
+            f"control block {name}: created during another boot (boot_id "
+            f"{format_uuid(boot)}); it is left over from before a reboot, remove it"
+        )
+    raw = head[OFF_STATUS_NAME : OFF_STATUS_NAME + STATUS_NAME_SIZE].partition(b"\0")[0]
+    status = raw.decode("ascii", "replace")
+    if not status_name_ok(name, status):
+        raise BlockError(f"control block {name}: names no valid status page ({status!r})")
+    return status
 
-    def close(self) -> None:
-        """Unmap (idempotent). BufferError while a wait on the block is in flight."""
-        if not self.view.closed:
-            self.view.close()
-        if not self._mm.closed:
-            self._mm.close()
 
-    @property
-    def closed(self) -> bool:
-        return self.view.closed
+def write_exit(view: View, status: int, source: int) -> None:
+    """Write the exit record in a status page (status: code >= 0 or -signal), stamped with
+    CLOCK_REALTIME. The worker's side."""
+    if not -(1 << 31) <= status < (1 << 31):
+        raise OverflowError(f"exit status {status} does not fit an i32")
+    # The odd seq goes in with a seq_cst RMW and the fields with release stores, so no
+    # field store becomes visible before the odd seq; the final release publishes them.
+    s = view.load_u32(SOFF_EXIT_SEQ)
+    odd = (s + (2 if s & 1 else 1)) & 0xFFFFFFFF  # odd already: a writer died mid-write
+    view.exchange_u32(SOFF_EXIT_SEQ, odd)
+    view.store_u32(SOFF_EXIT_STATUS, status & 0xFFFFFFFF)
+    view.store_u64(SOFF_EXIT_TIME, time.time_ns())  # CLOCK_REALTIME
+    view.store_u32(SOFF_EXIT_SOURCE, source)
+    view.store_u32(SOFF_EXIT_SEQ, (odd + 1) & 0xFFFFFFFF)
 
-    def unlink(self) -> None:
-        """Remove the name from /dev/shm (mappings stay valid); a missing name is fine."""
-        unlink_name(self.name)
 
-    def __enter__(self) -> Self:
-        return self
+def __getattr__(name: str) -> object:
+    # The daemon's side lives in worker.ctlpage, which no worker process needs to load.
+    if name == "ControlBlock":
+        from worker.ctlpage import ControlBlock
 
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<ControlBlock {self.name}{' closed' if self.closed else ''}>"
-
-    # -- daemon side ----------------------------------------------------------------------
-
-    def post_command(self, cmd: int, deadline_ns: int = 0) -> int:
-        """Post a command (args first, then the cmd word seq_cst, then a wake); new seq."""
-        if not 0 <= cmd <= 0xFF:
-            raise ValueError(f"command {cmd} out of range 0..255")
-        v = self.view
-        v.store_u64(OFF_DEADLINE, deadline_ns)
-        seq = ((v.load_u32(OFF_CMD) >> 8) + 1) & SEQ_MASK
-        v.store_u32_seq_cst(OFF_CMD, (seq << 8) | cmd)
-        v.wake(OFF_CMD)
-        return seq
-
-    def set_spawned(self, pid: int, start_ticks: int, incarnation: int,
-                    config_hash: int = 0) -> None:
-        v = self.view
-        v.store_u64(OFF_CONFIG_HASH, config_hash)
-        v.store_u64(OFF_INCARNATION, incarnation)
-        v.store_u64(OFF_SPAWNED_START, start_ticks)
-        v.store_u32(OFF_SPAWNED_PID, pid)
-
-    @property
-    def slot(self) -> int:
-        return self.view.load_u32(OFF_SLOT)
-
-    @property
-    def boot_id(self) -> bytes:
-        return bytes(self._mm[OFF_BOOT_ID : OFF_BOOT_ID + 16])
-
-    @property
-    def supervisor_pid(self) -> int:
-        return self.view.load_u32(OFF_SUPERVISOR_PID)
-
-    @property
-    def spawned_pid(self) -> int:
-        return self.view.load_u32(OFF_SPAWNED_PID)
-
-    @property
-    def spawned_start_ticks(self) -> int:
-        return self.view.load_u64(OFF_SPAWNED_START)
-
-    @property
-    def config_hash(self) -> int:
-        return self.view.load_u64(OFF_CONFIG_HASH)
-
-    @property
-    def incarnation(self) -> int:
-        return self.view.load_u64(OFF_INCARNATION)
-
-    @property
-    def epoch(self) -> int:
-        return self.view.load_u64(OFF_EPOCH)
-
-    @property
-    def deadline_ns(self) -> int:
-        return self.view.load_u64(OFF_DEADLINE)
-
-    @property
-    def cmd(self) -> tuple[int, int]:
-        """(seq, cmd) of the command word."""
-        w = self.view.load_u32(OFF_CMD)
-        return w >> 8, w & 0xFF
-
-    # -- worker side (read by the daemon) -----------------------------------------------
-
-    @property
-    def ack(self) -> tuple[int, int]:
-        """(acked_seq, state) of the ack word."""
-        w = self.view.load_u32(OFF_ACK)
-        return w >> 8, w & 0xFF
-
-    @property
-    def pid(self) -> int:
-        return self.view.load_u32(OFF_PID)
-
-    @property
-    def start_ticks(self) -> int:
-        return self.view.load_u64(OFF_START_TICKS)
-
-    @property
-    def heartbeat_ns(self) -> int:
-        return self.view.load_u64(OFF_HEARTBEAT)
-
-    @property
-    def work_done(self) -> int:
-        return self.view.load_u64(OFF_WORK_DONE)
-
-    @property
-    def busy_since_ns(self) -> int:
-        return self.view.load_u64(OFF_BUSY_SINCE)
-
-    # -- exit record (seqlock) ----------------------------------------------------------
-
-    def read_exit(self) -> ExitRecord | None:
-        """The exit record, or None if none was written (source NONE)."""
-        v = self.view
-        for _ in range(10_000):
-            s1 = v.load_u32(OFF_EXIT_SEQ)
-            if s1 & 1:
-                os.sched_yield()
-                continue
-            status = _to_i32(v.load_u32(OFF_EXIT_STATUS))
-            t = v.load_u64(OFF_EXIT_TIME)
-            source = v.load_u32(OFF_EXIT_SOURCE)
-            # Acquire loads keep this re-read after the field reads.
-            if v.load_u32(OFF_EXIT_SEQ) == s1:
-                return None if source == EXIT_SRC_NONE else ExitRecord(status, t, source)
-        raise BlockError(f"control block {self.name}: exit record writer stuck mid-write")
-
-    def write_exit(self, status: int, source: int) -> None:
-        """Write the exit record (status: code >= 0 or -signal) stamped with CLOCK_REALTIME."""
-        if not -(1 << 31) <= status < (1 << 31):
-            raise OverflowError(f"exit status {status} does not fit an i32")
-        v = self.view
-        # The odd seq goes in with a seq_cst RMW and the fields with release stores, so no
-        # field store becomes visible before the odd seq; the final release publishes them.
-        s = v.load_u32(OFF_EXIT_SEQ)
-        odd = (s + (2 if s & 1 else 1)) & 0xFFFFFFFF  # odd already: a writer died mid-write
-        v.exchange_u32(OFF_EXIT_SEQ, odd)
-        v.store_u32(OFF_EXIT_STATUS, status & 0xFFFFFFFF)
-        v.store_u64(OFF_EXIT_TIME, time.time_ns())  # CLOCK_REALTIME
-        v.store_u32(OFF_EXIT_SOURCE, source)
-        v.store_u32(OFF_EXIT_SEQ, (odd + 1) & 0xFFFFFFFF)
+        return ControlBlock
+    raise AttributeError(f"module 'worker.block' has no attribute {name!r}")

@@ -1,15 +1,19 @@
 /*
- * ctlblock.h -- pyvisor control block layout v1 for C/C++ workers.
+ * ctlblock.h -- pyvisor control block layout v2 for C/C++ workers.
  *
  * The one definition of the layout and of the worker's environment: the native module
  * worker._ctlword is compiled from this file and exports every constant below to Python
  * (under the same name without PYVISOR_), and worker/block.py takes them from there.
  * tests/worker/test_cheader.py compiles this file with gcc and compares each with Python's.
  *
- * A 4096-byte POSIX shm object per worker instance, little-endian, naturally aligned,
- * one writer per field. The daemon creates it; the worker attaches (never truncating),
- * publishes its pid/start time/state, polls the command word between units of work and
- * acknowledges commands in the ack word. Header-only: static inline helpers built on the
+ * Two 4096-byte POSIX shm objects per worker instance, little-endian, naturally aligned,
+ * one writer per object. The daemon creates both. The ctl page (named by $PYVISOR_BLOCK) is
+ * the daemon's: command word, deadline and the identity it recorded at spawn; the worker maps
+ * it read-only (it cannot open it for writing, so it cannot truncate or forge it) and waits on
+ * the command word there. The status page (its name is in the ctl page, with 16 random hex
+ * digits nobody can guess) is the worker's: it publishes its pid/start time/state, heartbeat,
+ * work done and exit record there and acknowledges commands in the ack word; the daemon only
+ * ever reads it with pread, so nothing written to it (or a truncation) can fault the daemon. Header-only: static inline helpers built on the
  * GCC/Clang __atomic builtins and the futex syscall (SHARED futexes: no FUTEX_PRIVATE_FLAG).
  * Compile with -std=gnu11 (or -D_GNU_SOURCE): it needs syscall(), shm_open() and mmap().
  *
@@ -38,10 +42,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PYVISOR_MAGIC 0x31424C4354535950ULL /* "PYSTCLB1" little-endian */
-#define PYVISOR_VERSION 1u
+#define PYVISOR_MAGIC 0x32424C4354535950ULL /* "PYSTCLB2" little-endian */
+#define PYVISOR_VERSION 2u
 #define PYVISOR_HEADER_SIZE 0x200u
-#define PYVISOR_BLOCK_SIZE 4096u
+#define PYVISOR_BLOCK_SIZE 4096u  /* the ctl page */
+#define PYVISOR_STATUS_SIZE 4096u /* the status page */
 
 /* The environment the daemon gives a worker: its block's shm name, its instance name
  * ("name:index") and the daemon's notify socket ("@name": an abstract address). */
@@ -49,37 +54,57 @@
 #define PYVISOR_ENV_INSTANCE "PYVISOR_INSTANCE"
 #define PYVISOR_ENV_NOTIFY "PYVISOR_NOTIFY"
 
-/* line 0: daemon, immutable after init */
+/* ==== the ctl page: written by the daemon only; the worker maps it read-only ==== */
+/* line 0: immutable after init */
 #define PYVISOR_OFF_MAGIC 0x000
 #define PYVISOR_OFF_VERSION 0x008
 #define PYVISOR_OFF_HEADER_SIZE 0x00C
 #define PYVISOR_OFF_BLOCK_SIZE 0x010
 #define PYVISOR_OFF_SLOT 0x014
 #define PYVISOR_OFF_BOOT_ID 0x018 /* 16 bytes */
-/* line 1: daemon */
+/* line 1: commands */
 #define PYVISOR_OFF_CMD 0x040 /* u32 futex: seq24 << 8 | cmd8 */
 #define PYVISOR_OFF_REQUEST_BITS 0x044
 #define PYVISOR_OFF_DEADLINE 0x048 /* u64 CLOCK_MONOTONIC ns, 0 = none */
 #define PYVISOR_OFF_SUPERVISOR_PID 0x050
-#define PYVISOR_OFF_SPAWNED_PID 0x054
 #define PYVISOR_OFF_EPOCH 0x058
 #define PYVISOR_OFF_INCARNATION 0x060
-#define PYVISOR_OFF_SPAWNED_START 0x068
-#define PYVISOR_OFF_CONFIG_HASH   0x070
-/* line 2: worker */
-#define PYVISOR_OFF_ACK 0x080 /* u32 futex: acked_seq24 << 8 | state8 */
-#define PYVISOR_OFF_PID 0x084
-#define PYVISOR_OFF_START_TICKS 0x088
-/* line 4: worker */
-#define PYVISOR_OFF_HEARTBEAT 0x100
-#define PYVISOR_OFF_WORK_DONE 0x108
-#define PYVISOR_OFF_BUSY_SINCE 0x110
-/* line 6: exit record under a seqlock */
-#define PYVISOR_OFF_EXIT_SEQ 0x180
-#define PYVISOR_OFF_EXIT_STATUS 0x184 /* i32 */
-#define PYVISOR_OFF_EXIT_TIME 0x188   /* u64 CLOCK_REALTIME ns */
-#define PYVISOR_OFF_EXIT_SOURCE 0x190
-#define PYVISOR_OFF_APP 0x200
+/* line 2: the identity the daemon recorded at spawn (the only thing adoption believes) */
+#define PYVISOR_OFF_SPAWNED_PID 0x080
+#define PYVISOR_OFF_SPAWNED_UID 0x084
+#define PYVISOR_OFF_SPAWNED_START 0x088 /* start time, clock ticks (/proc/PID/stat 22) */
+#define PYVISOR_OFF_SPAWNED_PGID 0x090
+#define PYVISOR_OFF_CONFIG_HASH 0x098
+/* 0x100: the shm name of the status page, NUL-terminated ("/<ctl name>.<16 hex>") */
+#define PYVISOR_OFF_STATUS_NAME 0x100
+#define PYVISOR_STATUS_NAME_SIZE 256u
+
+/* ==== the status page: written by the worker only; the daemon reads it with pread ==== */
+/* line 0 */
+#define PYVISOR_SOFF_ACK 0x000 /* u32 futex: acked_seq24 << 8 | state8 */
+#define PYVISOR_SOFF_PID 0x004
+#define PYVISOR_SOFF_START_TICKS 0x008
+/* line 1 */
+#define PYVISOR_SOFF_HEARTBEAT 0x040 /* u64 CLOCK_MONOTONIC ns */
+#define PYVISOR_SOFF_WORK_DONE 0x048
+#define PYVISOR_SOFF_BUSY_SINCE 0x050
+/* line 2: exit record under a seqlock */
+#define PYVISOR_SOFF_EXIT_SEQ 0x080
+#define PYVISOR_SOFF_EXIT_STATUS 0x084 /* i32 */
+#define PYVISOR_SOFF_EXIT_TIME 0x088   /* u64 CLOCK_REALTIME ns */
+#define PYVISOR_SOFF_EXIT_SOURCE 0x090
+/* line 3: a status text (UTF-8, text_len bytes) under its own seqlock */
+#define PYVISOR_SOFF_TEXT_SEQ 0x0C0
+#define PYVISOR_SOFF_TEXT_LEN 0x0C4
+#define PYVISOR_SOFF_TEXT 0x100
+#define PYVISOR_TEXT_SIZE 256u
+/* 0x200: METRIC_COUNT named counters/gauges of METRIC_SIZE bytes each:
+ * name (NUL-padded, METRIC_NAME_SIZE bytes) then a u64 value */
+#define PYVISOR_SOFF_METRICS 0x200
+#define PYVISOR_METRIC_COUNT 16u
+#define PYVISOR_METRIC_SIZE 32u
+#define PYVISOR_METRIC_NAME_SIZE 24u
+#define PYVISOR_SOFF_APP 0x400 /* free for the application */
 
 enum { PYVISOR_CMD_NONE = 0, PYVISOR_CMD_STOP_GRACEFUL = 1 };
 enum {
@@ -138,7 +163,8 @@ static inline uint64_t pyvisor_monotonic_ns(void)
 /* ---- a worker's handle --------------------------------------------------------------- */
 
 struct pyvisor_block {
-    void *base;     /* the 4096-byte mapping */
+    void *ctl;      /* the ctl page, mapped read-only */
+    void *status;   /* the status page, mapped read-write */
     uint32_t seq;   /* last command seq handled */
     uint32_t state; /* last state published */
     int stop;       /* latched: a stop was requested */
@@ -169,14 +195,32 @@ static inline uint64_t pyvisor_self_start_ticks(void)
 
 static inline void pyvisor_publish_ack(struct pyvisor_block *b)
 {
-    pyvisor_store_u32(b->base, PYVISOR_OFF_ACK, (b->seq << 8) | b->state);
-    pyvisor_futex_wake(b->base, PYVISOR_OFF_ACK);
+    pyvisor_store_u32(b->status, PYVISOR_SOFF_ACK, (b->seq << 8) | b->state);
+    pyvisor_futex_wake(b->status, PYVISOR_SOFF_ACK);
 }
 
-/* Map and validate a block by shm name (e.g. getenv(PYVISOR_ENV_BLOCK)), then publish pid,
- * start time and STARTING. Returns 0, or -1 with errno set (EINVAL: not a valid v1 block,
- * EMSGSIZE: too small). The size is checked with fstat BEFORE mapping (no SIGBUS). The
- * boot_id check is the daemon's job; a worker only runs under the daemon that made it. */
+/* Map an shm object of at least size bytes; the size is checked with fstat BEFORE mapping
+ * (no SIGBUS). NULL with errno set (EMSGSIZE: too small). */
+static inline void *pyvisor_map(const char *name, int writable, size_t size)
+{
+    int fd = shm_open(name, writable ? O_RDWR : O_RDONLY, 0);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < (off_t)size) {
+        close(fd);
+        errno = EMSGSIZE;
+        return NULL;
+    }
+    void *p = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Attach by the ctl page's shm name (e.g. getenv(PYVISOR_ENV_BLOCK)): map the ctl page
+ * read-only and validate it, then map the status page it names read-write and publish pid,
+ * start time and STARTING there. Returns 0, or -1 with errno set (EINVAL: not a valid v2
+ * block, EMSGSIZE: too small). The boot_id check is the daemon's job. */
 static inline int pyvisor_attach(const char *name, struct pyvisor_block *b)
 {
     memset(b, 0, sizeof *b);
@@ -184,32 +228,34 @@ static inline int pyvisor_attach(const char *name, struct pyvisor_block *b)
         errno = ENOENT;
         return -1;
     }
-    int fd = shm_open(name, O_RDWR, 0);
-    if (fd < 0)
+    void *ctl = pyvisor_map(name, 0, PYVISOR_BLOCK_SIZE);
+    if (ctl == NULL)
         return -1;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size < (off_t)PYVISOR_BLOCK_SIZE) {
-        close(fd);
-        errno = EMSGSIZE;
-        return -1;
-    }
-    void *base = mmap(NULL, PYVISOR_BLOCK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    if (base == MAP_FAILED)
-        return -1;
-    if (pyvisor_load_u64(base, PYVISOR_OFF_MAGIC) != PYVISOR_MAGIC ||
-        pyvisor_load_u32(base, PYVISOR_OFF_VERSION) != PYVISOR_VERSION ||
-        pyvisor_load_u32(base, PYVISOR_OFF_HEADER_SIZE) != PYVISOR_HEADER_SIZE ||
-        pyvisor_load_u32(base, PYVISOR_OFF_BLOCK_SIZE) != PYVISOR_BLOCK_SIZE) {
-        munmap(base, PYVISOR_BLOCK_SIZE);
+    const char *sname = (const char *)ctl + PYVISOR_OFF_STATUS_NAME;
+    size_t nlen = strlen(name);
+    if (pyvisor_load_u64(ctl, PYVISOR_OFF_MAGIC) != PYVISOR_MAGIC ||
+        pyvisor_load_u32(ctl, PYVISOR_OFF_VERSION) != PYVISOR_VERSION ||
+        pyvisor_load_u32(ctl, PYVISOR_OFF_HEADER_SIZE) != PYVISOR_HEADER_SIZE ||
+        pyvisor_load_u32(ctl, PYVISOR_OFF_BLOCK_SIZE) != PYVISOR_BLOCK_SIZE ||
+        memchr(sname, 0, PYVISOR_STATUS_NAME_SIZE) == NULL || strncmp(sname, name, nlen) != 0 ||
+        sname[nlen] != '.') {
+        munmap(ctl, PYVISOR_BLOCK_SIZE);
         errno = EINVAL;
         return -1;
     }
-    b->base = base;
-    b->seq = pyvisor_load_u32(base, PYVISOR_OFF_ACK) >> 8;
+    void *status = pyvisor_map(sname, 1, PYVISOR_STATUS_SIZE);
+    if (status == NULL) {
+        int e = errno;
+        munmap(ctl, PYVISOR_BLOCK_SIZE);
+        errno = e;
+        return -1;
+    }
+    b->ctl = ctl;
+    b->status = status;
+    b->seq = pyvisor_load_u32(status, PYVISOR_SOFF_ACK) >> 8;
     b->state = PYVISOR_ST_STARTING;
-    pyvisor_store_u32(base, PYVISOR_OFF_PID, (uint32_t)getpid());
-    pyvisor_store_u64(base, PYVISOR_OFF_START_TICKS, pyvisor_self_start_ticks());
+    pyvisor_store_u32(status, PYVISOR_SOFF_PID, (uint32_t)getpid());
+    pyvisor_store_u64(status, PYVISOR_SOFF_START_TICKS, pyvisor_self_start_ticks());
     pyvisor_publish_ack(b);
     return 0;
 }
@@ -225,7 +271,7 @@ static inline void pyvisor_set_state(struct pyvisor_block *b, uint32_t state)
 /* The hot path: one acquire load; a new seq is acknowledged (and a stop latched). */
 static inline int pyvisor_should_stop(struct pyvisor_block *b)
 {
-    uint32_t w = pyvisor_load_u32(b->base, PYVISOR_OFF_CMD);
+    uint32_t w = pyvisor_load_u32(b->ctl, PYVISOR_OFF_CMD);
     if ((w >> 8) == b->seq)
         return b->stop;
     b->seq = w >> 8;
@@ -263,55 +309,57 @@ static inline void pyvisor_ready(struct pyvisor_block *b)
     close(fd);
 }
 
-/* Sleep until a stop is requested (a shared futex wait on the command word, no polling).
- * Returns 1 (stop), or 0 when interrupted by a signal (EINTR), so handlers can run. */
+/* Sleep until a stop is requested (a shared futex wait on the command word of the read-only
+ * ctl page, no polling). Returns 1 (stop), or 0 when interrupted by a signal (EINTR). */
 static inline int pyvisor_wait_for_stop(struct pyvisor_block *b)
 {
     for (;;) {
-        uint32_t w = pyvisor_load_u32(b->base, PYVISOR_OFF_CMD); /* before the check */
+        uint32_t w = pyvisor_load_u32(b->ctl, PYVISOR_OFF_CMD); /* before the check */
         if (pyvisor_should_stop(b))
             return 1;
-        if (pyvisor_futex_wait(b->base, PYVISOR_OFF_CMD, w, NULL) != 0 && errno == EINTR)
+        if (pyvisor_futex_wait(b->ctl, PYVISOR_OFF_CMD, w, NULL) != 0 && errno == EINTR)
             return 0;
     }
 }
 
 static inline void pyvisor_heartbeat(struct pyvisor_block *b)
 {
-    pyvisor_store_u64(b->base, PYVISOR_OFF_HEARTBEAT, pyvisor_monotonic_ns());
+    pyvisor_store_u64(b->status, PYVISOR_SOFF_HEARTBEAT, pyvisor_monotonic_ns());
 }
 
 static inline void pyvisor_add_work(struct pyvisor_block *b, uint64_t n)
 {
-    __atomic_fetch_add(PYVISOR_U64(b->base, PYVISOR_OFF_WORK_DONE), n, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(PYVISOR_U64(b->status, PYVISOR_SOFF_WORK_DONE), n, __ATOMIC_SEQ_CST);
 }
 
-/* Exit record under the seqlock (status: exit code >= 0 or -signal). */
-static inline void pyvisor_write_exit(void *base, int32_t status, uint32_t source)
+/* Exit record under the seqlock in the status page (status: exit code >= 0 or -signal). */
+static inline void pyvisor_write_exit(void *status_page, int32_t status, uint32_t source)
 {
-    uint32_t s = pyvisor_load_u32(base, PYVISOR_OFF_EXIT_SEQ);
+    void *base = status_page;
+    uint32_t s = pyvisor_load_u32(base, PYVISOR_SOFF_EXIT_SEQ);
     uint32_t odd = s + ((s & 1) ? 2 : 1);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    __atomic_exchange_n(PYVISOR_U32(base, PYVISOR_OFF_EXIT_SEQ), odd, __ATOMIC_SEQ_CST);
-    pyvisor_store_u32(base, PYVISOR_OFF_EXIT_STATUS, (uint32_t)status);
-    pyvisor_store_u64(base, PYVISOR_OFF_EXIT_TIME,
+    __atomic_exchange_n(PYVISOR_U32(base, PYVISOR_SOFF_EXIT_SEQ), odd, __ATOMIC_SEQ_CST);
+    pyvisor_store_u32(base, PYVISOR_SOFF_EXIT_STATUS, (uint32_t)status);
+    pyvisor_store_u64(base, PYVISOR_SOFF_EXIT_TIME,
                       (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
-    pyvisor_store_u32(base, PYVISOR_OFF_EXIT_SOURCE, source);
-    pyvisor_store_u32(base, PYVISOR_OFF_EXIT_SEQ, odd + 1);
+    pyvisor_store_u32(base, PYVISOR_SOFF_EXIT_SOURCE, source);
+    pyvisor_store_u32(base, PYVISOR_SOFF_EXIT_SEQ, odd + 1);
 }
 
-/* Record the exit, publish EXITED, unmap. */
+/* Record the exit, publish EXITED, unmap both pages. */
 static inline void pyvisor_close(struct pyvisor_block *b, int32_t status)
 {
-    if (!b->base)
+    if (!b->status)
         return;
-    pyvisor_store_u64(b->base, PYVISOR_OFF_BUSY_SINCE, 0);
-    pyvisor_write_exit(b->base, status, PYVISOR_EXIT_SRC_WORKER);
+    pyvisor_store_u64(b->status, PYVISOR_SOFF_BUSY_SINCE, 0);
+    pyvisor_write_exit(b->status, status, PYVISOR_EXIT_SRC_WORKER);
     b->state = PYVISOR_ST_EXITED;
     pyvisor_publish_ack(b);
-    munmap(b->base, PYVISOR_BLOCK_SIZE);
-    b->base = NULL;
+    munmap(b->status, PYVISOR_STATUS_SIZE);
+    munmap(b->ctl, PYVISOR_BLOCK_SIZE);
+    b->status = b->ctl = NULL;
 }
 
 #endif /* PYVISOR_CTLBLOCK_H */

@@ -4,8 +4,10 @@ and one spawn (control block, process, pidfd, log rotation watch) per instance."
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import subprocess
 from collections import deque
 from typing import TYPE_CHECKING
@@ -14,8 +16,9 @@ from supervisor import core, safefs
 from supervisor.config import WorkerConfig
 from supervisor.core import Event, State
 from supervisor.runtime.instance import Instance
-from supervisor.spawn import SpawnRequest, spawn
+from supervisor.spawn import CredentialsError, SpawnRequest, credentials, spawn
 from worker import block as blk
+from worker.ctlpage import ControlBlock
 
 if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
@@ -64,17 +67,20 @@ class Spawner:
         rt.release_process(inst)
         name = blk.shm_name(rt.config.supervisor.block_prefix, inst.name)
         inst.incarnation += 1
-        try:
-            try:
-                block = blk.ControlBlock.create(name, slot=inst.index, supervisor_pid=os.getpid(),
-                                                epoch=rt.epoch)
-            except FileExistsError:
-                blk.unlink_name(name)
-                block = blk.ControlBlock.create(name, slot=inst.index, supervisor_pid=os.getpid(),
-                                                epoch=rt.epoch)
-        except (OSError, blk.BlockError) as e:
-            return core.SpawnFailed(now, f"control block {name}: {e}")
         cfg = inst.cfg
+        try:   # the worker's uid and gid: its status page is its own, its ctl page its group's
+            creds = credentials(cfg.user, cfg.group) if cfg.user is not None else None
+        except CredentialsError as e:
+            return core.SpawnFailed(now, describe_spawn_error(cfg.command, e))
+        uid, gid = (creds.uid, creds.gid) if creds is not None else (None, None)
+        try:
+            block = create_block(name, inst.index, rt.epoch, uid, gid)
+        except BlockTaken as e:
+            return core.SpawnFailed(now, str(e))
+        except OSError as e:
+            hint = f" ({blk.SHM_DIR} is full)" if e.errno == errno.ENOSPC else ""
+            return core.SpawnFailed(now, f"cannot create control block {name}: "
+                                         f"{e.strerror or e}{hint}")
         req = SpawnRequest(inst.name, list(cfg.command), cfg.directory, dict(cfg.environment),
                            cfg.user, inst.stdout_path, inst.stderr_path, name,
                            rt.readiness.notify_path, cfg.group)
@@ -90,10 +96,69 @@ class Spawner:
         # gone already (ProcessLookupError)? the pidfd below still tells us about the exit
         with contextlib.suppress(ProcessLookupError):
             block.set_spawned(pid, blk.proc_start_ticks(pid), inst.incarnation,
-                              config_hash(cfg))
+                              config_hash(cfg), os.geteuid() if uid is None else uid, pid)
         rt.reaper.watch(inst, pid, os.pidfd_open(pid))
         rt.watch_logs(inst)
         return core.Spawned(now, pid)
+
+
+class BlockTaken(Exception):
+    """The name of a control block is held by an object that is not ours and stays."""
+
+
+def _describe(path: str) -> tuple[str, int] | None:
+    """(kind, owner uid) of what is at path (never following a link), None if nothing."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    kinds = {stat.S_IFREG: "a file", stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink",
+             stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+    return kinds.get(stat.S_IFMT(st.st_mode), "a device"), st.st_uid
+
+
+def _remove_squatter(name: str) -> None:
+    """Take the name back (root may remove anyone's entry in the sticky /dev/shm). Our own
+    stale ctl page takes its status page with it."""
+    path = blk.SHM_DIR + name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                with contextlib.suppress(OSError, blk.BlockError):
+                    status = blk.check_header(name, os.pread(fd, blk.HEADER_SIZE, 0))
+                    blk.unlink_name(status)
+        finally:
+            os.close(fd)
+    try:
+        os.unlink(path)
+    except IsADirectoryError:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    except OSError:
+        pass
+
+
+def create_block(name: str, slot: int, epoch: int, uid: int | None,
+                 gid: int | None) -> ControlBlock:
+    """Create an instance's block. A name that exists already is taken back once (ours and
+    stale, or planted by someone else); BlockTaken if it still cannot be had. OSError (e.g.
+    ENOSPC) if the pages cannot be made."""
+    for attempt in range(2):
+        try:
+            return ControlBlock.create(name, slot=slot, supervisor_pid=os.getpid(), epoch=epoch,
+                                       uid=uid, gid=gid)
+        except FileExistsError:
+            if attempt == 0:
+                _remove_squatter(name)
+    what = _describe(blk.SHM_DIR + name)
+    held = f"{what[0]} owned by uid {what[1]}" if what else "something that comes back"
+    raise BlockTaken(f"control block {name} is taken by {held} and cannot be removed; "
+                     f"remove {blk.SHM_DIR}{name} by hand")
 
 
 def config_hash(cfg: WorkerConfig) -> int:

@@ -25,6 +25,9 @@ from tests.support.daemon import (
 )
 from tests.support.wait import wait_until
 from worker import block as blk
+from worker._ctlword import View
+from worker.api import attach_pages
+from worker.ctlpage import ControlBlock
 
 PLAIN = {"command": "sleep 100000", "start_seconds": 0.2, "kill_timeout": 2}
 
@@ -147,8 +150,12 @@ def test_worker_exiting_while_daemon_down_is_restarted_by_policy(daemon_factory:
     os.kill(pids["fails:0"], signal.SIGKILL)       # a failure
     # "done" exits 0 through the library's exit record: write it as the worker would
     name = blk.shm_name(d.prefix, "done:0")
-    with blk.ControlBlock.attach(name) as b:
-        b.write_exit(0, blk.EXIT_SRC_WORKER)
+    ctl, status, _status_name = attach_pages(name)
+    view = View(status)
+    blk.write_exit(view, 0, blk.EXIT_SRC_WORKER)
+    view.close()
+    status.close()
+    ctl.close()
     os.kill(pids["done:0"], signal.SIGKILL)
     wait_until(lambda: not pid_alive(pids["fails:0"]) and not pid_alive(pids["done:0"]), 10,
                "both workers gone")
@@ -178,7 +185,7 @@ SPY = textwrap.dedent("""
 def test_forged_blocks_are_never_signalled(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
     """Blocks naming PID 1, an unrelated live process and a recycled PID: removed, and the
     unrelated process (which records every signal it gets) receives nothing."""
-    d = daemon_factory({"w": {**PLAIN, "numprocs": 3, "autostart": False}})
+    d = daemon_factory({"w": {**PLAIN, "numprocs": 4, "autostart": False}})
     spy_log = tmp_path / "spy.log"
     (tmp_path / "spy.py").write_text(SPY)
     spy = subprocess.Popen([sys.executable, str(tmp_path / "spy.py"), str(spy_log)],
@@ -191,15 +198,21 @@ def test_forged_blocks_are_never_signalled(daemon_factory: DaemonFactory, tmp_pa
             "w:2": (spy.pid, 12345),                             # as if recycled
         }
         for inst, (pid, ticks) in forged.items():
-            b = blk.ControlBlock.create(blk.shm_name(d.prefix, inst), slot=0,
-                                        supervisor_pid=os.getpid(), epoch=1)
-            b.set_spawned(pid, ticks, 1)
+            b = ControlBlock.create(blk.shm_name(d.prefix, inst), slot=0,
+                                    supervisor_pid=os.getpid(), epoch=1)
+            b.set_spawned(pid, ticks, 1, 0, os.geteuid(), 0)
             b.close()
+        b = ControlBlock.create(blk.shm_name(d.prefix, "w:3"), slot=0,
+                                supervisor_pid=os.getpid(), epoch=1)
+        b.set_spawned(spy.pid, blk.proc_start_ticks(spy.pid), 1, 0, 54321, spy.pid)
+        b.close()                                                # another uid
         d.start()
         d.wait_log(r"w:0 control block .* does not verify \(names pid 1, which is never a "
                    r"worker\)")
-        d.wait_log(rf"w:1 control block .* does not verify \(pid {spy.pid} was not started "
-                   r"for this block\)")
+        d.wait_log(rf"w:1 control block .* does not verify \(pid {spy.pid} is not in process "
+                   r"group 0\)")
+        d.wait_log(rf"w:3 control block .* does not verify \(pid {spy.pid} runs as uid "
+                   rf"{os.geteuid()}, not 54321\)")
         d.wait_log(rf"w:2 control block .* does not verify \(pid {spy.pid} started at tick "
                    r"\d+, not 12345 \(a recycled pid\)\)")
         rows = {r["name"]: r for r in d.status_json()}

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.child import Spawn
 from tests.support.shm import remove_shm, unlink_shm
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 
 # One prefix per test session: "pvt" + 10 hex digits (no dot, a valid block prefix).
 SESSION_PREFIX = "pvt" + uuid.uuid4().hex[:10]

@@ -1,4 +1,6 @@
-"""worker.block: layout v1, create/attach/validation, commands, exit record seqlock."""
+"""worker.block and worker.ctlpage: layout v2 (a daemon-owned ctl page, a worker-owned status
+page), create/attach/validation, commands, exit record seqlock, and a daemon side that no
+truncated or scribbled status page can fault."""
 
 from __future__ import annotations
 
@@ -15,13 +17,19 @@ import pytest
 
 from tests.support.child import python_env
 from worker import block as B
-from worker.block import BlockError, ControlBlock, ExitRecord
+from worker._ctlword import View
+from worker.api import attach_pages
+from worker.block import BlockError, ExitRecord, write_exit
+from worker.ctlpage import ControlBlock
 
+# The worker's side of attaching (ctl page read-only, then the status page it names).
 ATTACH = """
 import sys
-from worker.block import ControlBlock, BlockError
+from worker.api import attach_pages
+from worker.block import BlockError
 try:
-    ControlBlock.attach(sys.argv[1]).close()
+    for mm in attach_pages(sys.argv[1])[:2]:
+        mm.close()
     print("attached")
 except BlockError as e:
     print("BlockError:", e)
@@ -44,12 +52,33 @@ def attach_in_child(name: str) -> str:
     return r.stdout.strip()
 
 
+def status_view(block: ControlBlock) -> tuple[View, Callable[[], None]]:
+    """The status page as its worker maps it (read-write), and how to unmap it."""
+    ctl, status, _name = attach_pages(block.name)
+    v = View(status)
+
+    def close() -> None:
+        v.close()
+        status.close()
+        ctl.close()
+
+    return v, close
+
+
 def test_create_then_attach_sees_every_field(new_block: Callable[..., ControlBlock]) -> None:
     blk = new_block("web:3", slot=3, epoch=0xFEEDFACE12345678)
     st = os.stat("/dev/shm/" + blk.name[1:])
-    assert st.st_size == 4096 and st.st_mode & 0o777 == 0o600
-    blk.set_spawned(4242, 987654, 7)
+    assert st.st_size == 4096 and st.st_mode & 0o777 == 0o600 and st.st_uid == os.geteuid()
+    assert blk.status_name.startswith(blk.name + ".") and len(blk.status_name) == len(blk.name) + 17
+    assert B.status_name_ok(blk.name, blk.status_name)
+    sst = os.stat("/dev/shm/" + blk.status_name[1:])
+    assert sst.st_size == 4096 and sst.st_mode & 0o777 == 0o600
+    assert sst.st_blocks * 512 >= 4096, "the status page is allocated up front"
+    assert st.st_blocks * 512 >= 4096, "the ctl page is allocated up front"
+    blk.set_spawned(4242, 987654, 7, 0x1234, 1001, 4242)
     with ControlBlock.attach(blk.name) as other:
+        assert other.status_name == blk.status_name
+        assert (other.spawned_uid, other.spawned_pgid, other.config_hash) == (1001, 4242, 0x1234)
         assert other.slot == 3
         assert other.epoch == 0xFEEDFACE12345678
         assert other.supervisor_pid == os.getpid()
@@ -86,23 +115,90 @@ def test_post_command_sequence_and_wrap(block: ControlBlock) -> None:
 
 
 def test_exit_record_seqlock(block: ControlBlock) -> None:
-    before = time.time_ns()
-    block.write_exit(-9, 2)  # any source but NONE (0) is read back as written
-    rec = block.read_exit()
-    assert rec is not None and (rec.status, rec.source) == (-9, 2)
-    assert before <= rec.time_ns <= time.time_ns()
-    assert block.view.load_u32(B.OFF_EXIT_SEQ) == 2
-    block.write_exit(3, B.EXIT_SRC_WORKER)
-    rec = block.read_exit()
-    assert rec is not None and rec == ExitRecord(3, rec.time_ns, B.EXIT_SRC_WORKER)
-    # A writer that died mid-write left the seq odd: the next writer still publishes.
-    block.view.store_u32(B.OFF_EXIT_SEQ, 5)
-    block.write_exit(0, 3)
-    assert block.view.load_u32(B.OFF_EXIT_SEQ) % 2 == 0
-    rec = block.read_exit()
-    assert rec is not None and rec.status == 0
-    with pytest.raises(OverflowError):
-        block.write_exit(2**31, B.EXIT_SRC_WORKER)
+    v, close = status_view(block)
+    try:
+        before = time.time_ns()
+        write_exit(v, -9, B.EXIT_SRC_WORKER)
+        rec = block.read_exit()
+        assert rec is not None and (rec.status, rec.source) == (-9, B.EXIT_SRC_WORKER)
+        assert before <= rec.time_ns <= time.time_ns()
+        assert v.load_u32(B.SOFF_EXIT_SEQ) == 2
+        write_exit(v, 3, B.EXIT_SRC_WORKER)
+        assert block.read_exit() == ExitRecord(3, block.read_exit().time_ns, B.EXIT_SRC_WORKER)  # type: ignore[union-attr]
+        # A writer that died mid-write left the seq odd: the next writer still publishes.
+        v.store_u32(B.SOFF_EXIT_SEQ, 5)
+        assert block.read_exit() is None, "a seqlock stuck odd reads as unknown, not an error"
+        write_exit(v, 0, B.EXIT_SRC_WORKER)
+        assert v.load_u32(B.SOFF_EXIT_SEQ) % 2 == 0
+        assert block.read_exit() is not None and block.read_exit().status == 0  # type: ignore[union-attr]
+        # a source the daemon does not know, or a status no process can have: unknown
+        write_exit(v, 0, 3)
+        assert block.read_exit() is None
+        write_exit(v, 100000, B.EXIT_SRC_WORKER)
+        assert block.read_exit() is None
+        with pytest.raises(OverflowError):
+            write_exit(v, 2**31, B.EXIT_SRC_WORKER)
+    finally:
+        close()
+
+
+def test_garbage_in_the_status_page_reads_as_unknown(block: ControlBlock) -> None:
+    v, close = status_view(block)
+    try:
+        v.store_u32(B.SOFF_PID, 4294967295)
+        v.store_u32(B.SOFF_ACK, (5 << 8) | 0xEE)
+        v.store_u64(B.SOFF_HEARTBEAT, 2**64 - 1)
+        assert (block.pid, block.ack, block.heartbeat_ns) == (0, (0, B.ST_INIT), 0)
+        v.store_u32(B.SOFF_PID, os.getpid())
+        v.store_u32(B.SOFF_ACK, (5 << 8) | B.ST_READY)
+        assert (block.pid, block.ack) == (os.getpid(), (5, B.ST_READY))
+    finally:
+        close()
+
+
+@pytest.mark.parametrize("how", ["truncate", "unlink"])
+def test_a_broken_status_page_never_faults_the_daemon(block: ControlBlock, how: str) -> None:
+    v, close = status_view(block)
+    v.store_u32(B.SOFF_PID, os.getpid())
+    v.store_u64(B.SOFF_WORK_DONE, 5)
+    close()
+    if how == "truncate":
+        os.truncate("/dev/shm/" + block.status_name[1:], 0)
+    else:
+        os.unlink("/dev/shm/" + block.status_name[1:])
+    assert (block.pid, block.ack, block.heartbeat_ns, block.work_done) == (
+        (0, (0, B.ST_INIT), 0, 0) if how == "truncate" else (os.getpid(), (0, B.ST_INIT), 0, 5)
+    )  # unlinked: the daemon's fd still reads the (now nameless) page
+    assert block.read_exit() is None and block.busy_since_ns == 0
+    assert block.post_command(B.CMD_STOP_GRACEFUL) == 1  # the ctl page is untouched
+    with ControlBlock.attach(block.name) as again:  # reopened by name: the page is gone
+        assert again.has_status == (how == "truncate")
+        assert (again.pid, again.ack, again.work_done, again.read_exit()) == (
+            0, (0, B.ST_INIT), 0, None)
+
+
+def test_a_truncated_ctl_page_is_left_alone(block: ControlBlock) -> None:
+    os.truncate("/dev/shm/" + block.name[1:], 0)
+    assert not block.intact()
+    assert block.post_command(B.CMD_STOP_GRACEFUL) == 0, "no store into a page past its end"
+    block.set_spawned(1, 2, 3)  # a no-op, no SIGBUS
+    assert block.cmd == (0, 0) and block.spawned_pid == 0
+
+
+def test_the_worker_maps_its_ctl_page_read_only(block: ControlBlock) -> None:
+    ctl, status, name = attach_pages(block.name)
+    v = View(ctl)
+    try:
+        assert name == block.status_name and v.readonly
+        with pytest.raises(TypeError, match="read-only"):
+            v.store_u32(B.OFF_CMD, 1)
+        block.post_command(B.CMD_STOP_GRACEFUL)
+        assert v.load_u32(B.OFF_CMD) == (1 << 8) | B.CMD_STOP_GRACEFUL
+        assert v.wait_u32(B.OFF_CMD, 0, 0.01), "a futex wait works on a read-only mapping"
+    finally:
+        v.close()
+        ctl.close()
+        status.close()
 
 
 def test_shm_name_validation() -> None:
@@ -120,7 +216,7 @@ def test_shm_name_validation() -> None:
 def test_list_blocks_and_proc_helpers(new_block: Callable[..., ControlBlock]) -> None:
     a, b = new_block("a:0"), new_block("b:1")
     prefix = a.name[1:].partition(".")[0]
-    assert B.list_blocks(prefix) == [a.name]
+    assert B.list_blocks(prefix) == [a.name], "ctl pages only, never status pages"
     assert b.name in B.list_blocks(b.name[1:].partition(".")[0])
     assert B.list_blocks("no-such-prefix-" + uuid.uuid4().hex) == []
     assert len(B.read_boot_id()) == 16
@@ -136,7 +232,7 @@ def test_list_blocks_and_proc_helpers(new_block: Callable[..., ControlBlock]) ->
     [
         (B.OFF_MAGIC, 0x4141414141414141, 8, "wrong magic 0x4141414141414141 (not a pyvisor"),
         (B.OFF_MAGIC, 0, 8, "not initialised"),
-        (B.OFF_VERSION, 2, 4, "layout version is 0x2, expected 0x1"),
+        (B.OFF_VERSION, 1, 4, "layout version is 0x1, expected 0x2"),
         (B.OFF_HEADER_SIZE, 0x100, 4, "header size is 0x100, expected 0x200"),
         (B.OFF_BLOCK_SIZE, 8192, 4, "block size is 0x2000, expected 0x1000"),
     ],
@@ -154,6 +250,8 @@ def test_corrupted_header_is_refused(
 
 def test_block_from_before_a_reboot_is_refused(block: ControlBlock) -> None:
     block._mm[B.OFF_BOOT_ID : B.OFF_BOOT_ID + 16] = uuid.uuid4().bytes
+    with pytest.raises(BlockError, match="created during another boot"):
+        ControlBlock.attach(block.name)
     line = attach_in_child(block.name)
     assert f"control block {block.name}: created during another boot" in line, line
     assert "left over from before a reboot" in line, line
@@ -167,6 +265,8 @@ def test_truncated_block_is_refused_without_sigbus(block: ControlBlock, size: in
     finally:
         shm.close_fd()
     # (the creator's own mapping is now partly past the end: it must not be touched)
+    with pytest.raises(BlockError, match=f"size is {size} bytes"):
+        ControlBlock.attach(block.name)
     line = attach_in_child(block.name)
     assert line == (
         f"BlockError: control block {block.name}: size is {size} bytes, expected at least "
@@ -196,17 +296,32 @@ def test_close_is_idempotent_and_unlink_ignores_missing(block: ControlBlock) -> 
         block.cmd  # noqa: B018
 
 
+def test_a_status_page_name_that_breaks_the_rule_is_refused(block: ControlBlock) -> None:
+    bad = b"/etc/passwd\0"
+    block._mm[B.OFF_STATUS_NAME : B.OFF_STATUS_NAME + len(bad)] = bad
+    line = attach_in_child(block.name)
+    assert "names no valid status page ('/etc/passwd')" in line, line
+    with pytest.raises(BlockError, match="names no valid status page"):
+        ControlBlock.attach(block.name)
+
+
 def test_attach_does_not_truncate_a_larger_object(shm_names: Callable[[str], str]) -> None:
     name = shm_names("big:0")
-    with ControlBlock.create(name, slot=0, supervisor_pid=1, epoch=1):
-        pass
-    shm = posix_ipc.SharedMemory(name)
+    with ControlBlock.create(name, slot=0, supervisor_pid=1, epoch=1) as b:
+        status = b.status_name
     try:
-        os.ftruncate(shm.fd, 16384)
+        for n in (name, status):
+            shm = posix_ipc.SharedMemory(n)
+            try:
+                os.ftruncate(shm.fd, 16384)
+            finally:
+                shm.close_fd()
+        ControlBlock.attach(name).close()
+        assert attach_in_child(name) == "attached"
+        assert os.stat("/dev/shm/" + name[1:]).st_size == 16384
+        assert os.stat("/dev/shm/" + status[1:]).st_size == 16384
     finally:
-        shm.close_fd()
-    ControlBlock.attach(name).close()
-    assert os.stat("/dev/shm/" + name[1:]).st_size == 16384
+        B.unlink_name(status)
 
 
 def test_child_sees_fields_written_by_parent(block: ControlBlock) -> None:
@@ -214,7 +329,7 @@ def test_child_sees_fields_written_by_parent(block: ControlBlock) -> None:
     code = textwrap.dedent(
         """
         import sys
-        from worker.block import ControlBlock
+        from worker.ctlpage import ControlBlock
         with ControlBlock.attach(sys.argv[1]) as b:
             print(b.spawned_pid, b.spawned_start_ticks, b.incarnation, b.epoch)
         """

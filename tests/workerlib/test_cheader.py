@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.child import ROOT
 from worker import block as B
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 
 C_PROGRAM = r"""
 #include "worker/ctlblock.h"
@@ -30,7 +30,7 @@ int main(int argc, char **argv)
     }
     if (argc != 2) return 2;
     /* read the header fields raw first (pyvisor_attach publishes pid/state) */
-    int fd = shm_open(argv[1], O_RDWR, 0);
+    int fd = shm_open(argv[1], O_RDONLY, 0);
     if (fd < 0) { perror("shm_open"); return 1; }
     void *raw = mmap(NULL, PYVISOR_BLOCK_SIZE, PROT_READ, MAP_SHARED, fd, 0);
     close(fd);
@@ -48,6 +48,11 @@ int main(int argc, char **argv)
     uint32_t cmd = pyvisor_load_u32(raw, PYVISOR_OFF_CMD);
     printf("cmd_seq=%u cmd=%u deadline=%" PRIu64 "\n", cmd >> 8, cmd & 0xff,
            pyvisor_load_u64(raw, PYVISOR_OFF_DEADLINE));
+    printf("uid=%u pgid=%u config_hash=%" PRIu64 " status=%s\n",
+           pyvisor_load_u32(raw, PYVISOR_OFF_SPAWNED_UID),
+           pyvisor_load_u32(raw, PYVISOR_OFF_SPAWNED_PGID),
+           pyvisor_load_u64(raw, PYVISOR_OFF_CONFIG_HASH),
+           (const char *)raw + PYVISOR_OFF_STATUS_NAME);
     munmap(raw, PYVISOR_BLOCK_SIZE);
 
     if (pyvisor_attach(argv[1], &b) != 0) { perror("pyvisor_attach"); return 1; }
@@ -88,20 +93,21 @@ def test_c_worker_reads_python_fields_and_writes_back(
     c_program: Path, new_block: Callable[..., ControlBlock]
 ) -> None:
     blk = new_block("cw:5", slot=5, epoch=1234567890123)
-    blk.set_spawned(31337, 555, 9)
+    blk.set_spawned(31337, 555, 9, 4321, 1001, 31337)
     seq = blk.post_command(B.CMD_STOP_GRACEFUL, 777)
     r = subprocess.run(
         [str(c_program), blk.name], check=False, capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 0, f"C worker failed: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
     lines = r.stdout.splitlines()
-    assert lines[0] == f"magic={B.MAGIC:016x} version=1 header=512 size=4096 slot=5", lines
+    assert lines[0] == f"magic={B.MAGIC:016x} version=2 header=512 size=4096 slot=5", lines
     assert lines[1] == (
         f"supervisor_pid={blk.supervisor_pid} epoch=1234567890123 spawned_pid=31337 "
         "incarnation=9 spawned_start=555"
     ), lines
     assert lines[2] == f"cmd_seq={seq} cmd=1 deadline=777", lines
-    assert lines[3] == "stop=1 stop_cmd=1", lines
+    assert lines[3] == f"uid=1001 pgid=31337 config_hash=4321 status={blk.status_name}", lines
+    assert lines[4] == "stop=1 stop_cmd=1", lines
     # what the C worker wrote, read back in Python
     assert blk.ack == (seq, B.ST_EXITED)
     assert blk.work_done == 42
@@ -133,7 +139,9 @@ def test_c_attach_checks_size_and_magic(
 HEADER = ROOT / "worker" / "ctlblock.h"
 MACRO = re.compile(r"^#define PYVISOR_(\w+)[ \t]+(\S)", re.M)  # object-like, with a value
 ENUM = re.compile(r"\benum\s*\{([^}]*)\}")
-LAYOUT_LIKE = re.compile(r"(OFF|CMD|ST|EXIT_SRC|ENV)_[A-Z_]+|MAGIC|VERSION|HEADER_SIZE|BLOCK_SIZE")
+LAYOUT_LIKE = re.compile(
+    r"(S?OFF|CMD|ST|EXIT_SRC|ENV|METRIC)_[A-Z_]+|MAGIC|VERSION|[A-Z_]*_SIZE"
+)
 
 
 def header_constants() -> dict[str, bool]:
@@ -159,7 +167,9 @@ def print_constants_program(consts: dict[str, bool]) -> str:
 
 def test_every_header_constant_has_the_same_value_in_python(tmp_path: Path) -> None:
     consts = header_constants()
-    assert {"MAGIC", "OFF_CMD", "OFF_APP", "ST_EXITED", "ENV_BLOCK"} <= consts.keys(), consts
+    assert {"MAGIC", "OFF_CMD", "OFF_STATUS_NAME", "SOFF_ACK", "SOFF_EXIT_SEQ", "SOFF_TEXT",
+            "SOFF_METRICS", "METRIC_COUNT", "SOFF_APP", "STATUS_SIZE", "ST_EXITED",
+            "ENV_BLOCK"} <= consts.keys(), consts
     exe = compile_c(print_constants_program(consts), tmp_path)
     r = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30)
     in_c = dict(line.split(" ", 1) for line in r.stdout.splitlines())
@@ -171,4 +181,5 @@ def test_every_header_constant_has_the_same_value_in_python(tmp_path: Path) -> N
         if LAYOUT_LIKE.fullmatch(n) and isinstance(v, int | str) and n not in consts
     }  # fmt: skip
     assert not extra, f"worker.block defines {sorted(extra)}, worker/ctlblock.h does not"
-    assert B.MAGIC.to_bytes(8, "little") == b"PYSTCLB1"
+    assert B.MAGIC.to_bytes(8, "little") == b"PYSTCLB2"
+    assert B.VERSION == 2

@@ -11,7 +11,10 @@ from collections.abc import Callable
 
 from tests.support.child import Lines, python_env
 from tests.support.wait import wait_until
-from worker.block import OFF_APP, OFF_CMD, ControlBlock
+from worker.block import HEADER_SIZE, OFF_CMD
+from worker.ctlpage import ControlBlock
+
+OFF_APP = HEADER_SIZE  # scratch: the ctl page past its header is unused
 
 # A child that maps a block by name (raw, no validation) and runs BODY with `v` a View.
 CHILD = """

@@ -14,7 +14,7 @@ import pytest
 
 from worker import Worker, WorkerError
 from worker import block as B
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from tests.support.child import Lines, Spawn, python_env
 from tests.support.wait import wait_until
 from worker import block as B
-from worker.block import ControlBlock
+from worker.ctlpage import ControlBlock
 
 
 @pytest.fixture

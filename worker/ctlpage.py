@@ -1,0 +1,403 @@
+"""The daemon's side of a control block (layout v2): create both pages, take over a ctl page an
+earlier daemon left, post commands, read what the worker published.
+
+Rules:
+  * The ctl page is the daemon's alone: created O_EXCL, owned by the daemon's euid, mode 0600
+    (0640 with the worker's group under ``user:``). The daemon maps it read-write; the worker
+    maps it read-only. Only root and the daemon's uid can open it for writing, so only they can
+    truncate it. A worker running as root (no ``user:``) can do anything root can, including
+    that: run untrusted workers with ``user:``. As a last guard every store first checks the
+    page's size on the fd and leaves a page that is no longer whole alone; all reads of the ctl
+    page go through os.pread, never through the mapping.
+  * The status page is the worker's (mode 0600, its owner under ``user:``) and is NEVER mapped
+    by the daemon: it is read with os.pread on an fd, so a truncated, deleted or scribbled page
+    can only yield "unknown" values (0 / None), never a SIGBUS or an exception.
+  * Both pages are allocated (posix_fallocate) before the first store: a full /dev/shm is an
+    ENOSPC from create(), never a SIGBUS later.
+  * The magic is written LAST with a release store, so a reader that sees it sees every
+    line-0 field and the status page's name.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from types import TracebackType
+from typing import Self
+
+from worker._ctlword import View
+from worker.block import (
+    BLOCK_SIZE,
+    EXIT_SRC_WORKER,
+    HEADER_SIZE,
+    MAGIC,
+    OFF_BLOCK_SIZE,
+    OFF_BOOT_ID,
+    OFF_CMD,
+    OFF_CONFIG_HASH,
+    OFF_DEADLINE,
+    OFF_EPOCH,
+    OFF_HEADER_SIZE,
+    OFF_INCARNATION,
+    OFF_MAGIC,
+    OFF_SLOT,
+    OFF_SPAWNED_PGID,
+    OFF_SPAWNED_PID,
+    OFF_SPAWNED_START,
+    OFF_SPAWNED_UID,
+    OFF_STATUS_NAME,
+    OFF_SUPERVISOR_PID,
+    OFF_VERSION,
+    PID_MAX,
+    SEQ_MASK,
+    SHM_DIR,
+    SOFF_ACK,
+    SOFF_BUSY_SINCE,
+    SOFF_EXIT_SEQ,
+    SOFF_EXIT_SOURCE,
+    SOFF_EXIT_STATUS,
+    SOFF_EXIT_TIME,
+    SOFF_HEARTBEAT,
+    SOFF_PID,
+    SOFF_START_TICKS,
+    SOFF_WORK_DONE,
+    ST_INIT,
+    STATE_NAMES,
+    STATUS_SIZE,
+    VERSION,
+    BlockError,
+    ExitRecord,
+    _to_i32,
+    _u32,
+    _u64,
+    check_header,
+    read_boot_id,
+    status_name_ok,
+    unlink_name,
+)
+
+
+def _new_page(name: str, size: int, mode: int) -> int:
+    """Create an shm object O_EXCL and allocate its pages now: a full /dev/shm is an ENOSPC
+    here, never a SIGBUS at the first store. Returns the fd (read-write)."""
+    path = SHM_DIR + name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # whatever the umask
+        os.posix_fallocate(fd, 0, size)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd
+
+# The ctl page's modes: the daemon's uid may write (a daemon that is not root must reopen it
+# read-write when it adopts); the worker's group (under ``user:``) may only read.
+CTL_MODE = 0o600
+CTL_MODE_GROUP = 0o640
+
+
+class ControlBlock:
+    """The daemon's side of a block: the ctl page mapped read-write for stores (reads by
+    pread), the status page read with os.pread on an fd and never mapped (see the rules
+    above)."""
+
+    name: str
+
+    def __init__(self, name: str, fd: int, status_name: str, status_fd: int | None) -> None:
+        # Use create() or open_existing().
+        self.name = name
+        self.status_name = status_name
+        self._fd = fd
+        self._sfd = status_fd
+        self._mm = mmap.mmap(fd, BLOCK_SIZE)
+        self.view = View(self._mm)
+
+    # -- life cycle --------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str, *, slot: int, supervisor_pid: int, epoch: int,
+               uid: int | None = None, gid: int | None = None) -> ControlBlock:
+        """Create both pages of a new block. FileExistsError if the ctl name exists; OSError
+        (e.g. ENOSPC) if they cannot be made. uid/gid: the worker's (``user:``): its status
+        page becomes its own, the ctl page readable by its group."""
+        status_name = f"{name}.{os.urandom(8).hex()}"
+        sfd = _new_page(status_name, STATUS_SIZE, 0o600)
+        try:
+            if uid is not None:
+                os.fchown(sfd, uid, -1 if gid is None else gid)
+            fd = _new_page(name, BLOCK_SIZE, 0o600)
+        except BaseException:
+            os.close(sfd)
+            unlink_name(status_name)
+            raise
+        try:
+            if gid is not None:
+                os.fchown(fd, -1, gid)
+            os.fchmod(fd, CTL_MODE_GROUP if gid is not None else CTL_MODE)
+            blk = cls(name, fd, status_name, sfd)
+        except BaseException:
+            os.close(fd)
+            os.close(sfd)
+            unlink_name(name)
+            unlink_name(status_name)
+            raise
+        v, mm = blk.view, blk._mm
+        v.store_u32(OFF_VERSION, VERSION)
+        v.store_u32(OFF_HEADER_SIZE, HEADER_SIZE)
+        v.store_u32(OFF_BLOCK_SIZE, BLOCK_SIZE)
+        v.store_u32(OFF_SLOT, slot)
+        mm[OFF_BOOT_ID : OFF_BOOT_ID + 16] = read_boot_id()
+        raw = status_name.encode("ascii")
+        mm[OFF_STATUS_NAME : OFF_STATUS_NAME + len(raw)] = raw
+        v.store_u32(OFF_SUPERVISOR_PID, supervisor_pid)
+        v.store_u64(OFF_EPOCH, epoch)
+        v.store_u64(OFF_MAGIC, MAGIC)  # last, release: publishes everything above
+        return blk
+
+    @classmethod
+    def open_existing(cls, name: str, fd: int) -> ControlBlock:
+        """Take over a ctl page an earlier daemon left, from an fd the caller opened and
+        checked (ours, a regular file, BLOCK_SIZE bytes). BlockError if its header is not a
+        valid one of this boot. The status page is opened if it is still there (else its
+        values read as unknown); it is never mapped."""
+        head = os.pread(fd, HEADER_SIZE, 0)
+        status_name = check_header(name, head)
+        sfd: int | None = None
+        try:
+            sfd = os.open(SHM_DIR + status_name,
+                          os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            st = os.fstat(sfd)
+            if (st.st_mode & 0o170000) != 0o100000:  # S_ISREG without the stat module
+                os.close(sfd)
+                sfd = None
+        except OSError:
+            sfd = None
+        return cls(name, fd, status_name, sfd)
+
+    @classmethod
+    def attach(cls, name: str) -> ControlBlock:
+        """Open an existing block by name from the daemon's side (tools and tests; adoption
+        checks more, see supervisor.adopt). FileNotFoundError if there is none; BlockError if
+        it is not a whole, valid layout-v2 block of this boot."""
+        try:
+            fd = os.open(SHM_DIR + name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileNotFoundError(2, f"control block {name} does not exist") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < BLOCK_SIZE:
+                raise BlockError(f"control block {name}: size is {size} bytes, expected at "
+                                 f"least {BLOCK_SIZE} (truncated, or not a pyvisor block)")
+            return cls.open_existing(name, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def has_status(self) -> bool:
+        """Whether the status page could be opened (when adopting, it may be gone)."""
+        return self._sfd is not None
+
+    def intact(self) -> bool:
+        """Whether the ctl page still has its full size (stores are safe)."""
+        try:
+            return os.fstat(self._fd).st_size >= BLOCK_SIZE
+        except (OSError, ValueError):
+            return False
+
+    def close(self) -> None:
+        """Unmap and close (idempotent). BufferError while a wait on the block is in flight."""
+        if not self.view.closed:
+            self.view.close()
+        if not self._mm.closed:
+            self._mm.close()
+        for fd in (self._fd, self._sfd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self._fd, self._sfd = -1, None
+
+    @property
+    def closed(self) -> bool:
+        return self.view.closed
+
+    def unlink(self) -> None:
+        """Remove both names from /dev/shm (a missing name is fine)."""
+        unlink_name(self.name)
+        if status_name_ok(self.name, self.status_name):
+            unlink_name(self.status_name)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ControlBlock {self.name}{' closed' if self.closed else ''}>"
+
+    # -- the ctl page (the daemon's) -------------------------------------------------------
+
+    def post_command(self, cmd: int, deadline_ns: int = 0) -> int:
+        """Post a command (args first, then the cmd word seq_cst, then a wake); new seq.
+        A ctl page that is no longer whole is left alone (0): the worker broke it."""
+        if not 0 <= cmd <= 0xFF:
+            raise ValueError(f"command {cmd} out of range 0..255")
+        if not self.intact():
+            return 0
+        v = self.view
+        v.store_u64(OFF_DEADLINE, deadline_ns)
+        seq = ((v.load_u32(OFF_CMD) >> 8) + 1) & SEQ_MASK
+        v.store_u32_seq_cst(OFF_CMD, (seq << 8) | cmd)
+        v.wake(OFF_CMD)
+        return seq
+
+    def set_spawned(self, pid: int, start_ticks: int, incarnation: int,
+                    config_hash: int = 0, uid: int = 0, pgid: int = 0) -> None:
+        """Record the identity of the process spawned for this block (adoption believes only
+        this)."""
+        if not self.intact():
+            return
+        v = self.view
+        v.store_u64(OFF_CONFIG_HASH, config_hash)
+        v.store_u64(OFF_INCARNATION, incarnation)
+        v.store_u64(OFF_SPAWNED_START, start_ticks)
+        v.store_u32(OFF_SPAWNED_UID, uid)
+        v.store_u32(OFF_SPAWNED_PGID, pgid)
+        v.store_u32(OFF_SPAWNED_PID, pid)
+
+    def _ctl(self, off: int, size: int) -> int:
+        if self._fd < 0:
+            raise ValueError(f"control block {self.name} is closed")
+        try:
+            raw = os.pread(self._fd, size, off)
+        except (OSError, ValueError):
+            return 0
+        return int.from_bytes(raw, "little") if len(raw) == size else 0
+
+    @property
+    def slot(self) -> int:
+        return self._ctl(OFF_SLOT, 4)
+
+    @property
+    def boot_id(self) -> bytes:
+        try:
+            return os.pread(self._fd, 16, OFF_BOOT_ID)
+        except OSError:
+            return b""
+
+    @property
+    def supervisor_pid(self) -> int:
+        return self._ctl(OFF_SUPERVISOR_PID, 4)
+
+    @property
+    def spawned_pid(self) -> int:
+        return self._ctl(OFF_SPAWNED_PID, 4)
+
+    @property
+    def spawned_start_ticks(self) -> int:
+        return self._ctl(OFF_SPAWNED_START, 8)
+
+    @property
+    def spawned_uid(self) -> int:
+        return self._ctl(OFF_SPAWNED_UID, 4)
+
+    @property
+    def spawned_pgid(self) -> int:
+        return self._ctl(OFF_SPAWNED_PGID, 4)
+
+    @property
+    def config_hash(self) -> int:
+        return self._ctl(OFF_CONFIG_HASH, 8)
+
+    @property
+    def incarnation(self) -> int:
+        return self._ctl(OFF_INCARNATION, 8)
+
+    @property
+    def epoch(self) -> int:
+        return self._ctl(OFF_EPOCH, 8)
+
+    @property
+    def deadline_ns(self) -> int:
+        return self._ctl(OFF_DEADLINE, 8)
+
+    @property
+    def cmd(self) -> tuple[int, int]:
+        """(seq, cmd) of the command word."""
+        w = self._ctl(OFF_CMD, 4)
+        return w >> 8, w & 0xFF
+
+    # -- the status page (the worker's; pread only, every value range-checked) ---------------
+
+    def _status(self, off: int, size: int) -> bytes:
+        if self._sfd is None:
+            return b""
+        try:
+            raw = os.pread(self._sfd, size, off)
+        except (OSError, ValueError):
+            return b""
+        return raw if len(raw) == size else b""
+
+    def _snum(self, off: int, size: int) -> int:
+        return int.from_bytes(self._status(off, size) or bytes(size), "little")
+
+    @property
+    def ack(self) -> tuple[int, int]:
+        """(acked_seq, state) of the ack word; (0, ST_INIT) when unknown or garbage."""
+        w = self._snum(SOFF_ACK, 4)
+        return (w >> 8, w & 0xFF) if (w & 0xFF) in STATE_NAMES else (0, ST_INIT)
+
+    @property
+    def pid(self) -> int:
+        """The pid the worker published when it attached; 0 when unknown or out of range."""
+        p = self._snum(SOFF_PID, 4)
+        return p if 1 <= p <= PID_MAX else 0
+
+    @property
+    def start_ticks(self) -> int:
+        return self._snum(SOFF_START_TICKS, 8)
+
+    @property
+    def heartbeat_ns(self) -> int:
+        """Monotonic ns of the last heartbeat; 0 when unknown or in the future."""
+        hb = self._snum(SOFF_HEARTBEAT, 8)
+        return hb if hb <= time.monotonic_ns() else 0
+
+    @property
+    def work_done(self) -> int:
+        return self._snum(SOFF_WORK_DONE, 8)
+
+    @property
+    def busy_since_ns(self) -> int:
+        t = self._snum(SOFF_BUSY_SINCE, 8)
+        return t if t <= time.monotonic_ns() else 0
+
+    def read_exit(self) -> ExitRecord | None:
+        """The exit record, or None if none was written, the page is gone or garbage, or the
+        seqlock does not settle within a bounded number of tries."""
+        for _ in range(100):
+            raw = self._status(SOFF_EXIT_SEQ, 24)
+            if not raw:
+                return None
+            s1 = _u32(raw, 0)
+            if s1 & 1:
+                os.sched_yield()
+                continue
+            if self._status(SOFF_EXIT_SEQ, 4) != raw[:4]:
+                continue
+            status = _to_i32(_u32(raw, SOFF_EXIT_STATUS - SOFF_EXIT_SEQ))
+            t = _u64(raw, SOFF_EXIT_TIME - SOFF_EXIT_SEQ)
+            source = _u32(raw, SOFF_EXIT_SOURCE - SOFF_EXIT_SEQ)
+            if source != EXIT_SRC_WORKER or not -64 <= status <= 255:
+                return None
+            return ExitRecord(status, t, source)
+        return None
+
+
