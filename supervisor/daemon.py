@@ -23,18 +23,19 @@ from supervisor import paths, safefs
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.control.handlers import Handlers
 from supervisor.control.protocol import BAD_CONFIG, OK, Reply
-from supervisor.control.server import ControlServer
+from supervisor.control.server import ControlServer, ServerError
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
 from supervisor.reconcile import (
     apply_adoption,
     apply_config,
+    apply_intent,
     load_state,
     restore_state,
     save_state,
 )
-from supervisor.runtime import Runtime
+from supervisor.runtime import Instance, Runtime
 from supervisor.sdnotify import Notifier
 
 EXIT_BAD_CONFIG = 2
@@ -133,9 +134,15 @@ class Daemon:
         # The daemon logs to stderr, which systemd hands to the journal (JOURNAL_STREAM).
         where = ("the daemon log (the systemd journal)" if "JOURNAL_STREAM" in os.environ
                  else "the daemon log (supervisord's stderr)")
-        self.server = ControlServer(self.loop, sup.socket, Handlers(self), mode=sup.socket_mode,
-                                    group=sup.socket_group, log=logger.error, log_where=where)
-        paths.write_locator(config.path, sup.socket, os.getpid())
+        try:
+            self.server = ControlServer(self.loop, sup.socket, Handlers(self),
+                                        mode=sup.socket_mode, group=sup.socket_group,
+                                        log=logger.error, log_where=where)
+            paths.write_locator(config.path, sup.socket, os.getpid())
+        except BaseException:
+            self.runtime.close()      # nothing is running yet: leave nothing behind
+            self.loop.close()
+            raise
         self.leaving = ""       # "shutting down" / "re-executing": see Handlers
         self._shutdown_waiters: list[Callable[[], None]] = []
         self._status_pending = False
@@ -178,13 +185,20 @@ class Daemon:
         rt = self.runtime
         for name in self.config.start_order():
             rt.add_worker(name, self.config.workers[name])
-        adopted = apply_adoption(rt, self.config)
-        restored = restore_state(rt, saved) if saved is not None else set()
+        intent = rt.intent.load()
+        apply_intent(rt, intent)
+        adopted = apply_adoption(rt, self.config, intent)
+        try:
+            restored, pending = restore_state(rt, saved) if saved is not None else (set(), [])
+        except (KeyError, TypeError, ValueError) as e:      # a state file of another version
+            logger.warning(f"cannot use the re-exec state ({type(e).__name__}: {e}); "
+                           "adopting from blocks only")
+            restored, pending = set(), []
         to_start = [i for name in self.config.start_order()
                     for i in rt.instances.values()
-                    if i.worker == name and i.cfg.autostart and i.st.state is State.STOPPED
-                    and i.name not in adopted | restored]
-        rt.request_start(to_start)
+                    if i.worker == name and i.st.state is State.STOPPED
+                    and i.name not in adopted | restored and _wants_start(i)]
+        rt.request_start(to_start + [i for i in pending if i not in to_start])
         autostart = [i for i in rt.instances.values() if i.cfg.autostart]
         logger.info(f"supervisord {os.getpid()} running {self.config.path}: "
                     f"{len(rt.instances)} instances, {len(adopted)} adopted, "
@@ -227,6 +241,7 @@ class Daemon:
         if self.leaving == "shutting down":
             return
         self.leaving = "shutting down"
+        self.runtime.intent.enabled = False   # these stops are the daemon's, not the operator's
         self.notifier.stopping()
         logger.info("shutting down: stopping every worker gracefully")
         self._stop_in_order(list(reversed(self.config.start_order())))
@@ -252,18 +267,21 @@ class Daemon:
 
     def _finish_shutdown(self) -> None:
         logger.info("every worker stopped; supervisord exits")
+        self.runtime.intent.remove()      # an orderly stop: the next start follows the config
         for done in self._shutdown_waiters:
             done()
         self.loop.call_later(0.05, self.loop.stop)   # let the last replies go out
 
     def reexec(self) -> None:
         self.leaving = "re-executing"
+        logger.info("re-executing supervisord in place (same pid; workers keep running)")
+        self.loop.call_later(0.05, self._exec)      # let the reply go out first
+
+    def _exec(self) -> NoReturn:
+        # Saved right before execv, with nothing running in between: a spawn or an exit
+        # handled after an earlier save would be lost (a process the state calls STOPPED).
         state_path = f"{self.config.supervisor.socket}.reexec.json"
         save_state(self.runtime, state_path)
-        logger.info("re-executing supervisord in place (same pid; workers keep running)")
-        self.loop.call_later(0.05, lambda: self._exec(state_path))
-
-    def _exec(self, state_path: str) -> NoReturn:
         self.server.close()
         self.runtime.close()
         config_lock, prefix_lock = self.lock_fds
@@ -284,6 +302,12 @@ class Daemon:
         sup = self.config.supervisor
         release_lock(f"{sup.socket}.lock", self.lock_fds[0])
         release_lock(prefix_lock_path(sup.block_prefix), self.lock_fds[1])
+
+
+def _wants_start(inst: Instance) -> bool:
+    """At start-up: the operator's last wish if the previous daemon recorded one, else the
+    config's autostart."""
+    return inst.st.wanted if inst.st.wanted is not None else inst.cfg.autostart
 
 
 def _load_saved(path: str | None) -> dict[str, Any] | None:
@@ -328,8 +352,10 @@ def main(config_path: str, check: bool, reexec_state: str | None, lock_fd: int |
         sys.exit(EXIT_LOCKED)
     try:
         daemon = Daemon(config, (fd, prefix_fd))
-    except OSError as e:
+    except (OSError, ServerError) as e:
         click.echo(f"supervisord: cannot start: {e}", err=True)
+        release_lock(f"{config.supervisor.socket}.lock", fd)
+        release_lock(prefix_lock_path(config.supervisor.block_prefix), prefix_fd)
         sys.exit(1)
     try:
         daemon.start(_load_saved(reexec_state))

@@ -56,29 +56,39 @@ def open_output(path: str, owner: tuple[int, int] | None = None) -> int:
     """Open (creating it and its directory) an output file for a worker to append to; never
     through a planted symlink, never a FIFO or device (see safefs). The caller closes it.
 
-    ``owner`` (uid, gid): the file of a worker run as another user. The daemon still opens
-    it (never the user, through a directory the user may control) and then hands it over on
-    the open fd: owned by uid:gid, mode 0600, readable by that user alone (0640 would let
-    everyone in its primary group read it, and that group can be a shared one given with
-    ``group:``). An existing file is handed over too, so a changed ``user:`` takes it along;
-    rotation backups copy the live file's owner and mode."""
-    fd = safefs.open_append(path, 0o640 if owner is None else 0o600)
-    if owner is not None:
-        try:
+    A log file is its worker's: created here for it, or already owned by the uid the worker
+    runs as (root's for a worker without ``user:``). Anything else is refused, so nobody can
+    get another file handed over by putting it (another worker's log, the config) at the
+    path. ``owner`` (uid, gid): a worker run as another user; a file made for it is chown'ed
+    on the open fd, mode 0600 (0640 would let its group read it, and ``group:`` may be a
+    shared one). Rotation backups copy the live file's owner and mode."""
+    fd, created = safefs.open_append(path, 0o640 if owner is None else 0o600)
+    try:
+        uid = os.geteuid() if owner is None else owner[0]
+        if not created and os.fstat(fd).st_uid != uid:
+            raise safefs.UnsafePathError(path, (
+                f"is owned by uid {os.fstat(fd).st_uid}, not by the worker's uid {uid}; it was "
+                "not made for this worker (remove it, or give the worker a file of its own)"))
+        if owner is not None and created:
             os.fchown(fd, *owner)
-            os.fchmod(fd, 0o600)
-        except BaseException:
-            os.close(fd)
-            raise
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+# A backup holds at most this much of the live file's end: a worker can make its log any size
+# (ftruncate on its stdout), and the copy runs on the daemon's loop.
+MAX_BACKUP_COPY = 64 * 1024 * 1024
 
 
 def rotate_if_larger(path: str, max_bytes: int, backups: int) -> None:
     """If path holds more than max_bytes: copy it to path.1 (shifting older backups up to
     path.<backups>), then truncate it in place. All through one directory fd, and no link is
-    followed. A backup gets the live file's owner and mode. When the copy fails (a full disk)
-    the partial backup is removed and the file is truncated all the same: losing old output
-    beats losing all new output."""
+    followed. A backup gets the live file's owner and mode, and at most the last
+    max(2 * max_bytes, MAX_BACKUP_COPY) bytes. When the backup cannot be made (a full disk,
+    something planted where a backup goes) what was made of it is removed and the file is
+    truncated all the same: losing old output beats losing all new output."""
     dfd = safefs.open_dir(os.path.dirname(os.path.abspath(path)))
     try:
         name = os.path.basename(path)
@@ -87,15 +97,16 @@ def rotate_if_larger(path: str, max_bytes: int, backups: int) -> None:
             st = os.fstat(fd)
             if st.st_size <= max_bytes:
                 return
-            failed = _backup(dfd, name, fd, st, backups) if backups > 0 else None
+            failed = (_backup(dfd, name, fd, st, backups, max(2 * max_bytes, MAX_BACKUP_COPY))
+                      if backups > 0 else None)
             os.ftruncate(fd, 0)
         finally:
             os.close(fd)
     finally:
         os.close(dfd)
     if failed is not None:
-        raise OSError(failed.errno, f"could not keep a backup ({failed.strerror}); truncated "
-                                    "it anyway so that new output is kept")
+        raise OSError(failed.errno, f"could not keep a backup ({failed}); truncated it anyway "
+                                    "so that new output is kept")
 
 
 def _exists(dfd: int, name: str) -> bool:
@@ -106,26 +117,35 @@ def _exists(dfd: int, name: str) -> bool:
     return True
 
 
-def _backup(dfd: int, name: str, fd: int, st: os.stat_result, backups: int) -> OSError | None:
+def _backup(dfd: int, name: str, fd: int, st: os.stat_result, backups: int,
+            most: int) -> OSError | None:
     """Shift name.1.. up by one (only the ones that exist: a huge ``backups`` costs nothing)
-    and copy fd to a new name.1. Returns the error of a failed copy (the partial copy is gone)."""
-    first_free = 1
-    while first_free < backups and _exists(dfd, f"{name}.{first_free}"):
-        first_free += 1
-    for i in range(first_free - 1, 0, -1):
-        os.rename(f"{name}.{i}", f"{name}.{i + 1}", src_dir_fd=dfd, dst_dir_fd=dfd)
-    backup = f"{name}.1"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(backup, dir_fd=dfd)     # backups == 1, or one planted since the shift
-    out = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                  0o600, dir_fd=dfd)
+    and copy the last ``most`` bytes of fd to a new name.1. Returns what went wrong (nothing
+    half-made is left), never raises OSError."""
+    try:
+        first_free = 1
+        while first_free < backups and _exists(dfd, f"{name}.{first_free}"):
+            first_free += 1
+        for i in range(first_free - 1, 0, -1):
+            os.rename(f"{name}.{i}", f"{name}.{i + 1}", src_dir_fd=dfd, dst_dir_fd=dfd)
+        backup = f"{name}.1"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(backup, dir_fd=dfd)     # backups == 1, or one planted since the shift
+        out = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    except OSError as e:
+        return e
     try:
         if os.geteuid() == 0:
             os.fchown(out, st.st_uid, st.st_gid)
         os.fchmod(out, stat.S_IMODE(st.st_mode))
-        remaining, offset = st.st_size, 0
+        offset = max(0, st.st_size - most)
+        if offset:
+            os.write(out, f"[pyvisor: the first {offset} bytes of this log were not kept]\n"
+                     .encode())
+        remaining = st.st_size - offset
         while remaining > 0:
-            n = os.copy_file_range(fd, out, remaining, offset, 0)
+            n = os.copy_file_range(fd, out, remaining, offset)   # out: its own position
             if n == 0:
                 break
             remaining -= n

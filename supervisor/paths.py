@@ -24,13 +24,23 @@ ENV_CONFIG = "PYVISOR_CONFIG"
 
 
 def runtime_dir() -> str:
-    """/run/pyvisor for root, else $XDG_RUNTIME_DIR/pyvisor, else /tmp/pyvisor-UID."""
-    if os.geteuid() == 0:
+    """/run/pyvisor for root, else $XDG_RUNTIME_DIR/pyvisor, else /tmp/pyvisor-UID -- unless
+    someone else already made that (anyone can, in /tmp): then ~/.local/state/pyvisor."""
+    uid = os.geteuid()
+    if uid == 0:
         return "/run/pyvisor"
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
         return os.path.join(xdg, "pyvisor")
-    return f"/tmp/pyvisor-{os.geteuid()}"
+    tmp = f"/tmp/pyvisor-{uid}"
+    try:
+        squatted = os.lstat(tmp).st_uid != uid
+    except OSError:
+        squatted = False
+    home = os.environ.get("HOME", "")
+    if squatted and os.path.isabs(home):
+        return os.path.join(home, ".local", "state", "pyvisor")
+    return tmp
 
 
 def config_key(config_path: str) -> str:

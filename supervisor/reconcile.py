@@ -20,16 +20,31 @@ from loguru import logger
 from supervisor import core, safefs
 from supervisor.adopt import Found, scan
 from supervisor.config import Config
-from supervisor.core import NO_PROCESS, InstanceState, State, TimerKind
+from supervisor.core import NO_PROCESS, InstanceState, State, StopInFlight, TimerKind
 from supervisor.runtime import Instance, Runtime, config_hash
 from supervisor.runtime.exits import exit_status_from_record
+from supervisor.runtime.intent import stop_of, wanted_of
 from worker import block as blk
 
 
-def apply_adoption(rt: Runtime, config: Config) -> set[str]:
-    """Adopt every verified live worker; returns the names of instances now accounted for."""
+def apply_intent(rt: Runtime, intent: dict[str, dict[str, Any]]) -> None:
+    """Before anything starts: the operator's last wish for each instance, as the previous
+    daemon recorded it."""
+    for name, rec in intent.items():
+        inst = rt.instances.get(name)
+        wanted = wanted_of(rec)
+        if inst is not None and wanted is not None:
+            rt.restore_intent(inst, wanted)
+
+
+def apply_adoption(rt: Runtime, config: Config,
+                   intent: dict[str, dict[str, Any]] | None = None) -> set[str]:
+    """Adopt every verified live worker; returns the names of instances now accounted for.
+    A stop in flight is carried on with its kind and deadline (from the intent record, else
+    from the ctl page's command word, which only the daemon writes)."""
     accounted: set[str] = set()
     now = rt.now()
+    intent = intent or {}
     for f in scan(config.supervisor.block_prefix):
         inst = rt.instance_named(f.instance)
         accounted.add(inst.name)
@@ -39,14 +54,18 @@ def apply_adoption(rt: Runtime, config: Config) -> set[str]:
             continue
         assert f.pidfd is not None
         ready = f.ready or (f.block.pid == 0 and now - f.started_at >= inst.policy.start_seconds)
-        rt.adopt(inst, f.pid, f.pidfd, f.block, f.child, ready, f.started_at)
+        stop = stop_of(intent.get(inst.name, {}))
+        _seq, cmd = f.block.cmd
+        if stop is None and cmd == blk.CMD_STOP_GRACEFUL:
+            stop = StopInFlight(graceful=True, deadline=f.block.deadline_ns / 1e9)
+        rt.adopt(inst, f.pid, f.pidfd, f.block, f.child, ready, f.started_at, stop)
         logger.info(f"{inst.name} adopted pid {f.pid} "
                     f"({'child, re-exec' if f.child else 'after a daemon restart'})")
-        _seq, cmd = f.block.cmd
-        if cmd == blk.CMD_STOP_GRACEFUL:
-            # the block remembers a graceful stop in flight: carry on with it, same deadline
+        if stop is not None:
             logger.info(f"{inst.name} was being stopped when supervisord went down; carrying on")
-            rt.continue_graceful_stop(inst, f.block.deadline_ns / 1e9)
+        elif inst.st.wanted is False:
+            logger.info(f"{inst.name} was asked to stop before supervisord went down; stopping it")
+            rt.request_stop([inst], graceful=True)
         elif inst.removed:
             logger.info(f"{inst.name} is no longer configured; stopping it")
             rt.request_stop([inst], graceful=True)
@@ -157,9 +176,11 @@ def load_state(path: str) -> dict[str, Any]:
     return doc
 
 
-def restore_state(rt: Runtime, saved: dict[str, Any]) -> set[str]:
-    """Put back what a re-exec saved; returns the names of the instances restored."""
+def restore_state(rt: Runtime, saved: dict[str, Any]) -> tuple[set[str], list[Instance]]:
+    """Put back what a re-exec saved. Returns the names of the instances restored, and the
+    instances whose spawn was still queued when the state was saved (to be started)."""
     restored: set[str] = set()
+    pending: list[Instance] = []
     for name, rec in saved.get("instances", {}).items():
         inst = rt.instances.get(name)
         if inst is None:
@@ -168,10 +189,14 @@ def restore_state(rt: Runtime, saved: dict[str, Any]) -> set[str]:
         st["state"] = State(st["state"])
         st["timers"] = frozenset(TimerKind(k) for k in st["timers"])
         st["last_exit"] = core.ExitStatus(**st["last_exit"]) if st["last_exit"] else None
+        st["recent_crashes"] = tuple(st.get("recent_crashes", ()))
+        if st["state"] is State.STARTING and st["pid"] is None and inst.pidfd is None:
+            pending.append(inst)     # Spawn was queued, not carried out: start it here
+            continue
         if st["state"] not in NO_PROCESS and st["state"] is not State.BACKOFF and (
                 inst.pidfd is None):
             continue   # its process is gone: adoption already handled it
         rt.restore(inst, InstanceState(**st), rec["incarnation"],
                    {TimerKind(k): when for k, when in rec["deadlines"].items()})
         restored.add(name)
-    return restored
+    return restored, pending

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import os
 import stat
+import struct
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 16     # symlinks followed in one walk (the kernel's ELOOP limit is 40)
@@ -49,21 +50,48 @@ def _trusted_uid(uid: int) -> bool:
     return uid == 0 or uid == os.geteuid()
 
 
-def _others_can_write(st: os.stat_result) -> bool:
+_ACL_USER, _ACL_GROUP, _ACL_WRITE = 0x02, 0x08, 0x02
+_ACL_ENTRY = struct.Struct("<HHI")      # tag, perm, id (after a 4-byte version header)
+
+
+def _others_can_write(st: os.stat_result, fd: int) -> bool:
     """Can anyone but root and the owner add, remove or rename entries of this directory?
-    Group-writable counts unless the group is root's or ours."""
+    Group-writable counts unless the group is root's (a group of the daemon's may have other
+    members); so does a POSIX ACL entry that gives write to a named user or group."""
     if st.st_mode & stat.S_IWOTH:
         return True
-    return bool(st.st_mode & stat.S_IWGRP) and st.st_gid not in (0, os.getegid())
+    if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+        return True
+    try:
+        acl = os.getxattr(fd, "system.posix_acl_access")
+    except OSError:
+        return False          # no ACL (ENODATA), or none supported here
+    for off in range(4, len(acl) - _ACL_ENTRY.size + 1, _ACL_ENTRY.size):
+        tag, perm, ident = _ACL_ENTRY.unpack_from(acl, off)
+        if tag in (_ACL_USER, _ACL_GROUP) and perm & _ACL_WRITE and ident != 0 and not (
+                tag == _ACL_USER and ident == os.geteuid()):
+            return True
+    return False
+
+
+def _safe_ancestor(st: os.stat_result, fd: int) -> bool:
+    """A directory on the way to one the daemon trusts: nobody else can swap what is in it
+    (owned by root or us, and writable by others only if sticky, like /tmp)."""
+    return _trusted_uid(st.st_uid) and (
+        bool(st.st_mode & stat.S_ISVTX) or not _others_can_write(st, fd))
 
 
 def _describe_owner(st: os.stat_result) -> str:
     return f"owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
 
 
-def open_dir(path: str, create: bool = False, mode: int = 0o755) -> int:
+def open_dir(path: str, create: bool = False, mode: int = 0o755,
+             chain: bool = False) -> int:
     """An fd of the directory ``path`` (absolute, or taken from the cwd), walked by rule 1 and
-    2; missing directories are made (``mode``) when ``create``. The caller closes it."""
+    2; missing directories are made (``mode``) when ``create``. ``chain``: every directory on
+    the way must be one nobody else can swap entries of (_safe_ancestor), so that the path
+    keeps meaning this directory for path-based calls (bind, chown) later. The caller closes
+    it."""
     path = os.path.abspath(path)
     parts = [p for p in path.split("/") if p]
     fd = os.open("/", _DIR_FLAGS)
@@ -91,7 +119,7 @@ def open_dir(path: str, create: bool = False, mode: int = 0o755) -> int:
                     raise UnsafePathError(here, "is not a directory") from None
                 parent = os.fstat(fd)
                 if not _trusted_uid(st.st_uid) or not _trusted_uid(parent.st_uid) or (
-                        _others_can_write(parent)):
+                        _others_can_write(parent, fd)):
                     raise UnsafePathError(here, (
                         f"is a symbolic link that another user could have planted (link "
                         f"owned by uid {st.st_uid}, in a directory {_describe_owner(parent)}); "
@@ -109,6 +137,11 @@ def open_dir(path: str, create: bool = False, mode: int = 0o755) -> int:
             os.close(fd)
             fd = nfd
             walked = here
+            if chain and parts and not _safe_ancestor(os.fstat(fd), fd):
+                raise UnsafePathError(walked, (
+                    f"is {_describe_owner(os.fstat(fd))}: another user could swap what is in "
+                    "it; use a path whose every directory only root or uid "
+                    f"{os.geteuid()} can change"))
         return fd
     except BaseException:
         os.close(fd)
@@ -135,26 +168,44 @@ def _check_regular(fd: int, path: str) -> os.stat_result:
     return st
 
 
-def open_append(path: str, mode: int = 0o640, dir_mode: int = 0o755) -> int:
-    """Open (creating, and making its directory) a file to append to, by the rules above.
-    The fd is blocking again when returned (it is handed to a worker). The caller closes it."""
+def open_append(path: str, mode: int = 0o640, dir_mode: int = 0o755) -> tuple[int, bool]:
+    """Open (creating, and making its directory) a file to append to, by the rules above:
+    (fd, whether this call created it). The fd is blocking again when returned (it is handed
+    to a worker). Files of /proc and /sys are refused. The caller closes it."""
     dfd = open_dir(os.path.dirname(os.path.abspath(path)), create=True, mode=dir_mode)
+    name = os.path.basename(path)
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+             | os.O_NOCTTY)
     try:
-        fd = os.open(os.path.basename(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                     | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, mode,
-                     dir_fd=dfd)
+        try:
+            fd, created = os.open(name, flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=dfd), True
+        except FileExistsError:
+            fd, created = os.open(name, flags, dir_fd=dfd), False
     except OSError as e:
         _refuse_special(e, path)
         raise
     finally:
         os.close(dfd)
     try:
-        _check_regular(fd, path)
+        st = _check_regular(fd, path)
+        if st.st_dev in _kernel_filesystems():
+            raise UnsafePathError(path, "is a file of /proc or /sys, not a log file")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, created
+
+
+_KERNEL_FS: set[int] = set()
+
+
+def _kernel_filesystems() -> set[int]:
+    if not _KERNEL_FS:
+        for where in ("/proc", "/sys"):
+            with contextlib.suppress(OSError):
+                _KERNEL_FS.add(os.stat(where).st_dev)
+    return _KERNEL_FS
 
 
 def open_existing(dfd: int, name: str, path: str, flags: int = os.O_RDONLY) -> int:
@@ -198,7 +249,7 @@ def private_dir(path: str, create: bool = True) -> int:
     """An fd of a directory only we use: made 0700 when missing, else it must be ours
     (owner = euid) and nobody else may write it. The caller closes it."""
     path = os.path.abspath(path)
-    parent = open_dir(os.path.dirname(path), create=create, mode=0o755)
+    parent = open_dir(os.path.dirname(path), create=create, mode=0o755, chain=True)
     try:
         name = os.path.basename(path)
         if create:
@@ -214,11 +265,15 @@ def private_dir(path: str, create: bool = True) -> int:
     finally:
         os.close(parent)
     st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    if st.st_uid != os.geteuid():
         os.close(fd)
-        raise UnsafePathError(path, f"is {_describe_owner(st)}, not a directory of uid "
-                                    f"{os.geteuid()} that only it can write; remove it (another "
-                                    "user may have made it)")
+        raise UnsafePathError(path, f"is {_describe_owner(st)}: another user made it, so it "
+                                    "cannot be ours; set XDG_RUNTIME_DIR to a directory of "
+                                    f"uid {os.geteuid()} (or have root remove it)")
+    if st.st_mode & 0o022 or _others_can_write(st, fd):
+        os.close(fd)
+        raise UnsafePathError(path, f"is {_describe_owner(st)}: others can write it; make it "
+                                    f"0700 (chmod 700 {path})")
     return fd
 
 
@@ -226,9 +281,9 @@ def trusted_dir(path: str, create: bool = False) -> int:
     """An fd of a directory that only root or our euid can change (where the daemon keeps its
     socket, lock and re-exec state); UnsafePathError for one that others can write (such as
     /tmp), since they could plant links or files under the names the daemon uses."""
-    fd = open_dir(path, create=create, mode=0o700)
+    fd = open_dir(path, create=create, mode=0o700, chain=True)
     st = os.fstat(fd)
-    if not _trusted_uid(st.st_uid) or _others_can_write(st):
+    if not _trusted_uid(st.st_uid) or _others_can_write(st, fd):
         os.close(fd)
         raise UnsafePathError(path, f"is {_describe_owner(st)}: other users can write it; put "
                                     f"the control socket in a directory only uid "

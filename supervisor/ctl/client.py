@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -81,7 +82,10 @@ def not_running(config: str) -> CtlError:
 def socket_path(session: Session) -> str:
     """The daemon's socket for the session's config; CtlError(NOT_RUNNING) without a locator."""
     shown, config = session.config_file()
-    doc = paths.read_locator(config)
+    try:
+        doc = paths.read_locator(config)
+    except OSError as e:    # the runtime directory or the locator is not ours
+        raise CtlError(ERROR, f"supervisorctl: cannot trust the locator of {shown}: {e}") from None
     sock = doc.get("socket") if doc is not None else None
     if not isinstance(sock, str) or not sock:
         raise not_running(shown)
@@ -131,6 +135,7 @@ def exchange(
             ) from None
         except OSError as e:
             raise _os_error(path, e) from None
+        _check_peer(sock, path)
         deadline = None if timeout is None else time.monotonic() + timeout
         data = encode_request(payload)
         try:
@@ -143,6 +148,19 @@ def exchange(
         return _read_reply(sock, deadline, timeout, shown_config)
     finally:
         sock.close()
+
+
+def _check_peer(sock: socket.socket, path: str) -> None:
+    """Talk only to a daemon of root or of our own uid: a process of another user that put
+    its own socket at the path (or behind a swapped directory) must not be believed."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError as e:
+        raise CtlError(ERROR, f"supervisorctl: cannot tell who serves {path}: {e}") from None
+    if uid not in (0, os.geteuid()):
+        raise CtlError(ERROR, f"supervisorctl: {path} is served by uid {uid}, neither root nor "
+                              "you; refusing to talk to it (someone else's socket?)")
 
 
 def _read_reply(

@@ -15,12 +15,14 @@ from typing import BinaryIO
 
 import click
 
+from supervisor import safefs
 from supervisor.control.protocol import ERROR, OK
 from supervisor.ctl import client
 from supervisor.ctl.targets import TARGET
 
 POLL_INTERVAL = 0.2
 _CHUNK = 8192
+MAX_LOOK_BACK = 1 << 20     # bytes read back at most for the last lines (a huge file, no newlines)
 
 
 @click.command("tail")
@@ -63,15 +65,17 @@ def last_lines(f: BinaryIO, n: int) -> bytes:
     end = f.seek(0, os.SEEK_END)
     if n == 0:
         return b""
-    pos, data = end, b""
-    while pos > 0:
+    pos, chunks, newlines = end, [], 0
+    while pos > 0 and end - pos < MAX_LOOK_BACK:
         step = min(_CHUNK, pos)
         pos -= step
         f.seek(pos)
-        data = f.read(step) + data
-        body = data[:-1] if data.endswith(b"\n") else data
-        if body.count(b"\n") >= n:
+        chunk = f.read(step)
+        chunks.append(chunk)
+        newlines += chunk.count(b"\n")
+        if newlines > n:
             break
+    data = b"".join(reversed(chunks))
     f.seek(end)
     return b"".join(data.splitlines(keepends=True)[-n:])
 
@@ -117,10 +121,18 @@ def _follow_step(path: str, f: BinaryIO, out: BinaryIO) -> BinaryIO | None:
 
 
 def _open(path: str) -> BinaryIO | None:
+    """The log file, opened as safely as the daemon opens it (supervisorctl often runs as
+    root, and the log directory may be the worker's): never through a planted link, never a
+    FIFO (which would hang) or a device."""
     try:
-        return open(path, "rb")  # closed by the follow loop
+        dfd = safefs.open_dir(os.path.dirname(os.path.abspath(path)))
+        try:
+            fd = safefs.open_existing(dfd, os.path.basename(path), path)
+        finally:
+            os.close(dfd)
     except FileNotFoundError:
         return None
+    return os.fdopen(fd, "rb")  # closed by the follow loop
 
 
 def _copy(f: BinaryIO, out: BinaryIO) -> None:

@@ -110,21 +110,33 @@ class Reaper:
                 inst.popen.returncode = res.si_status   # keep subprocess from waiting on it
             self._exited(inst, status)
 
-    def _adopted_exit(self, inst: Instance, tries: int = 0) -> None:
-        """An adopted process ended. Its exit record (if the worker wrote one) comes first;
-        PIDFD_INFO_EXIT appears only once its parent (init) has reaped it, so look again a
-        few times before settling for "unknown"."""
-        if inst.pidfd is not None and tries == 0:
+    def _adopted_exit(self, inst: Instance) -> None:
+        """An adopted process ended: the core hears it at once (no more stop escalations for
+        a process that is gone). Its status: the worker's exit record if it wrote one, else
+        PIDFD_INFO_EXIT -- which appears only once its parent (init) has reaped it, so it is
+        looked for again a few times and, when found, reported as ExitStatusLearned."""
+        if inst.pidfd is not None:
             self.rt.loop.remove(inst.pidfd)   # stays readable: don't spin on it
         rec = inst.block.read_exit() if inst.block is not None else None
         status = exit_status_from_record(rec) if rec is not None else None
-        if status is None and inst.pidfd is not None:
-            status = pidfd_exit_status(inst.pidfd)
-            if status is None and tries < 8:     # 10 ms, 20 ms, ... 1.3 s in all
-                self.rt.loop.call_later(0.01 * 2 ** tries,
-                                        lambda: self._adopted_exit(inst, tries + 1))
-                return
+        pidfd = os.dup(inst.pidfd) if status is None and inst.pidfd is not None else None
+        if status is None and pidfd is not None:
+            status = pidfd_exit_status(pidfd)
         self._exited(inst, status or core.ExitStatus(source="unknown"))
+        if status is None and pidfd is not None:
+            self._learn_status(inst, pidfd, 0)
+        elif pidfd is not None:
+            os.close(pidfd)
+
+    def _learn_status(self, inst: Instance, pidfd: int, tries: int) -> None:
+        status = pidfd_exit_status(pidfd)
+        if status is None and tries < 8:         # 10 ms, 20 ms, ... 1.3 s in all
+            self.rt.loop.call_later(0.01 * 2 ** tries,
+                                    lambda: self._learn_status(inst, pidfd, tries + 1))
+            return
+        os.close(pidfd)
+        if status is not None:
+            self.rt.dispatch(inst, core.ExitStatusLearned(self.rt.now(), status))
 
     def _exited(self, inst: Instance, status: core.ExitStatus) -> None:
         pid = inst.st.pid

@@ -28,6 +28,7 @@ from supervisor.loop import Loop
 from supervisor.names import instance_name, split_instance_name
 from supervisor.runtime.exits import Reaper
 from supervisor.runtime.instance import Instance, Waiter
+from supervisor.runtime.intent import Intent
 from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
 from supervisor.runtime.trees import Trees
@@ -59,6 +60,7 @@ class Runtime:
         self.spawner = Spawner(self)
         self.readiness = Readiness(self, notify_path)
         self.trees = Trees(self, config.supervisor.cgroups)
+        self.intent = Intent(self, config.supervisor.block_prefix)
 
     # -- the set of instances -----------------------------------------------------------------
     def set_config(self, config: Config) -> None:
@@ -199,12 +201,19 @@ class Runtime:
 
     # -- what an earlier daemon left running --------------------------------------------------
     def adopt(self, inst: Instance, pid: int, pidfd: int, block: blk.ControlBlock, child: bool,
-              ready: bool, started_at: float) -> None:
-        """A verified live process of inst, found at start-up: watch it and tell the core."""
+              ready: bool, started_at: float, stop: core.StopInFlight | None = None) -> None:
+        """A verified live process of inst, found at start-up: watch it (exit, tree, log
+        rotation, as a process we spawned) and tell the core, with the stop in flight if the
+        previous daemon had begun one."""
         inst.block, inst.child = block, child
         self.reaper.watch(inst, pid, pidfd)
         self.trees.adopt(inst, pid)
-        self.dispatch(inst, core.Adopted(self.now(), pid, ready, started_at))
+        self.watch_logs(inst)
+        self.dispatch(inst, core.Adopted(self.now(), pid, ready, started_at, stop))
+
+    def restore_intent(self, inst: Instance, wanted: bool) -> None:
+        """What the operator last asked for inst, as the previous daemon recorded it."""
+        self.dispatch(inst, core.IntentRestored(self.now(), wanted))
 
     def exited_while_away(self, inst: Instance, status: core.ExitStatus,
                           started_at: float) -> None:
@@ -212,15 +221,7 @@ class Runtime:
         if inst.removed:
             self.forget(inst)
             return
-        now = self.now()
-        self.dispatch(inst, core.Adopted(now, 0, True, started_at))
-        self.dispatch(inst, core.Exited(now, status))
-
-    def continue_graceful_stop(self, inst: Instance, deadline: float) -> None:
-        """A graceful stop was in flight when the last daemon went: carry on, same deadline."""
-        self.dispatch(inst, core.StopRequested(self.now(), graceful=True))
-        if TimerKind.GRACEFUL in inst.timers and deadline > self.now():
-            self.arm_timer(inst, TimerKind.GRACEFUL, deadline)
+        self.dispatch(inst, core.ExitedWhileAway(self.now(), status))
 
     def restore(self, inst: Instance, st: InstanceState, incarnation: int,
                 deadlines: Mapping[TimerKind, float]) -> None:
@@ -248,7 +249,7 @@ class Runtime:
         try:
             while self._queue:
                 inst, event = self._queue.popleft()
-                old = inst.st.state
+                old, wanted = inst.st.state, inst.st.wanted
                 try:
                     inst.st, actions = core.step(inst.st, event, inst.policy)
                 except core.TransitionError as e:
@@ -256,6 +257,8 @@ class Runtime:
                     continue
                 for action in actions:
                     self._execute(inst, action, event.now)
+                if inst.st.wanted != wanted or State.STOPPING in (old, inst.st.state):
+                    self.intent.changed()        # what a new daemon must know has changed
                 if inst.st.state is not old:
                     self._on_transition(inst)
         finally:

@@ -1,0 +1,128 @@
+"""What the operator asked for, kept where only the daemon can write it, across its own death.
+
+For each instance the core's ``wanted`` (started / stopped, when the operator said anything)
+and a stop in flight (graceful or not, its deadline, whether a start follows). The file lives
+in the daemon's private runtime directory (safefs.private_dir), is replaced atomically, and is
+written at most once per loop turn however many instances changed. A new daemon reads it
+before it starts anything: a stop you asked for is never followed by a restart, even across a
+SIGKILL of the daemon, and a stop in flight carries on with its original deadline.
+
+A clean shutdown removes the file (the next start follows the config's autostart again, as
+after any orderly stop of a supervisor). A file from another boot is ignored: its monotonic
+deadlines mean nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from supervisor import paths, safefs
+from supervisor.core import State, StopInFlight, TimerKind
+from supervisor.runtime.instance import Instance
+from worker import block as blk
+
+if TYPE_CHECKING:
+    from supervisor.runtime.runtime import Runtime
+
+MAX_INTENT = 64 * 1024 * 1024
+
+
+class Intent:
+    def __init__(self, rt: Runtime, prefix: str) -> None:
+        self.rt = rt
+        self.name = f"intent-{prefix}.json"
+        self.enabled = True
+        self._scheduled = False
+
+    # -- writing ----------------------------------------------------------------------------
+    def changed(self) -> None:
+        """Something the file records changed: write it once this loop turn is over."""
+        if self.enabled and not self._scheduled:
+            self._scheduled = True
+            self.rt.loop.call_later(0, self.write)
+
+    def write(self) -> None:
+        self._scheduled = False
+        if not self.enabled:
+            return
+        doc: dict[str, Any] = {"boot_id": blk.read_boot_id().hex(), "instances": {}}
+        for inst in self.rt.instances.values():
+            rec = _record(inst)
+            if rec:
+                doc["instances"][inst.name] = rec
+        try:
+            dfd = safefs.private_dir(paths.runtime_dir())
+            try:
+                safefs.write_atomic(dfd, self.name, json.dumps(doc).encode())
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            logger.error(f"cannot record what was asked in {self.name}: {e}; a daemon crash "
+                         "now would forget it")
+
+    def remove(self) -> None:
+        self.enabled = False
+        with contextlib.suppress(OSError):
+            dfd = safefs.private_dir(paths.runtime_dir(), create=False)
+            try:
+                os.unlink(self.name, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+
+    # -- reading ----------------------------------------------------------------------------
+    def load(self) -> dict[str, dict[str, Any]]:
+        """The records the previous daemon left ({} when none, or unusable: said why)."""
+        path = os.path.join(paths.runtime_dir(), self.name)
+        try:
+            dfd = safefs.private_dir(paths.runtime_dir(), create=False)
+        except OSError:
+            return {}
+        try:
+            doc = json.loads(safefs.read_small(dfd, self.name, path, MAX_INTENT, os.geteuid()))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, RecursionError) as e:
+            logger.warning(f"ignoring {path}: {e}")
+            return {}
+        finally:
+            os.close(dfd)
+        if not isinstance(doc, dict) or doc.get("boot_id") != blk.read_boot_id().hex():
+            return {}
+        found = doc.get("instances")
+        return {k: v for k, v in found.items() if isinstance(v, dict)} if isinstance(
+            found, dict) else {}
+
+
+def _record(inst: Instance) -> dict[str, Any]:
+    st = inst.st
+    rec: dict[str, Any] = {}
+    if st.wanted is not None:
+        rec["wanted"] = st.wanted
+    if st.state is State.STOPPING and st.pid is not None:
+        graceful = inst.timers.get(TimerKind.GRACEFUL)
+        rec["stop"] = {"graceful": graceful is not None,
+                       "deadline": graceful.when if graceful is not None else 0.0,
+                       "restart": st.restart_after_stop}
+    return rec
+
+
+def wanted_of(rec: dict[str, Any]) -> bool | None:
+    value = rec.get("wanted")
+    return value if isinstance(value, bool) else None
+
+
+def stop_of(rec: dict[str, Any]) -> StopInFlight | None:
+    stop = rec.get("stop")
+    if not isinstance(stop, dict):
+        return None
+    graceful, deadline, restart = stop.get("graceful"), stop.get("deadline"), stop.get("restart")
+    if not isinstance(graceful, bool) or not isinstance(restart, bool) or not isinstance(
+            deadline, int | float) or isinstance(deadline, bool) or not math.isfinite(deadline):
+        return None
+    return StopInFlight(graceful, float(deadline), restart)
