@@ -101,8 +101,10 @@ def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
         raise ConvertError([f"{path}:{e.lineno}: the first setting comes before any [section] "
                             f"header (got {e.line.strip()!r})"]) from None
     except configparser.ParsingError as e:
-        raise ConvertError([f"{path}:{line}: not a 'key = value' line, a [section] header or a "
-                            f"comment (got {text})" for line, text in e.errors]) from None
+        lines = text.splitlines()
+        raise ConvertError([f"{path}:{n}: not a 'key = value' line, a [section] header or a "
+                            f"comment (got {lines[n - 1].strip()!r})" for n, _ in e.errors]
+                           ) from None
     except configparser.Error as e:
         raise ConvertError([f"{path}: {e.message}"]) from None
     return text

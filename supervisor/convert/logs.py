@@ -124,6 +124,7 @@ class Logs:
             self.r.note(option, f"not carried over: {owner} writes that file too, and pyvisor "
                         "gives every worker its own; this one goes to the default log file")
             return None
-        self.claimed.update({f: f"[{self.r.section}] {option}" for f in files})
+        for f in files:
+            self.claimed.setdefault(f, f"[{self.r.section}] {option}")
         return template
 
