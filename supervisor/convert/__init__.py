@@ -46,10 +46,10 @@ def convert(path: str, *, environ: Mapping[str, str] | None = None,
             hostname: str | None = None) -> tuple[str, list[str]]:
     """(YAML text, notes) for the supervisord config at ``path``. ``environ`` (default: this
     process's) is what %(ENV_X)s expands from; ``hostname`` is %(host_node_name)s."""
-    conf = read(path, os.environ if environ is None else environ,
-                platform.node() if hostname is None else hostname)
-    ctx = Context(conf, os.environ if environ is None else environ,
-                  platform.node() if hostname is None else hostname)
+    environ = os.environ if environ is None else environ
+    hostname = platform.node() if hostname is None else hostname
+    ctx = Context(read(path, environ, hostname), environ, hostname)
+    conf = ctx.conf
     settings = sections.supervisord(ctx)
     sections.groups(ctx)
     workers: dict[str, Any] = {}

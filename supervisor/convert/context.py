@@ -58,9 +58,10 @@ class Reader:
 
     def text(self, option: str, names: Mapping[str, object], *,
              literal: Callable[[str], str] | None = None,
-             special: Mapping[str, Special] | None = None) -> str | None:
+             special: Mapping[str, Special] | None = None, carried: bool = True) -> str | None:
         """The option expanded (None when it is not set), with a note for what was expanded
-        from this machine rather than from the file."""
+        from this machine rather than from the file, when the value is ``carried`` into the
+        YAML (an option that is not is still expanded: supervisord would refuse a bad one)."""
         raw = self.raw(option)
         if raw is None:
             return None
@@ -69,6 +70,8 @@ class Reader:
                                  **({"literal": literal} if literal else {}))
         except BadValue as e:
             raise self.fail(option, str(e)) from None
+        if not carried:
+            return value
         from_here = sorted(n for n in used if n.startswith("ENV_")
                            and n[4:] not in self.written_env)
         if from_here:

@@ -22,6 +22,7 @@ from supervisor.convert.context import Context, Reader
 from supervisor.convert.logs import Logs
 from supervisor.convert.values import (
     Ref,
+    Special,
     auto_restart,
     boolean,
     environment,
@@ -120,7 +121,7 @@ class Program:
         logs = Logs(r, self.name, numprocs, per_process)
         worker.update(logs.streams(r.parse("redirect_stderr", names, boolean, False)))
         for option, (default, why) in UNSUPPORTED.items():
-            value = r.text(option, names)
+            value = r.text(option, names, carried=False)
             if value is not None and value.strip().lower() != (default or "").lower():
                 r.note(option, f"not carried over: {why}")
         r.unknown(HANDLED)
@@ -137,7 +138,7 @@ class Program:
             r.note("numprocs_start", f"not carried over: pyvisor numbers instances from 0; "
                    f"%(process_num)d counted from {start}")
 
-    def _keep(self, option: str, numprocs: int) -> dict[str, Any] | None:
+    def _keep(self, option: str, numprocs: int) -> dict[str, Special] | None:
         """For numprocs > 1: leave %(process_num)... as written, and say why once."""
         if numprocs == 1:
             return None

@@ -78,7 +78,7 @@ def supervisord(ctx: Context) -> dict[str, Any]:
         r.note("nodaemon", "not carried over: pyvisor always runs in the foreground (under "
                "systemd, or with nohup ... &)")
     for option, why in SUPERVISORD.items():
-        if r.text(option, names) is not None:
+        if r.text(option, names, carried=False) is not None:
             r.note(option, f"not carried over: {why}")
     r.unknown({"environment", "childlogdir", "loglevel", "nodaemon", *SUPERVISORD})
     return out
@@ -92,8 +92,8 @@ def groups(ctx: Context) -> None:
             continue
         r = Reader(ctx, section)
         group = section.split(":", 1)[1].strip()
-        members = [p.strip() for p in (r.text("programs", ctx.names()) or "").split(",")
-                   if p.strip()]
+        listed = r.text("programs", ctx.names(), carried=False) or ""
+        members = [p.strip() for p in listed.split(",") if p.strip()]
         for member in members:
             if member not in programs:
                 raise r.fail("programs", f"names {member!r}, which is not a [program:x] "
@@ -102,7 +102,7 @@ def groups(ctx: Context) -> None:
         if members:
             r.note("programs", "not carried over: pyvisor has no groups; workers are named on "
                    f"their own (supervisorctl start {' '.join(members)})")
-        if r.text("priority", ctx.names()) is not None:
+        if r.text("priority", ctx.names(), carried=False) is not None:
             r.note("priority", "not carried over: pyvisor starts workers by their own "
                    "priority (set it on each)")
         r.unknown({"programs", "priority"})

@@ -530,3 +530,16 @@ def test_the_converted_file_checks_with_supervisord(tmp_path: Path) -> None:
     Path("app.yaml").write_text(result.stdout, encoding="utf-8")
     result = runner.invoke(main, ["-c", "app.yaml", "--check"])
     assert (result.exit_code, result.stdout) == (0, "app.yaml: OK (1 workers)\n")
+
+
+def test_options_not_carried_over_get_one_note_not_an_expansion_note() -> None:
+    _, notes = conv("""
+        [supervisord]
+        logfile=%(ENV_LOGS)s/supervisord.log
+        nodaemon=false
+        """, environ={"LOGS": "/var/log"})
+    assert notes == [
+        "supervisord.conf: [supervisord] logfile: not carried over: pyvisor logs to its stderr "
+        "(the journal, under systemd)",
+        "supervisord.conf: [supervisord] nodaemon: not carried over: pyvisor always runs in "
+        "the foreground (under systemd, or with nohup ... &)"]
