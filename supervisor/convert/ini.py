@@ -173,8 +173,8 @@ def read(path: str, environ: Mapping[str, str], hostname: str) -> Conf:
     conf = Conf(path)
     parser = _parser()
     _record(conf, path, _read_one(parser, path))
+    _expand_here(parser, conf, conf.directory)
     if parser.has_section("include"):
-        _expand_here(parser, conf, conf.directory)
         names: dict[str, object] = {f"ENV_{k}": v for k, v in environ.items()}
         names.update(here=conf.directory, host_node_name=hostname)
         base = os.path.dirname(path)

@@ -6,8 +6,9 @@ Rules:
   AUTO files live in childlogdir, which becomes supervisor.log_dir.
 - NONE, /dev/null, syslog and the daemon's own stdout/stderr (/dev/stdout, /dev/fd/1,
   /proc/1/fd/1 ...) cannot be written yet: pyvisor keeps every worker's output in a regular
-  file. The default file is used, the size and backups given for that target are dropped with
-  it, and a note says so.
+  file (the schema would take ``path: /dev/null``, but the daemon opens no device as a log
+  file, and no two workers may share one). The default file is used, the size and backups
+  given for that target are dropped with it, and a note says so.
 - A path is a template: its braces are doubled, and %(process_num)d becomes {index} when
   numprocs > 1 (pyvisor pads no numbers, so %(process_num)02d gives worker_0.log, not
   worker_00.log; a note says so).

@@ -102,7 +102,11 @@ def test_cli_prints_yaml_on_stdout_and_notes_on_stderr(in_data: None) -> None:
 
 
 def test_cli_needs_no_config_with_convert(in_data: None) -> None:
-    env = {**ENVIRON, "PYVISOR_CONFIG": ""}
+    """Neither -c nor $PYVISOR_CONFIG is needed; $PYVISOR_CONFIG set is no conflict."""
+    result = CliRunner(env={"PYVISOR_CONFIG": None}).invoke(
+        main, ["--convert", "nginx-gunicorn.conf"])
+    assert result.exit_code == 0, result.output
+    env = {**ENVIRON, "PYVISOR_CONFIG": "elsewhere.yaml"}
     result = CliRunner(env=env).invoke(main, ["--convert", "nginx-gunicorn.conf"])
     assert result.exit_code == 0, result.output
 

@@ -151,6 +151,13 @@ def test_here_is_the_directory_of_the_file_it_is_in(tmp_path: Path) -> None:
     loads(data)
 
 
+def test_here_without_includes(tmp_path: Path) -> None:
+    w, notes = worker("[program:a]\ncommand=%(here)s/run\nstopasgroup=true\n")
+    assert w["command"] == f"{tmp_path}/run"
+    assert notes == [f"supervisord.conf: [program:a] command: %(here)s expanded to {tmp_path}, "
+                     "the directory of the file it is in"]
+
+
 def test_includes_are_globs_relative_to_the_including_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write("[program:two]\ncommand=/bin/two\n", "etc/conf.d/2.conf")
