@@ -66,8 +66,7 @@ class Reader:
         if raw is None:
             return None
         try:
-            value, used = expand(raw, names, special=special,
-                                 **({"literal": literal} if literal else {}))
+            value, used = expand(raw, names, literal=literal, special=special)
         except BadValue as e:
             raise self.fail(option, str(e)) from None
         if not carried:

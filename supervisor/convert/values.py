@@ -45,15 +45,13 @@ class Ref:
 Special = Callable[[Ref], str]
 
 
-def _same(text: str) -> str:
-    return text
-
-
-def expand(text: str, names: Mapping[str, object], *, literal: Callable[[str], str] = _same,
+def expand(text: str, names: Mapping[str, object], *,
+           literal: Callable[[str], str] | None = None,
            special: Mapping[str, Special] | None = None) -> tuple[str, set[str]]:
     """``text % names`` -> (the result, the names used). ``literal`` is applied to every piece
     that does not come from a ``special`` name (the text around references, and the values
     substituted); a ``special`` name's function gives its replacement as it is."""
+    literal = literal or str
     out: list[str] = []
     used: set[str] = set()
     pos = 0
