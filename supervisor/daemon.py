@@ -24,6 +24,7 @@ from supervisor.config import Config, ConfigError, load_config
 from supervisor.control.handlers import Handlers
 from supervisor.control.protocol import BAD_CONFIG, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
+from supervisor.convert import cli as convert_cli
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
@@ -321,15 +322,22 @@ def _load_saved(path: str | None) -> dict[str, Any] | None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", envvar=paths.ENV_CONFIG, required=True,
-              type=click.Path(dir_okay=False), help="YAML config file (or $PYVISOR_CONFIG).")
+@click.option("-c", "--config", "config_path", envvar=paths.ENV_CONFIG,
+              type=click.Path(dir_okay=False),
+              help="YAML config file (or $PYVISOR_CONFIG); needed except with --convert.")
 @click.option("--check", is_flag=True, help="Validate the config and exit.")
+@click.option("--convert", "convert_path", metavar="FILE.conf", help="Print supervisord's "
+              "FILE.conf as a pyvisor config (what cannot be carried over: on stderr); exit.")
 @click.option("--reexec-state", hidden=True)
 @click.option("--lock-fd", type=int, hidden=True)
 @click.option("--prefix-lock-fd", type=int, hidden=True)
-def main(config_path: str, check: bool, reexec_state: str | None, lock_fd: int | None,
-         prefix_lock_fd: int | None) -> None:
+def main(config_path: str | None, check: bool, convert_path: str | None,
+         reexec_state: str | None, lock_fd: int | None, prefix_lock_fd: int | None) -> None:
     """Run the supervisor daemon in the foreground on CONFIG."""
+    if convert_path is not None:
+        sys.exit(convert_cli.run(click.get_current_context(), convert_path))
+    if config_path is None:
+        raise click.MissingParameter(param_type="option", param_hint="'-c' / '--config'")
     try:
         config = load_config(config_path)
     except ConfigError as e:

@@ -1,0 +1,197 @@
+"""Reading a supervisord.conf as supervisord reads it, keeping where every option came from.
+
+supervisord's rules, followed here:
+
+- The file is INI as Python's RawConfigParser reads it, with ``;`` and ``#`` starting an inline
+  comment when whitespace comes before them, and repeated sections or options allowed (the
+  later value wins). Option names are case-insensitive; a line that starts with whitespace
+  continues the previous value.
+- ``[include] files = ...`` of the main file lists whitespace-separated globs, relative to the
+  main file's directory, read in sorted order into the same parser. A glob matching nothing is
+  only a warning. An included file's own ``[include]`` is not followed.
+- After each file is read, ``%(here)s`` in every value read so far becomes the absolute
+  directory of that file; the other ``%(...)s`` names are expanded later, option by option
+  (values.expand), because they differ per section and per process.
+
+Every problem supervisord would refuse the file for is a ConvertError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import configparser
+import glob
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from supervisor.convert.values import BadValue, expand
+
+HERE = "%(here)s"
+
+
+class ConvertError(Exception):
+    """A file supervisord would refuse too; each line names the file (and line) and the fault."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str               # as the user would recognise it: the path given, or joined to it
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass(frozen=True)
+class Note:
+    """What could not be carried over (or was changed on the way), and why: one stderr line
+    ``FILE: [section] option: text``."""
+
+    where: Location
+    section: str
+    option: str | None
+    text: str
+
+    def __str__(self) -> str:
+        head = f"[{self.section}] {self.option}" if self.option else f"[{self.section}]"
+        return f"{self.where.file}: {head}: {self.text}"
+
+
+@dataclass
+class Conf:
+    """Every section of a file and its includes, with raw values (``%(here)s`` done)."""
+
+    path: str
+    files: list[str] = field(default_factory=list)
+    sections: dict[str, dict[str, str]] = field(default_factory=dict)
+    headers: dict[str, Location] = field(default_factory=dict)       # first definition
+    options: dict[tuple[str, str], Location] = field(default_factory=dict)
+    here: dict[tuple[str, str], str] = field(default_factory=dict)   # option -> directory used
+    notes: list[Note] = field(default_factory=list)
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def where(self, section: str, option: str | None = None) -> Location:
+        if option is not None and (section, option) in self.options:
+            return self.options[section, option]
+        return self.headers.get(section, Location(self.path))
+
+
+def _parser() -> configparser.RawConfigParser:
+    return configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
+
+
+def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConvertError([f"{path}: cannot read the file: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConvertError([f"{path}: not UTF-8 text (byte at offset {e.start})"]) from None
+    try:
+        parser.read_string(text, source=path)
+    except configparser.MissingSectionHeaderError as e:
+        raise ConvertError([f"{path}:{e.lineno}: the first setting comes before any [section] "
+                            f"header (got {e.line.strip()!r})"]) from None
+    except configparser.ParsingError as e:
+        lines = text.splitlines()
+        raise ConvertError([f"{path}:{n}: not a 'key = value' line, a [section] header or a "
+                            f"comment (got {lines[n - 1].strip()!r})" for n, _ in e.errors]
+                           ) from None
+    except configparser.Error as e:
+        raise ConvertError([f"{path}: {e.message}"]) from None
+    return text
+
+
+def _scan(path: str, text: str) -> Iterator[tuple[str, str | None, int]]:
+    """(section, option or None for the header, line) of every header and option in a file,
+    by configparser's own patterns (it keeps no line numbers itself)."""
+    section = ""
+    in_value = False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in ";#":
+            continue
+        if line[0].isspace() and in_value:
+            continue                                    # a continuation line
+        header = configparser.RawConfigParser.SECTCRE.match(stripped)
+        if header:
+            section = header.group("header")
+            in_value = False
+            yield section, None, number
+            continue
+        option = configparser.RawConfigParser.OPTCRE.match(stripped)
+        if option and section:
+            in_value = True
+            yield section, option.group("option").strip().lower(), number
+
+
+def _expand_here(parser: configparser.RawConfigParser, conf: Conf, here: str) -> None:
+    for section in parser.sections():
+        for key, value in parser.items(section):
+            if HERE in value:
+                parser.set(section, key, value.replace(HERE, here))
+                conf.here[section, key] = here
+
+
+def _record(conf: Conf, path: str, text: str) -> dict[str, int]:
+    """Note where each header and option is; returns this file's sections and header lines."""
+    conf.files.append(path)
+    seen: dict[str, int] = {}
+    for section, option, line in _scan(path, text):
+        if option is None:
+            seen.setdefault(section, line)
+            conf.headers.setdefault(section, Location(path, line))
+        else:
+            conf.options[section, option] = Location(path, line)
+    return seen
+
+
+def _include_patterns(parser: configparser.RawConfigParser, conf: Conf,
+                      names: Mapping[str, object]) -> list[str]:
+    where = conf.where("include", "files")
+    if not parser.has_option("include", "files"):
+        raise ConvertError([f"{conf.where('include')}: [include] has no files= setting "
+                            "(supervisord refuses this too)"])
+    try:
+        text, _ = expand(parser.get("include", "files"), names)
+    except BadValue as e:
+        raise ConvertError([f"{where}: [include] files: {e}"]) from None
+    return text.split()
+
+
+def read(path: str, environ: Mapping[str, str], hostname: str) -> Conf:
+    """Read ``path`` and the files its [include] names (ConvertError for a file supervisord
+    would refuse)."""
+    conf = Conf(path)
+    parser = _parser()
+    _record(conf, path, _read_one(parser, path))
+    _expand_here(parser, conf, conf.directory)
+    if parser.has_section("include"):
+        names: dict[str, object] = {f"ENV_{k}": v for k, v in environ.items()}
+        names.update(here=conf.directory, host_node_name=hostname)
+        base = os.path.dirname(path)
+        where = conf.where("include", "files")
+        for pattern in _include_patterns(parser, conf, names):
+            full = os.path.join(base, pattern)
+            found = sorted(glob.glob(full))
+            if not found:
+                conf.notes.append(Note(where, "include", "files", f"no file matches {full}; "
+                                       "nothing included from it (supervisord only warns too)"))
+            for name in found:
+                seen = _record(conf, name, _read_one(parser, name))
+                _expand_here(parser, conf, os.path.dirname(os.path.abspath(name)))
+                if "include" in seen:
+                    conf.notes.append(Note(Location(name, seen["include"]), "include", None,
+                                           "not followed: supervisord follows only the main "
+                                           "file's [include]"))
+    for section in parser.sections():
+        conf.sections[section] = dict(parser.items(section))
+    return conf

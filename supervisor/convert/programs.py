@@ -1,0 +1,229 @@
+"""One [program:x] section -> one pyvisor worker (a dict ready for YAML), with notes.
+
+supervisord expands most options with the program's names (program_name, group_name,
+host_node_name, here, ENV_X) and the per-process ones (process_num, numprocs) in command,
+environment, directory and the log files. pyvisor has no per-instance expansion in command,
+environment or directory yet, so with numprocs = 1 those are expanded for the one instance,
+and with numprocs > 1 a %(process_num)... there is left as written, with a note; in log paths
+it becomes {index} (logs.py).
+
+Where supervisord's default differs from pyvisor's and changes what happens (startretries 3,
+stopwaitsecs 10), the converted worker says supervisord's value even when the file does not.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any
+
+from supervisor.config.values import WORKER_NAME
+from supervisor.convert.context import Context, Reader
+from supervisor.convert.logs import Logs
+from supervisor.convert.values import (
+    Ref,
+    Special,
+    auto_restart,
+    boolean,
+    environment,
+    exit_codes,
+    integer,
+    signal_value,
+)
+
+DEFAULT_PROCESS_NAMES = ("%(program_name)s", "%(program_name)s_%(process_num)02d")
+SHELL_OPERATORS = "|&;<>"          # pipes, lists, background, redirections
+START_RETRIES = 3                  # supervisord's startretries default (pyvisor's: 5)
+STOP_WAIT = 10                     # supervisord's stopwaitsecs default (pyvisor's kill_timeout: 5)
+# Options pyvisor has nothing for, and why; noted when set to anything but supervisord's
+# default (the value that does nothing).
+UNSUPPORTED = {
+    "umask": (None, "pyvisor has no umask key yet; workers get the daemon's umask (UMask= in "
+              "its systemd unit)"),
+    "serverurl": ("AUTO", "pyvisor has no XML-RPC server for programs to call"),
+    "stdout_capture_maxbytes": ("0", "pyvisor has no capture mode or events"),
+    "stderr_capture_maxbytes": ("0", "pyvisor has no capture mode or events"),
+    "stdout_events_enabled": ("false", "pyvisor has no events"),
+    "stderr_events_enabled": ("false", "pyvisor has no events"),
+    "stdout_syslog": ("false", "pyvisor keeps a worker's output in its log file, never syslog"),
+    "stderr_syslog": ("false", "pyvisor keeps a worker's output in its log file, never syslog"),
+}
+HANDLED = {
+    "command", "process_name", "numprocs", "numprocs_start", "priority", "autostart",
+    "autorestart", "startsecs", "startretries", "exitcodes", "stopsignal", "stopwaitsecs",
+    "stopasgroup", "killasgroup", "user", "redirect_stderr", "environment", "directory",
+    *(f"{s}_logfile{x}" for s in ("stdout", "stderr") for x in ("", "_maxbytes", "_backups")),
+    *UNSUPPORTED,
+}
+
+
+def worker_name(name: str) -> str:
+    """A name pyvisor accepts: supervisord's names may hold characters pyvisor's do not."""
+    if WORKER_NAME.fullmatch(name):
+        return name
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in name)
+    return ("_" + safe if safe[:1] in ("", ".", "-") else safe)[:64]
+
+
+def shell_operators(command: str) -> list[str]:
+    """The unquoted shell operators in a command (&&, |, >, ...): supervisord split it like a
+    shell and ran no shell, so they were arguments; what was meant is a shell."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=SHELL_OPERATORS)
+    lexer.whitespace_split = True
+    try:
+        return [t for t in lexer if t and all(c in SHELL_OPERATORS for c in t)]
+    except ValueError:
+        return []
+
+
+class Program:
+    def __init__(self, ctx: Context, section: str) -> None:
+        self.r = Reader(ctx, section)
+        self.ctx = ctx
+        self.program = section.split(":", 1)[1].strip()
+        self.name = worker_name(self.program)
+        group = ctx.group_of.get(self.program, self.program)
+        self.names: dict[str, object] = ctx.names() | {
+            "program_name": self.program, "group_name": group, "host_node_name": ctx.hostname}
+
+    def convert(self) -> dict[str, Any] | None:
+        r, names = self.r, self.names
+        if self.name != self.program:
+            r.note(None, f"the worker is called {self.name}: pyvisor's names are 1-64 "
+                   "characters from A-Z a-z 0-9 _ . -")
+        numprocs = r.parse("numprocs", names, integer, 1)
+        start = r.parse("numprocs_start", names, integer, 0)
+        if numprocs < 1:
+            r.note("numprocs", f"not carried over: numprocs={numprocs} runs nothing; the "
+                   "program is left out")
+            return None
+        self._names_and_numbers(numprocs, start)
+        per_process = self.names | {"process_num": start, "numprocs": numprocs}
+        env = self._environment(per_process, numprocs)
+        per_process.update({f"ENV_{k}": v for k, v in env.items()})
+        r.written_env.update(env)
+        worker: dict[str, Any] = {"command": self._command(per_process, numprocs)}
+        if numprocs != 1:
+            worker["numprocs"] = numprocs
+        directory = r.text("directory", per_process, special=self._keep("directory", numprocs))
+        if directory is not None:
+            worker["directory"] = directory
+            if not os.path.isabs(directory):
+                r.note("directory", "relative path: pyvisor takes it from the YAML file's "
+                       "directory (supervisord took it from its working directory)")
+        user = r.text("user", names)
+        if user is not None:
+            worker["user"] = user
+        env = self.ctx.global_env | env
+        if env:
+            worker["environment"] = env
+        worker.update(self._policy())
+        logs = Logs(r, self.name, numprocs, per_process)
+        worker.update(logs.streams(r.parse("redirect_stderr", names, boolean, False)))
+        for option, (default, why) in UNSUPPORTED.items():
+            value = r.text(option, names, carried=False)
+            if value is not None and value.strip().lower() != (default or "").lower():
+                r.note(option, f"not carried over: {why}")
+        r.unknown(HANDLED)
+        return worker
+
+    def _names_and_numbers(self, numprocs: int, start: int) -> None:
+        r = self.r
+        process_name = r.raw("process_name")
+        if process_name is not None and process_name.strip() not in DEFAULT_PROCESS_NAMES:
+            last = f" .. {self.name}:{numprocs - 1}" if numprocs > 1 else ""
+            r.note("process_name", f"not carried over: pyvisor names the instances "
+                   f"{self.name}:0{last}")
+        if start != 0:
+            r.note("numprocs_start", f"not carried over: pyvisor numbers instances from 0; "
+                   f"%(process_num)d counted from {start}")
+
+    def _keep(self, option: str, numprocs: int) -> dict[str, Special] | None:
+        """For numprocs > 1: leave %(process_num)... as written, and say why once."""
+        if numprocs == 1:
+            return None
+        said: list[str] = []
+
+        def keep(ref: Ref) -> str:
+            if not said:
+                said.append(ref.text)
+                self.r.note(option, f"{ref.text} left as written: pyvisor has no {{index}} in "
+                            f"{option} yet, so all {numprocs} instances get the same text "
+                            "(numprocs > 1 programs need {index}, which pyvisor's schema "
+                            "will add)")
+            return ref.text
+        return {"process_num": keep}
+
+    def _environment(self, names: dict[str, object], numprocs: int) -> dict[str, str]:
+        """supervisord expands the value, then splits it into pairs; a %(process_num)... left
+        as written goes through the split as a plain word and comes back after it."""
+        keep = self._keep("environment", numprocs)
+        kept: dict[str, str] = {}
+        special = None
+        if keep:
+            def token(ref: Ref) -> str:
+                keep["process_num"](ref)
+                word = f"PYVISORKEPT{len(kept)}X"
+                kept[word] = ref.text
+                return word
+            special = {"process_num": token}
+        text = self.r.text("environment", names, special=special)
+        if text is None:
+            return {}
+        env = self.r.check("environment", text, environment)
+        for word, original in kept.items():
+            env = {k: v.replace(word, original) for k, v in env.items()}
+        return env
+
+    def _command(self, names: dict[str, object], numprocs: int) -> str | list[str]:
+        r = self.r
+        command = r.text("command", names, special=self._keep("command", numprocs))
+        if command is None:
+            raise r.fail(None, "no command= (supervisord refuses this too)")
+        try:
+            split = shlex.split(command)
+            if shlex.split(command.replace("\n", " ")) == split:
+                command = " ".join(command.split("\n")).strip()   # continuation lines
+        except ValueError as e:
+            raise r.fail("command", f"cannot split it: {str(e).lower()} (got "
+                         f"{command!r})") from None
+        if not split:
+            raise r.fail("command", "empty (supervisord refuses this too)")
+        operators = shell_operators(command)
+        if operators:
+            shown = ", ".join(dict.fromkeys(operators))
+            r.note("command", f"uses shell syntax ({shown}) but no shell runs it (supervisord "
+                   "passed those to the program as arguments); wrapped as [sh, -c, ...]")
+            return ["sh", "-c", command]
+        return command
+
+    def _policy(self) -> dict[str, Any]:
+        r, names = self.r, self.names
+        out: dict[str, Any] = {}
+        for option, key, parse in (("autostart", "autostart", boolean),
+                                   ("autorestart", "restart", auto_restart),
+                                   ("exitcodes", "exit_codes", exit_codes),
+                                   ("startsecs", "start_seconds", integer),
+                                   ("startretries", "start_retries", integer),
+                                   ("stopsignal", "stop_signal", signal_value),
+                                   ("stopwaitsecs", "kill_timeout", integer),
+                                   ("priority", "priority", integer)):
+            text = r.text(option, names)
+            if text is not None:
+                out[key] = r.check(option, text, parse)
+        out.setdefault("start_retries", START_RETRIES)
+        out.setdefault("kill_timeout", STOP_WAIT)
+        order = ("autostart", "restart", "exit_codes", "start_seconds", "start_retries",
+                 "stop_signal", "kill_timeout", "priority")
+        out = {k: out[k] for k in order if k in out}
+        stop_group = r.parse("stopasgroup", names, boolean, False)
+        kill_group = r.parse("killasgroup", names, boolean, stop_group)
+        if stop_group and not kill_group:
+            raise r.fail("killasgroup", "false with stopasgroup=true (supervisord refuses "
+                         "this too)")
+        if not stop_group:
+            written = "" if r.raw("stopasgroup") is not None else " (supervisord's default)"
+            kill = " and SIGKILL" if not kill_group else ""
+            r.note("stopasgroup", f"false{written}: pyvisor sends stop_signal{kill} to the "
+                   "program's whole process group, not only to its main process")
+        return out

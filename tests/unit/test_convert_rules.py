@@ -1,0 +1,552 @@
+"""The converter's rules one at a time, on small files written in tmp_path: supervisord's
+reading rules (comments, %(...)s expansion, includes, environments), the mapping of each
+option, the notes, and the errors (exit 2, naming file and line)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from supervisor.config import load_config
+from supervisor.convert import ConvertError, convert
+from supervisor.daemon import main
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notes and errors name files as given: write and convert relative names in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
+def write(text: str, name: str = "supervisord.conf") -> str:
+    Path(name).parent.mkdir(parents=True, exist_ok=True)
+    Path(name).write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return name
+
+
+def conv(text: str, environ: dict[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    out, notes = convert(write(text), environ=environ or {}, hostname="box")
+    assert out.startswith("# pyvisor config converted by `supervisord --convert` from:\n"
+                          "#   supervisord.conf\n")
+    return yaml.safe_load(out), notes
+
+
+def worker(text: str, environ: dict[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    data, notes = conv(text, environ)
+    (only,) = data["workers"].values()
+    return only, notes
+
+
+def errors(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConvertError) as info:
+        convert(write(text), environ=environ or {}, hostname="box")
+    return info.value.lines
+
+
+def loads(data: dict[str, Any]) -> None:
+    Path("out.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    load_config("out.yaml")
+
+
+def test_inline_comments_need_whitespace_before_them() -> None:
+    w, _ = worker("""
+        [program:a]
+        command=/bin/echo a;b c#d ; a comment
+        """)
+    assert w["command"] == ["sh", "-c", "/bin/echo a;b c#d"]
+    w, _ = worker("""
+        [program:a]
+        command=/bin/echo x   # a comment
+        """)
+    assert w["command"] == "/bin/echo x"
+
+
+def test_environment_with_quoted_commas() -> None:
+    w, notes = worker("""
+        [program:a]
+        command=/bin/true
+        environment=A="x,y",B='p q',C=plain,D="",URL="redis://r:6379/0"
+        """)
+    assert w["environment"] == {"A": "x,y", "B": "p q", "C": "plain", "D": "",
+                                "URL": "redis://r:6379/0"}
+    assert [n for n in notes if "environment" in n] == []
+    loads({"workers": {"a": w}})
+
+
+def test_environment_that_supervisord_cannot_split() -> None:
+    assert errors("""
+        [program:a]
+        command=/bin/true
+        environment=A=1,B
+        """) == ["supervisord.conf:3: [program:a] environment: not KEY=value pairs separated by "
+                 "commas near 'B'; quote values with spaces or other punctuation (got "
+                 "'A=1,B')"]
+
+
+def test_env_names_are_expanded_from_the_conversion_environment() -> None:
+    w, notes = worker("""
+        [program:a]
+        command=/srv/run --workers %(ENV_WORKERS)s
+        environment=PATH="/opt/bin:%(ENV_PATH)s"
+        """, environ={"WORKERS": "4", "PATH": "/usr/bin"})
+    assert w["command"] == "/srv/run --workers 4"
+    assert w["environment"] == {"PATH": "/opt/bin:/usr/bin"}
+    said = ("expanded from the environment of this conversion; pyvisor does not expand "
+            "variables, so the file holds today's value (convert where it will run, or edit it)")
+    assert f"supervisord.conf: [program:a] environment: %(ENV_PATH)s {said}" in notes
+    assert f"supervisord.conf: [program:a] command: %(ENV_WORKERS)s {said}" in notes
+
+
+def test_an_unset_env_name_is_an_error_naming_the_line() -> None:
+    assert errors("""
+        [program:a]
+
+        command=/srv/run %(ENV_NOPE)s
+        """) == ["supervisord.conf:3: [program:a] command: %(ENV_NOPE)s: the environment "
+                 "variable NOPE is not set here; supervisord refuses the file without it too, "
+                 "so set it and convert again"]
+
+
+def test_env_names_from_the_file_itself_need_no_note() -> None:
+    data, notes = conv("""
+        [supervisord]
+        environment=APP=/srv/app,MODE=prod
+        [program:a]
+        command=%(ENV_APP)s/run %(ENV_LEVEL)s
+        environment=MODE=dev,LEVEL=debug
+        """)
+    assert data["workers"]["a"]["command"] == "/srv/app/run debug"
+    assert data["workers"]["a"]["environment"] == {"APP": "/srv/app", "MODE": "dev",
+                                                   "LEVEL": "debug"}
+    assert not [n for n in notes if "ENV_" in n]
+    assert ("supervisord.conf: [supervisord] environment: carried into every worker's "
+            "environment (pyvisor has no daemon-wide one); a worker's own environment wins"
+            ) in notes
+
+
+def test_here_is_the_directory_of_the_file_it_is_in(tmp_path: Path) -> None:
+    write("""
+        [program:b]
+        command=%(here)s/run.sh
+        """, "conf.d/b.conf")
+    data, notes = conv("""
+        [program:a]
+        command=/bin/true
+        directory=%(here)s
+        [include]
+        files = conf.d/*.conf
+        """)
+    assert data["workers"]["a"]["directory"] == str(tmp_path)
+    assert data["workers"]["b"]["command"] == f"{tmp_path}/conf.d/run.sh"
+    assert (f"supervisord.conf: [program:a] directory: %(here)s expanded to {tmp_path}, the "
+            "directory of the file it is in") in notes
+    assert (f"conf.d/b.conf: [program:b] command: %(here)s expanded to {tmp_path}/conf.d, the "
+            "directory of the file it is in") in notes
+    loads(data)
+
+
+def test_here_without_includes(tmp_path: Path) -> None:
+    w, notes = worker("[program:a]\ncommand=%(here)s/run\nstopasgroup=true\n")
+    assert w["command"] == f"{tmp_path}/run"
+    assert notes == [f"supervisord.conf: [program:a] command: %(here)s expanded to {tmp_path}, "
+                     "the directory of the file it is in"]
+
+
+def test_includes_are_globs_relative_to_the_including_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write("[program:two]\ncommand=/bin/two\n", "etc/conf.d/2.conf")
+    write("[program:one]\ncommand=/bin/one\n", "etc/conf.d/1.conf")
+    write("[program:x]\ncommand=/bin/x\n", "etc/extra.ini")
+    write("""
+        [include]
+        files = conf.d/*.conf
+            extra.ini
+            missing/*.conf
+        """, "etc/supervisord.conf")
+    text, notes = convert("etc/supervisord.conf", environ={}, hostname="box")
+    assert text.splitlines()[1:5] == ["#   etc/supervisord.conf", "#   etc/conf.d/1.conf",
+                                      "#   etc/conf.d/2.conf", "#   etc/extra.ini"]
+    assert list(yaml.safe_load(text)["workers"]) == ["one", "two", "x"]
+    # Missing: a note, not an error. supervisord only warns, so a config it runs converts.
+    assert [n for n in notes if "[include]" in n] == [
+        "etc/supervisord.conf: [include] files: no file matches etc/missing/*.conf; nothing "
+        "included from it (supervisord only warns too)"]
+
+
+def test_an_included_files_include_is_not_followed() -> None:
+    write("[include]\nfiles = deeper.conf\n[program:b]\ncommand=/bin/b\n", "b.conf")
+    write("[program:c]\ncommand=/bin/c\n", "deeper.conf")
+    data, notes = conv("[include]\nfiles = b.conf\n")
+    assert list(data["workers"]) == ["b"]
+    assert notes[0] == ("b.conf: [include]: not followed: supervisord follows only the main "
+                        "file's [include]")
+
+
+@pytest.mark.parametrize(("value", "restart"), [
+    ("true", "always"), ("Yes", "always"), ("1", "always"), ("on", "always"),
+    ("false", "never"), ("off", "never"), ("0", "never"), ("unexpected", "on-failure")])
+def test_autorestart(value: str, restart: str) -> None:
+    w, _ = worker(f"[program:a]\ncommand=/bin/true\nautorestart={value}\n")
+    assert w["restart"] == restart
+
+
+def test_autorestart_that_supervisord_refuses() -> None:
+    assert errors("[program:a]\ncommand=/bin/true\nautorestart=sometimes\n") == [
+        "supervisord.conf:3: [program:a] autorestart: not true, false or unexpected (got "
+        "'sometimes')"]
+
+
+def test_the_options_that_map_one_to_one() -> None:
+    w, notes = worker("""
+        [program:a]
+        command=/bin/true
+        autostart=false
+        exitcodes=0,2
+        startsecs=0
+        startretries=10
+        stopsignal=sigint
+        stopwaitsecs=600
+        priority=5
+        user=root
+        stdout_logfile_maxbytes=1MB
+        stdout_logfile_backups=3
+        stderr_logfile_maxbytes=0
+        """)
+    assert w == {"command": "/bin/true", "user": "root", "autostart": False,
+                 "exit_codes": [0, 2], "start_seconds": 0, "start_retries": 10,
+                 "stop_signal": "INT", "kill_timeout": 600, "priority": 5,
+                 "stdout": {"max_bytes": "1MB", "backups": 3}, "stderr": {"max_bytes": 0}}
+    loads({"workers": {"a": w}})
+
+
+def test_supervisords_defaults_where_pyvisors_differ_are_written_out() -> None:
+    w, _ = worker("[program:a]\ncommand=/bin/true\n")
+    assert w == {"command": "/bin/true", "start_retries": 3, "kill_timeout": 10}
+
+
+def test_stopasgroup_false_is_noted_because_pyvisor_signals_the_group() -> None:
+    _, notes = worker("[program:a]\ncommand=/bin/true\nstopasgroup=false\n")
+    assert notes == ["supervisord.conf: [program:a] stopasgroup: false: pyvisor sends "
+                     "stop_signal and SIGKILL to the program's whole process group, not only "
+                     "to its main process"]
+    _, notes = worker("[program:a]\ncommand=/bin/true\nstopasgroup=true\n")
+    assert notes == []
+
+
+def test_redirect_stderr() -> None:
+    w, notes = worker("""
+        [program:a]
+        command=/bin/true
+        redirect_stderr=true
+        stdout_logfile=/var/log/a.log
+        stderr_logfile=/var/log/a.err
+        stopasgroup=true
+        """)
+    assert w["stdout"] == {"path": "/var/log/a.log"}
+    assert w["stderr"] == "stdout"
+    assert notes == ["supervisord.conf: [program:a] stderr_logfile: not carried over: "
+                     "redirect_stderr=true sends stderr into stdout's file (supervisord "
+                     "ignores it too)"]
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("NONE", "NONE: pyvisor keeps a worker's output in a log file"),
+    ("off", "off: pyvisor keeps a worker's output in a log file"),
+    ("/dev/null", "/dev/null: pyvisor keeps a worker's output in a log file"),
+    ("syslog", "syslog: pyvisor keeps a worker's output in a log file, never syslog"),
+    ("/dev/stdout", "/dev/stdout: pyvisor cannot yet send output to the daemon's "
+                    "stdout/stderr"),
+    ("/proc/1/fd/1", "/proc/1/fd/1: pyvisor cannot yet send output to the daemon's "
+                     "stdout/stderr")])
+def test_logfiles_pyvisor_cannot_write_go_to_the_default_file(value: str, why: str) -> None:
+    w, notes = worker(f"""
+        [program:a]
+        command=/bin/true
+        stopasgroup=true
+        stdout_logfile={value}
+        stdout_logfile_maxbytes=0
+        """)
+    assert "stdout" not in w
+    assert notes == [f"supervisord.conf: [program:a] stdout_logfile: not carried over: {why}; "
+                     "it goes to the default log file (stdout_logfile_maxbytes dropped with "
+                     "it)"]
+
+
+def test_auto_logfiles_go_to_childlogdir() -> None:
+    data, _ = conv("""
+        [supervisord]
+        childlogdir=/var/log/supervisor
+        loglevel=warn
+        [program:a]
+        command=/bin/true
+        stdout_logfile=AUTO
+        """)
+    assert data["supervisor"] == {"log_dir": "/var/log/supervisor", "log_level": "WARNING"}
+    assert "stdout" not in data["workers"]["a"]
+
+
+def test_process_num_with_one_process_is_expanded() -> None:
+    w, notes = worker("""
+        [program:q]
+        process_name=%(program_name)s_%(process_num)02d
+        command=/srv/work --slot=%(process_num)02d --of=%(numprocs)d
+        stdout_logfile=/tmp/logs/q_%(process_num)02d.log
+        stopasgroup=true
+        """)
+    assert w["command"] == "/srv/work --slot=00 --of=1"
+    assert w["stdout"] == {"path": "/tmp/logs/q_00.log"}
+    assert notes == []
+
+
+def test_process_num_with_several_processes() -> None:
+    w, notes = worker("""
+        [program:q]
+        process_name=%(program_name)s_%(process_num)02d
+        numprocs=3
+        command=/srv/work --slot=%(process_num)02d
+        environment=SLOT="%(process_num)d",OTHER=x
+        stdout_logfile=/tmp/logs/q_%(process_num)02d.log
+        stopasgroup=true
+        """)
+    assert w["numprocs"] == 3
+    assert w["command"] == "/srv/work --slot=%(process_num)02d"
+    assert w["environment"] == {"SLOT": "%(process_num)d", "OTHER": "x"}
+    assert w["stdout"] == {"path": "/tmp/logs/q_{index}.log"}
+    kept = ("left as written: pyvisor has no {index} in %s yet, so all 3 instances get the "
+            "same text (numprocs > 1 programs need {index}, which pyvisor's schema will add)")
+    assert notes == [
+        f"supervisord.conf: [program:q] command: %(process_num)02d {kept % 'command'}",
+        f"supervisord.conf: [program:q] environment: %(process_num)d "
+        f"{kept % 'environment'}",
+        "supervisord.conf: [program:q] stdout_logfile: %(process_num)02d became {index}, which "
+        "is not zero-padded: the first file is /tmp/logs/q_0.log"]
+    loads({"workers": {"q": w}})
+
+
+def test_several_processes_never_share_a_log_file() -> None:
+    w, notes = worker("""
+        [program:q]
+        process_name=%(program_name)s_%(process_num)d
+        numprocs=2
+        command=/bin/true
+        stdout_logfile=/tmp/logs/queue.log
+        stopasgroup=true
+        """)
+    assert w["stdout"] == {"path": "/tmp/logs/queue-{index}.log"}
+    assert notes == [
+        "supervisord.conf: [program:q] process_name: not carried over: pyvisor names the "
+        "instances q:0 .. q:1",
+        "supervisord.conf: [program:q] stdout_logfile: all 2 instances would write to "
+        "/tmp/logs/queue.log; pyvisor gives each its own file: /tmp/logs/queue-{index}.log"]
+    loads({"workers": {"q": w}})
+
+
+def test_two_programs_never_share_a_log_file() -> None:
+    data, notes = conv("""
+        [program:a]
+        command=/bin/true
+        stdout_logfile=/tmp/logs/app.log
+        stderr_logfile=/tmp/logs/app.log
+        stopasgroup=true
+        [program:b]
+        command=/bin/true
+        stdout_logfile=/tmp/logs/app.log
+        stopasgroup=true
+        """)
+    assert data["workers"]["a"]["stdout"] == data["workers"]["a"]["stderr"] == {
+        "path": "/tmp/logs/app.log"}
+    assert "stdout" not in data["workers"]["b"]
+    assert notes == ["supervisord.conf: [program:b] stdout_logfile: not carried over: "
+                     "[program:a] stdout_logfile writes that file too, and pyvisor gives every "
+                     "worker its own; this one goes to the default log file"]
+    loads(data)
+
+
+def test_braces_in_log_paths_are_kept_literal() -> None:
+    w, _ = worker("[program:a]\ncommand=/bin/true\nstdout_logfile=/tmp/{x}.log\n")
+    assert w["stdout"] == {"path": "/tmp/{{x}}.log"}
+
+
+def test_shell_syntax_is_wrapped_in_sh() -> None:
+    w, notes = worker("""
+        [program:a]
+        command=cd /srv && exec ./run >> /var/log/run.log 2>&1
+        stopasgroup=true
+        """)
+    assert w["command"] == ["sh", "-c", "cd /srv && exec ./run >> /var/log/run.log 2>&1"]
+    assert notes == ["supervisord.conf: [program:a] command: uses shell syntax (&&, >>, >&) but "
+                     "no shell runs it (supervisord passed those to the program as arguments); "
+                     "wrapped as [sh, -c, ...]"]
+    loads({"workers": {"a": w}})
+
+
+def test_quoted_shell_syntax_is_left_alone() -> None:
+    w, notes = worker("""
+        [program:a]
+        command=bash -c "sleep 5 && exec x11vnc" --x='a|b' c\\;d
+        stopasgroup=true
+        """)
+    assert w["command"] == "bash -c \"sleep 5 && exec x11vnc\" --x='a|b' c\\;d"
+    assert notes == []
+
+
+def test_continuation_lines_of_a_command_become_one_line() -> None:
+    w, _ = worker("""
+        [program:a]
+        command=/srv/gunicorn
+            --bind 0.0.0.0:8000
+            app:wsgi
+        """)
+    assert w["command"] == "/srv/gunicorn --bind 0.0.0.0:8000 app:wsgi"
+
+
+def test_program_and_group_names() -> None:
+    data, notes = conv("""
+        [group:g]
+        programs=a
+        priority=10
+        [program:a]
+        command=/srv/%(group_name)s/%(program_name)s --host=%(host_node_name)s
+        stopasgroup=true
+        """)
+    assert data["workers"]["a"]["command"] == "/srv/g/a --host=box"
+    assert notes == [
+        "supervisord.conf: [group:g] programs: not carried over: pyvisor has no groups; "
+        "workers are named on their own (supervisorctl start a)",
+        "supervisord.conf: [group:g] priority: not carried over: pyvisor starts workers by "
+        "their own priority (set it on each)"]
+
+
+def test_a_group_naming_no_program_is_an_error() -> None:
+    assert errors("[group:g]\nprograms=a,b\n[program:a]\ncommand=x\n") == [
+        "supervisord.conf:2: [group:g] programs: names 'b', which is not a [program:x] "
+        "(supervisord refuses this too)"]
+
+
+def test_sections_pyvisor_has_no_place_for() -> None:
+    _, notes = conv("""
+        [inet_http_server]
+        port=127.0.0.1:9001
+        [eventlistener:crash]
+        command=/bin/crashmail
+        events=PROCESS_STATE
+        [fcgi-program:php]
+        command=/usr/bin/php-cgi
+        socket=tcp://127.0.0.1:9000
+        [something]
+        x=1
+        [program:a]
+        command=/bin/true
+        umask=022
+        auto_start=true
+        stopasgroup=true
+        """)
+    assert notes == [
+        "supervisord.conf: [inet_http_server]: not carried over: TCP control is not supported; "
+        "pyvisor is controlled over its Unix socket only (supervisorctl on the host, or over "
+        "ssh)",
+        "supervisord.conf: [eventlistener:crash]: not carried over: eventlisteners are not "
+        "supported (pyvisor has no events); left out",
+        "supervisord.conf: [fcgi-program:php]: not carried over: FastCGI programs are not "
+        "supported (pyvisor opens no sockets for its workers); left out: run it as a "
+        "[program:x] that opens its own socket",
+        "supervisord.conf: [something]: not carried over: unknown section (supervisord ignores "
+        "it too)",
+        "supervisord.conf: [program:a] umask: not carried over: pyvisor has no umask key yet; "
+        "workers get the daemon's umask (UMask= in its systemd unit)",
+        "supervisord.conf: [program:a] auto_start: not carried over: unknown option "
+        "(supervisord ignores it too)"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[program:a]\ncommand=x\nthis line is wrong\n",
+     "supervisord.conf:3: not a 'key = value' line, a [section] header or a comment (got "
+     "'this line is wrong')"),
+    ("command=x\n[program:a]\n",
+     "supervisord.conf:1: the first setting comes before any [section] header (got "
+     "'command=x')"),
+    ("[program:a]\ncommand=x\nautostart=maybe\n",
+     "supervisord.conf:3: [program:a] autostart: not a boolean (got 'maybe'); use true or "
+     "false"),
+    ("[program:a]\ncommand=x\nnumprocs=two\n",
+     "supervisord.conf:3: [program:a] numprocs: not a whole number (got 'two')"),
+    ("[program:a]\ncommand=x\nstopsignal=STAHP\n",
+     "supervisord.conf:3: [program:a] stopsignal: not a signal name or number (got 'STAHP')"),
+    ("[program:a]\ncommand=x\nexitcodes=0,256\n",
+     "supervisord.conf:3: [program:a] exitcodes: not a list of exit codes from 0 to 255 (got "
+     "'0,256')"),
+    ("[program:a]\ncommand=x\nstdout_logfile_maxbytes=1.5MB\n",
+     "supervisord.conf:3: [program:a] stdout_logfile_maxbytes: not a whole number (got "
+     "'1.5')"),
+    ("[program:a]\ncommand=run --done=100%\n",
+     "supervisord.conf:2: [program:a] command: '%' at character 15 is not a %(name)s "
+     "reference; write %% for a literal % (got 'run --done=100%')"),
+    ("[program:a]\ncommand=run %(nope)s\n",
+     "supervisord.conf:2: [program:a] command: %(nope)s: no such name here; the names are "
+     "group_name, here, host_node_name, numprocs, process_num, program_name, ENV_<variable>"),
+    ("[program:a]\ncommand=run 'unclosed\n",
+     "supervisord.conf:2: [program:a] command: cannot split it: no closing quotation (got "
+     "\"run 'unclosed\")"),
+    ("[program:a]\nautostart=true\n",
+     "supervisord.conf:1: [program:a]: no command= (supervisord refuses this too)"),
+    ("[program:a]\ncommand=x\nstopasgroup=true\nkillasgroup=false\n",
+     "supervisord.conf:4: [program:a] killasgroup: false with stopasgroup=true (supervisord "
+     "refuses this too)"),
+    ("[include]\n[program:a]\ncommand=x\n",
+     "supervisord.conf:1: [include] has no files= setting (supervisord refuses this too)"),
+])
+def test_what_supervisord_refuses_is_an_error_naming_the_line(text: str, message: str) -> None:
+    assert errors(text) == [message]
+
+
+def test_the_cli_exits_2_without_a_traceback() -> None:
+    write("[program:a]\ncommand=x\nautostart=maybe\n")
+    runner = CliRunner()
+    for args, message in [
+            (["--convert", "supervisord.conf"], "supervisord.conf:3: [program:a] autostart: "
+             "not a boolean (got 'maybe'); use true or false\n"),
+            (["--convert", "nope.conf"], "nope.conf: cannot read the file: No such file or "
+             "directory\n")]:
+        result = runner.invoke(main, args)
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", message)
+        assert isinstance(result.exception, SystemExit)
+
+
+def test_the_converted_file_checks_with_supervisord(tmp_path: Path) -> None:
+    os.mkdir("app")
+    write(f"""
+        [supervisord]
+        childlogdir={tmp_path}/logs
+        [program:web]
+        command=/bin/sleep 1000
+        directory={tmp_path}/app
+        numprocs=2
+        process_name=%(program_name)s_%(process_num)02d
+        stdout_logfile={tmp_path}/logs/web_%(process_num)02d.log
+        redirect_stderr=true
+        """)
+    runner = CliRunner()
+    result = runner.invoke(main, ["--convert", "supervisord.conf"])
+    assert result.exit_code == 0, result.output
+    Path("app.yaml").write_text(result.stdout, encoding="utf-8")
+    result = runner.invoke(main, ["-c", "app.yaml", "--check"])
+    assert (result.exit_code, result.stdout) == (0, "app.yaml: OK (1 workers)\n")
+
+
+def test_options_not_carried_over_get_one_note_not_an_expansion_note() -> None:
+    _, notes = conv("""
+        [supervisord]
+        logfile=%(ENV_LOGS)s/supervisord.log
+        nodaemon=false
+        """, environ={"LOGS": "/var/log"})
+    assert notes == [
+        "supervisord.conf: [supervisord] logfile: not carried over: pyvisor logs to its stderr "
+        "(the journal, under systemd)",
+        "supervisord.conf: [supervisord] nodaemon: not carried over: pyvisor always runs in "
+        "the foreground (under systemd, or with nohup ... &)"]
