@@ -54,6 +54,7 @@ class Found:
     started_at: float        # monotonic seconds
     exit: blk.ExitRecord | None
     incarnation: int
+    unverifiable: str = ""   # why its live process could not be verified (never duplicated)
 
 
 def _environ(pid: int | str) -> list[bytes]:
@@ -112,28 +113,31 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, int]) -> tuple[
     except ProcessLookupError:
         return "gone"
     except OSError as e:
-        return f"cannot open a pidfd for pid {pid}: {e}"
+        return f"unverifiable: cannot open a pidfd for pid {pid}: {e}"
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
             stat_line = f.read(4096)
         actual = blk.parse_start_ticks(stat_line)
         owner = _real_uid(pid)
         if recorded and actual != ticks:
-            why = f"pid {pid} started at tick {actual}, not {ticks} (a recycled pid)"
+            why = "gone"                  # the pid was recycled: the recorded process is gone
         elif stat_line[stat_line.rindex(")") + 2] == "Z":
             why = "gone"                  # exited; a zombie waiting for init to reap it
-        elif uid >= 0 and owner != uid:
-            why = f"pid {pid} runs as uid {owner}, not {uid}"
-        elif os.getpgid(pid) != pgid:
-            why = f"pid {pid} is not in process group {pgid}"
         elif not recorded and f"{ENV_BLOCK}={name}".encode() not in _environ(pid):
-            why = f"pid {pid} was not started for this block"
+            why = "gone"
         else:
+            # pid + start time (pinned by the pidfd) are the process the daemon recorded; a
+            # uid or process group of its own making since (setuid, setsid) is noted only
+            changed = [f"uid {uid} -> {owner}" for _ in (1,) if uid >= 0 and owner != uid]
+            changed += [f"process group {pgid} -> {os.getpgid(pid)}" for _ in (1,)
+                        if os.getpgid(pid) != pgid]
+            if changed:
+                logger.info(f"pid {pid} changed its {', '.join(changed)} since its spawn")
             return pid, pidfd
     except (ProcessLookupError, FileNotFoundError):
         why = "gone"
     except (OSError, ValueError, IndexError) as e:
-        why = f"cannot inspect pid {pid}: {e}"
+        why = f"unverifiable: cannot inspect pid {pid}: {e}"
     os.close(pidfd)
     return why
 
@@ -207,6 +211,13 @@ def scan(prefix: str) -> list[Found]:
         result = verify(name, block, unrecorded)
         if isinstance(result, str):
             exit_rec = block.read_exit()
+            if result.startswith("unverifiable"):
+                # it may be alive: never a duplicate; the block stays for a later look
+                logger.error(f"{instance} control block {name}: {result}; not adopted and not "
+                             "started again")
+                found.append(Found(instance, block, None, None, False, False, time.monotonic(),
+                                   None, block.incarnation, result.split(": ", 1)[1]))
+                continue
             if result != "gone":
                 logger.warning(f"{instance} control block {name} does not verify ({result}); "
                                "removing it without signalling anything")

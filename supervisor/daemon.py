@@ -36,7 +36,7 @@ from supervisor.reconcile import (
     restore_state,
     save_state,
 )
-from supervisor.runtime import Instance, Runtime
+from supervisor.runtime import Runtime
 from supervisor.sdnotify import Notifier
 
 EXIT_BAD_CONFIG = 2
@@ -198,7 +198,7 @@ class Daemon:
         to_start = [i for name in self.config.start_order()
                     for i in rt.instances.values()
                     if i.worker == name and i.st.state is State.STOPPED
-                    and i.name not in adopted | restored and _wants_start(i)]
+                    and i.name not in adopted | restored and i.wants_start]
         rt.request_start(to_start + [i for i in pending if i not in to_start])
         autostart = [i for i in rt.instances.values() if i.cfg.autostart]
         logger.info(f"supervisord {os.getpid()} running {self.config.path}: "
@@ -303,12 +303,6 @@ class Daemon:
         sup = self.config.supervisor
         release_lock(f"{sup.socket}.lock", self.lock_fds[0])
         release_lock(prefix_lock_path(sup.block_prefix), self.lock_fds[1])
-
-
-def _wants_start(inst: Instance) -> bool:
-    """At start-up: the operator's last wish if the previous daemon recorded one, else the
-    config's autostart."""
-    return inst.st.wanted if inst.st.wanted is not None else inst.cfg.autostart
 
 
 def _load_saved(path: str | None) -> dict[str, Any] | None:

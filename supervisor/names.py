@@ -27,7 +27,7 @@ def split_instance_name(name: str) -> tuple[str, int | None]:
 def parse_signal(value: str | int) -> int:
     """'TERM', 'SIGTERM', 'term', 15 or '15' -> 15; ValueError for anything else (numbers
     outside 1..SIGRTMAX included)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"not a signal: {value!r}")
     text = value.strip() if isinstance(value, str) else value
     if isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 3:

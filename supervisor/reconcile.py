@@ -49,6 +49,10 @@ def apply_adoption(rt: Runtime, config: Config,
         inst = rt.instance_named(f.instance)
         accounted.add(inst.name)
         inst.incarnation = f.incarnation
+        if f.unverifiable:
+            f.block.close()
+            rt.unverifiable(inst, f.unverifiable)
+            continue
         if f.pid is None:
             _exited_while_away(rt, inst, f)
             continue
@@ -125,7 +129,7 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
         for i in keep:
             if i.has_process:
                 rt.request_stop([i], graceful=True, restart=True)
-            elif cfg.autostart and not i.st.stop_requested:
+            elif i.wants_start:
                 rt.request_start([i])
         settle += keep
         lines.append(f"changed {name}: restarted {len(keep)} instances")

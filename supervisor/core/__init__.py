@@ -38,6 +38,7 @@ from supervisor.core.types import (
     StopRequested,
     TimerFired,
     TimerKind,
+    Unverifiable,
 )
 
 __all__ = [
@@ -76,5 +77,6 @@ __all__ = [
     "TimerFired",
     "TimerKind",
     "TransitionError",
+    "Unverifiable",
     "step",
 ]

@@ -74,15 +74,17 @@ from supervisor.core.types import (
     StopRequested,
     TimerFired,
     TimerKind,
+    Unverifiable,
 )
 
 Handler = Callable[[InstanceState, Any, Policy], Result]
 E = TypeVar("E", StartRequested, StopRequested, Spawned, SpawnFailed, ReadyReported, TimerFired,
-            Exited, HeartbeatStale, Adopted, ExitedWhileAway, ExitStatusLearned, IntentRestored)
+            Exited, HeartbeatStale, Adopted, ExitedWhileAway, ExitStatusLearned, IntentRestored,
+            Unverifiable)
 
 EVENT_TYPES: tuple[type, ...] = (
     StartRequested, StopRequested, Spawned, SpawnFailed, ReadyReported, TimerFired, Exited,
-    HeartbeatStale, Adopted, ExitedWhileAway, ExitStatusLearned, IntentRestored,
+    HeartbeatStale, Adopted, ExitedWhileAway, ExitStatusLearned, IntentRestored, Unverifiable,
 )
 
 class TransitionError(Exception):
@@ -147,6 +149,15 @@ def _any_status_learned(inst: InstanceState, ev: ExitStatusLearned, policy: Poli
 
 def _stopped_intent(inst: InstanceState, ev: IntentRestored, policy: Policy) -> Result:
     return stay(inst, [], wanted=ev.wanted)
+
+
+def _stopped_unverifiable(inst: InstanceState, ev: Unverifiable, policy: Policy) -> Result:
+    name = policy.name or "NAME"
+    message = (f"its process from before may still be running but cannot be verified "
+               f"({ev.why}); not started again, so there is never a second copy. Check it, "
+               f"then: supervisorctl start {name}")
+    return goto(inst, State.FATAL, "unverifiable after a daemon restart", level="ERROR",
+                extra_logs=[Log("ERROR", message)], fatal_reason=message)
 
 
 # -- handlers: STARTING ----------------------------------------------------------------------------
@@ -368,6 +379,7 @@ _on(StartRequested, _idle_start, *NO_PROCESS)
 _on(Adopted, _stopped_adopted, State.STOPPED)
 _on(ExitedWhileAway, _stopped_exited_away, State.STOPPED)
 _on(IntentRestored, _stopped_intent, State.STOPPED)
+_on(Unverifiable, _stopped_unverifiable, State.STOPPED)
 _on(ExitStatusLearned, _any_status_learned, *State)
 
 _on(Spawned, _starting_spawned, State.STARTING)
@@ -399,6 +411,7 @@ ERRORS: frozenset[tuple[State, type]] = frozenset(
     | {(s, Adopted) for s in State if s is not State.STOPPED}
     | {(s, ExitedWhileAway) for s in State if s is not State.STOPPED}
     | {(s, IntentRestored) for s in State if s is not State.STOPPED}
+    | {(s, Unverifiable) for s in State if s is not State.STOPPED}
 )
 
 # Pairs ignored on purpose (same state, no actions), with the reason:

@@ -176,6 +176,15 @@ class ExitStatusLearned:
 
 
 @dataclass(frozen=True, slots=True)
+class Unverifiable:
+    """At daemon start: the instance's recorded process may be alive but cannot be verified
+    (its /proc entry cannot be read): it must not be started a second time."""
+
+    now: float
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class IntentRestored:
     """At daemon start: what the operator last asked for this instance, as the previous
     daemon recorded it (True: started, False: stopped)."""
@@ -187,6 +196,7 @@ class IntentRestored:
 Event = (
     StartRequested | StopRequested | Spawned | SpawnFailed | ReadyReported | TimerFired
     | Exited | HeartbeatStale | Adopted | ExitedWhileAway | ExitStatusLearned | IntentRestored
+    | Unverifiable
 )
 
 

@@ -44,6 +44,12 @@ class Instance:
         return self.st.state not in NO_PROCESS
 
     @property
+    def wants_start(self) -> bool:
+        """Whether it should run when nothing else says so (at start-up, after a config
+        change): the operator's last wish if there is one, else the config's autostart."""
+        return self.st.wanted if self.st.wanted is not None else self.cfg.autostart
+
+    @property
     def uses_library(self) -> bool:
         """Whether the process attached to its control block (and so reads the control word):
         only such a process can be stopped gracefully."""

@@ -211,6 +211,10 @@ class Runtime:
         self.watch_logs(inst)
         self.dispatch(inst, core.Adopted(self.now(), pid, ready, started_at, stop))
 
+    def unverifiable(self, inst: Instance, why: str) -> None:
+        """inst's recorded process may still be alive but cannot be verified."""
+        self.dispatch(inst, core.Unverifiable(self.now(), why))
+
     def restore_intent(self, inst: Instance, wanted: bool) -> None:
         """What the operator last asked for inst, as the previous daemon recorded it."""
         self.dispatch(inst, core.IntentRestored(self.now(), wanted))

@@ -165,18 +165,23 @@ def test_rotated_backup_keeps_owner_and_mode(udaemon: Any, unpriv: Unprivileged)
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create users")
-def test_existing_root_log_is_handed_over(udaemon: Any, unpriv: Unprivileged) -> None:
-    """A log file left by an earlier run as root becomes the user's (not readable by the
-    root group any more), without being replaced: its old content stays."""
+def test_a_log_file_of_another_owner_is_never_handed_over(udaemon: Any,
+                                                          unpriv: Unprivileged) -> None:
+    """A file that is not the worker's (left by a run as root, or another worker's log, or
+    the config, moved there by whoever can write the directory) is refused, not chown'ed to
+    the worker's user: that would hand the user a file that is not theirs."""
     logs = unpriv.dir / "logs"
     logs.mkdir()
     out = logs / "w-0.out.log"
-    out.write_text("earlier run\n")
+    out.write_text("root's output\n")
     os.chmod(out, 0o640)
-    udaemon({"w": _worker(unpriv.name, REPORT)}, supervisor={"log_dir": str(logs)})
-    lines = _report(out)
-    assert lines[0] == "earlier run"
-    assert _owner_mode(out) == (unpriv.uid, unpriv.gid, 0o600)
+    d = udaemon({"w": {**_worker(unpriv.name, REPORT), "start_retries": 0}},
+                supervisor={"log_dir": str(logs)})
+    d.wait_state("w:0", "FATAL")
+    d.wait_log(r"w-0\.out\.log: is owned by uid 0, not by the worker's uid \d+; it was not made "
+               r"for this worker")
+    assert out.read_text() == "root's output\n"
+    assert _owner_mode(out) == (0, 0, 0o640)
 
 
 def _load(tmp_path: Path, worker: str) -> str:

@@ -39,6 +39,7 @@ from supervisor.core import (
     TimerFired,
     TimerKind,
     TransitionError,
+    Unverifiable,
     step,
 )
 from supervisor.core.machine import ERRORS, EVENT_TYPES, IGNORED, TRANSITIONS
@@ -63,6 +64,7 @@ SAMPLE_EVENTS: dict[type, Event] = {
     ExitedWhileAway: ExitedWhileAway(1.0, ExitStatus(code=1)),
     ExitStatusLearned: ExitStatusLearned(1.0, ExitStatus(code=0)),
     IntentRestored: IntentRestored(1.0, False),
+    Unverifiable: Unverifiable(1.0, "cannot read /proc/10"),
 }
 
 
