@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,3 +180,94 @@ def test_unread_socket_state_is_not_ours(tmp_path: Path) -> None:
             safefs.open_dir(str(tmp_path / "sock"))
     finally:
         s.close()
+
+
+def test_a_log_made_huge_by_its_worker_rotates_at_once(tmp_path: Path) -> None:
+    """A worker can ftruncate its stdout to any size: rotation copies at most the tail, so the
+    daemon's loop is never held (it copied the whole file, and to the wrong offset)."""
+    from supervisor.logs import MAX_BACKUP_COPY, rotate_if_larger
+    log = tmp_path / "w.log"
+    with open(log, "wb") as f:
+        f.write(b"head\n")
+        f.truncate(1 << 40)                          # 1 TiB, sparse
+        f.seek((1 << 40) - 5)
+        f.write(b"tail\n")
+    t0 = time.monotonic()
+    rotate_if_larger(str(log), 1024, 2)
+    assert time.monotonic() - t0 < 10
+    backup = (tmp_path / "w.log.1").read_bytes()
+    assert backup.startswith(b"[pyvisor: the first ") and backup.endswith(b"tail\n")
+    assert len(backup) <= MAX_BACKUP_COPY + 100 and log.stat().st_size == 0
+
+
+def test_backup_is_a_faithful_copy(tmp_path: Path) -> None:
+    from supervisor.logs import rotate_if_larger
+    log = tmp_path / "w.log"
+    data = b"".join(b"line %06d\n" % i for i in range(50_000))
+    log.write_bytes(data)
+    rotate_if_larger(str(log), 1024, 3)
+    assert (tmp_path / "w.log.1").read_bytes() == data
+
+
+def test_a_directory_planted_as_a_backup_does_not_stop_rotation(tmp_path: Path) -> None:
+    from supervisor.logs import rotate_if_larger
+    log = tmp_path / "w.log"
+    log.write_bytes(b"x" * 5000)
+    (tmp_path / "w.log.1").mkdir()
+    (tmp_path / "w.log.1" / "keep").write_text("?")
+    with pytest.raises(OSError, match="truncated it anyway"):
+        rotate_if_larger(str(log), 100, 1)           # .1 must go, and a directory will not
+    assert log.stat().st_size == 0, "the live log must be truncated all the same"
+
+
+def test_socket_below_a_directory_another_user_owns_is_refused(
+        other_user: User, shared_dir: Path, tmp_path: Path) -> None:
+    """The user could swap the directory under the daemon between its checks and its chown
+    of the socket (a rename race): every directory on the way must be unswappable."""
+    theirs = shared_dir / "logs"                     # belongs to the other user
+    run = theirs / "run"
+    run.mkdir(mode=0o755)                            # root's, but inside theirs
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"supervisor: {{socket: {run / 's.sock'}, block_prefix: "
+                   f"t{uuid.uuid4().hex[:8]}}}\nworkers: {{w: {{command: sleep 1000}}}}\n")
+    r = subprocess.run([SUPERVISORD, "-c", str(cfg)], capture_output=True, text=True,
+                       timeout=30, check=False)
+    assert r.returncode == 1, r
+    assert "another user could swap what is in it" in r.stderr, r.stderr
+    assert not (run / "s.sock").exists()
+
+
+SERVE = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept(); c.recv(65536)
+c.sendall(b'{"code": 0, "out": "all fine, trust me\\\\n", "err": "", "data": null}\\n')
+time.sleep(5)
+"""
+
+
+def test_supervisorctl_refuses_a_socket_another_user_serves(other_user: User,
+                                                            shared_dir: Path) -> None:
+    from supervisor.control.protocol import Request
+    from supervisor.ctl.client import CtlError, exchange
+    path = str(shared_dir / "logs" / "fake.sock")
+    p = subprocess.Popen(["/usr/bin/python3", "-c", SERVE, path], user=other_user.uid,
+                         group=other_user.gid, extra_groups=[], stdout=subprocess.PIPE,
+                         text=True, cwd="/")
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        with pytest.raises(CtlError, match=r"served by uid \d+, neither root nor you"):
+            exchange(path, Request.make("status"), 5, 5, "c.yaml")
+    finally:
+        p.kill()
+        p.wait(10)
+
+
+def test_tail_never_follows_a_planted_link(other_user: User, shared_dir: Path) -> None:
+    from supervisor.ctl.tail import _open
+    secret = precious(shared_dir)
+    log = shared_dir / "logs" / "w.log"
+    assert other_user.run("ln", "-s", str(secret), str(log)).returncode == 0
+    with pytest.raises(safefs.UnsafePathError):
+        _open(str(log))
