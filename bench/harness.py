@@ -314,7 +314,10 @@ class Run:
 
     def _remove_cgroups(self) -> None:
         """The instance cgroups a killed pyvisor leaves (empty once kill_all is done)."""
-        from supervisor.runtime.cgroups import cgroup2_mount
+        try:
+            from supervisor.runtime.cgroups import cgroup2_mount
+        except ImportError:          # an older pyvisor: no cgroups
+            return
         mount = cgroup2_mount()
         base = os.path.join(mount, self.prefix) if mount else ""
         if not base or not os.path.isdir(base):
@@ -428,7 +431,9 @@ class Pyvisor(Daemon):
         self.config = self.dir / "pyvisor.yaml"
         cfg = {"supervisor": {"socket": self.sock, "log_dir": str(self.dir / "logs"),
                               "block_prefix": run.prefix, "log_level": "INFO",
-                              "cgroups": cgroups},
+                              # only when off: an older pyvisor (PYTHONPATH=<old checkout>,
+                              # for before/after runs) does not know the key
+                              **({} if cgroups else {"cgroups": False})},
                "workers": workers}
         self.config.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
         self.names = [f"{w}:{i}" for w, c in workers.items() for i in range(c.get("numprocs", 1))]

@@ -89,7 +89,7 @@ def rotate_if_larger(path: str, max_bytes: int, backups: int) -> None:
     max(2 * max_bytes, MAX_BACKUP_COPY) bytes. When the backup cannot be made (a full disk,
     something planted where a backup goes) what was made of it is removed and the file is
     truncated all the same: losing old output beats losing all new output."""
-    dfd = safefs.open_dir(os.path.dirname(os.path.abspath(path)))
+    dfd = safefs.LOG_DIRS.open(os.path.dirname(os.path.abspath(path)), 0o755)
     try:
         name = os.path.basename(path)
         fd = safefs.open_existing(dfd, name, path, os.O_RDWR)

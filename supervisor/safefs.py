@@ -168,11 +168,53 @@ def _check_regular(fd: int, path: str) -> os.stat_result:
     return st
 
 
+class DirCache:
+    """Directory fds kept for the many files of few directories (1,000 workers' logs in one
+    log_dir): walking the path again for every spawn costs a dozen opens. A kept fd is the
+    directory that was walked and checked; it is used again only while the path still leads
+    to that very directory (one stat), so a directory swapped or replaced since is walked
+    (and checked) afresh. At most ``size`` fds."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._fds: dict[str, tuple[int, int, int]] = {}
+
+    def open(self, path: str, mode: int) -> int:
+        """A dup of the fd of directory path (made if missing); the caller closes it."""
+        hit = self._fds.get(path)
+        if hit is not None:
+            fd, dev, ino = hit
+            try:
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    return os.dup(fd)
+            except OSError:
+                pass
+            self._drop(path)
+        fd = open_dir(path, create=True, mode=mode)
+        if len(self._fds) >= self.size:
+            self._drop(next(iter(self._fds)))
+        st = os.fstat(fd)
+        self._fds[path] = (fd, st.st_dev, st.st_ino)
+        return os.dup(fd)
+
+    def _drop(self, path: str) -> None:
+        fd, _dev, _ino = self._fds.pop(path)
+        os.close(fd)
+
+    def clear(self) -> None:
+        for path in list(self._fds):
+            self._drop(path)
+
+
+LOG_DIRS = DirCache()
+
+
 def open_append(path: str, mode: int = 0o640, dir_mode: int = 0o755) -> tuple[int, bool]:
     """Open (creating, and making its directory) a file to append to, by the rules above:
     (fd, whether this call created it). The fd is blocking again when returned (it is handed
     to a worker). Files of /proc and /sys are refused. The caller closes it."""
-    dfd = open_dir(os.path.dirname(os.path.abspath(path)), create=True, mode=dir_mode)
+    dfd = LOG_DIRS.open(os.path.dirname(os.path.abspath(path)), dir_mode)
     name = os.path.basename(path)
     flags = (os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
              | os.O_NOCTTY)

@@ -31,8 +31,11 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _read(path: str, limit: int = 1 << 20) -> str:
-    with open(path, encoding="ascii", errors="replace") as f:
-        return f.read(limit)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit).decode("ascii", "replace")
+    finally:
+        os.close(fd)
 
 
 def cgroup2_mount() -> str | None:
@@ -70,6 +73,7 @@ class CgroupTree:
         self.dir = os.path.join(base, prefix)  # the instances' parent
         self.home = home                      # the daemon's own cgroup.procs
         self.has_kill = True
+        self.has_memory = False
 
     @classmethod
     def setup(cls, prefix: str) -> tuple[CgroupTree | None, str]:
@@ -101,6 +105,10 @@ class CgroupTree:
         except OSError as e:
             return None, f"cannot set up cgroups under {base}: {e.strerror or e}"
         tree.has_kill = os.path.exists(os.path.join(tree.dir, "cgroup.kill"))
+        try:     # the memory controller, if any, is what the instances' cgroups get
+            tree.has_memory = "memory" in _read(os.path.join(tree.dir, "cgroup.subtree_control"))
+        except OSError:
+            tree.has_memory = False
         return tree, ""
 
     # -- one instance's cgroup -------------------------------------------------------------
@@ -172,6 +180,10 @@ class CgroupTree:
                     cpu = int(line.split()[1])
         except (OSError, ValueError, IndexError):
             pass
+        if not self.has_memory:         # no memory controller: the members' RSS
+            memory = _rss_sum(members)
+            return {"processes": len(members), "cpu_usec": cpu, "memory": memory,
+                    "oom_kills": None}
         try:
             memory = int(_read(os.path.join(path, "memory.current")).strip())
         except (OSError, ValueError):
