@@ -120,19 +120,19 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, int]) -> tuple[
         actual = blk.parse_start_ticks(stat_line)
         owner = _real_uid(pid)
         if recorded and actual != ticks:
-            why = "gone"                  # the pid was recycled: the recorded process is gone
+            why = f"pid {pid} started at tick {actual}, not {ticks} (a recycled pid)"
         elif stat_line[stat_line.rindex(")") + 2] == "Z":
             why = "gone"                  # exited; a zombie waiting for init to reap it
         elif not recorded and f"{ENV_BLOCK}={name}".encode() not in _environ(pid):
             why = "gone"
+        elif uid >= 0 and owner != uid:
+            # the recorded pid and start time, yet not the recorded uid or process group: it
+            # may be ours (a program that setuid()s or setsid()s itself) or not -- it cannot
+            # be told, so it is neither adopted nor signalled nor started a second time
+            why = f"unverifiable: pid {pid} runs as uid {owner}, not {uid}"
+        elif os.getpgid(pid) != pgid:
+            why = f"unverifiable: pid {pid} is not in process group {pgid}"
         else:
-            # pid + start time (pinned by the pidfd) are the process the daemon recorded; a
-            # uid or process group of its own making since (setuid, setsid) is noted only
-            changed = [f"uid {uid} -> {owner}" for _ in (1,) if uid >= 0 and owner != uid]
-            changed += [f"process group {pgid} -> {os.getpgid(pid)}" for _ in (1,)
-                        if os.getpgid(pid) != pgid]
-            if changed:
-                logger.info(f"pid {pid} changed its {', '.join(changed)} since its spawn")
             return pid, pidfd
     except (ProcessLookupError, FileNotFoundError):
         why = "gone"
