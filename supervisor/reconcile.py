@@ -57,6 +57,13 @@ def apply_adoption(rt: Runtime, config: Config,
             _exited_while_away(rt, inst, f)
             continue
         assert f.pidfd is not None
+        stray = _outside_its_cgroup(rt, inst, f.pid)
+        if stray:
+            os.close(f.pidfd)
+            f.block.close()
+            logger.error(f"{inst.name} {stray}; not adopted and not started again")
+            rt.unverifiable(inst, stray)
+            continue
         ready = f.ready or (f.block.pid == 0 and now - f.started_at >= inst.policy.start_seconds)
         stop = stop_of(intent.get(inst.name, {}))
         _seq, cmd = f.block.cmd
@@ -77,6 +84,19 @@ def apply_adoption(rt: Runtime, config: Config,
             logger.info(f"{inst.name} config changed while supervisord was down; restarting it")
             rt.request_stop([inst], graceful=True, restart=True)
     return accounted
+
+
+def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int) -> str:
+    """With cgroups, the instance's tree lives in its cgroup, which nothing can join without
+    the daemon's rights: a recorded pid outside a cgroup that holds other processes is not
+    its leader (why, or "" when it verifies)."""
+    cg = rt.trees.cgroups
+    if cg is None:
+        return ""
+    path = cg.path(inst.name)
+    if not os.path.isdir(path) or not cg.populated(path) or cg.contains(inst.name, pid):
+        return ""
+    return f"pid {pid} is not in the instance's cgroup {path}, which holds other processes"
 
 
 def _exited_while_away(rt: Runtime, inst: Instance, f: Found) -> None:

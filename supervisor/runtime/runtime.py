@@ -12,6 +12,7 @@ changes instances only through the public methods of ``Runtime``; the jobs live 
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import signal
 from collections import deque
@@ -222,10 +223,14 @@ class Runtime:
     def exited_while_away(self, inst: Instance, status: core.ExitStatus,
                           started_at: float) -> None:
         """inst's process ended while no daemon watched it."""
+        cg = self.trees.cgroups
+        if cg is not None and os.path.isdir(cg.path(inst.name)):
+            inst.cgroup = cg.path(inst.name)      # what its leader left there goes first
         if inst.removed:
-            self.forget(inst)
+            self.trees.end(inst, None, lambda: self.forget(inst))
             return
-        self.dispatch(inst, core.ExitedWhileAway(self.now(), status))
+        self.trees.end(inst, None, lambda: self.dispatch(
+            inst, core.ExitedWhileAway(self.now(), status)))
 
     def restore(self, inst: Instance, st: InstanceState, incarnation: int,
                 deadlines: Mapping[TimerKind, float]) -> None:

@@ -78,6 +78,28 @@ def test_grandchildren_of_a_crashing_worker_do_not_accumulate(daemon_factory: Da
     assert len(left) <= 1, f"grandchildren accumulated: {left}"
 
 
+def test_leftovers_of_a_leader_that_died_while_the_daemon_was_down_are_killed(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    f = tmp_path / "child.pid"
+    script = f"sh -c 'echo $$ > {f}; exec sleep 1000' & exec sleep 1000"
+    d = _daemon(daemon_factory, True, {"w": {"command": ["sh", "-c", script],
+                                             "start_seconds": 0.1}})
+    leader = d.wait_state("w:0", "RUNNING")["pid"]
+    child = _pid_in(f)
+    d.kill(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait(10)
+    os.kill(leader, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(leader), 10, "the leader gone")
+    assert pid_alive(child)
+    mark = d.log_mark()
+    d.start()
+    d.wait_log(r"w:0 killing what its exited leader left in its cgroup", after=mark)
+    row = d.wait_state("w:0", "RUNNING")
+    assert not pid_alive(child) and row["pid"] not in (leader, child)
+    assert row["processes"] == 2, "the new tree alone: its leader and its new child"
+
+
 def test_crash_loop_after_running_goes_fatal(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory({"w": {"command": ["sh", "-c", "sleep 0.2; exit 3"],
                               "start_seconds": 0.05, "restart": "always", "crash_burst": 3,
