@@ -325,6 +325,8 @@ def _load_saved(path: str | None) -> dict[str, Any] | None:
 @click.option("--reexec-state", hidden=True)
 @click.option("--lock-fd", type=int, hidden=True)
 @click.option("--prefix-lock-fd", type=int, hidden=True)
+@click.version_option(package_name="pyvisor", prog_name="supervisord",
+                      message="%(prog)s (pyvisor) %(version)s")
 def main(config_path: str | None, check: bool, convert_path: str | None,
          reexec_state: str | None, lock_fd: int | None, prefix_lock_fd: int | None) -> None:
     """Run the supervisor daemon in the foreground on CONFIG."""

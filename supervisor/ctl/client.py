@@ -72,6 +72,9 @@ class Session:
 
 
 def not_running(config: str) -> CtlError:
+    if not os.path.exists(config):     # a typo in -c, not a daemon that is down
+        return CtlError(NOT_RUNNING, f"supervisorctl: no such config file: {config} "
+                                     "(and so no supervisord running it)")
     return CtlError(
         NOT_RUNNING,
         f"supervisorctl: no supervisord is running for {config} "
