@@ -165,13 +165,14 @@ class Handlers:
             respond(Reply(USAGE, err=f"option {name!r} must be true or false\n"))
         return value
 
-    def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool]
-                 ) -> Reply:
-        """One line per instance; exit FAILED (on stderr) if any did not end up as asked."""
+    def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool],
+                 already: frozenset[Instance] = frozenset()) -> Reply:
+        """One line per instance; exit FAILED (on stderr) if any did not end up as asked.
+        ``already``: the ones that were so before the request ("already running")."""
         lines, failed = [], False
         for i in insts:
             if ok(i):
-                lines.append(f"{i.name}: {verb}")
+                lines.append(f"{i.name}: {'already running' if i in already else verb}")
                 continue
             failed = True
             why = i.st.fatal_reason or (i.st.last_exit.describe() if i.st.last_exit
@@ -221,13 +222,14 @@ class Handlers:
         wait = self._flag(request, respond, "wait", True)
         if wait is None:
             return
+        running = frozenset(i for i in insts if i.st.state is State.RUNNING)
         self.rt.request_start(insts)
         if not wait:
             respond(Reply(OK, out="".join(f"{i.name}: start requested\n" for i in insts)))
             return
 
         self.rt.wait_for(insts, lambda i: i.st.state not in IN_TRANSITION, lambda: respond(
-            self._summary(insts, "started", lambda i: i.st.state is State.RUNNING)))
+            self._summary(insts, "started", lambda i: i.st.state is State.RUNNING, running)))
 
     def stop(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)

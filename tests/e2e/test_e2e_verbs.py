@@ -31,6 +31,8 @@ def test_start_stop_restart_whole_output(daemon: StartedDaemon) -> None:
 
     r = d.ctl("start", "w:0")
     assert (r.returncode, r.stdout, r.stderr) == (0, "w:0: started\n", ""), r
+    r = d.ctl("start", "w:0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "w:0: already running\n", ""), r
     started = d.pids()["w:0"]
     assert started != first["w:0"]
 
