@@ -303,6 +303,8 @@ class Run:
         for d in self.daemons:   # a killed daemon leaves its locator (the runtime directory)
             if isinstance(d, Pyvisor) and d.proc is not None:
                 paths.remove_locator(str(d.config), d.pid)
+        with contextlib.suppress(OSError):      # and its record of what was asked
+            os.unlink(os.path.join(paths.runtime_dir(), f"intent-{self.prefix}.json"))
         for n in os.listdir("/dev/shm"):
             if n.startswith(self.prefix + "."):
                 try:

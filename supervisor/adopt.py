@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -80,10 +81,11 @@ def _started_at(ticks: int) -> float:
     return time.monotonic() - max(0.0, since_boot)
 
 
-def find_by_environ(names: set[str]) -> dict[str, int]:
-    """PIDs whose environment names one of these blocks (one pass over /proc)."""
+def find_by_environ(names: set[str]) -> dict[str, list[int]]:
+    """PIDs whose environment names one of these blocks (one pass over /proc). Anyone can put
+    any variable in their environment: these are candidates, never proof."""
     wanted = {f"{ENV_BLOCK}={n}".encode(): n for n in names}
-    found: dict[str, int] = {}
+    found: dict[str, list[int]] = {}
     if not wanted:
         return found
     for entry in os.scandir("/proc"):
@@ -92,20 +94,32 @@ def find_by_environ(names: set[str]) -> dict[str, int]:
         for var in _environ(entry.name):
             n = wanted.get(var)
             if n is not None:
-                found[n] = int(entry.name)
+                found.setdefault(n, []).append(int(entry.name))
     return found
 
 
-def verify(name: str, block: ControlBlock, unrecorded: dict[str, int]) -> tuple[int, int] | str:
-    """(pid, pidfd) of the verified process of a block, or why it does not verify."""
+def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
+           member: Callable[[str, int], bool | None]) -> tuple[int, int] | str:
+    """(pid, pidfd) of the verified process of a block, or why it does not verify.
+    ``member(instance, pid)``: whether pid is in the instance's cgroup (None: no cgroups)."""
     pid, ticks = block.spawned_pid, block.spawned_start_ticks
     uid, pgid = block.spawned_uid, block.spawned_pgid
     recorded = pid != 0
     if not recorded:                      # the daemon died before recording the spawn
-        pid = unrecorded.get(name, 0)
-        if not pid:
+        candidates = unrecorded.get(name, [])
+        if not candidates:
             return "gone"
-        ticks, uid, pgid = 0, -1, pid     # unknown: the environment names the block
+        # Only the environment names these, and anyone can set it: adopted only when the
+        # instance's cgroup (which nobody else can join) holds exactly that one; otherwise it
+        # cannot be told, and is neither adopted nor signalled nor started twice.
+        instance = name.split(".", 1)[1] if "." in name else name
+        inside = [p for p in candidates if member(instance, p)]
+        if len(candidates) != 1 or len(inside) != 1:
+            return (f"unverifiable: the spawn was never recorded and {len(candidates)} "
+                    f"process(es) name this block in their environment "
+                    f"({len(inside)} in its cgroup)")
+        pid = inside[0]
+        ticks, uid, pgid = 0, -1, pid     # unknown: the cgroup and the environment decide
     if not 1 < pid <= blk.PID_MAX or pid == os.getpid():
         return f"names pid {pid}, which is never a worker"
     try:
@@ -197,7 +211,8 @@ def open_block(name: str) -> ControlBlock | None:
     return None
 
 
-def scan(prefix: str) -> list[Found]:
+def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p: None
+         ) -> list[Found]:
     found: list[Found] = []
     blocks: dict[str, ControlBlock] = {}
     for name in blk.list_blocks(prefix):
@@ -208,7 +223,7 @@ def scan(prefix: str) -> list[Found]:
     unrecorded = find_by_environ({n for n, b in blocks.items() if not b.spawned_pid})
     for name, block in blocks.items():
         instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
-        result = verify(name, block, unrecorded)
+        result = verify(name, block, unrecorded, member)
         if isinstance(result, str):
             exit_rec = block.read_exit()
             if result.startswith("unverifiable"):

@@ -191,7 +191,7 @@ class Daemon:
         adopted = apply_adoption(rt, self.config, intent)
         try:
             restored, pending = restore_state(rt, saved) if saved is not None else (set(), [])
-        except (KeyError, TypeError, ValueError) as e:      # a state file of another version
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # another version's file
             logger.warning(f"cannot use the re-exec state ({type(e).__name__}: {e}); "
                            "adopting from blocks only")
             restored, pending = set(), []

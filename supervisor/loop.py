@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FdCallback = Callable[[int], None]
+MAX_SLEEP = 86400.0         # seconds the loop sleeps at most before it looks at its timers again
 
 
 @dataclass(order=True, slots=True)
@@ -93,7 +94,8 @@ class Loop:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(0.0, self._timers[0].when - self.clock())
+        # at most a day: epoll takes a timeout in ms that fits an int (about 24.8 days)
+        return min(max(0.0, self._timers[0].when - self.clock()), MAX_SLEEP)
 
     def run_once(self) -> None:
         timeout = self._next_timeout()

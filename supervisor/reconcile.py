@@ -45,7 +45,10 @@ def apply_adoption(rt: Runtime, config: Config,
     accounted: set[str] = set()
     now = rt.now()
     intent = intent or {}
-    for f in scan(config.supervisor.block_prefix):
+    cg = rt.trees.cgroups
+    def member(instance: str, pid: int) -> bool | None:
+        return cg.contains(instance, pid) if cg is not None else None
+    for f in scan(config.supervisor.block_prefix, member):
         inst = rt.instance_named(f.instance)
         accounted.add(inst.name)
         inst.incarnation = f.incarnation

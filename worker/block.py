@@ -210,8 +210,8 @@ def unlink_name(name: str) -> None:
     """Remove a block's name from /dev/shm without attaching to it; a missing name is fine."""
     try:  # noqa: SIM105 -- contextlib.suppress would be one more import for every worker
         posix_ipc.unlink_shared_memory(name)
-    except posix_ipc.ExistentialError:
-        pass
+    except (posix_ipc.ExistentialError, OSError):
+        pass      # gone, or something else under the name (a directory a worker made)
 
 
 _boot_id: bytes | None = None

@@ -117,7 +117,8 @@ def _adopted_stopping(inst: InstanceState, ev: Adopted, stop: StopInFlight, up: 
     changes.update(stop_requested=not stop.restart, restart_after_stop=stop.restart,
                    wanted=stop.restart, ready_at=None)
     head = f"adopted pid {ev.pid}, up for {secs(up)}, while being stopped"
-    left = stop.deadline - ev.now
+    # never more than the whole graceful wait: a deadline from a record is not believed past it
+    left = min(stop.deadline - ev.now, policy.graceful_timeout)
     if stop.graceful and left > 0:
         return goto(inst, State.STOPPING, f"{head}; graceful, {secs(left)} left",
                      [ArmTimer(TimerKind.GRACEFUL, left)], **changes)

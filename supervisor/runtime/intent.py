@@ -123,6 +123,10 @@ def stop_of(rec: dict[str, Any]) -> StopInFlight | None:
         return None
     graceful, deadline, restart = stop.get("graceful"), stop.get("deadline"), stop.get("restart")
     if not isinstance(graceful, bool) or not isinstance(restart, bool) or not isinstance(
-            deadline, int | float) or isinstance(deadline, bool) or not math.isfinite(deadline):
+            deadline, int | float) or isinstance(deadline, bool):
         return None
-    return StopInFlight(graceful, float(deadline), restart)
+    try:
+        value = float(deadline)
+    except OverflowError:          # an int of 400 digits
+        return None
+    return StopInFlight(graceful, value, restart) if math.isfinite(value) else None

@@ -18,8 +18,13 @@ def shm_objects(prefix: str) -> list[str]:
 
 
 def unlink_shm(name: str) -> None:
-    """Unlink one shm object (``/name`` or ``name``); gone already is fine."""
-    (SHM_DIR / name.lstrip("/")).unlink(missing_ok=True)
+    """Unlink one shm object (``/name`` or ``name``), or remove the directory a hostile test
+    worker made under such a name; gone already is fine."""
+    path = SHM_DIR / name.lstrip("/")
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
 
 
 def remove_shm(prefix: str) -> list[str]:
