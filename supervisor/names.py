@@ -9,6 +9,7 @@ import signal
 
 SIGNAL_NAMES = tuple(s.name[3:] for s in signal.Signals)   # "HUP", "INT", ... (no aliases)
 SIGNAL_MAX = int(signal.SIGRTMAX)
+SIGRTMIN = int(signal.SIGRTMIN)
 
 
 def instance_name(worker: str, index: int) -> str:
@@ -33,9 +34,11 @@ def parse_signal(value: str | int) -> int:
     if isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 3:
         text = int(text)
     if isinstance(text, int):
-        if 1 <= text <= SIGNAL_MAX:
+        # 32 .. SIGRTMIN-1 are the C library's own (thread cancellation, setxid)
+        if 1 <= text < 32 or SIGRTMIN <= text <= SIGNAL_MAX:
             return text
-        raise ValueError(f"signal number out of range 1..{SIGNAL_MAX}: {value!r}")
+        raise ValueError(f"not a signal a worker can be sent: {value!r} (1..31, "
+                         f"{SIGRTMIN}..{SIGNAL_MAX})")
     name = text.upper()
     try:
         return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])

@@ -264,14 +264,24 @@ def decode_reply(line: bytes) -> Reply:
     integer "code". An "out" or "err" that is not a string counts as empty."""
     try:
         doc = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):     # not JSON, or nested past the parser
         doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("code"), int):
-        raise BadReply("reply is not a JSON object with an integer code")
+    code = doc.get("code") if isinstance(doc, dict) else None
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
+        raise BadReply("reply is not a JSON object with an exit code 0..255")
+    assert isinstance(doc, dict)
     out, err = doc.get("out"), doc.get("err")
     return Reply(
-        code=doc["code"],
-        out=out if isinstance(out, str) else "",
-        err=err if isinstance(err, str) else "",
+        code=code,
+        out=_printable(out),
+        err=_printable(err),
         data=doc.get("data"),
     )
+
+
+def _printable(text: object) -> str:
+    """A reply text as it can be printed: lone surrogates (valid in JSON, not in UTF-8)
+    replaced; not a string: empty."""
+    if not isinstance(text, str):
+        return ""
+    return text.encode("utf-8", "replace").decode("utf-8")

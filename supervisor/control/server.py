@@ -122,6 +122,7 @@ class _Conn:
         self.timer: Timer | None = None
         self.responder = Responder(self)
         self.refused_uid: int | None = None  # a peer we will refuse once its request is in
+        self.peer = -1                       # the peer's uid (SO_PEERCRED)
 
     # -- events -------------------------------------------------------------------------------
     def on_event(self, mask: int) -> None:
@@ -385,8 +386,17 @@ class ControlServer:
         if len(self._conns) >= self.max_connections:
             sock.close()
             return
-        refused_uid = self._refused_uid(sock)
+        refused_uid, peer = self._peer(sock)
         if refused_uid is not None and self._refused_count() >= self.max_refused:
+            sock.close()
+            return
+        # Rule: a peer that is neither root nor the daemon's uid (a socket_group member) may
+        # hold at most an eighth of the slots, and never the last eighth, kept for root and
+        # the daemon's uid: it can wait on as many slow starts as it likes, and still cannot
+        # lock anyone out.
+        if refused_uid is None and peer not in (0, os.geteuid()) and (
+                len(self._conns) >= self.max_connections - self.max_refused
+                or sum(1 for c in self._conns.values() if c.peer == peer) >= self.max_refused):
             sock.close()
             return
         sock.setblocking(False)
@@ -397,10 +407,11 @@ class ControlServer:
         # before it is in would make the peer's send fail (EPIPE/ECONNRESET) instead of letting
         # it read why.
         conn.refused_uid = refused_uid
+        conn.peer = peer
         conn.timer = self.loop.call_later(self.read_timeout, conn.on_read_timeout)
 
-    def _refused_uid(self, sock: socket.socket) -> int | None:
-        """None if the peer may talk to us, else its uid (for the refusal message)."""
+    def _peer(self, sock: socket.socket) -> tuple[int | None, int]:
+        """(None if the peer may talk to us, else its uid; the peer's uid, -1 if unknown)."""
         pid: int
         uid: int
         gid: int
@@ -409,12 +420,12 @@ class ControlServer:
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
             )
         except OSError:
-            return -1
+            return -1, -1
         if uid == 0 or uid == os.geteuid():
-            return None
+            return None, uid
         if self.gid is not None and (gid == self.gid or self.gid in supplementary_gids(pid)):
-            return None
-        return uid
+            return None, uid
+        return uid, uid
 
     def _refused_count(self) -> int:
         return sum(1 for c in self._conns.values() if c.refused_uid is not None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import configparser
 import glob
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -87,10 +88,22 @@ def _parser() -> configparser.RawConfigParser:
     return configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
 
 
+MAX_CONF_BYTES = 4 * 1024 * 1024      # a supervisord.conf, however large, is far below
+
+
 def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # never a FIFO or device (it would block or never end), and a bounded size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConvertError([f"{path}: not a regular file"])
+            raw = os.read(fd, MAX_CONF_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_CONF_BYTES:
+            raise ConvertError([f"{path}: more than {MAX_CONF_BYTES} bytes; not a config file"])
+        text = raw.decode("utf-8")
     except OSError as e:
         raise ConvertError([f"{path}: cannot read the file: {e.strerror}"]) from None
     except UnicodeDecodeError as e:

@@ -66,6 +66,9 @@ def expand(text: str, names: Mapping[str, object], *,
             out.append(literal("%"))
             continue
         name, spec = m.group("name"), m.group("spec")
+        if any(len(n) > 4 or int(n) > 1000 for n in re.findall(r"\d+", spec)):
+            raise BadValue(f"{m.group(0)!r}: a field width or precision over 1000 (at character "
+                           f"{i + 1})")
         used.add(name)
         if special and name in special:
             out.append(special[name](Ref(name, spec, m.group(0))))
