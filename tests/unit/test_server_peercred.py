@@ -166,3 +166,45 @@ def test_refused_peers_get_at_most_an_eighth_of_the_slots(lt: LoopThread, pub: P
         os.close(r)
         os.waitpid(pid, 0)
     assert out == "3", out  # 16 // 8 = 2 refused peers are let in to read why; 3 closed at once
+
+
+def test_a_group_member_gets_at_most_an_eighth_of_the_slots(lt: LoopThread, pub: Path) -> None:
+    """A socket_group member may control the daemon but not lock root out: it holds at most
+    max_connections // 8 connections (here 2), waiting or idle."""
+    server, _rec = start_server(lt, str(pub / "ctl.sock"), mode=0o666, max_connections=16,
+                                group=str(NOGROUP))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: 5 silent connections as nobody; report how many were closed at once
+        code = 1
+        try:
+            os.close(r)
+            os.chdir(pub)
+            os.setgroups([])
+            os.setgid(NOGROUP)
+            os.setuid(NOBODY)
+            socks = []
+            for _ in range(5):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect("ctl.sock")
+                socks.append(s)
+            closed = 0
+            for s in socks:
+                s.settimeout(1.0)
+                with contextlib.suppress(TimeoutError):
+                    closed += s.recv(1) == b""
+            os.write(w, str(closed).encode())
+            code = 0
+        except BaseException as e:  # noqa: BLE001 -- reported through the pipe
+            os.write(w, f"CHILD ERROR: {e!r}".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        ready, _w, _x = select.select([r], [], [], 10.0)
+        out = os.read(r, 4096).decode() if ready else "no answer from the child"
+        assert lt.call(lambda: server.connections) <= 2
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert out == "3", out  # 2 of the member's 5 connections are kept, 3 closed at once
