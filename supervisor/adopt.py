@@ -256,4 +256,33 @@ def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p:
                 ticks = 0
         found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
                            _started_at(ticks), None, block.incarnation))
+    _sweep_orphan_status_pages(prefix, blocks)
     return found
+
+
+def _sweep_orphan_status_pages(prefix: str, blocks: dict[str, ControlBlock]) -> None:
+    """Remove status pages that no ctl page names: a daemon killed between creating an
+    instance's two pages leaves one. Only ours (owned by our uid, a regular file) and only
+    when its ctl page is gone or names another status page: a live worker's page is never
+    touched."""
+    try:
+        entries = set(os.listdir(blk.SHM_DIR))
+    except OSError:
+        return
+    for e in entries:
+        if not e.startswith(prefix + "."):
+            continue
+        ctl = "/" + e.rsplit(".", 1)[0]
+        if not blk.status_name_ok(ctl, "/" + e):
+            continue
+        owner = blocks.get(ctl)
+        if ctl[1:] in entries and (owner is None or owner.status_name == "/" + e):
+            continue                     # its ctl page is there (and names it, or is unread)
+        try:
+            st = os.stat(os.path.join(blk.SHM_DIR, e), follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            logger.info(f"removing /dev/shm/{e}: a status page no control block names")
+            blk.unlink_name("/" + e)
+

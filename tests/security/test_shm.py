@@ -8,6 +8,7 @@ local user, and a worker under ``user:`` reaching for pages that are not its own
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import struct
@@ -221,3 +222,21 @@ def test_a_worker_under_user_reaches_only_its_own_pages(
     st = os.stat(SHM + name[1:])
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, other_user.gid, 0o640)
     assert_daemon_fine(d)
+
+
+def test_a_status_page_orphaned_by_a_killed_daemon_is_removed(daemon_factory: Any) -> None:
+    """A daemon killed between creating an instance's two pages leaves a status page that no
+    ctl page names; the next daemon removes it (and only such pages)."""
+    d = daemon_factory({"w": {"command": "sleep 100000", "start_seconds": 0.1}}).start()
+    d.wait_state("w:0", "RUNNING")
+    orphan = Path("/dev/shm") / f"{d.prefix}.w:7.{'ab' * 8}"      # w:7 has no ctl page
+    orphan.write_bytes(b"\0" * 4096)
+    orphan.chmod(0o600)
+    d.kill(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait(10)
+    d.start()
+    d.wait_log(rf"removing /dev/shm/{re.escape(orphan.name)}: a status page no control block "
+               "names")
+    assert not orphan.exists()
+    assert d.wait_state("w:0", "RUNNING")["adopted"]
