@@ -266,6 +266,7 @@ class DaemonProcess:
         from supervisor import paths
         # what a SIGKILLed daemon leaves for the next one (by design): removed silently
         Path(paths.runtime_dir(), f"intent-{self.prefix}.json").unlink(missing_ok=True)
+        Path(paths.runtime_dir(), f"prefix-{self.prefix}.lock").unlink(missing_ok=True)
         loc = paths.locator_path(str(self.config_path))
         if os.path.exists(loc):
             os.unlink(loc)
