@@ -121,7 +121,7 @@ def test_worker_has_exactly_the_users_credentials(udaemon: Any, unpriv: Unprivil
     assert lines[3] == f"env=/nonexistent|{unpriv.name}|{unpriv.name}|/bin/sh"
     # its log file: the daemon made it, it belongs to the worker alone
     assert _owner_mode(out) == (unpriv.uid, gid, 0o600)
-    assert d.status_of("w:0")["state"] == "RUNNING"
+    d.wait_state("w:0", "RUNNING")      # start_seconds may not be over when the report is in
 
 
 @pytest.mark.root
