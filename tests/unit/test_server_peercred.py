@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.control.server import ControlServer
 from tests.unit.test_server_harness import LoopThread, loop_thread_fixture, start_server
 
 pytestmark = [
@@ -129,11 +130,12 @@ def test_mode_0600_keeps_others_out_at_the_file_level(lt: LoopThread, pub: Path)
     assert reply == "CHILD ERROR: PermissionError(13, 'Permission denied')", reply
 
 
-def test_refused_peers_get_at_most_an_eighth_of_the_slots(lt: LoopThread, pub: Path) -> None:
-    server, _rec = start_server(lt, str(pub / "ctl.sock"), mode=0o666, max_connections=16)
+def _silent_connections_as_nobody(lt: LoopThread, server: ControlServer, pub: Path) -> str:
+    """5 silent connections from a child running as nobody: how many the server closed at
+    once (or what went wrong in the child). The server holds at most 2 of them."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: 5 silent connections as nobody; report how many were closed at once
+    if pid == 0:
         code = 1
         try:
             os.close(r)
@@ -165,6 +167,12 @@ def test_refused_peers_get_at_most_an_eighth_of_the_slots(lt: LoopThread, pub: P
     finally:
         os.close(r)
         os.waitpid(pid, 0)
+    return out
+
+
+def test_refused_peers_get_at_most_an_eighth_of_the_slots(lt: LoopThread, pub: Path) -> None:
+    server, _rec = start_server(lt, str(pub / "ctl.sock"), mode=0o666, max_connections=16)
+    out = _silent_connections_as_nobody(lt, server, pub)
     assert out == "3", out  # 16 // 8 = 2 refused peers are let in to read why; 3 closed at once
 
 
@@ -173,38 +181,5 @@ def test_a_group_member_gets_at_most_an_eighth_of_the_slots(lt: LoopThread, pub:
     max_connections // 8 connections (here 2), waiting or idle."""
     server, _rec = start_server(lt, str(pub / "ctl.sock"), mode=0o666, max_connections=16,
                                 group=str(NOGROUP))
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: 5 silent connections as nobody; report how many were closed at once
-        code = 1
-        try:
-            os.close(r)
-            os.chdir(pub)
-            os.setgroups([])
-            os.setgid(NOGROUP)
-            os.setuid(NOBODY)
-            socks = []
-            for _ in range(5):
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect("ctl.sock")
-                socks.append(s)
-            closed = 0
-            for s in socks:
-                s.settimeout(1.0)
-                with contextlib.suppress(TimeoutError):
-                    closed += s.recv(1) == b""
-            os.write(w, str(closed).encode())
-            code = 0
-        except BaseException as e:  # noqa: BLE001 -- reported through the pipe
-            os.write(w, f"CHILD ERROR: {e!r}".encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    try:
-        ready, _w, _x = select.select([r], [], [], 10.0)
-        out = os.read(r, 4096).decode() if ready else "no answer from the child"
-        assert lt.call(lambda: server.connections) <= 2
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
+    out = _silent_connections_as_nobody(lt, server, pub)
     assert out == "3", out  # 2 of the member's 5 connections are kept, 3 closed at once
