@@ -12,6 +12,7 @@ import fcntl
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -58,7 +59,7 @@ def _flock(path: str, create_dir: bool) -> tuple[int, str]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+                holder = _holder_of(fd)
                 os.close(fd)
                 return -1, holder
             # the holder before us removes the file when it exits: make sure we locked the
@@ -71,6 +72,17 @@ def _flock(path: str, create_dir: bool) -> tuple[int, str]:
             os.close(fd)
     finally:
         os.close(dfd)
+
+
+def _holder_of(fd: int) -> str:
+    """What the holder of a lock wrote in it. It writes right after it takes the lock, so a
+    file still empty is given a moment (bounded) before we say "unknown"."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if holder or time.monotonic() >= deadline:
+            return holder or "unknown"
+        time.sleep(0.01)
 
 
 def release_lock(path: str, fd: int) -> None:

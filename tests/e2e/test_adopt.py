@@ -258,11 +258,11 @@ def test_two_daemons_at_once_exactly_one_runs(daemon_factory: DaemonFactory) -> 
         wait_until(lambda: any(p.poll() is not None for p in procs), 20, "one to give up")
         loser = next(p for p in procs if p.poll() is not None)
         winner = next(p for p in procs if p is not loser)
+        d.proc = winner     # let the fixture stop it and clean up, whatever is asserted below
         _out, err = loser.communicate(timeout=5)
         assert loser.returncode == 1
         assert f"another supervisord (pid {winner.pid}) is already running" in err, err
         assert winner.poll() is None
-        d.proc = winner     # let the fixture stop it and clean up
         wait_until(lambda: d.ctl("status").returncode == 0, 10, "the winner answers")
         assert len(pids_with_block_prefix(d.prefix)) == 1
     finally:
