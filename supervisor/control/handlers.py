@@ -17,7 +17,7 @@ import psutil
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.core import IN_TRANSITION, State
 from supervisor.names import parse_signal, signal_name
-from supervisor.runtime import Instance, Runtime
+from supervisor.runtime import Instance, Runtime, worker_data
 
 
 class Responder(Protocol):
@@ -61,6 +61,7 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
     pid = inst.pid
     last = st.last_exit
     uptime = hb_age = work = cpu = rss = processes = ooms = None
+    published = worker_data(inst)
     if pid is not None:
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
@@ -87,7 +88,20 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         "rss": rss, "last_exit": last.describe() if last else None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
+        "status_text": published.text if published else None,
+        "metrics": published.to_json()["metrics"] if published else [],
     }
+
+
+TABLE_TEXT = 60  # characters of a status text the table shows (--verbose and --json: all)
+
+
+def render_verbose(f: dict[str, Any]) -> str:
+    """The lines ``status --verbose`` adds under an instance: its whole status text and
+    one line per counter or gauge."""
+    lines = [f"    status: {f['status_text']}\n"] if f.get("status_text") else []
+    lines += [f"    {m['name']} ({m['kind']}) = {m['value']}\n" for m in f.get("metrics", ())]
+    return "".join(lines)
 
 
 def render_status_line(f: dict[str, Any], width: int) -> str:
@@ -106,7 +120,14 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
         "" if rss is None else f", mem {fmt_bytes(rss)}",
         f", {f['processes']} processes" if (f.get("processes") or 0) > 1 else "",
         ", adopted" if f["adopted"] else "",
+        _table_text(f.get("status_text")),
     ))
+
+
+def _table_text(text: str | None) -> str:
+    if not text:
+        return ""
+    return f"  [{text if len(text) <= TABLE_TEXT else text[:TABLE_TEXT - 1] + '…'}]"
 
 
 # Verbs refused once a shutdown or a re-exec has begun. stop and shutdown stay allowed: a
@@ -198,8 +219,12 @@ class Handlers:
             # data too: shell completion and scripts on the socket read the rows from it
             respond(Reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
             return
+        verbose = self._flag(request, respond, "verbose", False)
+        if verbose is None:
+            return
         width = max((len(f["name"]) for f in facts), default=4)
-        text = "".join(render_status_line(f, width) + "\n" for f in facts)
+        text = "".join(render_status_line(f, width) + "\n" + (render_verbose(f) if verbose
+                                                                 else "") for f in facts)
         # names only in data: the text is what gets printed (--json carries the whole rows)
         respond(Reply(OK, out=text or "no workers configured\n",
                       data=[{"name": f["name"]} for f in facts]))
