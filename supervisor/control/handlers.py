@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import psutil
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
+from supervisor.control.stream import Stream
 from supervisor.core import IN_TRANSITION, State
 from supervisor.names import parse_signal, signal_name
 from supervisor.runtime import Instance, Runtime, worker_data
+from supervisor.runtime.events import RuntimeEvent, target_filter
 
 
 class Responder(Protocol):
     closed: bool
 
     def __call__(self, reply: Reply) -> None: ...
+    def stream(self) -> Stream | None: ...
 
 
 class Daemon(Protocol):
@@ -130,6 +134,17 @@ def _table_text(text: str | None) -> str:
     return f"  [{text if len(text) <= TABLE_TEXT else text[:TABLE_TEXT - 1] + '…'}]"
 
 
+def render_event(ev: RuntimeEvent) -> str:
+    """``events``' human line: local time with milliseconds, then the event."""
+    ms = int(ev.time * 1000) % 1000
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev.time))}.{ms:03} " \
+           f"{ev.describe()}\n"
+
+
+def render_event_json(ev: RuntimeEvent) -> str:
+    return json.dumps(ev.to_json()) + "\n"
+
+
 # Verbs refused once a shutdown or a re-exec has begun. stop and shutdown stay allowed: a
 # shutdown stops everything anyway, and a second shutdown just waits for the first.
 CHANGES_STATE = frozenset({"start", "restart", "signal", "reload", "reexec"})
@@ -143,7 +158,7 @@ class Handlers:
             "status": self.status, "start": self.start, "stop": self.stop,
             "restart": self.restart, "signal": self.signal, "tail": self.tail,
             "reload": self.reload, "shutdown": self.shutdown, "pid": self.pid,
-            "reexec": self.reexec,
+            "reexec": self.reexec, "events": self.events,
         }
 
     def __call__(self, request: Request, respond: Responder) -> None:
@@ -350,6 +365,35 @@ class Handlers:
             self.daemon.shutdown(lambda: None)
             return
         self.daemon.shutdown(lambda: respond(Reply(OK, out="shut down\n")))
+
+    def events(self, request: Request, respond: Responder) -> None:
+        """The recent events of TARGETS (the bus's ring); with follow, then every new one as
+        it happens, on a stream (bounded: see supervisor.control.stream)."""
+        if self._targets(request, respond, default_all=True) is None:
+            return
+        follow = self._flag(request, respond, "follow", False)
+        as_json = self._flag(request, respond, "json", False) if follow is not None else None
+        if as_json is None:
+            return
+        want = target_filter(request.targets or ["all"])
+        render = render_event_json if as_json else render_event
+        bus = self.rt.events
+        past = [e for e in bus.recent() if want(e)]
+        if not follow:
+            respond(Reply(OK, out="".join(render(e) for e in past)))
+            return
+        stream = respond.stream()
+        if stream is None:
+            return
+        stream.unit = "events"
+
+        def send(ev: RuntimeEvent) -> None:
+            if want(ev):
+                stream.send({"out": render(ev)})
+
+        for e in past:
+            send(e)
+        stream.on_close = bus.subscribe(send)
 
     def reexec(self, request: Request, respond: Responder) -> None:
         respond(Reply(OK, out="re-executing supervisord in place (same pid, workers keep "
