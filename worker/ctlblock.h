@@ -12,7 +12,8 @@
  * it read-only (it cannot open it for writing, so it cannot truncate or forge it) and waits on
  * the command word there. The status page (its name is in the ctl page, with 16 random hex
  * digits nobody can guess) is the worker's: it publishes its pid/start time/state, heartbeat,
- * work done and exit record there and acknowledges commands in the ack word; the daemon only
+ * work done, exit record, a status text and named counters/gauges there and acknowledges
+ * commands in the ack word; the daemon only
  * ever reads it with pread, so nothing written to it (or a truncation) can fault the daemon. Header-only: static inline helpers built on the
  * GCC/Clang __atomic builtins and the futex syscall (SHARED futexes: no FUTEX_PRIVATE_FLAG).
  * Compile with -std=gnu11 (or -D_GNU_SOURCE): it needs syscall(), shm_open() and mmap().

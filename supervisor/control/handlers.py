@@ -7,6 +7,7 @@ anyway) does the work and sends back the text to print and the exit code. Long o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -134,6 +135,8 @@ def _table_text(text: str | None) -> str:
     return f"  [{text if len(text) <= TABLE_TEXT else text[:TABLE_TEXT - 1] + '…'}]"
 
 
+# Every follower of the same event renders the same line: render each event once.
+@functools.lru_cache(maxsize=256)
 def render_event(ev: RuntimeEvent) -> str:
     """``events``' human line: local time with milliseconds, then the event."""
     ms = int(ev.time * 1000) % 1000
@@ -141,6 +144,7 @@ def render_event(ev: RuntimeEvent) -> str:
            f"{ev.describe()}\n"
 
 
+@functools.lru_cache(maxsize=256)
 def render_event_json(ev: RuntimeEvent) -> str:
     return json.dumps(ev.to_json()) + "\n"
 

@@ -201,3 +201,29 @@ def test_adoption_is_an_event_and_a_shutdown_ends_the_stream(daemon: StartedDaem
         assert p.stderr is not None
         assert p.stderr.read() == ("supervisorctl: supervisord ended the event stream (it shut "
                                    "down, re-executed or dropped this client)\n")
+
+
+def raw_request(d: DaemonProcess, doc: object) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(d.socket))
+        s.sendall(json.dumps(doc).encode() + b"\n")
+        buf = b""
+        while chunk := s.recv(65536):
+            buf += chunk
+    reply = json.loads(buf.splitlines()[0])
+    assert isinstance(reply, dict)
+    return reply
+
+
+def test_bad_events_requests_get_usage_replies(daemon: StartedDaemon) -> None:
+    d = daemon({"w": SLEEPER})
+    for opts, targets, err in [
+        ({"follow": "yes"}, ["all"], "option 'follow' must be true or false\n"),
+        ({"json": 1}, ["all"], "option 'json' must be true or false\n"),
+        ({}, 5, "targets must be a list of names\n"),
+        ({}, [["w"]], "targets must be a list of names\n"),
+    ]:
+        reply = raw_request(d, {"cmd": "events", "targets": targets, "opts": opts})
+        assert (reply["code"], reply["err"]) == (2, err), reply
+    assert d.ctl("status").returncode == 0
