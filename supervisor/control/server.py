@@ -106,6 +106,7 @@ class Responder:
         if self.closed or self.replied:
             return None
         self.replied = True
+        self._conn.state = _STREAMING   # the Stream watches the socket from now on
         self._conn.stream = Stream(self._conn)
         return self._conn.stream
 
@@ -113,7 +114,7 @@ class Responder:
 Handler = Callable[[Request, Responder], None]
 
 # Connection states
-_READING, _WAITING, _WRITING, _CLOSED = range(4)
+_READING, _WAITING, _WRITING, _CLOSED, _STREAMING = range(5)
 
 
 class _Conn:

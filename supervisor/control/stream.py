@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import select
 import selectors
+import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,15 @@ class Stream:
         """Queue one line; False if it was dropped (over a cap) or the stream is closed."""
         if self.closed or self._ending:
             return False
+        try:
+            return self._send(doc)
+        except Exception as e:  # noqa: BLE001 -- a bug here costs this stream, never its caller
+            self._server.log(f"control socket: event stream failed: {type(e).__name__}: {e}\n"
+                             f"{traceback.format_exc().rstrip()}")
+            self._conn.close()
+            return False
+
+    def _send(self, doc: Mapping[str, Any]) -> bool:
         line = json.dumps({"stream": True, **doc}, ensure_ascii=False).encode(
             "utf-8", "surrogateescape") + EOL
         if self.lost:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.control.protocol import Reply
-from supervisor.control.server import ControlServer
+from supervisor.control.server import ControlServer, Responder
 from supervisor.control.stream import Stream
 from tests.unit.test_server_harness import (
     LoopThread,
@@ -169,3 +169,30 @@ def test_a_half_close_keeps_the_stream(lt: LoopThread, sock_path: str) -> None:
         got = lines(read_all(s))
     assert got == [{"stream": True, "out": "x\n"}, {"code": 0, "out": "", "err": "",
                                                     "data": None}]
+
+
+def test_a_request_sent_with_a_half_close_still_streams(lt: LoopThread, sock_path: str) -> None:
+    """The handler answers with a stream at once, inside the read that also saw EOF (what
+    `printf REQUEST | nc -U SOCKET` does): the stream still watches the socket."""
+    streams: list[Stream] = []
+
+    def handler(_req: object, responder: Responder) -> None:
+        st = responder.stream()
+        assert st is not None
+        st.send({"out": "first\n"})
+        streams.append(st)
+
+    server = lt.call(lambda: ControlServer(lt.loop, sock_path, handler))
+    lt.servers.append(server)
+    with connect(sock_path) as s:
+        s.sendall(HOLD.rstrip())   # no newline: the EOF ends the request
+        s.shutdown(socket.SHUT_WR)
+        wait_for(lambda: streams, "the handler streamed")
+        assert lt.call(lambda: streams[0].send({"out": "second\n"}))
+        # more than the kernel holds: the stream must watch for writability to go on
+        lt.call(lambda: [streams[0].send({"out": "z" * 1000}) for _ in range(400)])
+        lt.call(lambda: streams[0].end(Reply(0)))
+        got = lines(read_all(s))
+    outs = [d.get("out") for d in got]
+    assert outs[:2] == ["first\n", "second\n"] and outs[-1] == "" and got[-1]["code"] == 0
+    wait_for(lambda: server.connections == 0, "closed after the final reply")
