@@ -87,6 +87,7 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         "rss": rss, "last_exit": last.describe() if last else None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
+        "restarts": st.restarts,
     }
 
 
@@ -107,6 +108,28 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
         f", {f['processes']} processes" if (f.get("processes") or 0) > 1 else "",
         ", adopted" if f["adopted"] else "",
     ))
+
+
+def _process(pid: int | None) -> psutil.Process | None:
+    """A fresh psutil handle: keeping one per worker between calls would save ~15 us per
+    instance and call, but cost the daemon ~1.3 KB per worker for good."""
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def status_facts(rt: Runtime, insts: list[Instance]) -> list[dict[str, Any]]:
+    """The status rows of insts: what `status` shows, /api/v1/status returns and /metrics
+    exports (one source for all three)."""
+    now = rt.now()
+    facts = []
+    for i in insts:
+        tree = rt.trees.stats(i) if i.pid is not None else None
+        facts.append(instance_facts(i, now, None if tree else _process(i.pid), tree))
+    return facts
 
 
 # Verbs refused once a shutdown or a re-exec has begun. stop and shutdown stay allowed: a
@@ -186,11 +209,7 @@ class Handlers:
         insts = self._targets(request, respond, default_all=True)
         if insts is None:
             return
-        now = self.rt.now()
-        facts = []
-        for i in insts:
-            tree = self.rt.trees.stats(i) if i.pid is not None else None
-            facts.append(instance_facts(i, now, None if tree else self._process(i.pid), tree))
+        facts = status_facts(self.rt, insts)
         as_json = self._flag(request, respond, "json", False)
         if as_json is None:
             return
@@ -203,17 +222,6 @@ class Handlers:
         # names only in data: the text is what gets printed (--json carries the whole rows)
         respond(Reply(OK, out=text or "no workers configured\n",
                       data=[{"name": f["name"]} for f in facts]))
-
-    @staticmethod
-    def _process(pid: int | None) -> psutil.Process | None:
-        """A fresh psutil handle: keeping one per worker between calls would save ~15 us per
-        instance and call, but cost the daemon ~1.3 KB per worker for good."""
-        if pid is None:
-            return None
-        try:
-            return psutil.Process(pid)
-        except psutil.Error:
-            return None
 
     def start(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)

@@ -1,0 +1,194 @@
+"""The routes: probes, /metrics, and the JSON API over the control verbs.
+
+The API does not reimplement a verb: each request becomes the control protocol's ``Request``
+and goes to the same ``Handlers`` that serve supervisorctl; the ``Reply`` comes back as JSON
+(``{"code", "ok", "out", "err", "data"}``, the exit code mapped to an HTTP status).
+
+Rules of the API:
+
+- GET is read-only and needs no token (metrics, probes, status);
+- POST changes state and needs ``Authorization: Bearer TOKEN`` with the token in
+  ``supervisor.http_token_file``, compared in constant time; never a cookie or a query
+  parameter, so a cross-site form or link cannot carry it (and a cross-origin fetch that sets
+  the header needs a CORS preflight, which this server never grants). Without a token file
+  every POST is refused (403, saying how to configure one); no header is 401, a wrong token 403.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
+from supervisor.core import State
+from supervisor.http.exchange import Exchange, Router
+from supervisor.http.metrics import CONTENT_TYPE, render
+from supervisor.http.token import token_matches
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from supervisor.control.handlers import Daemon, Handlers
+
+OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.json")
+VERBS = ("start", "stop", "restart", "signal")
+# control.protocol exit code -> HTTP status
+STATUS_OF = {OK: 200, USAGE: 400, NO_SUCH_TARGET: 404, FAILED: 409}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class _Answer:
+    """A control-socket Responder that answers an HTTP exchange."""
+
+    __slots__ = ("ex", "text")
+
+    def __init__(self, ex: Exchange, text: bool = True) -> None:
+        self.ex = ex
+        self.text = text          # False: "out" left empty (status: the rows are in "data")
+
+    @property
+    def closed(self) -> bool:
+        return self.ex.closed
+
+    def __call__(self, reply: Reply) -> None:
+        self.ex.json(STATUS_OF.get(reply.code, 500), {
+            "code": int(reply.code), "ok": reply.code == OK, "out": reply.out if self.text else "",
+            "err": reply.err, "data": reply.data})
+
+
+class Routes:
+    def __init__(self, daemon: Daemon, handlers: Handlers, token: bytes | None,
+                 registry: Callable[[], CollectorRegistry], ready_workers: tuple[str, ...] | None,
+                 ) -> None:
+        self.daemon = daemon
+        self.handlers = handlers
+        self.token = token
+        self.registry = registry
+        self.ready_workers = ready_workers
+        self._openapi: bytes | None = None
+
+    def router(self) -> Router:
+        r = Router()
+        r.add("GET", "/livez", self.livez)
+        r.add("GET", "/readyz", self.readyz)
+        r.add("GET", "/metrics", self.metrics)
+        r.add("GET", "/api/v1/status", self.status)
+        r.add("GET", "/api/v1/instances/{name}", self.status)
+        r.add("GET", "/api/v1/openapi.json", self.openapi)
+        for verb in VERBS:
+            r.add("POST", f"/api/v1/instances/{{name}}/{verb}", self._verb(verb))
+        return r
+
+    # -- probes -----------------------------------------------------------------------------
+    def livez(self, ex: Exchange) -> None:
+        loop = self.daemon.runtime.loop
+        ex.text(200, f"ok: the loop turns ({loop.turns} turns; last timer ran "
+                     f"{loop.lag.last * 1000:.1f} ms late)\n")
+
+    def readyz(self, ex: Exchange) -> None:
+        if self.daemon.leaving:
+            ex.text(503, f"not ready: supervisord is {self.daemon.leaving}\n")
+            return
+        rt = self.daemon.runtime
+        if self.ready_workers is not None:
+            want = set(self.ready_workers)
+            insts = [i for i in rt.instances.values() if i.worker in want and not i.removed]
+            what = "the workers in http_ready"
+        else:
+            insts = [i for i in rt.instances.values() if i.cfg.autostart and not i.removed]
+            what = "every autostart instance"
+        missing = sorted((i for i in insts if i.st.state is not State.RUNNING),
+                         key=lambda i: (i.worker, i.index))
+        if not missing:
+            ex.text(200, f"ready: {len(insts)} instances RUNNING ({what})\n")
+            return
+        lines = [f"not ready: {len(missing)} of {len(insts)} instances are not RUNNING "
+                 f"({what}):"]
+        for i in missing[:100]:
+            why = i.st.fatal_reason or (i.st.last_exit.describe() if i.st.last_exit else "")
+            lines.append(f"  {i.name} {i.st.state.value}" + (f" ({why})" if why else ""))
+        if len(missing) > 100:
+            lines.append(f"  ... and {len(missing) - 100} more")
+        ex.text(503, "\n".join(lines) + "\n")
+
+    # -- metrics ----------------------------------------------------------------------------
+    def metrics(self, ex: Exchange) -> None:
+        ex.reply(200, render(self.registry()), CONTENT_TYPE)
+
+    # -- API --------------------------------------------------------------------------------
+    def status(self, ex: Exchange) -> None:
+        name = ex.params.get("name")
+        req = Request.make("status", [name] if name else [], {"json": True})
+        self.handlers(req, _Answer(ex, text=False))
+
+    def openapi(self, ex: Exchange) -> None:
+        if self._openapi is None:
+            with open(OPENAPI, "rb") as f:
+                self._openapi = f.read()
+        ex.reply(200, self._openapi, b"application/json")
+
+    def _verb(self, verb: str) -> Callable[[Exchange], None]:
+        def route(ex: Exchange) -> None:
+            if not self._authorized(ex):
+                return
+            opts = self._opts(ex, verb)
+            if opts is not None:
+                self.handlers(Request.make(verb, [ex.params["name"]], opts), _Answer(ex))
+        return route
+
+    def _authorized(self, ex: Exchange) -> bool:
+        if self.token is None:
+            ex.json(403, _refusal(
+                "control over HTTP is off: no token is configured. Put a token in a file "
+                "only root can read (head -c 32 /dev/urandom | base64 > /etc/pyvisor/http.token;"
+                " chmod 600 /etc/pyvisor/http.token), set supervisor: {http_token_file: "
+                "/etc/pyvisor/http.token}, restart supervisord, and send 'Authorization: "
+                "Bearer TOKEN'"))
+            return False
+        header = ex.headers.get(b"authorization")
+        if header is None:
+            ex.json(401, _refusal("this request changes state: send 'Authorization: Bearer "
+                                  "TOKEN' with the token in supervisor.http_token_file"),
+                    [(b"www-authenticate", b'Bearer realm="pyvisor"')])
+            return False
+        if not token_matches(self.token, header):
+            ex.json(403, _refusal("wrong token (Authorization: Bearer TOKEN, the token in "
+                                  "supervisor.http_token_file)"))
+            return False
+        return True
+
+    @staticmethod
+    def _opts(ex: Exchange, verb: str) -> dict[str, Any] | None:
+        opts: dict[str, Any] = {}
+        allowed = {"start": ("wait",), "stop": ("wait", "graceful"), "restart": ("graceful",),
+                   "signal": ("signal",)}[verb]
+        for key, value in ex.query.items():
+            if key not in allowed:
+                ex.json(400, _refusal(f"{verb} takes no option {key!r}; it takes: "
+                                      f"{', '.join(allowed)}"))
+                return None
+            if key == "signal":
+                opts[key] = value
+            elif value.lower() in _TRUE:
+                opts[key] = True
+            elif value.lower() in _FALSE:
+                opts[key] = False
+            else:
+                ex.json(400, _refusal(f"option {key!r} must be 1 or 0 (true/false)"))
+                return None
+        if verb == "signal" and "signal" not in opts:
+            ex.json(400, _refusal("signal needs ?signal=NAME (e.g. HUP, USR1, 10)"))
+            return None
+        return opts
+
+
+def _refusal(message: str) -> dict[str, Any]:
+    return {"code": int(USAGE), "ok": False, "out": "", "err": message + "\n", "data": None}
+
+
+def load_openapi() -> dict[str, Any]:
+    with open(OPENAPI, encoding="utf-8") as f:
+        doc: dict[str, Any] = json.load(f)
+    return doc
