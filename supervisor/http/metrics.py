@@ -11,8 +11,9 @@ Rules:
 - per-worker aggregates always; per-instance series for the first ``max_instances`` instances
   by name (``pyvisor_metrics_instances_omitted`` says how many more there are), so 10,000
   instances cannot make a scrape unbounded;
-- labels are the worker, the instance name, and small closed sets (state, reason, outcome,
-  route, code): never a pid or a time.
+- labels are the worker, the instance's name (``name``: "web:0"; not ``instance``, which
+  Prometheus gives every target), and small closed sets (state, reason, outcome, route, code):
+  never a pid or a time.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 STATES = [s.value for s in State]
 ADOPTION_OUTCOMES = ("adopted", "exited_while_away", "unverifiable")
-_W, _I = ["worker"], ["worker", "instance"]
+_W, _I = ["worker"], ["worker", "name"]
 
 
 class Families:
