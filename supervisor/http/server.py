@@ -139,6 +139,12 @@ class HttpConn:
                 return
             if isinstance(event, h11.Request):
                 self.req, self.body = event, bytearray()
+                # h11 bounds only what is still incomplete: a whole head in one read can be
+                # bigger, so it is measured here as well
+                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if size > self.server.max_header:
+                    self._error(431, f"request head larger than {self.server.max_header} bytes")
+                    return
                 length = _content_length(event)
                 if length is not None and length > self.server.max_body:
                     self._error(413, f"body larger than {self.server.max_body} bytes")
@@ -459,7 +465,8 @@ class HttpServer:
     def host_ok(self, host: bytes | None) -> bool:
         if self.address.is_unix or not self.address.loopback:
             return True
-        return host is not None and _loopback_host(host)
+        # no Host at all: HTTP/1.0 only (h11 requires it in 1.1); browsers always send one
+        return host is None or _loopback_host(host)
 
     # -- connections ------------------------------------------------------------------------
     def _on_accept(self, _mask: int) -> None:
