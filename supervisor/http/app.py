@@ -9,7 +9,7 @@ from supervisor.config import SupervisorConfig
 from supervisor.control.handlers import Daemon, Handlers
 from supervisor.control.sockfile import resolve_group
 from supervisor.http.address import parse_address
-from supervisor.http.metrics import make_registry
+from supervisor.http.metrics import DaemonCollector
 from supervisor.http.routes import Routes
 from supervisor.http.server import HttpError, HttpServer
 from supervisor.http.token import TokenError, read_token
@@ -27,10 +27,10 @@ def start_http(daemon: Daemon, handlers: Handlers, sup: SupervisorConfig,
             token = read_token(sup.http_token_file)
         except TokenError as e:
             raise HttpError(f"supervisor.http_token_file: {e}") from None
-    routes = Routes(daemon, handlers, token, lambda: registry, sup.http_ready)
+    routes = Routes(daemon, handlers, token, lambda: collector.render(), sup.http_ready)
     server = HttpServer(daemon.runtime.loop, parse_address(sup.http), routes.router(),
                         unix_mode=sup.socket_mode,
                         unix_gid=resolve_group(sup.socket_group) if sup.socket_group else None,
                         log=log, log_where=log_where)
-    registry = make_registry(daemon.runtime, server, sup.http_metrics_instances)
+    collector = DaemonCollector(daemon.runtime, server, sup.http_metrics_instances)
     return server

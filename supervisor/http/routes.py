@@ -24,12 +24,10 @@ from typing import TYPE_CHECKING, Any
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.core import State
 from supervisor.http.exchange import Exchange, Router
-from supervisor.http.metrics import CONTENT_TYPE, render
+from supervisor.http.metrics import CONTENT_TYPE
 from supervisor.http.token import token_matches
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
-
     from supervisor.control.handlers import Daemon, Handlers
 
 OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.json")
@@ -64,12 +62,12 @@ class _Answer:
 
 class Routes:
     def __init__(self, daemon: Daemon, handlers: Handlers, token: bytes | None,
-                 registry: Callable[[], CollectorRegistry], ready_workers: tuple[str, ...] | None,
+                 metrics: Callable[[], bytes], ready_workers: tuple[str, ...] | None,
                  ) -> None:
         self.daemon = daemon
         self.handlers = handlers
         self.token = token
-        self.registry = registry
+        self.metrics_text = metrics
         self.ready_workers = ready_workers
         self._openapi: bytes | None = None
 
@@ -119,7 +117,7 @@ class Routes:
 
     # -- metrics ----------------------------------------------------------------------------
     def metrics(self, ex: Exchange) -> None:
-        ex.reply(200, render(self.registry()), CONTENT_TYPE)
+        ex.reply(200, self.metrics_text(), CONTENT_TYPE)
 
     # -- API --------------------------------------------------------------------------------
     def status(self, ex: Exchange) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.daemon import DaemonFactory
 from tests.support.http import bearer, free_port, make_token, request
@@ -37,11 +38,12 @@ def _needs(tool: str) -> str:
 
 
 def _metric(text: str, metric: str, **labels: str) -> float | None:
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    head = f"{metric}{{{want}}}" if labels else metric
-    for line in text.splitlines():
-        if line.startswith(head + " "):
-            return float(line.split()[-1])
+    """The value of the one sample named metric with these labels (prometheus_client's
+    parser reads the text)."""
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == metric and sample.labels == labels:
+                return float(sample.value)
     return None
 
 
@@ -57,6 +59,13 @@ def test_prometheus_scrapes_the_daemon(daemon_factory: DaemonFactory, tmp_path: 
     check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
                            capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert parsed["pyvisor_instance_restarts"].type == "counter"
+    assert {(s.labels["state"], s.value) for s in parsed["pyvisor_instance_state"].samples
+            if s.labels["name"] == "plain:0"} == {
+        ("RUNNING", 1.0), *((st, 0.0) for st in ("STOPPED", "STARTING", "BACKOFF", "STOPPING",
+                                                 "EXITED", "FATAL"))}
+    assert parsed["pyvisor_loop_lag_seconds"].type == "histogram"
     prom_port = free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [
@@ -116,6 +125,7 @@ def test_probes_say_what_is_missing(daemon_factory: DaemonFactory) -> None:
     live = request(port, "GET", "/livez")
     assert live.status == 200 and live.text.startswith("ok: the loop turns")
     d.wait_state("broken:0", "EXITED")
+    d.wait_state("plain:0", "RUNNING")
     r = request(port, "GET", "/readyz")
     assert r.status == 503, r
     assert "broken:0 EXITED (exit status 1)" in r.text and "plain:0" not in r.text, r.text
