@@ -32,6 +32,12 @@ TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
 
 
+def json_body(doc: Any) -> bytes:
+    """A JSON reply body; text decoded from OS bytes (surrogateescape) goes back as bytes."""
+    return json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8",
+                                                               "surrogateescape") + b"\n"
+
+
 @dataclass(eq=False, slots=True)
 class Exchange:
     """One request: method, decoded path, query (first value of each name), headers (names
@@ -66,8 +72,7 @@ class Exchange:
         self.reply(status, text.encode("utf-8", "replace"), TEXT, headers)
 
     def json(self, status: int, doc: Any, headers: Headers = ()) -> None:
-        body = json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8", "surrogateescape")
-        self.reply(status, body + b"\n", JSON, headers)
+        self.reply(status, json_body(doc), JSON, headers)
 
     def stream(self, status: int, content_type: bytes,
                on_close: Callable[[], None] = lambda: None) -> Stream:
