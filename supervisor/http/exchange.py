@@ -57,10 +57,6 @@ class Exchange:
     def closed(self) -> bool:
         return self.conn.closed
 
-    @property
-    def over_tcp(self) -> bool:
-        return not self.conn.server.address.is_unix
-
     def reply(self, status: int, body: bytes, content_type: bytes = TEXT,
               headers: Headers = ()) -> None:
         if self.answered:

@@ -5,7 +5,6 @@ restart counter survives a SIGKILL of the daemon."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -225,4 +224,10 @@ def test_restart_counter_survives_a_daemon_sigkill(daemon_factory: DaemonFactory
                       ok=lambda v: v is not None) == before
     text = request(port, "GET", "/metrics").text
     assert _metric(text, "pyvisor_adoptions_total", outcome="adopted") == 1.0
-    assert os.path.exists(d.socket)
+    # and across a re-exec (the re-exec state), with the endpoint back on the same port
+    mark = d.log_mark()
+    assert d.ctl("reexec").returncode == 0
+    d.wait_log(r"http: listening on 127\.0\.0\.1:%d" % port, after=mark)
+    assert wait_until(restarts, 20, "the re-executed daemon's restart count",
+                      ok=lambda v: v is not None) == before
+    assert d.proc is not None and d.proc.poll() is None
