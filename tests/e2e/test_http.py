@@ -227,7 +227,7 @@ def test_restart_counter_survives_a_daemon_sigkill(daemon_factory: DaemonFactory
     # and across a re-exec (the re-exec state), with the endpoint back on the same port
     mark = d.log_mark()
     assert d.ctl("reexec").returncode == 0
-    d.wait_log(r"http: listening on 127\.0\.0\.1:%d" % port, after=mark)
+    d.wait_log(rf"http: listening on 127\.0\.0\.1:{port}\b", after=mark)
     assert wait_until(restarts, 20, "the re-executed daemon's restart count",
                       ok=lambda v: v is not None) == before
     assert d.proc is not None and d.proc.poll() is None
