@@ -158,6 +158,10 @@ class Daemon:
                 from supervisor.http.app import start_http
                 self.http = start_http(self, handlers, sup, logger.error, where)
                 logger.info(f"http: listening on {self.http.bound}")
+                if not self.http.address.loopback:
+                    logger.warning(f"http: {self.http.bound} is reachable from other machines "
+                                   "(http_allow_remote): anyone who reaches it reads status "
+                                   "and metrics; control still needs the token")
             paths.write_locator(config.path, sup.socket, os.getpid())
         except BaseException:
             if self.http is not None:

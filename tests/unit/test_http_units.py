@@ -250,3 +250,17 @@ def test_daemon_without_http_never_imports_h11_or_prometheus_client(tmp_path: Pa
     r = subprocess.run([sys.executable, "-c", code_], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_route_is_in_the_openapi_document() -> None:
+    from typing import Any, cast
+
+    from supervisor.http.routes import Routes, load_openapi
+
+    routes = Routes(cast(Any, None), cast(Any, None), None, lambda: b"", None).router()
+    spec = load_openapi()
+    served = {(m.lower(), pattern) for _segs, methods, pattern in routes._routes
+              for m in methods}
+    documented = {(m, path) for path, ops in spec["paths"].items() for m in ops}
+    assert served == documented
+    assert spec["openapi"].startswith("3.")
