@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from supervisor.http.server import HttpConn
+    from supervisor.http.conn import HttpConn
 
 Route = Callable[["Exchange"], None]
 Headers = Sequence[tuple[bytes, bytes]]
