@@ -166,8 +166,11 @@ class HttpConn:
         except Exception as e:  # noqa: BLE001 -- a route bug must not take the daemon down
             self.server.log(f"http: {method} {ex.path} failed: {type(e).__name__}: {e}\n"
                             f"{traceback.format_exc().rstrip()}")
-            ex.text(500, f"internal error: {type(e).__name__}: {e} (see "
-                         f"{self.server.log_where})\n")
+            if not ex.answered:
+                ex.text(500, f"internal error: {type(e).__name__}: {e} (see "
+                             f"{self.server.log_where})\n")
+            elif self.h11.our_state is h11.SEND_RESPONSE:
+                self.close()          # it failed while answering: nothing went out
 
     def _parse(self, req: h11.Request, ex: Exchange) -> tuple[int, str] | None:
         """Fill ex from req; (status, why) when the request is refused before routing."""
@@ -217,10 +220,17 @@ class HttpConn:
             status, headers = 503, [(b"content-type", TEXT)]
             body = b"busy: other clients have not taken their replies yet; try again\n"
         hs = [*headers, (b"content-length", str(len(body)).encode())]
-        data = self._head(ex, status, hs)
-        if ex.method != "HEAD":
-            data += self.h11.send(h11.Data(data=body))
-        data += self.h11.send(h11.EndOfMessage())
+        # Called from routes and from deferred replies (a verb that waited): whatever goes
+        # wrong here must cost this connection only, never the caller (the runtime's waiter).
+        try:
+            data = self._head(ex, status, hs)
+            if ex.method != "HEAD":
+                data += self.h11.send(h11.Data(data=body))
+            data += self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as e:
+            server.log(f"http: cannot send the reply to {ex.method} {ex.path}: {e}")
+            self.close()
+            return
         self._queue(data)
 
     def start_stream(self, ex: Exchange, status: int, content_type: bytes,
@@ -235,11 +245,21 @@ class HttpConn:
             self.server.log("http: a stream's client fell behind; closing it")
             self.close()
             return False
-        self._queue(self.h11.send(h11.Data(data=data)) or b"")
+        self._send_event(h11.Data(data=data))
         return not self.closed
 
     def stream_end(self) -> None:
-        self._queue(self.h11.send(h11.EndOfMessage()) or b"")
+        self._send_event(h11.EndOfMessage())
+
+    def _send_event(self, event: h11.Data | h11.EndOfMessage) -> None:
+        """A piece of a stream (sent by whoever feeds it: never raises into them)."""
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError as e:
+            self.server.log(f"http: cannot send on a stream: {e}")
+            self.close()
+            return
+        self._queue(data or b"")
 
     def _error(self, status: int, why: str) -> None:
         """Refuse what h11 could not parse or we will not take, then close."""

@@ -58,9 +58,14 @@ class _Answer:
 
     def __call__(self, reply: Reply) -> None:
         status = STATUS_OF.get(reply.code, 500)
-        body = json_body({"code": int(reply.code), "ok": reply.code == OK,
-                          "out": reply.out if self.text else "", "err": reply.err,
-                          "data": reply.data})
+        try:
+            body = json_body({"code": int(reply.code), "ok": reply.code == OK,
+                              "out": reply.out if self.text else "", "err": reply.err,
+                              "data": reply.data})
+        except (TypeError, ValueError, RecursionError) as e:   # never into the runtime
+            status, body = 500, json_body({"code": 1, "ok": False, "out": "", "data": None,
+                                           "err": f"internal error: reply not serializable "
+                                                  f"({e})\n"})
         self.sent = (status, body)
         self.ex.reply(status, body, JSON)
 

@@ -264,3 +264,50 @@ def test_every_route_is_in_the_openapi_document() -> None:
     documented = {(m, path) for path, ops in spec["paths"].items() for m in ops}
     assert served == documented
     assert spec["openapi"].startswith("3.")
+
+
+def test_a_route_that_raises_costs_its_request_only() -> None:
+    from supervisor.http.exchange import Exchange, Router
+    from supervisor.http.server import HttpServer
+
+    def boom(ex: Exchange) -> None:
+        raise RuntimeError("bug")
+
+    def late_boom(ex: Exchange) -> None:
+        ex.text(200, "fine\n")
+        raise RuntimeError("bug after the reply")
+
+    loop = Loop()
+    router = Router()
+    router.add("GET", "/boom", boom)
+    router.add("GET", "/late", late_boom)
+    logged: list[str] = []
+    server = HttpServer(loop, parse_address(f"127.0.0.1:{free_tcp_port()}"), router,
+                        log=logged.append)
+    port = int(server.bound.rsplit(":", 1)[1])
+    got: list[bytes] = []
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"GET /boom HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                      b"GET /late HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            buf = b""
+            while chunk := c.recv(4096):
+                buf += chunk
+            got.append(buf)
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        for _ in range(200):
+            loop.call_later(0.05, lambda: None)
+            loop.run_once()
+            if got:
+                break
+        t.join(10)
+    finally:
+        server.close()
+        loop.close()
+    assert got and b"500 Internal Server Error" in got[0] and b"RuntimeError: bug" in got[0]
+    assert b"fine\n" in got[0]
+    assert len(logged) == 2 and "Traceback" in logged[0]
