@@ -155,8 +155,8 @@ class Daemon:
                                         log=logger.error, log_where=where)
             if sup.http is not None:
                 # imported only here: a daemon without http never loads h11/prometheus_client
-                from supervisor.http.app import start_http
-                self.http = start_http(self, handlers, sup, logger.error, where)
+                from supervisor.http.app import HttpEndpoint
+                self.http = HttpEndpoint(self, handlers, sup, logger.error, where)
                 logger.info(f"http: listening on {self.http.bound}")
                 if not self.http.address.loopback:
                     logger.warning(f"http: {self.http.bound} is reachable from other machines "
@@ -256,6 +256,10 @@ class Daemon:
         self.notifier.reloading()
         summary, settle = apply_config(self.runtime, self.config, new)
         self.config = new
+        if self.http is not None:
+            note = self.http.reload(new.supervisor)
+            if note:
+                logger.info(note)
         logger.info(f"reloaded {new.path}: {summary.strip() or 'no changes'}")
 
         def finished() -> None:

@@ -5,6 +5,7 @@ restart counter survives a SIGKILL of the daemon."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
 import subprocess
@@ -231,3 +232,21 @@ def test_restart_counter_survives_a_daemon_sigkill(daemon_factory: DaemonFactory
     assert wait_until(restarts, 20, "the re-executed daemon's restart count",
                       ok=lambda v: v is not None) == before
     assert d.proc is not None and d.proc.poll() is None
+
+
+def test_a_rotated_token_works_after_reload(daemon_factory: DaemonFactory,
+                                            tmp_path: Path) -> None:
+    port = free_port()
+    token_path, old = make_token(tmp_path)
+    d = daemon_factory({"plain": PLAIN}, supervisor={"http": f"127.0.0.1:{port}",
+                                                     "http_token_file": token_path}).start()
+    d.wait_state("plain:0", "RUNNING")
+    sig = "/api/v1/instances/plain:0/signal?signal=CONT"
+    assert request(port, "POST", sig, bearer(old)).status == 200
+    new = secrets.token_urlsafe(32).encode()
+    Path(token_path).write_bytes(new + b"\n")
+    r = d.ctl("reload")
+    assert r.returncode == 0, r
+    d.wait_log(r"http: token reloaded")
+    assert request(port, "POST", sig, bearer(old)).status == 403
+    assert request(port, "POST", sig, bearer(new)).status == 200
