@@ -311,3 +311,13 @@ def test_a_route_that_raises_costs_its_request_only() -> None:
     assert got and b"500 Internal Server Error" in got[0] and b"RuntimeError: bug" in got[0]
     assert b"fine\n" in got[0]
     assert len(logged) == 2 and "Traceback" in logged[0]
+
+
+@pytest.mark.parametrize("value, count", [
+    (7, 7), (0, 0), (None, 0), (True, 0), (-1, 0), (1 << 53, 0), ("5", 0), (5.0, 0),
+    ([1], 0), ({"a": 1}, 0)])
+def test_recorded_restart_counts_are_checked(value: object, count: int) -> None:
+    from supervisor.runtime.intent import restarts_of
+
+    assert restarts_of({"restarts": value}) == count
+    assert restarts_of({}) == 0
