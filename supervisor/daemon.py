@@ -155,7 +155,11 @@ class Daemon:
                                         log=logger.error, log_where=where)
             if sup.http is not None:
                 # imported only here: a daemon without http never loads h11/prometheus_client
-                from supervisor.http.app import HttpEndpoint
+                try:
+                    from supervisor.http.app import HttpEndpoint
+                except ModuleNotFoundError as e:
+                    raise ValueError(f"supervisor.http needs the {e.name} package: "
+                                     "pip install 'pyvisor[http]'") from None
                 self.http = HttpEndpoint(self, handlers, sup, logger.error, where)
                 logger.info(f"http: listening on {self.http.bound}")
                 if not self.http.address.loopback:

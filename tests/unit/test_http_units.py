@@ -321,3 +321,16 @@ def test_recorded_restart_counts_are_checked(value: object, count: int) -> None:
 
     assert restarts_of({"restarts": value}) == count
     assert restarts_of({}) == 0
+
+
+def test_http_without_h11_installed_is_a_clear_config_error(tmp_path: Path) -> None:
+    path = _config(tmp_path, "http: '127.0.0.1:9001'")
+    code_ = ("import sys; sys.modules['h11'] = None; "
+             f"sys.argv = ['supervisord', '-c', {path!r}, '--check']; "
+             "from supervisor.daemon import main; main()")
+    r = subprocess.run([sys.executable, "-c", code_], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r
+    assert "supervisor.http: needs the h11 package, which is not installed: pip install " \
+           "'pyvisor[http]'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
