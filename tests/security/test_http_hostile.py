@@ -305,10 +305,10 @@ def test_a_scrape_flood_costs_one_render_per_second(served: tuple[DaemonProcess,
         for t in threads:
             t.join(30)
 
-    def served() -> float:
+    def metrics_served() -> float:
         text = request(port, "GET", "/metrics").text
         return sum(float(line.split()[1]) for line in text.splitlines()
                    if line.startswith('pyvisor_http_requests_total{route="/metrics"'))
 
     # the next render (within a second) counts the flood's requests
-    wait_until(served, 10, "a render that counts the flood", ok=lambda n: n >= 50)
+    wait_until(metrics_served, 10, "a render that counts the flood", ok=lambda n: n >= 50)
