@@ -147,12 +147,31 @@ class Daemon:
         # The daemon logs to stderr, which systemd hands to the journal (JOURNAL_STREAM).
         where = ("the daemon log (the systemd journal)" if "JOURNAL_STREAM" in os.environ
                  else "the daemon log (supervisord's stderr)")
+        handlers = Handlers(self)
+        self.http: Any = None         # supervisor.http's server, when configured
         try:
-            self.server = ControlServer(self.loop, sup.socket, Handlers(self),
+            self.server = ControlServer(self.loop, sup.socket, handlers,
                                         mode=sup.socket_mode, group=sup.socket_group,
                                         log=logger.error, log_where=where)
+            if sup.http is not None:
+                # imported only here: a daemon without http never loads h11/prometheus_client
+                try:
+                    from supervisor.http.app import HttpEndpoint
+                except ModuleNotFoundError as e:
+                    raise ValueError(f"supervisor.http needs the {e.name} package: "
+                                     "pip install 'pyvisor[http]'") from None
+                self.http = HttpEndpoint(self, handlers, sup, logger.error, where)
+                logger.info(f"http: listening on {self.http.bound}")
+                if not self.http.address.loopback:
+                    logger.warning(f"http: {self.http.bound} is reachable from other machines "
+                                   "(http_allow_remote): anyone who reaches it reads status "
+                                   "and metrics; control still needs the token")
             paths.write_locator(config.path, sup.socket, os.getpid())
         except BaseException:
+            if self.http is not None:
+                self.http.close()
+            if hasattr(self, "server"):
+                self.server.close()
             self.runtime.close()      # nothing is running yet: leave nothing behind
             self.loop.close()
             raise
@@ -241,6 +260,10 @@ class Daemon:
         self.notifier.reloading()
         summary, settle = apply_config(self.runtime, self.config, new)
         self.config = new
+        if self.http is not None:
+            note = self.http.reload(new.supervisor)
+            if note:
+                logger.info(note)
         logger.info(f"reloaded {new.path}: {summary.strip() or 'no changes'}")
 
         def finished() -> None:
@@ -296,6 +319,8 @@ class Daemon:
         state_path = f"{self.config.supervisor.socket}.reexec.json"
         save_state(self.runtime, state_path)
         self.server.close()
+        if self.http is not None:
+            self.http.close()
         self.runtime.close()
         config_lock, prefix_lock = self.lock_fds
         for fd in self.lock_fds:
@@ -309,6 +334,8 @@ class Daemon:
     # -- running ------------------------------------------------------------------------------
     def close(self) -> None:
         self.server.close()
+        if self.http is not None:
+            self.http.close()
         self.runtime.close()
         paths.remove_locator(self.config.path, os.getpid())
         self.loop.close()
@@ -368,7 +395,7 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
         sys.exit(EXIT_LOCKED)
     try:
         daemon = Daemon(config, (fd, prefix_fd))
-    except (OSError, ServerError) as e:
+    except (OSError, ServerError, ValueError) as e:   # ValueError: supervisor.http's HttpError
         click.echo(f"supervisord: cannot start: {e}", err=True)
         release_lock(f"{config.supervisor.socket}.lock", fd)
         release_lock(prefix_lock_path(config.supervisor.block_prefix), prefix_fd)

@@ -5,10 +5,15 @@ Every registered file descriptor carries a callback ``fn(mask)``; timers are ``c
 fd event, so an idle daemon makes no system calls at all. Signals arrive through
 ``signal.set_wakeup_fd`` and are dispatched from the loop (never from inside a Python signal
 handler), so handlers may do anything.
+
+The loop measures its own lag without a tick: how late each timer fires (the time between its
+deadline and the turn that runs it), in a fixed histogram (``lag``). A loop that a callback
+stalls shows it in the next timer's lateness; an idle loop measures nothing and costs nothing.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -21,6 +26,27 @@ from dataclasses import dataclass, field
 
 FdCallback = Callable[[int], None]
 MAX_SLEEP = 86400.0         # seconds the loop sleeps at most before it looks at its timers again
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)   # seconds (upper bounds)
+
+
+class Lag:
+    """How late timers fired: a count per bucket (``counts[i]``: at most LAG_BUCKETS[i] and
+    more than the bucket before; the last one is past every bound), their sum and the last."""
+
+    __slots__ = ("counts", "sum", "last", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LAG_BUCKETS) + 1)
+        self.sum = 0.0
+        self.last = 0.0
+        self.max = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LAG_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.last = seconds
+        if seconds > self.max:
+            self.max = seconds
 
 
 @dataclass(order=True, slots=True)
@@ -44,6 +70,8 @@ class Loop:
         self._wake_r: int | None = None
         self._wake_w: int | None = None
         self.stopped = False
+        self.lag = Lag()
+        self.turns = 0          # run_once calls: /livez shows the loop turns
 
     # -- file descriptors -------------------------------------------------------------------
     def add_reader(self, fd: int, fn: FdCallback, events: int = selectors.EVENT_READ) -> None:
@@ -102,9 +130,11 @@ class Loop:
         for key, mask in self.selector.select(timeout):
             key.data(mask)
         now = self.clock()
+        self.turns += 1
         while self._timers and (self._timers[0].cancelled or self._timers[0].when <= now):
             t = heapq.heappop(self._timers)
             if not t.cancelled:
+                self.lag.observe(now - t.when)
                 t.fn()
 
     def run(self) -> None:

@@ -371,3 +371,35 @@ def read_small(dfd: int, name: str, path: str, limit: int, owner: int | None = N
         return os.read(fd, limit + 1)[:limit]
     finally:
         os.close(fd)
+
+
+def read_secret(path: str, limit: int) -> bytes:
+    """The content of an operator's secret file (a token): a regular file, never through a
+    link, in a directory chain nobody else can swap, owned by root or our euid, not writable
+    by its group or others, not readable by others, at most ``limit`` bytes. UnsafePathError
+    says what is wrong and what to do."""
+    path = os.path.abspath(path)
+    dfd = open_dir(os.path.dirname(path), chain=True)
+    try:
+        dst = os.fstat(dfd)
+        if not _safe_ancestor(dst, dfd):
+            raise UnsafePathError(os.path.dirname(path), (
+                f"is {_describe_owner(dst)}: another user could swap the file in it; keep "
+                f"the file in a directory only root or uid {os.geteuid()} can write"))
+        fd = open_existing(dfd, os.path.basename(path), path)
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if not _trusted_uid(st.st_uid):
+            raise UnsafePathError(path, f"is {_describe_owner(st)}; it must be root's or uid "
+                                        f"{os.geteuid()}'s: chown {os.geteuid()} {path}")
+        if mode & 0o026:
+            raise UnsafePathError(path, f"is {_describe_owner(st)}: others can change or read "
+                                        f"it; chmod 600 {path} (or 640 for a group)")
+        if st.st_size > limit:
+            raise UnsafePathError(path, f"is {st.st_size} bytes, more than {limit}")
+        return os.read(fd, limit + 1)[:limit]
+    finally:
+        os.close(fd)

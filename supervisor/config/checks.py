@@ -9,12 +9,14 @@ models know nothing of them).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 
 from supervisor.config.errors import unknown
 from supervisor.config.models import MAX_INSTANCES, Config, WorkerConfig
 from supervisor.config.yamlfile import Path
+from supervisor.http.token import TokenError, read_token
 
 Problem = tuple[Path, str]
 
@@ -36,6 +38,28 @@ def cross_checks(config: Config) -> list[Problem]:
     out += _cycles(config)
     out += _instances(config)
     out += _log_collisions(config)
+    out += _http(config)
+    return out
+
+
+def _http(config: Config) -> list[Problem]:
+    sup = config.supervisor
+    out: list[Problem] = []
+    names = list(config.workers)
+    if sup.http is not None and importlib.util.find_spec("h11") is None:
+        out.append((("supervisor", "http"), "needs the h11 package, which is not installed: "
+                    "pip install 'pyvisor[http]' (into supervisord's venv)"))
+    for i, name in enumerate(sup.http_ready or ()):
+        if name not in config.workers:
+            out.append((("supervisor", "http_ready", i), unknown("worker", name, names)))
+    if sup.http_token_file is not None:
+        if sup.http is None:
+            out.append((("supervisor", "http_token_file"), "has no effect without http; set "
+                        "http: '127.0.0.1:PORT' too, or remove it"))
+        try:
+            read_token(sup.http_token_file)
+        except TokenError as e:
+            out.append((("supervisor", "http_token_file"), str(e)))
     return out
 
 

@@ -38,6 +38,7 @@ from supervisor import paths
 from supervisor.config import values as cv
 from supervisor.config.errors import got, problem, suggest
 from supervisor.core.types import Policy, RestartPolicy
+from supervisor.http.address import AddressError, parse_address
 from supervisor.names import instance_name
 
 # Every number has a bound the daemon can carry out (deadlines in u64 nanoseconds, backoff
@@ -159,6 +160,49 @@ class SupervisorConfig(_Model):
     shutdown_timeout: Timeout | None = None
     """Most seconds a whole shutdown may take (at most 86400). null: derived from the workers'
     timeouts."""
+
+    http: str | None = None
+    """HTTP endpoint for Prometheus metrics (/metrics), probes (/livez, /readyz) and a JSON API
+    (/api/v1/): 'HOST:PORT' with an IP address or localhost ('127.0.0.1:9001', '[::1]:9001'),
+    or an absolute Unix socket path. null: none (the default)."""
+    http_allow_remote: bool = False
+    """Allow http on an address other machines can reach (not loopback): anyone who reaches
+    it reads metrics and status. Control still needs the token."""
+    http_token_file: str | None = None
+    """File holding the bearer token that control requests over HTTP need (Authorization:
+    Bearer TOKEN); owned by root or the daemon's user, not writable by group or others, not
+    readable by others, at most 4 KiB. null: the HTTP API is read-only."""
+    http_ready: tuple[WorkerName, ...] | None = Field(default=None, strict=False)
+    """Workers that /readyz waits for (all their instances RUNNING). null: every autostart
+    worker."""
+    http_metrics_instances: int = Field(default=100, ge=0, le=MAX_INSTANCES)
+    """Per-instance series in /metrics for at most this many instances (by name); per-worker
+    aggregates are always there. 0: aggregates only."""
+
+    @field_validator("http", mode="before")
+    @classmethod
+    def _http(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return str(parse_address(value))
+        except AddressError as e:
+            raise problem(f"{e} (got {got(value)})") from None
+
+    @field_validator("http_token_file", mode="after")
+    @classmethod
+    def _token_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve(cv.no_nul(value), info)
+
+    @model_validator(mode="after")
+    def _http_remote(self) -> SupervisorConfig:
+        if self.http is not None and not self.http_allow_remote and not parse_address(
+                self.http).loopback:
+            raise problem(f"http: {self.http!r} is reachable from other machines, and anyone "
+                          "who reaches it reads metrics and status; use a loopback address "
+                          "('127.0.0.1:PORT') or a Unix socket path, or set http_allow_remote: "
+                          "true to mean it")
+        return self
 
     @field_validator("socket", mode="before")
     @classmethod

@@ -262,4 +262,7 @@ class InstanceState:
     # crashes and re-execs; every StartRequested / StopRequested sets it (see step()).
     wanted: bool | None = None
     pending_stop_graceful: bool = True     # the kind of a stop asked between Spawn and Spawned
+    # Respawns the core decided on by itself after an exit (restart policy, backoff retries);
+    # never reset, kept across daemon crashes (intent file) and re-execs (re-exec state).
+    restarts: int = 0
     timers: frozenset[TimerKind] = NO_TIMERS   # armed kinds

@@ -35,6 +35,7 @@ class Instance:
     removed: bool = False          # gone from the config: forget it once stopped
     cgroup: str | None = None      # the instance's cgroup directory, when it has one
     waiters: list[Waiter] = field(default_factory=list)
+    exits: dict[str, int] = field(default_factory=dict)   # exit_reason -> count, this daemon
 
     @property
     def pid(self) -> int | None:

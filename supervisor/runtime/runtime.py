@@ -15,7 +15,7 @@ import dataclasses
 import os
 import secrets
 import signal
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
@@ -64,6 +64,7 @@ class Runtime:
         self.readiness = Readiness(self, notify_path)
         self.trees = Trees(self, config.supervisor.cgroups)
         self.intent = Intent(self, config.supervisor.block_prefix)
+        self.adoptions: Counter[str] = Counter()   # outcome of each record found at start-up
 
     # -- the set of instances -----------------------------------------------------------------
     def set_config(self, config: Config) -> None:
@@ -212,10 +213,12 @@ class Runtime:
         self.reaper.watch(inst, pid, pidfd)
         self.trees.adopt(inst, pid)
         self.watch_logs(inst)
+        self.adoptions["adopted"] += 1
         self.dispatch(inst, core.Adopted(self.now(), pid, ready, started_at, stop))
 
     def unverifiable(self, inst: Instance, why: str) -> None:
         """inst's recorded process may still be alive but cannot be verified."""
+        self.adoptions["unverifiable"] += 1
         self.dispatch(inst, core.Unverifiable(self.now(), why))
 
     def restore_intent(self, inst: Instance, wanted: bool) -> None:
@@ -225,6 +228,7 @@ class Runtime:
     def exited_while_away(self, inst: Instance, status: core.ExitStatus,
                           started_at: float) -> None:
         """inst's process ended while no daemon watched it."""
+        self.adoptions["exited_while_away"] += 1
         cg = self.trees.cgroups
         if cg is not None and os.path.isdir(cg.path(inst.name)):
             inst.cgroup = cg.path(inst.name)      # what its leader left there goes first
@@ -233,6 +237,11 @@ class Runtime:
             return
         self.trees.end(inst, None, lambda: self.dispatch(
             inst, core.ExitedWhileAway(self.now(), status)))
+
+    def restore_restarts(self, inst: Instance, restarts: int) -> None:
+        """The restart count the previous daemon recorded for inst (a count, not a decision:
+        set without the core)."""
+        inst.st = dataclasses.replace(inst.st, restarts=restarts)
 
     def restore(self, inst: Instance, st: InstanceState, incarnation: int,
                 deadlines: Mapping[TimerKind, float]) -> None:
@@ -253,6 +262,9 @@ class Runtime:
         return self.loop.clock()
 
     def dispatch(self, inst: Instance, event: Event) -> None:
+        if isinstance(event, core.Exited | core.ExitedWhileAway):
+            reason = exit_reason(event.status, inst.policy)
+            inst.exits[reason] = inst.exits.get(reason, 0) + 1
         self._queue.append((inst, event))
         if self._dispatching:
             return
@@ -261,7 +273,7 @@ class Runtime:
             while self._queue:
                 inst, event = self._queue.popleft()
                 before = inst.st
-                old, wanted = before.state, before.wanted
+                old, wanted, restarts = before.state, before.wanted, before.restarts
                 try:
                     inst.st, actions = core.step(inst.st, event, inst.policy)
                 except core.TransitionError as e:
@@ -270,7 +282,8 @@ class Runtime:
                 for action in actions:
                     self._execute(inst, action, event.now)
                 publish_step(self.events, inst.name, event, before, inst.st, actions)
-                if inst.st.wanted != wanted or State.STOPPING in (old, inst.st.state):
+                if inst.st.wanted != wanted or inst.st.restarts != restarts or (
+                        State.STOPPING in (old, inst.st.state)):
                     self.intent.changed()        # what a new daemon must know has changed
                 if inst.st.state is not old:
                     self._on_transition(inst)
@@ -360,6 +373,17 @@ class Runtime:
         self.readiness.close()
         self.trees.close()
         self.rotator.close()
+
+
+EXIT_REASONS = ("success", "failure", "signal", "unknown")
+
+
+def exit_reason(status: core.ExitStatus, policy: core.Policy) -> str:
+    """One of EXIT_REASONS: an exit code counted as success by the worker's exit_codes, any
+    other code, a signal, or not known."""
+    if status.code is not None:
+        return "success" if status.code in policy.success_codes else "failure"
+    return "signal" if status.signal is not None else "unknown"
 
 
 def _removed_config() -> WorkerConfig:

@@ -1,0 +1,224 @@
+"""The routes: probes, /metrics, and the JSON API over the control verbs.
+
+The API does not reimplement a verb: each request becomes the control protocol's ``Request``
+and goes to the same ``Handlers`` that serve supervisorctl; the ``Reply`` comes back as JSON
+(``{"code", "ok", "out", "err", "data"}``, the exit code mapped to an HTTP status).
+
+Rules of the API:
+
+- GET is read-only and needs no token (metrics, probes, status);
+- POST changes state and needs ``Authorization: Bearer TOKEN`` with the token in
+  ``supervisor.http_token_file``, compared in constant time; never a cookie or a query
+  parameter, so a cross-site form or link cannot carry it (and a cross-origin fetch that sets
+  the header needs a CORS preflight, which this server never grants). Without a token file
+  every POST is refused (403, saying how to configure one); no header is 401, a wrong token 403.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
+from supervisor.core import State
+from supervisor.http.exchange import JSON, Exchange, Router, json_body
+from supervisor.http.metrics import CONTENT_TYPE
+from supervisor.http.token import token_matches
+
+if TYPE_CHECKING:
+    from supervisor.control.handlers import Daemon, Handlers
+
+OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.json")
+VERBS = ("start", "stop", "restart", "signal")
+# control.protocol exit code -> HTTP status
+STATUS_OF: dict[int, int] = {OK: 200, USAGE: 400, NO_SUCH_TARGET: 404, FAILED: 409}
+RENDER_EVERY = 1.0        # seconds: /metrics and the full status are made at most this often
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class _Answer:
+    """A control-socket Responder that answers an HTTP exchange."""
+
+    __slots__ = ("ex", "text", "sent")
+
+    def __init__(self, ex: Exchange, text: bool = True) -> None:
+        self.ex = ex
+        self.text = text          # False: "out" left empty (status: the rows are in "data")
+        self.sent: tuple[int, bytes] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.ex.closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:   # the Responder protocol's; the connection decides
+        pass
+
+    def stream(self) -> None:
+        return None           # no streamed replies over HTTP (events come as SSE)
+
+    def __call__(self, reply: Reply) -> None:
+        status = STATUS_OF.get(reply.code, 500)
+        try:
+            body = json_body({"code": int(reply.code), "ok": reply.code == OK,
+                              "out": reply.out if self.text else "", "err": reply.err,
+                              "data": reply.data})
+        except (TypeError, ValueError, RecursionError) as e:   # never into the runtime
+            status, body = 500, json_body({"code": 1, "ok": False, "out": "", "data": None,
+                                           "err": f"internal error: reply not serializable "
+                                                  f"({e})\n"})
+        self.sent = (status, body)
+        self.ex.reply(status, body, JSON)
+
+
+class Routes:
+    def __init__(self, daemon: Daemon, handlers: Handlers, token: bytes | None,
+                 metrics: Callable[[], bytes], ready_workers: tuple[str, ...] | None,
+                 ) -> None:
+        self.daemon = daemon
+        self.handlers = handlers
+        self.token = token
+        self.metrics_text = metrics
+        self.ready_workers = ready_workers
+        self._openapi: bytes | None = None
+        self._metrics: tuple[float, bytes] | None = None   # (when rendered, text)
+        self._status: tuple[float, bytes] | None = None
+
+    def router(self) -> Router:
+        r = Router()
+        r.add("GET", "/livez", self.livez)
+        r.add("GET", "/readyz", self.readyz)
+        r.add("GET", "/metrics", self.metrics)
+        r.add("GET", "/api/v1/status", self.status)
+        r.add("GET", "/api/v1/instances/{name}", self.status)
+        r.add("GET", "/api/v1/openapi.json", self.openapi)
+        for verb in VERBS:
+            r.add("POST", f"/api/v1/instances/{{name}}/{verb}", self._verb(verb))
+        return r
+
+    # -- probes -----------------------------------------------------------------------------
+    def livez(self, ex: Exchange) -> None:
+        loop = self.daemon.runtime.loop
+        ex.text(200, f"ok: the loop turns ({loop.turns} turns; last timer ran "
+                     f"{loop.lag.last * 1000:.1f} ms late)\n")
+
+    def readyz(self, ex: Exchange) -> None:
+        if self.daemon.leaving:
+            ex.text(503, f"not ready: supervisord is {self.daemon.leaving}\n")
+            return
+        rt = self.daemon.runtime
+        if self.ready_workers is not None:
+            want = set(self.ready_workers)
+            insts = [i for i in rt.instances.values() if i.worker in want and not i.removed]
+            what = "the workers in http_ready"
+        else:
+            insts = [i for i in rt.instances.values() if i.cfg.autostart and not i.removed]
+            what = "every autostart instance"
+        missing = sorted((i for i in insts if i.st.state is not State.RUNNING),
+                         key=lambda i: (i.worker, i.index))
+        if not missing:
+            ex.text(200, f"ready: {len(insts)} instances RUNNING ({what})\n")
+            return
+        lines = [f"not ready: {len(missing)} of {len(insts)} instances are not RUNNING "
+                 f"({what}):"]
+        for i in missing[:100]:
+            why = i.st.fatal_reason or (i.st.last_exit.describe() if i.st.last_exit else "")
+            lines.append(f"  {i.name} {i.st.state.value}" + (f" ({why})" if why else ""))
+        if len(missing) > 100:
+            lines.append(f"  ... and {len(missing) - 100} more")
+        ex.text(503, "\n".join(lines) + "\n")
+
+    # -- metrics ----------------------------------------------------------------------------
+    def metrics(self, ex: Exchange) -> None:
+        # Rule: the loop renders /metrics at most once per RENDER_EVERY; scrapes in between get
+        # the same text. Reading every instance's facts costs ~0.1 ms each, and anyone who
+        # reaches the address may scrape as often as they like.
+        now = self.daemon.runtime.now()
+        if self._metrics is None or now - self._metrics[0] >= RENDER_EVERY:
+            self._metrics = (now, self.metrics_text())
+        ex.reply(200, self._metrics[1], CONTENT_TYPE)
+
+    # -- API --------------------------------------------------------------------------------
+    def status(self, ex: Exchange) -> None:
+        name = ex.params.get("name")
+        now = self.daemon.runtime.now()
+        if name is None and self._status is not None and now - self._status[0] < RENDER_EVERY:
+            ex.reply(200, self._status[1], b"application/json")   # the same rule as /metrics
+            return
+        req = Request.make("status", [name] if name else [], {"json": True})
+        answer = _Answer(ex, text=False)
+        self.handlers(req, answer)
+        if name is None and answer.sent is not None and answer.sent[0] == 200:
+            self._status = (now, answer.sent[1])
+
+    def openapi(self, ex: Exchange) -> None:
+        if self._openapi is None:
+            with open(OPENAPI, "rb") as f:
+                self._openapi = f.read()
+        ex.reply(200, self._openapi, b"application/json")
+
+    def _verb(self, verb: str) -> Callable[[Exchange], None]:
+        def route(ex: Exchange) -> None:
+            if not self._authorized(ex):
+                return
+            opts = self._opts(ex, verb)
+            if opts is not None:
+                self.handlers(Request.make(verb, [ex.params["name"]], opts), _Answer(ex))
+        return route
+
+    def _authorized(self, ex: Exchange) -> bool:
+        if self.token is None:
+            ex.json(403, _refusal(
+                "control over HTTP is off: no token is configured. Put a token in a file "
+                "only root can read (head -c 32 /dev/urandom | base64 > /etc/pyvisor/http.token;"
+                " chmod 600 /etc/pyvisor/http.token), set supervisor: {http_token_file: "
+                "/etc/pyvisor/http.token}, restart supervisord, and send 'Authorization: "
+                "Bearer TOKEN'"))
+            return False
+        header = ex.headers.get(b"authorization")
+        if header is None:
+            ex.json(401, _refusal("this request changes state: send 'Authorization: Bearer "
+                                  "TOKEN' with the token in supervisor.http_token_file"),
+                    [(b"www-authenticate", b'Bearer realm="pyvisor"')])
+            return False
+        if not token_matches(self.token, header):
+            ex.json(403, _refusal("wrong token (Authorization: Bearer TOKEN, the token in "
+                                  "supervisor.http_token_file)"))
+            return False
+        return True
+
+    @staticmethod
+    def _opts(ex: Exchange, verb: str) -> dict[str, Any] | None:
+        opts: dict[str, Any] = {}
+        allowed = {"start": ("wait",), "stop": ("wait", "graceful"), "restart": ("graceful",),
+                   "signal": ("signal",)}[verb]
+        for key, value in ex.query.items():
+            if key not in allowed:
+                ex.json(400, _refusal(f"{verb} takes no option {key!r}; it takes: "
+                                      f"{', '.join(allowed)}"))
+                return None
+            if key == "signal":
+                opts[key] = value
+            elif value.lower() in _TRUE:
+                opts[key] = True
+            elif value.lower() in _FALSE:
+                opts[key] = False
+            else:
+                ex.json(400, _refusal(f"option {key!r} must be 1 or 0 (true/false)"))
+                return None
+        if verb == "signal" and "signal" not in opts:
+            ex.json(400, _refusal("signal needs ?signal=NAME (e.g. HUP, USR1, 10)"))
+            return None
+        return opts
+
+
+def _refusal(message: str) -> dict[str, Any]:
+    return {"code": int(USAGE), "ok": False, "out": "", "err": message + "\n", "data": None}
+
+
+def load_openapi() -> dict[str, Any]:
+    with open(OPENAPI, encoding="utf-8") as f:
+        doc: dict[str, Any] = json.load(f)
+    return doc
