@@ -176,6 +176,7 @@ def save_state(rt: Runtime, path: str) -> None:
         doc["instances"][inst.name] = {
             "st": st, "incarnation": inst.incarnation,
             "deadlines": {k.value: t.when for k, t in inst.timers.items() if not t.cancelled},
+            "pipes": [rt.console.hand_over(p) for p in inst.pipes if p.open],
         }
     dfd = safefs.trusted_dir(os.path.dirname(path))
     try:
@@ -210,6 +211,13 @@ def restore_state(rt: Runtime, saved: dict[str, Any]) -> tuple[set[str], list[In
     pending: list[Instance] = []
     for name, rec in saved.get("instances", {}).items():
         inst = rt.instances.get(name)
+        pipes = rec.get("pipes") if isinstance(rec.get("pipes"), list) else []
+        for handed in pipes[:2]:    # the output pipes the daemon reads (stdout: daemon)
+            pipe = rt.console.take_over(name, handed)
+            if pipe is not None and inst is not None and inst.pidfd is not None:
+                inst.pipes.append(pipe)
+            elif pipe is not None:
+                pipe.finish()       # its process is gone: what it wrote last, then close
         if inst is None:
             continue
         st = dict(rec["st"])

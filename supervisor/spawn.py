@@ -37,6 +37,10 @@ class SpawnRequest:
     block_name: str
     notify_path: str | None
     group: str | None = None     # primary group instead of the user's own (only with user)
+    umask: int | None = None     # None: the daemon's
+    # pipes to the daemon (stdout/stderr: daemon) instead of files; the caller closes them
+    stdout_fd: int | None = None
+    stderr_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,14 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         if req.stderr_path:
             err_fd = (out_fd if req.stderr_path == req.stdout_path
                       else open_output(req.stderr_path, owner))
+        stdout = req.stdout_fd if req.stdout_fd is not None else out_fd
+        stderr = req.stderr_fd if req.stderr_fd is not None else err_fd
         return subprocess.Popen(
             req.argv,
             stdin=subprocess.DEVNULL,
-            stdout=out_fd if out_fd is not None else subprocess.DEVNULL,
-            stderr=err_fd if err_fd is not None else subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else subprocess.DEVNULL,
+            stderr=stderr if stderr is not None else subprocess.DEVNULL,
+            umask=req.umask if req.umask is not None else -1,
             cwd=req.directory,
             env=child_environment(req, creds),
             user=run_as.uid if run_as is not None else None,

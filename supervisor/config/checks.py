@@ -95,13 +95,11 @@ class _Stream:
 def _streams(config: Config) -> list[_Stream]:
     out: list[_Stream] = []
     for order, (name, worker) in enumerate(config.workers.items()):
-        fields = {"name": name, "index": _MARK, "instance": f"{name}:{_MARK}"}
-        assert isinstance(worker.stdout.path, str), "log paths are resolved by Config validation"
-        out_pattern = worker.stdout.path.format(**fields)
-        err = worker.stderr
-        err_pattern = out_pattern if isinstance(err, str) else str(err.path).format(**fields)
-        out += [_Stream(order, 0, name, worker, out_pattern),
-                _Stream(order, 1, name, worker, err_pattern)]
+        # the paths with the index as _MARK; None: no file (discarded, or to the daemon)
+        out_pattern, err_pattern = worker.log_paths(name, _MARK)   # type: ignore[arg-type]
+        out += [_Stream(order, stream, name, worker, pattern)
+                for stream, pattern in enumerate((out_pattern, err_pattern))
+                if pattern is not None]
     return out
 
 

@@ -165,6 +165,15 @@ class Handlers:
             respond(Reply(USAGE, err=f"option {name!r} must be true or false\n"))
         return value
 
+    @staticmethod
+    def _mode(request: Request, respond: Responder) -> bool:
+        """Whether the stop mode is valid: true (graceful), false (signal) or absent (each
+        worker's stop_mode)."""
+        if isinstance(request.opts.get("graceful"), bool | None):
+            return True
+        respond(Reply(USAGE, err="option 'graceful' must be true, false or null\n"))
+        return False
+
     def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool],
                  already: frozenset[Instance] = frozenset()) -> Reply:
         """One line per instance; exit FAILED (on stderr) if any did not end up as asked.
@@ -236,10 +245,9 @@ class Handlers:
         if insts is None:
             return
         wait = self._flag(request, respond, "wait", True)
-        graceful = self._flag(request, respond, "graceful", False) if wait is not None else None
-        if graceful is None:
+        if wait is None or not self._mode(request, respond):
             return
-        self.rt.request_stop(insts, graceful)
+        self.rt.request_stop(insts, request.opts.get("graceful"))
         if not wait:
             respond(Reply(OK, out="".join(f"{i.name}: stop requested\n" for i in insts)))
             return
@@ -250,10 +258,9 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        graceful = self._flag(request, respond, "graceful", False)
-        if graceful is None:
+        if not self._mode(request, respond):
             return
-        self.rt.request_restart(insts, graceful)
+        self.rt.request_restart(insts, request.opts.get("graceful"))
 
         def settled(i: Instance) -> bool:
             return i.st.state in (State.RUNNING, State.FATAL, State.EXITED) or (

@@ -11,6 +11,7 @@ from supervisor import core
 from supervisor.config import WorkerConfig
 from supervisor.core import NO_PROCESS, InstanceState, TimerKind
 from supervisor.loop import Timer
+from supervisor.runtime.console import Pipe
 from worker import block as blk
 
 
@@ -34,6 +35,7 @@ class Instance:
     removed: bool = False          # gone from the config: forget it once stopped
     cgroup: str | None = None      # the instance's cgroup directory, when it has one
     waiters: list[Waiter] = field(default_factory=list)
+    pipes: list[Pipe] = field(default_factory=list)   # output read by the daemon (console.py)
 
     @property
     def pid(self) -> int | None:

@@ -27,6 +27,7 @@ from supervisor.core import NO_PROCESS, Event, InstanceState, State, TimerKind
 from supervisor.logs import Rotator
 from supervisor.loop import Loop
 from supervisor.names import instance_name, split_instance_name
+from supervisor.runtime.console import Console
 from supervisor.runtime.exits import Reaper
 from supervisor.runtime.instance import Instance, Waiter
 from supervisor.runtime.intent import Intent
@@ -53,6 +54,7 @@ class Runtime:
         self._instances: dict[str, Instance] = {}
         self.instances: Mapping[str, Instance] = MappingProxyType(self._instances)
         self.rotator = Rotator(loop)
+        self.console = Console(loop)
         self.on_change: Callable[[], None] = lambda: None   # e.g. systemd STATUS=
         self._queue: deque[tuple[Instance, Event]] = deque()
         self._dispatching = False
@@ -154,17 +156,19 @@ class Runtime:
                 missing = ", ".join(d for d in inst.cfg.depends_on if not self._worker_ready(d))
                 logger.info(f"{inst.name} waiting for {missing} to be RUNNING before it starts")
 
-    def request_stop(self, insts: Iterable[Instance], graceful: bool,
+    def request_stop(self, insts: Iterable[Instance], graceful: bool | None,
                      restart: bool = False) -> None:
         """Stop (or restart) insts; graceful only for a process that attached to its block,
-        since a program that never did cannot read the control word."""
+        since a program that never did cannot read the control word. graceful None: each
+        worker's stop_mode."""
         insts = list(insts)
         self.cancel_deferred(insts)
         for inst in insts:
+            wanted = inst.cfg.stop_mode == "graceful" if graceful is None else graceful
             self.dispatch(inst, core.StopRequested(
-                self.now(), graceful=graceful and inst.uses_library, restart=restart))
+                self.now(), graceful=wanted and inst.uses_library, restart=restart))
 
-    def request_restart(self, insts: Iterable[Instance], graceful: bool) -> None:
+    def request_restart(self, insts: Iterable[Instance], graceful: bool | None) -> None:
         """Stop and start again the ones that run; start the ones that do not."""
         insts = list(insts)
         for i in [i for i in insts if i.has_process]:
@@ -335,6 +339,25 @@ class Runtime:
             if path:
                 self.rotator.watch(path, spec.max_bytes, spec.backups)
 
+    def open_pipes(self, inst: Instance, ends: list[int]) -> tuple[int | None, int | None]:
+        """The write ends for a child whose output goes to the daemon (stdout/stderr:
+        daemon), one pipe per target (stderr: stdout shares stdout's); also added to ends,
+        for the caller to close once the child has them."""
+        to_out, to_err = inst.cfg.to_daemon()
+        same = inst.cfg.stderr == "stdout"
+        out = err = None
+        if to_out:
+            pipe, out = self.console.open(inst.name, 1)
+            inst.pipes.append(pipe)
+            ends.append(out)
+        if to_err and same:
+            err = out
+        elif to_err:
+            pipe, err = self.console.open(inst.name, 2)
+            inst.pipes.append(pipe)
+            ends.append(err)
+        return out, err
+
     def release_process(self, inst: Instance, unlink: bool = True) -> None:
         """Forget the pidfd and the control block of a process that is gone (unlink=False:
         of one that lives on without us — the daemon exits or re-executes)."""
@@ -345,6 +368,10 @@ class Runtime:
                 inst.block.unlink()
             inst.block = None
         inst.popen = None
+        if unlink:               # else the pipes stay open: a re-exec hands them over
+            for pipe in inst.pipes:
+                pipe.finish()
+            inst.pipes.clear()
         for path in {inst.stdout_path, inst.stderr_path} - {None}:
             self.rotator.unwatch(path)  # type: ignore[arg-type]
 
@@ -356,6 +383,7 @@ class Runtime:
         self.readiness.close()
         self.trees.close()
         self.rotator.close()
+        self.console.close()
 
 
 def _removed_config() -> WorkerConfig:

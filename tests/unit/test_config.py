@@ -81,7 +81,8 @@ BAD = [
         """, [("app.yaml:4: workers.web.zzz: unknown key; valid keys: command, numprocs, "
               "directory, environment, user, group, autostart, restart, exit_codes, backoff, "
               "start_retries, start_seconds, graceful_timeout, stop_signal, kill_timeout, "
-              "crash_burst, crash_interval, heartbeat_timeout, stdout, stderr, priority, "
+              "crash_burst, crash_interval, heartbeat_timeout, stdout, stderr, umask, stop_mode, "
+              "priority, "
               "depends_on")],
         id="unknown-key-no-suggestion"),
     pytest.param("""
@@ -252,8 +253,9 @@ BAD = [
               ("app.yaml:4: workers.web.stdout.max_bytes: must be a number of bytes or a size "
               "such as '10MB', '512KB', '1GiB' (got 'ten')"),
               "app.yaml:4: workers.web.stdout.backups: must be ≥ 0 (got -1)",
-              ("app.yaml:5: workers.web.stderr: must be a mapping (path, max_bytes, backups) "
-              "or 'stdout' (got 'stdot')")], id="bad-log-settings"),
+              ("app.yaml:5: workers.web.stderr: must be a mapping (path, max_bytes, backups), "
+              "'stdout' or 'daemon', or null to discard it (got 'stdot'); did you mean "
+              "'stdout'?")], id="bad-log-settings"),
     pytest.param("""
         workers:
           web:
@@ -346,7 +348,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert web.directory == str(tmp_path)
     assert (web.numprocs, web.autostart, web.priority, web.depends_on) == (1, True, 999, ())
     assert (web.environment, web.user, web.heartbeat_timeout) == ({}, None, None)
-    assert web.stdout.max_bytes == 10 * 1024 * 1024 and web.stdout.backups == 5
+    assert web.log_config("stdout").max_bytes == 10 * 1024 * 1024
+    assert web.log_config("stdout").backups == 5
     assert web.log_paths("web", 0) == (str(tmp_path / "logs/web-0.out.log"),
                                        str(tmp_path / "logs/web-0.err.log"))
     assert web.policy("web") == Policy(name="web")
@@ -387,7 +390,7 @@ def test_signal_spellings(value: object, signum: int) -> None:
     ("1.5 G", 3 << 29), ("100b", 100), ("2m", 2 << 20), ("'7'", 7)])
 def test_max_bytes(value: str, size: int) -> None:
     cfg = load(f"workers: {{web: {{command: x, stdout: {{max_bytes: {value}}}}}}}\n")
-    assert cfg.workers["web"].stdout.max_bytes == size
+    assert cfg.workers["web"].log_config("stdout").max_bytes == size
 
 
 def test_string_command_is_split_like_a_shell() -> None:
