@@ -19,6 +19,7 @@ import re
 import shlex
 from typing import Any
 
+from supervisor.config.supervisord_names import PROGRAM as SUPERVISORD_NAMES
 from supervisor.config.values import WORKER_NAME
 from supervisor.convert.context import Context, Reader
 from supervisor.convert.logs import Logs
@@ -223,14 +224,11 @@ class Program:
     def _policy(self) -> dict[str, Any]:
         r, names = self.r, self.names
         out: dict[str, Any] = {}
-        for option, key, parse in (("autostart", "autostart", boolean),
-                                   ("autorestart", "restart", auto_restart),
-                                   ("exitcodes", "exit_codes", exit_codes),
-                                   ("startsecs", "start_seconds", integer),
-                                   ("startretries", "start_retries", integer),
-                                   ("stopsignal", "stop_signal", signal_value),
-                                   ("stopwaitsecs", "kill_timeout", integer),
-                                   ("priority", "priority", integer)):
+        for option, parse in (("autostart", boolean), ("autorestart", auto_restart),
+                              ("exitcodes", exit_codes), ("startsecs", integer),
+                              ("startretries", integer), ("stopsignal", signal_value),
+                              ("stopwaitsecs", integer), ("priority", integer)):
+            key = SUPERVISORD_NAMES.get(option, option)      # the loader's hints say the same
             text = r.text(option, names)
             if text is not None:
                 out[key] = r.check(option, text, parse)

@@ -552,3 +552,55 @@ def test_block_prefix_follows_the_block_modules_rule(prefix: str) -> None:
     assert not block.valid_prefix(prefix)
     assert errors(f"supervisor: {{block_prefix: '{prefix}'}}\nworkers: {{}}\n") == [
         f"app.yaml:1: supervisor.block_prefix: must be {block.PREFIX_RULE} (got {prefix!r})"]
+
+
+def test_supervisord_option_names_get_the_pyvisor_key() -> None:
+    """Not the nearest spelling (stopwaitsecs is not start_seconds, autorestart not
+    autostart): the key that means the same, from the table the converter uses."""
+    assert errors("""
+        programs: {}
+        supervisor:
+          childlogdir: /tmp
+          nodaemon: true
+        workers:
+          web:
+            command: sleep 100
+            stopwaitsecs: 10
+            autorestart: true
+            redirect_stderr: true
+            stdout_logfile_maxbytes: 0
+            startsecs: 3
+            stopasgroup: true
+            numproc: 2
+        """) == [
+        "app.yaml:1: programs: unknown key; did you mean 'workers'?",
+        "app.yaml:3: supervisor.childlogdir: unknown key; did you mean 'log_dir'? "
+        "(supervisord's childlogdir)",
+        "app.yaml:4: supervisor.nodaemon: unknown key (supervisord's nodaemon); pyvisor always "
+        "runs in the foreground; remove it",
+        "app.yaml:8: workers.web.stopwaitsecs: unknown key; did you mean 'kill_timeout'? "
+        "(supervisord's stopwaitsecs)",
+        "app.yaml:9: workers.web.autorestart: unknown key; did you mean 'restart'? "
+        "(supervisord's autorestart)",
+        "app.yaml:10: workers.web.redirect_stderr: unknown key; did you mean 'stderr: stdout'? "
+        "(supervisord's redirect_stderr)",
+        "app.yaml:11: workers.web.stdout_logfile_maxbytes: unknown key; did you mean "
+        "'stdout.max_bytes'? (supervisord's stdout_logfile_maxbytes)",
+        "app.yaml:12: workers.web.startsecs: unknown key; did you mean 'start_seconds'? "
+        "(supervisord's startsecs)",
+        "app.yaml:13: workers.web.stopasgroup: unknown key (supervisord's stopasgroup); pyvisor "
+        "always signals the whole process group; remove it",
+        "app.yaml:14: workers.web.numproc: unknown key; did you mean 'numprocs'?"]
+
+
+def test_placeholders_in_command_and_environment() -> None:
+    cfg = load("""
+        workers:
+          w:
+            command: [sh, -c, 'echo {index} {{index}} ${HOME} {nope} {name}']
+            numprocs: 2
+            environment: {PORT: "80{index}", I: "{instance}", L: "{{instance}}"}
+        """).workers["w"]
+    assert cfg.argv("w", 1) == ["sh", "-c", "echo 1 {index} ${HOME} {nope} w"]
+    assert cfg.env("w", 1) == {"PORT": "801", "I": "w:1", "L": "{instance}"}
+    assert cfg.command[2] == "echo {index} {{index}} ${HOME} {nope} {name}"
