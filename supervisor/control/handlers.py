@@ -87,6 +87,7 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         "rss": rss, "last_exit": last.describe() if last else None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
+        "last_output": inst.last_output if pid is None else None,
     }
 
 
@@ -94,6 +95,8 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
     head = f"{f['name']:<{width}}  {f['state']:<8}"
     if f["pid"] is None:
         detail = f["fatal_reason"] or (f"last: {f['last_exit']}" if f["last_exit"] else "")
+        if f.get("last_output"):
+            detail += f"; its last line: {f['last_output']!r}"
         return f"{head}  {detail}".rstrip()
     hb, work, cpu, rss, up = (f["heartbeat_age"], f["work_done"], f["cpu_seconds"], f["rss"],
                               f["uptime"])
@@ -299,12 +302,22 @@ class Handlers:
             respond(Reply(USAGE, err="tail takes one instance, e.g. web:0\n"))
             return
         stream = request.opts.get("stream", "stdout")
-        if stream not in ("stdout", "stderr"):
-            respond(Reply(USAGE, err="tail: stream must be stdout or stderr\n"))
+        if stream not in ("stdout", "stderr", "both"):
+            respond(Reply(USAGE, err="tail: stream must be stdout, stderr or both\n"))
             return
         i = insts[0]
-        path = i.stdout_path if stream == "stdout" else i.stderr_path
-        respond(Reply(OK, data={stream: path, "instance": i.name}))
+        data: dict[str, Any] = {"instance": i.name}
+        if stream in ("stdout", "both"):
+            data["stdout"] = i.stdout_path
+        if stream in ("stderr", "both"):
+            data["stderr"] = i.stderr_path
+        where = []     # why a stream has no file, for the client's message
+        for name, to_daemon in zip(("stdout", "stderr"), i.cfg.to_daemon(), strict=True):
+            if name in data and data[name] is None:
+                where.append(f"its {name} goes to supervisord's own output" if to_daemon
+                             else f"its {name} is discarded")
+        data["elsewhere"] = "; ".join(where)
+        respond(Reply(OK, data=data))
 
     def pid(self, request: Request, respond: Responder) -> None:
         if request.targets == []:  # None (not a list of names) is for _targets to refuse

@@ -7,9 +7,12 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from loguru import logger
+
 from supervisor import core
 from supervisor.config import WorkerConfig
-from supervisor.core import NO_PROCESS, InstanceState, TimerKind
+from supervisor.core import NO_PROCESS, InstanceState, State, TimerKind
+from supervisor.logs import last_line
 from supervisor.loop import Timer
 from supervisor.runtime.console import Pipe
 from worker import block as blk
@@ -36,6 +39,7 @@ class Instance:
     cgroup: str | None = None      # the instance's cgroup directory, when it has one
     waiters: list[Waiter] = field(default_factory=list)
     pipes: list[Pipe] = field(default_factory=list)   # output read by the daemon (console.py)
+    last_output: str | None = None   # its last line of output when it last exited
 
     @property
     def pid(self) -> int | None:
@@ -56,6 +60,23 @@ class Instance:
         """Whether the process attached to its control block (and so reads the control word):
         only such a process can be stopped gracefully."""
         return self.block is not None and self.block.pid != 0
+
+
+def report_output(inst: Instance, ctl: str) -> None:
+    """When a process has ended badly: its last line of output (stderr's file first) kept for
+    status, and for BACKOFF and FATAL one log line naming the files and how to see them."""
+    files = [p for p in dict.fromkeys((inst.stderr_path, inst.stdout_path)) if p]
+    inst.last_output = None
+    for path in files:
+        inst.last_output = last_line(path)
+        if inst.last_output is not None:
+            break
+    if inst.st.state is State.EXITED or not files:
+        return
+    last = f"; its last line: {inst.last_output!r}" if inst.last_output else ""
+    logger.log("ERROR" if inst.st.state is State.FATAL else "WARNING",
+               f"{inst.name} output in {' and '.join(reversed(files))}{last}; see it: "
+               f"{ctl} tail {inst.name}")
 
 
 @dataclass(eq=False, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import shlex
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +30,7 @@ from supervisor.loop import Loop
 from supervisor.names import instance_name, split_instance_name
 from supervisor.runtime.console import Console
 from supervisor.runtime.exits import Reaper
-from supervisor.runtime.instance import Instance, Waiter
+from supervisor.runtime.instance import Instance, Waiter, report_output
 from supervisor.runtime.intent import Intent
 from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
@@ -74,16 +75,25 @@ class Runtime:
     def _new_instance(self, worker: str, index: int, cfg: WorkerConfig,
                       policy: core.Policy | None = None, removed: bool = False) -> Instance:
         inst = Instance(instance_name(worker, index), worker, index, cfg,
-                        policy or cfg.policy(worker),
+                        policy or self._policy(worker, cfg),
                         removed=removed)
         if not removed:
             inst.stdout_path, inst.stderr_path = cfg.log_paths(worker, index)
         self._instances[inst.name] = inst
         return inst
 
+    @property
+    def ctl(self) -> str:
+        """supervisorctl as the operator pastes it to reach this daemon: with -c FILE."""
+        return f"supervisorctl -c {shlex.quote(self.config.path)}" if self.config.path else (
+            "supervisorctl")
+
+    def _policy(self, worker: str, cfg: WorkerConfig) -> core.Policy:
+        return dataclasses.replace(cfg.policy(worker), ctl=self.ctl)
+
     def add_worker(self, name: str, cfg: WorkerConfig) -> list[Instance]:
         """Instances name:0 .. name:numprocs-1 that do not exist yet; returns the new ones."""
-        policy = cfg.policy(name)
+        policy = self._policy(name, cfg)
         made = []
         for index in range(cfg.numprocs):
             if instance_name(name, index) in self._instances:
@@ -106,7 +116,7 @@ class Runtime:
 
     def reconfigure(self, inst: Instance, cfg: WorkerConfig) -> None:
         """Give inst a changed worker config (its process, if any, is not touched)."""
-        inst.cfg, inst.policy = cfg, cfg.policy(inst.worker)
+        inst.cfg, inst.policy = cfg, self._policy(inst.worker, cfg)
         inst.stdout_path, inst.stderr_path = cfg.log_paths(inst.worker, inst.index)
 
     def remove(self, insts: Iterable[Instance]) -> None:
@@ -309,6 +319,8 @@ class Runtime:
 
     def _on_transition(self, inst: Instance) -> None:
         self.readiness.on_transition(inst)
+        if inst.st.state in (State.BACKOFF, State.FATAL, State.EXITED):
+            report_output(inst, self.ctl)
         if inst.st.state is State.RUNNING:
             self._start_deferred()
         for w in list(inst.waiters):

@@ -57,7 +57,7 @@ def test_status_lines_and_json_fields(daemon: StartedDaemon) -> None:
     row = d.status_of("w:0")
     assert set(row) == {"name", "worker", "state", "pid", "uptime", "heartbeat_age", "work_done",
                         "cpu_seconds", "rss", "last_exit", "fatal_reason", "adopted",
-                        "processes", "oom_kills", "cgroup"}, row
+                        "processes", "oom_kills", "cgroup", "last_output"}, row
     assert row["name"] == "w:0" and row["worker"] == "w" and row["state"] == "RUNNING", row
     assert isinstance(row["pid"], int) and pid_alive(row["pid"]), row
     assert row["uptime"] >= 0 and row["rss"] > 0 and row["adopted"] is False, row
@@ -131,14 +131,16 @@ def test_tail_prints_last_lines(daemon: StartedDaemon) -> None:
     seen: list[Any] = []
 
     def tail3() -> bool:
-        seen[:] = [d.ctl("tail", "-n", "3", "w:0")]
+        seen[:] = [d.ctl("tail", "--stdout", "-n", "3", "w:0")]
         return bool(seen[0].stdout == expected)
 
     wait_until(tail3, 10, "tail -n 3 to show lines 48-50")
     r = seen[0]
     assert (r.returncode, r.stderr) == (0, ""), r
     r = d.ctl("tail", "w:0")
-    assert r.returncode == 0 and r.stdout == "".join(f"line {i}\n" for i in range(41, 51)), r
+    out, err = d.log_dir / "w-0.out.log", d.log_dir / "w-0.err.log"
+    assert r.returncode == 0 and r.stdout == (f"==> {out} <==\n" + "".join(
+        f"line {i}\n" for i in range(41, 51)) + f"\n==> {err} <==\n"), r
     r = d.ctl("tail", "--stderr", "w:0")
     assert (r.returncode, r.stdout) == (0, ""), r
 
@@ -148,8 +150,9 @@ def test_fatal_start_exit_5_then_recover(daemon: StartedDaemon, tmp_path: Path) 
     cmd = f"sh -c 'test -e {flag} || exit 3; exec sleep 1000'"
     d = daemon({"crash": {**QUICK, "command": cmd, "start_retries": 2,
                           "backoff": {"initial": 0.05, "max": 0.1}}})
+    ctl = re.escape(f"supervisorctl -c {d.config_path}")
     d.wait_log(r"crash:0 exited 3 times within \d+\.\d\d s; giving up \(FATAL\)\. "
-               r"Fix it, then: supervisorctl start crash$")
+               rf"Fix it, then: {ctl} start crash$")
     log = d.log_text()
     assert re.search(r"^\S+ \S+ ERROR   crash:0 STARTING -> FATAL \(exited: exit status 3; "
                      r"3 failed starts\)$", log, re.MULTILINE), log
@@ -158,13 +161,13 @@ def test_fatal_start_exit_5_then_recover(daemon: StartedDaemon, tmp_path: Path) 
     r = d.ctl("status", "crash")
     assert r.returncode == 0 and re.fullmatch(
         r"crash:0  FATAL     exited 3 times within \d+\.\d\d s; giving up \(FATAL\)\. "
-        r"Fix it, then: supervisorctl start crash\n", r.stdout), r
+        rf"Fix it, then: {ctl} start crash\n", r.stdout), r
     assert d.status_of("crash:0")["fatal_reason"].startswith("exited 3 times within ")
 
     r = d.ctl("start", "crash")         # still broken: FATAL again, exit 5
     assert r.returncode == 5 and r.stdout == "" and re.fullmatch(
         r"crash:0: ERROR \(FATAL\) \(exited 3 times within \d+\.\d\d s; giving up \(FATAL\)\. "
-        r"Fix it, then: supervisorctl start crash\)\n", r.stderr), r
+        rf"Fix it, then: {ctl} start crash\)\n", r.stderr), r
 
     flag.touch()
     r = d.ctl("start", "crash")

@@ -289,7 +289,7 @@ Commands:
   start     Start TARGETS and wait until they are RUNNING (exit 5 if one cannot start).
   status    Show the state of TARGETS (default: all).
   stop      Stop TARGETS and wait until their processes are gone (exit 5 if one cannot be...
-  tail      Print the end of TARGET's output log (one instance, e.g. web:0).
+  tail      Print the end of TARGET's stdout and stderr logs (e.g. web:0).
 
   Exit codes:
       0  success

@@ -1,0 +1,54 @@
+"""The operator's first hour (issue 15): a crashed worker's output is easy to find, and every
+hint the daemon prints works when pasted."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.support.daemon import BIN_DIR, StartedDaemon
+
+QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
+
+
+def test_a_crashed_workers_output_is_named_and_its_hint_pastes(daemon: StartedDaemon,
+                                                               tmp_path: Path) -> None:
+    d = daemon({"crasher": {**QUICK, "command": ["sh", "-c", "echo starting; "
+                                                 "echo 'error: no such table: users' >&2; exit 1"],
+                            "start_retries": 1, "backoff": {"initial": 0.05, "max": 0.05}}})
+    d.wait_state("crasher:0", "FATAL")
+    out, err = d.log_dir / "crasher-0.out.log", d.log_dir / "crasher-0.err.log"
+    ctl = f"supervisorctl -c {d.config_path}"
+    log = [re.sub(r"^\S+ \S+ \S+ +", "", line) for line in d.log_text().splitlines()
+           if "crasher:0" in line and "spawned pid" not in line]
+    assert [re.sub(r"\d+\.\d\d s", "T s", line) for line in log] == [
+        "crasher:0 STOPPED -> STARTING (start requested)",
+        "crasher:0 STARTING -> BACKOFF (exited: exit status 1; retry 1 of 1 in T s)",
+        f"crasher:0 output in {out} and {err}; its last line: 'error: no such table: users'; "
+        f"see it: {ctl} tail crasher:0",
+        "crasher:0 BACKOFF -> STARTING (backoff T s over; retry 1 of 1)",
+        "crasher:0 STARTING -> FATAL (exited: exit status 1; 2 failed starts)",
+        f"crasher:0 exited 2 times within T s; giving up (FATAL). Fix it, then: {ctl} start "
+        "crasher",
+        f"crasher:0 output in {out} and {err}; its last line: 'error: no such table: users'; "
+        f"see it: {ctl} tail crasher:0"], log
+
+    r = d.ctl("status", "crasher")
+    assert r.returncode == 0 and re.sub(r"\d+\.\d\d s", "T s", r.stdout) == (
+        "crasher:0  FATAL     exited 2 times within T s; giving up (FATAL). Fix it, then: "
+        f"{ctl} start crasher; its last line: 'error: no such table: users'\n"), r
+
+    # both hints work as pasted, from another directory, with only the venv on PATH
+    env = {"PATH": f"{BIN_DIR}:/usr/bin:/bin"}
+    tail = subprocess.run(f"{ctl} tail crasher:0", shell=True, cwd="/", env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (tail.returncode, tail.stdout, tail.stderr) == (0, (
+        f"==> {out} <==\nstarting\nstarting\n\n==> {err} <==\n"
+        "error: no such table: users\nerror: no such table: users\n"), ""), tail
+    start = subprocess.run(f"{ctl} start crasher", shell=True, cwd="/", env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert start.returncode == 5 and start.stderr.startswith("crasher:0: ERROR (FATAL)"), start
+    assert shlex.split(ctl)[2] == str(d.config_path)
