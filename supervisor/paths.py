@@ -102,6 +102,52 @@ def read_locator(config_path: str) -> dict[str, object] | None:
     return doc if isinstance(doc, dict) else None
 
 
+MAX_LOCATORS = 1000      # entries of the runtime directory looked at, at most
+
+
+def running_configs() -> list[str]:
+    """The configs that a live daemon of this user runs, from the locators in the runtime
+    directory (ours alone: read_small checks the owner of each file, private_dir the
+    directory). A locator counts only if it is consistent (its name is its config's key) and
+    its pid is alive; at most MAX_LOCATORS entries are looked at."""
+    try:
+        dfd = safefs.private_dir(runtime_dir(), create=False)
+    except OSError:
+        return []
+    found: list[str] = []
+    try:
+        for i, name in enumerate(os.listdir(dfd)):
+            if i >= MAX_LOCATORS:
+                break
+            if not (name.endswith(".json") and len(name) == 17
+                    and all(c in "0123456789abcdef" for c in name[:12])):
+                continue
+            try:
+                doc = json.loads(safefs.read_small(dfd, name, name, MAX_LOCATOR, os.geteuid()))
+            except (OSError, ValueError, RecursionError):
+                continue
+            config, pid = (doc.get("config"), doc.get("pid")) if isinstance(doc, dict) else (
+                None, None)
+            if not isinstance(config, str) or not isinstance(pid, int) or pid <= 0:
+                continue
+            if config_key(config) != name[:12] or not _alive(pid):
+                continue
+            found.append(config)
+    finally:
+        os.close(dfd)
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_locator(config_path: str, pid: int) -> None:
     try:
         doc = read_locator(config_path)

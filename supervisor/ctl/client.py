@@ -59,16 +59,27 @@ class Session:
     connect_timeout: float = CONNECT_TIMEOUT
 
     def config_file(self) -> tuple[str, str]:
-        """(the config as the user named it, its absolute path). CtlError if there is none."""
+        """(the config as the user named it, its absolute path). Without -c, $PYVISOR_CONFIG
+        or ./supervisord.yaml: the config of the one daemon of this user that runs, if there
+        is exactly one (said on stderr, once). CtlError if there is none."""
         if self.config:
             return self.config, os.path.abspath(self.config)
         if os.path.isfile(DEFAULT_CONFIG):
             return DEFAULT_CONFIG, os.path.abspath(DEFAULT_CONFIG)
-        raise CtlError(
-            USAGE,
-            f"supervisorctl: no config file: give -c FILE, set {paths.ENV_CONFIG}, "
-            f"or run it where ./{DEFAULT_CONFIG} is",
-        )
+        running = paths.running_configs()
+        if len(running) == 1:
+            self.config = running[0]
+            click.echo(f"supervisorctl: using {running[0]}, the one supervisord running "
+                       "(-c FILE chooses)", err=True)
+            return self.config, self.config
+        how = (f"give -c FILE, set {paths.ENV_CONFIG} (e.g. in .venv/bin/activate), or run it "
+               f"where ./{DEFAULT_CONFIG} is")
+        if running:
+            listed = "".join(f"\n  {c}" for c in running[:20])
+            more = f"\n  ... and {len(running) - 20} more" if len(running) > 20 else ""
+            raise CtlError(USAGE, f"supervisorctl: {len(running)} supervisords are running; "
+                                  f"{how}:{listed}{more}")
+        raise CtlError(USAGE, f"supervisorctl: no config file and no supervisord running: {how}")
 
 
 def not_running(config: str) -> CtlError:

@@ -151,9 +151,41 @@ def test_no_config_at_all(run_dir: Path, tmp_path: Path, monkeypatch: pytest.Mon
         2,
         "",
         (
-            "supervisorctl: no config file: give -c FILE, set PYVISOR_CONFIG, "
-            "or run it where ./supervisord.yaml is\n"
+            "supervisorctl: no config file and no supervisord running: give -c FILE, set "
+            "PYVISOR_CONFIG (e.g. in .venv/bin/activate), or run it where ./supervisord.yaml "
+            "is\n"
         ),
+    )
+
+
+def test_without_config_the_one_running_daemon_is_used(
+    daemon: Fake, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    daemon.rec.replies["pid"] = {"code": 0, "out": "123\n"}
+    result = ctl("pid")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        0,
+        "123\n",
+        f"supervisorctl: using {daemon.config}, the one supervisord running (-c FILE chooses)\n",
+    )
+    # a locator that is not ours, garbage, or names a dead daemon does not count
+    (run_dir / "0123456789ab.json").write_text("{nope")
+    (run_dir / "zz.json").write_text("{}")
+    other = tmp_path / "other.yaml"
+    other.write_text("workers: {}\n")
+    paths.write_locator(str(other), str(run_dir / "x.sock"), 2**22 + 12345)  # no such pid
+    assert ctl("pid").exit_code == 0
+    paths.write_locator(str(other), str(run_dir / "x.sock"), os.getpid())
+    result = ctl("pid")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        "supervisorctl: 2 supervisords are running; give -c FILE, set PYVISOR_CONFIG (e.g. in "
+        f".venv/bin/activate), or run it where ./supervisord.yaml is:\n  {daemon.config}\n"
+        f"  {other}\n",
     )
 
 
