@@ -86,6 +86,12 @@ def not_running(config: str) -> CtlError:
     if not os.path.exists(config):     # a typo in -c, not a daemon that is down
         return CtlError(NOT_RUNNING, f"supervisorctl: no such config file: {config} "
                                      "(and so no supervisord running it)")
+    if os.path.isdir(config):
+        return CtlError(NOT_RUNNING, f"supervisorctl: {config} is a directory, not a config "
+                                     "file (and so no supervisord runs it)")
+    if not os.access(config, os.R_OK):
+        return CtlError(NOT_RUNNING, f"supervisorctl: cannot read the config file {config} "
+                                     "(permission denied); no supervisord of yours runs it")
     return CtlError(
         NOT_RUNNING,
         f"supervisorctl: no supervisord is running for {config} "

@@ -158,6 +158,13 @@ def test_no_config_at_all(run_dir: Path, tmp_path: Path, monkeypatch: pytest.Mon
     )
 
 
+def test_a_directory_given_as_config(run_dir: Path, tmp_path: Path) -> None:
+    result = ctl("-c", str(tmp_path), "status")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        3, "", f"supervisorctl: {tmp_path} is a directory, not a config file (and so no "
+        "supervisord runs it)\n")
+
+
 def test_without_config_the_one_running_daemon_is_used(
     daemon: Fake, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
