@@ -121,7 +121,7 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
         insts = rt.of_worker(name)
         rt.remove(insts)
         settle += insts
-        lines.append(f"removed {name} ({len(insts)} instances)")
+        lines.append(f"removed {name} ({_count(len(insts))})")
     for name in new.start_order():
         cfg = new.workers[name]
         before = old.workers.get(name)
@@ -130,7 +130,7 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
             if cfg.autostart:
                 rt.request_start(made)
             settle += made
-            lines.append(f"added {name} ({len(made)} instances)")
+            lines.append(f"added {name} ({_count(len(made))})")
             continue
         if before == cfg:
             continue
@@ -149,18 +149,33 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
         if only_numprocs:
             lines.append(f"{name}: numprocs {before.numprocs} -> {cfg.numprocs}")
             continue
+        restarted, started, left = [], [], []
         for i in keep:
             if i.has_process:
                 rt.request_stop([i], graceful=True, restart=True)
+                restarted.append(i)
             elif i.wants_start:
                 rt.request_start([i])
+                started.append(i)
+            else:
+                left.append(i)
         settle += keep
-        lines.append(f"changed {name}: restarted {len(keep)} instances")
+        done = [f"{verb} {_count(len(which))}" for verb, which in (
+            ("restarted", restarted), ("started", started)) if which]
+        if left:
+            names = ", ".join(i.name for i in left[:5]) + (", ..." if len(left) > 5 else "")
+            done.append(f"{_count(len(left))} stopped, left stopped with the new config "
+                        f"({names})")
+        lines.append(f"changed {name}: {'; '.join(done)}")
     sup_old = old.supervisor.model_dump(exclude={"log_level"})
     if sup_old != new.supervisor.model_dump(exclude={"log_level"}):
         lines.append("supervisor: section changed; socket, block_prefix and log_dir take "
                      "effect at the next start of supervisord")
     return "".join(f"{line}\n" for line in lines), settle
+
+
+def _count(n: int) -> str:
+    return f"{n} instance" if n == 1 else f"{n} instances"
 
 
 # -- re-exec ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import psutil
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.core import IN_TRANSITION, State
-from supervisor.names import parse_signal, signal_name
+from supervisor.names import parse_signal, signal_name, split_instance_name
 from supervisor.runtime import Instance, Runtime
 
 
@@ -154,11 +154,28 @@ class Handlers:
             return None
         insts, unknown = self.rt.select(targets)
         if unknown:
-            known = ", ".join(sorted({i.worker for i in self.rt.instances.values()})) or "none"
-            respond(Reply(NO_SUCH_TARGET, err=f"no such worker: {', '.join(unknown)} "
-                                              f"(known: {known})\n"))
+            respond(Reply(NO_SUCH_TARGET, err=self._unknown(unknown)))
             return None
         return insts
+
+    def _unknown(self, unknown: list[str]) -> str:
+        """An instance index a worker does not have names the ones it has; an unknown worker
+        names the known ones."""
+        lines, workers = [], []
+        for t in unknown:
+            worker, index = split_instance_name(t)
+            indexes = sorted(i.index for i in self.rt.of_worker(worker)) if index is not None \
+                else []
+            if not indexes:
+                workers.append(t)
+                continue
+            first, last = f"{worker}:{indexes[0]}", f"{worker}:{indexes[-1]}"
+            have = first if first == last else f"{first} .. {last}"
+            lines.append(f"no such instance: {t} ({worker} has {have})\n")
+        if workers:
+            known = ", ".join(sorted({i.worker for i in self.rt.instances.values()})) or "none"
+            lines.append(f"no such worker: {', '.join(workers)} (known: {known})\n")
+        return "".join(lines)
 
     @staticmethod
     def _flag(request: Request, respond: Responder, name: str, default: bool) -> bool | None:

@@ -376,3 +376,15 @@ def test_completion_reads_the_daemons_status_list(daemon: Fake) -> None:
     }
     result = complete(daemon.config, "stop d")
     assert (result.exit_code, result.stdout) == (0, "plain,db\nplain,db:0\n")
+
+
+@pytest.mark.parametrize(("verb", "instead"), [
+    ("update", "'supervisorctl reload' here (it applies what changed in the config)"),
+    ("avail", "'supervisorctl status' here (it lists every configured instance)"),
+])
+def test_supervisord_verbs_name_the_pyvisor_one(verb: str, instead: str) -> None:
+    result = ctl(verb)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
+        "Usage: supervisorctl [OPTIONS] COMMAND [ARGS]...\n"
+        "Try 'supervisorctl --help' for help.\n\n"
+        f"Error: No such command '{verb}'; supervisord's {verb} is {instead}.\n"))
