@@ -22,6 +22,7 @@ from loguru import logger
 
 from supervisor import paths, safefs
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.config.checks import program_warnings
 from supervisor.control.handlers import Handlers
 from supervisor.control.protocol import BAD_CONFIG, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
@@ -351,10 +352,16 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
     except ConfigError as e:
         click.echo(str(e), err=True)
         sys.exit(EXIT_BAD_CONFIG)
+    warnings = program_warnings(config)
     if check:
-        click.echo(f"{config_path}: OK ({len(config.workers)} workers)")
+        for line in warnings:
+            click.echo(line, err=True)
+        click.echo(f"{config_path}: OK ({len(config.workers)} workers"
+                   f"{f', {len(warnings)} warnings' if warnings else ''})")
         return
     setup_daemon_logging(config.supervisor.log_level)
+    for line in warnings:
+        logger.warning(line)
     try:
         fd = acquire_lock(f"{config.supervisor.socket}.lock", config_path, lock_fd)
         prefix_fd = acquire_prefix_lock(config.supervisor.block_prefix, config_path,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 
 from supervisor import safefs
 
@@ -41,6 +42,15 @@ def runtime_dir() -> str:
     if squatted and os.path.isabs(home):
         return os.path.join(home, ".local", "state", "pyvisor")
     return tmp
+
+
+def worker_search_path(path: str | None) -> str:
+    """The PATH a worker gets (from the daemon's own, ``path``): the daemon's interpreter
+    directory first, so that `python3 -m worker` in a config runs with the venv where the
+    worker library is installed."""
+    bindir = os.path.dirname(sys.executable)
+    path = path or "/usr/local/bin:/usr/bin:/bin"
+    return path if bindir in path.split(os.pathsep) else bindir + os.pathsep + path
 
 
 def config_key(config_path: str) -> str:

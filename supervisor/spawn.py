@@ -18,10 +18,10 @@ import grp
 import os
 import pwd
 import subprocess
-import sys
 from dataclasses import dataclass, field
 
 from supervisor.logs import open_output
+from supervisor.paths import worker_search_path
 from worker.block import ENV_BLOCK, ENV_INSTANCE, ENV_NOTIFY
 
 
@@ -85,12 +85,7 @@ def credentials(user: str, group: str | None = None) -> Credentials:
 
 def child_environment(req: SpawnRequest, creds: Credentials | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    # The daemon's own interpreter directory first: `python3 -m worker` in a config then runs
-    # with the same venv, where the worker library is installed.
-    bindir = os.path.dirname(sys.executable)
-    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if bindir not in path.split(os.pathsep):
-        env["PATH"] = bindir + os.pathsep + path
+    env["PATH"] = worker_search_path(env.get("PATH"))
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
               "INVOCATION_ID"):
         env.pop(k, None)   # systemd's protocol is the daemon's, not its workers'

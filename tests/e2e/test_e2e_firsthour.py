@@ -52,3 +52,33 @@ def test_a_crashed_workers_output_is_named_and_its_hint_pastes(daemon: StartedDa
                            capture_output=True, text=True, timeout=60, check=False)
     assert start.returncode == 5 and start.stderr.startswith("crasher:0: ERROR (FATAL)"), start
     assert shlex.split(ctl)[2] == str(d.config_path)
+
+
+def test_check_warns_of_a_program_that_is_not_there(tmp_path: Path) -> None:
+    (tmp_path / "there.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "there.sh").chmod(0o755)
+    (tmp_path / "plain.txt").write_text("")
+    config = tmp_path / "app.yaml"
+    config.write_text("""workers:
+  a: {command: [no-such-binary]}
+  b: {command: ./nope.sh}
+  c: {command: sleep 1, environment: {PATH: /nowhere}}
+  d: {command: [python3, -m, worker]}
+  e: {command: ./there.sh}
+  f: {command: ./plain.txt}
+  g: {command: "no-such-{name}", numprocs: 2}
+""")
+    r = subprocess.run([f"{BIN_DIR}/supervisord", "-c", str(config), "--check"],
+                       env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                       timeout=60, check=False)
+    path = f"{BIN_DIR}:/usr/bin:/bin"
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{config}: OK (7 workers, 5 warnings)\n", (
+        f"{config}: workers.a.command: warning: 'no-such-binary' is not found in the worker's "
+        f"PATH ({path})\n"
+        f"{config}: workers.b.command: warning: './nope.sh': no such file ({tmp_path}/nope.sh)\n"
+        f"{config}: workers.c.command: warning: 'sleep' is not found in the worker's PATH "
+        "(/nowhere)\n"
+        f"{config}: workers.f.command: warning: './plain.txt': not an executable file "
+        f"({tmp_path}/plain.txt)\n"
+        f"{config}: workers.g.command: warning: 'no-such-g' is not found in the worker's PATH "
+        f"({path})\n")), r
