@@ -356,8 +356,10 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
     if check:
         for line in warnings:
             click.echo(line, err=True)
-        click.echo(f"{config_path}: OK ({len(config.workers)} workers"
-                   f"{f', {len(warnings)} warnings' if warnings else ''})")
+        def count(n: int, what: str) -> str:
+            return f"{n} {what}" if n == 1 else f"{n} {what}s"
+        more = f", {count(len(warnings), 'warning')}" if warnings else ""
+        click.echo(f"{config_path}: OK ({count(len(config.workers), 'worker')}{more})")
         return
     setup_daemon_logging(config.supervisor.log_level)
     for line in warnings:

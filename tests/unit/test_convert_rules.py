@@ -577,7 +577,7 @@ def test_the_converted_file_checks_with_supervisord(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     Path("app.yaml").write_text(result.stdout, encoding="utf-8")
     result = runner.invoke(main, ["-c", "app.yaml", "--check"])
-    assert (result.exit_code, result.stdout) == (0, "app.yaml: OK (1 workers)\n")
+    assert (result.exit_code, result.stdout) == (0, "app.yaml: OK (1 worker)\n")
 
 
 def test_options_not_carried_over_get_one_note_not_an_expansion_note() -> None:
