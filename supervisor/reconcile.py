@@ -23,7 +23,7 @@ from supervisor.config import Config
 from supervisor.core import NO_PROCESS, InstanceState, State, StopInFlight, TimerKind
 from supervisor.runtime import Instance, Runtime, config_hash
 from supervisor.runtime.exits import exit_status_from_record
-from supervisor.runtime.intent import stop_of, wanted_of
+from supervisor.runtime.intent import restarts_of, stop_of, wanted_of
 from worker import block as blk
 
 
@@ -35,6 +35,8 @@ def apply_intent(rt: Runtime, intent: dict[str, dict[str, Any]]) -> None:
         wanted = wanted_of(rec)
         if inst is not None and wanted is not None:
             rt.restore_intent(inst, wanted)
+        if inst is not None and restarts_of(rec):
+            rt.restore_restarts(inst, restarts_of(rec))
 
 
 def apply_adoption(rt: Runtime, config: Config,

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import psutil
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
-from supervisor.core import IN_TRANSITION, State
+from supervisor.core import IN_TRANSITION, State, TimerKind
 from supervisor.names import parse_signal, signal_name, split_instance_name
 from supervisor.runtime import Instance, Runtime
 
@@ -88,13 +88,38 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
         "last_output": inst.last_output if pid is None else None,
+        "restarts": st.restarts, "next_try": _next_try(inst, now),
     }
 
 
-def render_status_line(f: dict[str, Any], width: int) -> str:
-    head = f"{f['name']:<{width}}  {f['state']:<8}"
+def _next_try(inst: Instance, now: float) -> str | None:
+    """Why a BACKOFF instance waits and for how long: 'retry 2 of 5 in 1.6 s'."""
+    timer = inst.timers.get(TimerKind.BACKOFF)
+    if inst.st.state is not State.BACKOFF or timer is None:
+        return None
+    left = f"in {max(0.0, timer.when - now):.1f} s"
+    if inst.st.retries:
+        return f"retry {inst.st.retries} of {inst.policy.start_retries} {left}"
+    return f"a crash loop: restarting {left}"
+
+
+# ANSI colours of the state column (status on a terminal only, never in pipes or --json)
+_COLOURS = {"RUNNING": "32", "STARTING": "33", "STOPPING": "33", "BACKOFF": "1;31",
+            "FATAL": "1;31", "EXITED": "35"}
+
+
+def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> str:
+    state = f"{f['state']:<8}"
+    code = _COLOURS.get(f["state"]) if colour else None
+    if code is not None:
+        state = f"\x1b[{code}m{state}\x1b[0m"
+    head = f"{f['name']:<{width}}  {state}"
     if f["pid"] is None:
         detail = f["fatal_reason"] or (f"last: {f['last_exit']}" if f["last_exit"] else "")
+        if f.get("next_try"):
+            detail += f"; {f['next_try']}"
+        if f.get("restarts") and f["state"] in ("BACKOFF", "STARTING"):
+            detail += f"; restarts {f['restarts']}"
         if f.get("last_output"):
             detail += f"; its last line: {f['last_output']!r}"
         return f"{head}  {detail}".rstrip()
@@ -108,6 +133,7 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
         "" if cpu is None else f", cpu {cpu:.2f}s",
         "" if rss is None else f", mem {fmt_bytes(rss)}",
         f", {f['processes']} processes" if (f.get("processes") or 0) > 1 else "",
+        f", restarts {f['restarts']}" if f.get("restarts") else "",
         ", adopted" if f["adopted"] else "",
     ))
 
@@ -227,8 +253,10 @@ class Handlers:
             # data too: shell completion and scripts on the socket read the rows from it
             respond(Reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
             return
+        tty, colour = request.opts.get("tty") is True, request.opts.get("colour") is True
         width = max((len(f["name"]) for f in facts), default=4)
-        text = "".join(render_status_line(f, width) + "\n" for f in facts)
+        header = f"{'NAME':<{width}}  {'STATE':<8}  DETAILS\n" if tty and facts else ""
+        text = header + "".join(render_status_line(f, width, colour) + "\n" for f in facts)
         # names only in data: the text is what gets printed (--json carries the whole rows)
         respond(Reply(OK, out=text or "no workers configured\n",
                       data=[{"name": f["name"]} for f in facts]))
@@ -344,8 +372,9 @@ class Handlers:
         if insts is None:
             return
         pids = {i.name: i.pid for i in insts}
-        text = "".join(f"{p}\n" if p is not None else f"{n}: not running\n"
-                       for n, p in pids.items())
+        named = "all" in (request.targets or ())    # pid all: which pid is whose
+        text = "".join(f"{n}: not running\n" if p is None else f"{n} {p}\n" if named
+                       else f"{p}\n" for n, p in pids.items())
         code = OK if all(p is not None for p in pids.values()) else FAILED
         respond(Reply(code, out=text if code == OK else "", err="" if code == OK else text,
                       data=pids))

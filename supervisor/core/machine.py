@@ -137,7 +137,7 @@ def _stopped_exited_away(inst: InstanceState, ev: ExitedWhileAway, policy: Polic
     if not restarts(ev.status, policy):
         return goto(inst, State.EXITED, f"{what}; restart={policy.restart.value}", **changes)
     state, actions = spawn(inst, f"{what}; restart={policy.restart.value}", ev.now,
-                            fresh=True, level="WARNING")
+                            fresh=True, level="WARNING", automatic=True)
     return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
 
 
@@ -264,7 +264,8 @@ def _running_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
                   f"{secs(policy.crash_interval)}, restarting in {secs(delay)}")
         return goto(inst, State.BACKOFF, reason, [ArmTimer(TimerKind.BACKOFF, delay)],
                      level="WARNING", backoff=delay, retries=0, attempts_since=None, **changes)
-    state, actions = spawn(inst, f"{what}; {rule}", ev.now, fresh=True, level="WARNING")
+    state, actions = spawn(inst, f"{what}; {rule}", ev.now, fresh=True, level="WARNING",
+                            automatic=True)
     return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now,
                                recent_crashes=crashes), actions
 
@@ -286,7 +287,7 @@ def _backoff_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Resul
     else:
         reason = (f"backoff {secs(inst.backoff)} over; retry {inst.retries} of "
                   f"{policy.start_retries}")
-    return spawn(inst, reason, ev.now, fresh=False)
+    return spawn(inst, reason, ev.now, fresh=False, automatic=True)
 
 
 def _backoff_stop(inst: InstanceState, ev: StopRequested, policy: Policy) -> Result:

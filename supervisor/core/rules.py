@@ -83,11 +83,13 @@ def no_process() -> dict[str, Any]:
 
 
 def spawn(inst: InstanceState, reason: str, now: float, *, fresh: bool,
-           level: str = "INFO") -> Result:
+           level: str = "INFO", automatic: bool = False) -> Result:
     """-> STARTING with [Spawn()]. ``fresh``: a new run of attempts (explicit start, restart,
-    or a process that had been RUNNING), so retries start again from 0."""
+    or a process that had been RUNNING), so retries start again from 0. ``automatic``: the
+    core respawns on its own after an exit (counted in ``restarts``)."""
     changes: dict[str, Any] = {**no_process(), "stop_requested": False,
-                               "restart_after_stop": False}
+                               "restart_after_stop": False,
+                               "restarts": inst.restarts + automatic}
     if fresh:
         changes.update(retries=0, attempts_since=now, fatal_reason=None, recent_crashes=())
     elif inst.attempts_since is None:

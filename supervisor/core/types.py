@@ -263,4 +263,5 @@ class InstanceState:
     # crashes and re-execs; every StartRequested / StopRequested sets it (see step()).
     wanted: bool | None = None
     pending_stop_graceful: bool = True     # the kind of a stop asked between Spawn and Spawned
+    restarts: int = 0                      # respawns the core made on its own after an exit
     timers: frozenset[TimerKind] = NO_TIMERS   # armed kinds

@@ -1,7 +1,8 @@
 """What the operator asked for, kept where only the daemon can write it, across its own death.
 
 For each instance the core's ``wanted`` (started / stopped, when the operator said anything)
-and a stop in flight (graceful or not, its deadline, whether a start follows). The file lives
+a stop in flight (graceful or not, its deadline, whether a start follows), and how often
+the core restarted it on its own (status shows it). The file lives
 in the daemon's private runtime directory (safefs.private_dir), is replaced atomically, and is
 written at most once per loop turn however many instances changed. A new daemon reads it
 before it starts anything: a stop you asked for is never followed by a restart, even across a
@@ -104,6 +105,8 @@ def _record(inst: Instance) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     if st.wanted is not None:
         rec["wanted"] = st.wanted
+    if st.restarts:
+        rec["restarts"] = st.restarts
     if st.state is State.STOPPING and st.pid is not None:
         graceful = inst.timers.get(TimerKind.GRACEFUL)
         rec["stop"] = {"graceful": graceful is not None,
@@ -115,6 +118,16 @@ def _record(inst: Instance) -> dict[str, Any]:
 def wanted_of(rec: dict[str, Any]) -> bool | None:
     value = rec.get("wanted")
     return value if isinstance(value, bool) else None
+
+
+MAX_RESTARTS = 1 << 53
+
+
+def restarts_of(rec: dict[str, Any]) -> int:
+    value = rec.get("restarts")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RESTARTS:
+        return value
+    return 0
 
 
 def stop_of(rec: dict[str, Any]) -> StopInFlight | None:

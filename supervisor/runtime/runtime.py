@@ -234,6 +234,10 @@ class Runtime:
         """What the operator last asked for inst, as the previous daemon recorded it."""
         self.dispatch(inst, core.IntentRestored(self.now(), wanted))
 
+    def restore_restarts(self, inst: Instance, restarts: int) -> None:
+        """The restart count the previous daemon recorded (a count, not a state: no event)."""
+        inst.st = dataclasses.replace(inst.st, restarts=restarts)
+
     def exited_while_away(self, inst: Instance, status: core.ExitStatus,
                           started_at: float) -> None:
         """inst's process ended while no daemon watched it."""
@@ -272,7 +276,7 @@ class Runtime:
         try:
             while self._queue:
                 inst, event = self._queue.popleft()
-                old, wanted = inst.st.state, inst.st.wanted
+                old, wanted, restarts = inst.st.state, inst.st.wanted, inst.st.restarts
                 try:
                     inst.st, actions = core.step(inst.st, event, inst.policy)
                 except core.TransitionError as e:
@@ -280,7 +284,8 @@ class Runtime:
                     continue
                 for action in actions:
                     self._execute(inst, action, event.now)
-                if inst.st.wanted != wanted or State.STOPPING in (old, inst.st.state):
+                if inst.st.wanted != wanted or State.STOPPING in (old, inst.st.state) or (
+                        inst.st.restarts != restarts):
                     self.intent.changed()        # what a new daemon must know has changed
                 if inst.st.state is not old:
                     self._on_transition(inst)

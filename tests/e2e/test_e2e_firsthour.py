@@ -82,3 +82,80 @@ def test_check_warns_of_a_program_that_is_not_there(tmp_path: Path) -> None:
         f"({tmp_path}/plain.txt)\n"
         f"{config}: workers.g.command: warning: 'no-such-g' is not found in the worker's PATH "
         f"({path})\n")), r
+
+
+def _on_a_tty(d: Any, *args: str) -> str:
+    """supervisorctl ARGS with its stdout on a pseudo-terminal; what it printed there."""
+    import os
+    import pty
+    main, sub = pty.openpty()
+    try:
+        proc = subprocess.run([f"{BIN_DIR}/supervisorctl", "-c", str(d.config_path), *args],
+                              stdout=sub, stderr=subprocess.PIPE, timeout=60, check=False,
+                              env={**os.environ, "TERM": "xterm", "NO_COLOR": ""})
+        os.close(sub)
+        sub = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:         # EIO: the other side is closed and all is read
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(main)
+        if sub >= 0:
+            os.close(sub)
+    assert proc.returncode == 0, proc
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_status_header_colours_restarts_backoff_and_pid_all(daemon: StartedDaemon) -> None:
+    import signal
+    d = daemon({
+        "up": {**QUICK, "command": "sleep 1000"},
+        "flappy": {**QUICK, "command": ["sh", "-c", "sleep 0.3; exit 1"], "restart": "always",
+                   "crash_interval": 0.1},
+        "failing": {**QUICK, "command": ["sh", "-c", "exit 2"],
+                    "backoff": {"initial": 60, "max": 60}}})
+    d.wait_state("up:0", "RUNNING")
+    from tests.support.wait import wait_until
+    wait_until(lambda: d.status_of("flappy:0"), 20, "flappy to restart twice",
+               ok=lambda row: row["restarts"] >= 2 and row["state"] == "RUNNING")
+    d.wait_state("failing:0", "BACKOFF")
+
+    # in a pipe: no header, no colours; the restarts count and the BACKOFF reason
+    r = d.ctl("status", "failing", "up")
+    assert r.returncode == 0 and re.fullmatch(
+        r"failing:0  BACKOFF   last: exit status 2; retry 1 of 5 in \d+\.\d s\n"
+        r"up:0       RUNNING   pid \d+, uptime 0:00:\d\d, hb -, work -, cpu \d+\.\d\ds, "
+        r"mem \d+(\.\d)?[KMG]\n", r.stdout), r.stdout
+    r = d.ctl("status", "flappy")
+    assert re.search(r"[,;] restarts \d+\n$", r.stdout), r.stdout
+    assert d.ctl("stop", "flappy").returncode == 0
+
+    # on a terminal: a header, and the state in colour
+    out = _on_a_tty(d, "status", "failing", "up")
+    assert re.fullmatch(
+        r"NAME       STATE     DETAILS\n"
+        r"failing:0  \x1b\[1;31mBACKOFF \x1b\[0m  last: exit status 2; retry 1 of 5 in \d+\.\d s\n"
+        r"up:0       \x1b\[32mRUNNING \x1b\[0m  pid \d+, .*\n", out), out
+    assert "\x1b" not in d.ctl("status").stdout
+    assert "\x1b" not in _on_a_tty(d, "status", "--json")
+
+    # pid all names each pid
+    pids = d.pids()
+    r = d.ctl("pid", "all")
+    assert (r.returncode, r.stdout, r.stderr) == (5, "", (
+        f"failing:0: not running\nflappy:0: not running\nup:0 {pids['up:0']}\n")), r
+
+    # the count survives a SIGKILL of the daemon (the intent record)
+    before = d.status_of("flappy:0")["restarts"]
+    assert before >= 2
+    d.kill(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait(10)
+    d.start()
+    assert d.status_of("flappy:0")["restarts"] == before

@@ -57,7 +57,8 @@ def test_status_lines_and_json_fields(daemon: StartedDaemon) -> None:
     row = d.status_of("w:0")
     assert set(row) == {"name", "worker", "state", "pid", "uptime", "heartbeat_age", "work_done",
                         "cpu_seconds", "rss", "last_exit", "fatal_reason", "adopted",
-                        "processes", "oom_kills", "cgroup", "last_output"}, row
+                        "processes", "oom_kills", "cgroup", "last_output", "restarts",
+                        "next_try"}, row
     assert row["name"] == "w:0" and row["worker"] == "w" and row["state"] == "RUNNING", row
     assert isinstance(row["pid"], int) and pid_alive(row["pid"]), row
     assert row["uptime"] >= 0 and row["rss"] > 0 and row["adopted"] is False, row
@@ -94,9 +95,15 @@ def test_pid_verb(daemon: StartedDaemon) -> None:
     pids = d.pids()
     r = d.ctl("pid", "w")
     assert (r.returncode, r.stdout, r.stderr) == (0, f"{pids['w:0']}\n{pids['w:1']}\n", ""), r
+    r = d.ctl("pid", "all")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, f"w:0 {pids['w:0']}\nw:1 {pids['w:1']}\n", ""), r
     assert d.ctl("stop", "w:1").returncode == 0
     r = d.ctl("pid", "w")
     assert (r.returncode, r.stdout, r.stderr) == (5, "", f"{pids['w:0']}\nw:1: not running\n"), r
+    r = d.ctl("pid", "all")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        5, "", f"w:0 {pids['w:0']}\nw:1: not running\n"), r
 
 
 def test_signal_verb(daemon: StartedDaemon, tmp_path: Path) -> None:
