@@ -89,6 +89,7 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
         "last_output": inst.last_output if pid is None else None,
         "restarts": st.restarts, "next_try": _next_try(inst, now),
+        "note": inst.note if pid is None else None,
     }
 
 
@@ -122,6 +123,8 @@ def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> s
             detail += f"; restarts {f['restarts']}"
         if f.get("last_output"):
             detail += f"; its last line: {f['last_output']!r}"
+        if f.get("note"):
+            detail += f". {f['note']}"
         return f"{head}  {detail}".rstrip()
     hb, work, cpu, rss, up = (f["heartbeat_age"], f["work_done"], f["cpu_seconds"], f["rss"],
                               f["uptime"])

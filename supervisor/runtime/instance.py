@@ -40,6 +40,7 @@ class Instance:
     waiters: list[Waiter] = field(default_factory=list)
     pipes: list[Pipe] = field(default_factory=list)   # output read by the daemon (console.py)
     last_output: str | None = None   # its last line of output when it last exited
+    note: str | None = None          # what its last exit tells (a program that daemonized)
 
     @property
     def pid(self) -> int | None:
