@@ -28,6 +28,7 @@ from supervisor.control.protocol import BAD_CONFIG, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
 from supervisor.convert import cli as convert_cli
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
+from supervisor.interrupts import Interrupts
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
 from supervisor.reconcile import (
@@ -161,8 +162,9 @@ class Daemon:
         self._shutdown_waiters: list[Callable[[], None]] = []
         self._status_pending = False
         self.exit_code = 0
+        self.interrupts = Interrupts(self.runtime)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, lambda _s: self.shutdown(lambda: None))
+            self.loop.add_signal_handler(signum, self._on_interrupt)
         self.loop.add_signal_handler(signal.SIGHUP, lambda _s: self._on_sighup())
         interval = self.notifier.watchdog_interval()
         if interval:
@@ -250,6 +252,10 @@ class Daemon:
 
         self.runtime.wait_for(settle, lambda i: i.st.state not in IN_TRANSITION, finished)
 
+    def _on_interrupt(self, signum: int) -> None:
+        if self.interrupts.on_signal(signum, self.leaving == "shutting down"):
+            self.shutdown(lambda: None)
+
     def shutdown(self, done: Callable[[], None]) -> None:
         self._shutdown_waiters.append(done)
         if self.leaving == "shutting down":
@@ -276,7 +282,7 @@ class Daemon:
         if not live and not rest:
             self._finish_shutdown()
             return
-        rt.request_stop(live, graceful=True)
+        rt.request_stop(live, graceful=not self.interrupts.hurried)
         rt.wait_for(insts, lambda i: not i.has_process, lambda: self._stop_in_order(rest))
 
     def _finish_shutdown(self) -> None:

@@ -342,6 +342,15 @@ def _stopping_spawn_failed(inst: InstanceState, ev: SpawnFailed, policy: Policy)
 
 
 def _stopping_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
+    if ev.early:
+        nxt = policy.stop_signal if ev.kind is TimerKind.GRACEFUL else policy.kill_signal
+        msg = f"stop hurried by the operator; sending signal {nxt} now"
+        if ev.kind is TimerKind.GRACEFUL:
+            return stay(inst, [Log("WARNING", msg), Signal(policy.stop_signal),
+                                ArmTimer(TimerKind.KILL, policy.kill_timeout)])
+        return stay(inst, [Log("WARNING", msg), Signal(policy.kill_signal),
+                            ArmTimer(TimerKind.KILL, policy.kill_timeout)],
+                     kills_sent=inst.kills_sent + 1)
     if ev.kind is TimerKind.GRACEFUL:
         msg = (f"did not exit within {secs(policy.graceful_timeout)} of the stop command; "
                f"sending signal {policy.stop_signal}")

@@ -126,6 +126,7 @@ class ReadyReported:
 class TimerFired:
     now: float
     kind: TimerKind
+    early: bool = False      # fired before its time because the operator hurried a stop
 
 
 @dataclass(frozen=True, slots=True)

@@ -317,6 +317,16 @@ class Runtime:
 
         inst.timers[kind] = self.loop.call_at(when, fire)
 
+    def hurry(self, inst: Instance) -> bool:
+        """A stop in flight goes to its next step now (the graceful wait or the kill timeout
+        is cut short, as the operator asked); False if inst is not stopping."""
+        for kind in (TimerKind.GRACEFUL, TimerKind.KILL):
+            if inst.st.state is State.STOPPING and kind in inst.timers:
+                self._cancel_timer(inst, kind)
+                self.dispatch(inst, core.TimerFired(self.now(), kind, early=True))
+                return True
+        return False
+
     def _cancel_timer(self, inst: Instance, kind: TimerKind) -> None:
         t = inst.timers.pop(kind, None)
         if t is not None:

@@ -159,3 +159,53 @@ def test_status_header_colours_restarts_backoff_and_pid_all(daemon: StartedDaemo
     d.proc.wait(10)
     d.start()
     assert d.status_of("flappy:0")["restarts"] == before
+
+
+STUBBORN = """
+import signal, time
+from worker import Worker
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with Worker() as w:
+    w.ready()
+    while True:          # never looks at should_stop: a unit of work that takes for ever
+        time.sleep(0.05)
+"""
+
+
+def test_ctrl_c_again_says_what_it_waits_for_and_once_more_hurries(daemon: StartedDaemon,
+                                                                    tmp_path: Path) -> None:
+    import signal
+    from tests.support.daemon import write_script
+    script = write_script(tmp_path, "stubborn.py", STUBBORN)
+    import sys
+    d = daemon({"w": {"command": [sys.executable, script], "graceful_timeout": 60,
+                      "kill_timeout": 60}})
+    d.wait_state("w:0", "RUNNING")
+
+    def lines(after: int) -> list[str]:
+        return [re.sub(r"^\S+ \S+ \S+ +", "", line)
+                for line in d.log_text()[after:].splitlines()]
+
+    mark = d.log_mark()
+    d.kill(signal.SIGINT)
+    d.wait_log(r"w:0 RUNNING -> STOPPING", after=mark)
+    mark = d.log_mark()
+    d.kill(signal.SIGINT)
+    d.wait_log(r"SIGINT again: still stopping", after=mark)
+    got = [re.sub(r"\d+\.\d s more", "N s more", line) for line in lines(mark)]
+    assert got == ["SIGINT again: still stopping, waiting for w:0 (graceful stop, up to N s "
+                   "more, then SIGTERM); send it once more to hurry (stop_signal now, then "
+                   "SIGKILL)"], got
+    mark = d.log_mark()
+    d.kill(signal.SIGINT)
+    d.wait_log(r"sending signal 15 now", after=mark)
+    assert lines(mark) == ["SIGINT again: hurrying the stop of w:0",
+                           "w:0 stop hurried by the operator; sending signal 15 now"]
+    mark = d.log_mark()
+    d.kill(signal.SIGTERM)          # it ignores SIGTERM: the next step is SIGKILL
+    assert d.proc is not None
+    assert d.proc.wait(20) == 0
+    got = lines(mark)
+    assert got[:3] == ["SIGTERM again: hurrying the stop of w:0",
+                       "w:0 stop hurried by the operator; sending signal 9 now",
+                       "w:0 STOPPING -> STOPPED (exited: killed by signal 9)"], got
