@@ -3,13 +3,18 @@ hint the daemon prints works when pasted."""
 
 from __future__ import annotations
 
+import os
+import pty
 import re
 import shlex
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import BIN_DIR, StartedDaemon
+from tests.support.daemon import BIN_DIR, StartedDaemon, write_script
+from tests.support.wait import wait_until
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
 
@@ -86,8 +91,6 @@ def test_check_warns_of_a_program_that_is_not_there(tmp_path: Path) -> None:
 
 def _on_a_tty(d: Any, *args: str) -> str:
     """supervisorctl ARGS with its stdout on a pseudo-terminal; what it printed there."""
-    import os
-    import pty
     main, sub = pty.openpty()
     try:
         proc = subprocess.run([f"{BIN_DIR}/supervisorctl", "-c", str(d.config_path), *args],
@@ -113,7 +116,6 @@ def _on_a_tty(d: Any, *args: str) -> str:
 
 
 def test_status_header_colours_restarts_backoff_and_pid_all(daemon: StartedDaemon) -> None:
-    import signal
     d = daemon({
         "up": {**QUICK, "command": "sleep 1000"},
         "flappy": {**QUICK, "command": ["sh", "-c", "sleep 0.3; exit 1"], "restart": "always",
@@ -121,7 +123,6 @@ def test_status_header_colours_restarts_backoff_and_pid_all(daemon: StartedDaemo
         "failing": {**QUICK, "command": ["sh", "-c", "exit 2"],
                     "backoff": {"initial": 60, "max": 60}}})
     d.wait_state("up:0", "RUNNING")
-    from tests.support.wait import wait_until
     wait_until(lambda: d.status_of("flappy:0"), 20, "flappy to restart twice",
                ok=lambda row: row["restarts"] >= 2 and row["state"] == "RUNNING")
     d.wait_state("failing:0", "BACKOFF")
@@ -174,10 +175,7 @@ with Worker() as w:
 
 def test_ctrl_c_again_says_what_it_waits_for_and_once_more_hurries(daemon: StartedDaemon,
                                                                     tmp_path: Path) -> None:
-    import signal
-    from tests.support.daemon import write_script
     script = write_script(tmp_path, "stubborn.py", STUBBORN)
-    import sys
     d = daemon({"w": {"command": [sys.executable, script], "graceful_timeout": 60,
                       "kill_timeout": 60}})
     d.wait_state("w:0", "RUNNING")
