@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 from loguru import logger
 
-from supervisor import paths, safefs
+from supervisor import paths, runtimedir, safefs
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.config.checks import program_warnings
 from supervisor.control.handlers import Handlers
@@ -58,9 +58,7 @@ def _flock(path: str, create_dir: bool) -> tuple[int, str]:
     try:
         while True:
             fd = safefs.open_private(dfd, name, path)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_flock(fd):
                 holder = _holder_of(fd)
                 os.close(fd)
                 return -1, holder
@@ -74,6 +72,20 @@ def _flock(path: str, create_dir: bool) -> tuple[int, str]:
             os.close(fd)
     finally:
         os.close(dfd)
+
+
+def _try_flock(fd: int) -> bool:
+    """The flock, tried for up to 50 ms: a daemon cleaning stale locks (runtimedir.py) holds
+    one for microseconds; a running daemon holds its own for good."""
+    deadline = time.monotonic() + 0.05
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
 
 def _holder_of(fd: int) -> str:
@@ -153,6 +165,11 @@ class Daemon:
             self.server = ControlServer(self.loop, sup.socket, Handlers(self),
                                         mode=sup.socket_mode, group=sup.socket_group,
                                         log=logger.error, log_where=where)
+            stale = runtimedir.clean_stale()     # what SIGKILLed daemons left
+            if stale:
+                logger.info(f"removed stale files of daemons that are gone from "
+                            f"{paths.runtime_dir()}: {', '.join(sorted(stale)[:10])}"
+                            f"{' ...' if len(stale) > 10 else ''}")
             paths.write_locator(config.path, sup.socket, os.getpid())
         except BaseException:
             self.runtime.close()      # nothing is running yet: leave nothing behind

@@ -140,7 +140,7 @@ def running_configs() -> list[str]:
                 None, None)
             if not isinstance(config, str) or not isinstance(pid, int) or pid <= 0:
                 continue
-            if config_key(config) != name[:12] or not _alive(pid):
+            if config_key(config) != name[:12] or not pid_alive(pid):
                 continue
             found.append(config)
     finally:
@@ -148,12 +148,13 @@ def running_configs() -> list[str]:
     return sorted(found)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True
 

@@ -207,3 +207,22 @@ def test_ctrl_c_again_says_what_it_waits_for_and_once_more_hurries(daemon: Start
     assert got[:3] == ["SIGTERM again: hurrying the stop of w:0",
                        "w:0 stop hurried by the operator; sending signal 9 now",
                        "w:0 STOPPING -> STOPPED (exited: killed by signal 9)"], got
+
+
+def test_a_starting_daemon_removes_stale_locks(daemon_factory: Any) -> None:
+    import uuid
+
+    from supervisor import paths
+    d = daemon_factory({"w": {**QUICK, "command": "sleep 1000"}})
+    stale = Path(paths.runtime_dir(), f"prefix-tstale{uuid.uuid4().hex[:8]}.lock")
+    stale.parent.mkdir(mode=0o700, exist_ok=True)
+    stale.write_text("4242 /gone.yaml\n")
+    try:
+        d.start()
+        assert not stale.exists()
+        d.wait_log(rf"removed stale files of daemons that are gone from "
+                   rf"{re.escape(paths.runtime_dir())}: .*{re.escape(stale.name)}")
+        lock = Path(paths.runtime_dir(), f"prefix-{d.prefix}.lock")
+        assert lock.exists(), "the daemon's own lock is held and kept"
+    finally:
+        stale.unlink(missing_ok=True)
