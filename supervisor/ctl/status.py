@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from supervisor.control.protocol import NOT_RUNNING
 from supervisor.ctl import client
 from supervisor.ctl.targets import TARGET
 
@@ -22,4 +23,21 @@ def cmd(session: client.Session, targets: tuple[str, ...], as_json: bool) -> Non
         opts["tty"] = True
         if not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb":
             opts["colour"] = True
-    client.run(session, "status", targets or ("all",), opts)
+    try:
+        reply = client.request(session, "status", targets or ("all",), opts)
+    except client.CtlError as e:
+        if e.exit_code == NOT_RUNNING:
+            e.message += _still_alive(session)
+        raise
+    client.emit(reply)
+
+
+def _still_alive(session: client.Session) -> str:
+    """With the daemon down: the workers that still run (from their control blocks)."""
+    _shown, config = session.config_file()
+    if not os.path.isfile(config):
+        return ""
+    from supervisor.ctl import offline  # the slow path: blocks and the config
+
+    alive = offline.describe_alive(config)
+    return f"\nsupervisorctl: {alive}" if alive else ""

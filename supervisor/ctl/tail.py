@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol
 import click
 
 from supervisor import safefs
-from supervisor.control.protocol import ERROR, OK
+from supervisor.control.protocol import ERROR, NOT_RUNNING, OK, Reply
 from supervisor.ctl import client
 from supervisor.ctl.targets import TARGET
 
@@ -48,7 +48,12 @@ def cmd(
 
     Each file comes under a ==> FILE <== header when they are two."""
     stream = only or "both"
-    reply = client.request(session, "tail", [target], {"stream": stream})
+    try:
+        reply = client.request(session, "tail", [target], {"stream": stream})
+    except client.CtlError as e:
+        if e.exit_code != NOT_RUNNING:
+            raise
+        reply = _from_config(session, target, e)
     if reply.code != OK:
         client.emit(reply)
     client.print_reply(reply)
@@ -73,6 +78,21 @@ def cmd(
         raise client.CtlError(ERROR, f"supervisorctl: cannot read {e.filename or 'a log'}: "
                               f"{e.strerror}") from None
     raise SystemExit(OK)
+
+
+def _from_config(session: client.Session, target: str, down: client.CtlError) -> Reply:
+    """No daemon: the log files named in the config (said on stderr), or the error."""
+    _shown, config = session.config_file()
+    if not os.path.isfile(config):
+        raise down
+    from supervisor.ctl import offline  # the slow path: it loads the config
+
+    found = offline.log_paths(config, target)
+    if isinstance(found, str):
+        raise client.CtlError(down.exit_code, f"{down.message}\nsupervisorctl: {found}")
+    click.echo(f"supervisorctl: supervisord is not running; reading {target}'s log files as "
+               f"{config} names them", err=True)
+    return Reply(OK, data={"stdout": found[0], "stderr": found[1]})
 
 
 class _Out(Protocol):

@@ -226,3 +226,37 @@ def test_a_starting_daemon_removes_stale_locks(daemon_factory: Any) -> None:
         assert lock.exists(), "the daemon's own lock is held and kept"
     finally:
         stale.unlink(missing_ok=True)
+
+
+def test_with_the_daemon_down_status_names_live_workers_and_tail_reads_the_logs(
+        daemon: StartedDaemon) -> None:
+    d = daemon({"w": {**QUICK, "numprocs": 2,
+                      "command": ["sh", "-c", "echo up; echo warn >&2; exec sleep 1000"]}})
+    d.wait_state("w:1", "RUNNING")
+    pids = d.pids()
+    d.kill(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait(10)
+    cfg = d.config_path
+    r = d.ctl("status")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "", (
+        f"supervisorctl: no supervisord is running for {cfg} (start it with: supervisord -c "
+        f"{cfg})\nsupervisorctl: 2 workers are still alive and will be adopted when it starts: "
+        f"w:0 (pid {pids['w:0']}), w:1 (pid {pids['w:1']})\n")), r
+    out, err = d.log_dir / "w-0.out.log", d.log_dir / "w-0.err.log"
+    r = d.ctl("tail", "w:0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, (
+        f"==> {out} <==\nup\n\n==> {err} <==\nwarn\n"), (
+        f"supervisorctl: supervisord is not running; reading w:0's log files as {cfg} names "
+        "them\n")), r
+    r = d.ctl("tail", "w:5")
+    assert (r.returncode, r.stderr) == (3, (
+        f"supervisorctl: no supervisord is running for {cfg} (start it with: supervisord -c "
+        f"{cfg})\nsupervisorctl: {cfg} has no instance w:5\n")), r
+    d.start()                          # adopts them again (and the fixture stops them)
+    assert d.pids() == pids
+    d.stop()
+    r = d.ctl("status")
+    assert (r.returncode, r.stderr) == (3, (
+        f"supervisorctl: no supervisord is running for {cfg} (start it with: supervisord -c "
+        f"{cfg})\n")), r
