@@ -26,8 +26,9 @@ def cmd(session: client.Session, targets: tuple[str, ...], as_json: bool) -> Non
     try:
         reply = client.request(session, "status", targets or ("all",), opts)
     except client.CtlError as e:
-        if e.exit_code == NOT_RUNNING:
-            e.message += _still_alive(session)
+        alive = _still_alive(session) if e.exit_code == NOT_RUNNING else ""
+        if alive:
+            raise client.CtlError(e.exit_code, e.message + alive) from None
         raise
     client.emit(reply)
 
