@@ -154,7 +154,7 @@ class Handlers:
             "status": self.status, "start": self.start, "stop": self.stop,
             "restart": self.restart, "signal": self.signal, "tail": self.tail,
             "reload": self.reload, "shutdown": self.shutdown, "pid": self.pid,
-            "reexec": self.reexec,
+            "reexec": self.reexec, "logs": self.logs,
         }
 
     def __call__(self, request: Request, respond: Responder) -> None:
@@ -366,6 +366,19 @@ class Handlers:
                              else f"its {name} is discarded")
         data["elsewhere"] = "; ".join(where)
         respond(Reply(OK, data=data))
+
+    def logs(self, request: Request, respond: Responder) -> None:
+        """The log files of TARGETS (default all) for supervisorctl logs, which reads them."""
+        insts = self._targets(request, respond, default_all=True)
+        if insts is None:
+            return
+        files = []
+        for i in insts:
+            if i.stdout_path:
+                files.append([i.name, "stdout", i.stdout_path])
+            if i.stderr_path and i.stderr_path != i.stdout_path:
+                files.append([i.name, "stderr", i.stderr_path])
+        respond(Reply(OK, data={"files": files}))
 
     def pid(self, request: Request, respond: Responder) -> None:
         if request.targets == []:  # None (not a list of names) is for _targets to refuse

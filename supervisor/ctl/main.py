@@ -13,6 +13,7 @@ from supervisor import __version__, paths
 from supervisor.control.protocol import help_epilog
 from supervisor.ctl import (
     client,
+    logs,
     pid,
     reexec,
     reload,
@@ -86,7 +87,8 @@ def cli(ctx: click.Context, config: str | None, timeout: float | None) -> None:
     ctx.obj = client.Session(config=config, timeout=timeout)
 
 
-for _verb in (status, start, stop, restart, sendsignal, tail, reload, shutdown, pid, reexec):
+for _verb in (status, start, stop, restart, sendsignal, tail, logs, reload, shutdown, pid,
+              reexec):
     cli.add_command(_verb.cmd)
 
 

@@ -3,6 +3,7 @@ hint the daemon prints works when pasted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -260,3 +261,52 @@ def test_with_the_daemon_down_status_names_live_workers_and_tail_reads_the_logs(
     assert (r.returncode, r.stderr) == (3, (
         f"supervisorctl: no supervisord is running for {cfg} (start it with: supervisord -c "
         f"{cfg})\n")), r
+
+
+def test_logs_interleaves_instances_with_a_prefix(daemon: StartedDaemon, tmp_path: Path) -> None:
+    flag = tmp_path / "more"
+    d = daemon({
+        "web": {**QUICK, "numprocs": 2, "command": [
+            "sh", "-c", "echo web {index} up; echo oops {index} >&2; "
+            f"while [ ! -e {flag} ]; do sleep 0.05; done; echo web {{index}} more; "
+            "exec sleep 1000"]},
+        "db": {**QUICK, "command": ["sh", "-c", "echo db up; printf %020000d 0; echo; "
+                                    "exec sleep 1000"], "stderr": "stdout"}})
+    for inst in ("web:0", "web:1", "db:0"):
+        d.wait_state(inst, "RUNNING")
+    wait_until(lambda: (d.log_dir / "db-0.out.log").stat().st_size > 20000, 10, "db's output")
+    r = d.ctl("logs")
+    zeros = "0" * 20000
+    assert (r.returncode, r.stderr) == (0, ""), r
+    assert r.stdout == (
+        "db:0  | db up\n" f"db:0  | {zeros[:16384]}\n" f"db:0  | {zeros[16384:]}\n"
+        "web:0 | web 0 up\n" "web:0 ! oops 0\n" "web:1 | web 1 up\n" "web:1 ! oops 1\n"), r
+    r = d.ctl("logs", "-n", "1", "web:1")
+    assert (r.returncode, r.stdout) == (0, "web:1 | web 1 up\nweb:1 ! oops 1\n"), r
+
+    follower = subprocess.Popen([f"{BIN_DIR}/supervisorctl", "-c", str(d.config_path), "logs",
+                                 "-f", "-n", "1", "web"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    try:
+        assert follower.stdout is not None
+        os.set_blocking(follower.stdout.fileno(), False)
+        seen = [b""]
+
+        def got() -> bytes:
+            assert follower.stdout is not None
+            with contextlib.suppress(BlockingIOError):
+                seen[0] += os.read(follower.stdout.fileno(), 65536)
+            return seen[0]
+
+        first = b"web:0 | web 0 up\nweb:0 ! oops 0\nweb:1 | web 1 up\nweb:1 ! oops 1\n"
+        wait_until(got, 10, "the last line of each log", ok=lambda b: b == first)
+        flag.touch()                        # now the new lines, as they come
+        wait_until(got, 10, "both instances' new lines",
+                   ok=lambda b: sorted(b[len(first):].splitlines()) == [
+                       b"web:0 | web 0 more", b"web:1 | web 1 more"])
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(10) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(10)

@@ -319,6 +319,7 @@ Options:
   -h, --help         Show this message and exit.
 
 Commands:
+  logs      Print the output of TARGETS (default: all), each line after its instance.
   pid       Print supervisord's PID, or with TARGETS the PIDs of their processes.
   reexec    Re-execute supervisord in place (an upgrade); the workers keep running.
   reload    Re-read the config and apply it; waits until done (exit 7 if the config is invalid).

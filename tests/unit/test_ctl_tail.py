@@ -179,3 +179,19 @@ def test_follow_appends_rotation_truncation_and_ctrl_c(
     follower.send_signal(signal.SIGINT)
     _stdout, stderr = follower.communicate(timeout=10)
     assert (follower.returncode, stderr) == (0, b"")
+
+
+def test_logs_bounds_lines_and_prefixes_streams(tmp_path: Path) -> None:
+    """A line longer than MAX_LINE is cut; a partial line waits for its end; stderr is '!'."""
+    import io
+
+    from supervisor.ctl.logs import MAX_LINE, _Stream
+    out = io.BytesIO()
+    s = _Stream("w:0", "stderr", str(tmp_path / "x"), 5)
+    s.lines(b"a" * (MAX_LINE + 3) + b"\nhalf", out)
+    assert out.getvalue() == b"w:0   ! " + b"a" * MAX_LINE + b"\nw:0   ! aaa\n"
+    s.lines(b" done\n", out)
+    assert out.getvalue().endswith(b"w:0   ! half done\n")
+    out = io.BytesIO()
+    s.lines(b"b" * (3 * MAX_LINE), out)          # no newline at all: never held whole
+    assert out.getvalue().count(b"\n") == 3 and s.partial == b""
