@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shlex
 import signal
 import sys
 import time
@@ -40,6 +41,7 @@ from supervisor.reconcile import (
     save_state,
 )
 from supervisor.runtime import Runtime
+from supervisor.runtime.runtime import ctl_command
 from supervisor.sdnotify import Notifier
 
 EXIT_BAD_CONFIG = 2
@@ -117,7 +119,8 @@ def acquire_lock(path: str, config_path: str, inherited_fd: int | None) -> int:
     if fd < 0:
         raise LockedError(
             f"supervisord: another supervisord (pid {holder}) is already running "
-            f"{config_path} (lock {path}); stop it first: supervisorctl -c {config_path} shutdown"
+            f"{config_path} (lock {path}); stop it first: {ctl_command()} -c "
+            f"{shlex.quote(config_path)} shutdown"
         )
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -15,7 +15,9 @@ import dataclasses
 import os
 import secrets
 import shlex
+import shutil
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -84,9 +86,10 @@ class Runtime:
 
     @property
     def ctl(self) -> str:
-        """supervisorctl as the operator pastes it to reach this daemon: with -c FILE."""
-        return f"supervisorctl -c {shlex.quote(self.config.path)}" if self.config.path else (
-            "supervisorctl")
+        """supervisorctl as the operator pastes it to reach this daemon: with -c FILE, and
+        by its full path when the one on PATH is not ours (a venv that is not activated)."""
+        command = _CTL
+        return f"{command} -c {shlex.quote(self.config.path)}" if self.config.path else command
 
     def _policy(self, worker: str, cfg: WorkerConfig) -> core.Policy:
         return dataclasses.replace(cfg.policy(worker), ctl=self.ctl)
@@ -411,6 +414,19 @@ class Runtime:
         self.trees.close()
         self.rotator.close()
         self.console.close()
+
+
+def ctl_command() -> str:
+    """How hints spell supervisorctl: its name when PATH finds this one, else its path."""
+    ours = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
+    if not os.access(ours, os.X_OK):
+        return "supervisorctl"
+    on_path = shutil.which("supervisorctl")
+    same = on_path is not None and os.path.realpath(on_path) == os.path.realpath(ours)
+    return "supervisorctl" if same else shlex.quote(ours)
+
+
+_CTL = ctl_command()
 
 
 def _removed_config() -> WorkerConfig:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import BIN_DIR, StartedDaemon, write_script
+from tests.support.daemon import BIN_DIR, StartedDaemon, ctl_hint, write_script
 from tests.support.wait import wait_until
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
@@ -27,7 +27,7 @@ def test_a_crashed_workers_output_is_named_and_its_hint_pastes(daemon: StartedDa
                             "start_retries": 1, "backoff": {"initial": 0.05, "max": 0.05}}})
     d.wait_state("crasher:0", "FATAL")
     out, err = d.log_dir / "crasher-0.out.log", d.log_dir / "crasher-0.err.log"
-    ctl = f"supervisorctl -c {d.config_path}"
+    ctl = ctl_hint(d.config_path)
     log = [re.sub(r"^\S+ \S+ \S+ +", "", line) for line in d.log_text().splitlines()
            if "crasher:0" in line and "spawned pid" not in line]
     assert [re.sub(r"\d+\.\d\d s", "T s", line) for line in log] == [
@@ -57,7 +57,7 @@ def test_a_crashed_workers_output_is_named_and_its_hint_pastes(daemon: StartedDa
     start = subprocess.run(f"{ctl} start crasher", shell=True, cwd="/", env=env,
                            capture_output=True, text=True, timeout=60, check=False)
     assert start.returncode == 5 and start.stderr.startswith("crasher:0: ERROR (FATAL)"), start
-    assert shlex.split(ctl)[2] == str(d.config_path)
+    assert shlex.split(ctl)[-1] == str(d.config_path)
 
 
 def test_check_warns_of_a_program_that_is_not_there(tmp_path: Path) -> None:

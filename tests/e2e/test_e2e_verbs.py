@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import SUPERVISORCTL, DaemonFactory, StartedDaemon, pid_alive
+from tests.support.daemon import (
+    SUPERVISORCTL,
+    DaemonFactory,
+    StartedDaemon,
+    ctl_hint,
+    pid_alive,
+)
 from tests.support.wait import wait_until
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
@@ -157,7 +163,7 @@ def test_fatal_start_exit_5_then_recover(daemon: StartedDaemon, tmp_path: Path) 
     cmd = f"sh -c 'test -e {flag} || exit 3; exec sleep 1000'"
     d = daemon({"crash": {**QUICK, "command": cmd, "start_retries": 2,
                           "backoff": {"initial": 0.05, "max": 0.1}}})
-    ctl = re.escape(f"supervisorctl -c {d.config_path}")
+    ctl = re.escape(ctl_hint(d.config_path))
     d.wait_log(r"crash:0 exited 3 times within \d+\.\d\d s; giving up \(FATAL\)\. "
                rf"Fix it, then: {ctl} start crash$")
     log = d.log_text()
