@@ -604,3 +604,16 @@ def test_placeholders_in_command_and_environment() -> None:
     assert cfg.argv("w", 1) == ["sh", "-c", "echo 1 {index} ${HOME} {nope} w"]
     assert cfg.env("w", 1) == {"PORT": "801", "I": "w:1", "L": "{instance}"}
     assert cfg.command[2] == "echo {index} {{index}} ${HOME} {nope} {name}"
+
+
+@pytest.mark.parametrize(("text", "mask"), [
+    ("'022'", 0o22), ("'0o027'", 0o27), ("'77'", 0o77), ("022", 0o22), ("0777", 0o777),
+    ("null", None)])
+def test_umask_is_octal_text(text: str, mask: int | None) -> None:
+    assert load(f"workers: {{w: {{command: x, umask: {text}}}}}\n").workers["w"].umask == mask
+
+
+@pytest.mark.parametrize("text", ["'0999'", "'1000'", "true", "'-1'", "'0o'", "[1]", "'7777'"])
+def test_umask_refused(text: str) -> None:
+    found = errors(f"workers: {{w: {{command: x, umask: {text}}}}}\n")
+    assert len(found) == 1 and found[0].startswith("app.yaml:1: workers.w.umask: must be"), found
