@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import threading
 from collections import deque
@@ -43,6 +44,7 @@ MAX_LINE = 16 * 1024
 DRAIN_MAX = 4 * READ_CHUNK
 MAX_PENDING = 4 * 1024 * 1024
 CLOSE_WAIT = 2.0        # seconds the daemon waits at exit for the writer to flush
+_LONG = re.compile(rb"[^\n]{%d}" % MAX_LINE)      # a line too long to print whole
 
 
 class Sink:
@@ -137,15 +139,26 @@ class Pipe:
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        while len(self._partial) > MAX_LINE:
-            lines.append(self._partial[:MAX_LINE])
-            self._partial = self._partial[MAX_LINE:]
-        out = []
-        for line in lines:
-            for i in range(0, max(len(line), 1), MAX_LINE):
-                out.append(self.prefix + line[i:i + MAX_LINE] + b"\n")
+        data = self._partial + data
+        end = data.rfind(b"\n") + 1          # complete lines: data[:end]
+        body, self._partial = data[:end], data[end:]
+        if _LONG.search(body) is None:
+            # the common case in C, not per line in Python: a flood of short lines costs
+            # the loop a few microseconds per read
+            if body:
+                out = self.prefix + body[:-1].replace(b"\n", b"\n" + self.prefix) + b"\n"
+                self.console.sink(self.target).put(out, body.count(b"\n"))
+        else:
+            self._cut(body.split(b"\n")[:-1])
+        if len(self._partial) >= MAX_LINE:     # a partial line is never held past MAX_LINE
+            whole = len(self._partial) // MAX_LINE * MAX_LINE
+            head, self._partial = self._partial[:whole], self._partial[whole:]
+            self._cut([head])
+
+    def _cut(self, lines: list[bytes]) -> None:
+        """Lines of which some are longer than MAX_LINE: each piece a line of its own."""
+        out = [self.prefix + line[i:i + MAX_LINE] + b"\n"
+               for line in lines for i in range(0, max(len(line), 1), MAX_LINE)]
         if out:
             self.console.sink(self.target).put(b"".join(out), len(out))
 
