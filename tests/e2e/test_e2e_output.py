@@ -238,3 +238,29 @@ def test_pipes_of_a_crash_loop_and_of_an_escaped_child_are_closed(
     assert r.returncode == 5, r
     d.wait_state("w:0", "FATAL")
     assert _pipes_of(proc.pid) == baseline
+
+
+def test_a_daemon_stdout_nobody_reads_any_more_breaks_nothing(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The reader of the daemon's stdout goes away (EPIPE): output is dropped, the daemon and
+    its workers carry on."""
+    ticks = tmp_path / "ticks"
+    d = daemon_factory({"w": {"command": ["sh", "-c", "while :; do echo x; echo x >> "
+                                          f"{ticks}; sleep 0.01; done"],
+                              "stdout": "daemon", **QUICK}})
+    r, w = os.pipe()
+    try:
+        proc = _started(d, w)
+    finally:
+        os.close(w)
+    assert os.read(r, 100).startswith(b"w:0 | x")
+    os.close(r)                                   # nobody reads the daemon's stdout now
+    pid = d.pids()["w:0"]
+    seen = ticks.read_text().count("x")
+    wait_until(lambda: ticks.read_text().count("x") >= seen + 50, 20,
+               "50 more lines written through the daemon")
+    row = d.status_of("w:0")
+    assert (row["state"], row["pid"]) == ("RUNNING", pid), row
+    assert proc.poll() is None
+    assert d.ctl("stop", "w").returncode == 0
+    assert d.stop() == 0
