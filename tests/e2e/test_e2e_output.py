@@ -128,9 +128,7 @@ def test_a_flooding_worker_starves_nobody(daemon_factory: DaemonFactory) -> None
     def read() -> None:
         assert proc.stdout is not None
         while True:
-            if not reading.is_set():
-                time.sleep(0.05)   # the test stops reading for a while: the pipe fills
-                continue
+            reading.wait()         # the test stops reading for a while: the pipe fills
             line = proc.stdout.readline()
             if not line:
                 return
