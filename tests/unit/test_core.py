@@ -225,4 +225,3 @@ def test_exited_then_start_again() -> None:
     sim = started(replace(POLICY, restart=RestartPolicy.NEVER))
     sim.feed(Exited(5.0, code(0)))
     assert sim.feed(StartRequested(6.0)) == [info("EXITED -> STARTING (start requested)"), Spawn()]
-
