@@ -88,6 +88,7 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
         "last_output": inst.last_output if pid is None else None,
+        "last_output_file": inst.last_output_file if pid is None else None,
         "restarts": st.restarts, "next_try": _next_try(inst, now),
         "note": inst.note if pid is None else None,
     }
@@ -122,7 +123,7 @@ def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> s
         if f.get("restarts") and f["state"] in ("BACKOFF", "STARTING"):
             detail += f"; restarts {f['restarts']}"
         if f.get("last_output"):
-            detail += f"; its last line: {f['last_output']!r}"
+            detail += f"; its last line: {f['last_output']!r} (in {f['last_output_file']})"
         if f.get("note"):
             detail += f". {f['note']}"
         return f"{head}  {detail}".rstrip()

@@ -40,6 +40,7 @@ class Instance:
     waiters: list[Waiter] = field(default_factory=list)
     pipes: list[Pipe] = field(default_factory=list)   # output read by the daemon (console.py)
     last_output: str | None = None   # its last line of output when it last exited
+    last_output_file: str | None = None   # the log file that line is in
     note: str | None = None          # what its last exit tells (a program that daemonized)
 
     @property
@@ -67,10 +68,11 @@ def report_output(inst: Instance, ctl: str) -> None:
     """When a process has ended badly: its last line of output (stderr's file first) kept for
     status, and for BACKOFF and FATAL one log line naming the files and how to see them."""
     files = [p for p in dict.fromkeys((inst.stderr_path, inst.stdout_path)) if p]
-    inst.last_output = None
+    inst.last_output = inst.last_output_file = None
     for path in files:
         inst.last_output = last_line(path)
         if inst.last_output is not None:
+            inst.last_output_file = path
             break
     if inst.st.state is State.EXITED or not files:
         return

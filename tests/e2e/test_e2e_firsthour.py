@@ -45,7 +45,7 @@ def test_a_crashed_workers_output_is_named_and_its_hint_pastes(daemon: StartedDa
     r = d.ctl("status", "crasher")
     assert r.returncode == 0 and re.sub(r"\d+\.\d\d s", "T s", r.stdout) == (
         "crasher:0  FATAL     exited 2 times within T s; giving up (FATAL). Fix it, then: "
-        f"{ctl} start crasher; its last line: 'error: no such table: users'\n"), r
+        f"{ctl} start crasher; its last line: 'error: no such table: users' (in {err})\n"), r
 
     # both hints work as pasted, from another directory, with only the venv on PATH
     env = {"PATH": f"{BIN_DIR}:/usr/bin:/bin"}
