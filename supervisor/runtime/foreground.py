@@ -47,8 +47,10 @@ def daemonized_hint(argv: list[str], seconds: float, left: str | None) -> str | 
     flag = FOREGROUND_FLAGS.get(program)
     if left is None and flag is None:
         return None
-    what = (f"exited 0 after {seconds:.2f} s and left {left} behind" if left is not None
-            else f"{program} exited 0 after {seconds:.2f} s")
     usual = f"; for {program}: {flag}" if flag else ""
-    return (f"{what}: it daemonized itself, and the supervisor cannot watch it. Programs must "
-            f"run in the foreground{usual}")
+    if left is None:        # nothing seen: a guess from the program's name
+        return (f"{program} exited 0 after {seconds:.2f} s: it probably daemonized itself "
+                "(a server that left its process group is out of the supervisor's sight). "
+                f"Programs must run in the foreground{usual}")
+    return (f"exited 0 after {seconds:.2f} s and left {left} behind: it daemonized itself, "
+            f"and the supervisor cannot watch it. Programs must run in the foreground{usual}")

@@ -60,10 +60,12 @@ def test_a_daemonizing_server_is_named_with_its_flag(daemon_factory: DaemonFacto
             wait_until(lambda: in_dir(where) == [], 10, "the escaped server to be killed")
         else:   # still in the process group (killed with it), or setsid() took it out
             assert re.fullmatch(       # of the group and it is known by its name
-                rf"(exited 0 after \d+\.\d\d s and left processes in its process group \d+ "
-                rf"behind|{re.escape(server)} exited 0 after \d+\.\d\d s): it daemonized "
-                r"itself, and the supervisor cannot watch it\. Programs must run in the "
-                rf"foreground; for {re.escape(server)}: {re.escape(flag)}", note), note
+                r"(exited 0 after \d+\.\d\d s and left processes in its process group \d+ "
+                r"behind: it daemonized itself, and the supervisor cannot watch it"
+                rf"|{re.escape(server)} exited 0 after \d+\.\d\d s: it probably daemonized "
+                r"itself \(a server that left its process group is out of the supervisor's "
+                r"sight\))\. Programs must run in the foreground; for "
+                rf"{re.escape(server)}: {re.escape(flag)}", note), note
         r = d.ctl("status", "srv")
         assert r.returncode == 0 and r.stdout.endswith(f". {note}\n"), r
         d.wait_log(r"ERROR +srv:0 (exited 0 after|\S+ exited 0 after).*daemonized itself")
@@ -80,8 +82,9 @@ def test_a_one_shot_program_is_not_called_a_daemon() -> None:
     from supervisor.runtime.foreground import daemonized_hint
     assert daemonized_hint(["/bin/true"], 0.01, None) is None
     assert daemonized_hint(["/usr/sbin/php-fpm8.2"], 0.01, None) == (
-        "php-fpm exited 0 after 0.01 s: it daemonized itself, and the supervisor cannot watch "
-        "it. Programs must run in the foreground; for php-fpm: --nodaemonize (-F)")
+        "php-fpm exited 0 after 0.01 s: it probably daemonized itself (a server that left its "
+        "process group is out of the supervisor's sight). Programs must run in the foreground; "
+        "for php-fpm: --nodaemonize (-F)")
     assert daemonized_hint(["./mine"], 0.5, "7 (mine)") == (
         "exited 0 after 0.50 s and left 7 (mine) behind: it daemonized itself, and the "
         "supervisor cannot watch it. Programs must run in the foreground")
