@@ -82,6 +82,15 @@ class Session:
         raise CtlError(USAGE, f"supervisorctl: no config file and no supervisord running: {how}")
 
 
+def command(name: str) -> str:
+    """supervisorctl or supervisord as a hint must spell it to work when pasted: beside the
+    supervisorctl that runs, when it was run by its path (.venv/bin/supervisorctl)."""
+    me = sys.argv[0] if sys.argv else ""
+    if os.sep in me and os.path.basename(me) == "supervisorctl":
+        return os.path.join(os.path.dirname(me), name)
+    return name
+
+
 def not_running(config: str) -> CtlError:
     if not os.path.exists(config):     # a typo in -c, not a daemon that is down
         return CtlError(NOT_RUNNING, f"supervisorctl: no such config file: {config} "
@@ -95,7 +104,7 @@ def not_running(config: str) -> CtlError:
     return CtlError(
         NOT_RUNNING,
         f"supervisorctl: no supervisord is running for {config} "
-        f"(start it with: supervisord -c {config})",
+        f"(start it with: {command('supervisord')} -c {config})",
     )
 
 
@@ -128,7 +137,7 @@ def request(
         raise CtlError(
             INTERRUPTED,
             "supervisorctl: interrupted; supervisord carries on with the request "
-            f"(see: supervisorctl -c {shown} status)",
+            f"(see: {command('supervisorctl')} -c {shown} status)",
         ) from None
 
 
@@ -216,7 +225,7 @@ def _timeout(timeout: float | None, shown: str) -> CtlError:
     return CtlError(
         TIMEOUT,
         f"supervisorctl: no reply from supervisord within {timeout:g} s; the request may still "
-        f"complete (see: supervisorctl -c {shown} status)",
+        f"complete (see: {command('supervisorctl')} -c {shown} status)",
     )
 
 

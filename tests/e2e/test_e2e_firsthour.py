@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import BIN_DIR, StartedDaemon, ctl_hint, write_script
+from tests.support.daemon import BIN_DIR, SUPERVISORD, StartedDaemon, ctl_hint, write_script
 from tests.support.wait import wait_until
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
@@ -241,7 +241,7 @@ def test_with_the_daemon_down_status_names_live_workers_and_tail_reads_the_logs(
     cfg = d.config_path
     r = d.ctl("status")
     assert (r.returncode, r.stdout, r.stderr) == (3, "", (
-        f"supervisorctl: no supervisord is running for {cfg} (start it with: supervisord -c "
+        f"supervisorctl: no supervisord is running for {cfg} (start it with: {SUPERVISORD} -c "
         f"{cfg})\nsupervisorctl: 2 workers are still alive and will be adopted when it starts: "
         f"w:0 (pid {pids['w:0']}), w:1 (pid {pids['w:1']})\n")), r
     out, err = d.log_dir / "w-0.out.log", d.log_dir / "w-0.err.log"
@@ -252,14 +252,14 @@ def test_with_the_daemon_down_status_names_live_workers_and_tail_reads_the_logs(
         "them\n")), r
     r = d.ctl("tail", "w:5")
     assert (r.returncode, r.stderr) == (3, (
-        f"supervisorctl: no supervisord is running for {cfg} (start it with: supervisord -c "
+        f"supervisorctl: no supervisord is running for {cfg} (start it with: {SUPERVISORD} -c "
         f"{cfg})\nsupervisorctl: {cfg} has no instance w:5\n")), r
     d.start()                          # adopts them again (and the fixture stops them)
     assert d.pids() == pids
     d.stop()
     r = d.ctl("status")
     assert (r.returncode, r.stderr) == (3, (
-        f"supervisorctl: no supervisord is running for {cfg} (start it with: supervisord -c "
+        f"supervisorctl: no supervisord is running for {cfg} (start it with: {SUPERVISORD} -c "
         f"{cfg})\n")), r
 
 

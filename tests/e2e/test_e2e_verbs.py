@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.support.daemon import (
     SUPERVISORCTL,
+    SUPERVISORD,
     DaemonFactory,
     StartedDaemon,
     ctl_hint,
@@ -80,7 +81,7 @@ def test_no_daemon_exit_3_one_line(daemon_factory: DaemonFactory) -> None:
         r = d.ctl(*verb)
         assert (r.returncode, r.stdout, r.stderr) == (
             3, "", (f"supervisorctl: no supervisord is running for {cfg} "
-                    f"(start it with: supervisord -c {cfg})\n")), (verb, r)
+                    f"(start it with: {SUPERVISORD} -c {cfg})\n")), (verb, r)
 
 
 def test_unknown_target_exit_4(daemon: StartedDaemon) -> None:
