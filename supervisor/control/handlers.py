@@ -142,6 +142,8 @@ def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> s
     ))
 
 
+LOG_FILES_SHOWN = 256       # files named in a logs reply, at most
+
 # Verbs refused once a shutdown or a re-exec has begun. stop and shutdown stay allowed: a
 # shutdown stops everything anyway, and a second shutdown just waits for the first.
 CHANGES_STATE = frozenset({"start", "restart", "signal", "reload", "reexec"})
@@ -379,7 +381,8 @@ class Handlers:
                 files.append([i.name, "stdout", i.stdout_path])
             if i.stderr_path and i.stderr_path != i.stdout_path:
                 files.append([i.name, "stderr", i.stderr_path])
-        respond(Reply(OK, data={"files": files}))
+        # supervisorctl follows at most LOG_FILES_SHOWN; the reply carries no more
+        respond(Reply(OK, data={"files": files[:LOG_FILES_SHOWN], "total": len(files)}))
 
     def pid(self, request: Request, respond: Responder) -> None:
         if request.targets == []:  # None (not a list of names) is for _targets to refuse

@@ -95,10 +95,12 @@ def cmd(session: client.Session, targets: tuple[str, ...], follow: bool, lines: 
     if not files:
         raise client.CtlError(ERROR, "supervisorctl: supervisord names no log files for "
                               f"{' '.join(targets) or 'all'}")
-    if len(files) > MAX_FILES:
-        click.echo(f"supervisorctl: showing the first {MAX_FILES} of {len(files)} logs; name "
-                   "fewer targets", err=True)
+    total = data.get("total")
+    total = total if isinstance(total, int) and total > len(files) else len(files)
+    if total > MAX_FILES or len(files) > MAX_FILES:
         files = files[:MAX_FILES]
+        click.echo(f"supervisorctl: showing the first {len(files)} of {total} logs; name "
+                   "fewer targets", err=True)
     width = max(len(inst) for inst, _s, _p in files)
     streams = [_Stream(inst, stream, path, width) for inst, stream, path in files]
     out = sys.stdout.buffer

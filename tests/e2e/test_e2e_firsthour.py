@@ -310,3 +310,10 @@ def test_logs_interleaves_instances_with_a_prefix(daemon: StartedDaemon, tmp_pat
         if follower.poll() is None:
             follower.kill()
             follower.wait(10)
+
+
+def test_logs_of_more_instances_than_it_follows(daemon: StartedDaemon) -> None:
+    d = daemon({"many": {"command": "sleep 1000", "numprocs": 129, "autostart": False}})
+    r = d.ctl("logs")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, "", "supervisorctl: showing the first 256 of 258 logs; name fewer targets\n"), r
