@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shlex
 import signal
 import sys
 import time
@@ -20,13 +21,15 @@ from typing import Any, NoReturn
 import click
 from loguru import logger
 
-from supervisor import paths, safefs
+from supervisor import paths, runtimedir, safefs
 from supervisor.config import Config, ConfigError, load_config
+from supervisor.config.checks import program_warnings
 from supervisor.control.handlers import Handlers
 from supervisor.control.protocol import BAD_CONFIG, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
 from supervisor.convert import cli as convert_cli
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
+from supervisor.interrupts import Interrupts
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
 from supervisor.reconcile import (
@@ -38,6 +41,7 @@ from supervisor.reconcile import (
     save_state,
 )
 from supervisor.runtime import Runtime
+from supervisor.runtime.runtime import ctl_command
 from supervisor.sdnotify import Notifier
 
 EXIT_BAD_CONFIG = 2
@@ -56,9 +60,7 @@ def _flock(path: str, create_dir: bool) -> tuple[int, str]:
     try:
         while True:
             fd = safefs.open_private(dfd, name, path)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_flock(fd):
                 holder = _holder_of(fd)
                 os.close(fd)
                 return -1, holder
@@ -72,6 +74,20 @@ def _flock(path: str, create_dir: bool) -> tuple[int, str]:
             os.close(fd)
     finally:
         os.close(dfd)
+
+
+def _try_flock(fd: int) -> bool:
+    """The flock, tried for up to 50 ms: a daemon cleaning stale locks (runtimedir.py) holds
+    one for microseconds; a running daemon holds its own for good."""
+    deadline = time.monotonic() + 0.05
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
 
 def _holder_of(fd: int) -> str:
@@ -103,7 +119,8 @@ def acquire_lock(path: str, config_path: str, inherited_fd: int | None) -> int:
     if fd < 0:
         raise LockedError(
             f"supervisord: another supervisord (pid {holder}) is already running "
-            f"{config_path} (lock {path}); stop it first: supervisorctl -c {config_path} shutdown"
+            f"{config_path} (lock {path}); stop it first: {ctl_command()} -c "
+            f"{shlex.quote(config_path)} shutdown"
         )
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -166,6 +183,11 @@ class Daemon:
                     logger.warning(f"http: {self.http.bound} is reachable from other machines "
                                    "(http_allow_remote): anyone who reaches it reads status "
                                    "and metrics; control still needs the token")
+            stale = runtimedir.clean_stale()     # what SIGKILLed daemons left
+            if stale:
+                logger.info(f"removed stale files of daemons that are gone from "
+                            f"{paths.runtime_dir()}: {', '.join(sorted(stale)[:10])}"
+                            f"{' ...' if len(stale) > 10 else ''}")
             paths.write_locator(config.path, sup.socket, os.getpid())
         except BaseException:
             if self.http is not None:
@@ -179,8 +201,9 @@ class Daemon:
         self._shutdown_waiters: list[Callable[[], None]] = []
         self._status_pending = False
         self.exit_code = 0
+        self.interrupts = Interrupts(self.runtime)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, lambda _s: self.shutdown(lambda: None))
+            self.loop.add_signal_handler(signum, self._on_interrupt)
         self.loop.add_signal_handler(signal.SIGHUP, lambda _s: self._on_sighup())
         interval = self.notifier.watchdog_interval()
         if interval:
@@ -272,6 +295,10 @@ class Daemon:
 
         self.runtime.wait_for(settle, lambda i: i.st.state not in IN_TRANSITION, finished)
 
+    def _on_interrupt(self, signum: int) -> None:
+        if self.interrupts.on_signal(signum, self.leaving == "shutting down"):
+            self.shutdown(lambda: None)
+
     def shutdown(self, done: Callable[[], None]) -> None:
         self._shutdown_waiters.append(done)
         if self.leaving == "shutting down":
@@ -298,7 +325,7 @@ class Daemon:
         if not live and not rest:
             self._finish_shutdown()
             return
-        rt.request_stop(live, graceful=True)
+        rt.request_stop(live, graceful=not self.interrupts.hurried)
         rt.wait_for(insts, lambda i: not i.has_process, lambda: self._stop_in_order(rest))
 
     def _finish_shutdown(self) -> None:
@@ -378,10 +405,18 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
     except ConfigError as e:
         click.echo(str(e), err=True)
         sys.exit(EXIT_BAD_CONFIG)
+    warnings = program_warnings(config)
     if check:
-        click.echo(f"{config_path}: OK ({len(config.workers)} workers)")
+        for line in warnings:
+            click.echo(line, err=True)
+        def count(n: int, what: str) -> str:
+            return f"{n} {what}" if n == 1 else f"{n} {what}s"
+        more = f", {count(len(warnings), 'warning')}" if warnings else ""
+        click.echo(f"{config_path}: OK ({count(len(config.workers), 'worker')}{more})")
         return
     setup_daemon_logging(config.supervisor.log_level)
+    for line in warnings:
+        logger.warning(line)
     try:
         fd = acquire_lock(f"{config.supervisor.socket}.lock", config_path, lock_fd)
         prefix_fd = acquire_prefix_lock(config.supervisor.block_prefix, config_path,

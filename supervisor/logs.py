@@ -77,6 +77,35 @@ def open_output(path: str, owner: tuple[int, int] | None = None) -> int:
     return fd
 
 
+LAST_LINE_READ = 4096       # bytes read from a log's end for its last line
+LAST_LINE_SHOWN = 200       # characters of it shown
+
+
+def last_line(path: str) -> str | None:
+    """The last non-empty line of a log file (at most LAST_LINE_SHOWN characters, control
+    characters shown as ?), None if there is none or the file cannot be read safely. Opened
+    like rotation opens it (no planted link, no FIFO), and only its end is read."""
+    try:
+        dfd = safefs.LOG_DIRS.open(os.path.dirname(os.path.abspath(path)), 0o755)
+        try:
+            fd = safefs.open_existing(dfd, os.path.basename(path), path)
+        finally:
+            os.close(dfd)
+        try:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, LAST_LINE_READ, max(0, size - LAST_LINE_READ))
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    lines = [ln for ln in data.split(b"\n") if ln.strip()]
+    if not lines:
+        return None
+    text = lines[-1].decode("utf-8", "replace").strip()
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text[:LAST_LINE_SHOWN] + ("..." if len(text) > LAST_LINE_SHOWN else "")
+
+
 # A backup holds at most this much of the live file's end: a worker can make its log any size
 # (ftruncate on its stdout), and the copy runs on the daemon's loop.
 MAX_BACKUP_COPY = 64 * 1024 * 1024

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 
 from supervisor import safefs
 
@@ -41,6 +42,15 @@ def runtime_dir() -> str:
     if squatted and os.path.isabs(home):
         return os.path.join(home, ".local", "state", "pyvisor")
     return tmp
+
+
+def worker_search_path(path: str | None) -> str:
+    """The PATH a worker gets (from the daemon's own, ``path``): the daemon's interpreter
+    directory first, so that `python3 -m worker` in a config runs with the venv where the
+    worker library is installed."""
+    bindir = os.path.dirname(sys.executable)
+    path = path or "/usr/local/bin:/usr/bin:/bin"
+    return path if bindir in path.split(os.pathsep) else bindir + os.pathsep + path
 
 
 def config_key(config_path: str) -> str:
@@ -100,6 +110,53 @@ def read_locator(config_path: str) -> dict[str, object] | None:
     finally:
         os.close(dfd)
     return doc if isinstance(doc, dict) else None
+
+
+MAX_LOCATORS = 1000      # entries of the runtime directory looked at, at most
+
+
+def running_configs() -> list[str]:
+    """The configs that a live daemon of this user runs, from the locators in the runtime
+    directory (ours alone: read_small checks the owner of each file, private_dir the
+    directory). A locator counts only if it is consistent (its name is its config's key) and
+    its pid is alive; at most MAX_LOCATORS entries are looked at."""
+    try:
+        dfd = safefs.private_dir(runtime_dir(), create=False)
+    except OSError:
+        return []
+    found: list[str] = []
+    try:
+        for i, name in enumerate(os.listdir(dfd)):
+            if i >= MAX_LOCATORS:
+                break
+            if not (name.endswith(".json") and len(name) == 17
+                    and all(c in "0123456789abcdef" for c in name[:12])):
+                continue
+            try:
+                doc = json.loads(safefs.read_small(dfd, name, name, MAX_LOCATOR, os.geteuid()))
+            except (OSError, ValueError, RecursionError):
+                continue
+            config, pid = (doc.get("config"), doc.get("pid")) if isinstance(doc, dict) else (
+                None, None)
+            if not isinstance(config, str) or not isinstance(pid, int) or pid <= 0:
+                continue
+            if config_key(config) != name[:12] or not pid_alive(pid):
+                continue
+            found.append(config)
+    finally:
+        os.close(dfd)
+    return sorted(found)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def remove_locator(config_path: str, pid: int) -> None:

@@ -123,7 +123,7 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
         insts = rt.of_worker(name)
         rt.remove(insts)
         settle += insts
-        lines.append(f"removed {name} ({len(insts)} instances)")
+        lines.append(f"removed {name} ({_count(len(insts))})")
     for name in new.start_order():
         cfg = new.workers[name]
         before = old.workers.get(name)
@@ -132,7 +132,7 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
             if cfg.autostart:
                 rt.request_start(made)
             settle += made
-            lines.append(f"added {name} ({len(made)} instances)")
+            lines.append(f"added {name} ({_count(len(made))})")
             continue
         if before == cfg:
             continue
@@ -151,18 +151,33 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
         if only_numprocs:
             lines.append(f"{name}: numprocs {before.numprocs} -> {cfg.numprocs}")
             continue
+        restarted, started, left = [], [], []
         for i in keep:
             if i.has_process:
                 rt.request_stop([i], graceful=True, restart=True)
+                restarted.append(i)
             elif i.wants_start:
                 rt.request_start([i])
+                started.append(i)
+            else:
+                left.append(i)
         settle += keep
-        lines.append(f"changed {name}: restarted {len(keep)} instances")
+        done = [f"{verb} {_count(len(which))}" for verb, which in (
+            ("restarted", restarted), ("started", started)) if which]
+        if left:
+            names = ", ".join(i.name for i in left[:5]) + (", ..." if len(left) > 5 else "")
+            done.append(f"{_count(len(left))} stopped, left stopped with the new config "
+                        f"({names})")
+        lines.append(f"changed {name}: {'; '.join(done)}")
     sup_old = old.supervisor.model_dump(exclude={"log_level"})
     if sup_old != new.supervisor.model_dump(exclude={"log_level"}):
         lines.append("supervisor: section changed; socket, block_prefix and log_dir take "
                      "effect at the next start of supervisord")
     return "".join(f"{line}\n" for line in lines), settle
+
+
+def _count(n: int) -> str:
+    return f"{n} instance" if n == 1 else f"{n} instances"
 
 
 # -- re-exec ----------------------------------------------------------------------------------
@@ -178,6 +193,7 @@ def save_state(rt: Runtime, path: str) -> None:
         doc["instances"][inst.name] = {
             "st": st, "incarnation": inst.incarnation,
             "deadlines": {k.value: t.when for k, t in inst.timers.items() if not t.cancelled},
+            "pipes": [rt.console.hand_over(p) for p in inst.pipes if p.open],
         }
     dfd = safefs.trusted_dir(os.path.dirname(path))
     try:
@@ -212,6 +228,13 @@ def restore_state(rt: Runtime, saved: dict[str, Any]) -> tuple[set[str], list[In
     pending: list[Instance] = []
     for name, rec in saved.get("instances", {}).items():
         inst = rt.instances.get(name)
+        pipes = rec.get("pipes") if isinstance(rec.get("pipes"), list) else []
+        for handed in pipes[:2]:    # the output pipes the daemon reads (stdout: daemon)
+            pipe = rt.console.take_over(name, handed)
+            if pipe is not None and inst is not None and inst.pidfd is not None:
+                inst.pipes.append(pipe)
+            elif pipe is not None:
+                pipe.finish()       # its process is gone: what it wrote last, then close
         if inst is None:
             continue
         st = dict(rec["st"])

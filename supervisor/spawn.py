@@ -18,10 +18,10 @@ import grp
 import os
 import pwd
 import subprocess
-import sys
 from dataclasses import dataclass, field
 
 from supervisor.logs import open_output
+from supervisor.paths import worker_search_path
 from worker.block import ENV_BLOCK, ENV_INSTANCE, ENV_NOTIFY
 
 
@@ -37,6 +37,10 @@ class SpawnRequest:
     block_name: str
     notify_path: str | None
     group: str | None = None     # primary group instead of the user's own (only with user)
+    umask: int | None = None     # None: the daemon's
+    # pipes to the daemon (stdout/stderr: daemon) instead of files; the caller closes them
+    stdout_fd: int | None = None
+    stderr_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,12 +85,7 @@ def credentials(user: str, group: str | None = None) -> Credentials:
 
 def child_environment(req: SpawnRequest, creds: Credentials | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    # The daemon's own interpreter directory first: `python3 -m worker` in a config then runs
-    # with the same venv, where the worker library is installed.
-    bindir = os.path.dirname(sys.executable)
-    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if bindir not in path.split(os.pathsep):
-        env["PATH"] = bindir + os.pathsep + path
+    env["PATH"] = worker_search_path(env.get("PATH"))
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
               "INVOCATION_ID"):
         env.pop(k, None)   # systemd's protocol is the daemon's, not its workers'
@@ -116,11 +115,14 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         if req.stderr_path:
             err_fd = (out_fd if req.stderr_path == req.stdout_path
                       else open_output(req.stderr_path, owner))
+        stdout = req.stdout_fd if req.stdout_fd is not None else out_fd
+        stderr = req.stderr_fd if req.stderr_fd is not None else err_fd
         return subprocess.Popen(
             req.argv,
             stdin=subprocess.DEVNULL,
-            stdout=out_fd if out_fd is not None else subprocess.DEVNULL,
-            stderr=err_fd if err_fd is not None else subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else subprocess.DEVNULL,
+            stderr=stderr if stderr is not None else subprocess.DEVNULL,
+            umask=req.umask if req.umask is not None else -1,
             cwd=req.directory,
             env=child_environment(req, creds),
             user=run_as.uid if run_as is not None else None,

@@ -10,13 +10,16 @@ models know nothing of them).
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import shutil
 from dataclasses import dataclass
 
 from supervisor.config.errors import unknown
 from supervisor.config.models import MAX_INSTANCES, Config, WorkerConfig
 from supervisor.config.yamlfile import Path
 from supervisor.http.token import TokenError, read_token
+from supervisor.paths import worker_search_path
 
 Problem = tuple[Path, str]
 
@@ -119,13 +122,11 @@ class _Stream:
 def _streams(config: Config) -> list[_Stream]:
     out: list[_Stream] = []
     for order, (name, worker) in enumerate(config.workers.items()):
-        fields = {"name": name, "index": _MARK, "instance": f"{name}:{_MARK}"}
-        assert isinstance(worker.stdout.path, str), "log paths are resolved by Config validation"
-        out_pattern = worker.stdout.path.format(**fields)
-        err = worker.stderr
-        err_pattern = out_pattern if isinstance(err, str) else str(err.path).format(**fields)
-        out += [_Stream(order, 0, name, worker, out_pattern),
-                _Stream(order, 1, name, worker, err_pattern)]
+        # the paths with the index as _MARK; None: no file (discarded, or to the daemon)
+        out_pattern, err_pattern = worker.log_paths(name, _MARK)   # type: ignore[arg-type]
+        out += [_Stream(order, stream, name, worker, pattern)
+                for stream, pattern in enumerate((out_pattern, err_pattern))
+                if pattern is not None]
     return out
 
 
@@ -186,3 +187,29 @@ def _matches(s: _Stream, path: str) -> bool:
         ("(0|[1-9][0-9]*)" if i == 0 else r"\1") + re.escape(part) for i, part in enumerate(rest))
     m = re.fullmatch(regex, path)
     return m is not None and int(m.group(1)) < s.worker.numprocs
+
+
+def program_warnings(config: Config) -> list[str]:
+    """Commands whose program is not found where the worker will look (its directory for a
+    path with a slash, else its PATH: the one in its environment, or the daemon's with the
+    daemon's interpreter directory first, as spawn sets it). Warnings, not errors: the
+    program may be installed before the worker starts, or be on another PATH at run time."""
+    default_path = worker_search_path(os.environ.get("PATH"))
+    out = []
+    found: dict[tuple[str, str], bool] = {}     # 10,000 workers share a few programs
+    for name, worker in config.workers.items():
+        program = worker.argv(name, 0)[0]
+        search = worker.env(name, 0).get("PATH", default_path)
+        if "/" in program:
+            path = os.path.normpath(os.path.join(worker.directory, program))
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                what = "no such file" if not os.path.exists(path) else "not an executable file"
+                out.append(f"{config.path}: workers.{name}.command: warning: {program!r}: "
+                           f"{what} ({path})")
+            continue
+        if (program, search) not in found:
+            found[program, search] = shutil.which(program, path=search) is not None
+        if not found[program, search]:
+            out.append(f"{config.path}: workers.{name}.command: warning: {program!r} is not "
+                       f"found in the worker's PATH ({search})")
+    return out

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from supervisor.config import supervisord_names
 from supervisor.config.yamlfile import Path
 
 ERROR_TYPE = "pyvisor"
@@ -126,6 +127,9 @@ def translate(err: ErrorDetails, data: Any,
         return path[:-1], f"missing required key {path[-1]!r}"
     if kind == "extra_forbidden":
         key = str(path[-1])
+        from_supervisord = supervisord_names.hint(path)
+        if from_supervisord is not None:
+            return path, from_supervisord
         valid = keys_at(path[:-1])
         near = suggest(key, valid)
         if near is not None:

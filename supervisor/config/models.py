@@ -116,19 +116,32 @@ class LogConfig(_Model):
     """How many rotated files (.1, .2, ...) to keep, at most 1000."""
 
 
-def _stderr_kind(value: Any) -> str:
-    return "stdout" if isinstance(value, str) else "file"
+def _output_kind(value: Any) -> str:
+    return value if isinstance(value, str) else "file"
 
 
-def _stderr_input(value: Any) -> Any:
-    if value == "stdout" or isinstance(value, dict | LogConfig):
-        return value
-    raise problem(f"must be a mapping (path, max_bytes, backups) or 'stdout' (got {got(value)})")
+def _output_input(words: tuple[str, ...]) -> Any:
+    """A stream's value: a mapping (a file), null (discarded: the file /dev/null) or one of
+    ``words`` ('daemon': to the daemon's own stdout; for stderr also 'stdout')."""
+    def parse(value: Any) -> Any:
+        if value is None:
+            return {"path": cv.DISCARD}
+        if value in words or isinstance(value, dict | LogConfig):
+            return value
+        shown = " or ".join(repr(w) for w in words)
+        near = suggest(value, words) if isinstance(value, str) else None
+        hint = f"; did you mean {near!r}?" if near else ""
+        raise problem(f"must be a mapping (path, max_bytes, backups), {shown}, or null to "
+                      f"discard it (got {got(value)}){hint}")
+    return parse
 
 
+_TO_DAEMON = Annotated[Literal["daemon"], Tag("daemon")]
+Stdout = Annotated[Annotated[LogConfig, Tag("file")] | _TO_DAEMON,
+                   Discriminator(_output_kind), BeforeValidator(_output_input(("daemon",)))]
 Stderr = Annotated[
-    Annotated[LogConfig, Tag("file")] | Annotated[Literal["stdout"], Tag("stdout")],
-    Discriminator(_stderr_kind), BeforeValidator(_stderr_input)]
+    Annotated[LogConfig, Tag("file")] | Annotated[Literal["stdout"], Tag("stdout")] | _TO_DAEMON,
+    Discriminator(_output_kind), BeforeValidator(_output_input(("stdout", "daemon")))]
 
 
 class SupervisorConfig(_Model):
@@ -292,9 +305,19 @@ class WorkerConfig(_Model):
     """Restart a worker whose heartbeat is older than this many seconds (at most 86400). null:
     not checked."""
     # The log paths are templates until the Config validator makes them files (_log_files).
-    stdout: LogConfig = Field(default_factory=dict, validate_default=True)
+    stdout: Stdout = Field(default_factory=dict, validate_default=True)
+    """A log file (path, max_bytes, backups); null or path /dev/null: discarded; 'daemon':
+    to the daemon's own stdout, one line per output line prefixed with the instance
+    (containers)."""
     stderr: Stderr = Field(default_factory=dict, validate_default=True)
-    """A mapping like stdout, or 'stdout': into the same file as stdout."""
+    """Like stdout ('daemon': the daemon's stderr), or 'stdout': wherever stdout goes."""
+    umask: Annotated[int, BeforeValidator(cv.umask), WithJsonSchema(
+        {"type": ["string", "integer"]})] | None = None
+    """The worker's umask, octal like umask(1): '022', '077'. null: the daemon's."""
+    stop_mode: Literal["graceful", "signal"] = "graceful"
+    """What a plain stop or restart does: graceful (a worker using the library finishes its
+    unit of work first, up to graceful_timeout; others get stop_signal at once) or signal
+    (stop_signal at once). stop --graceful / --signal choose for one command."""
     priority: int = Field(default=999, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     """Lower starts first and stops last (-1,000,000 to 1,000,000)."""
     depends_on: tuple[Annotated[str, Field(strict=True)], ...] = Field(default=(), strict=False)
@@ -333,21 +356,48 @@ class WorkerConfig(_Model):
     def instances(self, name: str) -> list[str]:
         return [instance_name(name, i) for i in range(self.numprocs)]
 
-    def log_paths(self, name: str, index: int) -> tuple[str, str]:
+    def fields(self, name: str, index: int) -> dict[str, str]:
+        """What {name} {index} {instance} stand for in instance name:index."""
+        return {"name": name, "index": str(index), "instance": instance_name(name, index)}
+
+    def argv(self, name: str, index: int) -> list[str]:
+        """The command of instance name:index, placeholders filled in."""
+        fields = self.fields(name, index)
+        return [cv.expand(arg, fields) for arg in self.command]
+
+    def env(self, name: str, index: int) -> dict[str, str]:
+        """The environment: of instance name:index, placeholders in the values filled in."""
+        fields = self.fields(name, index)
+        return {k: cv.expand(v, fields) for k, v in self.environment.items()}
+
+    def log_paths(self, name: str, index: int) -> tuple[str | None, str | None]:
         """(stdout, stderr) absolute file paths of instance name:index, for a worker of a
-        validated Config. Equal strings mean one shared file (stderr: stdout)."""
-        fields = {"name": name, "index": index, "instance": instance_name(name, index)}
-        assert isinstance(self.stdout.path, str), "log paths are resolved by Config validation"
-        out = self.stdout.path.format(**fields)
-        if isinstance(self.stderr, str):
+        validated Config. Equal strings mean one shared file (stderr: stdout); None: no file
+        (discarded, or to the daemon: see to_daemon)."""
+        fields = self.fields(name, index)
+        out = _file_of(self.stdout, fields)
+        if self.stderr == "stdout":
             return out, out
-        assert isinstance(self.stderr.path, str), "log paths are resolved by Config validation"
-        return out, self.stderr.path.format(**fields)
+        return out, _file_of(self.stderr, fields)
+
+    def to_daemon(self) -> tuple[bool, bool]:
+        """Whether stdout, stderr go to the daemon's own stdout, stderr."""
+        out = self.stdout == cv.TO_DAEMON
+        return out, self.stderr == cv.TO_DAEMON or (self.stderr == "stdout" and out)
 
     def log_config(self, stream: Literal["stdout", "stderr"]) -> LogConfig:
         """Rotation settings of a stream (stderr: stdout gives stdout's)."""
         value = self.stdout if stream == "stdout" else self.stderr
-        return self.stdout if isinstance(value, str) else value
+        if value == "stdout":
+            value = self.stdout
+        return value if isinstance(value, LogConfig) else LogConfig()
+
+
+def _file_of(value: LogConfig | str, fields: dict[str, str]) -> str | None:
+    if not isinstance(value, LogConfig) or value.path == cv.DISCARD:
+        return None
+    assert isinstance(value.path, str), "log paths are resolved by Config validation"
+    return value.path.format(**fields)
 
 
 def _escape(path: str) -> str:
@@ -365,8 +415,10 @@ def _log_file(log: LogConfig, stream: Literal["out", "err"], log_dir: str,
 
 
 def _with_log_files(worker: WorkerConfig, log_dir: str, base_dir: str) -> WorkerConfig:
-    update = {"stdout": _log_file(worker.stdout, "out", log_dir, base_dir)}
-    if not isinstance(worker.stderr, str):      # stderr: stdout shares stdout's file
+    update = {}
+    if isinstance(worker.stdout, LogConfig):     # not 'daemon'
+        update["stdout"] = _log_file(worker.stdout, "out", log_dir, base_dir)
+    if isinstance(worker.stderr, LogConfig):     # stderr: stdout shares stdout's file
         update["stderr"] = _log_file(worker.stderr, "err", log_dir, base_dir)
     return worker.model_copy(update=update)
 

@@ -6,6 +6,7 @@ returns the value the daemon uses, or raises ``problem(...)`` with the message t
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import re
 import shlex
@@ -189,6 +190,26 @@ def group_name(value: Any) -> str:
     raise problem(f"must be a group name (got {got(value)})")
 
 
+def umask(value: Any) -> int:
+    """Read as octal, like umask(1): '022', '0o027', '77' (YAML text); an int from Python is
+    taken as the mode itself."""
+    _no_bool(value, "an octal umask such as '022'")
+    mask: int | None = value if isinstance(value, int) and 0 <= value <= 0o777 else None
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        mask = int(text, 8) if re.fullmatch(r"[0-7]{1,4}", text) else None
+    if mask is None or mask > 0o777:
+        raise problem(f"must be an octal umask from '000' to '777', such as '022' "
+                      f"(got {got(value)})")
+    return mask
+
+
+# Output that goes to no file: discarded, or (the word in the config) to the daemon's stdout.
+DISCARD = "/dev/null"
+TO_DAEMON = "daemon"
+_DEVICE_DIRS = ("/dev/", "/proc/", "/sys/")
+
+
 def log_template(value: str) -> str:
     """A log path may use {name} {index} {instance} {log_dir}; nothing else in braces."""
     no_nul(value)
@@ -204,4 +225,22 @@ def log_template(value: str) -> str:
             raise problem(f"unknown placeholder {{{field}}}; use {allowed} (got {got(value)})")
     if not value:
         raise problem("must not be empty (null means the default path)")
+    normal = os.path.normpath(value)
+    if normal != DISCARD and normal.startswith(_DEVICE_DIRS):
+        raise problem(f"{value} is not a file; output goes to regular files. To send it to "
+                      f"the daemon's stdout (containers): {TO_DAEMON}; to discard it: null, "
+                      f"e.g. stdout: {TO_DAEMON}")
     return value
+
+
+_PLACEHOLDER = re.compile(r"\{\{(index|name|instance)\}\}|\{(index|name|instance)\}")
+
+
+def expand(text: str, fields: dict[str, str]) -> str:
+    """{index}, {name} and {instance} in a command or environment value, for one instance;
+    {{index}} is the literal text {index}, and every other brace is left as written (a shell
+    script's ${VAR} or an awk program keeps its braces)."""
+    if "{" not in text:
+        return text
+    return _PLACEHOLDER.sub(
+        lambda m: "{" + m.group(1) + "}" if m.group(1) else fields[m.group(2)], text)

@@ -8,7 +8,8 @@ build the data ourselves, which lets us:
 - remember the line of every key, so a message can say ``app.yaml:12: workers.web.numprocs``,
 - keep the *text* of a few scalars instead of YAML's guess at their type: environment values
   (``FLAG: yes`` means the string "yes", not True; ``VERSION: 1.10`` is not 1.1), command-list
-  items (``[sleep, 3600]``) and ``socket_mode`` (``0600`` and ``600`` both mean octal 600),
+  items (``[sleep, 3600]``), ``socket_mode`` and ``umask`` (``0600`` and ``600`` both mean
+  octal 600, ``022`` is octal 22),
 - support ``<<: *anchor`` merge keys (keys written in the mapping itself win),
 - refuse what a config never needs and an attacker would use: tags other than YAML's plain
   scalar and collection ones (``!!python/object`` ...), a value that contains itself through
@@ -133,7 +134,8 @@ def _keeps_text(path: Path) -> bool:
     """Scalars at these paths are kept as the text written (see the module docstring)."""
     if len(path) == 4 and path[0] == "workers" and path[2] in ("environment", "command"):
         return True
-    return path == ("supervisor", "socket_mode")
+    return path in (("supervisor", "socket_mode"),) or (
+        len(path) == 3 and path[0] == "workers" and path[2] == "umask")
 
 
 def parse(text: str) -> Document:
@@ -245,8 +247,8 @@ class _Builder:
                               "or environment value can hold", node)
             return None
         if _keeps_text(path):
-            if node.tag == _NULL_TAG and path[0] == "supervisor":
-                return None                    # socket_mode: null -> the default
+            if node.tag == _NULL_TAG and (path[0] == "supervisor" or path[2] == "umask"):
+                return None                    # socket_mode, umask: null -> the default
             if node.tag == _NULL_TAG and path[2] == "environment":
                 return ""
             return node.value

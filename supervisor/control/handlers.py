@@ -18,8 +18,8 @@ import psutil
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.control.stream import Stream
-from supervisor.core import IN_TRANSITION, State
-from supervisor.names import parse_signal, signal_name
+from supervisor.core import IN_TRANSITION, State, TimerKind
+from supervisor.names import parse_signal, signal_name, split_instance_name
 from supervisor.runtime import Instance, Runtime, worker_data
 from supervisor.runtime.events import RuntimeEvent, target_filter
 
@@ -93,7 +93,10 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         "rss": rss, "last_exit": last.describe() if last else None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
-        "restarts": st.restarts,
+        "last_output": inst.last_output if pid is None else None,
+        "last_output_file": inst.last_output_file if pid is None else None,
+        "restarts": st.restarts, "next_try": _next_try(inst, now),
+        "note": inst.note if pid is None else None,
         "status_text": published.text if published else None,
         "metrics": published.to_json()["metrics"] if published else [],
     }
@@ -110,10 +113,38 @@ def render_verbose(f: dict[str, Any]) -> str:
     return "".join(lines)
 
 
-def render_status_line(f: dict[str, Any], width: int) -> str:
-    head = f"{f['name']:<{width}}  {f['state']:<8}"
+def _next_try(inst: Instance, now: float) -> str | None:
+    """Why a BACKOFF instance waits and for how long: 'retry 2 of 5 in 1.6 s'."""
+    timer = inst.timers.get(TimerKind.BACKOFF)
+    if inst.st.state is not State.BACKOFF or timer is None:
+        return None
+    left = f"in {max(0.0, timer.when - now):.1f} s"
+    if inst.st.retries:
+        return f"retry {inst.st.retries} of {inst.policy.start_retries} {left}"
+    return f"a crash loop: restarting {left}"
+
+
+# ANSI colours of the state column (status on a terminal only, never in pipes or --json)
+_COLOURS = {"RUNNING": "32", "STARTING": "33", "STOPPING": "33", "BACKOFF": "1;31",
+            "FATAL": "1;31", "EXITED": "35"}
+
+
+def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> str:
+    state = f"{f['state']:<8}"
+    code = _COLOURS.get(f["state"]) if colour else None
+    if code is not None:
+        state = f"\x1b[{code}m{state}\x1b[0m"
+    head = f"{f['name']:<{width}}  {state}"
     if f["pid"] is None:
         detail = f["fatal_reason"] or (f"last: {f['last_exit']}" if f["last_exit"] else "")
+        if f.get("next_try"):
+            detail += f"; {f['next_try']}"
+        if f.get("restarts") and f["state"] in ("BACKOFF", "STARTING"):
+            detail += f"; restarts {f['restarts']}"
+        if f.get("last_output"):
+            detail += f"; its last line: {f['last_output']!r} (in {f['last_output_file']})"
+        if f.get("note"):
+            detail += f". {f['note']}"
         return f"{head}  {detail}".rstrip()
     hb, work, cpu, rss, up = (f["heartbeat_age"], f["work_done"], f["cpu_seconds"], f["rss"],
                               f["uptime"])
@@ -125,6 +156,7 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
         "" if cpu is None else f", cpu {cpu:.2f}s",
         "" if rss is None else f", mem {fmt_bytes(rss)}",
         f", {f['processes']} processes" if (f.get("processes") or 0) > 1 else "",
+        f", restarts {f['restarts']}" if f.get("restarts") else "",
         ", adopted" if f["adopted"] else "",
         _table_text(f.get("status_text")),
     ))
@@ -172,6 +204,8 @@ def render_event_json(ev: RuntimeEvent) -> str:
     return json.dumps(ev.to_json()) + "\n"
 
 
+LOG_FILES_SHOWN = 256       # files named in a logs reply, at most
+
 # Verbs refused once a shutdown or a re-exec has begun. stop and shutdown stay allowed: a
 # shutdown stops everything anyway, and a second shutdown just waits for the first.
 CHANGES_STATE = frozenset({"start", "restart", "signal", "reload", "reexec"})
@@ -185,7 +219,7 @@ class Handlers:
             "status": self.status, "start": self.start, "stop": self.stop,
             "restart": self.restart, "signal": self.signal, "tail": self.tail,
             "reload": self.reload, "shutdown": self.shutdown, "pid": self.pid,
-            "reexec": self.reexec, "events": self.events,
+            "reexec": self.reexec, "events": self.events, "logs": self.logs,
         }
 
     def __call__(self, request: Request, respond: Responder) -> None:
@@ -214,11 +248,28 @@ class Handlers:
             return None
         insts, unknown = self.rt.select(targets)
         if unknown:
-            known = ", ".join(sorted({i.worker for i in self.rt.instances.values()})) or "none"
-            respond(Reply(NO_SUCH_TARGET, err=f"no such worker: {', '.join(unknown)} "
-                                              f"(known: {known})\n"))
+            respond(Reply(NO_SUCH_TARGET, err=self._unknown(unknown)))
             return None
         return insts
+
+    def _unknown(self, unknown: list[str]) -> str:
+        """An instance index a worker does not have names the ones it has; an unknown worker
+        names the known ones."""
+        lines, workers = [], []
+        for t in unknown:
+            worker, index = split_instance_name(t)
+            indexes = sorted(i.index for i in self.rt.of_worker(worker)) if index is not None \
+                else []
+            if not indexes:
+                workers.append(t)
+                continue
+            first, last = f"{worker}:{indexes[0]}", f"{worker}:{indexes[-1]}"
+            have = first if first == last else f"{first} .. {last}"
+            lines.append(f"no such instance: {t} ({worker} has {have})\n")
+        if workers:
+            known = ", ".join(sorted({i.worker for i in self.rt.instances.values()})) or "none"
+            lines.append(f"no such worker: {', '.join(workers)} (known: {known})\n")
+        return "".join(lines)
 
     @staticmethod
     def _flag(request: Request, respond: Responder, name: str, default: bool) -> bool | None:
@@ -227,6 +278,15 @@ class Handlers:
         if value is None:
             respond(Reply(USAGE, err=f"option {name!r} must be true or false\n"))
         return value
+
+    @staticmethod
+    def _mode(request: Request, respond: Responder) -> bool:
+        """Whether the stop mode is valid: true (graceful), false (signal) or absent (each
+        worker's stop_mode)."""
+        if isinstance(request.opts.get("graceful"), bool | None):
+            return True
+        respond(Reply(USAGE, err="option 'graceful' must be true, false or null\n"))
+        return False
 
     def _summary(self, insts: list[Instance], verb: str, ok: Callable[[Instance], bool],
                  already: frozenset[Instance] = frozenset()) -> Reply:
@@ -260,9 +320,11 @@ class Handlers:
         verbose = self._flag(request, respond, "verbose", False)
         if verbose is None:
             return
+        tty, colour = request.opts.get("tty") is True, request.opts.get("colour") is True
         width = max((len(f["name"]) for f in facts), default=4)
-        text = "".join(render_status_line(f, width) + "\n" + (render_verbose(f) if verbose
-                                                                 else "") for f in facts)
+        header = f"{'NAME':<{width}}  {'STATE':<8}  DETAILS\n" if tty and facts else ""
+        text = header + "".join(render_status_line(f, width, colour) + "\n"
+                                + (render_verbose(f) if verbose else "") for f in facts)
         # names only in data: the text is what gets printed (--json carries the whole rows)
         respond(Reply(OK, out=text or "no workers configured\n",
                       data=[{"name": f["name"]} for f in facts]))
@@ -288,10 +350,9 @@ class Handlers:
         if insts is None:
             return
         wait = self._flag(request, respond, "wait", True)
-        graceful = self._flag(request, respond, "graceful", False) if wait is not None else None
-        if graceful is None:
+        if wait is None or not self._mode(request, respond):
             return
-        self.rt.request_stop(insts, graceful)
+        self.rt.request_stop(insts, request.opts.get("graceful"))
         if not wait:
             respond(Reply(OK, out="".join(f"{i.name}: stop requested\n" for i in insts)))
             return
@@ -302,10 +363,9 @@ class Handlers:
         insts = self._targets(request, respond)
         if insts is None:
             return
-        graceful = self._flag(request, respond, "graceful", False)
-        if graceful is None:
+        if not self._mode(request, respond):
             return
-        self.rt.request_restart(insts, graceful)
+        self.rt.request_restart(insts, request.opts.get("graceful"))
 
         def settled(i: Instance) -> bool:
             return i.st.state in (State.RUNNING, State.FATAL, State.EXITED) or (
@@ -344,12 +404,36 @@ class Handlers:
             respond(Reply(USAGE, err="tail takes one instance, e.g. web:0\n"))
             return
         stream = request.opts.get("stream", "stdout")
-        if stream not in ("stdout", "stderr"):
-            respond(Reply(USAGE, err="tail: stream must be stdout or stderr\n"))
+        if stream not in ("stdout", "stderr", "both"):
+            respond(Reply(USAGE, err="tail: stream must be stdout, stderr or both\n"))
             return
         i = insts[0]
-        path = i.stdout_path if stream == "stdout" else i.stderr_path
-        respond(Reply(OK, data={stream: path, "instance": i.name}))
+        data: dict[str, Any] = {"instance": i.name}
+        if stream in ("stdout", "both"):
+            data["stdout"] = i.stdout_path
+        if stream in ("stderr", "both"):
+            data["stderr"] = i.stderr_path
+        where = []     # why a stream has no file, for the client's message
+        for name, to_daemon in zip(("stdout", "stderr"), i.cfg.to_daemon(), strict=True):
+            if name in data and data[name] is None:
+                where.append(f"its {name} goes to supervisord's own output" if to_daemon
+                             else f"its {name} is discarded")
+        data["elsewhere"] = "; ".join(where)
+        respond(Reply(OK, data=data))
+
+    def logs(self, request: Request, respond: Responder) -> None:
+        """The log files of TARGETS (default all) for supervisorctl logs, which reads them."""
+        insts = self._targets(request, respond, default_all=True)
+        if insts is None:
+            return
+        files = []
+        for i in insts:
+            if i.stdout_path:
+                files.append([i.name, "stdout", i.stdout_path])
+            if i.stderr_path and i.stderr_path != i.stdout_path:
+                files.append([i.name, "stderr", i.stderr_path])
+        # supervisorctl follows at most LOG_FILES_SHOWN; the reply carries no more
+        respond(Reply(OK, data={"files": files[:LOG_FILES_SHOWN], "total": len(files)}))
 
     def pid(self, request: Request, respond: Responder) -> None:
         if request.targets == []:  # None (not a list of names) is for _targets to refuse
@@ -359,8 +443,9 @@ class Handlers:
         if insts is None:
             return
         pids = {i.name: i.pid for i in insts}
-        text = "".join(f"{p}\n" if p is not None else f"{n}: not running\n"
-                       for n, p in pids.items())
+        named = "all" in (request.targets or ())    # pid all: which pid is whose
+        text = "".join(f"{n}: not running\n" if p is None else f"{n} {p}\n" if named
+                       else f"{p}\n" for n, p in pids.items())
         code = OK if all(p is not None for p in pids.values()) else FAILED
         respond(Reply(code, out=text if code == OK else "", err="" if code == OK else text,
                       data=pids))

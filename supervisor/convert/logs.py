@@ -4,11 +4,14 @@ Rules:
 
 - Unset or AUTO: pyvisor's default file ({log_dir}/NAME-INDEX.out.log, .err.log); supervisord's
   AUTO files live in childlogdir, which becomes supervisor.log_dir.
-- NONE, /dev/null, syslog and the daemon's own stdout/stderr (/dev/stdout, /dev/fd/1,
-  /proc/1/fd/1 ...) cannot be written yet: pyvisor keeps every worker's output in a regular
-  file (the schema would take ``path: /dev/null``, but the daemon opens no device as a log
-  file, and no two workers may share one). The default file is used, the size and backups
-  given for that target are dropped with it, and a note says so.
+- NONE, OFF and /dev/null: ``null`` (discarded).
+- The daemon's own stdout/stderr (/dev/stdout, /dev/fd/1, /proc/1/fd/1 ...): ``daemon``
+  (pyvisor's daemon prints such output with the instance before each line). stdout can only go
+  to the daemon's stdout and stderr to its stderr, or to wherever stdout goes (``stderr:
+  stdout``); another pairing gets a note. Rotation options are dropped with a note when they
+  would have rotated something (maxbytes not 0).
+- syslog cannot be written: the default file is used, the size and backups given for that
+  target are dropped with it, and a note says so.
 - A path is a template: its braces are doubled, and %(process_num)d becomes {index} when
   numprocs > 1 (pyvisor pads no numbers, so %(process_num)02d gives worker_0.log, not
   worker_00.log; a note says so).
@@ -29,8 +32,9 @@ from supervisor.convert.context import Reader
 from supervisor.convert.values import Ref, byte_size, integer
 
 TO_DAEMON = ("/dev/stdout", "/dev/stderr", "/dev/fd/1", "/dev/fd/2", "/proc/self/fd/1",
-             "/proc/self/fd/2", "/proc/1/fd/1", "/proc/1/fd/2")
+             "/proc/self/fd/2", "/proc/1/fd/1", "/proc/1/fd/2")     # stdout, stderr, ...
 NOT_A_FILE = "pyvisor keeps a worker's output in a log file"
+DISCARD, DAEMON_OUT, DAEMON_ERR = "/dev/null", "/dev/stdout", "/dev/stderr"   # _path's answers
 
 
 def _escape(text: str) -> str:
@@ -48,7 +52,7 @@ class Logs:
     def streams(self, redirect: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
         stdout = self.stream("stdout")
-        if stdout:
+        if stdout != {}:
             out["stdout"] = stdout
         if redirect:
             raw = self.r.raw("stderr_logfile")
@@ -57,18 +61,36 @@ class Logs:
                             "stderr into stdout's file (supervisord ignores it too)")
             out["stderr"] = "stdout"
         else:
-            stderr = self.stream("stderr")
-            if stderr:
+            stderr = self.stream("stderr", stdout_to_daemon=stdout == "daemon")
+            if stderr != {}:
                 out["stderr"] = stderr
         self.r.ctx.log_owners.update(self.claimed)
         return out
 
-    def stream(self, stream: str) -> dict[str, Any]:
+    def stream(self, stream: str, stdout_to_daemon: bool = False) -> Any:
+        """What goes under stdout: / stderr: ({} for the default file)."""
         option = f"{stream}_logfile"
         path, dropped = self._path(option)
         rotation = {"max_bytes": self._rotation(f"{option}_maxbytes", byte_size),
                     "backups": self._rotation(f"{option}_backups", integer)}
         rotation = {k: v for k, v in rotation.items() if v is not None}
+        if path in (DISCARD, DAEMON_OUT, DAEMON_ERR):
+            if rotation.get("max_bytes", 0) not in (0, "0"):
+                self.r.note(f"{option}_maxbytes", "not carried over: output that goes to no "
+                            "file is never rotated")
+            if path == DISCARD:
+                return None
+            if stream == "stdout":
+                if path == DAEMON_ERR:
+                    self.r.note(option, "to the daemon's stdout: pyvisor sends a worker's "
+                                "stdout to the daemon's stdout, not its stderr")
+                return "daemon"
+            if path == DAEMON_OUT and stdout_to_daemon:
+                return "stdout"
+            if path == DAEMON_OUT:
+                self.r.note(option, "to the daemon's stderr: pyvisor sends a worker's stderr "
+                            "to the daemon's stderr, or with stdout (stderr: stdout)")
+            return "daemon"
         if dropped:
             also = [f"{option}_{k}" for k in ("maxbytes", "backups")
                     if self.r.raw(f"{option}_{k}") is not None]
@@ -96,13 +118,13 @@ class Logs:
         if template is None or template.strip().lower() == "auto":
             return None, ""
         target = template.strip()
-        if target.lower() in ("none", "off", "/dev/null"):
-            return None, f"{target}: {NOT_A_FILE}"
+        if target.lower() in ("none", "off") or os.path.normpath(target) == DISCARD:
+            return DISCARD, ""
         if target.lower() == "syslog":
             return None, f"syslog: {NOT_A_FILE}, never syslog"
         if os.path.normpath(target) in TO_DAEMON:
-            return None, (f"{target}: pyvisor cannot yet send output to the daemon's "
-                          "stdout/stderr")
+            return (DAEMON_OUT if TO_DAEMON.index(os.path.normpath(target)) % 2 == 0
+                    else DAEMON_ERR), ""
         if not os.path.isabs(target):
             self.r.note(option, "relative path: pyvisor takes it from the YAML file's "
                         "directory (supervisord took it from its working directory)")

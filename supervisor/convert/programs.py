@@ -2,10 +2,11 @@
 
 supervisord expands most options with the program's names (program_name, group_name,
 host_node_name, here, ENV_X) and the per-process ones (process_num, numprocs) in command,
-environment, directory and the log files. pyvisor has no per-instance expansion in command,
-environment or directory yet, so with numprocs = 1 those are expanded for the one instance,
-and with numprocs > 1 a %(process_num)... there is left as written, with a note; in log paths
-it becomes {index} (logs.py).
+environment, directory and the log files. With numprocs = 1 they are expanded for the one
+instance. With numprocs > 1, %(process_num)... becomes pyvisor's {index} in command,
+environment (expanded per instance at spawn) and log paths (logs.py); a directory has no
+{index}, so there it is left as written, with a note. pyvisor's own placeholders written
+literally in a command or environment value are escaped ({{index}}).
 
 Where supervisord's default differs from pyvisor's and changes what happens (startretries 3,
 stopwaitsecs 10), the converted worker says supervisord's value even when the file does not.
@@ -14,13 +15,16 @@ stopwaitsecs 10), the converted worker says supervisord's value even when the fi
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from typing import Any
 
+from supervisor.config.supervisord_names import PROGRAM as SUPERVISORD_NAMES
 from supervisor.config.values import WORKER_NAME
 from supervisor.convert.context import Context, Reader
 from supervisor.convert.logs import Logs
 from supervisor.convert.values import (
+    BadValue,
     Ref,
     Special,
     auto_restart,
@@ -38,8 +42,6 @@ STOP_WAIT = 10                     # supervisord's stopwaitsecs default (pyvisor
 # Options pyvisor has nothing for, and why; noted when set to anything but supervisord's
 # default (the value that does nothing).
 UNSUPPORTED = {
-    "umask": (None, "pyvisor has no umask key yet; workers get the daemon's umask (UMask= in "
-              "its systemd unit)"),
     "serverurl": ("AUTO", "pyvisor has no XML-RPC server for programs to call"),
     "stdout_capture_maxbytes": ("0", "pyvisor has no capture mode or events"),
     "stderr_capture_maxbytes": ("0", "pyvisor has no capture mode or events"),
@@ -52,9 +54,27 @@ HANDLED = {
     "command", "process_name", "numprocs", "numprocs_start", "priority", "autostart",
     "autorestart", "startsecs", "startretries", "exitcodes", "stopsignal", "stopwaitsecs",
     "stopasgroup", "killasgroup", "user", "redirect_stderr", "environment", "directory",
+    "umask",
     *(f"{s}_logfile{x}" for s in ("stdout", "stderr") for x in ("", "_maxbytes", "_backups")),
     *UNSUPPORTED,
 }
+
+
+_PLACEHOLDERS = re.compile(r"\{(index|name|instance)\}")
+
+
+def escape_placeholders(text: str) -> str:
+    """Text supervisord passed as it is, with pyvisor's {index} {name} {instance} escaped."""
+    return _PLACEHOLDERS.sub(r"{{\1}}", text)
+
+
+def octal_umask(text: str) -> str:
+    """supervisord's umask (octal, like 022) -> the same text for pyvisor's umask:."""
+    value = text.strip()
+    if not re.fullmatch(r"0?o?[0-7]{1,4}", value, re.IGNORECASE) or int(
+            value.lower().replace("o", "") or "0", 8) > 0o777:
+        raise BadValue(f"not an octal umask (got {text!r})")
+    return value
 
 
 def worker_name(name: str) -> str:
@@ -114,6 +134,9 @@ class Program:
         user = r.text("user", names)
         if user is not None:
             worker["user"] = user
+        umask = r.text("umask", names)
+        if umask is not None:
+            worker["umask"] = r.check("umask", umask, octal_umask)
         env = self.ctx.global_env | env
         if env:
             worker["environment"] = env
@@ -136,10 +159,12 @@ class Program:
                    f"{self.name}:0{last}")
         if start != 0:
             r.note("numprocs_start", f"not carried over: pyvisor numbers instances from 0; "
-                   f"%(process_num)d counted from {start}")
+                   f"%(process_num)d counted from {start} ({{index}} is 0 where it was "
+                   f"{start}: add {start} where it makes a port or a name)")
 
     def _keep(self, option: str, numprocs: int) -> dict[str, Special] | None:
-        """For numprocs > 1: leave %(process_num)... as written, and say why once."""
+        """For numprocs > 1 in an option without {index} (directory): leave
+        %(process_num)... as written, and say why once."""
         if numprocs == 1:
             return None
         said: list[str] = []
@@ -148,36 +173,35 @@ class Program:
             if not said:
                 said.append(ref.text)
                 self.r.note(option, f"{ref.text} left as written: pyvisor has no {{index}} in "
-                            f"{option} yet, so all {numprocs} instances get the same text "
-                            "(numprocs > 1 programs need {index}, which pyvisor's schema "
-                            "will add)")
+                            f"{option}, so all {numprocs} instances get the same text")
             return ref.text
         return {"process_num": keep}
 
+    def _index(self, option: str, numprocs: int) -> dict[str, Special] | None:
+        """For numprocs > 1: %(process_num)... becomes {index} (a note if it was padded)."""
+        if numprocs == 1:
+            return None
+        said: list[str] = []
+
+        def index(ref: Ref) -> str:
+            if ref.spec and not said:
+                said.append(ref.text)
+                self.r.note(option, f"{ref.text} became {{index}}, which is not zero-padded "
+                            "(0, 1, ... 10)")
+            return "{index}"
+        return {"process_num": index}
+
     def _environment(self, names: dict[str, object], numprocs: int) -> dict[str, str]:
-        """supervisord expands the value, then splits it into pairs; a %(process_num)... left
-        as written goes through the split as a plain word and comes back after it."""
-        keep = self._keep("environment", numprocs)
-        kept: dict[str, str] = {}
-        special = None
-        if keep:
-            def token(ref: Ref) -> str:
-                keep["process_num"](ref)
-                word = f"PYVISORKEPT{len(kept)}X"
-                kept[word] = ref.text
-                return word
-            special = {"process_num": token}
-        text = self.r.text("environment", names, special=special)
+        text = self.r.text("environment", names, literal=escape_placeholders,
+                           special=self._index("environment", numprocs))
         if text is None:
             return {}
-        env = self.r.check("environment", text, environment)
-        for word, original in kept.items():
-            env = {k: v.replace(word, original) for k, v in env.items()}
-        return env
+        return self.r.check("environment", text, environment)
 
     def _command(self, names: dict[str, object], numprocs: int) -> str | list[str]:
         r = self.r
-        command = r.text("command", names, special=self._keep("command", numprocs))
+        command = r.text("command", names, literal=escape_placeholders,
+                         special=self._index("command", numprocs))
         if command is None:
             raise r.fail(None, "no command= (supervisord refuses this too)")
         try:
@@ -200,14 +224,11 @@ class Program:
     def _policy(self) -> dict[str, Any]:
         r, names = self.r, self.names
         out: dict[str, Any] = {}
-        for option, key, parse in (("autostart", "autostart", boolean),
-                                   ("autorestart", "restart", auto_restart),
-                                   ("exitcodes", "exit_codes", exit_codes),
-                                   ("startsecs", "start_seconds", integer),
-                                   ("startretries", "start_retries", integer),
-                                   ("stopsignal", "stop_signal", signal_value),
-                                   ("stopwaitsecs", "kill_timeout", integer),
-                                   ("priority", "priority", integer)):
+        for option, parse in (("autostart", boolean), ("autorestart", auto_restart),
+                              ("exitcodes", exit_codes), ("startsecs", integer),
+                              ("startretries", integer), ("stopsignal", signal_value),
+                              ("stopwaitsecs", integer), ("priority", integer)):
+            key = SUPERVISORD_NAMES.get(option, option)      # the loader's hints say the same
             text = r.text(option, names)
             if text is not None:
                 out[key] = r.check(option, text, parse)

@@ -18,7 +18,8 @@ SUPERVISORD = {
     "pidfile": "pyvisor writes no pid file; supervisorctl -c FILE.yaml finds the daemon",
     "user": "run supervisord as this user instead (User= in its systemd unit); a worker's "
             "user: still works",
-    "umask": "pyvisor has no umask key yet; set UMask= in its systemd unit",
+    "umask": "the daemon's own umask: set UMask= in its systemd unit (a program's umask= "
+             "becomes its worker's umask:)",
     "directory": "pyvisor does not change directory; a worker without directory: runs in the "
                  "YAML file's directory",
     "minfds": "set LimitNOFILE= in the systemd unit (or ulimit -n)",

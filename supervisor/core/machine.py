@@ -137,7 +137,7 @@ def _stopped_exited_away(inst: InstanceState, ev: ExitedWhileAway, policy: Polic
     if not restarts(ev.status, policy):
         return goto(inst, State.EXITED, f"{what}; restart={policy.restart.value}", **changes)
     state, actions = spawn(inst, f"{what}; restart={policy.restart.value}", ev.now,
-                            fresh=True, level="WARNING")
+                            fresh=True, level="WARNING", automatic=True)
     return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
 
 
@@ -156,7 +156,7 @@ def _stopped_unverifiable(inst: InstanceState, ev: Unverifiable, policy: Policy)
     name = policy.name or "NAME"
     message = (f"its process from before may still be running but cannot be verified "
                f"({ev.why}); not started again, so there is never a second copy. Check it, "
-               f"then: supervisorctl start {name}")
+               f"then: {policy.ctl} start {name}")
     return goto(inst, State.FATAL, "unverifiable after a daemon restart", level="ERROR",
                 extra_logs=[Log("ERROR", message)], fatal_reason=message)
 
@@ -178,7 +178,7 @@ def _failed_start(inst: InstanceState, now: float, what: str, policy: Policy,
         since = inst.attempts_since if inst.attempts_since is not None else now
         name = policy.name or "NAME"
         message = (f"{verb} {retries} times within {secs(now - since)}; giving up (FATAL). "
-                   f"Fix it, then: supervisorctl start {name}")
+                   f"Fix it, then: {policy.ctl} start {name}")
         return goto(inst, State.FATAL, f"{what}; {retries} failed starts", level="ERROR",
                      extra_logs=[Log("ERROR", message)], retries=retries, fatal_reason=message,
                      **changes)
@@ -254,7 +254,7 @@ def _running_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
     if len(crashes) > policy.crash_burst:
         name = policy.name or "NAME"
         message = (f"exited {len(crashes)} times within {secs(ev.now - crashes[0])} of "
-                   f"running (a crash loop); giving up (FATAL). Fix it, then: supervisorctl "
+                   f"running (a crash loop); giving up (FATAL). Fix it, then: {policy.ctl} "
                    f"start {name}")
         return goto(inst, State.FATAL, f"{what}; crash loop", level="ERROR",
                      extra_logs=[Log("ERROR", message)], fatal_reason=message, **changes)
@@ -342,6 +342,15 @@ def _stopping_spawn_failed(inst: InstanceState, ev: SpawnFailed, policy: Policy)
 
 
 def _stopping_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
+    if ev.early:
+        nxt = policy.stop_signal if ev.kind is TimerKind.GRACEFUL else policy.kill_signal
+        msg = f"stop hurried by the operator; sending signal {nxt} now"
+        if ev.kind is TimerKind.GRACEFUL:
+            return stay(inst, [Log("WARNING", msg), Signal(policy.stop_signal),
+                                ArmTimer(TimerKind.KILL, policy.kill_timeout)])
+        return stay(inst, [Log("WARNING", msg), Signal(policy.kill_signal),
+                            ArmTimer(TimerKind.KILL, policy.kill_timeout)],
+                     kills_sent=inst.kills_sent + 1)
     if ev.kind is TimerKind.GRACEFUL:
         msg = (f"did not exit within {secs(policy.graceful_timeout)} of the stop command; "
                f"sending signal {policy.stop_signal}")

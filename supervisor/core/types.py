@@ -56,6 +56,7 @@ class Policy:
     """The part of a worker's config that the state machine needs (seconds, signal numbers)."""
 
     name: str = ""               # worker name ("web"), for the recovery hint in the FATAL message
+    ctl: str = "supervisorctl"   # the command that reaches this daemon as pasted (with -c FILE)
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
     success_codes: frozenset[int] = frozenset({0})
     backoff_initial: float = 0.1
@@ -125,6 +126,7 @@ class ReadyReported:
 class TimerFired:
     now: float
     kind: TimerKind
+    early: bool = False      # fired before its time because the operator hurried a stop
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,26 +60,52 @@ class Session:
     connect_timeout: float = CONNECT_TIMEOUT
 
     def config_file(self) -> tuple[str, str]:
-        """(the config as the user named it, its absolute path). CtlError if there is none."""
+        """(the config as the user named it, its absolute path). Without -c, $PYVISOR_CONFIG
+        or ./supervisord.yaml: the config of the one daemon of this user that runs, if there
+        is exactly one (said on stderr, once). CtlError if there is none."""
         if self.config:
             return self.config, os.path.abspath(self.config)
         if os.path.isfile(DEFAULT_CONFIG):
             return DEFAULT_CONFIG, os.path.abspath(DEFAULT_CONFIG)
-        raise CtlError(
-            USAGE,
-            f"supervisorctl: no config file: give -c FILE, set {paths.ENV_CONFIG}, "
-            f"or run it where ./{DEFAULT_CONFIG} is",
-        )
+        running = paths.running_configs()
+        if len(running) == 1:
+            self.config = running[0]
+            click.echo(f"supervisorctl: using {running[0]}, the one supervisord running "
+                       "(-c FILE chooses)", err=True)
+            return self.config, self.config
+        how = (f"give -c FILE, set {paths.ENV_CONFIG} (e.g. in .venv/bin/activate), or run it "
+               f"where ./{DEFAULT_CONFIG} is")
+        if running:
+            listed = "".join(f"\n  {c}" for c in running[:20])
+            more = f"\n  ... and {len(running) - 20} more" if len(running) > 20 else ""
+            raise CtlError(USAGE, f"supervisorctl: {len(running)} supervisords are running; "
+                                  f"{how}:{listed}{more}")
+        raise CtlError(USAGE, f"supervisorctl: no config file and no supervisord running: {how}")
+
+
+def command(name: str) -> str:
+    """supervisorctl or supervisord as a hint must spell it to work when pasted: beside the
+    supervisorctl that runs, when it was run by its path (.venv/bin/supervisorctl)."""
+    me = sys.argv[0] if sys.argv else ""
+    if os.sep in me and os.path.basename(me) == "supervisorctl":
+        return os.path.join(os.path.dirname(me), name)
+    return name
 
 
 def not_running(config: str) -> CtlError:
     if not os.path.exists(config):     # a typo in -c, not a daemon that is down
         return CtlError(NOT_RUNNING, f"supervisorctl: no such config file: {config} "
                                      "(and so no supervisord running it)")
+    if os.path.isdir(config):
+        return CtlError(NOT_RUNNING, f"supervisorctl: {config} is a directory, not a config "
+                                     "file (and so no supervisord runs it)")
+    if not os.access(config, os.R_OK):
+        return CtlError(NOT_RUNNING, f"supervisorctl: cannot read the config file {config} "
+                                     "(permission denied); no supervisord of yours runs it")
     return CtlError(
         NOT_RUNNING,
         f"supervisorctl: no supervisord is running for {config} "
-        f"(start it with: supervisord -c {config})",
+        f"(start it with: {command('supervisord')} -c {config})",
     )
 
 
@@ -112,7 +138,7 @@ def request(
         raise CtlError(
             INTERRUPTED,
             "supervisorctl: interrupted; supervisord carries on with the request "
-            f"(see: supervisorctl -c {shown} status)",
+            f"(see: {command('supervisorctl')} -c {shown} status)",
         ) from None
 
 
@@ -210,7 +236,7 @@ def _timeout(timeout: float | None, shown: str) -> CtlError:
     return CtlError(
         TIMEOUT,
         f"supervisorctl: no reply from supervisord within {timeout:g} s; the request may still "
-        f"complete (see: supervisorctl -c {shown} status)",
+        f"complete (see: {command('supervisorctl')} -c {shown} status)",
     )
 
 

@@ -14,6 +14,7 @@ from supervisor.control.protocol import help_epilog
 from supervisor.ctl import (
     client,
     events,
+    logs,
     pid,
     reexec,
     reload,
@@ -26,8 +27,36 @@ from supervisor.ctl import (
     tail,
 )
 
+# supervisord's supervisorctl verbs that pyvisor does differently: what to type instead
+SUPERVISORCTL_VERBS = {
+    "update": "'supervisorctl reload' here (it applies what changed in the config)",
+    "reread": "'supervisorctl reload' here (it reads the config and applies what changed)",
+    "add": "'supervisorctl reload' here (it starts the workers added to the config)",
+    "remove": "'supervisorctl reload' here (it stops the workers removed from the config)",
+    "avail": "'supervisorctl status' here (it lists every configured instance)",
+    "maintail": "the daemon's stderr here (journalctl -u supervisord under systemd)",
+    "fg": "'supervisorctl tail -f TARGET' here",
+    "clear": "not needed here: logs rotate by size (stdout.max_bytes)",
+    "version": "'supervisorctl --version' here",
+}
+
+
+class _Group(click.Group):
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name in SUPERVISORCTL_VERBS and self.get_command(ctx, name) is None:
+            raise click.UsageError(
+                f"No such command {name!r}; supervisord's {name} is "
+                f"{SUPERVISORCTL_VERBS[name]}.",
+                ctx,
+            )
+        return super().resolve_command(ctx, args)
+
 
 @click.group(
+    cls=_Group,
     epilog=help_epilog(),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -59,8 +88,8 @@ def cli(ctx: click.Context, config: str | None, timeout: float | None) -> None:
     ctx.obj = client.Session(config=config, timeout=timeout)
 
 
-for _verb in (status, start, stop, restart, sendsignal, tail, reload, shutdown, pid, reexec,
-              events):
+for _verb in (status, start, stop, restart, sendsignal, tail, logs, reload, shutdown, pid,
+              reexec, events):
     cli.add_command(_verb.cmd)
 
 

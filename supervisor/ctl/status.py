@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
+from supervisor.control.protocol import NOT_RUNNING
 from supervisor.ctl import client
 from supervisor.ctl.targets import TARGET
 
@@ -17,5 +21,29 @@ from supervisor.ctl.targets import TARGET
 def cmd(session: client.Session, targets: tuple[str, ...], as_json: bool,
         verbose: bool) -> None:
     """Show the state of TARGETS (default: all)."""
-    opts = {"json": as_json, "verbose": True} if verbose else {"json": as_json}
-    client.run(session, "status", targets or ("all",), opts)
+    opts: dict[str, bool] = {"json": as_json}
+    if verbose:
+        opts["verbose"] = True
+    if not as_json and sys.stdout.isatty():     # a header and colours for people, not pipes
+        opts["tty"] = True
+        if not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb":
+            opts["colour"] = True
+    try:
+        reply = client.request(session, "status", targets or ("all",), opts)
+    except client.CtlError as e:
+        alive = _still_alive(session) if e.exit_code == NOT_RUNNING else ""
+        if alive:
+            raise client.CtlError(e.exit_code, e.message + alive) from None
+        raise
+    client.emit(reply)
+
+
+def _still_alive(session: client.Session) -> str:
+    """With the daemon down: the workers that still run (from their control blocks)."""
+    _shown, config = session.config_file()
+    if not os.path.isfile(config):
+        return ""
+    from supervisor.ctl import offline  # the slow path: blocks and the config
+
+    alive = offline.describe_alive(config)
+    return f"\nsupervisorctl: {alive}" if alive else ""

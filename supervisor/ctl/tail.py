@@ -1,9 +1,11 @@
-"""supervisorctl tail TARGET [-f] [--stderr] [-n LINES]
+"""supervisorctl tail TARGET [-f] [--stdout | --stderr] [-n LINES]
 
-The daemon only names the log files ({"stdout": path, "stderr": path} in the reply's data); the
-client reads them itself, so a follow costs the daemon nothing. Following polls the file every
-0.2 s and survives rotation (inode changes: finish the old file, reopen the new one from its
-start) and truncation (size shrinks: start again from the beginning). Ctrl-C ends it (exit 0).
+Both streams by default (a crashed program's error is on stderr), each under tail(1)'s
+``==> FILE <==`` header when they are two files. The daemon only names the log files
+({"stdout": path, "stderr": path} in the reply's data); the client reads them itself, so a
+follow costs the daemon nothing. Following polls the files every 0.2 s and survives rotation
+(inode changes: finish the old file, reopen the new one from its start) and truncation (size
+shrinks: start again from the beginning). Ctrl-C ends it (exit 0).
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import click
 
 from supervisor import safefs
-from supervisor.control.protocol import ERROR, OK
+from supervisor.control.protocol import ERROR, NOT_RUNNING, OK, Reply
 from supervisor.ctl import client
 from supervisor.ctl.targets import TARGET
 
@@ -28,7 +30,8 @@ MAX_LOOK_BACK = 1 << 20     # bytes read back at most for the last lines (a huge
 @click.command("tail")
 @click.argument("target", type=TARGET)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C ends).")
-@click.option("--stderr", "use_stderr", is_flag=True, help="Show the stderr log, not stdout.")
+@click.option("--stdout", "only", flag_value="stdout", help="Only the stdout log.")
+@click.option("--stderr", "only", flag_value="stderr", help="Only the stderr log.")
 @click.option(
     "-n",
     "--lines",
@@ -38,26 +41,99 @@ MAX_LOOK_BACK = 1 << 20     # bytes read back at most for the last lines (a huge
     help="Print the last LINES lines first.",
 )
 @click.pass_obj
-def cmd(session: client.Session, target: str, follow: bool, use_stderr: bool, lines: int) -> None:
-    """Print the end of TARGET's output log (one instance, e.g. web:0)."""
-    stream = "stderr" if use_stderr else "stdout"
-    reply = client.request(session, "tail", [target], {"stream": stream})
+def cmd(
+    session: client.Session, target: str, follow: bool, only: str | None, lines: int
+) -> None:
+    """Print the end of TARGET's stdout and stderr logs (e.g. web:0).
+
+    Each file comes under a ==> FILE <== header when they are two."""
+    stream = only or "both"
+    try:
+        reply = client.request(session, "tail", [target], {"stream": stream})
+    except client.CtlError as e:
+        if e.exit_code != NOT_RUNNING:
+            raise
+        reply = _from_config(session, target, e)
     if reply.code != OK:
         client.emit(reply)
     client.print_reply(reply)
-    path = reply.data.get(stream) if isinstance(reply.data, dict) else None
-    if not isinstance(path, str) or not path:
+    data = reply.data if isinstance(reply.data, dict) else {}
+    wanted = [only] if only else ["stdout", "stderr"]
+    found = [data.get(s) for s in wanted]
+    paths = list(dict.fromkeys(p for p in found if isinstance(p, str) and p))
+    if not paths:
+        where = data.get("elsewhere")
+        why = f" ({where})" if isinstance(where, str) and where else ""
         raise client.CtlError(
-            ERROR, f"supervisorctl: {target}: supervisord names no {stream} log file for it"
+            ERROR,
+            f"supervisorctl: {target}: supervisord names no {stream.replace('both', 'output')} "
+            f"log file for it{why}",
         )
     out = sys.stdout.buffer
     try:
-        tail_file(path, lines, follow, out)
+        tail_files(paths, lines, follow, out)
     except KeyboardInterrupt:
         pass
     except OSError as e:
-        raise client.CtlError(ERROR, f"supervisorctl: cannot read {path}: {e.strerror}") from None
+        raise client.CtlError(ERROR, f"supervisorctl: cannot read {e.filename or 'a log'}: "
+                              f"{e.strerror}") from None
     raise SystemExit(OK)
+
+
+def _from_config(session: client.Session, target: str, down: client.CtlError) -> Reply:
+    """No daemon: the log files named in the config (said on stderr), or the error."""
+    _shown, config = session.config_file()
+    if not os.path.isfile(config):
+        raise down
+    from supervisor.ctl import offline  # the slow path: it loads the config
+
+    found = offline.log_paths(config, target)
+    if isinstance(found, str):
+        raise client.CtlError(down.exit_code, f"{down.message}\nsupervisorctl: {found}")
+    click.echo(f"supervisorctl: supervisord is not running; reading {target}'s log files as "
+               f"{config} names them", err=True)
+    return Reply(OK, data={"stdout": found[0], "stderr": found[1]})
+
+
+class _Out(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+class _Headed:
+    """Output that puts tail(1)'s ``==> FILE <==`` header before a file's bytes when several
+    files are shown (a blank line before every header but the first)."""
+
+    def __init__(self, out: BinaryIO, many: bool) -> None:
+        self.out = out
+        self.many = many
+        self.current: str | None = None
+
+    def switch(self, path: str) -> None:
+        if self.many and self.current != path:
+            blank = b"" if self.current is None else b"\n"
+            self.out.write(blank + f"==> {path} <==\n".encode(errors="replace"))
+        self.current = path
+
+    def to(self, path: str) -> _Out:
+        return _Lazy(self, path)
+
+
+class _Lazy:
+    """Writes to one file's part of the output: its header first when the output switches to
+    it (and only when there is something to show)."""
+
+    def __init__(self, headed: _Headed, path: str) -> None:
+        self.headed = headed
+        self.path = path
+
+    def write(self, data: bytes, /) -> int:
+        if data:
+            self.headed.switch(self.path)
+        return self.headed.out.write(data)
+
+    def flush(self) -> None:
+        self.headed.out.flush()
 
 
 def last_lines(f: BinaryIO, n: int) -> bytes:
@@ -81,27 +157,38 @@ def last_lines(f: BinaryIO, n: int) -> bytes:
 
 
 def tail_file(path: str, n: int, follow: bool, out: BinaryIO) -> None:
-    f: BinaryIO | None = _open(path)
-    if f is not None:
-        out.write(last_lines(f, n))
-        out.flush()
-    if not follow:
-        if f is not None:
-            f.close()
-        return
+    tail_files([path], n, follow, out)
+
+
+def tail_files(paths: list[str], n: int, follow: bool, out: BinaryIO) -> None:
+    """The last n lines of each file, then (follow) what is appended to any of them."""
+    headed = _Headed(out, len(paths) > 1)
+    files: dict[str, BinaryIO | None] = {}
     try:
-        while True:
-            if f is None:
-                f = _open(path)  # not created yet, or rotated away and not recreated yet
+        for path in paths:
+            f = files[path] = _open(path)
+            headed.switch(path)     # the header even of an empty file, as tail(1) does
             if f is not None:
-                f = _follow_step(path, f, out)
+                headed.to(path).write(last_lines(f, n))
+        out.flush()
+        if not follow:
+            return
+        while True:
+            for path in paths:
+                f = files[path]
+                if f is None:
+                    f = _open(path)  # not created yet, or rotated away and not recreated yet
+                if f is not None:
+                    f = _follow_step(path, f, headed.to(path))
+                files[path] = f
             time.sleep(POLL_INTERVAL)
     finally:
-        if f is not None:
-            f.close()
+        for f in files.values():
+            if f is not None:
+                f.close()
 
 
-def _follow_step(path: str, f: BinaryIO, out: BinaryIO) -> BinaryIO | None:
+def _follow_step(path: str, f: BinaryIO, out: _Out) -> BinaryIO | None:
     _copy(f, out)
     try:
         st = os.stat(path)
@@ -135,7 +222,7 @@ def _open(path: str) -> BinaryIO | None:
     return os.fdopen(fd, "rb")  # closed by the follow loop
 
 
-def _copy(f: BinaryIO, out: BinaryIO) -> None:
+def _copy(f: BinaryIO, out: _Out) -> None:
     while chunk := f.read(65536):
         out.write(chunk)
     out.flush()

@@ -145,4 +145,4 @@ class Reaper:
         self.rt.release_process(inst)
         # the core hears of the exit once the whole tree is gone
         self.rt.trees.end(inst, pid, lambda: self.rt.dispatch(
-            inst, core.Exited(self.rt.now(), status)))
+            inst, core.Exited(self.rt.now(), status)), status)

@@ -7,10 +7,14 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from loguru import logger
+
 from supervisor import core
 from supervisor.config import WorkerConfig
-from supervisor.core import NO_PROCESS, InstanceState, TimerKind
+from supervisor.core import NO_PROCESS, InstanceState, State, TimerKind
+from supervisor.logs import last_line
 from supervisor.loop import Timer
+from supervisor.runtime.console import Pipe
 from worker import block as blk
 from worker.published import WorkerData
 
@@ -36,6 +40,10 @@ class Instance:
     cgroup: str | None = None      # the instance's cgroup directory, when it has one
     waiters: list[Waiter] = field(default_factory=list)
     exits: dict[str, int] = field(default_factory=dict)   # exit_reason -> count, this daemon
+    pipes: list[Pipe] = field(default_factory=list)   # output read by the daemon (console.py)
+    last_output: str | None = None   # its last line of output when it last exited
+    last_output_file: str | None = None   # the log file that line is in
+    note: str | None = None          # what its last exit tells (a program that daemonized)
 
     @property
     def pid(self) -> int | None:
@@ -56,6 +64,24 @@ class Instance:
         """Whether the process attached to its control block (and so reads the control word):
         only such a process can be stopped gracefully."""
         return self.block is not None and self.block.pid != 0
+
+
+def report_output(inst: Instance, ctl: str) -> None:
+    """When a process has ended badly: its last line of output (stderr's file first) kept for
+    status, and for BACKOFF and FATAL one log line naming the files and how to see them."""
+    files = [p for p in dict.fromkeys((inst.stderr_path, inst.stdout_path)) if p]
+    inst.last_output = inst.last_output_file = None
+    for path in files:
+        inst.last_output = last_line(path)
+        if inst.last_output is not None:
+            inst.last_output_file = path
+            break
+    if inst.st.state is State.EXITED or not files:
+        return
+    last = f"; its last line: {inst.last_output!r}" if inst.last_output else ""
+    logger.log("ERROR" if inst.st.state is State.FATAL else "WARNING",
+               f"{inst.name} output in {' and '.join(reversed(files))}{last}; see it: "
+               f"{ctl} tail {inst.name}")
 
 
 @dataclass(eq=False, slots=True)

@@ -14,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import shlex
+import shutil
 import signal
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -27,9 +30,10 @@ from supervisor.core import NO_PROCESS, Event, InstanceState, State, TimerKind
 from supervisor.logs import Rotator
 from supervisor.loop import Loop
 from supervisor.names import instance_name, split_instance_name
+from supervisor.runtime.console import Console
 from supervisor.runtime.events import EventBus, publish_step
 from supervisor.runtime.exits import Reaper
-from supervisor.runtime.instance import Instance, Waiter
+from supervisor.runtime.instance import Instance, Waiter, report_output
 from supervisor.runtime.intent import Intent
 from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
@@ -54,6 +58,7 @@ class Runtime:
         self._instances: dict[str, Instance] = {}
         self.instances: Mapping[str, Instance] = MappingProxyType(self._instances)
         self.rotator = Rotator(loop)
+        self.console = Console(loop)
         self.on_change: Callable[[], None] = lambda: None   # e.g. systemd STATUS=
         self.events = EventBus()                 # transitions, exits, adoptions, readiness
         self._queue: deque[tuple[Instance, Event]] = deque()
@@ -75,16 +80,26 @@ class Runtime:
     def _new_instance(self, worker: str, index: int, cfg: WorkerConfig,
                       policy: core.Policy | None = None, removed: bool = False) -> Instance:
         inst = Instance(instance_name(worker, index), worker, index, cfg,
-                        policy or cfg.policy(worker),
+                        policy or self._policy(worker, cfg),
                         removed=removed)
         if not removed:
             inst.stdout_path, inst.stderr_path = cfg.log_paths(worker, index)
         self._instances[inst.name] = inst
         return inst
 
+    @property
+    def ctl(self) -> str:
+        """supervisorctl as the operator pastes it to reach this daemon: with -c FILE, and
+        by its full path when the one on PATH is not ours (a venv that is not activated)."""
+        command = _CTL
+        return f"{command} -c {shlex.quote(self.config.path)}" if self.config.path else command
+
+    def _policy(self, worker: str, cfg: WorkerConfig) -> core.Policy:
+        return dataclasses.replace(cfg.policy(worker), ctl=self.ctl)
+
     def add_worker(self, name: str, cfg: WorkerConfig) -> list[Instance]:
         """Instances name:0 .. name:numprocs-1 that do not exist yet; returns the new ones."""
-        policy = cfg.policy(name)
+        policy = self._policy(name, cfg)
         made = []
         for index in range(cfg.numprocs):
             if instance_name(name, index) in self._instances:
@@ -107,7 +122,7 @@ class Runtime:
 
     def reconfigure(self, inst: Instance, cfg: WorkerConfig) -> None:
         """Give inst a changed worker config (its process, if any, is not touched)."""
-        inst.cfg, inst.policy = cfg, cfg.policy(inst.worker)
+        inst.cfg, inst.policy = cfg, self._policy(inst.worker, cfg)
         inst.stdout_path, inst.stderr_path = cfg.log_paths(inst.worker, inst.index)
 
     def remove(self, insts: Iterable[Instance]) -> None:
@@ -157,17 +172,19 @@ class Runtime:
                 missing = ", ".join(d for d in inst.cfg.depends_on if not self._worker_ready(d))
                 logger.info(f"{inst.name} waiting for {missing} to be RUNNING before it starts")
 
-    def request_stop(self, insts: Iterable[Instance], graceful: bool,
+    def request_stop(self, insts: Iterable[Instance], graceful: bool | None,
                      restart: bool = False) -> None:
         """Stop (or restart) insts; graceful only for a process that attached to its block,
-        since a program that never did cannot read the control word."""
+        since a program that never did cannot read the control word. graceful None: each
+        worker's stop_mode."""
         insts = list(insts)
         self.cancel_deferred(insts)
         for inst in insts:
+            wanted = inst.cfg.stop_mode == "graceful" if graceful is None else graceful
             self.dispatch(inst, core.StopRequested(
-                self.now(), graceful=graceful and inst.uses_library, restart=restart))
+                self.now(), graceful=wanted and inst.uses_library, restart=restart))
 
-    def request_restart(self, insts: Iterable[Instance], graceful: bool) -> None:
+    def request_restart(self, insts: Iterable[Instance], graceful: bool | None) -> None:
         """Stop and start again the ones that run; start the ones that do not."""
         insts = list(insts)
         for i in [i for i in insts if i.has_process]:
@@ -225,6 +242,10 @@ class Runtime:
         """What the operator last asked for inst, as the previous daemon recorded it."""
         self.dispatch(inst, core.IntentRestored(self.now(), wanted))
 
+    def restore_restarts(self, inst: Instance, restarts: int) -> None:
+        """The restart count the previous daemon recorded (a count, not a state: no event)."""
+        inst.st = dataclasses.replace(inst.st, restarts=restarts)
+
     def exited_while_away(self, inst: Instance, status: core.ExitStatus,
                           started_at: float) -> None:
         """inst's process ended while no daemon watched it."""
@@ -237,11 +258,6 @@ class Runtime:
             return
         self.trees.end(inst, None, lambda: self.dispatch(
             inst, core.ExitedWhileAway(self.now(), status)))
-
-    def restore_restarts(self, inst: Instance, restarts: int) -> None:
-        """The restart count the previous daemon recorded for inst (a count, not a decision:
-        set without the core)."""
-        inst.st = dataclasses.replace(inst.st, restarts=restarts)
 
     def restore(self, inst: Instance, st: InstanceState, incarnation: int,
                 deadlines: Mapping[TimerKind, float]) -> None:
@@ -315,6 +331,16 @@ class Runtime:
 
         inst.timers[kind] = self.loop.call_at(when, fire)
 
+    def hurry(self, inst: Instance) -> bool:
+        """A stop in flight goes to its next step now (the graceful wait or the kill timeout
+        is cut short, as the operator asked); False if inst is not stopping."""
+        for kind in (TimerKind.GRACEFUL, TimerKind.KILL):
+            if inst.st.state is State.STOPPING and kind in inst.timers:
+                self._cancel_timer(inst, kind)
+                self.dispatch(inst, core.TimerFired(self.now(), kind, early=True))
+                return True
+        return False
+
     def _cancel_timer(self, inst: Instance, kind: TimerKind) -> None:
         t = inst.timers.pop(kind, None)
         if t is not None:
@@ -322,6 +348,8 @@ class Runtime:
 
     def _on_transition(self, inst: Instance) -> None:
         self.readiness.on_transition(inst)
+        if inst.st.state in (State.BACKOFF, State.FATAL, State.EXITED):
+            report_output(inst, self.ctl)
         if inst.st.state is State.RUNNING:
             self._start_deferred()
         for w in list(inst.waiters):
@@ -352,6 +380,25 @@ class Runtime:
             if path:
                 self.rotator.watch(path, spec.max_bytes, spec.backups)
 
+    def open_pipes(self, inst: Instance, ends: list[int]) -> tuple[int | None, int | None]:
+        """The write ends for a child whose output goes to the daemon (stdout/stderr:
+        daemon), one pipe per target (stderr: stdout shares stdout's); also added to ends,
+        for the caller to close once the child has them."""
+        to_out, to_err = inst.cfg.to_daemon()
+        same = inst.cfg.stderr == "stdout"
+        out = err = None
+        if to_out:
+            pipe, out = self.console.open(inst.name, 1)
+            inst.pipes.append(pipe)
+            ends.append(out)
+        if to_err and same:
+            err = out
+        elif to_err:
+            pipe, err = self.console.open(inst.name, 2)
+            inst.pipes.append(pipe)
+            ends.append(err)
+        return out, err
+
     def release_process(self, inst: Instance, unlink: bool = True) -> None:
         """Forget the pidfd and the control block of a process that is gone (unlink=False:
         of one that lives on without us — the daemon exits or re-executes)."""
@@ -362,6 +409,10 @@ class Runtime:
                 inst.block.unlink()
             inst.block = None
         inst.popen = None
+        if unlink:               # else the pipes stay open: a re-exec hands them over
+            for pipe in inst.pipes:
+                pipe.finish()
+            inst.pipes.clear()
         for path in {inst.stdout_path, inst.stderr_path} - {None}:
             self.rotator.unwatch(path)  # type: ignore[arg-type]
 
@@ -373,6 +424,20 @@ class Runtime:
         self.readiness.close()
         self.trees.close()
         self.rotator.close()
+        self.console.close()
+
+
+def ctl_command() -> str:
+    """How hints spell supervisorctl: its name when PATH finds this one, else its path."""
+    ours = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
+    if not os.access(ours, os.X_OK):
+        return "supervisorctl"
+    on_path = shutil.which("supervisorctl")
+    same = on_path is not None and os.path.realpath(on_path) == os.path.realpath(ours)
+    return "supervisorctl" if same else shlex.quote(ours)
+
+
+_CTL = ctl_command()
 
 
 EXIT_REASONS = ("success", "failure", "signal", "unknown")

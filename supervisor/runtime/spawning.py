@@ -81,16 +81,25 @@ class Spawner:
             hint = f" ({blk.SHM_DIR} is full)" if e.errno == errno.ENOSPC else ""
             return core.SpawnFailed(now, f"cannot create control block {name}: "
                                          f"{e.strerror or e}{hint}")
-        req = SpawnRequest(inst.name, list(cfg.command), cfg.directory, dict(cfg.environment),
+        argv = cfg.argv(inst.worker, inst.index)
+        req = SpawnRequest(inst.name, argv, cfg.directory, cfg.env(inst.worker, inst.index),
                            cfg.user, inst.stdout_path, inst.stderr_path, name,
-                           rt.readiness.notify_path, cfg.group)
+                           rt.readiness.notify_path, cfg.group, cfg.umask)
+        ends: list[int] = []
         try:
+            req.stdout_fd, req.stderr_fd = rt.open_pipes(inst, ends)
             with rt.trees.spawning(inst):
                 popen = spawn(req)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             block.close()
             block.unlink()
-            return core.SpawnFailed(now, describe_spawn_error(cfg.command, e))
+            for pipe in inst.pipes:
+                pipe.close()
+            inst.pipes.clear()
+            return core.SpawnFailed(now, describe_spawn_error(argv, e))
+        finally:
+            for fd in ends:
+                os.close(fd)        # the child has its own copies
         inst.popen, inst.block, inst.child = popen, block, True
         pid = popen.pid
         # gone already (ProcessLookupError)? the pidfd below still tells us about the exit

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from supervisor import core
 from supervisor.runtime.cgroups import CgroupTree
+from supervisor.runtime.foreground import daemonized_hint
 from supervisor.runtime.instance import Instance
 
 if TYPE_CHECKING:
@@ -96,12 +98,15 @@ class Trees:
         if self.cgroups is not None and inst.cgroup is not None:
             self.cgroups.signal(inst.cgroup, signum)
 
-    def end(self, inst: Instance, leader: int | None, then: Callable[[], None]) -> None:
+    def end(self, inst: Instance, leader: int | None, then: Callable[[], None],
+            status: core.ExitStatus | None = None) -> None:
         """The leader exited: kill what is left of its tree, then call ``then`` once the tree
-        is gone (or after _KILL_WAIT, with a warning)."""
+        is gone (or after _KILL_WAIT, with a warning). ``status``: how it exited, to tell a
+        program that daemonized itself (foreground.py)."""
         cg, path = self.cgroups, inst.cgroup
         if cg is not None and path is not None:
             left = cg.members(path)
+            self._daemonized(inst, status, _describe(left) if left else None)
             if not left:
                 cg.remove(path)
                 then()
@@ -115,13 +120,29 @@ class Trees:
             try:
                 os.killpg(leader, 0)
             except (ProcessLookupError, PermissionError):
-                pass
+                self._daemonized(inst, status, None)
             else:
+                self._daemonized(inst, status, f"processes in its process group {leader}")
                 logger.warning(f"{inst.name} killing what its exited leader left in its "
                                f"process group {leader}")
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(leader, signal.SIGKILL)
         then()
+
+    def _daemonized(self, inst: Instance, status: core.ExitStatus | None,
+                    left: str | None) -> None:
+        """An exit 0 while STARTING (within start_seconds) that left processes: say that the
+        program must run in the foreground (kept for status in inst.note)."""
+        st = inst.st
+        inst.note = None
+        if status is None or status.code != 0 or st.state is not core.State.STARTING or (
+                st.started_at is None):
+            return
+        hint = daemonized_hint(inst.cfg.argv(inst.worker, inst.index),
+                               self.rt.now() - st.started_at, left)
+        if hint is not None:
+            inst.note = hint
+            logger.error(f"{inst.name} {hint}")
 
     def _wait_empty(self, inst: Instance, path: str, then: Callable[[], None], deadline: float,
                     delay: float) -> None:

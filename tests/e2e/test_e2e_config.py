@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import SUPERVISORD, StartedDaemon
+from tests.support.daemon import SUPERVISORD, StartedDaemon, ctl_hint
 
 SIGNALS = ("HUP, INT, QUIT, ILL, TRAP, ABRT, BUS, FPE, KILL, USR1, SEGV, USR2, PIPE, ALRM, TERM, "
            "STKFLT, CHLD, CONT, STOP, TSTP, TTIN, TTOU, URG, XCPU, XFSZ, VTALRM, PROF, WINCH, IO, "
@@ -55,7 +55,7 @@ def test_one_daemon_per_config(daemon: StartedDaemon) -> None:
     cfg = d.config_path
     assert (r.returncode, r.stdout, r.stderr) == (
         1, "", (f"supervisord: another supervisord (pid {d.pid}) is already running {cfg} "
-                f"(lock {d.socket}.lock); stop it first: supervisorctl -c {cfg} shutdown\n")), r
+                f"(lock {d.socket}.lock); stop it first: {ctl_hint(cfg)} shutdown\n")), r
     assert d.pids() == pids, "the second daemon touched the first one's workers"
     assert d.ctl("pid").stdout == f"{d.pid}\n"
 

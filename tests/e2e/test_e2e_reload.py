@@ -22,8 +22,8 @@ def test_reload_added_removed_changed(daemon: StartedDaemon) -> None:
     d.write_config({"keep": sleeper(1000), "change": sleeper(2000), "new": sleeper(1000)})
     r = d.ctl("reload")
     assert (r.returncode, r.stdout, r.stderr) == (
-        0, ("removed gone (1 instances)\nchanged change: restarted 1 instances\n"
-           "added new (1 instances)\n"), ""), r
+        0, ("removed gone (1 instance)\nchanged change: restarted 1 instance\n"
+           "added new (1 instance)\n"), ""), r
     rows = {row["name"]: row for row in d.status_json()}
     assert sorted(rows) == ["change:0", "keep:0", "new:0"], rows
     assert all(row["state"] == "RUNNING" for row in rows.values()), rows
@@ -43,6 +43,16 @@ def test_reload_added_removed_changed(daemon: StartedDaemon) -> None:
     r = d.ctl("reload")
     assert (r.returncode, r.stdout, r.stderr) == (0, "no changes\n", ""), r
     assert d.pids() == after
+
+    # a stopped instance is not restarted, and reload does not say it was
+    assert d.ctl("stop", "keep:1").returncode == 0
+    d.write_config({"keep": sleeper(3000, numprocs=2), "change": sleeper(2000),
+                    "new": sleeper(1000)})
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout, r.stderr) == (0, (
+        "changed keep: restarted 1 instance; 1 instance stopped, left stopped with the new "
+        "config (keep:1)\n"), ""), r
+    assert d.status_of("keep:1")["state"] == "STOPPED"
 
 
 def test_reload_invalid_keeps_old_workers(daemon: StartedDaemon) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import DaemonFactory, pid_alive, pids_with_block_prefix
+from tests.support.daemon import DaemonFactory, ctl_hint, pid_alive, pids_with_block_prefix
 from tests.support.wait import wait_until
 
 MODES = [pytest.param(True, id="cgroup"), pytest.param(False, id="process-group")]
@@ -105,8 +105,8 @@ def test_crash_loop_after_running_goes_fatal(daemon_factory: DaemonFactory) -> N
                               "start_seconds": 0.05, "restart": "always", "crash_burst": 3,
                               "crash_interval": 60}}).start()
     row = d.wait_state("w:0", "FATAL", timeout=30)
-    assert "(a crash loop); giving up (FATAL). Fix it, then: supervisorctl start w" in (
-        row["fatal_reason"] or ""), row
+    hint = f"Fix it, then: {ctl_hint(d.config_path)} start w"
+    assert f"(a crash loop); giving up (FATAL). {hint}" in (row["fatal_reason"] or ""), row
     d.wait_log(r"w:0 RUNNING -> BACKOFF \(exited: exit status 3; restart=always; exit 2 within")
 
 

@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import SUPERVISORCTL, DaemonFactory, StartedDaemon, pid_alive
+from tests.support.daemon import (
+    SUPERVISORCTL,
+    SUPERVISORD,
+    DaemonFactory,
+    StartedDaemon,
+    ctl_hint,
+    pid_alive,
+)
 from tests.support.wait import wait_until
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
@@ -57,8 +64,8 @@ def test_status_lines_and_json_fields(daemon: StartedDaemon) -> None:
     row = d.status_of("w:0")
     assert set(row) == {"name", "worker", "state", "pid", "uptime", "heartbeat_age", "work_done",
                         "cpu_seconds", "rss", "last_exit", "fatal_reason", "adopted",
-                        "processes", "oom_kills", "cgroup", "status_text", "metrics",
-                        "restarts"}, row
+                        "processes", "oom_kills", "cgroup", "last_output", "last_output_file",
+                        "restarts", "next_try", "note", "status_text", "metrics"}, row
     assert row["name"] == "w:0" and row["worker"] == "w" and row["state"] == "RUNNING", row
     assert isinstance(row["pid"], int) and pid_alive(row["pid"]), row
     assert row["uptime"] >= 0 and row["rss"] > 0 and row["adopted"] is False, row
@@ -73,7 +80,7 @@ def test_no_daemon_exit_3_one_line(daemon_factory: DaemonFactory) -> None:
         r = d.ctl(*verb)
         assert (r.returncode, r.stdout, r.stderr) == (
             3, "", (f"supervisorctl: no supervisord is running for {cfg} "
-                    f"(start it with: supervisord -c {cfg})\n")), (verb, r)
+                    f"(start it with: {SUPERVISORD} -c {cfg})\n")), (verb, r)
 
 
 def test_unknown_target_exit_4(daemon: StartedDaemon) -> None:
@@ -83,7 +90,7 @@ def test_unknown_target_exit_4(daemon: StartedDaemon) -> None:
         assert (r.returncode, r.stdout, r.stderr) == (
             4, "", "no such worker: nope (known: v, w)\n"), (verb, r)
     r = d.ctl("stop", "w:7")
-    assert r.returncode == 4 and r.stdout == "" and "w:7" in r.stderr, r
+    assert (r.returncode, r.stdout, r.stderr) == (4, "", "no such instance: w:7 (w has w:0)\n"), r
     assert d.ctl("status").returncode == 0
 
 
@@ -95,9 +102,15 @@ def test_pid_verb(daemon: StartedDaemon) -> None:
     pids = d.pids()
     r = d.ctl("pid", "w")
     assert (r.returncode, r.stdout, r.stderr) == (0, f"{pids['w:0']}\n{pids['w:1']}\n", ""), r
+    r = d.ctl("pid", "all")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, f"w:0 {pids['w:0']}\nw:1 {pids['w:1']}\n", ""), r
     assert d.ctl("stop", "w:1").returncode == 0
     r = d.ctl("pid", "w")
     assert (r.returncode, r.stdout, r.stderr) == (5, "", f"{pids['w:0']}\nw:1: not running\n"), r
+    r = d.ctl("pid", "all")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        5, "", f"w:0 {pids['w:0']}\nw:1: not running\n"), r
 
 
 def test_signal_verb(daemon: StartedDaemon, tmp_path: Path) -> None:
@@ -132,14 +145,16 @@ def test_tail_prints_last_lines(daemon: StartedDaemon) -> None:
     seen: list[Any] = []
 
     def tail3() -> bool:
-        seen[:] = [d.ctl("tail", "-n", "3", "w:0")]
+        seen[:] = [d.ctl("tail", "--stdout", "-n", "3", "w:0")]
         return bool(seen[0].stdout == expected)
 
     wait_until(tail3, 10, "tail -n 3 to show lines 48-50")
     r = seen[0]
     assert (r.returncode, r.stderr) == (0, ""), r
     r = d.ctl("tail", "w:0")
-    assert r.returncode == 0 and r.stdout == "".join(f"line {i}\n" for i in range(41, 51)), r
+    out, err = d.log_dir / "w-0.out.log", d.log_dir / "w-0.err.log"
+    assert r.returncode == 0 and r.stdout == (f"==> {out} <==\n" + "".join(
+        f"line {i}\n" for i in range(41, 51)) + f"\n==> {err} <==\n"), r
     r = d.ctl("tail", "--stderr", "w:0")
     assert (r.returncode, r.stdout) == (0, ""), r
 
@@ -149,8 +164,9 @@ def test_fatal_start_exit_5_then_recover(daemon: StartedDaemon, tmp_path: Path) 
     cmd = f"sh -c 'test -e {flag} || exit 3; exec sleep 1000'"
     d = daemon({"crash": {**QUICK, "command": cmd, "start_retries": 2,
                           "backoff": {"initial": 0.05, "max": 0.1}}})
+    ctl = re.escape(ctl_hint(d.config_path))
     d.wait_log(r"crash:0 exited 3 times within \d+\.\d\d s; giving up \(FATAL\)\. "
-               r"Fix it, then: supervisorctl start crash$")
+               rf"Fix it, then: {ctl} start crash$")
     log = d.log_text()
     assert re.search(r"^\S+ \S+ ERROR   crash:0 STARTING -> FATAL \(exited: exit status 3; "
                      r"3 failed starts\)$", log, re.MULTILINE), log
@@ -159,13 +175,13 @@ def test_fatal_start_exit_5_then_recover(daemon: StartedDaemon, tmp_path: Path) 
     r = d.ctl("status", "crash")
     assert r.returncode == 0 and re.fullmatch(
         r"crash:0  FATAL     exited 3 times within \d+\.\d\d s; giving up \(FATAL\)\. "
-        r"Fix it, then: supervisorctl start crash\n", r.stdout), r
+        rf"Fix it, then: {ctl} start crash\n", r.stdout), r
     assert d.status_of("crash:0")["fatal_reason"].startswith("exited 3 times within ")
 
     r = d.ctl("start", "crash")         # still broken: FATAL again, exit 5
     assert r.returncode == 5 and r.stdout == "" and re.fullmatch(
         r"crash:0: ERROR \(FATAL\) \(exited 3 times within \d+\.\d\d s; giving up \(FATAL\)\. "
-        r"Fix it, then: supervisorctl start crash\)\n", r.stderr), r
+        rf"Fix it, then: {ctl} start crash\)\n", r.stderr), r
 
     flag.touch()
     r = d.ctl("start", "crash")

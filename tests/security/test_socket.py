@@ -133,7 +133,7 @@ BAD_REQUESTS = {
     "json flag a string": (b'{"cmd": "status", "opts": {"json": "yes"}}', "'json' must be true"),
     "graceful a string": (
         line({"cmd": "stop", "targets": [WORKER], "opts": {"graceful": "yes"}})[:-1],
-        "'graceful' must be true or false",
+        "'graceful' must be true, false or null",
     ),
     "wait a number": (
         line({"cmd": "start", "targets": [WORKER], "opts": {"wait": 0}})[:-1],

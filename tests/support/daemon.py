@@ -35,6 +35,13 @@ SUPERVISORD = os.path.join(BIN_DIR, "supervisord")
 SUPERVISORCTL = os.path.join(BIN_DIR, "supervisorctl")
 
 
+def ctl_hint(config_path: Path | str) -> str:
+    """supervisorctl -c CONFIG as the daemon's hints spell it (by its path when PATH does not
+    find the venv's)."""
+    from supervisor.runtime.runtime import ctl_command
+    return f"{ctl_command()} -c {config_path}"
+
+
 def proc_start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat, or None if there is no such process (zombies count)."""
     try:

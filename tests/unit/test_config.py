@@ -81,7 +81,8 @@ BAD = [
         """, [("app.yaml:4: workers.web.zzz: unknown key; valid keys: command, numprocs, "
               "directory, environment, user, group, autostart, restart, exit_codes, backoff, "
               "start_retries, start_seconds, graceful_timeout, stop_signal, kill_timeout, "
-              "crash_burst, crash_interval, heartbeat_timeout, stdout, stderr, priority, "
+              "crash_burst, crash_interval, heartbeat_timeout, stdout, stderr, umask, stop_mode, "
+              "priority, "
               "depends_on")],
         id="unknown-key-no-suggestion"),
     pytest.param("""
@@ -252,8 +253,9 @@ BAD = [
               ("app.yaml:4: workers.web.stdout.max_bytes: must be a number of bytes or a size "
               "such as '10MB', '512KB', '1GiB' (got 'ten')"),
               "app.yaml:4: workers.web.stdout.backups: must be ≥ 0 (got -1)",
-              ("app.yaml:5: workers.web.stderr: must be a mapping (path, max_bytes, backups) "
-              "or 'stdout' (got 'stdot')")], id="bad-log-settings"),
+              ("app.yaml:5: workers.web.stderr: must be a mapping (path, max_bytes, backups), "
+              "'stdout' or 'daemon', or null to discard it (got 'stdot'); did you mean "
+              "'stdout'?")], id="bad-log-settings"),
     pytest.param("""
         workers:
           web:
@@ -346,7 +348,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert web.directory == str(tmp_path)
     assert (web.numprocs, web.autostart, web.priority, web.depends_on) == (1, True, 999, ())
     assert (web.environment, web.user, web.heartbeat_timeout) == ({}, None, None)
-    assert web.stdout.max_bytes == 10 * 1024 * 1024 and web.stdout.backups == 5
+    assert web.log_config("stdout").max_bytes == 10 * 1024 * 1024
+    assert web.log_config("stdout").backups == 5
     assert web.log_paths("web", 0) == (str(tmp_path / "logs/web-0.out.log"),
                                        str(tmp_path / "logs/web-0.err.log"))
     assert web.policy("web") == Policy(name="web")
@@ -387,7 +390,7 @@ def test_signal_spellings(value: object, signum: int) -> None:
     ("1.5 G", 3 << 29), ("100b", 100), ("2m", 2 << 20), ("'7'", 7)])
 def test_max_bytes(value: str, size: int) -> None:
     cfg = load(f"workers: {{web: {{command: x, stdout: {{max_bytes: {value}}}}}}}\n")
-    assert cfg.workers["web"].stdout.max_bytes == size
+    assert cfg.workers["web"].log_config("stdout").max_bytes == size
 
 
 def test_string_command_is_split_like_a_shell() -> None:
@@ -549,3 +552,68 @@ def test_block_prefix_follows_the_block_modules_rule(prefix: str) -> None:
     assert not block.valid_prefix(prefix)
     assert errors(f"supervisor: {{block_prefix: '{prefix}'}}\nworkers: {{}}\n") == [
         f"app.yaml:1: supervisor.block_prefix: must be {block.PREFIX_RULE} (got {prefix!r})"]
+
+
+def test_supervisord_option_names_get_the_pyvisor_key() -> None:
+    """Not the nearest spelling (stopwaitsecs is not start_seconds, autorestart not
+    autostart): the key that means the same, from the table the converter uses."""
+    assert errors("""
+        programs: {}
+        supervisor:
+          childlogdir: /tmp
+          nodaemon: true
+        workers:
+          web:
+            command: sleep 100
+            stopwaitsecs: 10
+            autorestart: true
+            redirect_stderr: true
+            stdout_logfile_maxbytes: 0
+            startsecs: 3
+            stopasgroup: true
+            numproc: 2
+        """) == [
+        "app.yaml:1: programs: unknown key; did you mean 'workers'?",
+        "app.yaml:3: supervisor.childlogdir: unknown key; did you mean 'log_dir'? "
+        "(supervisord's childlogdir)",
+        "app.yaml:4: supervisor.nodaemon: unknown key (supervisord's nodaemon); pyvisor always "
+        "runs in the foreground; remove it",
+        "app.yaml:8: workers.web.stopwaitsecs: unknown key; did you mean 'kill_timeout'? "
+        "(supervisord's stopwaitsecs)",
+        "app.yaml:9: workers.web.autorestart: unknown key; did you mean 'restart'? "
+        "(supervisord's autorestart)",
+        "app.yaml:10: workers.web.redirect_stderr: unknown key; did you mean 'stderr: stdout'? "
+        "(supervisord's redirect_stderr)",
+        "app.yaml:11: workers.web.stdout_logfile_maxbytes: unknown key; did you mean "
+        "'stdout.max_bytes'? (supervisord's stdout_logfile_maxbytes)",
+        "app.yaml:12: workers.web.startsecs: unknown key; did you mean 'start_seconds'? "
+        "(supervisord's startsecs)",
+        "app.yaml:13: workers.web.stopasgroup: unknown key (supervisord's stopasgroup); pyvisor "
+        "always signals the whole process group; remove it",
+        "app.yaml:14: workers.web.numproc: unknown key; did you mean 'numprocs'?"]
+
+
+def test_placeholders_in_command_and_environment() -> None:
+    cfg = load("""
+        workers:
+          w:
+            command: [sh, -c, 'echo {index} {{index}} ${HOME} {nope} {name}']
+            numprocs: 2
+            environment: {PORT: "80{index}", I: "{instance}", L: "{{instance}}"}
+        """).workers["w"]
+    assert cfg.argv("w", 1) == ["sh", "-c", "echo 1 {index} ${HOME} {nope} w"]
+    assert cfg.env("w", 1) == {"PORT": "801", "I": "w:1", "L": "{instance}"}
+    assert cfg.command[2] == "echo {index} {{index}} ${HOME} {nope} {name}"
+
+
+@pytest.mark.parametrize(("text", "mask"), [
+    ("'022'", 0o22), ("'0o027'", 0o27), ("'77'", 0o77), ("022", 0o22), ("0777", 0o777),
+    ("null", None)])
+def test_umask_is_octal_text(text: str, mask: int | None) -> None:
+    assert load(f"workers: {{w: {{command: x, umask: {text}}}}}\n").workers["w"].umask == mask
+
+
+@pytest.mark.parametrize("text", ["'0999'", "'1000'", "true", "'-1'", "'0o'", "[1]", "'7777'"])
+def test_umask_refused(text: str) -> None:
+    found = errors(f"workers: {{w: {{command: x, umask: {text}}}}}\n")
+    assert len(found) == 1 and found[0].startswith("app.yaml:1: workers.w.umask: must be"), found

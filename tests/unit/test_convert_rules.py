@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from supervisor.config import load_config
+from supervisor.config import Config, load_config
 from supervisor.convert import ConvertError, convert
 from supervisor.daemon import main
 
@@ -49,9 +49,9 @@ def errors(text: str, environ: dict[str, str] | None = None) -> list[str]:
     return info.value.lines
 
 
-def loads(data: dict[str, Any]) -> None:
+def loads(data: dict[str, Any]) -> Config:
     Path("out.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
-    load_config("out.yaml")
+    return load_config("out.yaml")
 
 
 def test_inline_comments_need_whitespace_before_them() -> None:
@@ -255,16 +255,26 @@ def test_redirect_stderr() -> None:
                      "ignores it too)"]
 
 
-@pytest.mark.parametrize(("value", "why"), [
-    ("NONE", "NONE: pyvisor keeps a worker's output in a log file"),
-    ("off", "off: pyvisor keeps a worker's output in a log file"),
-    ("/dev/null", "/dev/null: pyvisor keeps a worker's output in a log file"),
-    ("syslog", "syslog: pyvisor keeps a worker's output in a log file, never syslog"),
-    ("/dev/stdout", "/dev/stdout: pyvisor cannot yet send output to the daemon's "
-                    "stdout/stderr"),
-    ("/proc/1/fd/1", "/proc/1/fd/1: pyvisor cannot yet send output to the daemon's "
-                     "stdout/stderr")])
-def test_logfiles_pyvisor_cannot_write_go_to_the_default_file(value: str, why: str) -> None:
+def test_syslog_goes_to_the_default_file() -> None:
+    w, notes = worker("""
+        [program:a]
+        command=/bin/true
+        stopasgroup=true
+        stdout_logfile=syslog
+        stdout_logfile_maxbytes=0
+        """)
+    assert "stdout" not in w
+    assert notes == ["supervisord.conf: [program:a] stdout_logfile: not carried over: syslog: "
+                     "pyvisor keeps a worker's output in a log file, never syslog; it goes to "
+                     "the default log file (stdout_logfile_maxbytes dropped with it)"]
+
+
+@pytest.mark.parametrize(("value", "stdout"), [
+    ("NONE", None), ("off", None), ("/dev/null", None), ("/dev/stdout", "daemon"),
+    ("/proc/1/fd/1", "daemon"), ("/dev/fd/1", "daemon")])
+def test_logfiles_that_are_no_file(value: str, stdout: str | None) -> None:
+    """NONE, off and /dev/null discard (stdout: null); the daemon's stdout is stdout: daemon;
+    maxbytes=0 (what supervisord needs for them) goes silently."""
     w, notes = worker(f"""
         [program:a]
         command=/bin/true
@@ -272,10 +282,37 @@ def test_logfiles_pyvisor_cannot_write_go_to_the_default_file(value: str, why: s
         stdout_logfile={value}
         stdout_logfile_maxbytes=0
         """)
-    assert "stdout" not in w
-    assert notes == [f"supervisord.conf: [program:a] stdout_logfile: not carried over: {why}; "
-                     "it goes to the default log file (stdout_logfile_maxbytes dropped with "
-                     "it)"]
+    assert w["stdout"] == stdout and "stderr" not in w, w
+    assert notes == []
+
+
+def test_daemon_streams_pair_up() -> None:
+    data, notes = conv("""
+        [program:a]
+        command=/bin/true
+        stopasgroup=true
+        stdout_logfile=/dev/stdout
+        stderr_logfile=/dev/stdout
+        [program:b]
+        command=/bin/true
+        stopasgroup=true
+        stdout_logfile=/dev/stderr
+        stderr_logfile=/dev/stderr
+        stderr_logfile_maxbytes=1MB
+        [program:c]
+        command=/bin/true
+        stopasgroup=true
+        stderr_logfile=/dev/stdout
+        """)
+    got = {n: (w.get("stdout"), w.get("stderr")) for n, w in data["workers"].items()}
+    assert got == {"a": ("daemon", "stdout"), "b": ("daemon", "daemon"), "c": (None, "daemon")}
+    assert notes == [
+        "supervisord.conf: [program:b] stdout_logfile: to the daemon's stdout: pyvisor sends a "
+        "worker's stdout to the daemon's stdout, not its stderr",
+        "supervisord.conf: [program:b] stderr_logfile_maxbytes: not carried over: output that "
+        "goes to no file is never rotated",
+        "supervisord.conf: [program:c] stderr_logfile: to the daemon's stderr: pyvisor sends a "
+        "worker's stderr to the daemon's stderr, or with stdout (stderr: stdout)"]
 
 
 def test_auto_logfiles_go_to_childlogdir() -> None:
@@ -309,24 +346,30 @@ def test_process_num_with_several_processes() -> None:
         [program:q]
         process_name=%(program_name)s_%(process_num)02d
         numprocs=3
-        command=/srv/work --slot=%(process_num)02d
-        environment=SLOT="%(process_num)d",OTHER=x
+        command=/srv/work --slot=%(process_num)02d --literal={index}
+        environment=SLOT="%(process_num)d",OTHER="{name}"
+        directory=/tmp/q%(process_num)d
         stdout_logfile=/tmp/logs/q_%(process_num)02d.log
         stopasgroup=true
+        umask=027
         """)
     assert w["numprocs"] == 3
-    assert w["command"] == "/srv/work --slot=%(process_num)02d"
-    assert w["environment"] == {"SLOT": "%(process_num)d", "OTHER": "x"}
+    assert w["command"] == "/srv/work --slot={index} --literal={{index}}"
+    assert w["environment"] == {"SLOT": "{index}", "OTHER": "{{name}}"}
+    assert w["directory"] == "/tmp/q%(process_num)d"
+    assert w["umask"] == "027"
     assert w["stdout"] == {"path": "/tmp/logs/q_{index}.log"}
-    kept = ("left as written: pyvisor has no {index} in %s yet, so all 3 instances get the "
-            "same text (numprocs > 1 programs need {index}, which pyvisor's schema will add)")
     assert notes == [
-        f"supervisord.conf: [program:q] command: %(process_num)02d {kept % 'command'}",
-        f"supervisord.conf: [program:q] environment: %(process_num)d "
-        f"{kept % 'environment'}",
+        "supervisord.conf: [program:q] command: %(process_num)02d became {index}, which is not "
+        "zero-padded (0, 1, ... 10)",
+        "supervisord.conf: [program:q] directory: %(process_num)d left as written: pyvisor has "
+        "no {index} in directory, so all 3 instances get the same text",
         "supervisord.conf: [program:q] stdout_logfile: %(process_num)02d became {index}, which "
         "is not zero-padded: the first file is /tmp/logs/q_0.log"]
-    loads({"workers": {"q": w}})
+    cfg = loads({"workers": {"q": {**w, "directory": "/tmp"}}}).workers["q"]
+    assert cfg.argv("q", 2) == ["/srv/work", "--slot=2", "--literal={index}"]
+    assert cfg.env("q", 2) == {"SLOT": "2", "OTHER": "{name}"}
+    assert cfg.umask == 0o27
 
 
 def test_several_processes_never_share_a_log_file() -> None:
@@ -458,8 +501,6 @@ def test_sections_pyvisor_has_no_place_for() -> None:
         "[program:x] that opens its own socket",
         "supervisord.conf: [something]: not carried over: unknown section (supervisord ignores "
         "it too)",
-        "supervisord.conf: [program:a] umask: not carried over: pyvisor has no umask key yet; "
-        "workers get the daemon's umask (UMask= in its systemd unit)",
         "supervisord.conf: [program:a] auto_start: not carried over: unknown option "
         "(supervisord ignores it too)"]
 
@@ -536,7 +577,7 @@ def test_the_converted_file_checks_with_supervisord(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     Path("app.yaml").write_text(result.stdout, encoding="utf-8")
     result = runner.invoke(main, ["-c", "app.yaml", "--check"])
-    assert (result.exit_code, result.stdout) == (0, "app.yaml: OK (1 workers)\n")
+    assert (result.exit_code, result.stdout) == (0, "app.yaml: OK (1 worker)\n")
 
 
 def test_options_not_carried_over_get_one_note_not_an_expansion_note() -> None:

@@ -57,6 +57,35 @@ def test_graceful_stop_happy_path() -> None:
     assert sim.feed(StopRequested(6.0)) == []
 
 
+def test_a_hurried_stop_takes_its_next_step_now() -> None:
+    """The operator hurries a stop (Ctrl-C again): the armed timer fires early, with its own
+    wording, and the next step is armed as usual."""
+    sim = started()
+    sim.feed(StopRequested(5.0))
+    assert sim.feed(TimerFired(6.0, GRACEFUL, early=True)) == [
+        warn("stop hurried by the operator; sending signal 15 now"), Signal(15),
+        ArmTimer(KILL, 5.0)]
+    assert sim.feed(TimerFired(6.5, KILL, early=True)) == [
+        warn("stop hurried by the operator; sending signal 9 now"), Signal(9),
+        ArmTimer(KILL, 5.0)]
+    assert sim.inst.kills_sent == 1 and sim.state is State.STOPPING
+
+
+def test_restarts_count_only_the_cores_own_respawns() -> None:
+    sim = started(replace(POLICY, restart=RestartPolicy.ALWAYS, crash_interval=0.01))
+    sim.feed(Exited(5.0, code(1)))                # respawned at once: 1
+    sim.feed(Spawned(5.1, 101))
+    assert sim.inst.restarts == 1
+    sim.feed(StopRequested(6.0, graceful=False, restart=True))   # asked for: not counted
+    sim.feed(Exited(6.1, killed(15)))
+    sim.feed(Spawned(6.2, 102))
+    assert sim.inst.restarts == 1
+    sim.feed(StopRequested(7.0, graceful=False))
+    sim.feed(Exited(7.1, killed(15)))
+    sim.feed(StartRequested(8.0))                 # asked for: not counted
+    assert sim.inst.restarts == 1
+
+
 def test_stop_escalates_graceful_then_stop_signal_then_sigkill_repeatedly() -> None:
     sim = started()
     sim.feed(StopRequested(5.0))

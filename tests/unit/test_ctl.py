@@ -87,15 +87,16 @@ def child_env() -> dict[str, str]:
         (["status", "web", "db:1", "--json"], "status", ["web", "db:1"], {"json": True}),
         (["start", "web"], "start", ["web"], {"wait": True}),
         (["start", "--no-wait", "web:0", "all"], "start", ["web:0", "all"], {"wait": False}),
-        (["stop", "web"], "stop", ["web"], {"graceful": False, "wait": True}),
+        (["stop", "web"], "stop", ["web"], {"graceful": None, "wait": True}),
         (
             ["stop", "--graceful", "--no-wait", "web"],
             "stop",
             ["web"],
             {"graceful": True, "wait": False},
         ),
-        (["restart", "web:1"], "restart", ["web:1"], {"graceful": False, "wait": True}),
+        (["restart", "web:1"], "restart", ["web:1"], {"graceful": None, "wait": True}),
         (["restart", "--graceful", "all"], "restart", ["all"], {"graceful": True, "wait": True}),
+        (["stop", "--signal", "web"], "stop", ["web"], {"graceful": False, "wait": True}),
         (["signal", "hup", "web"], "signal", ["web"], {"signal": "SIGHUP"}),
         (["signal", "SIGUSR1", "web:0", "db"], "signal", ["web:0", "db"], {"signal": "SIGUSR1"}),
         (["signal", "15", "web"], "signal", ["web"], {"signal": "SIGTERM"}),
@@ -150,9 +151,48 @@ def test_no_config_at_all(run_dir: Path, tmp_path: Path, monkeypatch: pytest.Mon
         2,
         "",
         (
-            "supervisorctl: no config file: give -c FILE, set PYVISOR_CONFIG, "
-            "or run it where ./supervisord.yaml is\n"
+            "supervisorctl: no config file and no supervisord running: give -c FILE, set "
+            "PYVISOR_CONFIG (e.g. in .venv/bin/activate), or run it where ./supervisord.yaml "
+            "is\n"
         ),
+    )
+
+
+def test_a_directory_given_as_config(run_dir: Path, tmp_path: Path) -> None:
+    result = ctl("-c", str(tmp_path), "status")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        3, "", f"supervisorctl: {tmp_path} is a directory, not a config file (and so no "
+        "supervisord runs it)\n")
+
+
+def test_without_config_the_one_running_daemon_is_used(
+    daemon: Fake, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    daemon.rec.replies["pid"] = {"code": 0, "out": "123\n"}
+    result = ctl("pid")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        0,
+        "123\n",
+        f"supervisorctl: using {daemon.config}, the one supervisord running (-c FILE chooses)\n",
+    )
+    # a locator that is not ours, garbage, or names a dead daemon does not count
+    (run_dir / "0123456789ab.json").write_text("{nope")
+    (run_dir / "zz.json").write_text("{}")
+    other = tmp_path / "other.yaml"
+    other.write_text("workers: {}\n")
+    paths.write_locator(str(other), str(run_dir / "x.sock"), 2**22 + 12345)  # no such pid
+    assert ctl("pid").exit_code == 0
+    paths.write_locator(str(other), str(run_dir / "x.sock"), os.getpid())
+    result = ctl("pid")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        "supervisorctl: 2 supervisords are running; give -c FILE, set PYVISOR_CONFIG (e.g. in "
+        f".venv/bin/activate), or run it where ./supervisord.yaml is:\n  {daemon.config}\n"
+        f"  {other}\n",
     )
 
 
@@ -280,6 +320,7 @@ Options:
 
 Commands:
   events    Show state transitions, exits, adoptions and readiness of TARGETS (default: all).
+  logs      Print the output of TARGETS (default: all), each line after its instance.
   pid       Print supervisord's PID, or with TARGETS the PIDs of their processes.
   reexec    Re-execute supervisord in place (an upgrade); the workers keep running.
   reload    Re-read the config and apply it; waits until done (exit 7 if the config is invalid).
@@ -289,7 +330,7 @@ Commands:
   start     Start TARGETS and wait until they are RUNNING (exit 5 if one cannot start).
   status    Show the state of TARGETS (default: all).
   stop      Stop TARGETS and wait until their processes are gone (exit 5 if one cannot be...
-  tail      Print the end of TARGET's output log (one instance, e.g. web:0).
+  tail      Print the end of TARGET's stdout and stderr logs (e.g. web:0).
 
   Exit codes:
       0  success
@@ -337,3 +378,15 @@ def test_completion_reads_the_daemons_status_list(daemon: Fake) -> None:
     }
     result = complete(daemon.config, "stop d")
     assert (result.exit_code, result.stdout) == (0, "plain,db\nplain,db:0\n")
+
+
+@pytest.mark.parametrize(("verb", "instead"), [
+    ("update", "'supervisorctl reload' here (it applies what changed in the config)"),
+    ("avail", "'supervisorctl status' here (it lists every configured instance)"),
+])
+def test_supervisord_verbs_name_the_pyvisor_one(verb: str, instead: str) -> None:
+    result = ctl(verb)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
+        "Usage: supervisorctl [OPTIONS] COMMAND [ARGS]...\n"
+        "Try 'supervisorctl --help' for help.\n\n"
+        f"Error: No such command '{verb}'; supervisord's {verb} is {instead}.\n"))

@@ -31,7 +31,7 @@ def logs(daemon: Fake, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_last_ten_lines_by_default(daemon: Fake, logs: tuple[Path, Path]) -> None:
-    result = ctl("-c", str(daemon.config), "tail", "web:0")
+    result = ctl("-c", str(daemon.config), "tail", "--stdout", "web:0")
     expected = "".join(f"line {i}\n" for i in range(6, 16))
     assert (result.exit_code, result.stdout, result.stderr) == (0, expected, "")
     assert daemon.rec.requests == [
@@ -39,12 +39,30 @@ def test_last_ten_lines_by_default(daemon: Fake, logs: tuple[Path, Path]) -> Non
     ]
 
 
+def test_both_streams_by_default_under_headers(daemon: Fake, logs: tuple[Path, Path]) -> None:
+    """A crashed program's error is on stderr: plain tail shows both files, as tail(1) shows
+    two files (an empty one keeps its header)."""
+    out, err = logs
+    result = ctl("-c", str(daemon.config), "tail", "-n", "2", "web:0")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        0, f"==> {out} <==\nline 14\nline 15\n\n==> {err} <==\noops 1\noops 2", "")
+    assert daemon.rec.requests == [
+        {"cmd": "tail", "targets": ["web:0"], "opts": {"stream": "both"}}
+    ]
+    err.write_bytes(b"")
+    result = ctl("-c", str(daemon.config), "tail", "-n", "1", "web:0")
+    assert result.stdout == f"==> {out} <==\nline 15\n\n==> {err} <==\n"
+    daemon.rec.replies["tail"] = {"code": 0, "data": {"stdout": str(out), "stderr": str(out)}}
+    result = ctl("-c", str(daemon.config), "tail", "-n", "1", "web:0")
+    assert result.stdout == "line 15\n"        # stderr: stdout, one file: no header
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["-n", "2"], "line 14\nline 15\n"),
-        (["-n", "0"], ""),
-        (["-n", "100"], "".join(f"line {i}\n" for i in range(1, 16))),
+        (["--stdout", "-n", "2"], "line 14\nline 15\n"),
+        (["--stdout", "-n", "0"], ""),
+        (["--stdout", "-n", "100"], "".join(f"line {i}\n" for i in range(1, 16))),
         (["--stderr", "-n", "1"], "oops 2"),
         (["--stderr"], "oops 1\noops 2"),
     ],
@@ -59,14 +77,14 @@ def test_line_counts_and_streams(
 def test_long_file_reads_back_in_chunks(daemon: Fake, logs: tuple[Path, Path]) -> None:
     out, _err = logs
     out.write_bytes(b"".join(b"%05d %s\n" % (i, b"y" * 100) for i in range(5000)))
-    result = ctl("-c", str(daemon.config), "tail", "-n", "300", "web:0")
+    result = ctl("-c", str(daemon.config), "tail", "--stdout", "-n", "300", "web:0")
     lines = result.stdout.splitlines()
     assert (result.exit_code, len(lines), lines[0][:5], lines[-1][:5]) == (0, 300, "04700", "04999")
 
 
 def test_missing_file_prints_nothing(daemon: Fake, logs: tuple[Path, Path]) -> None:
     logs[0].unlink()
-    result = ctl("-c", str(daemon.config), "tail", "web:0")
+    result = ctl("-c", str(daemon.config), "tail", "--stdout", "web:0")
     assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
 
 
@@ -78,12 +96,19 @@ def test_daemon_error_is_printed(daemon: Fake) -> None:
 
 def test_no_file_named(daemon: Fake) -> None:
     daemon.rec.replies["tail"] = {"code": 0, "data": {"stdout": None, "stderr": None}}
-    result = ctl("-c", str(daemon.config), "tail", "web:0")
+    result = ctl("-c", str(daemon.config), "tail", "--stdout", "web:0")
     assert (result.exit_code, result.stdout, result.stderr) == (
         1,
         "",
         "supervisorctl: web:0: supervisord names no stdout log file for it\n",
     )
+    daemon.rec.replies["tail"] = {"code": 0, "data": {
+        "stdout": None, "stderr": None,
+        "elsewhere": "its stdout goes to supervisord's own output; its stderr is discarded"}}
+    result = ctl("-c", str(daemon.config), "tail", "web:0")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
+        "supervisorctl: web:0: supervisord names no output log file for it (its stdout goes "
+        "to supervisord's own output; its stderr is discarded)\n"))
 
 
 # -- follow, in a real process ---------------------------------------------------------------------
@@ -110,7 +135,7 @@ class Output:
 def follower(
     daemon: Fake, logs: tuple[Path, Path], run_dir: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    argv = ctl_argv(run_dir, "-c", str(daemon.config), "tail", "-f", "-n", "2", "web:0")
+    argv = ctl_argv(run_dir, "-c", str(daemon.config), "tail", "-f", "--stdout", "-n", "2", "web:0")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     try:
         yield proc
@@ -154,3 +179,19 @@ def test_follow_appends_rotation_truncation_and_ctrl_c(
     follower.send_signal(signal.SIGINT)
     _stdout, stderr = follower.communicate(timeout=10)
     assert (follower.returncode, stderr) == (0, b"")
+
+
+def test_logs_bounds_lines_and_prefixes_streams(tmp_path: Path) -> None:
+    """A line longer than MAX_LINE is cut; a partial line waits for its end; stderr is '!'."""
+    import io
+
+    from supervisor.ctl.logs import MAX_LINE, _Stream
+    out = io.BytesIO()
+    s = _Stream("w:0", "stderr", str(tmp_path / "x"), 5)
+    s.lines(b"a" * (MAX_LINE + 3) + b"\nhalf", out)
+    assert out.getvalue() == b"w:0   ! " + b"a" * MAX_LINE + b"\nw:0   ! aaa\n"
+    s.lines(b" done\n", out)
+    assert out.getvalue().endswith(b"w:0   ! half done\n")
+    out = io.BytesIO()
+    s.lines(b"b" * (3 * MAX_LINE), out)          # no newline at all: never held whole
+    assert out.getvalue().count(b"\n") == 3 and s.partial == b""
