@@ -13,8 +13,8 @@ stalls shows it in the next timer's lateness; an idle loop measures nothing and 
 
 from __future__ import annotations
 
-import contextlib
 import bisect
+import contextlib
 import heapq
 import itertools
 import os

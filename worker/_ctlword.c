@@ -72,6 +72,7 @@ typedef struct {
 typedef struct {
     PyTypeObject *view_type;
     PyTypeObject *poller_type;
+    PyTypeObject *metric_type;
 } module_state;
 
 static struct PyModuleDef ctlword_module;
@@ -164,6 +165,21 @@ as_u64(PyObject *obj, uint64_t *out)
         return -1;
     }
     *out = (uint64_t)v;
+    return 0;
+}
+
+static int
+as_u8(PyObject *obj, uint8_t *out)
+{
+    uint32_t v;
+    if (as_u32(obj, &v) < 0) {
+        return -1;
+    }
+    if (v > UINT8_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "value out of range for a byte");
+        return -1;
+    }
+    *out = (uint8_t)v;
     return 0;
 }
 
@@ -296,6 +312,7 @@ view_get_waiters(ViewObject *self, void *Py_UNUSED(c))
 
 #define U32P(p) ((_Atomic uint32_t *)(p))
 #define U64P(p) ((_Atomic uint64_t *)(p))
+#define U8P(p) ((_Atomic uint8_t *)(p))
 
 static PyObject *
 view_load_u32(ViewObject *self, PyObject *off)
@@ -337,6 +354,7 @@ view_load_u64(ViewObject *self, PyObject *off)
 DEF_STORE(store_u32, 4, uint32_t, as_u32, memory_order_release, U32P)
 DEF_STORE(store_u64, 8, uint64_t, as_u64, memory_order_release, U64P)
 DEF_STORE(store_u32_seq_cst, 4, uint32_t, as_u32, memory_order_seq_cst, U32P)
+DEF_STORE(store_u8, 1, uint8_t, as_u8, memory_order_release, U8P)
 
 /* Read-modify-write returning the previous value (seq_cst). */
 #define DEF_RMW(NAME, W, T, CONV, OP, PTR, FROM)                              \
@@ -494,6 +512,7 @@ static PyMethodDef view_methods[] = {
     FAST(store_u32, "store_u32(offset, value): release store."),
     FAST(store_u64, "store_u64(offset, value): release store."),
     FAST(store_u32_seq_cst, "store_u32_seq_cst(offset, value): seq_cst store."),
+    FAST(store_u8, "store_u8(offset, value): release store of a byte."),
     FAST(exchange_u32, "exchange_u32(offset, value) -> old value."),
     FAST(fetch_add_u64, "fetch_add_u64(offset, value) -> old (wraps mod 2**64)."),
     {"wait_u32", (PyCFunction)(void (*)(void))view_wait_u32,
@@ -549,27 +568,293 @@ static PyType_Spec view_spec = {
 
 /* ------------------------------------------------------------------ Poller */
 
+/* ------------------------------------------------------------------ Metric */
+
+/* One named counter or gauge in a status page: a u64 at a fixed offset of a View (a gauge's
+ * value is an i64 in two's complement). inc/dec/set are one relaxed atomic each and check
+ * only that the View is still open: the slot (name, kind byte) was claimed by the Python
+ * side (worker.api), which also made the offset's alignment and bounds checks. */
+typedef struct {
+    PyObject_HEAD
+    ViewObject *view;       /* strong ref: keeps the buffer's owner alive */
+    _Atomic uint64_t *value;
+    int kind;               /* PYVISOR_METRIC_COUNTER or PYVISOR_METRIC_GAUGE */
+    PyObject *name;
+} MetricObject;
+
+static int
+metric_traverse(MetricObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->view);
+    Py_VISIT(self->name);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+metric_clear(MetricObject *self)
+{
+    Py_CLEAR(self->view);
+    Py_CLEAR(self->name);
+    return 0;
+}
+
+static void
+metric_dealloc(MetricObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    metric_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* Metric(view, offset, kind, name): the u64 at offset of view (writable, 8-aligned). */
+static PyObject *
+metric_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"view", "offset", "kind", "name", NULL};
+    PyObject *view, *off, *name;
+    int kind;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOiU:Metric", kwlist, &view, &off,
+                                     &kind, &name)) {
+        return NULL;
+    }
+    PyObject *mod = PyType_GetModuleByDef(type, &ctlword_module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(view, get_state(mod)->view_type)) {
+        PyErr_SetString(PyExc_TypeError, "Metric() needs a View");
+        return NULL;
+    }
+    if (kind != PYVISOR_METRIC_COUNTER && kind != PYVISOR_METRIC_GAUGE) {
+        PyErr_Format(PyExc_ValueError, "Metric kind must be METRIC_COUNTER or "
+                     "METRIC_GAUGE, got %d", kind);
+        return NULL;
+    }
+    void *p = view_addr((ViewObject *)view, off, 8, 1);
+    if (p == NULL) {
+        return NULL;
+    }
+    MetricObject *self = (MetricObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->view = (ViewObject *)Py_NewRef(view);
+    self->value = U64P(p);
+    self->kind = kind;
+    self->name = Py_NewRef(name);
+    return (PyObject *)self;
+}
+
+static int
+metric_check_open(MetricObject *self)
+{
+    if (self->view->buf.buf == NULL) {
+        PyErr_Format(PyExc_ValueError, "metric %R: the worker's control block is closed",
+                     self->name);
+        return -1;
+    }
+    return 0;
+}
+
+/* The optional step of inc/dec: 1 when absent; a counter takes 0..2**64-1, a gauge an i64. */
+static int
+metric_step(MetricObject *self, PyObject *const *args, Py_ssize_t nargs, const char *fn,
+            uint64_t *out)
+{
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 argument (%zd given)", fn, nargs);
+        return -1;
+    }
+    if (nargs == 0) {
+        *out = 1;
+        return 0;
+    }
+    if (!PyLong_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s() needs an int, got %.100s", fn,
+                     Py_TYPE(args[0])->tp_name);
+        return -1;
+    }
+    if (self->kind == PYVISOR_METRIC_COUNTER) {
+        unsigned long long v = PyLong_AsUnsignedLongLong(args[0]);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Format(PyExc_ValueError, "counter %R: inc() takes 0..2**64-1 (a counter "
+                             "never goes down: use a gauge)", self->name);
+            }
+            return -1;
+        }
+        *out = (uint64_t)v;
+        return 0;
+    }
+    long long v = PyLong_AsLongLong(args[0]);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static PyObject *
+metric_inc(MetricObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t n;
+    if (metric_check_open(self) < 0 || metric_step(self, args, nargs, "inc", &n) < 0) {
+        return NULL;
+    }
+    atomic_fetch_add_explicit(self->value, n, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+metric_dec(MetricObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t n;
+    if (self->kind != PYVISOR_METRIC_GAUGE) {
+        PyErr_Format(PyExc_TypeError, "counter %R has no dec(): a counter never goes down "
+                     "(use a gauge)", self->name);
+        return NULL;
+    }
+    if (metric_check_open(self) < 0 || metric_step(self, args, nargs, "dec", &n) < 0) {
+        return NULL;
+    }
+    atomic_fetch_sub_explicit(self->value, n, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+metric_set(MetricObject *self, PyObject *arg)
+{
+    if (self->kind != PYVISOR_METRIC_GAUGE) {
+        PyErr_Format(PyExc_TypeError, "counter %R has no set(): a counter only goes up "
+                     "(use a gauge)", self->name);
+        return NULL;
+    }
+    if (metric_check_open(self) < 0) {
+        return NULL;
+    }
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "set() needs an int, got %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    long long v = PyLong_AsLongLong(arg);
+    if (v == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    atomic_store_explicit(self->value, (uint64_t)v, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+metric_get_value(MetricObject *self, void *Py_UNUSED(c))
+{
+    if (metric_check_open(self) < 0) {
+        return NULL;
+    }
+    uint64_t v = atomic_load_explicit(self->value, memory_order_relaxed);
+    if (self->kind == PYVISOR_METRIC_GAUGE) {
+        return PyLong_FromLongLong((long long)(int64_t)v);
+    }
+    return PyLong_FromUnsignedLongLong(v);
+}
+
+static PyObject *
+metric_get_name(MetricObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(self->name);
+}
+
+static PyObject *
+metric_get_kind(MetricObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLong(self->kind);
+}
+
+static PyObject *
+metric_repr(MetricObject *self)
+{
+    const char *k = self->kind == PYVISOR_METRIC_GAUGE ? "gauge" : "counter";
+    if (self->view->buf.buf == NULL) {
+        return PyUnicode_FromFormat("<%s %R closed>", k, self->name);
+    }
+    uint64_t v = atomic_load_explicit(self->value, memory_order_relaxed);
+    if (self->kind == PYVISOR_METRIC_GAUGE) {
+        return PyUnicode_FromFormat("<gauge %R = %lld>", self->name, (long long)(int64_t)v);
+    }
+    return PyUnicode_FromFormat("<counter %R = %llu>", self->name, (unsigned long long)v);
+}
+
+static PyMethodDef metric_methods[] = {
+    {"inc", (PyCFunction)(void (*)(void))metric_inc, METH_FASTCALL,
+     "inc(n=1): add n (one atomic add)."},
+    {"dec", (PyCFunction)(void (*)(void))metric_dec, METH_FASTCALL,
+     "dec(n=1): subtract n (gauges only)."},
+    {"set", (PyCFunction)metric_set, METH_O, "set(value): store value (gauges only)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef metric_getset[] = {
+    {"value", (getter)metric_get_value, NULL, "The current value.", NULL},
+    {"name", (getter)metric_get_name, NULL, "The metric's name.", NULL},
+    {"kind", (getter)metric_get_kind, NULL, "METRIC_COUNTER or METRIC_GAUGE.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot metric_slots[] = {
+    {Py_tp_new, metric_new},
+    {Py_tp_dealloc, metric_dealloc},
+    {Py_tp_traverse, metric_traverse},
+    {Py_tp_clear, metric_clear},
+    {Py_tp_methods, metric_methods},
+    {Py_tp_getset, metric_getset},
+    {Py_tp_repr, metric_repr},
+    {Py_tp_doc, "Metric(view, offset, kind, name): a named counter or gauge in a status "
+                "page (use Worker.counter() / Worker.gauge())."},
+    {0, NULL},
+};
+
+static PyType_Spec metric_spec = {
+    .name = "worker._ctlword.Metric",
+    .basicsize = sizeof(MetricObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = metric_slots,
+};
+
+/* ------------------------------------------------------------------ Poller */
+
 typedef struct {
     PyObject_HEAD
     ViewObject *view;       /* strong ref, NULL when unbound */
     _Atomic uint32_t *word; /* inside view->buf */
     uint32_t seq;           /* last seq handled (24 bits) */
     int stop;               /* latched "a stop was requested" */
+    PyObject *metrics;      /* dict name -> Metric, made on first use */
 } PollerObject;
 
 static int
 poller_traverse(PollerObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->view);
+    Py_VISIT(self->metrics);
     Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int
+poller_unbind_view(PollerObject *self)
+{
+    self->word = NULL;
+    Py_CLEAR(self->view);
     return 0;
 }
 
 static int
 poller_clear(PollerObject *self)
 {
-    self->word = NULL;
-    Py_CLEAR(self->view);
+    poller_unbind_view(self);
+    Py_CLEAR(self->metrics);
     return 0;
 }
 
@@ -581,6 +866,67 @@ poller_dealloc(PollerObject *self)
     poller_clear(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
+}
+
+/* counter(name) / gauge(name): the hot path is one dict lookup of the Metric made the first
+ * time; a miss (or the other kind under that name) calls self._new_metric(name, kind), which
+ * claims a slot, refuses a bad name, and stores the Metric with _poll_add_metric. */
+static PyObject *
+poller_metric(PollerObject *self, PyObject *name, int kind)
+{
+    if (self->metrics != NULL) {
+        PyObject *m = PyDict_GetItemWithError(self->metrics, name);
+        if (m != NULL && ((MetricObject *)m)->kind == kind) {
+            return Py_NewRef(m);
+        }
+        if (m == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_CallMethod((PyObject *)self, "_new_metric", "Oi", name, kind);
+}
+
+static PyObject *
+poller_counter(PollerObject *self, PyObject *name)
+{
+    return poller_metric(self, name, PYVISOR_METRIC_COUNTER);
+}
+
+static PyObject *
+poller_gauge(PollerObject *self, PyObject *name)
+{
+    return poller_metric(self, name, PYVISOR_METRIC_GAUGE);
+}
+
+/* _poll_add_metric(metric): what counter()/gauge() return for metric.name from now on. Only
+ * a Metric goes in (the hot path reads the dict's values as MetricObject). */
+static PyObject *
+poller_add_metric(PollerObject *self, PyObject *metric)
+{
+    PyObject *mod = PyType_GetModuleByDef(Py_TYPE(self), &ctlword_module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(metric, get_state(mod)->metric_type)) {
+        PyErr_SetString(PyExc_TypeError, "_poll_add_metric() needs a Metric");
+        return NULL;
+    }
+    if (self->metrics == NULL && (self->metrics = PyDict_New()) == NULL) {
+        return NULL;
+    }
+    if (PyDict_SetItem(self->metrics, ((MetricObject *)metric)->name, metric) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+poller_get_metrics(PollerObject *self, void *Py_UNUSED(c))
+{
+    if (self->metrics == NULL && (self->metrics = PyDict_New()) == NULL) {
+        return NULL;
+    }
+    return PyDictProxy_New(self->metrics);
 }
 
 /* _poll_bind(view, offset, seq): watch the u32 at offset; seq = last handled */
@@ -612,7 +958,7 @@ poller_bind(PollerObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 poller_unbind(PollerObject *self, PyObject *Py_UNUSED(ignored))
 {
-    poller_clear(self);
+    poller_unbind_view(self);
     Py_RETURN_NONE;
 }
 
@@ -693,6 +1039,12 @@ static PyMethodDef poller_methods[] = {
      "_poll_bind(view, offset, seq): watch the command word at offset."},
     {"_poll_unbind", (PyCFunction)poller_unbind, METH_NOARGS,
      "Drop the view (should_stop then raises ValueError)."},
+    {"_poll_add_metric", (PyCFunction)poller_add_metric, METH_O,
+     "_poll_add_metric(metric): what counter()/gauge() return for its name."},
+    {"counter", (PyCFunction)poller_counter, METH_O,
+     "counter(name) -> Metric: the named counter (made on first use)."},
+    {"gauge", (PyCFunction)poller_gauge, METH_O,
+     "gauge(name) -> Metric: the named gauge (made on first use)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -704,6 +1056,8 @@ static PyGetSetDef poller_getset[] = {
      "Sequence number of the last command handled.", NULL},
     {"_poll_stop", (getter)poller_get_stop, (setter)poller_set_stop,
      "Latched stop flag.", NULL},
+    {"_poll_metrics", (getter)poller_get_metrics, NULL,
+     "name -> Metric that counter() and gauge() look up (read-only).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -754,6 +1108,8 @@ static const struct {
     INT_CONST(SOFF_TEXT_SEQ), INT_CONST(SOFF_TEXT_LEN), INT_CONST(SOFF_TEXT),
     INT_CONST(TEXT_SIZE), INT_CONST(SOFF_METRICS), INT_CONST(METRIC_COUNT),
     INT_CONST(METRIC_SIZE), INT_CONST(METRIC_NAME_SIZE), INT_CONST(SOFF_APP),
+    INT_CONST(SOFF_METRIC_KINDS), INT_CONST(METRIC_FREE), INT_CONST(METRIC_COUNTER),
+    INT_CONST(METRIC_GAUGE),
     INT_CONST(CMD_NONE), INT_CONST(CMD_STOP_GRACEFUL),
     INT_CONST(ST_INIT), INT_CONST(ST_STARTING), INT_CONST(ST_READY),
     INT_CONST(ST_BUSY), INT_CONST(ST_STOPPING), INT_CONST(ST_EXITED),
@@ -805,6 +1161,11 @@ ctlword_exec(PyObject *m)
     if (st->poller_type == NULL || PyModule_AddType(m, st->poller_type) < 0) {
         return -1;
     }
+    st->metric_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        m, &metric_spec, NULL);
+    if (st->metric_type == NULL || PyModule_AddType(m, st->metric_type) < 0) {
+        return -1;
+    }
     if (PyModule_AddIntConstant(m, "WAIT_SLICE_NS", WAIT_SLICE_NS) < 0) {
         return -1;
     }
@@ -817,6 +1178,7 @@ ctlword_traverse(PyObject *m, visitproc visit, void *arg)
     module_state *st = get_state(m);
     Py_VISIT(st->view_type);
     Py_VISIT(st->poller_type);
+    Py_VISIT(st->metric_type);
     return 0;
 }
 
@@ -826,6 +1188,7 @@ ctlword_clear(PyObject *m)
     module_state *st = get_state(m);
     Py_CLEAR(st->view_type);
     Py_CLEAR(st->poller_type);
+    Py_CLEAR(st->metric_type);
     return 0;
 }
 

@@ -18,6 +18,12 @@ Rules:
     command (ack word = acked seq + state, futex wake) and latches the stop. Seqs are 24
     bits and wrap: they are compared with ``!=`` only.
   * Once a stop is seen it stays seen; the state stays STOPPING until close() sets EXITED.
+  * ``status(text)`` publishes a short text (at most TEXT_SIZE bytes of UTF-8, cut at a
+    character boundary) under the text seqlock; ``counter(name)`` / ``gauge(name)`` return a
+    named Metric (at most METRIC_COUNT per block, names of METRIC_NAME_SIZE characters from
+    [A-Za-z0-9_]). The lookup is a native dict hit after the first call, and ``inc()`` one
+    native atomic add, so ``w.counter("jobs").inc()`` may sit in the hot loop. Claiming a slot
+    and writing the text happen under one lock (a worker may have threads).
   * ``wait_for_stop_async`` runs the futex wait in the default executor in slices of
     ASYNC_SLICE_S seconds, re-checking between slices: the event loop never blocks, a
     cancelled task returns at once (its thread finishes the current slice, then ends), and
@@ -28,11 +34,12 @@ Rules:
 from __future__ import annotations
 
 import _socket  # the C module: `socket` loads enum, selectors and more, for one datagram
+import _thread  # a lock without `threading`'s imports
 import mmap
 import os
 import time
 
-from worker._ctlword import Poller, View
+from worker._ctlword import Metric, Poller, View
 from worker.block import (
     BLOCK_SIZE,
     CMD_NONE,
@@ -42,14 +49,24 @@ from worker.block import (
     ENV_NOTIFY,
     EXIT_SRC_WORKER,
     HEADER_SIZE,
+    METRIC_COUNT,
+    METRIC_FREE,
+    METRIC_KIND_NAMES,
+    METRIC_NAME_SIZE,
+    METRIC_SIZE,
     OFF_CMD,
     OFF_DEADLINE,
     SHM_DIR,
     SOFF_ACK,
     SOFF_BUSY_SINCE,
     SOFF_HEARTBEAT,
+    SOFF_METRIC_KINDS,
+    SOFF_METRICS,
     SOFF_PID,
     SOFF_START_TICKS,
+    SOFF_TEXT,
+    SOFF_TEXT_LEN,
+    SOFF_TEXT_SEQ,
     SOFF_WORK_DONE,
     ST_BUSY,
     ST_EXITED,
@@ -58,8 +75,10 @@ from worker.block import (
     ST_STOPPING,
     STATE_NAMES,
     STATUS_SIZE,
+    TEXT_SIZE,
     BlockError,
     check_header,
+    metric_name_ok,
     proc_start_ticks,
     shm_name,
     write_exit,
@@ -155,6 +174,7 @@ class Worker(Poller):
         self._stop_cmd = CMD_NONE
         self._stop_deadline_ns: int | None = None
         self._closed = False
+        self._publish_lock = _thread.allocate_lock()  # text seqlock writes, slot claims
         v = self._view
         try:
             v.store_u32(SOFF_PID, os.getpid())
@@ -235,6 +255,68 @@ class Worker(Poller):
     @property
     def work_done(self) -> int:
         return self._view.load_u64(SOFF_WORK_DONE)
+
+    # -- published data: status text, counters, gauges ----------------------------------
+
+    def status(self, text: str) -> None:
+        """Publish a short status text ("loading model 3/5"); "" clears it. Longer than
+        TEXT_SIZE bytes of UTF-8, it is cut at a character boundary."""
+        raw = text.encode("utf-8", "replace")
+        if len(raw) > TEXT_SIZE:
+            raw = raw[:TEXT_SIZE].decode("utf-8", "ignore").encode("utf-8")
+        v, mm = self._view, self._status_mm
+        with self._publish_lock:
+            s = v.load_u32(SOFF_TEXT_SEQ)
+            odd = (s + (2 if s & 1 else 1)) & 0xFFFFFFFF  # odd already: a writer died mid-write
+            v.exchange_u32(SOFF_TEXT_SEQ, odd)  # seq_cst: no text store goes before it
+            mm[SOFF_TEXT : SOFF_TEXT + TEXT_SIZE] = raw.ljust(TEXT_SIZE, b"\0")
+            v.store_u32(SOFF_TEXT_LEN, len(raw))
+            v.store_u32(SOFF_TEXT_SEQ, (odd + 1) & 0xFFFFFFFF)
+
+    def _new_metric(self, name: object, kind: int) -> Metric:
+        """Slow path of counter()/gauge(): claim the slot (or find it, if an earlier attach of
+        this block made it) and remember the Metric for the native lookup."""
+        if not isinstance(name, str) or not metric_name_ok(name):
+            raise ValueError(
+                f"metric name {name!r}: use 1..{METRIC_NAME_SIZE} characters from "
+                "[A-Za-z0-9_], not starting with a digit (e.g. 'jobs', 'queue_depth')"
+            )
+        other = self._poll_metrics.get(name)
+        if other is not None and other.kind != kind:
+            raise ValueError(
+                f"metric {name!r} is a {METRIC_KIND_NAMES[other.kind]}; "
+                f"it cannot also be a {METRIC_KIND_NAMES[kind]}"
+            )
+        want = name.encode("ascii").ljust(METRIC_NAME_SIZE, b"\0")
+        v, mm = self._view, self._status_mm
+        with self._publish_lock:
+            free = -1
+            for i in range(METRIC_COUNT):
+                off = SOFF_METRICS + i * METRIC_SIZE
+                k = mm[SOFF_METRIC_KINDS + i]
+                if k == METRIC_FREE:
+                    free = i if free < 0 else free
+                elif mm[off : off + METRIC_NAME_SIZE] == want:
+                    if k != kind:
+                        raise ValueError(
+                            f"metric {name!r} is a {METRIC_KIND_NAMES.get(k, k)} in this "
+                            f"block; it cannot also be a {METRIC_KIND_NAMES[kind]}"
+                        )
+                    break
+            else:
+                if free < 0:
+                    used = sorted(self._poll_metrics)
+                    raise WorkerError(
+                        f"metric {name!r}: all {METRIC_COUNT} metric slots of {self.instance}"
+                        f" are taken ({', '.join(used)}); reuse one of those names"
+                    )
+                off = SOFF_METRICS + free * METRIC_SIZE
+                mm[off : off + METRIC_NAME_SIZE] = want
+                v.store_u64(off + METRIC_NAME_SIZE, 0)
+                v.store_u8(SOFF_METRIC_KINDS + free, kind)  # last, release: publishes it
+            metric = Metric(v, off + METRIC_NAME_SIZE, kind, name)
+            self._poll_add_metric(metric)
+        return metric
 
     def begin_busy(self) -> None:
         self._view.store_u64(SOFF_BUSY_SINCE, time.monotonic_ns())

@@ -88,7 +88,12 @@ SOFF_METRICS = _c.SOFF_METRICS  # METRIC_COUNT x {name[METRIC_NAME_SIZE], u64}
 METRIC_COUNT = _c.METRIC_COUNT
 METRIC_SIZE = _c.METRIC_SIZE
 METRIC_NAME_SIZE = _c.METRIC_NAME_SIZE
+SOFF_METRIC_KINDS = _c.SOFF_METRIC_KINDS  # one kind byte per metric slot, stored last
 SOFF_APP = _c.SOFF_APP  # free for the application
+METRIC_FREE = _c.METRIC_FREE
+METRIC_COUNTER = _c.METRIC_COUNTER
+METRIC_GAUGE = _c.METRIC_GAUGE
+METRIC_KIND_NAMES = {METRIC_COUNTER: "counter", METRIC_GAUGE: "gauge"}
 
 CMD_NONE = _c.CMD_NONE
 CMD_STOP_GRACEFUL = _c.CMD_STOP_GRACEFUL
@@ -132,6 +137,17 @@ def _is_word(s: str, max_len: int, more: str) -> bool:
 # NAME_MAX of /dev/shm, without the leading "/", less what the status page's name adds
 _NAME_MAX = 255 - 17
 PREFIX_RULE = "1-128 characters from A-Z a-z 0-9 _ - (not starting with -; no . or /)"
+
+
+def metric_name_ok(name: str) -> bool:
+    """1..METRIC_NAME_SIZE characters of [A-Za-z0-9_], not starting with a digit (as in
+    ctlblock.h's pyvisor_metric_name_ok; it becomes part of a Prometheus series name)."""
+    return (
+        0 < len(name) <= METRIC_NAME_SIZE
+        and name.isascii()
+        and name.replace("_", "a").isalnum()
+        and not name[0].isdigit()
+    )
 
 
 def valid_prefix(prefix: str) -> bool:

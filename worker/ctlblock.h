@@ -12,7 +12,8 @@
  * it read-only (it cannot open it for writing, so it cannot truncate or forge it) and waits on
  * the command word there. The status page (its name is in the ctl page, with 16 random hex
  * digits nobody can guess) is the worker's: it publishes its pid/start time/state, heartbeat,
- * work done and exit record there and acknowledges commands in the ack word; the daemon only
+ * work done, exit record, a status text and named counters/gauges there and acknowledges
+ * commands in the ack word; the daemon only
  * ever reads it with pread, so nothing written to it (or a truncation) can fault the daemon. Header-only: static inline helpers built on the
  * GCC/Clang __atomic builtins and the futex syscall (SHARED futexes: no FUTEX_PRIVATE_FLAG).
  * Compile with -std=gnu11 (or -D_GNU_SOURCE): it needs syscall(), shm_open() and mmap().
@@ -20,7 +21,10 @@
  *   struct pyvisor_block b;
  *   if (pyvisor_attach(getenv(PYVISOR_ENV_BLOCK), &b) != 0) { perror(...); ... }
  *   pyvisor_ready(&b);
- *   while (!pyvisor_should_stop(&b)) { do_unit(); pyvisor_heartbeat(&b); pyvisor_add_work(&b, 1); }
+ *   uint64_t *jobs = pyvisor_counter(&b, "jobs");   (NULL-safe; see pyvisor_metric)
+ *   pyvisor_status(&b, "serving");
+ *   while (!pyvisor_should_stop(&b)) { do_unit(); pyvisor_heartbeat(&b);
+ *                                  pyvisor_add_work(&b, 1); pyvisor_counter_add(jobs, 1); }
  *   pyvisor_close(&b, 0);
  */
 #ifndef PYVISOR_CTLBLOCK_H
@@ -98,8 +102,10 @@
 #define PYVISOR_SOFF_TEXT_LEN 0x0C4
 #define PYVISOR_SOFF_TEXT 0x100
 #define PYVISOR_TEXT_SIZE 256u
+/* line 3, 0x0E0: one kind byte per metric slot (METRIC_FREE/COUNTER/GAUGE), stored last */
+#define PYVISOR_SOFF_METRIC_KINDS 0x0E0
 /* 0x200: METRIC_COUNT named counters/gauges of METRIC_SIZE bytes each:
- * name (NUL-padded, METRIC_NAME_SIZE bytes) then a u64 value */
+ * name (NUL-padded, METRIC_NAME_SIZE bytes) then a u64 value (a gauge's is an i64) */
 #define PYVISOR_SOFF_METRICS 0x200
 #define PYVISOR_METRIC_COUNT 16u
 #define PYVISOR_METRIC_SIZE 32u
@@ -117,6 +123,9 @@ enum {
 };
 /* Who wrote the exit record (NONE: nobody yet). */
 enum { PYVISOR_EXIT_SRC_NONE = 0, PYVISOR_EXIT_SRC_WORKER = 1 };
+/* A metric slot's kind byte. A slot is claimed by writing its name and a zero value, then its
+ * kind byte (release): a reader that sees the kind sees the name. Names never change after. */
+enum { PYVISOR_METRIC_FREE = 0, PYVISOR_METRIC_COUNTER = 1, PYVISOR_METRIC_GAUGE = 2 };
 
 /* ---- raw field access -------------------------------------------------------------- */
 
@@ -360,6 +369,116 @@ static inline void pyvisor_close(struct pyvisor_block *b, int32_t status)
     munmap(b->status, PYVISOR_STATUS_SIZE);
     munmap(b->ctl, PYVISOR_BLOCK_SIZE);
     b->status = b->ctl = NULL;
+}
+
+/* ---- what the worker publishes beside its state: a status text and named metrics ------ */
+
+/* Publish a short status text ("loading model 3/5"): at most PYVISOR_TEXT_SIZE bytes of
+ * UTF-8 (a longer text is cut at a character boundary), under the text seqlock. NULL clears
+ * it. One writer at a time: call it from one thread, or under a lock of your own. */
+static inline void pyvisor_status(struct pyvisor_block *b, const char *text)
+{
+    if (!b->status)
+        return;
+    size_t n = text ? strlen(text) : 0;
+    if (n > PYVISOR_TEXT_SIZE) {
+        n = PYVISOR_TEXT_SIZE;
+        while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80)
+            n--; /* text[n] continues a character: cut before that character starts */
+    }
+    void *s = b->status;
+    uint32_t seq = pyvisor_load_u32(s, PYVISOR_SOFF_TEXT_SEQ);
+    uint32_t odd = seq + ((seq & 1) ? 2 : 1); /* odd already: a writer died mid-write */
+    __atomic_exchange_n(PYVISOR_U32(s, PYVISOR_SOFF_TEXT_SEQ), odd, __ATOMIC_SEQ_CST);
+    char *dst = (char *)s + PYVISOR_SOFF_TEXT;
+    if (n)
+        memcpy(dst, text, n);
+    memset(dst + n, 0, PYVISOR_TEXT_SIZE - n);
+    pyvisor_store_u32(s, PYVISOR_SOFF_TEXT_LEN, (uint32_t)n);
+    pyvisor_store_u32(s, PYVISOR_SOFF_TEXT_SEQ, odd + 1);
+}
+
+/* A metric name: 1..PYVISOR_METRIC_NAME_SIZE of [A-Za-z0-9_], not starting with a digit (it
+ * becomes part of a Prometheus series name, pyvisor_worker_<name>). */
+static inline int pyvisor_metric_name_ok(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > PYVISOR_METRIC_NAME_SIZE || (name[0] >= '0' && name[0] <= '9'))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The value of the named metric of this kind (PYVISOR_METRIC_COUNTER or _GAUGE): the slot
+ * that has the name, else the first free one, claimed (name and a zero value first, the kind
+ * byte last, release). NULL with errno EINVAL (bad name or kind), EEXIST (the name is the
+ * other kind's), ENOSPC (all PYVISOR_METRIC_COUNT slots taken). Every pyvisor_counter_* /
+ * pyvisor_gauge_* call takes NULL and does nothing, so a worker that ran out of slots keeps
+ * working. Look metrics up once at start-up, from one thread: two claims at once could take
+ * the same slot. Updating them is one atomic each, safe from any thread. */
+static inline uint64_t *pyvisor_metric(struct pyvisor_block *b, const char *name, uint32_t kind)
+{
+    if (!b->status || !pyvisor_metric_name_ok(name) ||
+        (kind != PYVISOR_METRIC_COUNTER && kind != PYVISOR_METRIC_GAUGE)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    char want[PYVISOR_METRIC_NAME_SIZE] = {0};
+    memcpy(want, name, strlen(name));
+    uint8_t *kinds = (uint8_t *)b->status + PYVISOR_SOFF_METRIC_KINDS;
+    int free_slot = -1;
+    for (unsigned i = 0; i < PYVISOR_METRIC_COUNT; i++) {
+        char *slot = (char *)b->status + PYVISOR_SOFF_METRICS + i * PYVISOR_METRIC_SIZE;
+        uint8_t k = __atomic_load_n(&kinds[i], __ATOMIC_ACQUIRE);
+        if (k == PYVISOR_METRIC_FREE) {
+            if (free_slot < 0)
+                free_slot = (int)i;
+        } else if (memcmp(slot, want, sizeof want) == 0) {
+            if (k == kind)
+                return PYVISOR_U64(slot, PYVISOR_METRIC_NAME_SIZE);
+            errno = EEXIST;
+            return NULL;
+        }
+    }
+    if (free_slot < 0) {
+        errno = ENOSPC;
+        return NULL;
+    }
+    char *slot =
+        (char *)b->status + PYVISOR_SOFF_METRICS + (unsigned)free_slot * PYVISOR_METRIC_SIZE;
+    memcpy(slot, want, sizeof want);
+    pyvisor_store_u64(slot, PYVISOR_METRIC_NAME_SIZE, 0);
+    __atomic_store_n(&kinds[free_slot], (uint8_t)kind, __ATOMIC_RELEASE);
+    return PYVISOR_U64(slot, PYVISOR_METRIC_NAME_SIZE);
+}
+
+static inline uint64_t *pyvisor_counter(struct pyvisor_block *b, const char *name)
+{
+    return pyvisor_metric(b, name, PYVISOR_METRIC_COUNTER);
+}
+static inline uint64_t *pyvisor_gauge(struct pyvisor_block *b, const char *name)
+{
+    return pyvisor_metric(b, name, PYVISOR_METRIC_GAUGE);
+}
+static inline void pyvisor_counter_add(uint64_t *m, uint64_t n)
+{
+    if (m)
+        __atomic_fetch_add(m, n, __ATOMIC_RELAXED);
+}
+static inline void pyvisor_gauge_set(uint64_t *m, int64_t v)
+{
+    if (m)
+        __atomic_store_n(m, (uint64_t)v, __ATOMIC_RELAXED);
+}
+static inline void pyvisor_gauge_add(uint64_t *m, int64_t d)
+{
+    if (m)
+        __atomic_fetch_add(m, (uint64_t)d, __ATOMIC_RELAXED);
 }
 
 #endif /* PYVISOR_CTLBLOCK_H */

@@ -76,6 +76,7 @@ from worker.block import (
     status_name_ok,
     unlink_name,
 )
+from worker.published import Read, WorkerData, fd_reader, read_worker_data
 
 
 def _new_page(name: str, size: int, mode: int) -> int:
@@ -400,4 +401,12 @@ class ControlBlock:
             return ExitRecord(status, t, source)
         return None
 
+    def status_reader(self) -> Read | None:
+        """A pread-style reader of the status page (None when it could not be opened)."""
+        return None if self._sfd is None else fd_reader(self._sfd)
 
+    def worker_data(self) -> WorkerData | None:
+        """The status text and metrics the worker published (bounded, torn-read safe, names
+        validated: see worker.published); None without a readable status page."""
+        read = self.status_reader()
+        return None if read is None else read_worker_data(read)

@@ -7,23 +7,29 @@ anyway) does the work and sends back the text to print and the exit code. Long o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import psutil
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
+from supervisor.control.stream import Stream
 from supervisor.core import IN_TRANSITION, State
 from supervisor.names import parse_signal, signal_name
-from supervisor.runtime import Instance, Runtime
+from supervisor.runtime import Instance, Runtime, worker_data
+from supervisor.runtime.events import RuntimeEvent, target_filter
 
 
 class Responder(Protocol):
-    closed: bool
+    @property
+    def closed(self) -> bool: ...
 
     def __call__(self, reply: Reply) -> None: ...
+    def stream(self) -> Stream | None: ...
 
 
 class Daemon(Protocol):
@@ -61,6 +67,7 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
     pid = inst.pid
     last = st.last_exit
     uptime = hb_age = work = cpu = rss = processes = ooms = None
+    published = worker_data(inst)
     if pid is not None:
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
@@ -88,7 +95,20 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
         "restarts": st.restarts,
+        "status_text": published.text if published else None,
+        "metrics": published.to_json()["metrics"] if published else [],
     }
+
+
+TABLE_TEXT = 60  # characters of a status text the table shows (--verbose and --json: all)
+
+
+def render_verbose(f: dict[str, Any]) -> str:
+    """The lines ``status --verbose`` adds under an instance: its whole status text and
+    one line per counter or gauge."""
+    lines = [f"    status: {f['status_text']}\n"] if f.get("status_text") else []
+    lines += [f"    {m['name']} ({m['kind']}) = {m['value']}\n" for m in f.get("metrics", ())]
+    return "".join(lines)
 
 
 def render_status_line(f: dict[str, Any], width: int) -> str:
@@ -107,6 +127,7 @@ def render_status_line(f: dict[str, Any], width: int) -> str:
         "" if rss is None else f", mem {fmt_bytes(rss)}",
         f", {f['processes']} processes" if (f.get("processes") or 0) > 1 else "",
         ", adopted" if f["adopted"] else "",
+        _table_text(f.get("status_text")),
     ))
 
 
@@ -132,6 +153,26 @@ def status_facts(rt: Runtime, insts: list[Instance]) -> list[dict[str, Any]]:
     return facts
 
 
+def _table_text(text: str | None) -> str:
+    if not text:
+        return ""
+    return f"  [{text if len(text) <= TABLE_TEXT else text[:TABLE_TEXT - 1] + '…'}]"
+
+
+# Every follower of the same event renders the same line: render each event once.
+@functools.lru_cache(maxsize=256)
+def render_event(ev: RuntimeEvent) -> str:
+    """``events``' human line: local time with milliseconds, then the event."""
+    ms = int(ev.time * 1000) % 1000
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ev.time))}.{ms:03} " \
+           f"{ev.describe()}\n"
+
+
+@functools.lru_cache(maxsize=256)
+def render_event_json(ev: RuntimeEvent) -> str:
+    return json.dumps(ev.to_json()) + "\n"
+
+
 # Verbs refused once a shutdown or a re-exec has begun. stop and shutdown stay allowed: a
 # shutdown stops everything anyway, and a second shutdown just waits for the first.
 CHANGES_STATE = frozenset({"start", "restart", "signal", "reload", "reexec"})
@@ -145,7 +186,7 @@ class Handlers:
             "status": self.status, "start": self.start, "stop": self.stop,
             "restart": self.restart, "signal": self.signal, "tail": self.tail,
             "reload": self.reload, "shutdown": self.shutdown, "pid": self.pid,
-            "reexec": self.reexec,
+            "reexec": self.reexec, "events": self.events,
         }
 
     def __call__(self, request: Request, respond: Responder) -> None:
@@ -217,8 +258,12 @@ class Handlers:
             # data too: shell completion and scripts on the socket read the rows from it
             respond(Reply(OK, out=json.dumps(facts, indent=2) + "\n", data=facts))
             return
+        verbose = self._flag(request, respond, "verbose", False)
+        if verbose is None:
+            return
         width = max((len(f["name"]) for f in facts), default=4)
-        text = "".join(render_status_line(f, width) + "\n" for f in facts)
+        text = "".join(render_status_line(f, width) + "\n" + (render_verbose(f) if verbose
+                                                                 else "") for f in facts)
         # names only in data: the text is what gets printed (--json carries the whole rows)
         respond(Reply(OK, out=text or "no workers configured\n",
                       data=[{"name": f["name"]} for f in facts]))
@@ -333,6 +378,35 @@ class Handlers:
             self.daemon.shutdown(lambda: None)
             return
         self.daemon.shutdown(lambda: respond(Reply(OK, out="shut down\n")))
+
+    def events(self, request: Request, respond: Responder) -> None:
+        """The recent events of TARGETS (the bus's ring); with follow, then every new one as
+        it happens, on a stream (bounded: see supervisor.control.stream)."""
+        if self._targets(request, respond, default_all=True) is None:
+            return
+        follow = self._flag(request, respond, "follow", False)
+        as_json = self._flag(request, respond, "json", False) if follow is not None else None
+        if as_json is None:
+            return
+        want = target_filter(request.targets or ["all"])
+        render = render_event_json if as_json else render_event
+        bus = self.rt.events
+        past = [e for e in bus.recent() if want(e)]
+        if not follow:
+            respond(Reply(OK, out="".join(render(e) for e in past)))
+            return
+        stream = respond.stream()
+        if stream is None:
+            return
+        stream.unit = "events"
+
+        def send(ev: RuntimeEvent) -> None:
+            if want(ev):
+                stream.send({"out": render(ev)})
+
+        for e in past:
+            send(e)
+        stream.on_close = bus.subscribe(send)
 
     def reexec(self, request: Request, respond: Responder) -> None:
         respond(Reply(OK, out="re-executing supervisord in place (same pid, workers keep "

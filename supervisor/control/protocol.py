@@ -14,6 +14,11 @@ Reply ``{"code": int, "out": str, "err": str, "data": value}``: "code" is superv
 code, "out" and "err" the text it prints verbatim on stdout and stderr, "data" what a verb needs
 beyond the text (tail: the log paths; status: the rows; pid: the pids).
 
+A verb may answer with a stream instead (``events --follow``): any number of lines
+``{"stream": true, "out": str, "err": str, ...}`` (a ``"lost": N`` marker among them when the
+client fell behind), then the one final reply above, or EOF when the daemon goes away. See
+supervisor.control.stream.
+
 Exit codes are defined here, once. The daemon decides the code of every reply; the client decides
 only the codes of failures it sees itself (no daemon, time-out, interrupted) and click's usage
 errors.

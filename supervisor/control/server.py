@@ -1,7 +1,8 @@
 """The control socket: a Unix stream socket on the daemon's Loop, checked with SO_PEERCRED.
 
 What goes over it is supervisor.control.protocol: one request line in, one reply line out, then
-the connection is closed. The handler may answer at once or much later (``start`` waits for
+the connection is closed (or, for a handler that asks for it, a bounded stream of lines:
+supervisor.control.stream). The handler may answer at once or much later (``start`` waits for
 RUNNING): it receives a :class:`Responder` and calls it when it is done.
 
 Rules this module keeps, because the daemon's loop must never stall or die for a client:
@@ -62,6 +63,7 @@ from supervisor.control.sockfile import (
     resolve_group,
     supplementary_gids,
 )
+from supervisor.control.stream import Stream
 from supervisor.loop import Loop, Timer
 
 __all__ = ["ControlServer", "Handler", "Responder", "ServerError", "SocketInUseError"]
@@ -98,6 +100,15 @@ class Responder:
         self.replied = True
         self._conn.send_reply(reply)
 
+    def stream(self) -> Stream | None:
+        """Answer with a stream of lines instead of one reply (see supervisor.control.stream);
+        None if the client is gone or was answered."""
+        if self.closed or self.replied:
+            return None
+        self.replied = True
+        self._conn.stream = Stream(self._conn)
+        return self._conn.stream
+
 
 Handler = Callable[[Request, Responder], None]
 
@@ -123,11 +134,14 @@ class _Conn:
         self.responder = Responder(self)
         self.refused_uid: int | None = None  # a peer we will refuse once its request is in
         self.peer = -1                       # the peer's uid (SO_PEERCRED)
+        self.stream: Stream | None = None    # set when the handler answers with a stream
 
     # -- events -------------------------------------------------------------------------------
     def on_event(self, mask: int) -> None:
         try:
-            if self.state == _WRITING and mask & selectors.EVENT_WRITE:
+            if self.stream is not None:
+                self.stream.on_event(mask)
+            elif self.state == _WRITING and mask & selectors.EVENT_WRITE:
                 self._flush()
             elif mask & selectors.EVENT_READ and self.state in (_READING, _WAITING):
                 self._on_readable()
@@ -297,6 +311,8 @@ class _Conn:
         self.responder.closed = True
         self._cancel_timer()
         self._release()
+        if self.stream is not None:
+            self.stream.closed_by_conn()
         self.server._forget(self)
         if self.watch_reads:
             self.server.loop.remove(self.fd)

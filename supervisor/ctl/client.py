@@ -13,7 +13,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
@@ -37,6 +37,7 @@ from supervisor.control.protocol import (
 )
 
 DEFAULT_CONFIG = "supervisord.yaml"
+Recv = Callable[[int], bytes]  # socket.recv
 
 
 class CtlError(click.ClickException):
@@ -123,6 +124,24 @@ def exchange(
     shown_config: str,
 ) -> Reply:
     """One round trip on the socket at path. Raises CtlError for every failure."""
+    sock = connect(path, connect_timeout, shown_config)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        data = encode_request(payload)
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon refused us early; its reply is already in our buffer
+        except TimeoutError:
+            raise _timeout(timeout, shown_config) from None
+        return _read_reply(sock, deadline, timeout, shown_config)
+    finally:
+        sock.close()
+
+
+def connect(path: str, connect_timeout: float, shown_config: str) -> socket.socket:
+    """A connection to the daemon at path, its peer checked. Raises CtlError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(connect_timeout)
@@ -139,18 +158,10 @@ def exchange(
         except OSError as e:
             raise _os_error(path, e) from None
         _check_peer(sock, path)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        data = encode_request(payload)
-        try:
-            sock.settimeout(timeout)
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the daemon refused us early; its reply is already in our buffer
-        except TimeoutError:
-            raise _timeout(timeout, shown_config) from None
-        return _read_reply(sock, deadline, timeout, shown_config)
-    finally:
+    except BaseException:
         sock.close()
+        raise
+    return sock
 
 
 def _check_peer(sock: socket.socket, path: str) -> None:

@@ -13,6 +13,7 @@ from supervisor import __version__, paths
 from supervisor.control.protocol import help_epilog
 from supervisor.ctl import (
     client,
+    events,
     pid,
     reexec,
     reload,
@@ -58,7 +59,8 @@ def cli(ctx: click.Context, config: str | None, timeout: float | None) -> None:
     ctx.obj = client.Session(config=config, timeout=timeout)
 
 
-for _verb in (status, start, stop, restart, sendsignal, tail, reload, shutdown, pid, reexec):
+for _verb in (status, start, stop, restart, sendsignal, tail, reload, shutdown, pid, reexec,
+              events):
     cli.add_command(_verb.cmd)
 
 

@@ -1,4 +1,4 @@
-"""supervisorctl status [TARGETS] [--json]"""
+"""supervisorctl status [TARGETS] [--json] [-v]"""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from supervisor.ctl.targets import TARGET
 @click.command("status")
 @click.argument("targets", nargs=-1, type=TARGET)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show each worker's whole status text, counters and gauges.")
 @click.pass_obj
-def cmd(session: client.Session, targets: tuple[str, ...], as_json: bool) -> None:
+def cmd(session: client.Session, targets: tuple[str, ...], as_json: bool,
+        verbose: bool) -> None:
     """Show the state of TARGETS (default: all)."""
-    client.run(session, "status", targets or ("all",), {"json": as_json})
+    opts = {"json": as_json, "verbose": True} if verbose else {"json": as_json}
+    client.run(session, "status", targets or ("all",), opts)

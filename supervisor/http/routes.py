@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.json")
 VERBS = ("start", "stop", "restart", "signal")
 # control.protocol exit code -> HTTP status
-STATUS_OF = {OK: 200, USAGE: 400, NO_SUCH_TARGET: 404, FAILED: 409}
+STATUS_OF: dict[int, int] = {OK: 200, USAGE: 400, NO_SUCH_TARGET: 404, FAILED: 409}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -51,6 +51,9 @@ class _Answer:
     @property
     def closed(self) -> bool:
         return self.ex.closed
+
+    def stream(self) -> None:
+        return None           # no streamed replies over HTTP (events come as SSE)
 
     def __call__(self, reply: Reply) -> None:
         self.ex.json(STATUS_OF.get(reply.code, 500), {

@@ -5,8 +5,8 @@ module per job: instance.py (what is kept per instance), spawning.py, exits.py (
 reaping, exit status), readiness.py (ready reports and heartbeats).
 """
 
-from supervisor.runtime.instance import Instance
+from supervisor.runtime.instance import Instance, worker_data
 from supervisor.runtime.runtime import Runtime
 from supervisor.runtime.spawning import config_hash
 
-__all__ = ["Instance", "Runtime", "config_hash"]
+__all__ = ["Instance", "Runtime", "config_hash", "worker_data"]

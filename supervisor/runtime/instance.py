@@ -12,6 +12,7 @@ from supervisor.config import WorkerConfig
 from supervisor.core import NO_PROCESS, InstanceState, TimerKind
 from supervisor.loop import Timer
 from worker import block as blk
+from worker.published import WorkerData
 
 
 @dataclass(eq=False, slots=True)
@@ -64,3 +65,12 @@ class Waiter:
     pending: set[Instance]
     done: Callable[[Instance], bool]
     finish: Callable[[], None]
+
+
+def worker_data(inst: Instance) -> WorkerData | None:
+    """What inst's worker published in its status page: status text, counters and gauges
+    (``pyvisor_worker_*`` series, ``status``). None when it has no process or its process
+    never attached to its block. Bounded and safe against any bytes (worker.published)."""
+    if not inst.has_process or not inst.uses_library or inst.block is None:
+        return None
+    return inst.block.worker_data()

@@ -1,9 +1,10 @@
 """What the operator asked for, kept where only the daemon can write it, across its own death.
 
 For each instance the core's ``wanted`` (started / stopped, when the operator said anything),
-its restart count (for metrics) and a stop in flight (graceful or not, its deadline, whether a start follows). The file lives
-in the daemon's private runtime directory (safefs.private_dir), is replaced atomically, and is
-written at most once per loop turn however many instances changed. A new daemon reads it
+its restart count (for metrics) and a stop in flight (graceful or not, its deadline, whether
+a start follows). The file lives in the daemon's private runtime directory
+(safefs.private_dir), is replaced atomically, and is written at most once per loop turn
+however many instances changed. A new daemon reads it
 before it starts anything: a stop you asked for is never followed by a restart, even across a
 SIGKILL of the daemon, and a stop in flight carries on with its original deadline.
 

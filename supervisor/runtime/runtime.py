@@ -27,6 +27,7 @@ from supervisor.core import NO_PROCESS, Event, InstanceState, State, TimerKind
 from supervisor.logs import Rotator
 from supervisor.loop import Loop
 from supervisor.names import instance_name, split_instance_name
+from supervisor.runtime.events import EventBus, publish_step
 from supervisor.runtime.exits import Reaper
 from supervisor.runtime.instance import Instance, Waiter
 from supervisor.runtime.intent import Intent
@@ -54,6 +55,7 @@ class Runtime:
         self.instances: Mapping[str, Instance] = MappingProxyType(self._instances)
         self.rotator = Rotator(loop)
         self.on_change: Callable[[], None] = lambda: None   # e.g. systemd STATUS=
+        self.events = EventBus()                 # transitions, exits, adoptions, readiness
         self._queue: deque[tuple[Instance, Event]] = deque()
         self._dispatching = False
         self._deferred: list[Instance] = []      # start requests waiting on depends_on
@@ -270,7 +272,8 @@ class Runtime:
         try:
             while self._queue:
                 inst, event = self._queue.popleft()
-                old, wanted, restarts = inst.st.state, inst.st.wanted, inst.st.restarts
+                before = inst.st
+                old, wanted, restarts = before.state, before.wanted, before.restarts
                 try:
                     inst.st, actions = core.step(inst.st, event, inst.policy)
                 except core.TransitionError as e:
@@ -278,6 +281,7 @@ class Runtime:
                     continue
                 for action in actions:
                     self._execute(inst, action, event.now)
+                publish_step(self.events, inst.name, event, before, inst.st, actions)
                 if inst.st.wanted != wanted or inst.st.restarts != restarts or (
                         State.STOPPING in (old, inst.st.state)):
                     self.intent.changed()        # what a new daemon must know has changed

@@ -279,6 +279,7 @@ Options:
   -h, --help         Show this message and exit.
 
 Commands:
+  events    Show state transitions, exits, adoptions and readiness of TARGETS (default: all).
   pid       Print supervisord's PID, or with TARGETS the PIDs of their processes.
   reexec    Re-execute supervisord in place (an upgrade); the workers keep running.
   reload    Re-read the config and apply it; waits until done (exit 7 if the config is invalid).

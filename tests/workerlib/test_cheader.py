@@ -183,3 +183,62 @@ def test_every_header_constant_has_the_same_value_in_python(tmp_path: Path) -> N
     assert not extra, f"worker.block defines {sorted(extra)}, worker/ctlblock.h does not"
     assert B.MAGIC.to_bytes(8, "little") == b"PYSTCLB2"
     assert B.VERSION == 2
+
+
+PUBLISH_PROGRAM = r"""
+#include "worker/ctlblock.h"
+
+int main(int argc, char **argv)
+{
+    struct pyvisor_block b;
+    if (argc != 2 || pyvisor_attach(argv[1], &b) != 0) { perror("pyvisor_attach"); return 1; }
+    char long_text[400];
+    memset(long_text, 'x', sizeof long_text - 1);
+    long_text[sizeof long_text - 1] = 0;
+    pyvisor_status(&b, long_text);              /* cut to PYVISOR_TEXT_SIZE bytes */
+    pyvisor_status(&b, "loading model 3/5");
+    uint64_t *jobs = pyvisor_counter(&b, "jobs");
+    uint64_t *depth = pyvisor_gauge(&b, "queue_depth");
+    pyvisor_counter_add(jobs, 40);
+    pyvisor_counter_add(pyvisor_counter(&b, "jobs"), 2); /* found again, not a second slot */
+    pyvisor_gauge_set(depth, 7);
+    pyvisor_gauge_add(depth, -10);
+    errno = 0;
+    int null = pyvisor_counter(&b, "no-dash") == NULL;
+    printf("bad_name=%d/%d\n", null, errno == EINVAL);
+    errno = 0;
+    null = pyvisor_gauge(&b, "jobs") == NULL;
+    printf("other_kind=%d/%d\n", null, errno == EEXIST);
+    char name[32];
+    for (int i = 0; i < 14; i++) {
+        snprintf(name, sizeof name, "m%d", i);
+        pyvisor_counter_add(pyvisor_counter(&b, name), (uint64_t)i);
+    }
+    errno = 0;
+    uint64_t *none = pyvisor_counter(&b, "one_too_many");
+    printf("full=%d/%d\n", none == NULL, errno == ENOSPC);
+    pyvisor_counter_add(none, 1); /* NULL-safe: nothing happens */
+    pyvisor_gauge_set(NULL, 1);
+    pyvisor_close(&b, 0);
+    return 0;
+}
+"""
+
+
+def test_c_worker_publishes_text_and_metrics(
+    tmp_path: Path, new_block: Callable[..., ControlBlock]
+) -> None:
+    from worker.published import MetricValue
+
+    exe = compile_c(PUBLISH_PROGRAM, tmp_path)
+    blk = new_block("cpub:0")
+    r = subprocess.run([str(exe), blk.name], check=False, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, f"C worker failed: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert r.stdout.splitlines() == ["bad_name=1/1", "other_kind=1/1", "full=1/1"]
+    data = blk.worker_data()
+    assert data is not None and data.text == "loading model 3/5" and data.bad_slots == 0
+    assert data.metrics == (
+        MetricValue("jobs", "counter", 42), MetricValue("queue_depth", "gauge", -3),
+        *(MetricValue(f"m{i}", "counter", i) for i in range(14)),
+    )
