@@ -13,7 +13,12 @@ Rules:
   instances cannot make a scrape unbounded;
 - labels are the worker, the instance's name (``name``: "web:0"; not ``instance``, which
   Prometheus gives every target), and small closed sets (state, reason, outcome, route, code):
-  never a pid or a time.
+  never a pid or a time;
+- what a worker publishes (worker.published) comes as ``pyvisor_worker_counter_total`` and
+  ``pyvisor_worker_gauge`` with labels worker, name and ``metric`` (the worker's own name for
+  it): typed by the kind the worker gave it (one family cannot hold both types), for the same
+  capped instances only. The names are bounded and checked where they are read (at most 16 per
+  instance, [A-Za-z0-9_] within the block's name size); the library escapes every label value.
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ class Families:
                        "leader's without a cgroup)", labels=_I)
         self.i_mem = g("pyvisor_instance_memory_bytes", "Memory of the process tree (the "
                        "leader's RSS without a cgroup)", labels=_I)
+        self.i_wcounter = c("pyvisor_worker_counter", "A counter the worker publishes "
+                            "(worker API: w.counter(NAME)); per instance", labels=[*_I, "metric"])
+        self.i_wgauge = g("pyvisor_worker_gauge", "A gauge the worker publishes (worker API: "
+                          "w.gauge(NAME)); per instance", labels=[*_I, "metric"])
         self.w_states = g("pyvisor_worker_instances", "Instances of the worker in each state",
                           labels=[*_W, "state"])
         self.w_restarts = c("pyvisor_worker_restarts", "Respawns after an exit, all instances",
@@ -86,8 +95,9 @@ class Families:
 
     def all(self) -> list[Metric]:
         return [self.i_state, self.i_restarts, self.i_exits, self.i_uptime, self.i_hb,
-                self.i_work, self.i_cpu, self.i_mem, self.w_states, self.w_restarts,
-                self.w_exits, self.w_hb, self.w_uptime, self.w_work, self.w_cpu, self.w_mem]
+                self.i_work, self.i_cpu, self.i_mem, self.i_wcounter, self.i_wgauge,
+                self.w_states, self.w_restarts, self.w_exits, self.w_hb, self.w_uptime,
+                self.w_work, self.w_cpu, self.w_mem]
 
     def instance(self, inst: Instance, f: dict[str, Any]) -> None:
         lv = [inst.worker, inst.name]
@@ -102,6 +112,9 @@ class Families:
                          (self.i_mem, "rss")):
             if f[key] is not None:
                 fam.add_metric(lv, f[key])
+        for m in f.get("metrics", ()):
+            fam = self.i_wcounter if m["kind"] == "counter" else self.i_wgauge
+            fam.add_metric([*lv, m["name"]], m["value"])
 
     def worker(self, worker: str, rows: list[tuple[Instance, dict[str, Any]]]) -> None:
         lv = [worker]

@@ -12,12 +12,16 @@ Rules of the API:
   parameter, so a cross-site form or link cannot carry it (and a cross-origin fetch that sets
   the header needs a CORS preflight, which this server never grants). Without a token file
   every POST is refused (403, saying how to configure one); no header is 401, a wrong token 403.
+  A POST whose Origin header names another origin than its Host is refused (403) before the
+  token is looked at: a browser says where a request comes from, and only the status page of
+  this same endpoint may drive it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +29,8 @@ from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply
 from supervisor.core import State
 from supervisor.http.exchange import Exchange, Router
 from supervisor.http.metrics import CONTENT_TYPE, render
+from supervisor.http.page import Page
+from supervisor.http.sse import EventStreams
 from supervisor.http.token import token_matches
 
 if TYPE_CHECKING:
@@ -71,6 +77,8 @@ class Routes:
         self.registry = registry
         self.ready_workers = ready_workers
         self._openapi: bytes | None = None
+        self.events = EventStreams(daemon.runtime)
+        self.page = Page()
 
     def router(self) -> Router:
         r = Router()
@@ -80,6 +88,9 @@ class Routes:
         r.add("GET", "/api/v1/status", self.status)
         r.add("GET", "/api/v1/instances/{name}", self.status)
         r.add("GET", "/api/v1/openapi.json", self.openapi)
+        r.add("GET", "/api/v1/events", self.events.route)
+        r.add("GET", "/", self.page.index)
+        r.add("GET", "/static/{file}", self.page.static)
         for verb in VERBS:
             r.add("POST", f"/api/v1/instances/{{name}}/{verb}", self._verb(verb))
         return r
@@ -142,6 +153,13 @@ class Routes:
         return route
 
     def _authorized(self, ex: Exchange) -> bool:
+        origin, host = ex.headers.get(b"origin"), ex.headers.get(b"host")
+        if origin is not None and host is not None and (
+                urllib.parse.urlsplit(origin.decode("ascii", "replace")).netloc.lower()
+                != host.decode("ascii", "replace").lower()):
+            ex.json(403, _refusal("cross-origin request refused: a page of another origin "
+                                  "cannot drive this endpoint"))
+            return False
         if self.token is None:
             ex.json(403, _refusal(
                 "control over HTTP is off: no token is configured. Put a token in a file "

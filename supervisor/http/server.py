@@ -8,7 +8,8 @@ bounds, because an HTTP client is as untrusted as any control-socket peer:
   max_incomplete_event_size); more is 431. Body: at most ``max_body`` bytes; more is 413;
 - a whole request must arrive within ``request_timeout`` of the connection opening (or of the
   previous response, on a kept-alive connection): a slow client (slowloris) gets 408 and is
-  closed; a reply must be taken within ``write_timeout``, else the connection is closed;
+  closed; a reply must be taken within ``write_timeout``, else the connection is closed (a
+  stream's client must take some of its bytes every ``write_timeout``);
 - at most ``max_connections`` connections; past it a connection is accepted and closed at once;
   at most ``max_requests`` requests per connection (then ``Connection: close``); pipelined
   bytes beyond ``max_header`` are not read until the reply is out;
@@ -25,12 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import selectors
 import socket
 import traceback
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +39,7 @@ import h11
 from supervisor.control.sockfile import create_socket
 from supervisor.http.address import HttpAddress
 from supervisor.http.exchange import REASONS, TEXT, Exchange, Headers, Router, Stream
+from supervisor.http.request import content_length, loopback_host, parse_request
 from supervisor.loop import Loop, Timer
 
 MAX_HEADER = 16 * 1024
@@ -50,8 +50,6 @@ MAX_OUTPUT = 32 * 1024 * 1024
 MAX_STREAM_BUFFER = 1024 * 1024
 REQUEST_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
-MAX_QUERY_FIELDS = 32
-_ONCE = (b"host", b"authorization", b"content-length", b"content-type")
 
 
 class HttpError(ValueError):
@@ -145,7 +143,7 @@ class HttpConn:
                 if size > self.server.max_header:
                     self._error(431, f"request head larger than {self.server.max_header} bytes")
                     return
-                length = _content_length(event)
+                length = content_length(event)
                 if length is not None and length > self.server.max_body:
                     self._error(413, f"body larger than {self.server.max_body} bytes")
                     return
@@ -179,7 +177,7 @@ class HttpConn:
         method = req.method.decode("ascii", "replace")
         ex = Exchange(self, method, "", {}, {}, bytes(self.body))
         self.exchange = ex
-        problem = self._parse(req, ex)
+        problem = parse_request(req, ex, self.server.host_ok)
         if problem is not None:
             ex.text(problem[0], problem[1] + "\n")
             return
@@ -200,34 +198,6 @@ class HttpConn:
                             f"{traceback.format_exc().rstrip()}")
             ex.text(500, f"internal error: {type(e).__name__}: {e} (see "
                          f"{self.server.log_where})\n")
-
-    def _parse(self, req: h11.Request, ex: Exchange) -> tuple[int, str] | None:
-        """Fill ex from req; (status, why) when the request is refused before routing."""
-        for name, value in req.headers:
-            if name in ex.headers and name in _ONCE:
-                return 400, f"repeated {name.decode()} header"
-            ex.headers[name] = value
-        target = req.target
-        if not target.startswith(b"/"):
-            return 400, "the request target must be an absolute path (e.g. /metrics)"
-        raw_path, _, raw_query = target.partition(b"?")
-        try:
-            path = urllib.parse.unquote_to_bytes(raw_path).decode("utf-8")
-            query = urllib.parse.parse_qsl(raw_query.decode("ascii"), keep_blank_values=True,
-                                           max_num_fields=MAX_QUERY_FIELDS)
-        except (UnicodeDecodeError, ValueError):
-            return 400, "bad path or query (percent-encoded UTF-8; at most 32 query fields)"
-        segs = path.split("/")[1:]
-        if "\0" in path or any(s in (".", "..") for s in segs) or "" in segs[:-1]:
-            return 400, "bad path: no '.', '..', empty segments or NUL"
-        ex.path = path
-        for k, v in query:
-            ex.query.setdefault(k, v)
-        if not self.server.host_ok(ex.headers.get(b"host")):
-            return 421, ("this endpoint answers only requests for a loopback host (Host: "
-                         "localhost, 127.0.0.1 or [::1]); a page that points another name at "
-                         "this address gets nothing")
-        return None
 
     # -- answering --------------------------------------------------------------------------
     def _head(self, ex: Exchange, status: int, headers: Headers) -> bytes:
@@ -307,6 +277,7 @@ class HttpConn:
         self._flush()
 
     def _flush(self) -> None:
+        sent = 0
         while self.out and not self.closed:
             try:
                 n = self.sock.send(self.out)
@@ -318,6 +289,7 @@ class HttpConn:
             del self.out[:n]
             self.held -= n
             self.server.buffered -= n
+            sent += n
         if self.closed:
             return
         if not self.out:
@@ -326,6 +298,12 @@ class HttpConn:
             if self.exchange is not None and self.h11.our_state in (h11.DONE, h11.MUST_CLOSE):
                 self._next_cycle()
                 return
+        elif sent and self.streaming is not None:
+            # a stream lives while its client takes bytes: it has stalled only when it took
+            # nothing for write_timeout (a reply must be taken whole within it)
+            self._cancel(self.write_timer)
+            self.write_timer = self.server.loop.call_later(self.server.write_timeout,
+                                                           self._on_write_timeout)
         self._watch()
 
     def _next_cycle(self) -> None:
@@ -366,6 +344,10 @@ class HttpConn:
 
     def _on_write_timeout(self) -> None:
         self.write_timer = None
+        if self.streaming is not None:
+            self.server.log(f"http: a stream's client took nothing for "
+                            f"{self.server.write_timeout:g} s ({len(self.out)} bytes waiting); "
+                            "closed it")
         self.close()
 
     def close(self) -> None:
@@ -382,30 +364,6 @@ class HttpConn:
         on_close, self.streaming = self.streaming, None
         if on_close is not None:
             on_close()
-
-
-def _content_length(req: h11.Request) -> int | None:
-    for name, value in req.headers:
-        if name == b"content-length":
-            return int(value)        # h11 checked that it is a number
-    return None
-
-
-_LOOPBACK_NAMES = {"localhost"}
-
-
-def _loopback_host(host: bytes) -> bool:
-    text = host.decode("ascii", "replace").strip().lower()
-    if text.startswith("["):
-        name = text[1:text.find("]")] if "]" in text else ""
-    else:
-        name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
-    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 class HttpServer:
@@ -466,7 +424,7 @@ class HttpServer:
         if self.address.is_unix or not self.address.loopback:
             return True
         # no Host at all: HTTP/1.0 only (h11 requires it in 1.1); browsers always send one
-        return host is None or _loopback_host(host)
+        return host is None or loopback_host(host)
 
     # -- connections ------------------------------------------------------------------------
     def _on_accept(self, _mask: int) -> None:
