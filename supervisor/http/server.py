@@ -48,6 +48,7 @@ MAX_CONNECTIONS = 64
 MAX_REQUESTS = 100
 MAX_OUTPUT = 32 * 1024 * 1024
 MAX_STREAM_BUFFER = 1024 * 1024
+STREAM_SNDBUF = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
 
@@ -229,6 +230,10 @@ class HttpConn:
                      on_close: Callable[[], None]) -> Stream:
         self.close_after = True      # a stream ends its connection
         self.streaming = on_close
+        # the kernel's send buffer autotunes to megabytes for a reader that never reads:
+        # a stream's waiting bytes stay in ours, where the caps and the stall timeout see them
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         self._queue(self._head(ex, status, [(b"content-type", content_type)]))
         return Stream(self)
 
