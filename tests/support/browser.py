@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -57,7 +58,7 @@ def _end(pids: set[int], started: dict[int, float]) -> None:
 
 
 @contextlib.contextmanager
-def browser(width: int = 1400, height: int = 900) -> Iterator[object]:
+def browser(width: int = 1400, height: int = 900) -> Iterator[Any]:
     """A selenium webdriver.Chrome (typed loosely: selenium is imported only when needed)."""
     _need()
     from selenium import webdriver
