@@ -52,7 +52,7 @@ def test_hostile_event_stream_clients(daemon_factory: DaemonFactory) -> None:
     for value in ("1" * 19, "0x10", "1e3", "\u00b2"):
         r = request(port, "GET", "/api/v1/events", {"Last-Event-ID": value})
         assert r.status == 400, (value, r)
-    head = request(port, "HEAD", "/api/v1/events")
-    assert head.status == 200 and head.body == b"", head
-    assert head.headers["content-type"].startswith("text/event-stream")
+    only = request(port, "HEAD", "/api/v1/events")
+    assert only.status == 200 and only.body == b"", only
+    assert only.headers["content-type"].startswith("text/event-stream")
     assert d.proc is not None and d.proc.poll() is None
