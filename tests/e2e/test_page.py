@@ -159,6 +159,8 @@ def test_page_files_types_and_headers(daemon_factory: DaemonFactory, tmp_path: P
     assert scripts == ['<script src="static/app.js" defer>'], scripts
     assert re.search(r"<[^>]*\s(on[a-z]+|style)\s*=", html) is None, "no inline handler/style"
     assert "innerHTML" not in request(port, "GET", "/static/app.js").text
+    spec = request(port, "GET", "/api/v1/openapi.json").json()
+    assert {"/", "/static/{file}", "/api/v1/events"} <= set(spec["paths"])
     for bad in ("/static/index.html", "/static/../pyvisor.yaml", "/static/app.js%00",
                 "/static/openapi.json", "/static/%2e%2e%2fserver.py"):
         assert request(port, "GET", bad).status in (400, 404), bad
