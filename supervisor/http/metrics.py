@@ -14,10 +14,11 @@ Rules:
 - labels are the worker, the instance's name (``name``: "web:0"; not ``instance``, which
   Prometheus gives every target), and small closed sets (state, reason, outcome, route, code):
   never a pid or a time;
-- what a worker publishes (worker.published) comes as ``pyvisor_worker_counter_total`` and
-  ``pyvisor_worker_gauge`` with labels worker, name and ``metric`` (the worker's own name for
-  it): typed by the kind the worker gave it (one family cannot hold both types), for the same
-  capped instances only. The names are bounded and checked where they are read (at most 16 per
+- what a worker publishes (worker.published) comes as ``pyvisor_worker_metric`` (its gauges)
+  and ``pyvisor_worker_metric_total`` (its counters), labels worker, name and ``metric`` (the
+  worker's own name for it): typed by the kind the worker gave it (a family has one type; the
+  counter's ``_total`` keeps the two apart, and promtool accepts the pair), for the same capped
+  instances only. The names are bounded and checked where they are read (at most 16 per
   instance, [A-Za-z0-9_] within the block's name size); the library escapes every label value.
 """
 
@@ -72,9 +73,9 @@ class Families:
                        "leader's without a cgroup)", labels=_I)
         self.i_mem = g("pyvisor_instance_memory_bytes", "Memory of the process tree (the "
                        "leader's RSS without a cgroup)", labels=_I)
-        self.i_wcounter = c("pyvisor_worker_counter", "A counter the worker publishes "
+        self.i_wcounter = c("pyvisor_worker_metric", "A counter the worker publishes "
                             "(worker API: w.counter(NAME)); per instance", labels=[*_I, "metric"])
-        self.i_wgauge = g("pyvisor_worker_gauge", "A gauge the worker publishes (worker API: "
+        self.i_wgauge = g("pyvisor_worker_metric", "A gauge the worker publishes (worker API: "
                           "w.gauge(NAME)); per instance", labels=[*_I, "metric"])
         self.w_states = g("pyvisor_worker_instances", "Instances of the worker in each state",
                           labels=[*_W, "state"])

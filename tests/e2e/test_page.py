@@ -82,14 +82,16 @@ def test_table_shows_every_instance_and_changes_arrive_live(
     wait_until(lambda: cell(driver, "plain:1", "state"), 10, "plain:1 STOPPED on the page",
                ok=lambda s: s == "STOPPED")
     assert "state-STOPPED" in badge.get_attribute("class")
-    assert cell(driver, "plain:1", "pid") == "–"
+    wait_until(lambda: cell(driver, "plain:1", "pid"), 10, "no pid for plain:1",
+               ok=lambda p: p == "–")
     assert driver.execute_script("return window.__sameDocument") is True, "the page reloaded"
     events = [e.text for e in css(driver, "#events li")]
     assert any("plain:1 state RUNNING → STOPPING" in e for e in events), events
     assert d.ctl("start", "plain:1").returncode == 0
     wait_until(lambda: cell(driver, "plain:1", "state"), 10, "plain:1 RUNNING again",
                ok=lambda s: s == "RUNNING")
-    assert cell(driver, "plain:1", "pid") == str(d.status_of("plain:1")["pid"])
+    pid = str(d.status_of("plain:1")["pid"])
+    wait_until(lambda: cell(driver, "plain:1", "pid"), 10, "the new pid", ok=lambda p: p == pid)
 
 
 def test_without_the_token_no_button_and_the_api_refuses(

@@ -14,8 +14,9 @@
                    "mem", "actions"];
   const VERBS = ["start", "stop", "restart"];
   const MAX_EVENTS = 50;        // lines kept in "Recent events"
-  const FULL_REFRESH_MS = 5000; // CPU, memory, work and status text change without events
+  const FULL_REFRESH_MS = 3000; // heartbeats, CPU, memory, work, status text: no events
   const HB_STALE = 30;          // seconds: a heartbeat older than this is shown in red
+  const MAX_PENDING = 20;       // row fetches waiting at once; more: fetch the whole table
 
   const $ = (id) => document.getElementById(id);
   const rows = new Map();       // name -> {tr, cells, fact, at, actionsFor}
@@ -70,7 +71,9 @@
     c.pid.textContent = running ? String(f.pid) : dash;
     c.uptime.textContent = running && known(f.uptime) ? duration(f.uptime + elapsed) : dash;
     if (running && known(f.heartbeat_age)) {
-      const age = f.heartbeat_age + elapsed;
+      // as of the last fetch: a worker that beats would be shown older than it is if this
+      // counted on (uptime does count on: it only grows while the process lives)
+      const age = f.heartbeat_age;
       c.hb.textContent = `${age.toFixed(1)}s ago`;
       c.hb.className = age > HB_STALE ? "c-hb stale" : "c-hb";
     } else {
@@ -161,6 +164,12 @@
 
   function refreshOne(name) {
     if (pending.has(name)) return;
+    if (pending.size >= MAX_PENDING) {      // a burst over many instances: one full fetch
+      for (const t of pending.values()) clearTimeout(t);
+      pending.clear();
+      refreshAll();
+      return;
+    }
     pending.set(name, setTimeout(async () => {
       pending.delete(name);
       try {
@@ -251,6 +260,10 @@
     if (!r) { refreshAll(); return; }          // an instance the table lacks: a reload
     if (ev.kind === "state" && typeof ev.to === "string") {
       r.fact = {...r.fact, state: ev.to};
+      if (NO_PROCESS.includes(ev.to)) {      // until the row's fetch brings the rest
+        r.fact.pid = null;
+        r.fact.uptime = r.fact.heartbeat_age = r.fact.cpu_seconds = r.fact.rss = null;
+      }
       render(r);
       summary();
     }
@@ -284,6 +297,13 @@
     refreshAll();
     connect();
     setInterval(() => { for (const r of rows.values()) render(r); }, 1000);
-    setInterval(() => { if (!document.hidden) refreshAll(); }, FULL_REFRESH_MS);
+    // the daemon reads /proc for every row of a status: a big table is fetched less often
+    const periodic = () => {
+      const next = Math.max(FULL_REFRESH_MS, rows.size * 3);
+      setTimeout(() => {
+        (document.hidden ? Promise.resolve() : refreshAll()).finally(periodic);
+      }, next);
+    };
+    periodic();
   });
 })();
