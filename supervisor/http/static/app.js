@@ -16,6 +16,7 @@
   const MAX_EVENTS = 50;        // lines kept in "Recent events"
   const FULL_REFRESH_MS = 3000; // heartbeats, CPU, memory, work, status text: no events
   const HB_STALE = 30;          // seconds: a heartbeat older than this is shown in red
+  const RECONNECT_MS = 5000;    // after the server refused the event stream
   const MAX_PENDING = 20;       // row fetches waiting at once; more: fetch the whole table
 
   const $ = (id) => document.getElementById(id);
@@ -158,7 +159,7 @@
     if (refreshing) return refreshing;
     refreshing = getJSON("api/v1/status").then(({doc}) => {
       if (Array.isArray(doc.data)) setRows(doc.data);
-    }).catch(() => setConn(false)).finally(() => { refreshing = null; });
+    }).catch((e) => message(`status: ${e}`, true)).finally(() => { refreshing = null; });
     return refreshing;
   }
 
@@ -279,7 +280,12 @@
       try { ev = JSON.parse(m.data); } catch (e) { return; }
       apply(ev);
     };
-    es.onerror = () => setConn(false);        // the EventSource reconnects by itself
+    es.onerror = () => {
+      setConn(false);
+      // a dropped stream reconnects by itself (after "retry"); a refused one (503: too many
+      // streams, or a daemon that answers something else) is closed for good: retry later
+      if (es.readyState === EventSource.CLOSED) setTimeout(connect, RECONNECT_MS);
+    };
   }
 
   // -- start ------------------------------------------------------------------------------
