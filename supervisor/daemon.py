@@ -155,9 +155,17 @@ class Daemon:
                                         log=logger.error, log_where=where)
             if sup.http is not None:
                 # imported only here: a daemon without http never loads h11/prometheus_client
-                from supervisor.http.app import start_http
-                self.http = start_http(self, handlers, sup, logger.error, where)
+                try:
+                    from supervisor.http.app import HttpEndpoint
+                except ModuleNotFoundError as e:
+                    raise ValueError(f"supervisor.http needs the {e.name} package: "
+                                     "pip install 'pyvisor[http]'") from None
+                self.http = HttpEndpoint(self, handlers, sup, logger.error, where)
                 logger.info(f"http: listening on {self.http.bound}")
+                if not self.http.address.loopback:
+                    logger.warning(f"http: {self.http.bound} is reachable from other machines "
+                                   "(http_allow_remote): anyone who reaches it reads status "
+                                   "and metrics; control still needs the token")
             paths.write_locator(config.path, sup.socket, os.getpid())
         except BaseException:
             if self.http is not None:
@@ -252,6 +260,10 @@ class Daemon:
         self.notifier.reloading()
         summary, settle = apply_config(self.runtime, self.config, new)
         self.config = new
+        if self.http is not None:
+            note = self.http.reload(new.supervisor)
+            if note:
+                logger.info(note)
         logger.info(f"reloaded {new.path}: {summary.strip() or 'no changes'}")
 
         def finished() -> None:

@@ -219,6 +219,7 @@ def restore_state(rt: Runtime, saved: dict[str, Any]) -> tuple[set[str], list[In
         st["timers"] = frozenset(TimerKind(k) for k in st["timers"])
         st["last_exit"] = core.ExitStatus(**st["last_exit"]) if st["last_exit"] else None
         st["recent_crashes"] = tuple(st.get("recent_crashes", ()))
+        st["restarts"] = restarts_of(st)          # a count, or 0 (older files have none)
         if st["state"] is State.STARTING and st["pid"] is None and inst.pidfd is None:
             pending.append(inst)     # Spawn was queued, not carried out: start it here
             continue

@@ -9,6 +9,7 @@ models know nothing of them).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 
@@ -45,6 +46,9 @@ def _http(config: Config) -> list[Problem]:
     sup = config.supervisor
     out: list[Problem] = []
     names = list(config.workers)
+    if sup.http is not None and importlib.util.find_spec("h11") is None:
+        out.append((("supervisor", "http"), "needs the h11 package, which is not installed: "
+                    "pip install 'pyvisor[http]' (into supervisord's venv)"))
     for i, name in enumerate(sup.http_ready or ()):
         if name not in config.workers:
             out.append((("supervisor", "http_ready", i), unknown("worker", name, names)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from supervisor.http.server import HttpConn
+    from supervisor.http.conn import HttpConn
 
 Route = Callable[["Exchange"], None]
 Headers = Sequence[tuple[bytes, bytes]]
@@ -30,6 +30,12 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            503: "Service Unavailable"}
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
+
+
+def json_body(doc: Any) -> bytes:
+    """A JSON reply body; text decoded from OS bytes (surrogateescape) goes back as bytes."""
+    return json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8",
+                                                               "surrogateescape") + b"\n"
 
 
 @dataclass(eq=False, slots=True)
@@ -51,10 +57,6 @@ class Exchange:
     def closed(self) -> bool:
         return self.conn.closed
 
-    @property
-    def over_tcp(self) -> bool:
-        return not self.conn.server.address.is_unix
-
     def reply(self, status: int, body: bytes, content_type: bytes = TEXT,
               headers: Headers = ()) -> None:
         if self.answered:
@@ -66,8 +68,7 @@ class Exchange:
         self.reply(status, text.encode("utf-8", "replace"), TEXT, headers)
 
     def json(self, status: int, doc: Any, headers: Headers = ()) -> None:
-        body = json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8", "surrogateescape")
-        self.reply(status, body + b"\n", JSON, headers)
+        self.reply(status, json_body(doc), JSON, headers)
 
     def stream(self, status: int, content_type: bytes,
                on_close: Callable[[], None] = lambda: None) -> Stream:

@@ -27,32 +27,32 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.core import State
-from supervisor.http.exchange import Exchange, Router
-from supervisor.http.metrics import CONTENT_TYPE, render
+from supervisor.http.exchange import JSON, Exchange, Router, json_body
+from supervisor.http.metrics import CONTENT_TYPE
 from supervisor.http.page import Page
 from supervisor.http.sse import EventStreams
 from supervisor.http.token import token_matches
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
-
     from supervisor.control.handlers import Daemon, Handlers
 
 OPENAPI = os.path.join(os.path.dirname(__file__), "openapi.json")
 VERBS = ("start", "stop", "restart", "signal")
 # control.protocol exit code -> HTTP status
 STATUS_OF: dict[int, int] = {OK: 200, USAGE: 400, NO_SUCH_TARGET: 404, FAILED: 409}
+RENDER_EVERY = 1.0        # seconds: /metrics and the full status are made at most this often
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class _Answer:
     """A control-socket Responder that answers an HTTP exchange."""
 
-    __slots__ = ("ex", "text")
+    __slots__ = ("ex", "text", "sent")
 
     def __init__(self, ex: Exchange, text: bool = True) -> None:
         self.ex = ex
         self.text = text          # False: "out" left empty (status: the rows are in "data")
+        self.sent: tuple[int, bytes] | None = None
 
     @property
     def closed(self) -> bool:
@@ -62,21 +62,31 @@ class _Answer:
         return None           # no streamed replies over HTTP (events come as SSE)
 
     def __call__(self, reply: Reply) -> None:
-        self.ex.json(STATUS_OF.get(reply.code, 500), {
-            "code": int(reply.code), "ok": reply.code == OK, "out": reply.out if self.text else "",
-            "err": reply.err, "data": reply.data})
+        status = STATUS_OF.get(reply.code, 500)
+        try:
+            body = json_body({"code": int(reply.code), "ok": reply.code == OK,
+                              "out": reply.out if self.text else "", "err": reply.err,
+                              "data": reply.data})
+        except (TypeError, ValueError, RecursionError) as e:   # never into the runtime
+            status, body = 500, json_body({"code": 1, "ok": False, "out": "", "data": None,
+                                           "err": f"internal error: reply not serializable "
+                                                  f"({e})\n"})
+        self.sent = (status, body)
+        self.ex.reply(status, body, JSON)
 
 
 class Routes:
     def __init__(self, daemon: Daemon, handlers: Handlers, token: bytes | None,
-                 registry: Callable[[], CollectorRegistry], ready_workers: tuple[str, ...] | None,
+                 metrics: Callable[[], bytes], ready_workers: tuple[str, ...] | None,
                  ) -> None:
         self.daemon = daemon
         self.handlers = handlers
         self.token = token
-        self.registry = registry
+        self.metrics_text = metrics
         self.ready_workers = ready_workers
         self._openapi: bytes | None = None
+        self._metrics: tuple[float, bytes] | None = None   # (when rendered, text)
+        self._status: tuple[float, bytes] | None = None
         self.events = EventStreams(daemon.runtime)
         self.page = Page()
 
@@ -129,13 +139,26 @@ class Routes:
 
     # -- metrics ----------------------------------------------------------------------------
     def metrics(self, ex: Exchange) -> None:
-        ex.reply(200, render(self.registry()), CONTENT_TYPE)
+        # Rule: the loop renders /metrics at most once per RENDER_EVERY; scrapes in between get
+        # the same text. Reading every instance's facts costs ~0.1 ms each, and anyone who
+        # reaches the address may scrape as often as they like.
+        now = self.daemon.runtime.now()
+        if self._metrics is None or now - self._metrics[0] >= RENDER_EVERY:
+            self._metrics = (now, self.metrics_text())
+        ex.reply(200, self._metrics[1], CONTENT_TYPE)
 
     # -- API --------------------------------------------------------------------------------
     def status(self, ex: Exchange) -> None:
         name = ex.params.get("name")
+        now = self.daemon.runtime.now()
+        if name is None and self._status is not None and now - self._status[0] < RENDER_EVERY:
+            ex.reply(200, self._status[1], b"application/json")   # the same rule as /metrics
+            return
         req = Request.make("status", [name] if name else [], {"json": True})
-        self.handlers(req, _Answer(ex, text=False))
+        answer = _Answer(ex, text=False)
+        self.handlers(req, answer)
+        if name is None and answer.sent is not None and answer.sent[0] == 200:
+            self._status = (now, answer.sent[1])
 
     def openapi(self, ex: Exchange) -> None:
         if self._openapi is None:

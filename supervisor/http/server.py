@@ -1,7 +1,7 @@
 """The HTTP server: h11 (a sans-I/O HTTP/1.1 state machine) on the daemon's own Loop.
 
 No thread and no tick: the listener and every connection are fds on the loop, and each
-connection's deadline is one loop timer. h11 parses; this module only moves bytes and keeps the
+connection's deadline is one loop timer. h11 parses; conn.py moves the bytes, and both keep the
 bounds, because an HTTP client is as untrusted as any control-socket peer:
 
 - headers: at most ``max_header`` bytes for the request line and headers (h11's
@@ -9,7 +9,8 @@ bounds, because an HTTP client is as untrusted as any control-socket peer:
 - a whole request must arrive within ``request_timeout`` of the connection opening (or of the
   previous response, on a kept-alive connection): a slow client (slowloris) gets 408 and is
   closed; a reply must be taken within ``write_timeout``, else the connection is closed (a
-  stream's client must take some of its bytes every ``write_timeout``);
+  stream's client must take some of its bytes every ``write_timeout``; a stream's kernel send
+  buffer is fixed at 64 KiB, so what waits for a slow reader is in the daemon's counts);
 - at most ``max_connections`` connections; past it a connection is accepted and closed at once;
   at most ``max_requests`` requests per connection (then ``Connection: close``); pipelined
   bytes beyond ``max_header`` are not read until the reply is out;
@@ -26,20 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import selectors
 import socket
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import h11
-
 from supervisor.control.sockfile import create_socket
 from supervisor.http.address import HttpAddress
-from supervisor.http.exchange import REASONS, TEXT, Exchange, Headers, Router, Stream
-from supervisor.http.request import content_length, loopback_host, parse_request
+from supervisor.http.conn import HttpConn
+from supervisor.http.exchange import Router
 from supervisor.loop import Loop, Timer
 
 MAX_HEADER = 16 * 1024
@@ -48,7 +47,6 @@ MAX_CONNECTIONS = 64
 MAX_REQUESTS = 100
 MAX_OUTPUT = 32 * 1024 * 1024
 MAX_STREAM_BUFFER = 1024 * 1024
-STREAM_SNDBUF = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
 
@@ -57,318 +55,21 @@ class HttpError(ValueError):
     """The endpoint cannot be opened; str() says where and why."""
 
 
-class HttpConn:
-    def __init__(self, server: HttpServer, sock: socket.socket) -> None:
-        self.server = server
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.max_header)
-        self.closed = False
-        self.reading = True
-        self.out = bytearray()
-        self.held = 0                  # bytes of self.out counted in server.buffered
-        self.requests = 0
-        self.req: h11.Request | None = None
-        self.body = bytearray()
-        self.exchange: Exchange | None = None
-        self.streaming: Callable[[], None] | None = None   # a stream's on_close
-        self.timer: Timer | None = None
-        self.write_timer: Timer | None = None
-        self.close_after = False
-        self._in_process = False
-        self._arm(self.server.request_timeout, self._on_request_timeout)
+_LOOPBACK_NAMES = {"localhost"}
 
-    # -- reading ----------------------------------------------------------------------------
-    def on_event(self, mask: int) -> None:
-        try:
-            if mask & selectors.EVENT_WRITE:
-                self._flush()
-            if mask & selectors.EVENT_READ and not self.closed:
-                self._on_readable()
-        except Exception as e:  # noqa: BLE001 -- a bug here costs one connection, not the daemon
-            self.server.log(f"http: connection failed: {type(e).__name__}: {e}\n"
-                            f"{traceback.format_exc().rstrip()}")
-            self.close()
 
-    def _on_readable(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        if not data and (self.exchange is not None or self.streaming is not None):
-            self.close()              # the client went away while we worked on its reply
-            return
-        try:
-            self.h11.receive_data(data)
-        except RuntimeError:          # data after the close: drop the connection
-            self.close()
-            return
-        self._process()
-
-    def _process(self) -> None:
-        # Not re-entered: a reply flushed at once starts the next cycle from inside the loop
-        # below, which then goes on with a pipelined request (no recursion per request).
-        if self._in_process:
-            return
-        self._in_process = True
-        try:
-            self._process_events()
-        finally:
-            self._in_process = False
-
-    def _process_events(self) -> None:
-        while not self.closed and self.exchange is None and self.streaming is None:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as e:
-                status = e.error_status_hint
-                if status == 400 and len(self.h11.trailing_data[0]) > self.server.max_header:
-                    status = 431
-                self._error(status, f"bad request: {e}")
-                return
-            if event is h11.NEED_DATA:
-                if len(self.h11.trailing_data[0]) > self.server.max_header + self.server.max_body:
-                    self._error(413, "request too large")
-                return
-            if event is h11.PAUSED:
-                self._pause_reading()
-                return
-            if isinstance(event, h11.Request):
-                self.req, self.body = event, bytearray()
-                # h11 bounds only what is still incomplete: a whole head in one read can be
-                # bigger, so it is measured here as well
-                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
-                if size > self.server.max_header:
-                    self._error(431, f"request head larger than {self.server.max_header} bytes")
-                    return
-                length = content_length(event)
-                if length is not None and length > self.server.max_body:
-                    self._error(413, f"body larger than {self.server.max_body} bytes")
-                    return
-            elif isinstance(event, h11.Data):
-                self.body += event.data
-                if len(self.body) > self.server.max_body:
-                    self._error(413, f"body larger than {self.server.max_body} bytes")
-                    return
-            elif isinstance(event, h11.EndOfMessage):
-                self._dispatch()
-            elif isinstance(event, h11.ConnectionClosed):
-                self.close()
-                return
-        if self.exchange is not None and len(self.h11.trailing_data[0]) > self.server.max_header:
-            self._pause_reading()      # pipelined bytes wait until the reply is out
-
-    def _pause_reading(self) -> None:
-        if self.reading:
-            self.reading = False
-            self._watch()
-
-    # -- a request --------------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        req = self.req
-        assert req is not None
-        self._cancel(self.timer)
-        self.timer = None
-        self.requests += 1
-        if self.requests >= self.server.max_requests:
-            self.close_after = True
-        method = req.method.decode("ascii", "replace")
-        ex = Exchange(self, method, "", {}, {}, bytes(self.body))
-        self.exchange = ex
-        problem = parse_request(req, ex, self.server.host_ok)
-        if problem is not None:
-            ex.text(problem[0], problem[1] + "\n")
-            return
-        fn, params, pattern, allowed = self.server.router.match(method, ex.path)
-        ex.params, ex.route = params, pattern
-        if fn is None:
-            if allowed:
-                ex.text(405, f"method {method} not allowed on {ex.path}; allowed: "
-                             f"{', '.join(allowed)}\n",
-                        [(b"allow", ", ".join(allowed).encode())])
-            else:
-                ex.text(404, f"no such path: {ex.path}; see /api/v1/openapi.json\n")
-            return
-        try:
-            fn(ex)
-        except Exception as e:  # noqa: BLE001 -- a route bug must not take the daemon down
-            self.server.log(f"http: {method} {ex.path} failed: {type(e).__name__}: {e}\n"
-                            f"{traceback.format_exc().rstrip()}")
-            ex.text(500, f"internal error: {type(e).__name__}: {e} (see "
-                         f"{self.server.log_where})\n")
-
-    # -- answering --------------------------------------------------------------------------
-    def _head(self, ex: Exchange, status: int, headers: Headers) -> bytes:
-        hs = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
-              *headers]
-        if self.close_after:
-            hs.append((b"connection", b"close"))
-        self.server.requests[(ex.route, status)] += 1
-        return self.h11.send(h11.Response(status_code=status, headers=hs,
-                                          reason=REASONS.get(status, "").encode()))
-
-    def respond(self, ex: Exchange, status: int, headers: Headers, body: bytes) -> None:
-        if self.closed or ex is not self.exchange:
-            return
-        server = self.server
-        if len(body) > 65536 and server.buffered + len(body) > server.max_output:
-            server.log(f"http: {server.buffered} bytes of replies wait for clients; refused a "
-                       f"reply of {len(body)} bytes")
-            status, headers = 503, [(b"content-type", TEXT)]
-            body = b"busy: other clients have not taken their replies yet; try again\n"
-        hs = [*headers, (b"content-length", str(len(body)).encode())]
-        data = self._head(ex, status, hs)
-        if ex.method != "HEAD":
-            data += self.h11.send(h11.Data(data=body))
-        data += self.h11.send(h11.EndOfMessage())
-        self._queue(data)
-
-    def start_stream(self, ex: Exchange, status: int, content_type: bytes,
-                     on_close: Callable[[], None]) -> Stream:
-        self.close_after = True      # a stream ends its connection
-        self.streaming = on_close
-        # the kernel's send buffer autotunes to megabytes for a reader that never reads:
-        # a stream's waiting bytes stay in ours, where the caps and the stall timeout see them
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
-        self._queue(self._head(ex, status, [(b"content-type", content_type)]))
-        return Stream(self)
-
-    def stream_data(self, data: bytes) -> bool:
-        if len(self.out) + len(data) > self.server.max_stream_buffer:
-            self.server.log("http: a stream's client fell behind; closing it")
-            self.close()
-            return False
-        self._queue(self.h11.send(h11.Data(data=data)) or b"")
-        return not self.closed
-
-    def stream_end(self) -> None:
-        self._queue(self.h11.send(h11.EndOfMessage()) or b"")
-
-    def _error(self, status: int, why: str) -> None:
-        """Refuse what h11 could not parse or we will not take, then close."""
-        self.close_after = True
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self.exchange is not None:
-            self.close()
-            return
-        ex = Exchange(self, "GET", "", {}, {}, b"")
-        self.exchange = ex
-        hs = [(b"content-type", TEXT), (b"connection", b"close")]
-        body = f"{why}\n".encode()
-        try:
-            data = self.h11.send(h11.Response(status_code=status, headers=[
-                *hs, (b"content-length", str(len(body)).encode())],
-                reason=REASONS.get(status, "").encode()))
-            data += self.h11.send(h11.Data(data=body)) + self.h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            data = (f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nconnection: close\r\n"
-                    f"content-length: {len(body)}\r\n\r\n").encode() + body
-        self.server.requests[("other", status)] += 1
-        self._queue(data)
-
-    # -- writing ----------------------------------------------------------------------------
-    def _queue(self, data: bytes) -> None:
-        if self.closed or not data:
-            return
-        self.out += data
-        self.held += len(data)
-        self.server.buffered += len(data)
-        if self.write_timer is None:
-            self.write_timer = self.server.loop.call_later(self.server.write_timeout,
-                                                           self._on_write_timeout)
-        self._flush()
-
-    def _flush(self) -> None:
-        sent = 0
-        while self.out and not self.closed:
-            try:
-                n = self.sock.send(self.out)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.close()
-                return
-            del self.out[:n]
-            self.held -= n
-            self.server.buffered -= n
-            sent += n
-        if self.closed:
-            return
-        if not self.out:
-            self._cancel(self.write_timer)
-            self.write_timer = None
-            if self.exchange is not None and self.h11.our_state in (h11.DONE, h11.MUST_CLOSE):
-                self._next_cycle()
-                return
-        elif sent and self.streaming is not None:
-            # a stream lives while its client takes bytes: it has stalled only when it took
-            # nothing for write_timeout (a reply must be taken whole within it)
-            self._cancel(self.write_timer)
-            self.write_timer = self.server.loop.call_later(self.server.write_timeout,
-                                                           self._on_write_timeout)
-        self._watch()
-
-    def _next_cycle(self) -> None:
-        if self.close_after or self.h11.our_state is not h11.DONE or (
-                self.h11.their_state is not h11.DONE):
-            self.close()
-            return
-        self.h11.start_next_cycle()
-        self.exchange, self.req = None, None
-        self.reading = True
-        self._arm(self.server.request_timeout, self._on_request_timeout)
-        self._watch()
-        self._process()              # a pipelined request may be there already
-
-    def _watch(self) -> None:
-        if self.closed:
-            return
-        events = (selectors.EVENT_READ if self.reading else 0) | (
-            selectors.EVENT_WRITE if self.out else 0)
-        self.server.watch(self, events)
-
-    # -- deadlines and closing --------------------------------------------------------------
-    def _arm(self, delay: float, fn: Callable[[], None]) -> None:
-        self._cancel(self.timer)
-        self.timer = self.server.loop.call_later(delay, fn)
-
-    @staticmethod
-    def _cancel(timer: Timer | None) -> None:
-        if timer is not None:
-            timer.cancel()
-
-    def _on_request_timeout(self) -> None:
-        self.timer = None
-        if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
-            self.close()             # an idle kept-alive connection: just close it
-        else:
-            self._error(408, f"no complete request within {self.server.request_timeout:g} s")
-
-    def _on_write_timeout(self) -> None:
-        self.write_timer = None
-        if self.streaming is not None:
-            self.server.log(f"http: a stream's client took nothing for "
-                            f"{self.server.write_timeout:g} s ({len(self.out)} bytes waiting); "
-                            "closed it")
-        self.close()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._cancel(self.timer)
-        self._cancel(self.write_timer)
-        self.server.buffered -= self.held
-        self.held = 0
-        self.out = bytearray()
-        self.server.forget(self)
-        self.sock.close()
-        on_close, self.streaming = self.streaming, None
-        if on_close is not None:
-            on_close()
+def _loopback_host(host: bytes) -> bool:
+    text = host.decode("ascii", "replace").strip().lower()
+    if text.startswith("["):
+        name = text[1:text.find("]")] if "]" in text else ""
+    else:
+        name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class HttpServer:
@@ -429,7 +130,7 @@ class HttpServer:
         if self.address.is_unix or not self.address.loopback:
             return True
         # no Host at all: HTTP/1.0 only (h11 requires it in 1.1); browsers always send one
-        return host is None or loopback_host(host)
+        return host is None or _loopback_host(host)
 
     # -- connections ------------------------------------------------------------------------
     def _on_accept(self, _mask: int) -> None:

@@ -57,7 +57,8 @@ def test_status_lines_and_json_fields(daemon: StartedDaemon) -> None:
     row = d.status_of("w:0")
     assert set(row) == {"name", "worker", "state", "pid", "uptime", "heartbeat_age", "work_done",
                         "cpu_seconds", "rss", "last_exit", "fatal_reason", "adopted",
-                        "processes", "oom_kills", "cgroup", "status_text", "metrics"}, row
+                        "processes", "oom_kills", "cgroup", "restarts", "status_text",
+                        "metrics"}, row
     assert row["name"] == "w:0" and row["worker"] == "w" and row["state"] == "RUNNING", row
     assert isinstance(row["pid"], int) and pid_alive(row["pid"]), row
     assert row["uptime"] >= 0 and row["rss"] > 0 and row["adopted"] is False, row

@@ -5,7 +5,7 @@ restart counter survives a SIGKILL of the daemon."""
 from __future__ import annotations
 
 import json
-import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.daemon import DaemonFactory
 from tests.support.http import bearer, free_port, make_token, request
@@ -37,11 +38,12 @@ def _needs(tool: str) -> str:
 
 
 def _metric(text: str, metric: str, **labels: str) -> float | None:
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    head = f"{metric}{{{want}}}" if labels else metric
-    for line in text.splitlines():
-        if line.startswith(head + " "):
-            return float(line.split()[-1])
+    """The value of the one sample named metric with these labels (prometheus_client's
+    parser reads the text)."""
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == metric and sample.labels == labels:
+                return float(sample.value)
     return None
 
 
@@ -57,6 +59,13 @@ def test_prometheus_scrapes_the_daemon(daemon_factory: DaemonFactory, tmp_path: 
     check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
                            capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert parsed["pyvisor_instance_restarts"].type == "counter"
+    assert {(s.labels["state"], s.value) for s in parsed["pyvisor_instance_state"].samples
+            if s.labels["name"] == "plain:0"} == {
+        ("RUNNING", 1.0), *((st, 0.0) for st in ("STOPPED", "STARTING", "BACKOFF", "STOPPING",
+                                                 "EXITED", "FATAL"))}
+    assert parsed["pyvisor_loop_lag_seconds"].type == "histogram"
     prom_port = free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [
@@ -116,6 +125,7 @@ def test_probes_say_what_is_missing(daemon_factory: DaemonFactory) -> None:
     live = request(port, "GET", "/livez")
     assert live.status == 200 and live.text.startswith("ok: the loop turns")
     d.wait_state("broken:0", "EXITED")
+    d.wait_state("plain:0", "RUNNING")
     r = request(port, "GET", "/readyz")
     assert r.status == 503, r
     assert "broken:0 EXITED (exit status 1)" in r.text and "plain:0" not in r.text, r.text
@@ -200,10 +210,11 @@ def test_restart_counter_survives_a_daemon_sigkill(daemon_factory: DaemonFactory
 
     wait_until(restarts, 30, "crashy:0 restarted 3 times", ok=lambda v: v is not None and v >= 3)
     d.ctl("stop", "crashy")          # a steady count to compare
-    before = restarts()
-    assert before is not None and before >= 3
     row = d.status_of("crashy:0")
-    assert row["restarts"] == before
+    assert row["restarts"] >= 3
+    # /metrics is rendered at most once a second: wait for a render after the stop
+    before = wait_until(restarts, 10, "/metrics to show the status row's count",
+                        ok=lambda v: v == row["restarts"])
     plain_pid = d.status_of("plain:0")["pid"]
     d.kill(signal.SIGKILL)
     assert d.proc is not None
@@ -214,4 +225,28 @@ def test_restart_counter_survives_a_daemon_sigkill(daemon_factory: DaemonFactory
                       ok=lambda v: v is not None) == before
     text = request(port, "GET", "/metrics").text
     assert _metric(text, "pyvisor_adoptions_total", outcome="adopted") == 1.0
-    assert os.path.exists(d.socket)
+    # and across a re-exec (the re-exec state), with the endpoint back on the same port
+    mark = d.log_mark()
+    assert d.ctl("reexec").returncode == 0
+    d.wait_log(rf"http: listening on 127\.0\.0\.1:{port}\b", after=mark)
+    assert wait_until(restarts, 20, "the re-executed daemon's restart count",
+                      ok=lambda v: v is not None) == before
+    assert d.proc is not None and d.proc.poll() is None
+
+
+def test_a_rotated_token_works_after_reload(daemon_factory: DaemonFactory,
+                                            tmp_path: Path) -> None:
+    port = free_port()
+    token_path, old = make_token(tmp_path)
+    d = daemon_factory({"plain": PLAIN}, supervisor={"http": f"127.0.0.1:{port}",
+                                                     "http_token_file": token_path}).start()
+    d.wait_state("plain:0", "RUNNING")
+    sig = "/api/v1/instances/plain:0/signal?signal=CONT"
+    assert request(port, "POST", sig, bearer(old)).status == 200
+    new = secrets.token_urlsafe(32).encode()
+    Path(token_path).write_bytes(new + b"\n")
+    r = d.ctl("reload")
+    assert r.returncode == 0, r
+    d.wait_log(r"http: token reloaded")
+    assert request(port, "POST", sig, bearer(old)).status == 403
+    assert request(port, "POST", sig, bearer(new)).status == 200

@@ -157,8 +157,8 @@ def test_worker_data_in_metrics_and_status(daemon_factory: DaemonFactory,
     lines = [x for x in text.splitlines() if x.startswith("pyvisor_worker_metric")]
     # only the first instance has per-instance series (http_metrics_instances: 1)
     assert lines == [
-        'pyvisor_worker_metric_total{metric="jobs_done",name="p:0",worker="p"} 41.0',
-        'pyvisor_worker_metric{metric="queue_depth",name="p:0",worker="p"} -7.0'], lines
+        'pyvisor_worker_metric_total{worker="p",name="p:0",metric="jobs_done"} 41',
+        'pyvisor_worker_metric{worker="p",name="p:0",metric="queue_depth"} -7'], lines
     assert "# TYPE pyvisor_worker_metric gauge" in text
     assert "# TYPE pyvisor_worker_metric_total counter" in text
     promtool = shutil.which("promtool")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,3 +276,39 @@ def test_unix_socket_endpoint(daemon_factory: DaemonFactory, tmp_path: Path) -> 
     assert out.startswith(b"HTTP/1.1 200") and b"ready: 1 instances RUNNING" in out, out
     d.stop()
     assert not path.exists(), "the daemon removes its HTTP socket"
+
+
+def test_a_scrape_flood_costs_one_render_per_second(served: tuple[DaemonProcess, int]) -> None:
+    d, port = served
+    first, second = (request(port, "GET", "/metrics").body for _ in range(2))
+    assert first == second, "scrapes within a second get the same text (turns, uptime...)"
+    a, b = (request(port, "GET", "/api/v1/status").body for _ in range(2))
+    assert a == b
+    stop = threading.Event()
+    count = [0]
+
+    def hammer() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                request(port, "GET", "/metrics", timeout=10)
+                count[0] += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: count[0], 30, "the flood to get going", ok=lambda n: n >= 50)
+        for _ in range(3):
+            assert status_time(d) < 5.0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+    def metrics_served() -> float:
+        text = request(port, "GET", "/metrics").text
+        return sum(float(line.split()[1]) for line in text.splitlines()
+                   if line.startswith('pyvisor_http_requests_total{route="/metrics"'))
+
+    # the next render (within a second) counts the flood's requests
+    wait_until(metrics_served, 10, "a render that counts the flood", ok=lambda n: n >= 50)

@@ -250,3 +250,87 @@ def test_daemon_without_http_never_imports_h11_or_prometheus_client(tmp_path: Pa
     r = subprocess.run([sys.executable, "-c", code_], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_route_is_in_the_openapi_document() -> None:
+    from typing import Any, cast
+
+    from supervisor.http.routes import Routes, load_openapi
+
+    routes = Routes(cast(Any, None), cast(Any, None), None, lambda: b"", None).router()
+    spec = load_openapi()
+    served = {(m.lower(), pattern) for _segs, methods, pattern in routes._routes
+              for m in methods}
+    documented = {(m, path) for path, ops in spec["paths"].items() for m in ops}
+    assert served == documented
+    assert spec["openapi"].startswith("3.")
+
+
+def test_a_route_that_raises_costs_its_request_only() -> None:
+    from supervisor.http.exchange import Exchange, Router
+    from supervisor.http.server import HttpServer
+
+    def boom(ex: Exchange) -> None:
+        raise RuntimeError("bug")
+
+    def late_boom(ex: Exchange) -> None:
+        ex.text(200, "fine\n")
+        raise RuntimeError("bug after the reply")
+
+    loop = Loop()
+    router = Router()
+    router.add("GET", "/boom", boom)
+    router.add("GET", "/late", late_boom)
+    logged: list[str] = []
+    server = HttpServer(loop, parse_address(f"127.0.0.1:{free_tcp_port()}"), router,
+                        log=logged.append)
+    port = int(server.bound.rsplit(":", 1)[1])
+    got: list[bytes] = []
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"GET /boom HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                      b"GET /late HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            buf = b""
+            while chunk := c.recv(4096):
+                buf += chunk
+            got.append(buf)
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        for _ in range(200):
+            loop.call_later(0.05, lambda: None)
+            loop.run_once()
+            if got:
+                break
+        t.join(10)
+    finally:
+        server.close()
+        loop.close()
+    assert got and b"500 Internal Server Error" in got[0] and b"RuntimeError: bug" in got[0]
+    assert b"fine\n" in got[0]
+    assert len(logged) == 2 and "Traceback" in logged[0]
+
+
+@pytest.mark.parametrize("value, count", [
+    (7, 7), (0, 0), (None, 0), (True, 0), (-1, 0), (1 << 53, 0), ("5", 0), (5.0, 0),
+    ([1], 0), ({"a": 1}, 0)])
+def test_recorded_restart_counts_are_checked(value: object, count: int) -> None:
+    from supervisor.runtime.intent import restarts_of
+
+    assert restarts_of({"restarts": value}) == count
+    assert restarts_of({}) == 0
+
+
+def test_http_without_h11_installed_is_a_clear_config_error(tmp_path: Path) -> None:
+    path = _config(tmp_path, "http: '127.0.0.1:9001'")
+    code_ = ("import sys; sys.modules['h11'] = None; "
+             f"sys.argv = ['supervisord', '-c', {path!r}, '--check']; "
+             "from supervisor.daemon import main; main()")
+    r = subprocess.run([sys.executable, "-c", code_], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r
+    assert "supervisor.http: needs the h11 package, which is not installed: pip install " \
+           "'pyvisor[http]'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
