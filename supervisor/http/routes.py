@@ -87,8 +87,17 @@ class Routes:
         self._openapi: bytes | None = None
         self._metrics: tuple[float, bytes] | None = None   # (when rendered, text)
         self._status: tuple[float, bytes] | None = None
-        self.events = EventStreams(daemon.runtime)
+        self._events: EventStreams | None = None
+        self._watching = False
         self.page = Page()
+
+    def events(self, ex: Exchange) -> None:
+        if self._events is None:
+            self._events = EventStreams(self.daemon.runtime)
+        self._events.route(ex)
+
+    def _changed(self, _ev: object) -> None:
+        self._status = None
 
     def router(self) -> Router:
         r = Router()
@@ -98,7 +107,7 @@ class Routes:
         r.add("GET", "/api/v1/status", self.status)
         r.add("GET", "/api/v1/instances/{name}", self.status)
         r.add("GET", "/api/v1/openapi.json", self.openapi)
-        r.add("GET", "/api/v1/events", self.events.route)
+        r.add("GET", "/api/v1/events", self.events)
         r.add("GET", "/", self.page.index)
         r.add("GET", "/static/{file}", self.page.static)
         for verb in VERBS:
@@ -158,6 +167,11 @@ class Routes:
         answer = _Answer(ex, text=False)
         self.handlers(req, answer)
         if name is None and answer.sent is not None and answer.sent[0] == 200:
+            if not self._watching:
+                # an event makes the cached status stale at once: a client that saw the event
+                # (the status page) must never be handed an older table after it
+                self.daemon.runtime.events.subscribe(self._changed)
+                self._watching = True
             self._status = (now, answer.sent[1])
 
     def openapi(self, ex: Exchange) -> None:

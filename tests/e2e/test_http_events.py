@@ -259,3 +259,16 @@ def test_event_streams_take_at_most_half_the_slots(daemon_factory: DaemonFactory
             return s.status == 200
 
     wait_until(opens, 10, "a stream once the others left")
+
+
+def test_status_after_an_event_is_never_older_than_it(daemon_factory: DaemonFactory) -> None:
+    # GET /api/v1/status is rendered at most once a second, but an event ends that: the page
+    # applies an event and then fetches the table, which must not undo it
+    d, port = served(daemon_factory, {"w": SLEEPER})
+    d.wait_state("w:0", "RUNNING")
+    states = [r["state"] for r in request(port, "GET", "/api/v1/status").json()["data"]]
+    assert states == ["RUNNING"]
+    t0 = time.monotonic()
+    assert d.ctl("stop", "w:0").returncode == 0
+    rows = request(port, "GET", "/api/v1/status").json()["data"]
+    assert [r["state"] for r in rows] == ["STOPPED"], (rows, time.monotonic() - t0)
