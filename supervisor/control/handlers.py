@@ -25,7 +25,8 @@ from supervisor.runtime.events import RuntimeEvent, target_filter
 
 
 class Responder(Protocol):
-    closed: bool
+    @property
+    def closed(self) -> bool: ...
 
     def __call__(self, reply: Reply) -> None: ...
     def stream(self) -> Stream | None: ...

@@ -7,6 +7,7 @@ pipelined bytes, the shared output budget and a stream's buffer.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import traceback
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
     from supervisor.http.server import HttpServer
 
 MAX_QUERY_FIELDS = 32
-_ONCE = (b"host", b"authorization", b"content-length", b"content-type")   # at most once
+_ONCE = (b"host", b"authorization", b"content-length", b"content-type", b"origin",
+         b"last-event-id")   # at most once
+STREAM_SNDBUF = 64 * 1024
 
 
 class HttpConn:
@@ -237,6 +240,10 @@ class HttpConn:
                      on_close: Callable[[], None]) -> Stream:
         self.close_after = True      # a stream ends its connection
         self.streaming = on_close
+        # the kernel's send buffer autotunes to megabytes for a reader that never reads:
+        # a stream's waiting bytes stay in ours, where the caps and the stall timeout see them
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         self._queue(self._head(ex, status, [(b"content-type", content_type)]))
         return Stream(self)
 
@@ -295,6 +302,7 @@ class HttpConn:
         self._flush()
 
     def _flush(self) -> None:
+        sent = 0
         while self.out and not self.closed:
             try:
                 n = self.sock.send(self.out)
@@ -306,6 +314,7 @@ class HttpConn:
             del self.out[:n]
             self.held -= n
             self.server.buffered -= n
+            sent += n
         if self.closed:
             return
         if not self.out:
@@ -314,6 +323,12 @@ class HttpConn:
             if self.exchange is not None and self.h11.our_state in (h11.DONE, h11.MUST_CLOSE):
                 self._next_cycle()
                 return
+        elif sent and self.streaming is not None:
+            # a stream lives while its client takes bytes: it has stalled only when it took
+            # nothing for write_timeout (a reply must be taken whole within it)
+            self._cancel(self.write_timer)
+            self.write_timer = self.server.loop.call_later(self.server.write_timeout,
+                                                           self._on_write_timeout)
         self._watch()
 
     def _next_cycle(self) -> None:
@@ -354,6 +369,10 @@ class HttpConn:
 
     def _on_write_timeout(self) -> None:
         self.write_timer = None
+        if self.streaming is not None:
+            self.server.log(f"http: a stream's client took nothing for "
+                            f"{self.server.write_timeout:g} s ({len(self.out)} bytes waiting); "
+                            "closed it")
         self.close()
 
     def close(self) -> None:

@@ -92,6 +92,17 @@ class Stream:
     def closed(self) -> bool:
         return self.ended or self._conn.closed
 
+    @property
+    def pending(self) -> int:
+        """Bytes sent into the stream that its client has not taken yet."""
+        return len(self._conn.out)
+
+    def fits(self, n: int, cap: int) -> bool:
+        """Whether n more bytes keep this stream within ``cap`` bytes waiting and all the
+        server's replies within its output budget (else the caller drops, and says so)."""
+        server = self._conn.server
+        return len(self._conn.out) + n <= cap and server.buffered + n <= server.max_output
+
     def send(self, data: bytes) -> bool:
         if self.closed:
             return False

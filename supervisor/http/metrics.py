@@ -12,7 +12,13 @@ Rules:
   instances cannot make a scrape unbounded;
 - labels are the worker, the instance's name (``name``: "web:0"; not ``instance``, which
   Prometheus gives every target), and small closed sets (state, reason, outcome, route, code):
-  never a pid or a time.
+  never a pid or a time;
+- what a worker publishes (worker.published) comes as ``pyvisor_worker_metric`` (its gauges)
+  and ``pyvisor_worker_metric_total`` (its counters), labels worker, name and ``metric`` (the
+  worker's own name for it): typed by the kind the worker gave it (a family has one type; the
+  counter's ``_total`` keeps the two apart, and promtool accepts the pair), for the same capped
+  instances only. The names are bounded and checked where they are read (at most 16 per
+  instance, [A-Za-z0-9_] within the block's name size) and escaped like every label value.
 
 The text is written here (``Family``), not with prometheus_client: its collector API and
 generate_latest cost ~45 us per sample here (300 ms for 7,000 samples, measured), three
@@ -104,6 +110,10 @@ class Families:
                        "leader's without a cgroup)")
         self.i_mem = g("pyvisor_instance_memory_bytes", "Memory of the process tree (the "
                        "leader's RSS without a cgroup)")
+        self.i_wcounter = c("pyvisor_worker_metric", "A counter the worker publishes (worker "
+                            "API: w.counter(NAME)); per instance")
+        self.i_wgauge = g("pyvisor_worker_metric", "A gauge the worker publishes (worker API: "
+                          "w.gauge(NAME)); per instance")
         self.w_states = g("pyvisor_worker_instances", "Instances of the worker in each state")
         self.w_restarts = c("pyvisor_worker_restarts", "Respawns after an exit, all instances")
         self.w_exits = c("pyvisor_worker_exits", "Exits seen by this daemon, all instances, "
@@ -121,8 +131,9 @@ class Families:
 
     def all(self) -> list[Family]:
         return [self.i_state, self.i_restarts, self.i_exits, self.i_uptime, self.i_hb,
-                self.i_work, self.i_cpu, self.i_mem, self.w_states, self.w_restarts,
-                self.w_exits, self.w_hb, self.w_uptime, self.w_work, self.w_cpu, self.w_mem]
+                self.i_work, self.i_cpu, self.i_mem, self.i_wcounter, self.i_wgauge,
+                self.w_states, self.w_restarts, self.w_exits, self.w_hb, self.w_uptime,
+                self.w_work, self.w_cpu, self.w_mem]
 
     def instance(self, inst: Instance, f: dict[str, Any]) -> None:
         head = f'{{worker="{_escape(inst.worker)}",name="{_escape(inst.name)}"'
@@ -138,6 +149,9 @@ class Families:
                          (self.i_mem, "rss")):
             if f[key] is not None:
                 fam.add(lv, f[key])
+        for m in f.get("metrics", ()):
+            fam = self.i_wcounter if m["kind"] == "counter" else self.i_wgauge
+            fam.add(f'{head},metric="{_escape(m["name"])}"}}', m["value"])
 
     def worker(self, worker: str, rows: list[tuple[Instance, dict[str, Any]]]) -> None:
         head = f'{{worker="{_escape(worker)}"'

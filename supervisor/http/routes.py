@@ -12,12 +12,16 @@ Rules of the API:
   parameter, so a cross-site form or link cannot carry it (and a cross-origin fetch that sets
   the header needs a CORS preflight, which this server never grants). Without a token file
   every POST is refused (403, saying how to configure one); no header is 401, a wrong token 403.
+  A POST whose Origin header names another origin than its Host is refused (403) before the
+  token is looked at: a browser says where a request comes from, and only the status page of
+  this same endpoint may drive it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +29,8 @@ from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply
 from supervisor.core import State
 from supervisor.http.exchange import JSON, Exchange, Router, json_body
 from supervisor.http.metrics import CONTENT_TYPE
+from supervisor.http.page import Page
+from supervisor.http.sse import EventStreams
 from supervisor.http.token import token_matches
 
 if TYPE_CHECKING:
@@ -52,9 +58,8 @@ class _Answer:
     def closed(self) -> bool:
         return self.ex.closed
 
-    @closed.setter
-    def closed(self, value: bool) -> None:   # the Responder protocol's; the connection decides
-        pass
+    def stream(self) -> None:
+        return None           # no streamed replies over HTTP (events come as SSE)
 
     def stream(self) -> None:
         return None           # no streamed replies over HTTP (events come as SSE)
@@ -85,6 +90,17 @@ class Routes:
         self._openapi: bytes | None = None
         self._metrics: tuple[float, bytes] | None = None   # (when rendered, text)
         self._status: tuple[float, bytes] | None = None
+        self._events: EventStreams | None = None
+        self._watching = False
+        self.page = Page()
+
+    def events(self, ex: Exchange) -> None:
+        if self._events is None:
+            self._events = EventStreams(self.daemon.runtime)
+        self._events.route(ex)
+
+    def _changed(self, _ev: object) -> None:
+        self._status = None
 
     def router(self) -> Router:
         r = Router()
@@ -94,6 +110,9 @@ class Routes:
         r.add("GET", "/api/v1/status", self.status)
         r.add("GET", "/api/v1/instances/{name}", self.status)
         r.add("GET", "/api/v1/openapi.json", self.openapi)
+        r.add("GET", "/api/v1/events", self.events)
+        r.add("GET", "/", self.page.index)
+        r.add("GET", "/static/{file}", self.page.static)
         for verb in VERBS:
             r.add("POST", f"/api/v1/instances/{{name}}/{verb}", self._verb(verb))
         return r
@@ -151,6 +170,11 @@ class Routes:
         answer = _Answer(ex, text=False)
         self.handlers(req, answer)
         if name is None and answer.sent is not None and answer.sent[0] == 200:
+            if not self._watching:
+                # an event makes the cached status stale at once: a client that saw the event
+                # (the status page) must never be handed an older table after it
+                self.daemon.runtime.events.subscribe(self._changed)
+                self._watching = True
             self._status = (now, answer.sent[1])
 
     def openapi(self, ex: Exchange) -> None:
@@ -169,6 +193,13 @@ class Routes:
         return route
 
     def _authorized(self, ex: Exchange) -> bool:
+        origin, host = ex.headers.get(b"origin"), ex.headers.get(b"host")
+        if origin is not None and host is not None and (
+                urllib.parse.urlsplit(origin.decode("ascii", "replace")).netloc.lower()
+                != host.decode("ascii", "replace").lower()):
+            ex.json(403, _refusal("cross-origin request refused: a page of another origin "
+                                  "cannot drive this endpoint"))
+            return False
         if self.token is None:
             ex.json(403, _refusal(
                 "control over HTTP is off: no token is configured. Put a token in a file "

@@ -8,7 +8,9 @@ bounds, because an HTTP client is as untrusted as any control-socket peer:
   max_incomplete_event_size); more is 431. Body: at most ``max_body`` bytes; more is 413;
 - a whole request must arrive within ``request_timeout`` of the connection opening (or of the
   previous response, on a kept-alive connection): a slow client (slowloris) gets 408 and is
-  closed; a reply must be taken within ``write_timeout``, else the connection is closed;
+  closed; a reply must be taken within ``write_timeout``, else the connection is closed (a
+  stream's client must take some of its bytes every ``write_timeout``; a stream's kernel send
+  buffer is fixed at 64 KiB, so what waits for a slow reader is in the daemon's counts);
 - at most ``max_connections`` connections; past it a connection is accepted and closed at once;
   at most ``max_requests`` requests per connection (then ``Connection: close``); pipelined
   bytes beyond ``max_header`` are not read until the reply is out;

@@ -59,3 +59,64 @@ def make_token(directory: Path) -> tuple[str, bytes]:
 
 def bearer(token: bytes) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.decode()}"}
+
+
+class EventStream:
+    """A client of GET /api/v1/events: ``next()`` returns one message as a dict of its fields
+    (``id``, ``event``, ``data`` parsed from JSON; ``comment`` for a comment line alone), each
+    read bounded by the socket timeout. Use as a context manager (closes the connection)."""
+
+    def __init__(self, port: int, path: str = "/api/v1/events",
+                 headers: dict[str, str] | None = None, timeout: float = 20.0) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.conn.request("GET", path, headers=headers or {})
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.headers = {k.lower(): v for k, v in self.resp.getheaders()}
+
+    def next(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {}
+        data: list[str] = []
+        while True:
+            raw = self.resp.readline(1 << 20)
+            if not raw:
+                raise EOFError(f"the stream ended (after {msg or 'nothing'})")
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if data or "id" in msg or "event" in msg or "comment" in msg:
+                    break
+                continue
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "":
+                msg["comment"] = value
+                if not data and "id" not in msg and "event" not in msg:
+                    self.resp.readline(1 << 20)      # the blank line after a lone comment
+                    return msg
+            elif field == "data":
+                data.append(value)
+            else:
+                msg[field] = value
+        if data:
+            msg["data"] = json.loads("\n".join(data))
+        return msg
+
+    def events(self, n: int) -> list[dict[str, Any]]:
+        """The next n runtime events (the data of messages with an id), skipping the rest."""
+        out: list[dict[str, Any]] = []
+        while len(out) < n:
+            m = self.next()
+            if "id" in m:
+                assert int(m["id"]) == m["data"]["seq"], m
+                out.append(m["data"])
+        return out
+
+    def close(self) -> None:
+        self.resp.close()            # the response holds the socket open too
+        self.conn.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
