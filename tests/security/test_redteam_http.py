@@ -14,6 +14,8 @@ import pytest
 from supervisor.control.handlers import Handlers
 from supervisor.control.server import ControlServer
 from supervisor.runtime.events import EventBus
+from tests.support.daemon import DaemonFactory, DaemonProcess
+from tests.support.http import free_port, request
 from tests.unit.test_server_harness import LoopThread, connect, loop_thread_fixture, wait_for
 
 
@@ -53,3 +55,63 @@ def test_a_follower_that_hangs_up_at_once_is_unsubscribed(lt: LoopThread, tmp_pa
         s.close()
     wait_for(lambda: lt.call(lambda: not server._conns), "every connection closed")
     assert lt.call(lambda: bus.subscribers) == 0
+
+
+@pytest.fixture
+def served(daemon_factory: DaemonFactory) -> Iterator[tuple[DaemonProcess, int]]:
+    port = free_port()
+    d = daemon_factory({"plain": {"command": "sleep 100000", "numprocs": 3,
+                                  "start_seconds": 0.2, "kill_timeout": 2}},
+                       supervisor={"http": f"127.0.0.1:{port}"}).start()
+    d.wait_state("plain:2", "RUNNING")
+    yield d, port
+
+
+def test_a_group_target_is_a_full_status_and_is_rendered_once_a_second(
+        served: tuple[DaemonProcess, int]) -> None:
+    """GET /api/v1/instances/all (or a worker's name) is the full status by another path,
+    and needs no token: it read every instance's /proc and cgroup files on each request, so
+    any local user could pipeline them (64 connections x 100 requests) and stall the loop
+    (`supervisorctl status` took ~18 s instead of 0.5 s at 300 instances). Now it is rendered
+    at most once a second per target, like /api/v1/status."""
+    _d, port = served
+    for target in ("all", "plain"):
+        first, second = (request(port, "GET", f"/api/v1/instances/{target}") for _ in range(2))
+        assert first.status == 200 and len(first.json()["data"]) == 3, first
+        assert first.body == second.body, "the same rows within a second (uptimes and all)"
+    one = request(port, "GET", "/api/v1/instances/plain:1")
+    assert one.status == 200 and [r["name"] for r in one.json()["data"]] == ["plain:1"]
+    assert request(port, "GET", "/api/v1/instances/nope").status == 404
+
+
+def test_a_render_slower_than_a_second_is_reused_for_four_times_as_long() -> None:
+    """A render that takes longer than RENDER_EVERY (thousands of instances) was redone on
+    the next scrape, so a scraper in a loop kept the daemon's loop rendering all the time;
+    now renders take at most a fifth of the loop."""
+    from supervisor.http.exchange import Exchange
+    from supervisor.http.routes import Routes
+
+    clock = [100.0]
+    renders: list[float] = []
+
+    def render() -> bytes:
+        renders.append(clock[0])
+        clock[0] += 2.0            # a slow render
+        return b"text\n"
+
+    rt = types.SimpleNamespace(now=lambda: clock[0])
+    routes = Routes(types.SimpleNamespace(runtime=rt), None,   # type: ignore[arg-type]
+                    None, render, None)
+    sent: list[bytes] = []
+    conn = types.SimpleNamespace(closed=False, respond=lambda ex, st, hs, body: sent.append(body))
+
+    def scrape(at: float) -> None:
+        clock[0] = at
+        routes.metrics(Exchange(conn, "GET", "/metrics", {}, {}, b""))   # type: ignore[arg-type]
+
+    scrape(100.0)                  # renders 100 .. 102
+    for at in (102.5, 105.0, 109.9):
+        scrape(at)
+    assert renders == [100.0]
+    scrape(110.0)
+    assert renders == [100.0, 110.0] and sent == [b"text\n"] * 5
