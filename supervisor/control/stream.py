@@ -53,7 +53,7 @@ class Stream:
         self._watching = selectors.EVENT_READ
         self._ignored = 0
         self._half_closed = False
-        self.on_close: Callable[[], None] = lambda: None
+        self._on_close: Callable[[], None] = lambda: None
         loop = self._server.loop
         if conn.watch_reads:
             loop.modify(conn.fd, self._watching, conn.on_event)
@@ -62,6 +62,20 @@ class Stream:
             conn.watch_reads = True
 
     # -- what the handler calls ------------------------------------------------------------
+    @property
+    def on_close(self) -> Callable[[], None]:
+        return self._on_close
+
+    @on_close.setter
+    def on_close(self, fn: Callable[[], None]) -> None:
+        # Set on a stream that already ended (its peer left while the handler was still
+        # sending it the past), it runs at once: else an `events --follow` whose client hung
+        # up early would stay subscribed to the bus for good, one leak per connection.
+        self._on_close = fn
+        if self.closed:
+            self._on_close = lambda: None
+            fn()
+
     def send(self, doc: Mapping[str, Any]) -> bool:
         """Queue one line; False if it was dropped (over a cap) or the stream is closed."""
         if self.closed or self._ending:
@@ -206,4 +220,5 @@ class Stream:
         self._cancel_stall()
         self._server.buffered -= len(self._buf)
         self._buf = bytearray()
-        self.on_close()
+        on_close, self._on_close = self._on_close, lambda: None
+        on_close()

@@ -40,6 +40,7 @@ class HttpConn:
         self.out = bytearray()
         self.held = 0                  # bytes of self.out counted in server.buffered
         self.requests = 0
+        self.inflow = 0                # bytes received for this request (and what follows it)
         self.req: h11.Request | None = None
         self.body = bytearray()
         self.exchange: Exchange | None = None
@@ -70,6 +71,7 @@ class HttpConn:
         except OSError:
             self.close()
             return
+        self.inflow += len(data)
         if not data and (self.exchange is not None or self.streaming is not None):
             self.close()              # the client went away while we worked on its reply
             return
@@ -116,12 +118,23 @@ class HttpConn:
                 if size > self.server.max_header:
                     self._error(431, f"request head larger than {self.server.max_header} bytes")
                     return
+                if _length_and_chunked(event):
+                    # RFC 9112 6.3: a proxy in front that reads the Content-Length while we
+                    # read the chunks would see another request in the body (smuggling)
+                    self._error(400, "both Content-Length and Transfer-Encoding: send one")
+                    return
                 length = _content_length(event)
                 if length is not None and length > self.server.max_body:
                     self._error(413, f"body larger than {self.server.max_body} bytes")
                     return
             elif isinstance(event, h11.Data):
                 self.body += event.data
+                if self.inflow > self.server.max_inflow:
+                    # chunk extensions and framing are not body: 1-byte chunks with 16 KiB of
+                    # extension each made a 64 KiB body cost 1 GiB of parsing
+                    self._error(413, f"request larger than {self.server.max_inflow} bytes "
+                                     "with its framing")
+                    return
                 if len(self.body) > self.server.max_body:
                     self._error(413, f"body larger than {self.server.max_body} bytes")
                     return
@@ -337,6 +350,7 @@ class HttpConn:
             self.close()
             return
         self.h11.start_next_cycle()
+        self.inflow = len(self.h11.trailing_data[0])   # what is buffered is the next request's
         self.exchange, self.req = None, None
         self.reading = True
         self._arm(self.server.request_timeout, self._on_request_timeout)
@@ -389,6 +403,11 @@ class HttpConn:
         on_close, self.streaming = self.streaming, None
         if on_close is not None:
             on_close()
+
+
+def _length_and_chunked(req: h11.Request) -> bool:
+    names = {name for name, _v in req.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 def _content_length(req: h11.Request) -> int | None:

@@ -61,9 +61,6 @@ class _Answer:
     def stream(self) -> None:
         return None           # no streamed replies over HTTP (events come as SSE)
 
-    def stream(self) -> None:
-        return None           # no streamed replies over HTTP (events come as SSE)
-
     def __call__(self, reply: Reply) -> None:
         status = STATUS_OF.get(reply.code, 500)
         try:
@@ -88,8 +85,8 @@ class Routes:
         self.metrics_text = metrics
         self.ready_workers = ready_workers
         self._openapi: bytes | None = None
-        self._metrics: tuple[float, bytes] | None = None   # (when rendered, text)
-        self._status: tuple[float, bytes] | None = None
+        self._metrics: tuple[float, bytes] | None = None   # (fresh until, text)
+        self._status: dict[str, tuple[float, bytes]] = {}  # target ("all") -> (until, body)
         self._events: EventStreams | None = None
         self._watching = False
         self.page = Page()
@@ -100,7 +97,7 @@ class Routes:
         self._events.route(ex)
 
     def _changed(self, _ev: object) -> None:
-        self._status = None
+        self._status = {}
 
     def router(self) -> Router:
         r = Router()
@@ -155,27 +152,44 @@ class Routes:
         # the same text. Reading every instance's facts costs ~0.1 ms each, and anyone who
         # reaches the address may scrape as often as they like.
         now = self.daemon.runtime.now()
-        if self._metrics is None or now - self._metrics[0] >= RENDER_EVERY:
-            self._metrics = (now, self.metrics_text())
+        if self._metrics is None or now >= self._metrics[0]:
+            text = self.metrics_text()
+            self._metrics = (self._fresh_until(now), text)
         ex.reply(200, self._metrics[1], CONTENT_TYPE)
+
+    def _fresh_until(self, began: float) -> float:
+        # A render of many instances can take longer than RENDER_EVERY: its text then stays
+        # in use for four times as long as it took, so renders take at most a fifth of the loop
+        # however often anyone asks.
+        took = self.daemon.runtime.now() - began
+        return max(began + RENDER_EVERY, began + 5 * took)
 
     # -- API --------------------------------------------------------------------------------
     def status(self, ex: Exchange) -> None:
+        # The same rule as /metrics for every target of more than one instance (the full
+        # status, "all", a worker): rows made at most once per RENDER_EVERY per target, as
+        # each costs a read of every instance it names, and GETs need no token. One instance
+        # (or an unknown name: a 404) is cheap, and answered fresh.
         name = ex.params.get("name")
-        now = self.daemon.runtime.now()
-        if name is None and self._status is not None and now - self._status[0] < RENDER_EVERY:
-            ex.reply(200, self._status[1], b"application/json")   # the same rule as /metrics
+        rt = self.daemon.runtime
+        now = rt.now()
+        key = "all" if name is None else None if name in rt.instances else name
+        hit = self._status.get(key) if key is not None else None
+        if hit is not None and now < hit[0]:
+            ex.reply(200, hit[1], JSON)
             return
         req = Request.make("status", [name] if name else [], {"json": True})
         answer = _Answer(ex, text=False)
         self.handlers(req, answer)
-        if name is None and answer.sent is not None and answer.sent[0] == 200:
+        if key is not None and answer.sent is not None and answer.sent[0] == 200:
             if not self._watching:
                 # an event makes the cached status stale at once: a client that saw the event
                 # (the status page) must never be handed an older table after it
                 self.daemon.runtime.events.subscribe(self._changed)
                 self._watching = True
-            self._status = (now, answer.sent[1])
+            # only live entries: at most one per worker (unknown names are 404s)
+            self._status = {k: v for k, v in self._status.items() if now < v[0]}
+            self._status[key] = (self._fresh_until(now), answer.sent[1])
 
     def openapi(self, ex: Exchange) -> None:
         if self._openapi is None:

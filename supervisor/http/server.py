@@ -5,7 +5,9 @@ connection's deadline is one loop timer. h11 parses; conn.py moves the bytes, an
 bounds, because an HTTP client is as untrusted as any control-socket peer:
 
 - headers: at most ``max_header`` bytes for the request line and headers (h11's
-  max_incomplete_event_size); more is 431. Body: at most ``max_body`` bytes; more is 413;
+  max_incomplete_event_size); more is 431. Body: at most ``max_body`` bytes, and at most
+  ``max_inflow`` bytes received for it with its chunk framing; more is 413. Both
+  Content-Length and Transfer-Encoding is 400 (a proxy in front could read the other one);
 - a whole request must arrive within ``request_timeout`` of the connection opening (or of the
   previous response, on a kept-alive connection): a slow client (slowloris) gets 408 and is
   closed; a reply must be taken within ``write_timeout``, else the connection is closed (a
@@ -87,6 +89,9 @@ class HttpServer:
         self.log_where = log_where
         self.max_header = int(limits.get("max_header", MAX_HEADER))
         self.max_body = int(limits.get("max_body", MAX_BODY))
+        # the bytes one request may take with its framing (chunk headers, extensions,
+        # trailers) and one read of what is pipelined after it
+        self.max_inflow = 2 * (self.max_header + self.max_body) + 65536
         self.max_connections = int(limits.get("max_connections", MAX_CONNECTIONS))
         self.max_requests = int(limits.get("max_requests", MAX_REQUESTS))
         self.max_output = int(limits.get("max_output", MAX_OUTPUT))
