@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 from loguru import logger
 
-from supervisor import paths, safefs
+from supervisor import fds, paths, safefs
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.control.handlers import Handlers
 from supervisor.control.protocol import BAD_CONFIG, OK, Reply
@@ -355,6 +355,9 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
         click.echo(f"{config_path}: OK ({len(config.workers)} workers)")
         return
     setup_daemon_logging(config.supervisor.log_level)
+    before, now, workers = fds.raise_limit()
+    logger.info(f"file descriptors: soft limit {before} -> {now}"
+                + (f" (workers get {workers})" if workers != now else ""))
     try:
         fd = acquire_lock(f"{config.supervisor.socket}.lock", config_path, lock_fd)
         prefix_fd = acquire_prefix_lock(config.supervisor.block_prefix, config_path,

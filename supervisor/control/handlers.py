@@ -65,9 +65,10 @@ def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
         if inst.block is not None and inst.uses_library:
-            hb = inst.block.heartbeat_ns
+            with inst.block.reading():      # one open of the status page for its fields
+                hb = inst.block.heartbeat_ns
+                work = inst.block.work_done
             hb_age = round(now - hb / 1e9, 3) if hb else None
-            work = inst.block.work_done
     if proc is not None:
         # two reads of /proc (stat, statm); psutil's oneshot() would add ~8 us per instance
         # and save no read, as the two figures come from different files

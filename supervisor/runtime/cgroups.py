@@ -7,9 +7,11 @@ moves itself into the leaf ``<base>/supervisord.<prefix>``, so that it never sit
 node with processes (cgroup v2's "no internal processes" rule) and its workers' cgroups are
 its siblings, not its children.
 
-Spawning straight into the cgroup: the daemon moves itself into the instance's cgroup, forks
-and execs the worker (which is born there, before it runs a single instruction of its own,
-so nothing it forks can escape), then moves itself back. Two small writes per spawn.
+Spawning straight into the cgroup: clone3 with CLONE_INTO_CGROUP and the cgroup's directory fd
+(supervisor._spawn), so the worker is born there, before it runs a single instruction of its
+own, and nothing it forks can escape. Where clone3 cannot take a cgroup, the daemon moves itself
+into the instance's cgroup around the spawn instead (``entered``: two writes, each a cgroup
+migration of the daemon, which is far slower).
 
 A process cannot leave a cgroup without write access to ``cgroup.procs`` of a common
 ancestor, which only root (or the daemon's uid, in a delegated subtree) has: membership is

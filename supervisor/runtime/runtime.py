@@ -344,7 +344,6 @@ class Runtime:
             if unlink:
                 inst.block.unlink()
             inst.block = None
-        inst.popen = None
         for path in {inst.stdout_path, inst.stderr_path} - {None}:
             self.rotator.unwatch(path)  # type: ignore[arg-type]
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from supervisor._spawn import HAVE_CGROUP
+from supervisor.fds import is_exhausted
 from supervisor.runtime.cgroups import CgroupTree
 from supervisor.runtime.instance import Instance
 
@@ -56,26 +58,38 @@ class Trees:
             logger.info(f"process trees: process groups only ({self.why})")
 
     @contextlib.contextmanager
-    def spawning(self, inst: Instance) -> Iterator[None]:
-        """Around the fork of inst's process: it is born in the instance's cgroup."""
+    def spawning(self, inst: Instance) -> Iterator[int]:
+        """Around the spawn of inst's process, which is born in the instance's cgroup: yields
+        the cgroup's directory fd for clone3 (CLONE_INTO_CGROUP), or -1 (no cgroup; or, where
+        clone3 cannot take one, the daemon itself is in the cgroup for the duration). The fd
+        is closed afterwards: the daemon keeps no fd per worker but its pidfd."""
         cg = self.cgroups
         inst.cgroup = None
         if cg is None:
-            yield
+            yield -1
             return
+        fd, ctx = -1, None
         try:
             path = cg.prepare(inst.name)
-            ctx = cg.entered(path)
-            ctx.__enter__()
+            if HAVE_CGROUP:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                ctx = cg.entered(path)
+                ctx.__enter__()
         except OSError as e:
+            if is_exhausted(e):
+                raise                   # the spawn fails, and says why
             logger.warning(f"{inst.name} cannot use its cgroup ({e}); process group only")
-            yield
+            yield -1
             return
         try:
             inst.cgroup = path
-            yield
+            yield fd
         finally:
-            ctx.__exit__(None, None, None)
+            if fd >= 0:
+                os.close(fd)
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
 
     def adopt(self, inst: Instance, pid: int) -> None:
         """inst's adopted process: its tree is the instance's cgroup if it is in it."""
