@@ -25,8 +25,16 @@
  * CLONE_INTO_CGROUP (HAVE_CGROUP is False and the caller moves itself into the cgroup around
  * the spawn instead).
  *
- * spawn(paths, argv, envp, cwd, stdio, nofile, ids, cgroup_fd) -> (pid, pidfd, 0) or
+ * spawn(paths, argv, envp, cwd, stdio, nofile, ids, cgroup_fd[, low]) -> (pid, pidfd, 0) or
  * (0, errno, stage) when the child could not exec; OSError when no child could be made.
+ *
+ * low: three placeholder fds of /dev/null that the caller opened early (so with low numbers).
+ * With them, and stdin /dev/null, the child also shares the daemon's fd table (CLONE_FILES)
+ * and its first call, close_range(max(low) + 1, ~0, CLOSE_RANGE_UNSHARE), gives it a copy of
+ * the fds below the placeholders only: without them every spawn copies the daemon's whole
+ * table (one pidfd per worker) and then closes it again, which grows with the number of
+ * workers. The stdio sources are dup'ed onto the placeholders for the spawn, and the
+ * placeholders get /dev/null back afterwards.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -40,12 +48,17 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
 #endif
 #define PV_CLONE_INTO_CGROUP 0x200000000ULL
 
@@ -56,7 +69,7 @@
 #endif
 
 /* what the child failed at (the third item of a failure) */
-enum { ST_OK, ST_SETUP, ST_SESSION, ST_STDIO, ST_CWD, ST_RLIMIT, ST_IDS, ST_EXEC };
+enum { ST_OK, ST_SETUP, ST_SESSION, ST_STDIO, ST_CWD, ST_RLIMIT, ST_IDS, ST_EXEC, ST_UNSHARE };
 
 struct pv_clone_args {     /* struct clone_args of linux/sched.h, version 2 (88 bytes) */
     uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
@@ -83,6 +96,8 @@ struct child {
     size_t ngroups;
     gid_t *groups;
     long max_fd;           /* for the close loop where close_range is missing */
+    int share_files;       /* CLONE_FILES: keep only fds below keep_below (see spawn()) */
+    int keep_below;
     volatile int err, stage;
 };
 
@@ -105,6 +120,13 @@ static int child_main(void *arg)
     struct kernel_sigaction dfl = {SIG_DFL, 0, NULL, 0};
     uint64_t empty = 0;
     long r;
+    if (c->share_files) {
+        /* the daemon's fd table is shared until this call: it gives the child a copy of
+           fds 0..keep_below-1 only (the stdio sources are there), whatever the daemon holds
+           above. Nothing may touch an fd before it. */
+        if ((r = sys(SYS_close_range, c->keep_below, ~0U, CLOSE_RANGE_UNSHARE, 0)) < 0)
+            fail(c, ST_UNSHARE, r);
+    }
     for (int sig = 1; sig <= 64; sig++) {
         if (sig != SIGKILL && sig != SIGSTOP)
             syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof(uint64_t));
@@ -220,9 +242,19 @@ static char **bytes_list(PyObject *seq, const char *what, PyObject **keep)
     return out;
 }
 
-static PyObject *pv_spawn(PyObject *Py_UNUSED(self), PyObject *args)
+static int no_unshare;   /* set once the kernel refused CLOSE_RANGE_UNSHARE */
+
+static int is_devnull(int fd)
 {
-    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *nofile_o, *ids_o;
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 &&
+           minor(st.st_rdev) == 3;
+}
+static PyObject *pv_spawn_retry(PyObject *self, PyObject *args);
+
+static PyObject *pv_spawn(PyObject *self, PyObject *args)
+{
+    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *nofile_o, *ids_o, *low_o = Py_None;
     PyObject *keep[3] = {NULL, NULL, NULL};
     struct child c;
     int cgroup_fd;
@@ -230,8 +262,12 @@ static PyObject *pv_spawn(PyObject *Py_UNUSED(self), PyObject *args)
     gid_t *groups = NULL;
 
     memset(&c, 0, sizeof c);
-    if (!PyArg_ParseTuple(args, "OOOO(iii)OOi", &paths_o, &argv_o, &envp_o, &cwd_o,
-                          &c.stdio[0], &c.stdio[1], &c.stdio[2], &nofile_o, &ids_o, &cgroup_fd))
+    int low[3] = {-1, -1, -1};
+    if (!PyArg_ParseTuple(args, "OOOO(iii)OOi|O", &paths_o, &argv_o, &envp_o, &cwd_o,
+                          &c.stdio[0], &c.stdio[1], &c.stdio[2], &nofile_o, &ids_o, &cgroup_fd,
+                          &low_o))
+        return NULL;
+    if (low_o != Py_None && !PyArg_ParseTuple(low_o, "iii", &low[0], &low[1], &low[2]))
         return NULL;
     if (cgroup_fd >= 0 && !PV_HAVE_CGROUP) {
         errno = EOPNOTSUPP;
@@ -304,6 +340,32 @@ static PyObject *pv_spawn(PyObject *Py_UNUSED(self), PyObject *args)
         child_stack = s;
     }
 
+    /* Low fds (placeholders of /dev/null the caller opened early): the stdio sources are
+       dup'ed onto them, so that a child sharing the fd table (CLONE_FILES) needs a copy of
+       the fds below them only, not of the daemon's 10,000 pidfds (copying and then closing
+       those is most of a spawn's cost at that scale). */
+    int use_low = low_o != Py_None && !no_unshare && is_devnull(c.stdio[0]);
+    int saved_stdio[3] = {c.stdio[0], c.stdio[1], c.stdio[2]};
+    int replaced = 0;
+    if (use_low) {
+        int top = 0;
+        for (int i = 0; i < 3 && use_low; i++) {
+            if (low[i] < 3 || low[i] == low[(i + 1) % 3] || low[i] == low[(i + 2) % 3])
+                use_low = 0;
+            else if (c.stdio[i] != low[i] && dup3(c.stdio[i], low[i], O_CLOEXEC) < 0)
+                use_low = 0;
+            else
+                replaced = i + 1;
+            top = low[i] > top ? low[i] : top;
+        }
+        c.keep_below = top + 1;
+        if (use_low) {
+            for (int i = 0; i < 3; i++)
+                c.stdio[i] = low[i];
+        }
+    }
+    c.share_files = use_low;
+
     int pidfd = -1;
     long pid;
     sigset_t all, old;
@@ -312,7 +374,7 @@ static PyObject *pv_spawn(PyObject *Py_UNUSED(self), PyObject *args)
 #if PV_HAVE_CGROUP
     struct pv_clone_args cl;
     memset(&cl, 0, sizeof cl);
-    cl.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
+    cl.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | (use_low ? CLONE_FILES : 0);
     cl.pidfd = (uint64_t)(uintptr_t)&pidfd;
     cl.exit_signal = SIGCHLD;
     cl.stack = (uint64_t)(uintptr_t)child_stack;
@@ -324,11 +386,25 @@ static PyObject *pv_spawn(PyObject *Py_UNUSED(self), PyObject *args)
     pid = clone3_run(&cl, child_main, &c);
 #else
     pid = clone(child_main, (char *)child_stack + STACK_SIZE,
-                CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &c, &pidfd);
+                CLONE_VM | CLONE_VFORK | CLONE_PIDFD | (use_low ? CLONE_FILES : 0) | SIGCHLD,
+                &c, &pidfd);
     if (pid < 0)
         pid = -errno;
 #endif
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    /* the placeholders hold /dev/null (stdin's source) again, not the worker's files */
+    for (int i = 0; i < replaced; i++) {
+        if (low[i] != saved_stdio[i])
+            dup3(saved_stdio[0], low[i], O_CLOEXEC);
+    }
+    if (pid > 0 && c.stage == ST_UNSHARE) {   /* a kernel without CLOSE_RANGE_UNSHARE */
+        int status;
+        while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        close(pidfd);
+        no_unshare = 1;
+        return pv_spawn_retry(self, args);
+    }
     if (pid < 0) {
         errno = (int)-pid;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -356,6 +432,11 @@ done:
     return result;
 }
 
+static PyObject *pv_spawn_retry(PyObject *self, PyObject *args)
+{
+    return pv_spawn(self, args);
+}
+
 static PyMethodDef methods[] = {
     {"spawn", pv_spawn, METH_VARARGS,
      "spawn(paths, argv, envp, cwd, stdio, nofile, ids, cgroup_fd) -> (pid, pidfd, 0) or "
@@ -370,7 +451,7 @@ static int spawn_exec(PyObject *m)
     static const struct { const char *name; int value; } stages[] = {
         {"ST_SETUP", ST_SETUP}, {"ST_SESSION", ST_SESSION}, {"ST_STDIO", ST_STDIO},
         {"ST_CWD", ST_CWD}, {"ST_RLIMIT", ST_RLIMIT}, {"ST_IDS", ST_IDS},
-        {"ST_EXEC", ST_EXEC},
+        {"ST_EXEC", ST_EXEC}, {"ST_UNSHARE", ST_UNSHARE},
     };
     for (size_t i = 0; i < sizeof stages / sizeof stages[0]; i++) {
         if (PyModule_AddIntConstant(m, stages[i].name, stages[i].value) < 0)

@@ -8,6 +8,7 @@ ST_CWD: int
 ST_RLIMIT: int
 ST_IDS: int
 ST_EXEC: int
+ST_UNSHARE: int
 
 def spawn(
     paths: Sequence[bytes],
@@ -18,5 +19,6 @@ def spawn(
     nofile: tuple[int, int] | None,
     ids: tuple[int, int, Sequence[int]] | None,
     cgroup_fd: int,
+    low: tuple[int, int, int] | None = None,
     /,
 ) -> tuple[int, int, int]: ...

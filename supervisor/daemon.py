@@ -39,6 +39,7 @@ from supervisor.reconcile import (
 )
 from supervisor.runtime import Runtime
 from supervisor.sdnotify import Notifier
+from supervisor.spawn import reserve_low_fds
 
 EXIT_BAD_CONFIG = 2
 EXIT_LOCKED = 1
@@ -356,6 +357,7 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
         return
     setup_daemon_logging(config.supervisor.log_level)
     before, now, workers = fds.raise_limit()
+    reserve_low_fds()
     logger.info(f"file descriptors: soft limit {before} -> {now}"
                 + (f" (workers get {workers})" if workers != now else ""))
     try:

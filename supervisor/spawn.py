@@ -138,7 +138,7 @@ def spawn(req: SpawnRequest, cgroup_fd: int = -1) -> tuple[int, int]:
         pid, fd_or_errno, stage = _spawn.spawn(
             _exec_candidates(argv[0], env), argv, envp, cwd,
             (null, null if out_fd is None else out_fd, null if err_fd is None else err_fd),
-            fds.worker_limit(), ids, cgroup_fd)
+            fds.worker_limit(), ids, cgroup_fd, _LOW[0] if _LOW else None)
     finally:
         for fd in {out_fd, err_fd}:
             if fd is not None:
@@ -176,6 +176,16 @@ def _exec_candidates(argv0: bytes, env: dict[str, str]) -> list[bytes]:
 
 
 _DEVNULL: list[int] = []
+_LOW: list[tuple[int, int, int]] = []
+
+
+def reserve_low_fds() -> None:
+    """Three placeholder fds of /dev/null, opened while fd numbers are still low (at daemon
+    start): a spawn dup's the worker's stdio onto them, so that the child copies only the fds
+    below them instead of the daemon's whole table (see supervisor/_spawn.c)."""
+    if not _LOW:
+        a, b, c = (os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) for _ in range(3))
+        _LOW.append((a, b, c))
 
 
 def _devnull() -> int:

@@ -177,6 +177,41 @@ def test_a_broken_status_page_never_faults_the_daemon(block: ControlBlock, how: 
             0, (0, B.ST_INIT), 0, None)
 
 
+@pytest.mark.parametrize("what", ["fifo", "directory", "symlink", "other-owner"])
+def test_a_status_page_replaced_by_its_worker_reads_as_unknown(block: ControlBlock,
+                                                               what: str) -> None:
+    """The daemon opens the status page by name for each read: whatever the worker (who owns
+    it) puts there instead reads as unknown, without blocking or raising."""
+    if what == "other-owner" and os.geteuid() != 0:
+        pytest.skip("needs root (chown)")
+    v, close = status_view(block)
+    v.store_u32(B.SOFF_PID, os.getpid())
+    close()
+    assert block.pid == os.getpid()
+    path = "/dev/shm/" + block.status_name[1:]
+    os.unlink(path)
+    try:
+        if what == "fifo":
+            os.mkfifo(path, 0o600)
+        elif what == "directory":
+            os.mkdir(path, 0o700)
+        elif what == "symlink":
+            os.symlink("/etc/passwd", path)
+        else:
+            with open(path, "wb") as f:
+                f.write(os.getpid().to_bytes(4, "little") * 1024)
+            os.chown(path, 65534, 65534)
+        assert (block.pid, block.ack, block.work_done, block.read_exit()) == (
+            0, (0, B.ST_INIT), 0, None)
+        with block.reading():
+            assert block.heartbeat_ns == 0 and block.attached is False
+    finally:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+
+
 def test_a_truncated_ctl_page_is_left_alone(block: ControlBlock) -> None:
     os.truncate("/dev/shm/" + block.name[1:], 0)
     assert not block.intact()
