@@ -221,41 +221,43 @@ def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p:
             blocks[name] = b
     # blocks whose process was never recorded (the daemon died in the middle of a spawn)
     unrecorded = find_by_environ({n for n, b in blocks.items() if not b.spawned_pid})
+    # (one stat per block: the ctl page is read through the mapping once known to be whole)
     for name, block in blocks.items():
         instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
-        result = verify(name, block, unrecorded, member)
-        if isinstance(result, str):
-            exit_rec = block.read_exit()
-            if result.startswith("unverifiable"):
-                # it may be alive: never a duplicate; the block stays for a later look
-                logger.error(f"{instance} control block {name}: {result}; not adopted and not "
-                             "started again")
+        with block.reading():   # one open of the status page, one check of the ctl page
+            result = verify(name, block, unrecorded, member)
+            if isinstance(result, str):
+                exit_rec = block.read_exit()
+                if result.startswith("unverifiable"):
+                    # it may be alive: never a duplicate; the block stays for a later look
+                    logger.error(f"{instance} control block {name}: {result}; not adopted and not "
+                                 "started again")
+                    found.append(Found(instance, block, None, None, False, False, time.monotonic(),
+                                       None, block.incarnation, result.split(": ", 1)[1]))
+                    continue
+                if result != "gone":
+                    logger.warning(f"{instance} control block {name} does not verify ({result}); "
+                                   "removing it without signalling anything")
+                    block.close()
+                    block.unlink()
+                    continue
                 found.append(Found(instance, block, None, None, False, False, time.monotonic(),
-                                   None, block.incarnation, result.split(": ", 1)[1]))
+                                   exit_rec, block.incarnation))
                 continue
-            if result != "gone":
-                logger.warning(f"{instance} control block {name} does not verify ({result}); "
-                               "removing it without signalling anything")
-                block.close()
-                block.unlink()
-                continue
-            found.append(Found(instance, block, None, None, False, False, time.monotonic(),
-                               exit_rec, block.incarnation))
-            continue
-        pid, pidfd = result
-        if not block.has_status:
-            logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
-                           f"{pid} without its heartbeat and ready reports")
-        _seq, state = block.ack
-        ready = state in (blk.ST_READY, blk.ST_BUSY)
-        ticks = block.spawned_start_ticks
-        if not ticks:
-            try:
-                ticks = blk.proc_start_ticks(pid)
-            except (OSError, ValueError, IndexError):
-                ticks = 0
-        found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
-                           _started_at(ticks), None, block.incarnation))
+            pid, pidfd = result
+            if not block.has_status:
+                logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
+                               f"{pid} without its heartbeat and ready reports")
+            _seq, state = block.ack
+            ready = state in (blk.ST_READY, blk.ST_BUSY)
+            ticks = block.spawned_start_ticks
+            if not ticks:
+                try:
+                    ticks = blk.proc_start_ticks(pid)
+                except (OSError, ValueError, IndexError):
+                    ticks = 0
+            found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
+                               _started_at(ticks), None, block.incarnation))
     _sweep_orphan_status_pages(prefix, blocks)
     return found
 

@@ -121,6 +121,7 @@ class ControlBlock:
         self._status_owner = status_owner     # uid the status page must have; None: unusable
         self._sfd = -1                        # held only inside reading()
         self._readers = 0
+        self._whole: bool | None = None      # intact() as checked on entering reading()
         self._mm = Mapping(fd, BLOCK_SIZE)
         try:
             self.view = View(self._mm.buf)
@@ -294,10 +295,10 @@ class ControlBlock:
 
     def _ctl(self, off: int, size: int) -> int:
         """A field of the ctl page, through the mapping once the page is known to be whole
-        (0 when it is not)."""
+        (0 when it is not; inside reading(), as checked on entering it)."""
         if self._mm.closed:
             raise ValueError(f"control block {self.name} is closed")
-        if not self.intact():
+        if not (self._whole if self._whole is not None else self.intact()):
             return 0
         return self.view.load_u32(off) if size == 4 else self.view.load_u64(off)
 
@@ -373,7 +374,8 @@ class ControlBlock:
         return fd
 
     def reading(self) -> _Reading:
-        """``with block.reading():`` several reads of the status page through one open."""
+        """``with block.reading():`` several reads through one open of the status page and one
+        check of the ctl page."""
         return _Reading(self)
 
     def _status(self, off: int, size: int) -> bytes:
@@ -466,6 +468,7 @@ class _Reading:
         b = self.block
         if b._readers == 0:
             b._sfd = b._open_status()
+            b._whole = b.intact()     # the ctl page checked once for the reads inside
         b._readers += 1
         return b
 
@@ -473,6 +476,8 @@ class _Reading:
                  tb: TracebackType | None) -> None:
         b = self.block
         b._readers -= 1
-        if b._readers == 0 and b._sfd >= 0:
-            os.close(b._sfd)
-            b._sfd = -1
+        if b._readers == 0:
+            b._whole = None
+            if b._sfd >= 0:
+                os.close(b._sfd)
+                b._sfd = -1

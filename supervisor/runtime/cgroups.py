@@ -173,8 +173,17 @@ class CgroupTree:
     def stats(self, path: str) -> dict[str, int | None]:
         """processes, cpu_usec (the whole tree, exited children included), memory (bytes:
         memory.current where the memory controller is enabled, else the sum of the members'
-        RSS), oom_kills (None without the memory controller)."""
+        RSS), oom_kills (None without the memory controller).
+
+        Two reads for a tree of one process without the memory controller (the common case,
+        and status reads every instance): its members, then the one member's /proc/PID/stat
+        (CPU of it and of its reaped descendants, RSS)."""
         members = self.members(path)
+        if len(members) == 1 and not self.has_memory:
+            one = proc_stats(members[0], with_children=True)
+            if one is not None:
+                return {"processes": 1, "cpu_usec": one[0], "memory": one[1],
+                        "oom_kills": None}
         cpu = memory = ooms = None
         try:
             for line in _read(os.path.join(path, "cpu.stat")).splitlines():
@@ -206,6 +215,23 @@ def _write(path: str, text: str) -> None:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+_TICK_USEC = 1_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def proc_stats(pid: int, with_children: bool = False) -> tuple[int, int] | None:
+    """(cpu_usec, rss bytes) of a process from one read of /proc/PID/stat (utime + stime, and
+    cutime + cstime: its reaped descendants, with_children), None if it cannot be read."""
+    try:
+        f = _read(f"/proc/{pid}/stat", 4096)
+        rest = f[f.rindex(")") + 2:].split()
+        ticks = int(rest[11]) + int(rest[12])
+        if with_children:
+            ticks += int(rest[13]) + int(rest[14])
+        return ticks * _TICK_USEC, int(rest[21]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _rss_sum(pids: list[int]) -> int | None:
