@@ -18,7 +18,8 @@ own. Measured, in this order:
               adopted (one status), PIDs changed
   stop all    `supervisorctl stop all` -> returned, -> every worker gone (pidfds)
   start all   `supervisorctl start all` (log files exist now) while `supervisorctl pid W:0`
-              runs back to back: the start's duration and the probes' p50/p99
+              runs every 50 ms (or back to back when it takes longer): the start's duration
+              and the probes' p50/p99
 
 Then supervisord 4.3.0 with --sd-workers (default 2000) programs: boot -> all alive, idle
 CPU and RSS, `supervisorctl status`, `stop all`; with a bare loop at that N beside it.
@@ -56,9 +57,10 @@ from mass import SLEEP, pyvisor_workers, supervisord_programs
 
 # -- the reference: a bare posix_spawn loop ---------------------------------------------------
 
-def bare_loop(run: Run, n: int, logs: bool) -> float:
+def bare_loop(run: Run, n: int, logs: bool, stop: list[float] | None = None) -> float:
     """Seconds to posix_spawn n `sleep` processes (new sessions), optionally each with two new
-    log files (created O_EXCL in a fresh directory beside the daemons' ones)."""
+    log files (created O_EXCL in a fresh directory beside the daemons' ones). ``stop``: gets
+    the seconds from SIGTERM to each of them (killpg, as a supervisor does) to all reaped."""
     env = run.env()
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     logdir = run.dir / f"bare-logs-{n}-{time.monotonic_ns()}"
@@ -84,6 +86,14 @@ def bare_loop(run: Run, n: int, logs: bool) -> float:
                     os.close(out)
                     os.close(err)
         dt = time.monotonic() - t0
+        t0 = time.monotonic()
+        for p in pids:
+            os.killpg(p, signal.SIGTERM)
+        for p in pids:
+            os.waitpid(p, 0)
+        if stop is not None:
+            stop.append(time.monotonic() - t0)
+        pids = []
     finally:
         for p in pids:
             os.kill(p, signal.SIGKILL)
@@ -144,6 +154,17 @@ def timed(fn: Any, reps: int) -> list[float]:
     return out
 
 
+def cli_cpu(fn: Any, reps: int) -> list[float]:
+    """CPU (user + system, ms) of the CLI process fn runs, per call (RUSAGE_CHILDREN)."""
+    out = []
+    for _ in range(reps):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        fn()
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.append(ms(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime))
+    return out
+
+
 def med(xs: list[float]) -> str:
     return f"{statistics.median(xs):.0f} ms" if xs else "-"
 
@@ -199,9 +220,11 @@ def bench_pyvisor(run: Run, n: int, a: argparse.Namespace, bare: float) -> dict[
     res["status_cli"] = statistics.median(cli)
     row("supervisorctl status (whole CLI), median", med(cli))
     row("  raw socket status / CLI `pid` alone", f"{med(raw)} / {med(pid_cli)}")
-    row("  CLI's own parse+print of the reply (est.)",
-        f"{statistics.median(cli) - statistics.median(raw) - statistics.median(pid_cli):.0f}"
-        " ms (status CLI - raw - CLI start-up)")
+    cpu_status = cli_cpu(lambda: d.ctl("status"), a.reps)
+    cpu_pid = cli_cpu(lambda: d.ctl("pid"), a.reps)
+    row("  CLI CPU: status / pid; its parse+print",
+        f"{med(cpu_status)} / {med(cpu_pid)}; "
+        f"{statistics.median(cpu_status) - statistics.median(cpu_pid):.0f} ms")
     row("supervisorctl status --json, median", med(js))
 
     # adoption
@@ -247,9 +270,10 @@ def bench_pyvisor(run: Run, n: int, a: argparse.Namespace, bare: float) -> dict[
     th = threading.Thread(target=start_all)
     th.start()
     first = "plain:0"
-    while not done.is_set():
+    while not done.is_set():        # a person or a script polling, 20 times a second at most
         _rc, _o, w = d.ctl("pid", first)
         probes.append(ms(w))
+        done.wait(max(0.0, 0.05 - w))
     th.join()
     res["probe_p99"] = pct(probes, 99)
     row("start all (log files exist) -> returned", f"{result['s']:.2f} s = "
@@ -298,10 +322,12 @@ def main() -> None:
     rss: dict[int, float] = {}
     for n in sizes:
         with Run(f"scale{n}") as run:
-            bare = bare_loop(run, n, logs=False)
+            stop: list[float] = []
+            bare = bare_loop(run, n, logs=False, stop=stop)
             bare_logs = bare_loop(run, n, logs=True)
             say(f"bare posix_spawn loop N={n}: {bare:.2f} s = {n / bare:.0f}/s; with two new "
-                f"log files each: {bare_logs:.2f} s = {n / bare_logs:.0f}/s")
+                f"log files each: {bare_logs:.2f} s = {n / bare_logs:.0f}/s; killpg SIGTERM "
+                f"each -> all reaped: {stop[0]:.2f} s")
             res = bench_pyvisor(run, n, a, bare)
             rss[n] = res["rss"]
             row("  boot vs the bare loop with log files",

@@ -56,6 +56,7 @@ class Found:
     exit: blk.ExitRecord | None
     incarnation: int
     unverifiable: str = ""   # why its live process could not be verified (never duplicated)
+    attached: bool = False   # the worker published its pid in its status page
 
 
 def _environ(pid: int | str) -> list[bytes]:
@@ -129,8 +130,7 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     except OSError as e:
         return f"unverifiable: cannot open a pidfd for pid {pid}: {e}"
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            stat_line = f.read(4096)
+        stat_line = _read_proc(pid, "stat").decode("utf-8", "replace")
         actual = blk.parse_start_ticks(stat_line)
         owner = _real_uid(pid)
         if recorded and actual != ticks:
@@ -159,11 +159,20 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
 def _real_uid(pid: int) -> int:
     """The real uid of a process (/proc/PID/status; the owner of /proc/PID would be root for a
     process that made itself non-dumpable)."""
-    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-        for line in f.read(16384).splitlines():
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    raise ValueError(f"no Uid line in /proc/{pid}/status")
+    text = _read_proc(pid, "status", 16384)
+    at = text.find(b"\nUid:")
+    if at < 0:
+        raise ValueError(f"no Uid line in /proc/{pid}/status")
+    return int(text[at + 5:].split(b"\n", 1)[0].split()[0])    # real, effective, ...
+
+
+def _read_proc(pid: int, name: str, size: int = 4096) -> bytes:
+    """The first size bytes of /proc/PID/name (one open, one read: 10,000 of them at start)."""
+    fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 def _owner_of(path: str) -> str:
@@ -250,6 +259,7 @@ def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p:
                                f"{pid} without its heartbeat and ready reports")
             _seq, state = block.ack
             ready = state in (blk.ST_READY, blk.ST_BUSY)
+            attached = block.attached
             ticks = block.spawned_start_ticks
             if not ticks:
                 try:
@@ -257,7 +267,7 @@ def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p:
                 except (OSError, ValueError, IndexError):
                     ticks = 0
             found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
-                               _started_at(ticks), None, block.incarnation))
+                               _started_at(ticks), None, block.incarnation, attached=attached))
     _sweep_orphan_status_pages(prefix, blocks)
     return found
 

@@ -67,8 +67,8 @@ def apply_adoption(rt: Runtime, config: Config,
             logger.error(f"{inst.name} {stray}; not adopted and not started again")
             rt.unverifiable(inst, stray)
             continue
-        with f.block.reading():     # one open of the status page, one check of the ctl page
-            ready = f.ready or (f.block.pid == 0
+        with f.block.reading():     # one check of the ctl page for the reads below
+            ready = f.ready or (not f.attached
                                 and now - f.started_at >= inst.policy.start_seconds)
             _seq, cmd = f.block.cmd
             deadline_ns, spawned_hash = f.block.deadline_ns, f.block.config_hash

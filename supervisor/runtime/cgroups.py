@@ -152,15 +152,17 @@ class CgroupTree:
         except OSError:
             return False
 
-    def signal(self, path: str, signum: int) -> None:
-        """Send signum to every process in the cgroup (a double-forked daemon included)."""
+    def signal(self, path: str, signum: int, sent: int = 0) -> None:
+        """Send signum to every process in the cgroup (a double-forked daemon included);
+        ``sent``: a pid that already has it (the leader, signalled with its group)."""
         if signum == signal.SIGKILL and self.has_kill:
             with contextlib.suppress(OSError):
                 _write(os.path.join(path, "cgroup.kill"), "1")
                 return
         for pid in self.members(path):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
+            if pid != sent:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
 
     def remove(self, path: str) -> None:
         """rmdir an empty instance cgroup (EBUSY while it has processes: left for later)."""

@@ -106,14 +106,16 @@ class Trees:
         pid = inst.st.pid
         if pid is None or inst.pidfd is None:
             return
+        sent = 0
         try:
             os.killpg(pid, signum)          # pgid == pid: we started it with setsid
+            sent = pid                      # (a session leader cannot leave its group)
         except ProcessLookupError:
             pass
         except PermissionError as e:
             logger.error(f"{inst.name} cannot send signal {signum} to pid {pid}: {e}")
         if self.cgroups is not None and inst.cgroup is not None:
-            self.cgroups.signal(inst.cgroup, signum)
+            self.cgroups.signal(inst.cgroup, signum, sent)
 
     def end(self, inst: Instance, leader: int | None, then: Callable[[], None]) -> None:
         """The leader exited: kill what is left of its tree, then call ``then`` once the tree
