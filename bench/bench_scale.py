@@ -213,6 +213,7 @@ def bench_pyvisor(run: Run, n: int, a: argparse.Namespace, bare: float) -> dict[
     t0 = d.start()
     t_alive = wait_log_line(d.log, f"plain:{n - 1} spawned pid", 900)
     res["boot_alive"] = t_alive - t0
+    boot_cpu = cpu_seconds(d.pid)
 
     def all_running() -> list[dict[str, Any]] | None:
         st = d.status_json()
@@ -224,6 +225,7 @@ def bench_pyvisor(run: Run, n: int, a: argparse.Namespace, bare: float) -> dict[
     say(f"pyvisor N={n}")
     row("boot -> all alive", f"{res['boot_alive']:.2f} s = {n / res['boot_alive']:.0f}/s "
         f"({res['boot_alive'] / bare:.2f}x the bare loop)")
+    row("  the daemon's CPU until then (user+sys)", f"{boot_cpu:.2f} s")
     row("boot -> all RUNNING (status polled 4/s)", f"{res['boot_running']:.2f} s")
     time.sleep(2)
     fds = fd_counts(d.pid)
