@@ -356,10 +356,6 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
         click.echo(f"{config_path}: OK ({len(config.workers)} workers)")
         return
     setup_daemon_logging(config.supervisor.log_level)
-    before, now, workers = fds.raise_limit()
-    reserve_low_fds()
-    logger.info(f"file descriptors: soft limit {before} -> {now}"
-                + (f" (workers get {workers})" if workers != now else ""))
     try:
         fd = acquire_lock(f"{config.supervisor.socket}.lock", config_path, lock_fd)
         prefix_fd = acquire_prefix_lock(config.supervisor.block_prefix, config_path,
@@ -371,6 +367,10 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
         click.echo(f"supervisord: cannot create the lock beside {config.supervisor.socket}: {e}",
                    err=True)
         sys.exit(EXIT_LOCKED)
+    before, now, workers = fds.raise_limit()      # once we know we are the one daemon
+    reserve_low_fds()
+    logger.info(f"file descriptors: soft limit {before} -> {now}"
+                + (f" (workers get {workers})" if workers != now else ""))
     try:
         daemon = Daemon(config, (fd, prefix_fd))
     except (OSError, ServerError) as e:
