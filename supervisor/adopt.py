@@ -56,6 +56,7 @@ class Found:
     exit: blk.ExitRecord | None
     incarnation: int
     unverifiable: str = ""   # why its live process could not be verified (never duplicated)
+    attached: bool = False   # the worker published its pid in its status page
 
 
 def _environ(pid: int | str) -> list[bytes]:
@@ -129,8 +130,7 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     except OSError as e:
         return f"unverifiable: cannot open a pidfd for pid {pid}: {e}"
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            stat_line = f.read(4096)
+        stat_line = _read_proc(pid, "stat").decode("utf-8", "replace")
         actual = blk.parse_start_ticks(stat_line)
         owner = _real_uid(pid)
         if recorded and actual != ticks:
@@ -159,11 +159,20 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
 def _real_uid(pid: int) -> int:
     """The real uid of a process (/proc/PID/status; the owner of /proc/PID would be root for a
     process that made itself non-dumpable)."""
-    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-        for line in f.read(16384).splitlines():
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    raise ValueError(f"no Uid line in /proc/{pid}/status")
+    text = _read_proc(pid, "status", 16384)
+    at = text.find(b"\nUid:")
+    if at < 0:
+        raise ValueError(f"no Uid line in /proc/{pid}/status")
+    return int(text[at + 5:].split(b"\n", 1)[0].split()[0])    # real, effective, ...
+
+
+def _read_proc(pid: int, name: str, size: int = 4096) -> bytes:
+    """The first size bytes of /proc/PID/name (one open, one read: 10,000 of them at start)."""
+    fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 def _owner_of(path: str) -> str:
@@ -221,41 +230,44 @@ def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p:
             blocks[name] = b
     # blocks whose process was never recorded (the daemon died in the middle of a spawn)
     unrecorded = find_by_environ({n for n, b in blocks.items() if not b.spawned_pid})
+    # (one stat per block: the ctl page is read through the mapping once known to be whole)
     for name, block in blocks.items():
         instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
-        result = verify(name, block, unrecorded, member)
-        if isinstance(result, str):
-            exit_rec = block.read_exit()
-            if result.startswith("unverifiable"):
-                # it may be alive: never a duplicate; the block stays for a later look
-                logger.error(f"{instance} control block {name}: {result}; not adopted and not "
-                             "started again")
+        with block.reading():   # one open of the status page, one check of the ctl page
+            result = verify(name, block, unrecorded, member)
+            if isinstance(result, str):
+                exit_rec = block.read_exit()
+                if result.startswith("unverifiable"):
+                    # it may be alive: never a duplicate; the block stays for a later look
+                    logger.error(f"{instance} control block {name}: {result}; not adopted and not "
+                                 "started again")
+                    found.append(Found(instance, block, None, None, False, False, time.monotonic(),
+                                       None, block.incarnation, result.split(": ", 1)[1]))
+                    continue
+                if result != "gone":
+                    logger.warning(f"{instance} control block {name} does not verify ({result}); "
+                                   "removing it without signalling anything")
+                    block.close()
+                    block.unlink()
+                    continue
                 found.append(Found(instance, block, None, None, False, False, time.monotonic(),
-                                   None, block.incarnation, result.split(": ", 1)[1]))
+                                   exit_rec, block.incarnation))
                 continue
-            if result != "gone":
-                logger.warning(f"{instance} control block {name} does not verify ({result}); "
-                               "removing it without signalling anything")
-                block.close()
-                block.unlink()
-                continue
-            found.append(Found(instance, block, None, None, False, False, time.monotonic(),
-                               exit_rec, block.incarnation))
-            continue
-        pid, pidfd = result
-        if not block.has_status:
-            logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
-                           f"{pid} without its heartbeat and ready reports")
-        _seq, state = block.ack
-        ready = state in (blk.ST_READY, blk.ST_BUSY)
-        ticks = block.spawned_start_ticks
-        if not ticks:
-            try:
-                ticks = blk.proc_start_ticks(pid)
-            except (OSError, ValueError, IndexError):
-                ticks = 0
-        found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
-                           _started_at(ticks), None, block.incarnation))
+            pid, pidfd = result
+            if not block.has_status:
+                logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
+                               f"{pid} without its heartbeat and ready reports")
+            _seq, state = block.ack
+            ready = state in (blk.ST_READY, blk.ST_BUSY)
+            attached = block.attached
+            ticks = block.spawned_start_ticks
+            if not ticks:
+                try:
+                    ticks = blk.proc_start_ticks(pid)
+                except (OSError, ValueError, IndexError):
+                    ticks = 0
+            found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
+                               _started_at(ticks), None, block.incarnation, attached=attached))
     _sweep_orphan_status_pages(prefix, blocks)
     return found
 

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 from loguru import logger
 
-from supervisor import paths, runtimedir, safefs
+from supervisor import fds, paths, runtimedir, safefs
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.config.checks import program_warnings
 from supervisor.control.handlers import Handlers
@@ -43,6 +43,7 @@ from supervisor.reconcile import (
 from supervisor.runtime import Runtime
 from supervisor.runtime.runtime import ctl_command
 from supervisor.sdnotify import Notifier
+from supervisor.spawn import reserve_low_fds
 
 EXIT_BAD_CONFIG = 2
 EXIT_LOCKED = 1
@@ -428,6 +429,10 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
         click.echo(f"supervisord: cannot create the lock beside {config.supervisor.socket}: {e}",
                    err=True)
         sys.exit(EXIT_LOCKED)
+    before, now, workers = fds.raise_limit()      # once we know we are the one daemon
+    reserve_low_fds()
+    logger.info(f"file descriptors: soft limit {before} -> {now}"
+                + (f" (workers get {workers})" if workers != now else ""))
     try:
         daemon = Daemon(config, (fd, prefix_fd))
     except (OSError, ServerError, ValueError) as e:   # ValueError: supervisor.http's HttpError

@@ -62,21 +62,25 @@ def apply_adoption(rt: Runtime, config: Config,
             _exited_while_away(rt, inst, f)
             continue
         assert f.pidfd is not None
-        stray = _outside_its_cgroup(rt, inst, f.pid)
+        inside, stray = _outside_its_cgroup(rt, inst, f.pid)
         if stray:
             os.close(f.pidfd)
             f.block.close()
             logger.error(f"{inst.name} {stray}; not adopted and not started again")
             rt.unverifiable(inst, stray)
             continue
-        ready = f.ready or (f.block.pid == 0 and now - f.started_at >= inst.policy.start_seconds)
+        with f.block.reading():     # one check of the ctl page for the reads below
+            ready = f.ready or (not f.attached
+                                and now - f.started_at >= inst.policy.start_seconds)
+            _seq, cmd = f.block.cmd
+            deadline_ns, spawned_hash = f.block.deadline_ns, f.block.config_hash
         stop = stop_of(intent.get(inst.name, {}))
-        _seq, cmd = f.block.cmd
         if stop is None and cmd == blk.CMD_STOP_GRACEFUL:
-            stop = StopInFlight(graceful=True, deadline=f.block.deadline_ns / 1e9)
-        rt.adopt(inst, f.pid, f.pidfd, f.block, f.child, ready, f.started_at, stop)
-        logger.info(f"{inst.name} adopted pid {f.pid} "
-                    f"({'child, re-exec' if f.child else 'after a daemon restart'})")
+            stop = StopInFlight(graceful=True, deadline=deadline_ns / 1e9)
+        rt.adopt(inst, f.pid, f.pidfd, f.block, f.child, ready, f.started_at, stop, inside)
+        # the core's transition line says "adopted pid N" (one line per instance at 10,000)
+        logger.debug(f"{inst.name} adopted pid {f.pid} "
+                     f"({'child, re-exec' if f.child else 'after a daemon restart'})")
         if stop is not None:
             logger.info(f"{inst.name} was being stopped when supervisord went down; carrying on")
         elif inst.st.wanted is False:
@@ -85,23 +89,26 @@ def apply_adoption(rt: Runtime, config: Config,
         elif inst.removed:
             logger.info(f"{inst.name} is no longer configured; stopping it")
             rt.request_stop([inst], graceful=True)
-        elif f.block.config_hash != config_hash(inst.cfg):
+        elif spawned_hash != config_hash(inst.cfg):
             logger.info(f"{inst.name} config changed while supervisord was down; restarting it")
             rt.request_stop([inst], graceful=True, restart=True)
     return accounted
 
 
-def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int) -> str:
+def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int) -> tuple[bool | None, str]:
     """With cgroups, the instance's tree lives in its cgroup, which nothing can join without
     the daemon's rights: a recorded pid outside a cgroup that holds other processes is not
-    its leader (why, or "" when it verifies)."""
+    its leader. (whether pid is in the cgroup, None without cgroups; why it does not verify,
+    or "")."""
     cg = rt.trees.cgroups
     if cg is None:
-        return ""
+        return None, ""
+    if cg.contains(inst.name, pid):
+        return True, ""
     path = cg.path(inst.name)
-    if not os.path.isdir(path) or not cg.populated(path) or cg.contains(inst.name, pid):
-        return ""
-    return f"pid {pid} is not in the instance's cgroup {path}, which holds other processes"
+    if not os.path.isdir(path) or not cg.populated(path):
+        return False, ""
+    return False, f"pid {pid} is not in the instance's cgroup {path}, which holds other processes"
 
 
 def _exited_while_away(rt: Runtime, inst: Instance, f: Found) -> None:

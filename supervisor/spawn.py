@@ -1,9 +1,13 @@
 """Starting a worker process: its environment, its output files, its own process group.
 
+The process is made by supervisor._spawn (clone3 with CLONE_VM|CLONE_VFORK|CLONE_PIDFD, born in
+its cgroup): no copy of the daemon's memory, a pidfd with no race, and a few raw system calls in
+the child before exec (signals back to default, a new session, stdio, every other fd closed,
+the directory, the workers' RLIMIT_NOFILE, the user).
+
 Every worker is started in a new session (so a new process group whose id is its PID): a stop
 signal goes to the group and reaches whatever the worker forked. The daemon reaps children
-itself (waitid on pidfds / SIGCHLD), so the Popen object is kept only to stop the subprocess
-module from reaping behind our back, and is told the exit status once we have it.
+itself (waitid on pidfds / SIGCHLD).
 
 A worker with ``user:`` drops root fully, the way systemd's User= and login(1) do: that user's
 uid, its primary group (or ``group:``), exactly its supplementary groups (initgroups), and
@@ -17,9 +21,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import subprocess
 from dataclasses import dataclass, field
 
+from supervisor import _spawn, fds
 from supervisor.logs import open_output
 from supervisor.paths import worker_search_path
 from worker.block import ENV_BLOCK, ENV_INSTANCE, ENV_NOTIFY
@@ -45,7 +49,7 @@ class SpawnRequest:
 
 @dataclass(frozen=True)
 class Credentials:
-    """Who a worker runs as: what subprocess applies in the child between fork and exec."""
+    """Who a worker runs as: what the child applies between clone and exec."""
 
     uid: int
     gid: int
@@ -89,6 +93,7 @@ def child_environment(req: SpawnRequest, creds: Credentials | None = None) -> di
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
               "INVOCATION_ID"):
         env.pop(k, None)   # systemd's protocol is the daemon's, not its workers'
+    env.pop(fds.ENV_WORKER_NOFILE, None)
     if creds is not None:
         env.pop("SHELL", None)         # like systemd: no SHELL when the passwd entry has none
         env.update(creds.env)
@@ -100,14 +105,27 @@ def child_environment(req: SpawnRequest, creds: Credentials | None = None) -> di
     return env
 
 
-def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
-    """Start the worker; raises OSError (e.g. FileNotFoundError) if it cannot be executed,
+def spawn(req: SpawnRequest, cgroup_fd: int = -1) -> tuple[int, int]:
+    """Start the worker; returns (pid, pidfd). cgroup_fd: the directory of the cgroup it is
+    born in (-1: the daemon's own). Raises OSError (e.g. FileNotFoundError) if it cannot be
+    executed, ChildSetupError if the child could not be set up (directory, user),
     CredentialsError if it cannot be run as its user."""
     creds = credentials(req.user, req.group) if req.user is not None else None
     # Root switches (all three, or root's own groups would stay); a daemon running a worker
     # as its own user leaves its credentials alone (setgroups needs root).
     run_as = creds if os.geteuid() == 0 else None
     owner = (run_as.uid, run_as.gid) if run_as is not None else None
+    env = child_environment(req, creds)
+    envp = []
+    for k, v in env.items():
+        if "=" in k or not k:
+            raise ValueError(f"illegal environment variable name {k!r}")
+        envp.append(os.fsencode(f"{k}={v}"))
+    argv = [os.fsencode(a) for a in req.argv]
+    if not argv:
+        raise ValueError("empty command")
+    cwd = os.fsencode(req.directory) if req.directory is not None else None
+    ids = (run_as.uid, run_as.gid, run_as.groups) if run_as is not None else None
     out_fd = err_fd = None
     try:
         if req.stdout_path:
@@ -115,24 +133,65 @@ def spawn(req: SpawnRequest) -> subprocess.Popen[bytes]:
         if req.stderr_path:
             err_fd = (out_fd if req.stderr_path == req.stdout_path
                       else open_output(req.stderr_path, owner))
+        null = _devnull()
         stdout = req.stdout_fd if req.stdout_fd is not None else out_fd
         stderr = req.stderr_fd if req.stderr_fd is not None else err_fd
-        return subprocess.Popen(
-            req.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout if stdout is not None else subprocess.DEVNULL,
-            stderr=stderr if stderr is not None else subprocess.DEVNULL,
-            umask=req.umask if req.umask is not None else -1,
-            cwd=req.directory,
-            env=child_environment(req, creds),
-            user=run_as.uid if run_as is not None else None,
-            group=run_as.gid if run_as is not None else None,
-            extra_groups=list(run_as.groups) if run_as is not None else None,
-            start_new_session=True,
-            close_fds=True,
-            restore_signals=True,
-        )
+        pid, fd_or_errno, stage = _spawn.spawn(
+            _exec_candidates(argv[0], env), argv, envp, cwd,
+            (null, null if stdout is None else stdout, null if stderr is None else stderr),
+            fds.worker_limit(), ids, cgroup_fd, _LOW[0] if _LOW else None,
+            -1 if req.umask is None else req.umask)
     finally:
         for fd in {out_fd, err_fd}:
             if fd is not None:
                 os.close(fd)
+    if pid == 0:
+        raise _child_error(stage, fd_or_errno, req, ids)
+    return pid, fd_or_errno
+
+
+class ChildSetupError(ValueError):
+    """The child process could not be set up before exec (its directory, its user): str() is
+    the whole reason."""
+
+
+def _child_error(stage: int, err: int, req: SpawnRequest,
+                 ids: tuple[int, int, tuple[int, ...]] | None) -> Exception:
+    why = os.strerror(err)
+    if stage == _spawn.ST_EXEC:
+        return OSError(err, why, req.argv[0])    # FileNotFoundError, PermissionError, ...
+    if stage == _spawn.ST_CWD:
+        return ChildSetupError(f"cannot start in its directory {req.directory!r}: {why}")
+    if stage == _spawn.ST_IDS and ids is not None:
+        return ChildSetupError(f"cannot switch to uid {ids[0]}, gid {ids[1]}: {why}")
+    what = {_spawn.ST_SESSION: "a new session", _spawn.ST_STDIO: "its stdin/stdout/stderr",
+            _spawn.ST_RLIMIT: "its RLIMIT_NOFILE"}.get(stage, "the child")
+    return ChildSetupError(f"cannot set up {what}: {why}")
+
+
+def _exec_candidates(argv0: bytes, env: dict[str, str]) -> list[bytes]:
+    """Where the child looks for argv[0] (as subprocess does: the child's PATH when argv[0]
+    has no slash)."""
+    if b"/" in argv0:
+        return [argv0]
+    return [os.path.join(os.fsencode(d), argv0) for d in os.get_exec_path(env)] or [argv0]
+
+
+_DEVNULL: list[int] = []
+_LOW: list[tuple[int, int, int]] = []
+
+
+def reserve_low_fds() -> None:
+    """Three placeholder fds of /dev/null, opened while fd numbers are still low (at daemon
+    start): a spawn dup's the worker's stdio onto them, so that the child copies only the fds
+    below them instead of the daemon's whole table (see supervisor/_spawn.c)."""
+    if not _LOW:
+        a, b, c = (os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) for _ in range(3))
+        _LOW.append((a, b, c))
+
+
+def _devnull() -> int:
+    """One fd of /dev/null for every worker's stdin (and unlogged output), opened once."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+    return _DEVNULL[0]

@@ -260,10 +260,13 @@ def parse_start_ticks(stat: str) -> int:
 def proc_start_ticks(pid: int) -> int:
     """Start time of a process in clock ticks; ProcessLookupError if it does not exist."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            return parse_start_ticks(f.read())
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ProcessLookupError(pid, f"no process with pid {pid}") from None
+    try:
+        return parse_start_ticks(os.read(fd, 4096).decode("utf-8", "replace"))
+    finally:
+        os.close(fd)
 
 
 def _to_i32(u: int) -> int:

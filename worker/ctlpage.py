@@ -12,6 +12,13 @@ Rules:
   * The status page is the worker's (mode 0600, its owner under ``user:``) and is NEVER mapped
     by the daemon: it is read with os.pread on an fd, so a truncated, deleted or scribbled page
     can only yield "unknown" values (0 / None), never a SIGBUS or an exception.
+  * The daemon holds no fd of a block (10,000 workers must fit its RLIMIT_NOFILE with one fd
+    each, their pidfd). The ctl page's fd is closed once it is mapped; whether the page is
+    still whole is asked of its name (the same object, by device and inode, and its size: only
+    root and the daemon's uid can unlink or truncate it). The status page is opened by name
+    for each read (or once for a batch, ``reading()``), checked on the fd (a regular file,
+    owned by the uid it was made for) and closed again: a worker that replaced it with
+    anything else (a FIFO, a directory, a link, someone else's file) reads as unknown.
   * Both pages are allocated (posix_fallocate) before the first store: a full /dev/shm is an
     ENOSPC from create(), never a SIGBUS later.
   * The magic is written LAST with a release store, so a reader that sees it sees every
@@ -20,13 +27,14 @@ Rules:
 
 from __future__ import annotations
 
-import mmap
 import os
+import stat
 import time
 from types import TracebackType
 from typing import Self
 
 from worker._ctlword import View
+from worker._mapping import Mapping
 from worker.block import (
     BLOCK_SIZE,
     EXIT_SRC_WORKER,
@@ -76,7 +84,7 @@ from worker.block import (
     status_name_ok,
     unlink_name,
 )
-from worker.published import Read, WorkerData, fd_reader, read_worker_data
+from worker.published import WorkerData, fd_reader, read_worker_data
 
 
 def _new_page(name: str, size: int, mode: int) -> int:
@@ -106,14 +114,25 @@ class ControlBlock:
 
     name: str
 
-    def __init__(self, name: str, fd: int, status_name: str, status_fd: int | None) -> None:
-        # Use create() or open_existing().
+    def __init__(self, name: str, fd: int, status_name: str, status_owner: int | None) -> None:
+        # Use create() or open_existing(). Maps the ctl page, then closes fd (on success only:
+        # on an exception the caller still owns it).
         self.name = name
         self.status_name = status_name
-        self._fd = fd
-        self._sfd = status_fd
-        self._mm = mmap.mmap(fd, BLOCK_SIZE)
-        self.view = View(self._mm)
+        self._status_owner = status_owner     # uid the status page must have; None: unusable
+        self._sfd = -1                        # held only inside reading()
+        self._readers = 0
+        self._whole: bool | None = None      # intact() as checked on entering reading()
+        self._mm = Mapping(fd, BLOCK_SIZE)
+        try:
+            self.view = View(self._mm.buf)
+        except BaseException:
+            self._mm.close()
+            raise
+        st = os.fstat(fd)
+        self._id = (st.st_dev, st.st_ino)
+        self._attached = False
+        os.close(fd)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -137,13 +156,14 @@ class ControlBlock:
             if gid is not None:
                 os.fchown(fd, -1, gid)
             os.fchmod(fd, CTL_MODE_GROUP if gid is not None else CTL_MODE)
-            blk = cls(name, fd, status_name, sfd)
+            blk = cls(name, fd, status_name, os.geteuid() if uid is None else uid)
         except BaseException:
             os.close(fd)
             os.close(sfd)
             unlink_name(name)
             unlink_name(status_name)
             raise
+        os.close(sfd)
         v, mm = blk.view, blk._mm
         v.store_u32(OFF_VERSION, VERSION)
         v.store_u32(OFF_HEADER_SIZE, HEADER_SIZE)
@@ -165,17 +185,15 @@ class ControlBlock:
         values read as unknown); it is never mapped."""
         head = os.pread(fd, HEADER_SIZE, 0)
         status_name = check_header(name, head)
-        sfd: int | None = None
+        recorded = int.from_bytes(os.pread(fd, 4, OFF_SPAWNED_UID), "little")
+        owner: int | None = None
         try:
-            sfd = os.open(SHM_DIR + status_name,
-                          os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            st = os.fstat(sfd)
-            if (st.st_mode & 0o170000) != 0o100000:  # S_ISREG without the stat module
-                os.close(sfd)
-                sfd = None
+            st = os.stat(SHM_DIR + status_name, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid in (recorded, os.geteuid()):
+                owner = st.st_uid
         except OSError:
-            sfd = None
-        return cls(name, fd, status_name, sfd)
+            owner = None
+        return cls(name, fd, status_name, owner)
 
     @classmethod
     def attach(cls, name: str) -> ControlBlock:
@@ -198,26 +216,29 @@ class ControlBlock:
 
     @property
     def has_status(self) -> bool:
-        """Whether the status page could be opened (when adopting, it may be gone)."""
-        return self._sfd is not None
+        """Whether the status page was there, ours or the worker's (when adopting, it may be
+        gone)."""
+        return self._status_owner is not None
 
     def intact(self) -> bool:
-        """Whether the ctl page still has its full size (stores are safe)."""
+        """Whether the ctl page is still the object we mapped, whole (stores are safe)."""
+        if self._mm.closed:
+            return False
         try:
-            return os.fstat(self._fd).st_size >= BLOCK_SIZE
+            st = os.stat(SHM_DIR + self.name, follow_symlinks=False)
         except (OSError, ValueError):
             return False
+        return (st.st_dev, st.st_ino) == self._id and st.st_size >= BLOCK_SIZE
 
     def close(self) -> None:
-        """Unmap and close (idempotent). BufferError while a wait on the block is in flight."""
+        """Unmap (idempotent). BufferError while a wait on the block is in flight."""
         if not self.view.closed:
             self.view.close()
         if not self._mm.closed:
             self._mm.close()
-        for fd in (self._fd, self._sfd):
-            if fd is not None and fd >= 0:
-                os.close(fd)
-        self._fd, self._sfd = -1, None
+        if self._sfd >= 0:
+            os.close(self._sfd)
+            self._sfd = -1
 
     @property
     def closed(self) -> bool:
@@ -274,13 +295,13 @@ class ControlBlock:
         v.store_u32(OFF_SPAWNED_PID, pid)
 
     def _ctl(self, off: int, size: int) -> int:
-        if self._fd < 0:
+        """A field of the ctl page, through the mapping once the page is known to be whole
+        (0 when it is not; inside reading(), as checked on entering it)."""
+        if self._mm.closed:
             raise ValueError(f"control block {self.name} is closed")
-        try:
-            raw = os.pread(self._fd, size, off)
-        except (OSError, ValueError):
+        if not (self._whole if self._whole is not None else self.intact()):
             return 0
-        return int.from_bytes(raw, "little") if len(raw) == size else 0
+        return self.view.load_u32(off) if size == 4 else self.view.load_u64(off)
 
     @property
     def slot(self) -> int:
@@ -288,10 +309,7 @@ class ControlBlock:
 
     @property
     def boot_id(self) -> bytes:
-        try:
-            return os.pread(self._fd, 16, OFF_BOOT_ID)
-        except OSError:
-            return b""
+        return self._mm[OFF_BOOT_ID : OFF_BOOT_ID + 16] if self.intact() else b""
 
     @property
     def supervisor_pid(self) -> int:
@@ -337,13 +355,41 @@ class ControlBlock:
 
     # -- the status page (the worker's; pread only, every value range-checked) ---------------
 
+    def _open_status(self) -> int:
+        """An fd of the status page, checked: a regular file owned by the uid it was made for
+        (-1 when it is not, or gone). The caller closes it."""
+        if self._status_owner is None:
+            return -1
+        try:
+            fd = os.open(SHM_DIR + self.status_name,
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            return -1
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_uid != self._status_owner:
+            os.close(fd)
+            return -1
+        return fd
+
+    def reading(self) -> _Reading:
+        """``with block.reading():`` several reads through one open of the status page and one
+        check of the ctl page."""
+        return _Reading(self)
+
     def _status(self, off: int, size: int) -> bytes:
-        if self._sfd is None:
+        fd = self._sfd if self._sfd >= 0 else self._open_status()
+        if fd < 0:
             return b""
         try:
-            raw = os.pread(self._sfd, size, off)
+            raw = os.pread(fd, size, off)
         except (OSError, ValueError):
-            return b""
+            raw = b""
+        finally:
+            if fd != self._sfd:
+                os.close(fd)
         return raw if len(raw) == size else b""
 
     def _snum(self, off: int, size: int) -> int:
@@ -360,6 +406,13 @@ class ControlBlock:
         """The pid the worker published when it attached; 0 when unknown or out of range."""
         p = self._snum(SOFF_PID, 4)
         return p if 1 <= p <= PID_MAX else 0
+
+    @property
+    def attached(self) -> bool:
+        """Whether the worker ever published its pid (latched: the page is not read again)."""
+        if not self._attached:
+            self._attached = self.pid != 0
+        return self._attached
 
     @property
     def start_ticks(self) -> int:
@@ -383,6 +436,10 @@ class ControlBlock:
     def read_exit(self) -> ExitRecord | None:
         """The exit record, or None if none was written, the page is gone or garbage, or the
         seqlock does not settle within a bounded number of tries."""
+        with self.reading():
+            return self._read_exit()
+
+    def _read_exit(self) -> ExitRecord | None:
         for _ in range(100):
             raw = self._status(SOFF_EXIT_SEQ, 24)
             if not raw:
@@ -401,12 +458,33 @@ class ControlBlock:
             return ExitRecord(status, t, source)
         return None
 
-    def status_reader(self) -> Read | None:
-        """A pread-style reader of the status page (None when it could not be opened)."""
-        return None if self._sfd is None else fd_reader(self._sfd)
-
     def worker_data(self) -> WorkerData | None:
         """The status text and metrics the worker published (bounded, torn-read safe, names
         validated: see worker.published); None without a readable status page."""
-        read = self.status_reader()
-        return None if read is None else read_worker_data(read)
+        with self.reading():
+            return read_worker_data(fd_reader(self._sfd)) if self._sfd >= 0 else None
+
+
+class _Reading:
+    """The status page held open for the reads inside a ``with`` (nestable)."""
+
+    def __init__(self, block: ControlBlock) -> None:
+        self.block = block
+
+    def __enter__(self) -> ControlBlock:
+        b = self.block
+        if b._readers == 0:
+            b._sfd = b._open_status()
+            b._whole = b.intact()     # the ctl page checked once for the reads inside
+        b._readers += 1
+        return b
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        b = self.block
+        b._readers -= 1
+        if b._readers == 0:
+            b._whole = None
+            if b._sfd >= 0:
+                os.close(b._sfd)
+                b._sfd = -1

@@ -171,14 +171,16 @@ def _starting_spawned(inst: InstanceState, ev: Spawned, policy: Policy) -> Resul
 
 
 def _failed_start(inst: InstanceState, now: float, what: str, policy: Policy,
-                  changes: dict[str, Any], verb: str) -> Result:
-    """A start that did not get to RUNNING: BACKOFF, or FATAL once start_retries are used up."""
+                  changes: dict[str, Any], verb: str, cause: str = "") -> Result:
+    """A start that did not get to RUNNING: BACKOFF, or FATAL once start_retries are used up
+    (the FATAL reason names the last ``cause``, if any: status shows it)."""
     retries = inst.retries + 1
     if retries > policy.start_retries:
         since = inst.attempts_since if inst.attempts_since is not None else now
         name = policy.name or "NAME"
-        message = (f"{verb} {retries} times within {secs(now - since)}; giving up (FATAL). "
-                   f"Fix it, then: {policy.ctl} start {name}")
+        last = f" (last: {cause})" if cause else ""
+        message = (f"{verb} {retries} times within {secs(now - since)}{last}; giving up "
+                   f"(FATAL). Fix it, then: {policy.ctl} start {name}")
         return goto(inst, State.FATAL, f"{what}; {retries} failed starts", level="ERROR",
                      extra_logs=[Log("ERROR", message)], retries=retries, fatal_reason=message,
                      **changes)
@@ -192,7 +194,7 @@ def _starting_spawn_failed(inst: InstanceState, ev: SpawnFailed, policy: Policy)
     if inst.pid is not None:
         raise TransitionError(f"SpawnFailed but pid {inst.pid} is running")
     return _failed_start(inst, ev.now, f"spawn failed: {ev.error}", policy, no_process(),
-                         "failed to spawn")
+                         "failed to spawn", ev.error)
 
 
 def _to_running(inst: InstanceState, now: float, reason: str) -> Result:

@@ -7,9 +7,11 @@ moves itself into the leaf ``<base>/supervisord.<prefix>``, so that it never sit
 node with processes (cgroup v2's "no internal processes" rule) and its workers' cgroups are
 its siblings, not its children.
 
-Spawning straight into the cgroup: the daemon moves itself into the instance's cgroup, forks
-and execs the worker (which is born there, before it runs a single instruction of its own,
-so nothing it forks can escape), then moves itself back. Two small writes per spawn.
+Spawning straight into the cgroup: clone3 with CLONE_INTO_CGROUP and the cgroup's directory fd
+(supervisor._spawn), so the worker is born there, before it runs a single instruction of its
+own, and nothing it forks can escape. Where clone3 cannot take a cgroup, the daemon moves itself
+into the instance's cgroup around the spawn instead (``entered``: two writes, each a cgroup
+migration of the daemon, which is far slower).
 
 A process cannot leave a cgroup without write access to ``cgroup.procs`` of a common
 ancestor, which only root (or the daemon's uid, in a delegated subtree) has: membership is
@@ -150,15 +152,17 @@ class CgroupTree:
         except OSError:
             return False
 
-    def signal(self, path: str, signum: int) -> None:
-        """Send signum to every process in the cgroup (a double-forked daemon included)."""
+    def signal(self, path: str, signum: int, sent: int = 0) -> None:
+        """Send signum to every process in the cgroup (a double-forked daemon included);
+        ``sent``: a pid that already has it (the leader, signalled with its group)."""
         if signum == signal.SIGKILL and self.has_kill:
             with contextlib.suppress(OSError):
                 _write(os.path.join(path, "cgroup.kill"), "1")
                 return
         for pid in self.members(path):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
+            if pid != sent:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
 
     def remove(self, path: str) -> None:
         """rmdir an empty instance cgroup (EBUSY while it has processes: left for later)."""
@@ -171,8 +175,17 @@ class CgroupTree:
     def stats(self, path: str) -> dict[str, int | None]:
         """processes, cpu_usec (the whole tree, exited children included), memory (bytes:
         memory.current where the memory controller is enabled, else the sum of the members'
-        RSS), oom_kills (None without the memory controller)."""
+        RSS), oom_kills (None without the memory controller).
+
+        Two reads for a tree of one process without the memory controller (the common case,
+        and status reads every instance): its members, then the one member's /proc/PID/stat
+        (CPU of it and of its reaped descendants, RSS)."""
         members = self.members(path)
+        if len(members) == 1 and not self.has_memory:
+            one = proc_stats(members[0], with_children=True)
+            if one is not None:
+                return {"processes": 1, "cpu_usec": one[0], "memory": one[1],
+                        "oom_kills": None}
         cpu = memory = ooms = None
         try:
             for line in _read(os.path.join(path, "cpu.stat")).splitlines():
@@ -204,6 +217,23 @@ def _write(path: str, text: str) -> None:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+_TICK_USEC = 1_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def proc_stats(pid: int, with_children: bool = False) -> tuple[int, int] | None:
+    """(cpu_usec, rss bytes) of a process from one read of /proc/PID/stat (utime + stime, and
+    cutime + cstime: its reaped descendants, with_children), None if it cannot be read."""
+    try:
+        f = _read(f"/proc/{pid}/stat", 4096)
+        rest = f[f.rindex(")") + 2:].split()
+        ticks = int(rest[11]) + int(rest[12])
+        if with_children:
+            ticks += int(rest[13]) + int(rest[14])
+        return ticks * _TICK_USEC, int(rest[21]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _rss_sum(pids: list[int]) -> int | None:

@@ -106,8 +106,6 @@ class Reaper:
                 logger.debug(f"reaped pid {res.si_pid} (not a worker)")
                 continue
             status = exit_status_from_wait(res.si_code, res.si_status, "waitid")
-            if inst.popen is not None:
-                inst.popen.returncode = res.si_status   # keep subprocess from waiting on it
             self._exited(inst, status)
 
     def _adopted_exit(self, inst: Instance) -> None:

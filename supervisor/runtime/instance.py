@@ -3,7 +3,6 @@ runtime holds for it (pidfd, control block, timers, log paths, clients waiting o
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +28,6 @@ class Instance:
     st: InstanceState = field(default_factory=InstanceState)
     block: blk.ControlBlock | None = None
     pidfd: int | None = None
-    popen: subprocess.Popen[bytes] | None = None
     child: bool = True             # our child (reaped by waitid) or adopted from another daemon
     incarnation: int = 0
     timers: dict[TimerKind, Timer] = field(default_factory=dict)
@@ -63,7 +61,7 @@ class Instance:
     def uses_library(self) -> bool:
         """Whether the process attached to its control block (and so reads the control word):
         only such a process can be stopped gracefully."""
-        return self.block is not None and self.block.pid != 0
+        return self.block is not None and self.block.attached
 
 
 def report_output(inst: Instance, ctl: str) -> None:

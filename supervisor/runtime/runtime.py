@@ -222,13 +222,14 @@ class Runtime:
 
     # -- what an earlier daemon left running --------------------------------------------------
     def adopt(self, inst: Instance, pid: int, pidfd: int, block: blk.ControlBlock, child: bool,
-              ready: bool, started_at: float, stop: core.StopInFlight | None = None) -> None:
+              ready: bool, started_at: float, stop: core.StopInFlight | None = None,
+              in_cgroup: bool | None = None) -> None:
         """A verified live process of inst, found at start-up: watch it (exit, tree, log
         rotation, as a process we spawned) and tell the core, with the stop in flight if the
         previous daemon had begun one."""
         inst.block, inst.child = block, child
         self.reaper.watch(inst, pid, pidfd)
-        self.trees.adopt(inst, pid)
+        self.trees.adopt(inst, pid, in_cgroup)
         self.watch_logs(inst)
         self.adoptions["adopted"] += 1
         self.dispatch(inst, core.Adopted(self.now(), pid, ready, started_at, stop))
@@ -408,7 +409,6 @@ class Runtime:
             if unlink:
                 inst.block.unlink()
             inst.block = None
-        inst.popen = None
         if unlink:               # else the pipes stay open: a re-exec hands them over
             for pipe in inst.pipes:
                 pipe.finish()

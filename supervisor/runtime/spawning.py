@@ -8,15 +8,14 @@ import errno
 import hashlib
 import os
 import stat
-import subprocess
 from collections import deque
 from typing import TYPE_CHECKING
 
-from supervisor import core, safefs
+from supervisor import core, fds, safefs
 from supervisor.config import WorkerConfig
 from supervisor.core import Event, State
 from supervisor.runtime.instance import Instance
-from supervisor.spawn import CredentialsError, SpawnRequest, credentials, spawn
+from supervisor.spawn import ChildSetupError, CredentialsError, SpawnRequest, credentials, spawn
 from worker import block as blk
 from worker.ctlpage import ControlBlock
 
@@ -78,7 +77,8 @@ class Spawner:
         except BlockTaken as e:
             return core.SpawnFailed(now, str(e))
         except OSError as e:
-            hint = f" ({blk.SHM_DIR} is full)" if e.errno == errno.ENOSPC else ""
+            hint = (f" ({blk.SHM_DIR} is full)" if e.errno == errno.ENOSPC
+                    else f" ({fds.exhausted_hint(e)})" if fds.is_exhausted(e) else "")
             return core.SpawnFailed(now, f"cannot create control block {name}: "
                                          f"{e.strerror or e}{hint}")
         argv = cfg.argv(inst.worker, inst.index)
@@ -88,9 +88,9 @@ class Spawner:
         ends: list[int] = []
         try:
             req.stdout_fd, req.stderr_fd = rt.open_pipes(inst, ends)
-            with rt.trees.spawning(inst):
-                popen = spawn(req)
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
+            with rt.trees.spawning(inst) as cgroup_fd:
+                pid, pidfd = spawn(req, cgroup_fd)
+        except (OSError, ValueError, KeyError) as e:
             block.close()
             block.unlink()
             for pipe in inst.pipes:
@@ -100,13 +100,12 @@ class Spawner:
         finally:
             for fd in ends:
                 os.close(fd)        # the child has its own copies
-        inst.popen, inst.block, inst.child = popen, block, True
-        pid = popen.pid
+        inst.block, inst.child = block, True
         # gone already (ProcessLookupError)? the pidfd below still tells us about the exit
         with contextlib.suppress(ProcessLookupError):
             block.set_spawned(pid, blk.proc_start_ticks(pid), inst.incarnation,
                               config_hash(cfg), os.geteuid() if uid is None else uid, pid)
-        rt.reaper.watch(inst, pid, os.pidfd_open(pid))
+        rt.reaper.watch(inst, pid, pidfd)
         rt.watch_logs(inst)
         return core.Spawned(now, pid)
 
@@ -188,6 +187,11 @@ _HASHES: dict[int, tuple[WorkerConfig, int]] = {}
 
 
 def describe_spawn_error(argv: tuple[str, ...] | list[str], e: BaseException) -> str:
+    if isinstance(e, OSError) and fds.is_exhausted(e):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"cannot start {argv[0]!r}{where}: {fds.exhausted_hint(e)}"
+    if isinstance(e, ChildSetupError):
+        return str(e)
     if isinstance(e, safefs.UnsafePathError):
         return f"refusing its output file {e}"
     if isinstance(e, FileNotFoundError):

@@ -16,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from supervisor import core
-from supervisor.runtime.cgroups import CgroupTree
+from supervisor._spawn import HAVE_CGROUP
+from supervisor.fds import is_exhausted
+from supervisor.runtime.cgroups import CgroupTree, proc_stats
 from supervisor.runtime.foreground import daemonized_hint
 from supervisor.runtime.instance import Instance
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
 
 _KILL_WAIT = 5.0         # seconds to wait for a killed tree to be gone before giving up
+_REMOVE_SLICE = 0.002    # seconds of cgroup rmdirs per loop turn
 
 
 def _describe(pids: list[int]) -> str:
@@ -47,6 +51,7 @@ def _describe(pids: list[int]) -> str:
 class Trees:
     def __init__(self, rt: Runtime, enabled: bool) -> None:
         self.rt = rt
+        self._to_remove: deque[str] = deque()
         self.cgroups: CgroupTree | None = None
         if not enabled:
             self.why = "off in the config (supervisor.cgroups: false)"
@@ -58,45 +63,61 @@ class Trees:
             logger.info(f"process trees: process groups only ({self.why})")
 
     @contextlib.contextmanager
-    def spawning(self, inst: Instance) -> Iterator[None]:
-        """Around the fork of inst's process: it is born in the instance's cgroup."""
+    def spawning(self, inst: Instance) -> Iterator[int]:
+        """Around the spawn of inst's process, which is born in the instance's cgroup: yields
+        the cgroup's directory fd for clone3 (CLONE_INTO_CGROUP), or -1 (no cgroup; or, where
+        clone3 cannot take one, the daemon itself is in the cgroup for the duration). The fd
+        is closed afterwards: the daemon keeps no fd per worker but its pidfd."""
         cg = self.cgroups
         inst.cgroup = None
         if cg is None:
-            yield
+            yield -1
             return
+        fd, ctx = -1, None
         try:
             path = cg.prepare(inst.name)
-            ctx = cg.entered(path)
-            ctx.__enter__()
+            if HAVE_CGROUP:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                ctx = cg.entered(path)
+                ctx.__enter__()
         except OSError as e:
+            if is_exhausted(e):
+                raise                   # the spawn fails, and says why
             logger.warning(f"{inst.name} cannot use its cgroup ({e}); process group only")
-            yield
+            yield -1
             return
         try:
             inst.cgroup = path
-            yield
+            yield fd
         finally:
-            ctx.__exit__(None, None, None)
+            if fd >= 0:
+                os.close(fd)
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
 
-    def adopt(self, inst: Instance, pid: int) -> None:
-        """inst's adopted process: its tree is the instance's cgroup if it is in it."""
+    def adopt(self, inst: Instance, pid: int, inside: bool | None = None) -> None:
+        """inst's adopted process: its tree is the instance's cgroup if it is in it
+        (``inside``: already known)."""
         cg = self.cgroups
-        inst.cgroup = cg.path(inst.name) if cg is not None and cg.contains(inst.name, pid) else (
-            None)
+        if inside is None:
+            inside = cg is not None and cg.contains(inst.name, pid)
+        inst.cgroup = cg.path(inst.name) if cg is not None and inside else None
 
     def signal(self, inst: Instance, signum: int) -> None:
         pid = inst.st.pid
         if pid is None or inst.pidfd is None:
             return
+        sent = 0
         try:
             os.killpg(pid, signum)          # pgid == pid: we started it with setsid
+            sent = pid                      # (a session leader cannot leave its group)
         except ProcessLookupError:
             pass
         except PermissionError as e:
             logger.error(f"{inst.name} cannot send signal {signum} to pid {pid}: {e}")
         if self.cgroups is not None and inst.cgroup is not None:
-            self.cgroups.signal(inst.cgroup, signum)
+            self.cgroups.signal(inst.cgroup, signum, sent)
 
     def end(self, inst: Instance, leader: int | None, then: Callable[[], None],
             status: core.ExitStatus | None = None) -> None:
@@ -108,8 +129,8 @@ class Trees:
             left = cg.members(path)
             self._daemonized(inst, status, _describe(left) if left else None)
             if not left:
-                cg.remove(path)
                 then()
+                self._remove_later(path)
                 return
             logger.warning(f"{inst.name} killing what its exited leader left in its cgroup: "
                            f"{_describe(left)}")
@@ -149,8 +170,8 @@ class Trees:
         cg = self.cgroups
         assert cg is not None
         if not cg.populated(path):
-            cg.remove(path)
             then()
+            self._remove_later(path)
             return
         if self.rt.now() >= deadline:
             logger.error(f"{inst.name} processes still alive {_KILL_WAIT:g} s after SIGKILL in "
@@ -159,6 +180,28 @@ class Trees:
             return
         self.rt.loop.call_later(delay, lambda: self._wait_empty(
             inst, path, then, deadline, min(delay * 2, 0.1)))
+
+    def _remove_later(self, path: str) -> None:
+        """rmdir an empty instance cgroup soon, in slices (an rmdir costs ~0.1 ms: 10,000 of
+        them would hold up a stop all). One that has a process again by then (a restart) stays:
+        rmdir refuses it."""
+        self._to_remove.append(path)
+        if len(self._to_remove) == 1:
+            self.rt.loop.call_later(0, self._remove_some)
+
+    def _remove_some(self) -> None:
+        cg = self.cgroups
+        end = self.rt.now() + _REMOVE_SLICE
+        while self._to_remove and cg is not None:
+            path = self._to_remove.popleft()
+            try:
+                cg.remove(path)
+            except OSError as e:
+                logger.warning(f"cannot remove the empty cgroup {path}: {e}")
+            if self.rt.now() >= end:
+                break
+        if self._to_remove:
+            self.rt.loop.call_later(0.01, self._remove_some)
 
     def close(self) -> None:
         """Remove the empty instance cgroups and their parent (not the ones with processes:
@@ -173,6 +216,14 @@ class Trees:
             cg.remove(cg.dir)
 
     def stats(self, inst: Instance) -> dict[str, int | None] | None:
-        if self.cgroups is None or inst.cgroup is None:
+        """What status shows of inst's process: its tree's (cgroups) or its own (one read of
+        /proc/PID/stat); None without a process."""
+        pid = inst.pid
+        if pid is None:
             return None
-        return self.cgroups.stats(inst.cgroup)
+        if self.cgroups is not None and inst.cgroup is not None:
+            return self.cgroups.stats(inst.cgroup)
+        one = proc_stats(pid)
+        if one is None:
+            return None
+        return {"processes": None, "cpu_usec": one[0], "memory": one[1], "oom_kills": None}

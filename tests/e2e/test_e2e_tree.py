@@ -73,8 +73,13 @@ def test_grandchildren_of_a_crashing_worker_do_not_accumulate(daemon_factory: Da
                                                 "crash_burst": 100}})
     wait_until(lambda: len(d.log_text().split("w:0 spawned pid")) > 4, 30, "3 restarts")
     # each incarnation's sleep is killed before the next one starts: at most the current one
-    left = [p for p in pids_with_block_prefix(d.prefix)
-            if Path(f"/proc/{p}/cmdline").read_bytes() == b"sleep\x001000\x00"]
+    def cmdline(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:         # gone between the listing and this read: not left over
+            return b""
+
+    left = [p for p in pids_with_block_prefix(d.prefix) if cmdline(p) == b"sleep\x001000\x00"]
     assert len(left) <= 1, f"grandchildren accumulated: {left}"
 
 

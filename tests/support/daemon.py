@@ -126,11 +126,15 @@ class DaemonProcess:
         assert self.proc is not None, "the daemon was not started"
         return self.proc.pid
 
-    def start(self, timeout: float = 20.0) -> DaemonProcess:
-        """Start supervisord and wait until its control socket answers ``status``."""
+    def start(self, timeout: float = 20.0, nofile: tuple[int, int] | None = None
+              ) -> DaemonProcess:
+        """Start supervisord and wait until its control socket answers ``status``.
+        ``nofile``: the (soft, hard) RLIMIT_NOFILE it is started with (through prlimit(1))."""
+        argv = [SUPERVISORD, "-c", str(self.config_path)]
+        if nofile is not None:
+            argv = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--", *argv]
         with open(self.out_path, "ab") as out:
-            self.proc = subprocess.Popen([SUPERVISORD, "-c", str(self.config_path)],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                          cwd=self.dir)
 
         why: list[str] = ["not started"]

@@ -131,7 +131,7 @@ def test_spawn_failure_counts_as_a_failed_start() -> None:
         warn(f"STARTING -> BACKOFF (spawn failed: {err}; retry 1 of 1 in 0.10 s)"),
         ArmTimer(BACKOFF, 0.1)]
     sim.fire(BACKOFF)
-    hint = ("failed to spawn 2 times within 0.10 s; giving up (FATAL). "
+    hint = (f"failed to spawn 2 times within 0.10 s (last: {err}); giving up (FATAL). "
             "Fix it, then: supervisorctl start api")
     assert sim.feed(SpawnFailed(sim.now, err)) == [
         Log("ERROR", f"STARTING -> FATAL (spawn failed: {err}; 2 failed starts)"),
@@ -143,8 +143,8 @@ def test_fatal_hint_has_a_placeholder_without_a_worker_name() -> None:
     sim = Sim(replace(POLICY, name="", start_retries=0))
     sim.feed(StartRequested(0.0))
     actions = sim.feed(SpawnFailed(0.0, "boom"))
-    assert actions[1] == Log("ERROR", "failed to spawn 1 times within 0.00 s; giving up (FATAL). "
-                                      "Fix it, then: supervisorctl start NAME")
+    assert actions[1] == Log("ERROR", "failed to spawn 1 times within 0.00 s (last: boom); giving "
+                                      "up (FATAL). Fix it, then: supervisorctl start NAME")
 
 
 def test_a_ready_start_resets_retries() -> None:

@@ -166,15 +166,50 @@ def test_a_broken_status_page_never_faults_the_daemon(block: ControlBlock, how: 
         os.truncate("/dev/shm/" + block.status_name[1:], 0)
     else:
         os.unlink("/dev/shm/" + block.status_name[1:])
-    assert (block.pid, block.ack, block.heartbeat_ns, block.work_done) == (
-        (0, (0, B.ST_INIT), 0, 0) if how == "truncate" else (os.getpid(), (0, B.ST_INIT), 0, 5)
-    )  # unlinked: the daemon's fd still reads the (now nameless) page
+    # the daemon holds no fd of the page: it reads it by name, so a page that is gone or
+    # truncated reads as unknown
+    assert (block.pid, block.ack, block.heartbeat_ns, block.work_done) == (0, (0, B.ST_INIT), 0, 0)
     assert block.read_exit() is None and block.busy_since_ns == 0
     assert block.post_command(B.CMD_STOP_GRACEFUL) == 1  # the ctl page is untouched
     with ControlBlock.attach(block.name) as again:  # reopened by name: the page is gone
         assert again.has_status == (how == "truncate")
         assert (again.pid, again.ack, again.work_done, again.read_exit()) == (
             0, (0, B.ST_INIT), 0, None)
+
+
+@pytest.mark.parametrize("what", ["fifo", "directory", "symlink", "other-owner"])
+def test_a_status_page_replaced_by_its_worker_reads_as_unknown(block: ControlBlock,
+                                                               what: str) -> None:
+    """The daemon opens the status page by name for each read: whatever the worker (who owns
+    it) puts there instead reads as unknown, without blocking or raising."""
+    if what == "other-owner" and os.geteuid() != 0:
+        pytest.skip("needs root (chown)")
+    v, close = status_view(block)
+    v.store_u32(B.SOFF_PID, os.getpid())
+    close()
+    assert block.pid == os.getpid()
+    path = "/dev/shm/" + block.status_name[1:]
+    os.unlink(path)
+    try:
+        if what == "fifo":
+            os.mkfifo(path, 0o600)
+        elif what == "directory":
+            os.mkdir(path, 0o700)
+        elif what == "symlink":
+            os.symlink("/etc/passwd", path)
+        else:
+            with open(path, "wb") as f:
+                f.write(os.getpid().to_bytes(4, "little") * 1024)
+            os.chown(path, 65534, 65534)
+        assert (block.pid, block.ack, block.work_done, block.read_exit()) == (
+            0, (0, B.ST_INIT), 0, None)
+        with block.reading():
+            assert block.heartbeat_ns == 0 and block.attached is False
+    finally:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
 
 
 def test_a_truncated_ctl_page_is_left_alone(block: ControlBlock) -> None:
