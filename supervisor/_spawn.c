@@ -62,11 +62,32 @@
 #endif
 #define PV_CLONE_INTO_CGROUP 0x200000000ULL
 
-#if defined(__x86_64__)
-#define PV_HAVE_CGROUP 1
-#else
-#define PV_HAVE_CGROUP 0
+#ifndef SYS_clone3
+#define SYS_clone3 435        /* the same number on every architecture */
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+/* 32-bit x86 and arm: the plain calls take 16-bit ids (uid 100000 would become 34464) */
+#ifdef SYS_setresuid32
+#define PV_SYS_setresuid SYS_setresuid32
+#define PV_SYS_setresgid SYS_setresgid32
+#define PV_SYS_setgroups SYS_setgroups32
+#else
+#define PV_SYS_setresuid SYS_setresuid
+#define PV_SYS_setresgid SYS_setresgid
+#define PV_SYS_setgroups SYS_setgroups
+#endif
+
+/* PV_NO_CLONE3 builds the portable path on x86_64 too (to check that it compiles) */
+#if defined(__x86_64__) && !defined(PV_NO_CLONE3)
+#define PV_HAVE_CLONE3 1
+#else
+#define PV_HAVE_CLONE3 0
+#endif
+/* clone3 can be there at build time and refused at run time (a container's seccomp profile
+   answers ENOSYS or EPERM): probed once at import, the spawn then uses libc's clone() */
+static int have_clone3;
 
 /* what the child failed at (the third item of a failure) */
 enum { ST_OK, ST_SETUP, ST_SESSION, ST_STDIO, ST_CWD, ST_RLIMIT, ST_IDS, ST_EXEC, ST_UNSHARE };
@@ -159,11 +180,11 @@ static int child_main(void *arg)
         (r = sys(SYS_prlimit64, 0, RLIMIT_NOFILE, (long)&c->nofile, 0)) < 0)
         fail(c, ST_RLIMIT, r);
     if (c->set_ids) {
-        if ((r = sys(SYS_setgroups, (long)c->ngroups, (long)c->groups, 0, 0)) < 0)
+        if ((r = sys(PV_SYS_setgroups, (long)c->ngroups, (long)c->groups, 0, 0)) < 0)
             fail(c, ST_IDS, r);
-        if ((r = sys(SYS_setresgid, c->gid, c->gid, c->gid, 0)) < 0)
+        if ((r = sys(PV_SYS_setresgid, c->gid, c->gid, c->gid, 0)) < 0)
             fail(c, ST_IDS, r);
-        if ((r = sys(SYS_setresuid, c->uid, c->uid, c->uid, 0)) < 0)
+        if ((r = sys(PV_SYS_setresuid, c->uid, c->uid, c->uid, 0)) < 0)
             fail(c, ST_IDS, r);
     }
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, sizeof(uint64_t));
@@ -183,7 +204,7 @@ static int child_main(void *arg)
 #define STACK_SIZE (64 * 1024)
 static void *child_stack;  /* one: the GIL is held across a spawn, and the parent waits */
 
-#if PV_HAVE_CGROUP
+#if PV_HAVE_CLONE3
 /* clone3 with the child entering fn(arg) on its own stack, then exit_group(fn's result) */
 static long clone3_run(struct pv_clone_args *cl, int (*fn)(void *), void *arg)
 {
@@ -253,7 +274,6 @@ static int is_devnull(int fd)
     return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 &&
            minor(st.st_rdev) == 3;
 }
-static PyObject *pv_spawn_retry(PyObject *self, PyObject *args);
 
 static PyObject *pv_spawn(PyObject *self, PyObject *args)
 {
@@ -263,6 +283,7 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
     int cgroup_fd;
     PyObject *result = NULL;
     gid_t *groups = NULL;
+    int retry = 0;
 
     memset(&c, 0, sizeof c);
     int low[3] = {-1, -1, -1};
@@ -277,7 +298,7 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
     }
     if (low_o != Py_None && !PyArg_ParseTuple(low_o, "iii", &low[0], &low[1], &low[2]))
         return NULL;
-    if (cgroup_fd >= 0 && !PV_HAVE_CGROUP) {
+    if (cgroup_fd >= 0 && !have_clone3) {
         errno = EOPNOTSUPP;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -306,10 +327,16 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
         c.nofile.rlim_max = (rlim_t)hard;
     }
     if (ids_o != Py_None) {
-        unsigned int uid, gid;
+        long long uid, gid;
         PyObject *groups_o;
-        if (!PyArg_ParseTuple(ids_o, "IIO", &uid, &gid, &groups_o))
+        if (!PyArg_ParseTuple(ids_o, "LLO", &uid, &gid, &groups_o))
             goto done;
+        /* (uid_t)-1 is "no change" to setresuid (the worker would stay root), and a larger
+           id would be cut to its low 32 bits (2**32 is root) */
+        if (uid < 0 || uid >= (long long)(uid_t)-1 || gid < 0 || gid >= (long long)(gid_t)-1) {
+            PyErr_SetString(PyExc_ValueError, "ids: uid and gid 0..2**32-2 expected");
+            goto done;
+        }
         PyObject *fast = PySequence_Fast(groups_o, "groups");
         if (fast == NULL)
             goto done;
@@ -321,7 +348,9 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
             goto done;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            unsigned long g = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+            long long g = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+            if (!PyErr_Occurred() && (g < 0 || g >= (long long)(gid_t)-1))
+                PyErr_SetString(PyExc_ValueError, "ids: groups 0..2**32-2 expected");
             if (PyErr_Occurred()) {
                 Py_DECREF(fast);
                 goto done;
@@ -339,13 +368,18 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
     c.max_fd = getrlimit(RLIMIT_NOFILE, &now) == 0 && now.rlim_cur < (1 << 20)
                    ? (long)now.rlim_cur : (1 << 20);
     if (child_stack == NULL) {
-        void *s = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
+        /* with a guard page below: an overflow faults instead of writing on the daemon's
+           memory (the child shares it) */
+        long page = sysconf(_SC_PAGESIZE);
+        char *s = mmap(NULL, STACK_SIZE + (size_t)page, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-        if (s == MAP_FAILED) {
+        if (s == MAP_FAILED || mprotect(s, (size_t)page, PROT_NONE) < 0) {
             PyErr_SetFromErrno(PyExc_OSError);
+            if (s != MAP_FAILED)
+                munmap(s, STACK_SIZE + (size_t)page);
             goto done;
         }
-        child_stack = s;
+        child_stack = s + page;
     }
 
     /* Low fds (placeholders of /dev/null the caller opened early): the stdio sources are
@@ -376,10 +410,13 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
 
     int pidfd = -1;
     long pid;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-#if PV_HAVE_CGROUP
+    /* raw: libc's pthread_sigmask leaves its own two signals (cancellation, setxid)
+       unblocked, and their handlers must not run in the child either */
+    uint64_t all = ~0ULL, old;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof(uint64_t));
+    pid = -ENOSYS;
+#if PV_HAVE_CLONE3
+    if (have_clone3) {
     struct pv_clone_args cl;
     memset(&cl, 0, sizeof cl);
     cl.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | (use_low ? CLONE_FILES : 0);
@@ -392,14 +429,16 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
         cl.cgroup = (uint64_t)cgroup_fd;
     }
     pid = clone3_run(&cl, child_main, &c);
-#else
-    pid = clone(child_main, (char *)child_stack + STACK_SIZE,
-                CLONE_VM | CLONE_VFORK | CLONE_PIDFD | (use_low ? CLONE_FILES : 0) | SIGCHLD,
-                &c, &pidfd);
-    if (pid < 0)
-        pid = -errno;
+    }
 #endif
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid == -ENOSYS && cgroup_fd < 0) {
+        pid = clone(child_main, (char *)child_stack + STACK_SIZE,
+                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | (use_low ? CLONE_FILES : 0) | SIGCHLD,
+                    &c, &pidfd);
+        if (pid < 0)
+            pid = -errno;
+    }
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof(uint64_t));
     /* the placeholders hold /dev/null (stdin's source) again, not the worker's files */
     for (int i = 0; i < replaced; i++) {
         if (low[i] != saved_stdio[i])
@@ -411,7 +450,8 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
             ;
         close(pidfd);
         no_unshare = 1;
-        return pv_spawn_retry(self, args);
+        retry = 1;
+        goto done;
     }
     if (pid < 0) {
         errno = (int)-pid;
@@ -437,12 +477,7 @@ done:
         free_list(c.envp);
     for (int i = 0; i < 3; i++)
         Py_XDECREF(keep[i]);
-    return result;
-}
-
-static PyObject *pv_spawn_retry(PyObject *self, PyObject *args)
-{
-    return pv_spawn(self, args);
+    return retry ? pv_spawn(self, args) : result;   /* once: no_unshare is set */
 }
 
 static PyMethodDef methods[] = {
@@ -454,7 +489,11 @@ static PyMethodDef methods[] = {
 
 static int spawn_exec(PyObject *m)
 {
-    if (PyModule_AddIntConstant(m, "HAVE_CGROUP", PV_HAVE_CGROUP) < 0)
+#if PV_HAVE_CLONE3
+    /* a kernel with clone3 answers EINVAL to a size of 0, before anything else */
+    have_clone3 = syscall(SYS_clone3, NULL, 0) < 0 && errno == EINVAL;
+#endif
+    if (PyModule_AddIntConstant(m, "HAVE_CGROUP", have_clone3) < 0)
         return -1;
     static const struct { const char *name; int value; } stages[] = {
         {"ST_SETUP", ST_SETUP}, {"ST_SESSION", ST_SESSION}, {"ST_STDIO", ST_STDIO},
