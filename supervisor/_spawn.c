@@ -20,8 +20,9 @@
  *  - an error in the child (chdir, exec, ...) is written to memory the parent reads once the
  *    child has exited (CLONE_VFORK: the parent sleeps until exec or exit).
  *
- * The child runs on a stack of its own (clone3 with CLONE_VM needs one), entered through a few
- * lines of assembly, so this file is for x86_64; elsewhere it uses libc's clone(), which has no
+ * The child runs on a stack of its own (clone3 with CLONE_VM needs one; a guard page below it),
+ * entered through a few lines of assembly, so clone3 is for x86_64; elsewhere, and where a
+ * seccomp profile refuses clone3 (probed at import), it uses libc's clone(), which has no
  * CLONE_INTO_CGROUP (HAVE_CGROUP is False and the caller moves itself into the cgroup around
  * the spawn instead).
  *
@@ -235,13 +236,15 @@ static void free_list(char **list)
     PyMem_Free(list);
 }
 
-/* a NULL-terminated array of the bytes in seq (borrowed: *keep holds the sequence) */
+/* a NULL-terminated array of the bytes in seq (borrowed: *keep holds them). A tuple, not
+   PySequence_Fast's list itself: Python code run later in the parsing (an id's __index__)
+   could empty a list and free the bytes the child is to exec with. */
 static char **bytes_list(PyObject *seq, const char *what, PyObject **keep)
 {
-    PyObject *fast = PySequence_Fast(seq, what);
+    PyObject *fast = PySequence_Tuple(seq);
     if (fast == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Py_ssize_t n = PyTuple_GET_SIZE(fast);
     char **out = PyMem_Calloc((size_t)n + 1, sizeof(char *));
     if (out == NULL) {
         Py_DECREF(fast);
@@ -249,7 +252,7 @@ static char **bytes_list(PyObject *seq, const char *what, PyObject **keep)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        PyObject *item = PyTuple_GET_ITEM(fast, i);
         char *s;
         Py_ssize_t len;
         if (!PyBytes_Check(item) || PyBytes_AsStringAndSize(item, &s, &len) < 0 ||
@@ -292,7 +295,7 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
                           &c.stdio[0], &c.stdio[1], &c.stdio[2], &nofile_o, &ids_o, &cgroup_fd,
                           &low_o, &c.umask))
         return NULL;
-    if (c.umask > 0777) {
+    if (c.umask < -1 || c.umask > 0777) {
         PyErr_SetString(PyExc_ValueError, "umask: 0..0777 or -1 expected");
         return NULL;
     }
@@ -337,10 +340,10 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "ids: uid and gid 0..2**32-2 expected");
             goto done;
         }
-        PyObject *fast = PySequence_Fast(groups_o, "groups");
+        PyObject *fast = PySequence_Tuple(groups_o);   /* __index__ cannot shrink it */
         if (fast == NULL)
             goto done;
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+        Py_ssize_t n = PyTuple_GET_SIZE(fast);
         groups = PyMem_Calloc((size_t)n + 1, sizeof(gid_t));
         if (groups == NULL) {
             Py_DECREF(fast);
@@ -348,7 +351,7 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
             goto done;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            long long g = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+            long long g = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, i));
             if (!PyErr_Occurred() && (g < 0 || g >= (long long)(gid_t)-1))
                 PyErr_SetString(PyExc_ValueError, "ids: groups 0..2**32-2 expected");
             if (PyErr_Occurred()) {

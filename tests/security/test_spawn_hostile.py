@@ -99,3 +99,65 @@ def test_ids_the_kernel_reads_as_no_change_are_refused(null: int,
         _spawn.spawn([b"/bin/true"], [b"true"], [], None, (null, null, null), None, ids, -1)
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+@needs_root
+def test_python_code_run_while_parsing_cannot_free_the_argv_the_child_gets(
+        tmp_path: Path, null: int) -> None:
+    """An id is read through __index__ after argv was collected: a list emptied there must
+    not leave the child reading freed (and reused) memory."""
+    argv = [b"sh", b"-c", b"".join([b"echo ", b"A" * 200])]   # not shared with anyone
+    junk: list[bytes] = []
+
+    class Uid:
+        def __index__(self) -> int:
+            argv.clear()                                    # frees the bytes if not held
+            junk.extend(b"".join([b"kill -9 $$ ", b"B" * 189]) for _ in range(2000))
+            return 0
+
+    out_path = tmp_path / "out"
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        pid, pidfd, stage = _spawn.spawn([b"/bin/sh"], argv, [], None, (null, out, out), None,
+                                         (Uid(), 0, ()), -1)   # type: ignore[arg-type]
+    finally:
+        os.close(out)
+    assert pid > 0 and stage == 0
+    os.waitpid(pid, 0)
+    os.close(pidfd)
+    assert out_path.read_text() == "A" * 200 + "\n"
+
+
+def test_umask_is_applied_and_minus_one_keeps_the_daemons(tmp_path: Path, null: int) -> None:
+    def umask_of_child(mask: int) -> str:
+        out_path = tmp_path / "umask"
+        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            pid, pidfd, stage = _spawn.spawn([b"/bin/sh"], [b"sh", b"-c", b"umask"], [], None,
+                                             (null, out, out), None, None, -1, None, mask)
+        finally:
+            os.close(out)
+        assert pid > 0 and stage == 0
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        return out_path.read_text().strip()
+
+    old = os.umask(0o022)
+    try:
+        assert umask_of_child(0o027) == "0027"
+        assert umask_of_child(-1) == "0022"
+        assert os.umask(0o022) == 0o022, "the daemon's own umask is untouched"
+    finally:
+        os.umask(old)
+    for bad in (-2, 0o1000):
+        with pytest.raises(ValueError):
+            _spawn.spawn([b"/bin/true"], [b"true"], [], None, (null, null, null), None, None,
+                         -1, None, bad)
+
+
+def test_an_argv_over_the_kernels_limit_comes_back_as_e2big(null: int) -> None:
+    argv = [b"true"] + [b"x" * 100_000] * 40                 # 4 MB: over ARG_MAX's share
+    assert _spawn.spawn([b"/bin/true"], argv, [], None, (null, null, null), None, None,
+                        -1) == (0, 7, _spawn.ST_EXEC)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
