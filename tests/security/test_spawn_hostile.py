@@ -16,25 +16,43 @@ from pathlib import Path
 import pytest
 
 from supervisor import _spawn, spawn
+from tests.support.daemon import DaemonFactory
 from tests.support.wait import wait_until
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI is root)")
 
-# seccomp filter (classic BPF): clone3 (435 on every architecture) -> errno, else allow
+# seccomp filters (classic BPF), run in a child python before it imports _spawn: ERRNO for
+# clone3 (435 on every architecture), for close_range (436) with CLOSE_RANGE_UNSHARE (as a
+# 5.8 kernel would answer it), or for every close_range (a kernel before 5.9)
+_FILTERS = {
+    "clone3": [(0x20, 0, 0, 0), (0x15, 0, 1, 435), (0x06, 0, 0, 0x00050000 | 0),
+               (0x06, 0, 0, 0x7fff0000)],
+    "unshare": [(0x20, 0, 0, 0), (0x15, 0, 3, 436), (0x20, 0, 0, 32), (0x45, 0, 1, 2),
+                (0x06, 0, 0, 0x00050000 | 0), (0x06, 0, 0, 0x7fff0000)],
+    "close_range": [(0x20, 0, 0, 0), (0x15, 0, 1, 436), (0x06, 0, 0, 0x00050000 | 0),
+                    (0x06, 0, 0, 0x7fff0000)],
+}
 _SECCOMP = """
 import ctypes, errno, struct
 libc = ctypes.CDLL(None, use_errno=True)
 ERR = {err}
-prog = b"".join(struct.pack("HBBI", *ins) for ins in [
-    (0x20, 0, 0, 0), (0x15, 0, 1, 435), (0x06, 0, 0, 0x00050000 | ERR), (0x06, 0, 0, 0x7fff0000)])
+prog = b"".join(struct.pack("HBBI", c, t, f, k | ERR if c == 6 and k >> 16 == 5 else k)
+                for c, t, f, k in {filter})
 buf = ctypes.create_string_buffer(prog)
 class Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-fp = Fprog(4, ctypes.addressof(buf))
+fp = Fprog(len(prog) // 8, ctypes.addressof(buf))
 assert libc.prctl(38, 1, 0, 0, 0) == 0                       # PR_SET_NO_NEW_PRIVS
 assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
-assert ctypes.CDLL(None, use_errno=True).syscall(435, 0, 0) == -1 and ctypes.get_errno() == ERR
 """
+
+
+def _in_seccomp(name: str, err: str, body: str) -> list[str]:
+    script = _SECCOMP.format(err=f"errno.{err}", filter=_FILTERS[name]) + textwrap.dedent(body)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
 
 
 @pytest.fixture
@@ -75,16 +93,22 @@ def test_a_worker_inherits_no_daemon_fd() -> None:
 def test_without_clone3_spawning_falls_back_to_clone(err: str) -> None:
     """As in a container whose seccomp profile refuses clone3: workers still start (without
     CLONE_INTO_CGROUP: HAVE_CGROUP is then false, and the caller enters the cgroup itself)."""
-    script = _SECCOMP.format(err=f"errno.{err}") + textwrap.dedent("""
+    assert _in_seccomp("clone3", err, """
         from supervisor import _spawn
         from tests.security.test_spawn_hostile import _fds_of_a_worker
         assert _spawn.HAVE_CGROUP == 0, _spawn.HAVE_CGROUP
         print(" ".join(_fds_of_a_worker()))
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, cwd=Path(__file__).parents[2])
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0", "1", "2"]
+    """) == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("name", ["unshare", "close_range"])
+def test_without_close_range_unshare_the_child_still_closes_every_fd(name: str) -> None:
+    """A kernel without CLOSE_RANGE_UNSHARE (or close_range): the first spawn learns it and
+    is made again without the shared table; the next ones go there directly."""
+    assert _in_seccomp(name, "EINVAL" if name == "unshare" else "ENOSYS", """
+        from tests.security.test_spawn_hostile import _fds_of_a_worker
+        print(" ".join(_fds_of_a_worker()), " ".join(_fds_of_a_worker()))
+    """) == ["0", "1", "2"] * 2
 
 
 @needs_root
@@ -161,3 +185,16 @@ def test_an_argv_over_the_kernels_limit_comes_back_as_e2big(null: int) -> None:
                         -1) == (0, 7, _spawn.ST_EXEC)
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_real_daemons_workers_have_only_their_stdio(daemon_factory: DaemonFactory) -> None:
+    """The daemon holds pidfds, its socket, logs, locks: a worker (started before or after a
+    restart, with or without a log file) gets fds 0, 1 and 2 only."""
+    d = daemon_factory({"w": {"command": "sleep 1000", "start_seconds": 0, "numprocs": 3}})
+    d.start()
+    wait_until(lambda: len(d.pids()) == 3 and all(d.pids().values()), 20, "3 workers")
+    before = d.pids()["w:1"]
+    assert d.ctl("restart", "w:1").returncode == 0
+    wait_until(lambda: d.pids().get("w:1") not in (None, 0, before), 20, "w:1 restarted")
+    for name, pid in d.pids().items():
+        assert sorted(os.listdir(f"/proc/{pid}/fd"), key=int) == ["0", "1", "2"], name
