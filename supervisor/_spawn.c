@@ -89,6 +89,7 @@
 /* clone3 can be there at build time and refused at run time (a container's seccomp profile
    answers ENOSYS or EPERM): probed once at import, the spawn then uses libc's clone() */
 static int have_clone3;
+static int have_cgroup;   /* and CLONE_INTO_CGROUP (5.7; clone3 came in 5.3) */
 
 /* what the child failed at (the third item of a failure) */
 enum { ST_OK, ST_SETUP, ST_SESSION, ST_STDIO, ST_CWD, ST_RLIMIT, ST_IDS, ST_EXEC, ST_UNSHARE };
@@ -301,7 +302,7 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
     }
     if (low_o != Py_None && !PyArg_ParseTuple(low_o, "iii", &low[0], &low[1], &low[2]))
         return NULL;
-    if (cgroup_fd >= 0 && !have_clone3) {
+    if (cgroup_fd >= 0 && !have_cgroup) {
         errno = EOPNOTSUPP;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -495,8 +496,24 @@ static int spawn_exec(PyObject *m)
 #if PV_HAVE_CLONE3
     /* a kernel with clone3 answers EINVAL to a size of 0, before anything else */
     have_clone3 = syscall(SYS_clone3, NULL, 0) < 0 && errno == EINVAL;
+    if (have_clone3) {
+        /* CLONE_INTO_CGROUP with an fd that is not open: EBADF where the flag is known,
+           EINVAL (an unknown flag) before 5.7. No process can come of it; if one did, it is
+           a plain fork (no CLONE_VM) and exits at once. */
+        struct pv_clone_args cl;
+        memset(&cl, 0, sizeof cl);
+        cl.flags = PV_CLONE_INTO_CGROUP;
+        cl.exit_signal = SIGCHLD;
+        cl.cgroup = 0x7fffffff;
+        long r = syscall(SYS_clone3, &cl, sizeof cl);
+        if (r == 0)
+            syscall(SYS_exit_group, 0);
+        if (r > 0)
+            waitpid((pid_t)r, NULL, 0);
+        have_cgroup = r < 0 && errno == EBADF;
+    }
 #endif
-    if (PyModule_AddIntConstant(m, "HAVE_CGROUP", have_clone3) < 0)
+    if (PyModule_AddIntConstant(m, "HAVE_CGROUP", have_cgroup) < 0)
         return -1;
     static const struct { const char *name; int value; } stages[] = {
         {"ST_SETUP", ST_SETUP}, {"ST_SESSION", ST_SESSION}, {"ST_STDIO", ST_STDIO},
