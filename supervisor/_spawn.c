@@ -270,6 +270,23 @@ static char **bytes_list(PyObject *seq, const char *what, PyObject **keep)
     return out;
 }
 
+/* an id for setgroups/setresgid/setresuid: 0..2**32-2 (2**32-1, i.e. -1, is "no change" to
+   the kernel, the worker would stay root; a larger one would be cut to 32 bits: 2**32 is
+   root), else ValueError (the spawner reports that as a spawn failure) */
+static int get_id(PyObject *o, uint32_t *out)
+{
+    long long v = PyLong_AsLongLong(o);
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError))
+        return -1;
+    if (PyErr_Occurred() || v < 0 || v >= (long long)(uid_t)-1) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "ids: uid, gid and groups 0..2**32-2 expected");
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
 static int no_unshare;   /* set once the kernel refused CLOSE_RANGE_UNSHARE */
 
 static int is_devnull(int fd)
@@ -331,16 +348,11 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
         c.nofile.rlim_max = (rlim_t)hard;
     }
     if (ids_o != Py_None) {
-        long long uid, gid;
-        PyObject *groups_o;
-        if (!PyArg_ParseTuple(ids_o, "LLO", &uid, &gid, &groups_o))
+        PyObject *uid_o, *gid_o, *groups_o;
+        uint32_t uid, gid;
+        if (!PyArg_ParseTuple(ids_o, "OOO", &uid_o, &gid_o, &groups_o) ||
+            get_id(uid_o, &uid) < 0 || get_id(gid_o, &gid) < 0)
             goto done;
-        /* (uid_t)-1 is "no change" to setresuid (the worker would stay root), and a larger
-           id would be cut to its low 32 bits (2**32 is root) */
-        if (uid < 0 || uid >= (long long)(uid_t)-1 || gid < 0 || gid >= (long long)(gid_t)-1) {
-            PyErr_SetString(PyExc_ValueError, "ids: uid and gid 0..2**32-2 expected");
-            goto done;
-        }
         PyObject *fast = PySequence_Tuple(groups_o);   /* __index__ cannot shrink it */
         if (fast == NULL)
             goto done;
@@ -352,10 +364,8 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
             goto done;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            long long g = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, i));
-            if (!PyErr_Occurred() && (g < 0 || g >= (long long)(gid_t)-1))
-                PyErr_SetString(PyExc_ValueError, "ids: groups 0..2**32-2 expected");
-            if (PyErr_Occurred()) {
+            uint32_t g;
+            if (get_id(PyTuple_GET_ITEM(fast, i), &g) < 0) {
                 Py_DECREF(fast);
                 goto done;
             }
