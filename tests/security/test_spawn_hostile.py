@@ -199,3 +199,26 @@ def test_a_real_daemons_workers_have_only_their_stdio(daemon_factory: DaemonFact
     wait_until(lambda: d.pids().get("w:1") not in (None, 0, before), 20, "w:1 restarted")
     for name, pid in d.pids().items():
         assert sorted(os.listdir(f"/proc/{pid}/fd"), key=int) == ["0", "1", "2"], name
+
+
+@needs_root
+def test_a_dropped_worker_keeps_no_id_group_or_capability_of_root(tmp_path: Path,
+                                                                  null: int) -> None:
+    out_path = tmp_path / "status"
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        pid, pidfd, stage = _spawn.spawn(
+            [b"/bin/sh"], [b"sh", b"-c", b"grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' "
+                                         b"/proc/self/status"],
+            [], None, (null, out, out), None, (65534, 65533, (65532,)), -1)
+    finally:
+        os.close(out)
+    assert pid > 0 and stage == 0
+    os.waitpid(pid, 0)
+    os.close(pidfd)
+    got = {k: v.split() for k, v in (line.split(":", 1) for line in
+                                    out_path.read_text().splitlines())}
+    assert got["Uid"] == ["65534"] * 4 and got["Gid"] == ["65533"] * 4   # real, eff, saved, fs
+    assert got["Groups"] == ["65532"]
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert got[cap] == ["0" * 16], cap
