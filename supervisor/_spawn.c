@@ -55,37 +55,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
-#endif
-#ifndef CLOSE_RANGE_UNSHARE
-#define CLOSE_RANGE_UNSHARE (1U << 1)
-#endif
-#define PV_CLONE_INTO_CGROUP 0x200000000ULL
+#include "_spawn_clone.h"
 
-#ifndef SYS_clone3
-#define SYS_clone3 435        /* the same number on every architecture */
-#endif
-#ifndef SYS_close_range
-#define SYS_close_range 436
-#endif
-/* 32-bit x86 and arm: the plain calls take 16-bit ids (uid 100000 would become 34464) */
-#ifdef SYS_setresuid32
-#define PV_SYS_setresuid SYS_setresuid32
-#define PV_SYS_setresgid SYS_setresgid32
-#define PV_SYS_setgroups SYS_setgroups32
-#else
-#define PV_SYS_setresuid SYS_setresuid
-#define PV_SYS_setresgid SYS_setresgid
-#define PV_SYS_setgroups SYS_setgroups
-#endif
 
-/* PV_NO_CLONE3 builds the portable path on x86_64 too (to check that it compiles) */
-#if defined(__x86_64__) && !defined(PV_NO_CLONE3)
-#define PV_HAVE_CLONE3 1
-#else
-#define PV_HAVE_CLONE3 0
-#endif
 /* clone3 can be there at build time and refused at run time (a container's seccomp profile
    answers ENOSYS or EPERM): probed once at import, the spawn then uses libc's clone() */
 static int have_clone3;
@@ -94,10 +66,6 @@ static int have_cgroup;   /* and CLONE_INTO_CGROUP (5.7; clone3 came in 5.3) */
 /* what the child failed at (the third item of a failure) */
 enum { ST_OK, ST_SETUP, ST_SESSION, ST_STDIO, ST_CWD, ST_RLIMIT, ST_IDS, ST_EXEC, ST_UNSHARE };
 
-struct pv_clone_args {     /* struct clone_args of linux/sched.h, version 2 (88 bytes) */
-    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
-        set_tid, set_tid_size, cgroup;
-};
 
 struct kernel_sigaction {  /* what rt_sigaction takes on Linux */
     void *handler;
@@ -206,31 +174,6 @@ static int child_main(void *arg)
 #define STACK_SIZE (64 * 1024)
 static void *child_stack;  /* one: the GIL is held across a spawn, and the parent waits */
 
-#if PV_HAVE_CLONE3
-/* clone3 with the child entering fn(arg) on its own stack, then exit_group(fn's result) */
-static long clone3_run(struct pv_clone_args *cl, int (*fn)(void *), void *arg)
-{
-    long ret;
-    register void *r12 __asm__("r12") = (void *)fn;
-    register void *r13 __asm__("r13") = arg;
-    __asm__ volatile(
-        "syscall\n\t"
-        "test %%rax, %%rax\n\t"
-        "jnz 1f\n\t"
-        "xor %%ebp, %%ebp\n\t"
-        "mov %%r13, %%rdi\n\t"
-        "call *%%r12\n\t"
-        "mov %%eax, %%edi\n\t"
-        "mov $231, %%eax\n\t"
-        "syscall\n\t"
-        "hlt\n\t"
-        "1:\n\t"
-        : "=a"(ret)
-        : "0"((long)SYS_clone3), "D"(cl), "S"(sizeof(*cl)), "r"(r12), "r"(r13)
-        : "rcx", "r11", "memory");
-    return ret;
-}
-#endif
 
 static void free_list(char **list)
 {
@@ -503,26 +446,7 @@ static PyMethodDef methods[] = {
 
 static int spawn_exec(PyObject *m)
 {
-#if PV_HAVE_CLONE3
-    /* a kernel with clone3 answers EINVAL to a size of 0, before anything else */
-    have_clone3 = syscall(SYS_clone3, NULL, 0) < 0 && errno == EINVAL;
-    if (have_clone3) {
-        /* CLONE_INTO_CGROUP with an fd that is not open: EBADF where the flag is known,
-           EINVAL (an unknown flag) before 5.7. No process can come of it; if one did, it is
-           a plain fork (no CLONE_VM) and exits at once. */
-        struct pv_clone_args cl;
-        memset(&cl, 0, sizeof cl);
-        cl.flags = PV_CLONE_INTO_CGROUP;
-        cl.exit_signal = SIGCHLD;
-        cl.cgroup = 0x7fffffff;
-        long r = syscall(SYS_clone3, &cl, sizeof cl);
-        if (r == 0)
-            syscall(SYS_exit_group, 0);
-        if (r > 0)
-            waitpid((pid_t)r, NULL, 0);
-        have_cgroup = r < 0 && errno == EBADF;
-    }
-#endif
+    probe(&have_clone3, &have_cgroup);
     if (PyModule_AddIntConstant(m, "HAVE_CGROUP", have_cgroup) < 0)
         return -1;
     static const struct { const char *name; int value; } stages[] = {
