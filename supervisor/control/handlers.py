@@ -1,8 +1,8 @@
 """The daemon's answers to supervisorctl: one handler per verb, replies rendered here.
 
-supervisorctl only imports click and sends a request; the daemon (which has psutil loaded
-anyway) does the work and sends back the text to print and the exit code. Long operations
-(start, stop, restart, reload, shutdown) answer when they are done.
+supervisorctl only imports click and sends a request; the daemon does the work and sends
+back the text to print and the exit code. Long operations (start, stop, restart, reload,
+shutdown) answer when they are done.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
-
-import psutil
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.control.stream import Stream
@@ -59,32 +57,24 @@ def fmt_bytes(n: int) -> str:
     return str(n)
 
 
-def instance_facts(inst: Instance, now: float, proc: psutil.Process | None,
+def instance_facts(inst: Instance, now: float,
                    tree: dict[str, int | None] | None = None) -> dict[str, Any]:
-    """What status shows of one instance (the --json row; the text line renders it). With a
-    cgroup (``tree``), CPU and memory are the whole tree's; else the leader's (``proc``)."""
+    """What status shows of one instance (the --json row; the text line renders it). CPU and
+    memory come from ``tree`` (runtime.trees.stats: the cgroup's, or the leader's)."""
     st = inst.st
     pid = inst.pid
     last = st.last_exit
     uptime = hb_age = work = cpu = rss = processes = ooms = None
-    published = worker_data(inst)
+    published = None
     if pid is not None:
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
         if inst.block is not None and inst.uses_library:
-            with inst.block.reading():      # one open of the status page for its fields
+            with inst.block.reading():      # one open of the status page for all it holds
                 hb = inst.block.heartbeat_ns
                 work = inst.block.work_done
+                published = worker_data(inst)
             hb_age = round(now - hb / 1e9, 3) if hb else None
-    if proc is not None:
-        # two reads of /proc (stat, statm); psutil's oneshot() would add ~8 us per instance
-        # and save no read, as the two figures come from different files
-        try:
-            times = proc.cpu_times()
-            cpu = round(times.user + times.system, 2)
-            rss = proc.memory_info().rss
-        except (psutil.Error, OSError):
-            pass
     if tree is not None:
         usec = tree["cpu_usec"]
         cpu = None if usec is None else round(usec / 1e6, 2)
@@ -169,7 +159,7 @@ def status_facts(rt: Runtime, insts: list[Instance]) -> list[dict[str, Any]]:
     exports (one source for all three). One or two reads of /proc or the cgroup per instance,
     no psutil."""
     now = rt.now()
-    return [instance_facts(i, now, None, rt.trees.stats(i)) for i in insts]
+    return [instance_facts(i, now, rt.trees.stats(i)) for i in insts]
 
 
 def _table_text(text: str | None) -> str:
