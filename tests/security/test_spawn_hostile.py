@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import _spawn, spawn
-from tests.support.daemon import DaemonFactory
+from tests.support.daemon import DaemonFactory, fds_once_asleep
 from tests.support.wait import wait_until
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI is root)")
@@ -73,7 +73,7 @@ def _fds_of_a_worker() -> list[str]:
     try:
         pid, pidfd = spawn.spawn(req)
         try:
-            return sorted(os.listdir(f"/proc/{pid}/fd"), key=int)
+            return fds_once_asleep(pid)
         finally:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             wait_until(lambda: os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG), 10,
@@ -198,7 +198,7 @@ def test_a_real_daemons_workers_have_only_their_stdio(daemon_factory: DaemonFact
     assert d.ctl("restart", "w:1").returncode == 0
     wait_until(lambda: d.pids().get("w:1") not in (None, 0, before), 20, "w:1 restarted")
     for name, pid in d.pids().items():
-        assert sorted(os.listdir(f"/proc/{pid}/fd"), key=int) == ["0", "1", "2"], name
+        assert fds_once_asleep(pid) == ["0", "1", "2"], name
 
 
 @needs_root

@@ -62,6 +62,17 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
 
 
+def fds_once_asleep(pid: int) -> list[str]:
+    """The fd numbers of a freshly spawned `sleep`, listed once it is blocked in its sleep
+    (state S): before that the dynamic loader holds the libraries it opens (fd 3, briefly)."""
+    def asleep() -> bool:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:].split()[0] == b"S"
+    wait_until(asleep, 10, f"pid {pid} to block in its sleep")
+    return sorted(os.listdir(f"/proc/{pid}/fd"), key=int)
+
+
 def pids_with_block_prefix(prefix: str) -> list[int]:
     """Processes whose environment has PYVISOR_BLOCK=/<prefix>.… (workers and what they forked)."""
     needle = f"PYVISOR_BLOCK=/{prefix}.".encode()
