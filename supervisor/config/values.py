@@ -18,6 +18,12 @@ from supervisor.names import SIGNAL_MAX, SIGNAL_NAMES, parse_signal
 from worker import block as blk
 
 WORKER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# what the control commands read as a target of their own: `stop all` means every worker
+RESERVED_NAMES = frozenset({"all"})
+
+
+def is_worker_name(name: str) -> bool:
+    return WORKER_NAME.fullmatch(name) is not None and name not in RESERVED_NAMES
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 PLACEHOLDERS = ("name", "index", "instance", "log_dir")
 # Binary units, as supervisord and logrotate count them: 1KB = 1KiB = 1024 bytes.
@@ -141,7 +147,10 @@ def env_name(name: str) -> str:
 
 
 def worker_name(name: str) -> str:
-    if not WORKER_NAME.fullmatch(name):
+    if name in RESERVED_NAMES:
+        raise problem(f"the worker name {got(name)} is reserved: `supervisorctl stop {name}` "
+                      "means every worker; choose another name")
+    if not is_worker_name(name):
         raise problem(f"invalid worker name {got(name)}: use 1-64 characters from A-Z a-z 0-9 "
                       "_ . - (not starting with . or -)")
     return name

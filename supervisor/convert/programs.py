@@ -20,7 +20,7 @@ import shlex
 from typing import Any
 
 from supervisor.config.supervisord_names import PROGRAM as SUPERVISORD_NAMES
-from supervisor.config.values import WORKER_NAME
+from supervisor.config.values import is_worker_name
 from supervisor.convert.context import Context, Reader
 from supervisor.convert.logs import Logs
 from supervisor.convert.values import (
@@ -79,10 +79,11 @@ def octal_umask(text: str) -> str:
 
 def worker_name(name: str) -> str:
     """A name pyvisor accepts: supervisord's names may hold characters pyvisor's do not."""
-    if WORKER_NAME.fullmatch(name):
+    if is_worker_name(name):
         return name
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in name)
-    return ("_" + safe if safe[:1] in ("", ".", "-") else safe)[:64]
+    safe = safe[:64]
+    return safe if is_worker_name(safe) else ("_" + safe)[:64]   # "", ".x", "-x", "all"
 
 
 def shell_operators(command: str) -> list[str]:
@@ -109,8 +110,9 @@ class Program:
     def convert(self) -> dict[str, Any] | None:
         r, names = self.r, self.names
         if self.name != self.program:
-            r.note(None, f"the worker is called {self.name}: pyvisor's names are 1-64 "
-                   "characters from A-Z a-z 0-9 _ . -")
+            why = ("`all` names every worker in pyvisor's commands" if self.program == "all"
+                   else "pyvisor's names are 1-64 characters from A-Z a-z 0-9 _ . -")
+            r.note(None, f"the worker is called {self.name}: {why}")
         numprocs = r.parse("numprocs", names, integer, 1)
         start = r.parse("numprocs_start", names, integer, 0)
         if numprocs < 1:

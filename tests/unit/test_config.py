@@ -217,6 +217,11 @@ BAD = [
               "from A-Z a-z 0-9 _ . - (not starting with . or -)")], id="bad-names"),
     pytest.param("""
         workers:
+          all: {command: x}
+        """, ["app.yaml:2: workers.all: the worker name 'all' is reserved: `supervisorctl stop "
+              "all` means every worker; choose another name"], id="reserved-name"),
+    pytest.param("""
+        workers:
           web:
             command: x
             user: no-such-user-pyvisor

@@ -196,6 +196,17 @@ def test_autorestart(value: str, restart: str) -> None:
     assert w["restart"] == restart
 
 
+def test_a_program_called_all_gets_a_name_that_is_no_command_target() -> None:
+    data, notes = conv("""
+        [program:all]
+        command = sleep 1
+        """)
+    assert list(data["workers"]) == ["_all"]
+    assert "supervisord.conf: [program:all]: the worker is called _all: `all` names every " \
+        "worker in pyvisor's commands" in notes, notes
+    loads(data)
+
+
 def test_autorestart_that_supervisord_refuses() -> None:
     assert errors("[program:a]\ncommand=/bin/true\nautorestart=sometimes\n") == [
         "supervisord.conf:3: [program:a] autorestart: not true, false or unexpected (got "
