@@ -104,6 +104,10 @@ def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
         if len(raw) > MAX_CONF_BYTES:
             raise ConvertError([f"{path}: more than {MAX_CONF_BYTES} bytes; not a config file"])
         text = raw.decode("utf-8")
+        if "\0" in text:
+            line = text.count("\n", 0, text.index("\0")) + 1
+            raise ConvertError([f"{path}:{line}: contains a NUL character (\\0), which no "
+                                "command, path or value can hold; remove it"])
     except OSError as e:
         raise ConvertError([f"{path}: cannot read the file: {e.strerror}"]) from None
     except UnicodeDecodeError as e:
@@ -114,7 +118,7 @@ def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
         raise ConvertError([f"{path}:{e.lineno}: the first setting comes before any [section] "
                             f"header (got {e.line.strip()!r})"]) from None
     except configparser.ParsingError as e:
-        lines = text.splitlines()
+        lines = _lines(text)
         raise ConvertError([f"{path}:{n}: not a 'key = value' line, a [section] header or a "
                             f"comment (got {lines[n - 1].strip()!r})" for n, _ in e.errors]
                            ) from None
@@ -123,12 +127,18 @@ def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
     return text
 
 
+def _lines(text: str) -> list[str]:
+    """The lines as configparser counts them: split at \\n only (str.splitlines also splits
+    at \\v, \\f, \\x1c-\\x1e, \\x85, \\u2028 and \\u2029, which configparser keeps in a value)."""
+    return text.split("\n")
+
+
 def _scan(path: str, text: str) -> Iterator[tuple[str, str | None, int]]:
     """(section, option or None for the header, line) of every header and option in a file,
     by configparser's own patterns (it keeps no line numbers itself)."""
     section = ""
     in_value = False
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         stripped = line.strip()
         if not stripped or stripped[0] in ";#":
             continue

@@ -196,6 +196,21 @@ def test_autorestart(value: str, restart: str) -> None:
     assert w["restart"] == restart
 
 
+def test_a_nul_character_is_an_error_naming_its_line() -> None:
+    assert errors("[program:a]\ncommand = sleep\0 1\n") == [
+        "supervisord.conf:2: contains a NUL character (\\0), which no command, path or value "
+        "can hold; remove it"]
+
+
+@pytest.mark.parametrize("separator", ["\v", "\f", "\x1c", "\x85", "\u2028", "\r"])
+def test_line_numbers_count_only_the_line_breaks_configparser_counts(separator: str) -> None:
+    """configparser keeps these characters inside a value; an error further down still names
+    the line it is on."""
+    assert errors(f"[program:a]\ncommand = sleep 1{separator}\n[program:b]\ncommand = x\n"
+                  "numprocs = q\n") == [
+        "supervisord.conf:5: [program:b] numprocs: not a whole number (got 'q')"]
+
+
 def test_a_program_called_all_gets_a_name_that_is_no_command_target() -> None:
     data, notes = conv("""
         [program:all]
