@@ -87,6 +87,7 @@ class Routes:
         self._openapi: bytes | None = None
         self._metrics: tuple[float, bytes] | None = None   # (fresh until, text)
         self._status: dict[str, tuple[float, bytes]] = {}  # target ("all") -> (until, body)
+        self._ready: tuple[float, int, str] | None = None   # (fresh until, code, text)
         self._events: EventStreams | None = None
         self._watching = False
         self.page = Page()
@@ -98,6 +99,14 @@ class Routes:
 
     def _changed(self, _ev: object) -> None:
         self._status = {}
+        self._ready = None
+
+    def _watch(self) -> None:
+        """Drop the cached answers at every event: a client that saw an event (the status
+        page, a probe after a start) must never be handed an answer from before it."""
+        if not self._watching:
+            self.daemon.runtime.events.subscribe(self._changed)
+            self._watching = True
 
     def router(self) -> Router:
         r = Router()
@@ -121,9 +130,20 @@ class Routes:
                      f"{loop.lag.last * 1000:.1f} ms late)\n")
 
     def readyz(self, ex: Exchange) -> None:
+        # Answered from the last answer until an event or RENDER_EVERY passes (a config
+        # reload changes autostart without an event): it reads every instance, and anyone
+        # who reaches the address may ask as often as they like.
         if self.daemon.leaving:
             ex.text(503, f"not ready: supervisord is {self.daemon.leaving}\n")
             return
+        now = self.daemon.runtime.now()
+        if self._ready is None or now >= self._ready[0]:
+            self._watch()
+            code, text = self._readiness()
+            self._ready = (self._fresh_until(now), code, text)
+        ex.text(self._ready[1], self._ready[2])
+
+    def _readiness(self) -> tuple[int, str]:
         rt = self.daemon.runtime
         if self.ready_workers is not None:
             want = set(self.ready_workers)
@@ -135,8 +155,7 @@ class Routes:
         missing = sorted((i for i in insts if i.st.state is not State.RUNNING),
                          key=lambda i: (i.worker, i.index))
         if not missing:
-            ex.text(200, f"ready: {len(insts)} instances RUNNING ({what})\n")
-            return
+            return 200, f"ready: {len(insts)} instances RUNNING ({what})\n"
         lines = [f"not ready: {len(missing)} of {len(insts)} instances are not RUNNING "
                  f"({what}):"]
         for i in missing[:100]:
@@ -144,7 +163,7 @@ class Routes:
             lines.append(f"  {i.name} {i.st.state.value}" + (f" ({why})" if why else ""))
         if len(missing) > 100:
             lines.append(f"  ... and {len(missing) - 100} more")
-        ex.text(503, "\n".join(lines) + "\n")
+        return 503, "\n".join(lines) + "\n"
 
     # -- metrics ----------------------------------------------------------------------------
     def metrics(self, ex: Exchange) -> None:
@@ -182,11 +201,7 @@ class Routes:
         answer = _Answer(ex, text=False)
         self.handlers(req, answer)
         if key is not None and answer.sent is not None and answer.sent[0] == 200:
-            if not self._watching:
-                # an event makes the cached status stale at once: a client that saw the event
-                # (the status page) must never be handed an older table after it
-                self.daemon.runtime.events.subscribe(self._changed)
-                self._watching = True
+            self._watch()
             # only live entries: at most one per worker (unknown names are 404s)
             self._status = {k: v for k, v in self._status.items() if now < v[0]}
             self._status[key] = (self._fresh_until(now), answer.sent[1])

@@ -138,6 +138,20 @@ def test_probes_say_what_is_missing(daemon_factory: DaemonFactory) -> None:
     assert r.status == 200 and "1 instances RUNNING" in r.text, r
 
 
+def test_readiness_is_answered_again_after_any_change(daemon_factory: DaemonFactory) -> None:
+    """/readyz answers from its last answer for a while (a flood of probes reads every
+    instance once), but a start is seen by the next probe, however soon it comes."""
+    port = free_port()
+    d = daemon_factory({"w": {**PLAIN, "start_seconds": 0, "autostart": False}},
+                       supervisor={"http": f"127.0.0.1:{port}", "http_ready": ["w"]}).start()
+    for _ in range(20):
+        r = request(port, "GET", "/readyz")
+        assert r.status == 503 and "w:0 STOPPED" in r.text, r
+    assert d.ctl("start", "w").returncode == 0
+    r = request(port, "GET", "/readyz")
+    assert r.status == 200 and "1 instances RUNNING" in r.text, r
+
+
 def test_api_status_is_supervisorctl_status(daemon_factory: DaemonFactory) -> None:
     port = free_port()
     d = daemon_factory({"plain": {**PLAIN, "numprocs": 2}},
