@@ -408,6 +408,22 @@ def test_string_command_is_split_like_a_shell() -> None:
         "sh", "-c", "while true; do date; sleep 5; done", "two words", "a b")
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_command_without_quotes_is_split_as_shlex_splits_it(seed: int) -> None:
+    """Such commands take a shortcut past shlex: the same words for every whitespace, unicode
+    space and shell character it may hold."""
+    import random
+    import shlex
+
+    from supervisor.config.values import command
+    chars = " \t\r\nab=#;|&$()*~\x0b\x0c\x1c\x85\xa0\u2028\u3000é"
+    rng = random.Random(seed)
+    for _ in range(5000):
+        text = "".join(rng.choice(chars) for _ in range(rng.randint(1, 16)))
+        if shlex.split(text):
+            assert command(text) == tuple(shlex.split(text)), repr(text)
+
+
 def test_scalars_are_taken_as_written() -> None:
     cfg = load("""
         workers:
