@@ -250,11 +250,11 @@ class Daemon:
             logger.warning(f"cannot use the re-exec state ({type(e).__name__}: {e}); "
                            "adopting from blocks only")
             restored, pending = set(), []
-        to_start = [i for name in self.config.start_order()
-                    for i in rt.instances.values()
-                    if i.worker == name and i.st.state is State.STOPPED
-                    and i.name not in adopted | restored and i.wants_start]
-        rt.request_start(to_start + [i for i in pending if i not in to_start])
+        running = adopted | restored
+        to_start = [i for name in self.config.start_order() for i in rt.of_worker(name)
+                    if i.st.state is State.STOPPED and i.name not in running and i.wants_start]
+        chosen = set(to_start)
+        rt.request_start(to_start + [i for i in pending if i not in chosen])
         autostart = [i for i in rt.instances.values() if i.cfg.autostart]
         logger.info(f"supervisord {os.getpid()} running {self.config.path}: "
                     f"{len(rt.instances)} instances, {len(adopted)} adopted, "

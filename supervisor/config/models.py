@@ -468,18 +468,23 @@ class Config(_Model):
     def start_order(self) -> list[str]:
         """Worker names: every worker after the ones it depends on; otherwise by priority,
         then name. Stop in the reverse order."""
-        waiting = {name: set(w.depends_on) & set(self.workers) for name, w in self.workers.items()}
+        waiting = {name: {d for d in w.depends_on if d in self.workers}
+                   for name, w in self.workers.items()}
+        dependents: dict[str, list[str]] = {}
+        for name, deps in waiting.items():
+            for d in deps:
+                dependents.setdefault(d, []).append(name)
         ready = [(w.priority, name) for name, w in self.workers.items() if not waiting[name]]
         heapq.heapify(ready)
         order: list[str] = []
         while ready:
             _, name = heapq.heappop(ready)
             order.append(name)
-            for other, deps in waiting.items():
-                if name in deps:
-                    deps.discard(name)
-                    if not deps:
-                        heapq.heappush(ready, (self.workers[other].priority, other))
+            for other in dependents.get(name, ()):
+                deps = waiting[other]
+                deps.discard(name)
+                if not deps:
+                    heapq.heappush(ready, (self.workers[other].priority, other))
         if len(order) != len(self.workers):
             raise ValueError("depends_on has a cycle")   # load_config reports cycles first
         return order

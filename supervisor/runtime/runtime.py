@@ -57,13 +57,17 @@ class Runtime:
         self.epoch = secrets.randbits(63)
         self._instances: dict[str, Instance] = {}
         self.instances: Mapping[str, Instance] = MappingProxyType(self._instances)
+        # worker -> its instances by name, in index order: naming a worker, its readiness and
+        # the start order look there, not through all instances (10,000 workers of one
+        # instance each made boot scan 10,000 x 10,000)
+        self._by_worker: dict[str, dict[str, Instance]] = {}
         self.rotator = Rotator(loop)
         self.console = Console(loop)
         self.on_change: Callable[[], None] = lambda: None   # e.g. systemd STATUS=
         self.events = EventBus()                 # transitions, exits, adoptions, readiness
         self._queue: deque[tuple[Instance, Event]] = deque()
         self._dispatching = False
-        self._deferred: list[Instance] = []      # start requests waiting on depends_on
+        self._deferred: dict[Instance, None] = {}   # start requests waiting on depends_on
         self.reaper = Reaper(self)
         self.spawner = Spawner(self)
         self.readiness = Readiness(self, notify_path)
@@ -85,6 +89,7 @@ class Runtime:
         if not removed:
             inst.stdout_path, inst.stderr_path = cfg.log_paths(worker, index)
         self._instances[inst.name] = inst
+        self._by_worker.setdefault(worker, {})[inst.name] = inst
         return inst
 
     @property
@@ -142,6 +147,9 @@ class Runtime:
         for kind in list(inst.timers):
             self._cancel_timer(inst, kind)
         self._instances.pop(inst.name, None)
+        same = self._by_worker.get(inst.worker)
+        if same is not None and same.pop(inst.name, None) is not None and not same:
+            del self._by_worker[inst.worker]
 
     def select(self, targets: Iterable[str]) -> tuple[list[Instance], list[str]]:
         """Instances named by targets ("all", "web", "web:0"), and the unknown targets."""
@@ -153,14 +161,15 @@ class Runtime:
             elif t in self._instances:
                 chosen[t] = self._instances[t]
             else:
-                found = {n: i for n, i in self._instances.items() if i.worker == t}
-                if not found:
+                found = self._by_worker.get(t)
+                if found:
+                    chosen.update(found)
+                else:
                     unknown.append(t)
-                chosen.update(found)
         return sorted(chosen.values(), key=lambda i: (i.worker, i.index)), unknown
 
     def of_worker(self, worker: str) -> list[Instance]:
-        return [i for i in self._instances.values() if i.worker == worker]
+        return list(self._by_worker.get(worker, {}).values())
 
     # -- what the operator asks for -----------------------------------------------------------
     def request_start(self, insts: Iterable[Instance]) -> None:
@@ -168,7 +177,7 @@ class Runtime:
             if self._deps_ready(inst):
                 self.dispatch(inst, core.StartRequested(self.now()))
             elif inst not in self._deferred:
-                self._deferred.append(inst)
+                self._deferred[inst] = None
                 missing = ", ".join(d for d in inst.cfg.depends_on if not self._worker_ready(d))
                 logger.info(f"{inst.name} waiting for {missing} to be RUNNING before it starts")
 
@@ -203,12 +212,13 @@ class Runtime:
 
     def cancel_deferred(self, insts: Iterable[Instance]) -> None:
         for inst in insts:
-            if inst in self._deferred:
-                self._deferred.remove(inst)
+            self._deferred.pop(inst, None)
 
     def _worker_ready(self, worker: str) -> bool:
-        return all(i.st.state is State.RUNNING for i in self._instances.values()
-                   if i.worker == worker)
+        # from the last instance: in a mass start the last ones come up last, so a worker
+        # that is not ready yet is told after one look, not after its RUNNING ones
+        return all(i.st.state is State.RUNNING
+                   for i in reversed(self._by_worker.get(worker, {}).values()))
 
     def _deps_ready(self, inst: Instance) -> bool:
         return all(self._worker_ready(d) for d in inst.cfg.depends_on)
@@ -216,7 +226,7 @@ class Runtime:
     def _start_deferred(self) -> None:
         ready = [i for i in self._deferred if self._deps_ready(i)]
         for inst in ready:
-            self._deferred.remove(inst)
+            del self._deferred[inst]
             if not inst.removed and not inst.has_process and not inst.st.stop_requested:
                 self.dispatch(inst, core.StartRequested(self.now()))
 
@@ -351,8 +361,8 @@ class Runtime:
         self.readiness.on_transition(inst)
         if inst.st.state in (State.BACKOFF, State.FATAL, State.EXITED):
             report_output(inst, self.ctl)
-        if inst.st.state is State.RUNNING:
-            self._start_deferred()
+        if inst.st.state is State.RUNNING and self._deferred and self._worker_ready(inst.worker):
+            self._start_deferred()      # only a worker that just became ready can free one
         for w in list(inst.waiters):
             if w.done(inst):
                 inst.waiters.remove(w)
