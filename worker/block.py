@@ -204,14 +204,16 @@ def shm_name(prefix: str, instance: str) -> str:
     return full
 
 
-def list_blocks(prefix: str) -> list[str]:
+def list_blocks(prefix: str, entries: list[str] | None = None) -> list[str]:
     """Shm names ("/..." form) under /dev/shm that look like ctl pages of this prefix:
-    "/prefix.name:digits" (status pages, "...:digits.<hex>", are not listed)."""
+    "/prefix.name:digits" (status pages, "...:digits.<hex>", are not listed). ``entries``:
+    a listing of /dev/shm the caller already made."""
     start = prefix + "."
-    try:
-        entries = os.listdir(SHM_DIR)
-    except OSError:
-        return []
+    if entries is None:
+        try:
+            entries = os.listdir(SHM_DIR)
+        except OSError:
+            return []
     found = []
     for e in entries:
         if not e.startswith(start):
