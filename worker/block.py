@@ -291,7 +291,7 @@ def status_name_ok(ctl_name: str, status_name: str) -> bool:
     (checked before the daemon opens or unlinks a name it read from a page)."""
     token = status_name[len(ctl_name) + 1 :]
     return (status_name.startswith(ctl_name + ".") and len(token) == 16
-            and all(c in "0123456789abcdef" for c in token))
+            and not token.strip("0123456789abcdef"))    # nothing but those 16 characters
 
 
 def check_header(name: str, head: bytes) -> str:
