@@ -316,9 +316,11 @@ def _sweep_orphan_status_pages(prefix: str, blocks: dict[str, ControlBlock],
         if not e.startswith(prefix + "."):
             continue
         ctl = "/" + e.rsplit(".", 1)[0]
+        owner = blocks.get(ctl)
+        if owner is not None and owner.status_name == "/" + e and ctl[1:] in entries:
+            continue                     # a block's own page (the common case, checked first)
         if not blk.status_name_ok(ctl, "/" + e):
             continue
-        owner = blocks.get(ctl)
         if ctl[1:] in entries and (owner is None or owner.status_name == "/" + e):
             continue                     # its ctl page is there (and names it, or is unread)
         try:
