@@ -10,7 +10,9 @@ SIGKILL the daemon, start a new one, and time
 
 With --base DIR (a checkout of another commit whose C modules are built in place), every rep
 runs one daemon of that checkout (PYTHONPATH=DIR) and one of this tree on the same workers,
-in alternating order: a before/after measured in one run, on the same load.
+in alternating order: a before/after measured in one run, on the same load. --this DIR runs
+a snapshot of this tree the same way (`git archive HEAD | tar -x -C DIR`, the .so files
+copied in).
 
     flock /tmp/pv-bench.lock .venv/bin/python bench/bench_adopt_scale.py --reps 3
     flock /tmp/pv-bench.lock .venv/bin/python bench/bench_adopt_scale.py --base /tmp/base
@@ -64,11 +66,14 @@ def adopt_once(d: Pyvisor, n: int, before: dict[str, int],
 def main() -> None:
     a = parse_args(__doc__.split("\n")[0], default_n=10000, quick_n=1000, extra=lambda ap: (
         ap.add_argument("--reps", type=int, default=3),
-        ap.add_argument("--base", help="a checkout to compare with (PYTHONPATH=BASE)")))
+        ap.add_argument("--base", help="a checkout to compare with (PYTHONPATH=BASE)"),
+        ap.add_argument("--this", help="a snapshot of this tree to run instead of the tree "
+                        "itself (PYTHONPATH=THIS), so that edits during the run do not count")))
     n = a.workers
     header("adoption at scale", "SIGKILL -> new daemon answers / all N verified adopted",
            "<= 4 s to all verified at 10k, 0 PIDs changed", n)
-    sides: list[tuple[str, str | None]] = [("this tree", None)]
+    sides: list[tuple[str, str | None]] = [
+        ("this tree", os.path.abspath(a.this) if a.this else None)]
     if a.base:
         sides.insert(0, (f"base {a.base}", os.path.abspath(a.base)))
     with Run("adopt-scale") as run:
