@@ -263,10 +263,11 @@ class Daemon:
             logger.warning(f"cannot use the re-exec state ({type(e).__name__}: {e}); "
                            "adopting from blocks only")
             restored, pending = set(), []
+        accounted = adopted | restored       # (once: not a union per instance)
         to_start = [i for name in self.config.start_order()
                     for i in rt.instances.values()
                     if i.worker == name and i.st.state is State.STOPPED
-                    and i.name not in adopted | restored and i.wants_start]
+                    and i.name not in accounted and i.wants_start]
         rt.request_start(to_start + [i for i in pending if i not in to_start])
         autostart = [i for i in rt.instances.values() if i.cfg.autostart]
         logger.info(f"supervisord {os.getpid()} running {self.config.path}: "
