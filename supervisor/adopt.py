@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from supervisor import pidinfo
 from worker import block as blk
 from worker.block import ENV_BLOCK
 from worker.ctlpage import CTL_MODE, CTL_MODE_GROUP, ControlBlock
@@ -62,7 +63,7 @@ class Found:
     cmd: int = 0
     deadline_ns: int = 0
     config_hash: int = 0
-
+    cgroup_id: int | None = None   # the cgroup its process is in (pidinfo), None: not known
 
 @dataclass(frozen=True, slots=True)
 class _Proc:
@@ -115,11 +116,13 @@ def find_by_environ(names: set[str]) -> dict[str, list[int]]:
 
 
 def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
-           member: Callable[[str, int], bool | None]) -> tuple[int, int, _Proc] | str:
-    """(pid, pidfd, its /proc stat) of the verified process of a block, or why it does not
-    verify. ``member(instance, pid)``: whether pid is in the instance's cgroup (None: no
-    cgroups). Per block: a pidfd, one read of /proc/PID/stat (start time, state, process
-    group, parent) and one of /proc/PID/status (real uid)."""
+           member: Callable[[str, int], bool | None], cgroup_dir: str | None = None
+           ) -> tuple[int, int, _Proc, int | None] | str:
+    """(pid, pidfd, its /proc stat, its cgroup id or None) of the verified process of a block,
+    or why it does not verify. ``member(instance, pid)``: whether pid is in the instance's
+    cgroup (None: no cgroups); ``cgroup_dir``: the daemon's own (see pidinfo). Per block: a
+    pidfd, one read of /proc/PID/stat (start time, state, process group, parent) and one
+    ioctl on the pidfd (real uid, cgroup; /proc/PID/status where the kernel has none)."""
     pid, ticks = block.spawned_pid, block.spawned_start_ticks
     uid, pgid = block.spawned_uid, block.spawned_pgid
     recorded = pid != 0
@@ -148,13 +151,14 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
         return f"unverifiable: cannot open a pidfd for pid {pid}: {e}"
     try:
         proc = _proc_stat(pid)
+        info = pidinfo.ids(pidfd, cgroup_dir) if recorded else None
         if recorded and proc.start_ticks != ticks:
             why = f"pid {pid} started at tick {proc.start_ticks}, not {ticks} (a recycled pid)"
         elif proc.state == "Z":
             why = "gone"                  # exited; a zombie waiting for init to reap it
         elif not recorded and f"{ENV_BLOCK}={name}".encode() not in _environ(pid):
             why = "gone"
-        elif uid >= 0 and (owner := _real_uid(pid)) != uid:
+        elif uid >= 0 and (owner := _uid(info, pid)) != uid:
             # the recorded pid and start time, yet not the recorded uid or process group: it
             # may be ours (a program that setuid()s or setsid()s itself) or not -- it cannot
             # be told, so it is neither adopted nor signalled nor started a second time
@@ -162,13 +166,17 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
         elif proc.pgrp != pgid:
             why = f"unverifiable: pid {pid} is not in process group {pgid}"
         else:
-            return pid, pidfd, proc
+            return pid, pidfd, proc, info[1] if info is not None else None
     except (ProcessLookupError, FileNotFoundError):
         why = "gone"
     except (OSError, ValueError, IndexError) as e:
         why = f"unverifiable: cannot inspect pid {pid}: {e}"
     os.close(pidfd)
     return why
+
+
+def _uid(info: tuple[int, int | None] | None, pid: int) -> int:
+    return info[0] if info is not None else _real_uid(pid)
 
 
 def _real_uid(pid: int) -> int:
@@ -235,8 +243,8 @@ def open_block(name: str) -> ControlBlock | None:
     return None
 
 
-def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p: None
-         ) -> list[Found]:
+def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p: None,
+         cgroup_dir: str | None = None) -> list[Found]:
     found: list[Found] = []
     blocks: dict[str, ControlBlock] = {}
     try:
@@ -252,27 +260,28 @@ def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p:
         # one open of the status page, one check of the ctl page, for every read below
         with block.reading():
             if block.spawned_pid:
-                _check(found, prefix, name, block, {}, member)
+                _check(found, prefix, name, block, {}, member, cgroup_dir)
             else:
                 unrecorded.append(name)
     if unrecorded:      # the daemon died in the middle of these spawns: one pass over /proc
         candidates = find_by_environ(set(unrecorded))
         for name in unrecorded:
             with blocks[name].reading():
-                _check(found, prefix, name, blocks[name], candidates, member)
+                _check(found, prefix, name, blocks[name], candidates, member, cgroup_dir)
     _sweep_orphan_status_pages(prefix, blocks, set(entries))
     return found
 
 
 def _check(found: list[Found], prefix: str, name: str, block: ControlBlock,
-           unrecorded: dict[str, list[int]], member: Callable[[str, int], bool | None]) -> None:
+           unrecorded: dict[str, list[int]], member: Callable[[str, int], bool | None],
+           cgroup_dir: str | None) -> None:
     """Verify one block (inside its reading()) and add what it says to found."""
     instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
-    result = verify(name, block, unrecorded, member)
+    result = verify(name, block, unrecorded, member, cgroup_dir)
     if isinstance(result, str):
         _not_verified(found, instance, name, block, result)
         return
-    pid, pidfd, proc = result
+    pid, pidfd, proc, cgroup_id = result
     if not block.has_status:
         logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
                        f"{pid} without its heartbeat and ready reports")
@@ -281,7 +290,8 @@ def _check(found: list[Found], prefix: str, name: str, block: ControlBlock,
     found.append(Found(instance, block, pid, pidfd, proc.ppid == os.getpid(),
                        state in (blk.ST_READY, blk.ST_BUSY), _started_at(proc.start_ticks),
                        None, block.incarnation, attached=block.attached, cmd=cmd,
-                       deadline_ns=block.deadline_ns, config_hash=block.config_hash))
+                       deadline_ns=block.deadline_ns, config_hash=block.config_hash,
+                       cgroup_id=cgroup_id))
 
 
 def _not_verified(found: list[Found], instance: str, name: str, block: ControlBlock,

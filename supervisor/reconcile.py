@@ -49,7 +49,8 @@ def apply_adoption(rt: Runtime, config: Config,
     cg = rt.trees.cgroups
     def member(instance: str, pid: int) -> bool | None:
         return cg.contains(instance, pid) if cg is not None else None
-    found = scan(config.supervisor.block_prefix, member)
+    found = scan(config.supervisor.block_prefix, member,
+                 os.path.dirname(cg.home) if cg is not None else None)
     batch = rt.log_batch = LineBatch()
     try:
         for f in found:
@@ -71,7 +72,7 @@ def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, An
         _exited_while_away(rt, inst, f)
         return inst.name
     assert f.pidfd is not None
-    inside, stray = _outside_its_cgroup(rt, inst, f.pid)
+    inside, stray = _outside_its_cgroup(rt, inst, f.pid, f.cgroup_id)
     if stray:
         os.close(f.pidfd)
         f.block.close()
@@ -98,7 +99,8 @@ def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, An
     return inst.name
 
 
-def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int) -> tuple[bool | None, str]:
+def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int,
+                        cgroup_id: int | None = None) -> tuple[bool | None, str]:
     """With cgroups, the instance's tree lives in its cgroup, which nothing can join without
     the daemon's rights: a recorded pid outside a cgroup that holds other processes is not
     its leader. (whether pid is in the cgroup, None without cgroups; why it does not verify,
@@ -106,7 +108,8 @@ def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int) -> tuple[bool | N
     cg = rt.trees.cgroups
     if cg is None:
         return None, ""
-    if cg.contains(inst.name, pid):
+    if (cg.has_id(inst.name, cgroup_id) if cgroup_id is not None
+            else cg.contains(inst.name, pid)):
         return True, ""
     path = cg.path(inst.name)
     if not os.path.isdir(path) or not cg.populated(path):

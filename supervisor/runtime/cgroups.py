@@ -141,6 +141,14 @@ class CgroupTree:
     def contains(self, instance: str, pid: int) -> bool:
         return own_cgroup(pid) == self.relative(instance)
 
+    def has_id(self, instance: str, cgroup_id: int) -> bool:
+        """Whether cgroup_id (a process's, from supervisor.pidinfo) is the instance's cgroup:
+        the id of a cgroup v2 is the inode number of its directory."""
+        try:
+            return os.stat(self.path(instance), follow_symlinks=False).st_ino == cgroup_id
+        except OSError:
+            return False
+
     def members(self, path: str) -> list[int]:
         try:
             return [int(p) for p in _read(os.path.join(path, "cgroup.procs")).split()]

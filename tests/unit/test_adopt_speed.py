@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from supervisor import adopt
+from supervisor import adopt, pidinfo
 from supervisor.logs import LOG_FORMAT, LineBatch, Rotator
 from supervisor.loop import Loop
+from supervisor.runtime import cgroups
 from tests.support.wait import wait_until
 
 # a comm that, split at its first ')', reads as a zombie in process group 1 with parent 1
@@ -114,3 +115,34 @@ def test_a_deferred_rotation_check_happens_in_the_loop(tmp_path: Path) -> None:
     finally:
         rot.close()
         loop.close()
+
+
+def _cgroup_dir_of(pid: int) -> str | None:
+    mount = cgroups.cgroup2_mount()
+    own = cgroups.own_cgroup(pid)
+    return None if mount is None or own is None else os.path.normpath(mount + own)
+
+
+def test_pidfd_info_names_the_real_uid_and_the_cgroup_directory() -> None:
+    """Where the kernel has PIDFD_GET_INFO, its answer is what /proc says; where it has not,
+    ids() says so (None) and adoption reads /proc."""
+    p = subprocess.Popen(["sleep", "60"])
+    fd = os.pidfd_open(p.pid)
+    try:
+        got = pidinfo.ids(fd, _cgroup_dir_of(os.getpid()))
+        if got is None:
+            pytest.skip("this kernel has no PIDFD_GET_INFO: adoption reads /proc")
+        ruid, cgroup_id = got
+        assert ruid == adopt._real_uid(p.pid) == os.getuid()
+        where = _cgroup_dir_of(p.pid)
+        if where is not None:
+            assert cgroup_id == os.stat(where).st_ino
+        p.kill()
+        p.wait()
+        with pytest.raises(ProcessLookupError):
+            pidinfo.ids(fd, None)
+    finally:
+        os.close(fd)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
