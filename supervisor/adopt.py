@@ -13,8 +13,11 @@ nothing it did not write itself:
      checks below cannot race with PID reuse;
   2. its start time (/proc/PID/stat field 22) equals the one recorded at spawn;
   3. the block's boot_id is this boot's (checked with the header);
-  4. its real uid is the one recorded at spawn;
+  4. its real uid is the one recorded at spawn (from the pidfd, supervisor.pidinfo, or
+     /proc/PID/status);
   5. its process group is the one recorded at spawn (we start every worker with setsid).
+  Start time, state, process group and parent come from ONE read of /proc/PID/stat; with
+  cgroups, the instance's cgroup must hold it (its cgroup id from the pidfd, see reconcile).
   The environment is not consulted for a recorded PID (nginx, redis and setproctitle programs
   overwrite it); only a block whose PID was never recorded (the daemon died mid-spawn) is
   matched by searching /proc/*/environ for the block's name.
