@@ -13,8 +13,11 @@ nothing it did not write itself:
      checks below cannot race with PID reuse;
   2. its start time (/proc/PID/stat field 22) equals the one recorded at spawn;
   3. the block's boot_id is this boot's (checked with the header);
-  4. its real uid is the one recorded at spawn;
+  4. its real uid is the one recorded at spawn (from the pidfd, supervisor.pidinfo, or
+     /proc/PID/status);
   5. its process group is the one recorded at spawn (we start every worker with setsid).
+  Start time, state, process group and parent come from ONE read of /proc/PID/stat; with
+  cgroups, the instance's cgroup must hold it (its cgroup id from the pidfd, see reconcile).
   The environment is not consulted for a recorded PID (nginx, redis and setproctitle programs
   overwrite it); only a block whose PID was never recorded (the daemon died mid-spawn) is
   matched by searching /proc/*/environ for the block's name.
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from supervisor import pidinfo
 from worker import block as blk
 from worker.block import ENV_BLOCK
 from worker.ctlpage import CTL_MODE, CTL_MODE_GROUP, ControlBlock
@@ -57,6 +61,29 @@ class Found:
     incarnation: int
     unverifiable: str = ""   # why its live process could not be verified (never duplicated)
     attached: bool = False   # the worker published its pid in its status page
+    # the ctl page's command word, stop deadline and config hash (read in the same check of
+    # the page as the identity: only the daemon writes them)
+    cmd: int = 0
+    deadline_ns: int = 0
+    config_hash: int = 0
+    cgroup_id: int | None = None   # the cgroup its process is in (pidinfo), None: not known
+
+@dataclass(frozen=True, slots=True)
+class _Proc:
+    """What one read of /proc/PID/stat says about a process (fields 3, 4, 5 and 22)."""
+
+    state: str
+    ppid: int
+    pgrp: int
+    start_ticks: int
+
+
+def _proc_stat(pid: int) -> _Proc:
+    """Every field adoption needs from /proc/PID/stat, in one read. Field 2 (comm) may hold
+    spaces and parentheses, so the fields are split after the LAST ')'."""
+    line = _read_proc(pid, "stat").decode("utf-8", "replace")
+    rest = line[line.rindex(")") + 2:].split()
+    return _Proc(rest[0], int(rest[1]), int(rest[2]), int(rest[22 - 3]))
 
 
 def _environ(pid: int | str) -> list[bytes]:
@@ -66,14 +93,6 @@ def _environ(pid: int | str) -> list[bytes]:
             return f.read(1 << 20).split(b"\0")
     except OSError:
         return []
-
-
-def _is_child(pid: int) -> bool:
-    try:
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return True
 
 
 def _started_at(ticks: int) -> float:
@@ -100,9 +119,13 @@ def find_by_environ(names: set[str]) -> dict[str, list[int]]:
 
 
 def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
-           member: Callable[[str, int], bool | None]) -> tuple[int, int] | str:
-    """(pid, pidfd) of the verified process of a block, or why it does not verify.
-    ``member(instance, pid)``: whether pid is in the instance's cgroup (None: no cgroups)."""
+           member: Callable[[str, int], bool | None], cgroup_dir: str | None = None
+           ) -> tuple[int, int, _Proc, int | None] | str:
+    """(pid, pidfd, its /proc stat, its cgroup id or None) of the verified process of a block,
+    or why it does not verify. ``member(instance, pid)``: whether pid is in the instance's
+    cgroup (None: no cgroups); ``cgroup_dir``: the daemon's own (see pidinfo). Per block: a
+    pidfd, one read of /proc/PID/stat (start time, state, process group, parent) and one
+    ioctl on the pidfd (real uid, cgroup; /proc/PID/status where the kernel has none)."""
     pid, ticks = block.spawned_pid, block.spawned_start_ticks
     uid, pgid = block.spawned_uid, block.spawned_pgid
     recorded = pid != 0
@@ -130,30 +153,33 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     except OSError as e:
         return f"unverifiable: cannot open a pidfd for pid {pid}: {e}"
     try:
-        stat_line = _read_proc(pid, "stat").decode("utf-8", "replace")
-        actual = blk.parse_start_ticks(stat_line)
-        owner = _real_uid(pid)
-        if recorded and actual != ticks:
-            why = f"pid {pid} started at tick {actual}, not {ticks} (a recycled pid)"
-        elif stat_line[stat_line.rindex(")") + 2] == "Z":
+        proc = _proc_stat(pid)
+        info = pidinfo.ids(pidfd, cgroup_dir) if recorded else None
+        if recorded and proc.start_ticks != ticks:
+            why = f"pid {pid} started at tick {proc.start_ticks}, not {ticks} (a recycled pid)"
+        elif proc.state == "Z":
             why = "gone"                  # exited; a zombie waiting for init to reap it
         elif not recorded and f"{ENV_BLOCK}={name}".encode() not in _environ(pid):
             why = "gone"
-        elif uid >= 0 and owner != uid:
+        elif uid >= 0 and (owner := _uid(info, pid)) != uid:
             # the recorded pid and start time, yet not the recorded uid or process group: it
             # may be ours (a program that setuid()s or setsid()s itself) or not -- it cannot
             # be told, so it is neither adopted nor signalled nor started a second time
             why = f"unverifiable: pid {pid} runs as uid {owner}, not {uid}"
-        elif os.getpgid(pid) != pgid:
+        elif proc.pgrp != pgid:
             why = f"unverifiable: pid {pid} is not in process group {pgid}"
         else:
-            return pid, pidfd
+            return pid, pidfd, proc, info[1] if info is not None else None
     except (ProcessLookupError, FileNotFoundError):
         why = "gone"
     except (OSError, ValueError, IndexError) as e:
         why = f"unverifiable: cannot inspect pid {pid}: {e}"
     os.close(pidfd)
     return why
+
+
+def _uid(info: tuple[int, int | None] | None, pid: int) -> int:
+    return info[0] if info is not None else _real_uid(pid)
 
 
 def _real_uid(pid: int) -> int:
@@ -209,7 +235,7 @@ def open_block(name: str) -> ControlBlock | None:
                            f"not a control block of ours ({problem})")
             os.close(fd)
             return None
-        return ControlBlock.open_existing(name, fd)
+        return ControlBlock.open_existing(name, fd, st)
     except blk.BlockError as e:
         logger.warning(f"{instance} removing unusable control block: {e}")
         os.close(fd)
@@ -220,74 +246,94 @@ def open_block(name: str) -> ControlBlock | None:
     return None
 
 
-def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p: None
-         ) -> list[Found]:
+def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p: None,
+         cgroup_dir: str | None = None) -> list[Found]:
     found: list[Found] = []
     blocks: dict[str, ControlBlock] = {}
-    for name in blk.list_blocks(prefix):
+    try:
+        entries = os.listdir(blk.SHM_DIR)    # once: for the ctl pages and the sweep below
+    except OSError:
+        entries = []
+    for name in blk.list_blocks(prefix, entries):
         b = open_block(name)
         if b is not None:
             blocks[name] = b
-    # blocks whose process was never recorded (the daemon died in the middle of a spawn)
-    unrecorded = find_by_environ({n for n, b in blocks.items() if not b.spawned_pid})
-    # (one stat per block: the ctl page is read through the mapping once known to be whole)
+    unrecorded: list[str] = []
     for name, block in blocks.items():
-        instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
-        with block.reading():   # one open of the status page, one check of the ctl page
-            result = verify(name, block, unrecorded, member)
-            if isinstance(result, str):
-                exit_rec = block.read_exit()
-                if result.startswith("unverifiable"):
-                    # it may be alive: never a duplicate; the block stays for a later look
-                    logger.error(f"{instance} control block {name}: {result}; not adopted and not "
-                                 "started again")
-                    found.append(Found(instance, block, None, None, False, False, time.monotonic(),
-                                       None, block.incarnation, result.split(": ", 1)[1]))
-                    continue
-                if result != "gone":
-                    logger.warning(f"{instance} control block {name} does not verify ({result}); "
-                                   "removing it without signalling anything")
-                    block.close()
-                    block.unlink()
-                    continue
-                found.append(Found(instance, block, None, None, False, False, time.monotonic(),
-                                   exit_rec, block.incarnation))
-                continue
-            pid, pidfd = result
-            if not block.has_status:
-                logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
-                               f"{pid} without its heartbeat and ready reports")
-            _seq, state = block.ack
-            ready = state in (blk.ST_READY, blk.ST_BUSY)
-            attached = block.attached
-            ticks = block.spawned_start_ticks
-            if not ticks:
-                try:
-                    ticks = blk.proc_start_ticks(pid)
-                except (OSError, ValueError, IndexError):
-                    ticks = 0
-            found.append(Found(instance, block, pid, pidfd, _is_child(pid), ready,
-                               _started_at(ticks), None, block.incarnation, attached=attached))
-    _sweep_orphan_status_pages(prefix, blocks)
+        # one open of the status page, one check of the ctl page, for every read below
+        with block.reading():
+            if block.spawned_pid:
+                _check(found, prefix, name, block, {}, member, cgroup_dir)
+            else:
+                unrecorded.append(name)
+    if unrecorded:      # the daemon died in the middle of these spawns: one pass over /proc
+        candidates = find_by_environ(set(unrecorded))
+        for name in unrecorded:
+            with blocks[name].reading():
+                _check(found, prefix, name, blocks[name], candidates, member, cgroup_dir)
+    _sweep_orphan_status_pages(prefix, blocks, set(entries))
     return found
 
 
-def _sweep_orphan_status_pages(prefix: str, blocks: dict[str, ControlBlock]) -> None:
+def _check(found: list[Found], prefix: str, name: str, block: ControlBlock,
+           unrecorded: dict[str, list[int]], member: Callable[[str, int], bool | None],
+           cgroup_dir: str | None) -> None:
+    """Verify one block (inside its reading()) and add what it says to found."""
+    instance = name[len(prefix) + 2:]      # "/" + prefix + "." + instance
+    result = verify(name, block, unrecorded, member, cgroup_dir)
+    if isinstance(result, str):
+        _not_verified(found, instance, name, block, result)
+        return
+    pid, pidfd, proc, cgroup_id = result
+    if not block.has_status:
+        logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
+                       f"{pid} without its heartbeat and ready reports")
+    _seq, state = block.ack
+    _cseq, cmd = block.cmd
+    found.append(Found(instance, block, pid, pidfd, proc.ppid == os.getpid(),
+                       state in (blk.ST_READY, blk.ST_BUSY), _started_at(proc.start_ticks),
+                       None, block.incarnation, attached=block.attached, cmd=cmd,
+                       deadline_ns=block.deadline_ns, config_hash=block.config_hash,
+                       cgroup_id=cgroup_id))
+
+
+def _not_verified(found: list[Found], instance: str, name: str, block: ControlBlock,
+                  why: str) -> None:
+    """A block whose process did not verify: kept as unverifiable (it may be alive), recorded
+    as exited while away (gone), or removed without signalling anything."""
+    if why.startswith("unverifiable"):
+        # it may be alive: never a duplicate; the block stays for a later look
+        logger.error(f"{instance} control block {name}: {why}; not adopted and not "
+                     "started again")
+        found.append(Found(instance, block, None, None, False, False, time.monotonic(),
+                           None, block.incarnation, why.split(": ", 1)[1]))
+        return
+    if why != "gone":
+        logger.warning(f"{instance} control block {name} does not verify ({why}); "
+                       "removing it without signalling anything")
+        block.close()
+        block.unlink()
+        return
+    found.append(Found(instance, block, None, None, False, False, time.monotonic(),
+                       block.read_exit(), block.incarnation))
+
+
+def _sweep_orphan_status_pages(prefix: str, blocks: dict[str, ControlBlock],
+                               entries: set[str]) -> None:
     """Remove status pages that no ctl page names: a daemon killed between creating an
     instance's two pages leaves one. Only ours (owned by our uid, a regular file) and only
     when its ctl page is gone or names another status page: a live worker's page is never
-    touched."""
-    try:
-        entries = set(os.listdir(blk.SHM_DIR))
-    except OSError:
-        return
+    touched. ``entries``: /dev/shm as listed at the start of the scan (a page made since is
+    a new daemon's own)."""
     for e in entries:
         if not e.startswith(prefix + "."):
             continue
         ctl = "/" + e.rsplit(".", 1)[0]
+        owner = blocks.get(ctl)
+        if owner is not None and owner.status_name == "/" + e and ctl[1:] in entries:
+            continue                     # a block's own page (the common case, checked first)
         if not blk.status_name_ok(ctl, "/" + e):
             continue
-        owner = blocks.get(ctl)
         if ctl[1:] in entries and (owner is None or owner.status_name == "/" + e):
             continue                     # its ctl page is there (and names it, or is unread)
         try:

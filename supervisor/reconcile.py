@@ -15,12 +15,11 @@ import json
 import os
 from typing import Any
 
-from loguru import logger
-
 from supervisor import core, safefs
 from supervisor.adopt import Found, scan
 from supervisor.config import Config
 from supervisor.core import NO_PROCESS, InstanceState, State, StopInFlight, TimerKind
+from supervisor.logs import LineBatch
 from supervisor.runtime import Instance, Runtime, config_hash
 from supervisor.runtime.exits import exit_status_from_record
 from supervisor.runtime.intent import restarts_of, stop_of, wanted_of
@@ -43,59 +42,65 @@ def apply_adoption(rt: Runtime, config: Config,
                    intent: dict[str, dict[str, Any]] | None = None) -> set[str]:
     """Adopt every verified live worker; returns the names of instances now accounted for.
     A stop in flight is carried on with its kind and deadline (from the intent record, else
-    from the ctl page's command word, which only the daemon writes)."""
+    from the ctl page's command word, which only the daemon writes). The log lines of the
+    adoption (one transition per instance) are written in batches, in order."""
     accounted: set[str] = set()
     now = rt.now()
-    intent = intent or {}
     cg = rt.trees.cgroups
     def member(instance: str, pid: int) -> bool | None:
         return cg.contains(instance, pid) if cg is not None else None
-    for f in scan(config.supervisor.block_prefix, member):
-        inst = rt.instance_named(f.instance)
-        accounted.add(inst.name)
-        inst.incarnation = f.incarnation
-        if f.unverifiable:
-            f.block.close()
-            rt.unverifiable(inst, f.unverifiable)
-            continue
-        if f.pid is None:
-            _exited_while_away(rt, inst, f)
-            continue
-        assert f.pidfd is not None
-        inside, stray = _outside_its_cgroup(rt, inst, f.pid)
-        if stray:
-            os.close(f.pidfd)
-            f.block.close()
-            logger.error(f"{inst.name} {stray}; not adopted and not started again")
-            rt.unverifiable(inst, stray)
-            continue
-        with f.block.reading():     # one check of the ctl page for the reads below
-            ready = f.ready or (not f.attached
-                                and now - f.started_at >= inst.policy.start_seconds)
-            _seq, cmd = f.block.cmd
-            deadline_ns, spawned_hash = f.block.deadline_ns, f.block.config_hash
-        stop = stop_of(intent.get(inst.name, {}))
-        if stop is None and cmd == blk.CMD_STOP_GRACEFUL:
-            stop = StopInFlight(graceful=True, deadline=deadline_ns / 1e9)
-        rt.adopt(inst, f.pid, f.pidfd, f.block, f.child, ready, f.started_at, stop, inside)
-        # the core's transition line says "adopted pid N" (one line per instance at 10,000)
-        logger.debug(f"{inst.name} adopted pid {f.pid} "
-                     f"({'child, re-exec' if f.child else 'after a daemon restart'})")
-        if stop is not None:
-            logger.info(f"{inst.name} was being stopped when supervisord went down; carrying on")
-        elif inst.st.wanted is False:
-            logger.info(f"{inst.name} was asked to stop before supervisord went down; stopping it")
-            rt.request_stop([inst], graceful=True)
-        elif inst.removed:
-            logger.info(f"{inst.name} is no longer configured; stopping it")
-            rt.request_stop([inst], graceful=True)
-        elif spawned_hash != config_hash(inst.cfg):
-            logger.info(f"{inst.name} config changed while supervisord was down; restarting it")
-            rt.request_stop([inst], graceful=True, restart=True)
+    found = scan(config.supervisor.block_prefix, member,
+                 os.path.dirname(cg.home) if cg is not None else None)
+    batch = rt.log_batch = LineBatch()
+    try:
+        for f in found:
+            accounted.add(_adopt_one(rt, f, now, intent or {}))
+    finally:
+        rt.log_batch = None
+        batch.flush()
     return accounted
 
 
-def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int) -> tuple[bool | None, str]:
+def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, Any]]) -> str:
+    inst = rt.instance_named(f.instance)
+    inst.incarnation = f.incarnation
+    if f.unverifiable:
+        f.block.close()
+        rt.unverifiable(inst, f.unverifiable)
+        return inst.name
+    if f.pid is None:
+        _exited_while_away(rt, inst, f)
+        return inst.name
+    assert f.pidfd is not None
+    inside, stray = _outside_its_cgroup(rt, inst, f.pid, f.cgroup_id)
+    if stray:
+        os.close(f.pidfd)
+        f.block.close()
+        rt.log("ERROR", f"{inst.name} {stray}; not adopted and not started again")
+        rt.unverifiable(inst, stray)
+        return inst.name
+    ready = f.ready or (not f.attached and now - f.started_at >= inst.policy.start_seconds)
+    stop = stop_of(intent.get(inst.name, {}))
+    if stop is None and f.cmd == blk.CMD_STOP_GRACEFUL:
+        stop = StopInFlight(graceful=True, deadline=f.deadline_ns / 1e9)
+    rt.adopt(inst, f.pid, f.pidfd, f.block, f.child, ready, f.started_at, stop, inside)
+    # the core's transition line says "adopted pid N" (one line per instance at 10,000)
+    if stop is not None:
+        rt.log("INFO", f"{inst.name} was being stopped when supervisord went down; carrying on")
+    elif inst.st.wanted is False:
+        rt.log("INFO", f"{inst.name} was asked to stop before supervisord went down; stopping it")
+        rt.request_stop([inst], graceful=True)
+    elif inst.removed:
+        rt.log("INFO", f"{inst.name} is no longer configured; stopping it")
+        rt.request_stop([inst], graceful=True)
+    elif f.config_hash != config_hash(inst.cfg):
+        rt.log("INFO", f"{inst.name} config changed while supervisord was down; restarting it")
+        rt.request_stop([inst], graceful=True, restart=True)
+    return inst.name
+
+
+def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int,
+                        cgroup_id: int | None = None) -> tuple[bool | None, str]:
     """With cgroups, the instance's tree lives in its cgroup, which nothing can join without
     the daemon's rights: a recorded pid outside a cgroup that holds other processes is not
     its leader. (whether pid is in the cgroup, None without cgroups; why it does not verify,
@@ -103,7 +108,8 @@ def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int) -> tuple[bool | N
     cg = rt.trees.cgroups
     if cg is None:
         return None, ""
-    if cg.contains(inst.name, pid):
+    if (cg.has_id(inst.name, cgroup_id) if cgroup_id is not None
+            else cg.contains(inst.name, pid)):
         return True, ""
     path = cg.path(inst.name)
     if not os.path.isdir(path) or not cg.populated(path):
@@ -116,7 +122,7 @@ def _exited_while_away(rt: Runtime, inst: Instance, f: Found) -> None:
               else core.ExitStatus(source="unknown"))
     f.block.close()
     f.block.unlink()
-    logger.info(f"{inst.name} exited while supervisord was down ({status.describe()})")
+    rt.log("INFO", f"{inst.name} exited while supervisord was down ({status.describe()})")
     rt.exited_while_away(inst, status, f.started_at)
 
 

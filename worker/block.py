@@ -204,14 +204,16 @@ def shm_name(prefix: str, instance: str) -> str:
     return full
 
 
-def list_blocks(prefix: str) -> list[str]:
+def list_blocks(prefix: str, entries: list[str] | None = None) -> list[str]:
     """Shm names ("/..." form) under /dev/shm that look like ctl pages of this prefix:
-    "/prefix.name:digits" (status pages, "...:digits.<hex>", are not listed)."""
+    "/prefix.name:digits" (status pages, "...:digits.<hex>", are not listed). ``entries``:
+    a listing of /dev/shm the caller already made."""
     start = prefix + "."
-    try:
-        entries = os.listdir(SHM_DIR)
-    except OSError:
-        return []
+    if entries is None:
+        try:
+            entries = os.listdir(SHM_DIR)
+        except OSError:
+            return []
     found = []
     for e in entries:
         if not e.startswith(start):
@@ -289,7 +291,7 @@ def status_name_ok(ctl_name: str, status_name: str) -> bool:
     (checked before the daemon opens or unlinks a name it read from a page)."""
     token = status_name[len(ctl_name) + 1 :]
     return (status_name.startswith(ctl_name + ".") and len(token) == 16
-            and all(c in "0123456789abcdef" for c in token))
+            and not token.strip("0123456789abcdef"))    # nothing but those 16 characters
 
 
 def check_header(name: str, head: bytes) -> str:

@@ -105,6 +105,7 @@ def _new_page(name: str, size: int, mode: int) -> int:
 # read-write when it adopts); the worker's group (under ``user:``) may only read.
 CTL_MODE = 0o600
 CTL_MODE_GROUP = 0o640
+assert OFF_SPAWNED_UID + 4 <= HEADER_SIZE, "open_existing reads the spawn uid from the header"
 
 
 class ControlBlock:
@@ -114,9 +115,10 @@ class ControlBlock:
 
     name: str
 
-    def __init__(self, name: str, fd: int, status_name: str, status_owner: int | None) -> None:
+    def __init__(self, name: str, fd: int, status_name: str, status_owner: int | None,
+                 st: os.stat_result | None = None) -> None:
         # Use create() or open_existing(). Maps the ctl page, then closes fd (on success only:
-        # on an exception the caller still owns it).
+        # on an exception the caller still owns it). st: fd's fstat, if the caller made one.
         self.name = name
         self.status_name = status_name
         self._status_owner = status_owner     # uid the status page must have; None: unusable
@@ -129,7 +131,8 @@ class ControlBlock:
         except BaseException:
             self._mm.close()
             raise
-        st = os.fstat(fd)
+        if st is None:
+            st = os.fstat(fd)
         self._id = (st.st_dev, st.st_ino)
         self._attached = False
         os.close(fd)
@@ -178,22 +181,24 @@ class ControlBlock:
         return blk
 
     @classmethod
-    def open_existing(cls, name: str, fd: int) -> ControlBlock:
+    def open_existing(cls, name: str, fd: int, st: os.stat_result | None = None
+                      ) -> ControlBlock:
         """Take over a ctl page an earlier daemon left, from an fd the caller opened and
-        checked (ours, a regular file, BLOCK_SIZE bytes). BlockError if its header is not a
-        valid one of this boot. The status page is opened if it is still there (else its
-        values read as unknown); it is never mapped."""
+        checked (ours, a regular file, BLOCK_SIZE bytes; st: that fstat). BlockError if its
+        header is not a valid one of this boot. The status page is opened if it is still there
+        (else its values read as unknown); it is never mapped."""
         head = os.pread(fd, HEADER_SIZE, 0)
         status_name = check_header(name, head)
-        recorded = int.from_bytes(os.pread(fd, 4, OFF_SPAWNED_UID), "little")
+        # (the header holds the spawn record too: no second read)
+        recorded = int.from_bytes(head[OFF_SPAWNED_UID:OFF_SPAWNED_UID + 4], "little")
         owner: int | None = None
         try:
-            st = os.stat(SHM_DIR + status_name, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_uid in (recorded, os.geteuid()):
-                owner = st.st_uid
+            sst = os.stat(SHM_DIR + status_name, follow_symlinks=False)
+            if stat.S_ISREG(sst.st_mode) and sst.st_uid in (recorded, os.geteuid()):
+                owner = sst.st_uid
         except OSError:
             owner = None
-        return cls(name, fd, status_name, owner)
+        return cls(name, fd, status_name, owner, st)
 
     @classmethod
     def attach(cls, name: str) -> ControlBlock:

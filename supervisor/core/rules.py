@@ -71,7 +71,9 @@ def goto(inst: InstanceState, new: State, reason: str, actions: Iterable[Action]
     ``extra_logs`` and ``actions``."""
     out: list[Action] = [Log(level, f"{inst.state.value} -> {new.value} ({reason})")]
     out.extend(extra_logs)
-    out.extend(CancelTimer(k) for k in TIMER_ORDER if k in inst.timers - TIMERS_FOR[new])
+    dropped = inst.timers - TIMERS_FOR[new]          # (once, not once per timer kind)
+    if dropped:
+        out.extend(CancelTimer(k) for k in TIMER_ORDER if k in dropped)
     out.extend(actions)
     timers = fold_timers(inst.timers, out)
     return dataclasses.replace(inst, state=new, timers=timers, **changes), out

@@ -73,6 +73,7 @@ class CgroupTree:
         self.mount = mount
         self.base = base                      # absolute directory of the base cgroup
         self.dir = os.path.join(base, prefix)  # the instances' parent
+        self._relative = "/" + os.path.relpath(self.dir, mount)   # as /proc/PID/cgroup has it
         self.home = home                      # the daemon's own cgroup.procs
         self.has_kill = True
         self.has_memory = False
@@ -118,8 +119,8 @@ class CgroupTree:
         return os.path.join(self.dir, instance)
 
     def relative(self, instance: str) -> str:
-        """The path as /proc/PID/cgroup shows it."""
-        return "/" + os.path.relpath(self.path(instance), self.mount)
+        """The path as /proc/PID/cgroup shows it (an instance name is one path component)."""
+        return f"{self._relative}/{instance}"
 
     def prepare(self, instance: str) -> str:
         path = self.path(instance)
@@ -139,6 +140,14 @@ class CgroupTree:
 
     def contains(self, instance: str, pid: int) -> bool:
         return own_cgroup(pid) == self.relative(instance)
+
+    def has_id(self, instance: str, cgroup_id: int) -> bool:
+        """Whether cgroup_id (a process's, from supervisor.pidinfo) is the instance's cgroup:
+        the id of a cgroup v2 is the inode number of its directory."""
+        try:
+            return os.stat(self.path(instance), follow_symlinks=False).st_ino == cgroup_id
+        except OSError:
+            return False
 
     def members(self, path: str) -> list[int]:
         try:

@@ -27,7 +27,7 @@ from loguru import logger
 from supervisor import core
 from supervisor.config import Config, WorkerConfig
 from supervisor.core import NO_PROCESS, Event, InstanceState, State, TimerKind
-from supervisor.logs import Rotator
+from supervisor.logs import LineBatch, Rotator
 from supervisor.loop import Loop
 from supervisor.names import instance_name, split_instance_name
 from supervisor.runtime.console import Console
@@ -74,6 +74,7 @@ class Runtime:
         self.trees = Trees(self, config.supervisor.cgroups)
         self.intent = Intent(self, config.supervisor.block_prefix)
         self.adoptions: Counter[str] = Counter()   # outcome of each record found at start-up
+        self.log_batch: LineBatch | None = None    # see log()
 
     # -- the set of instances -----------------------------------------------------------------
     def set_config(self, config: Config) -> None:
@@ -240,7 +241,7 @@ class Runtime:
         inst.block, inst.child = block, child
         self.reaper.watch(inst, pid, pidfd)
         self.trees.adopt(inst, pid, in_cgroup)
-        self.watch_logs(inst)
+        self.watch_logs(inst, later=True)    # rotation can wait until the socket is served
         self.adoptions["adopted"] += 1
         self.dispatch(inst, core.Adopted(self.now(), pid, ready, started_at, stop))
 
@@ -331,7 +332,14 @@ class Runtime:
             case core.CancelTimer(kind=kind):
                 self._cancel_timer(inst, kind)
             case core.Log(level=level, message=message):
-                logger.log(level, f"{inst.name} {message}")
+                self.log(level, f"{inst.name} {message}")
+
+    def log(self, level: str, message: str) -> None:
+        """A daemon log line; into log_batch while one is set (adoption: 10,000 lines)."""
+        if self.log_batch is not None:
+            self.log_batch.add(level, message)
+        else:
+            logger.log(level, message)
 
     def arm_timer(self, inst: Instance, kind: TimerKind, when: float) -> None:
         self._cancel_timer(inst, kind)
@@ -385,11 +393,11 @@ class Runtime:
             i.waiters.append(w)
 
     # -- processes ----------------------------------------------------------------------------
-    def watch_logs(self, inst: Instance) -> None:
+    def watch_logs(self, inst: Instance, later: bool = False) -> None:
         for path, spec in {inst.stdout_path: inst.cfg.log_config("stdout"),
                            inst.stderr_path: inst.cfg.log_config("stderr")}.items():
             if path:
-                self.rotator.watch(path, spec.max_bytes, spec.backups)
+                self.rotator.watch(path, spec.max_bytes, spec.backups, later)
 
     def open_pipes(self, inst: Instance, ends: list[int]) -> tuple[int | None, int | None]:
         """The write ends for a child whose output goes to the daemon (stdout/stderr:
