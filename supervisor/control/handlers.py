@@ -157,9 +157,10 @@ def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> s
 def status_facts(rt: Runtime, insts: list[Instance]) -> list[dict[str, Any]]:
     """The status rows of insts: what `status` shows, /api/v1/status returns and /metrics
     exports (one source for all three). One or two reads of /proc or the cgroup per instance,
-    no psutil."""
+    batched (runtime.procstats), no psutil."""
     now = rt.now()
-    return [instance_facts(i, now, rt.trees.stats(i)) for i in insts]
+    return [instance_facts(i, now, s) for i, s in zip(insts, rt.trees.stats_many(insts),
+                                                       strict=True)]
 
 
 def _table_text(text: str | None) -> str:
