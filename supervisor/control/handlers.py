@@ -11,9 +11,10 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from supervisor.control import protocol
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.control.stream import Stream
 from supervisor.core import IN_TRANSITION, State, TimerKind
@@ -28,6 +29,7 @@ class Responder(Protocol):
 
     def __call__(self, reply: Reply) -> None: ...
     def stream(self) -> Stream | None: ...
+    def pieces(self, parts: Iterator[bytes]) -> bool: ...
 
 
 class Daemon(Protocol):
@@ -94,6 +96,7 @@ def instance_facts(inst: Instance, now: float,
     }
 
 
+STATUS_PIECE = 250  # status rows per piece of the reply (--verbose: a tenth of it)
 TABLE_TEXT = 60  # characters of a status text the table shows (--verbose and --json: all)
 
 
@@ -285,29 +288,44 @@ class Handlers:
 
     # -- verbs --------------------------------------------------------------------------------
     def status(self, request: Request, respond: Responder) -> None:
+        """Over the socket the reply goes in pieces of STATUS_PIECE rows, each read and rendered
+        when its piece is due (a row is as fresh as its piece; the loop serves others between)."""
         insts = self._targets(request, respond, default_all=True)
         if insts is None:
             return
-        facts = status_facts(self.rt, insts)
         as_json = self._flag(request, respond, "json", False)
         if as_json is None:
             return
         if as_json:
             # the rows once, as data (supervisorctl prints them, one per line; scripts on the
             # socket read them): at 10,000 instances a second copy as text doubled the reply
-            respond(Reply(OK, data=facts))
+            if not respond.pieces(protocol.reply_pieces(OK, (), self._facts(insts, STATUS_PIECE))):
+                respond(Reply(OK, data=status_facts(self.rt, insts)))
             return
         verbose = self._flag(request, respond, "verbose", False)
         if verbose is None:
             return
+        if not insts:
+            respond(Reply(OK, out="no workers configured\n", data=[]))
+            return
         tty, colour = request.opts.get("tty") is True, request.opts.get("colour") is True
-        width = max((len(f["name"]) for f in facts), default=4)
-        header = f"{'NAME':<{width}}  {'STATE':<8}  DETAILS\n" if tty and facts else ""
-        text = header + "".join(render_status_line(f, width, colour) + "\n"
-                                + (render_verbose(f) if verbose else "") for f in facts)
+        width = max(len(i.name) for i in insts)
+        header = f"{'NAME':<{width}}  {'STATE':<8}  DETAILS\n" if tty else ""
+
+        def text() -> Iterator[str]:
+            yield header
+            for facts in self._facts(insts, STATUS_PIECE // 10 if verbose else STATUS_PIECE):
+                yield "".join(render_status_line(f, width, colour) + "\n"
+                              + (render_verbose(f) if verbose else "") for f in facts)
+
         # names only in data: the text is what gets printed (--json carries the whole rows)
-        respond(Reply(OK, out=text or "no workers configured\n",
-                      data=[{"name": f["name"]} for f in facts]))
+        names = [{"name": i.name} for i in insts]
+        if not respond.pieces(protocol.reply_pieces(OK, text(), [names])):
+            respond(Reply(OK, out="".join(text()), data=names))
+
+    def _facts(self, insts: list[Instance], size: int) -> Iterator[list[dict[str, Any]]]:
+        for k in range(0, len(insts), size):
+            yield status_facts(self.rt, insts[k:k + size])
 
     def start(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)
