@@ -264,8 +264,11 @@ def encode_reply(reply: Reply | Mapping[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogateescape") + EOL
 
 
+_encode = json.JSONEncoder(ensure_ascii=False).encode   # one encoder for every piece
+
+
 def _text(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return _encode(value).encode("utf-8", "surrogateescape")
 
 
 def reply_pieces(code: int, out: Iterable[str] = (), data: Iterable[list[Any]] | None = None,

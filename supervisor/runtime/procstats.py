@@ -55,7 +55,7 @@ def parse_stat(raw: bytes | int, with_children: bool) -> tuple[int, int] | None:
     if isinstance(raw, int):
         return None
     try:
-        rest = raw[raw.rindex(b")") + 2:].split()
+        rest = raw[raw.rindex(b")") + 2:].split(None, 22)  # through rss (field 24)
         ticks = int(rest[11]) + int(rest[12])
         if with_children:
             ticks += int(rest[13]) + int(rest[14])
