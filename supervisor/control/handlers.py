@@ -21,6 +21,7 @@ from supervisor.core import IN_TRANSITION, State, TimerKind
 from supervisor.names import parse_signal, signal_name, split_instance_name
 from supervisor.runtime import Instance, Runtime, worker_data
 from supervisor.runtime.events import RuntimeEvent, target_filter
+from supervisor.runtime.procstats import attach_pids
 
 
 class Responder(Protocol):
@@ -59,10 +60,10 @@ def fmt_bytes(n: int) -> str:
     return str(n)
 
 
-def instance_facts(inst: Instance, now: float,
-                   tree: dict[str, int | None] | None = None) -> dict[str, Any]:
+def instance_facts(inst: Instance, now: float, tree: dict[str, int | None] | None = None,
+                   attached: bool = True) -> dict[str, Any]:
     """What status shows of one instance (the --json row; the text line renders it). CPU and
-    memory come from ``tree`` (runtime.trees.stats: the cgroup's, or the leader's)."""
+    memory: ``tree`` (runtime.trees.stats). attached False: its page says it never attached."""
     st = inst.st
     pid = inst.pid
     last = st.last_exit
@@ -71,7 +72,7 @@ def instance_facts(inst: Instance, now: float,
     if pid is not None:
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
-        if inst.block is not None and inst.uses_library:
+        if attached and inst.block is not None and inst.uses_library:
             with inst.block.reading():      # one open of the status page for all it holds
                 hb = inst.block.heartbeat_ns
                 work = inst.block.work_done
@@ -162,8 +163,11 @@ def status_facts(rt: Runtime, insts: list[Instance]) -> list[dict[str, Any]]:
     exports (one source for all three). One or two reads of /proc or the cgroup per instance,
     batched (runtime.procstats), no psutil."""
     now = rt.now()
-    return [instance_facts(i, now, s) for i, s in zip(insts, rt.trees.stats_many(insts),
-                                                       strict=True)]
+    probe = [(i, i.block.status_name) for i in insts if i.block is not None and i.pid]
+    pids = attach_pids([n for _, n in probe])
+    never = {i for (i, _), p in zip(probe, pids, strict=True) if p == 0}
+    return [instance_facts(i, now, s, i not in never)
+            for i, s in zip(insts, rt.trees.stats_many(insts), strict=True)]
 
 
 def _table_text(text: str | None) -> str:
@@ -288,8 +292,7 @@ class Handlers:
 
     # -- verbs --------------------------------------------------------------------------------
     def status(self, request: Request, respond: Responder) -> None:
-        """Over the socket the reply goes in pieces of STATUS_PIECE rows, each read and rendered
-        when its piece is due (a row is as fresh as its piece; the loop serves others between)."""
+        """Sent in pieces of STATUS_PIECE rows, each read and rendered when its piece is due."""
         insts = self._targets(request, respond, default_all=True)
         if insts is None:
             return
@@ -324,8 +327,7 @@ class Handlers:
             respond(Reply(OK, out="".join(text()), data=names))
 
     def _facts(self, insts: list[Instance], size: int) -> Iterator[list[dict[str, Any]]]:
-        for k in range(0, len(insts), size):
-            yield status_facts(self.rt, insts[k:k + size])
+        return (status_facts(self.rt, insts[k:k + size]) for k in range(0, len(insts), size))
 
     def start(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)

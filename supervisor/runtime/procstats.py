@@ -1,6 +1,7 @@
-"""status's kernel reads for many instances at once: /proc/PID/stat and the instances'
-cgroup files, through supervisor._readfiles (one C call per kind of file, relative to a held
-directory fd of /proc and of the instances' parent cgroup).
+"""status's kernel reads for many instances at once: /proc/PID/stat, the instances' cgroup
+files and the pid word of their status pages, through supervisor._readfiles (one C call per
+kind of file, relative to a held directory fd of /proc, of the instances' parent cgroup and of
+/dev/shm).
 
 What a worker controls here: its cgroup's membership (it can fork many processes) and its
 /proc entry (it can exit at any moment, its PID can be reused once it is reaped). So every read
@@ -73,6 +74,17 @@ def read_procs(parent: str, names: Sequence[str]) -> list[bytes | int]:
     """cgroup.procs (or errno) of each cgroup <parent>/<name>, in one call, PROCS_LIMIT bytes
     at most each."""
     return read_files(dir_fd(parent), [f"{n}/cgroup.procs" for n in names], PROCS_LIMIT)
+
+
+def attach_pids(status_names: Sequence[str]) -> list[int]:
+    """The pid word of each status page in /dev/shm (its first 8 bytes: the ack word, then the
+    pid the worker wrote when it attached); 0 when it is 0 or the page cannot be read. Not
+    checked (owner, type) as worker.ctlpage checks it: the caller only takes a 0 from here
+    ("never attached", which the checked read would also conclude of a page it refuses) and
+    reads a page that says anything else through the checked path."""
+    raws = read_files(dir_fd("/dev/shm"), [n.lstrip("/") for n in status_names], 8)
+    return [int.from_bytes(r[4:], "little") if isinstance(r, bytes) and len(r) == 8 else 0
+            for r in raws]
 
 
 def one_member(procs: bytes | int, pid: int) -> bool:

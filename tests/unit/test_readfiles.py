@@ -4,6 +4,7 @@ directory), and the parsers fed text a process can shape (its own comm)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -106,3 +107,24 @@ def test_one_member() -> None:
     assert procstats.one_member(b"123\n", 123)
     for procs in (b"123\n124\n", b"1234\n", b"", b"123", errno.ENOENT, b"x" * 4096):
         assert not procstats.one_member(procs, 123)
+
+
+def test_attach_pids_reads_the_pid_word_and_takes_nothing_else() -> None:
+    base = f"/dev/shm/pvtest-attach-{os.getpid()}"
+    made = [f"{base}-{k}" for k in range(5)]
+    try:
+        with open(made[0], "wb") as f:
+            f.write(bytes(4) + (1234).to_bytes(4, "little") + b"rest")
+        with open(made[1], "wb") as f:
+            f.write(bytes(64))                     # a page nobody attached to
+        with open(made[2], "wb") as f:
+            f.write(b"\1\2\3")                     # too short to hold a pid
+        os.symlink(made[0], made[3])               # a symlink to a page that says 1234
+        os.mkfifo(made[4])                         # never blocks
+        got = procstats.attach_pids([n[len("/dev/shm"):] for n in made]
+                                    + ["/missing-page", "/../etc/passwd"])
+        assert got == [1234, 0, 0, 0, 0, 0, 0]
+    finally:
+        for path in made:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
