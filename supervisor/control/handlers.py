@@ -111,8 +111,8 @@ def render_verbose(f: dict[str, Any]) -> str:
 
 def _next_try(inst: Instance, now: float) -> str | None:
     """Why a BACKOFF instance waits and for how long: 'retry 2 of 5 in 1.6 s'."""
-    timer = inst.timers.get(TimerKind.BACKOFF)
-    if inst.st.state is not State.BACKOFF or timer is None:
+    timer = inst.timers.get(TimerKind.BACKOFF) if inst.st.state is State.BACKOFF else None
+    if timer is None:
         return None
     left = f"in {max(0.0, timer.when - now):.1f} s"
     if inst.st.retries:
