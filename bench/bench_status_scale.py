@@ -5,7 +5,8 @@ For each side (``--base DIR``: an older checkout with its C modules compiled in 
 through PYTHONPATH; then this tree) and each N: one daemon with one worker `numprocs: N`
 (`sleep`), all RUNNING, then, medians of --reps:
 
-  raw status       one `status` request on the socket, to the end of the reply
+  raw status       one `status` request on the socket, to the end of the reply; and the
+                   daemon's CPU (user+sys) per raw status, which the machine's load moves less
   raw status json  the same with {"json": true}
   CLI status       the whole `supervisorctl status`, and `supervisorctl pid` (start-up alone)
   pid during       a raw `pid` request sent 5 ms after a raw status began: how long another
@@ -23,7 +24,7 @@ import statistics
 import threading
 import time
 
-from harness import Pyvisor, Run, say
+from harness import Pyvisor, Run, cpu_seconds, say
 from mass import pyvisor_workers
 
 
@@ -59,13 +60,15 @@ def side(label: str, n: int, reps: int) -> None:
         d.start()
         d.wait_all_running(n, 300, 0.2)
         time.sleep(1)
+        cpu0 = cpu_seconds(d.pid)
         raw = timed(lambda: d.request("status", ["all"], {}), reps)
+        cpu = 1000 * (cpu_seconds(d.pid) - cpu0) / reps
         js = timed(lambda: d.request("status", ["all"], {"json": True}), reps)
         cli = timed(lambda: d.ctl("status"), reps)
         pid = timed(lambda: d.ctl("pid"), reps)
         dur = during(d, reps)
         size = len(d.request("status", ["all"], {})["out"])
-        say(f"  {label:<6} N={n:<6} raw status {med(raw)}  raw json {med(js)}  CLI status "
+        say(f"  {label:<6} N={n:<6} raw status {med(raw)} (daemon CPU {cpu:.0f} ms)  raw json {med(js)}  CLI status "
             f"{med(cli)}  CLI pid {med(pid)}  pid during a status {med(dur)}  "
             f"({size} chars of text)")
 
