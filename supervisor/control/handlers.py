@@ -321,9 +321,9 @@ class Handlers:
                 yield "".join(render_status_line(f, width, colour) + "\n"
                               + (render_verbose(f) if verbose else "") for f in facts)
 
-        # names only in data: the text is what gets printed (--json carries the whole rows)
-        names = [{"name": i.name} for i in insts]
-        if not respond.pieces(protocol.reply_pieces(OK, text(), [names])):
+        names = [{"name": i.name} for i in insts]   # only names: --json carries the rows
+        batches = (names[k:k + STATUS_PIECE] for k in range(0, len(names), STATUS_PIECE))
+        if not respond.pieces(protocol.reply_pieces(OK, text(), batches)):
             respond(Reply(OK, out="".join(text()), data=names))
 
     def _facts(self, insts: list[Instance], size: int) -> Iterator[list[dict[str, Any]]]:

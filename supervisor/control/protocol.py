@@ -289,7 +289,7 @@ def reply_pieces(code: int, out: Iterable[str] = (), data: Iterable[list[Any]] |
     sep = b"["
     for rows in data:
         if rows:
-            yield mid + sep + b", ".join(_text(r) for r in rows)
+            yield mid + sep + _text(rows)[1:-1]     # the items as in a list: ", " between
             mid, sep = b"", b", "
     yield mid + (b"[]" if sep == b"[" else b"]") + b"}" + EOL
 
