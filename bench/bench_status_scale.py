@@ -10,7 +10,7 @@ through PYTHONPATH; then this tree) and each N: one daemon with one worker `nump
   raw status json  the same with {"json": true}
   CLI status       the whole `supervisorctl status`, and `supervisorctl pid` (start-up alone)
   pid during       a raw `pid` request sent 5 ms after a raw status began: how long another
-                   client waits while the daemon renders a big status
+                   client waits while the daemon renders a big status (and a raw `pid` alone)
 
     flock /tmp/pv-bench.lock .venv/bin/python bench/bench_status_scale.py \\
         --base /tmp/status-base --sizes 1000,10000 --reps 5
@@ -66,10 +66,13 @@ def side(label: str, n: int, reps: int) -> None:
         js = timed(lambda: d.request("status", ["all"], {"json": True}), reps)
         cli = timed(lambda: d.ctl("status"), reps)
         pid = timed(lambda: d.ctl("pid"), reps)
+        alone = timed(lambda: d.request("pid", [], {}), reps)
         dur = during(d, reps)
         size = len(d.request("status", ["all"], {})["out"])
-        say(f"  {label:<6} N={n:<6} raw status {med(raw)} (daemon CPU {cpu:.0f} ms)  raw json {med(js)}  CLI status "
-            f"{med(cli)}  CLI pid {med(pid)}  pid during a status {med(dur)}  "
+        say(f"  {label:<6} N={n:<6} raw status {med(raw)} (daemon CPU {cpu:.0f} ms)  "
+            f"raw json {med(js)}  CLI status "
+            f"{med(cli)}  CLI pid {med(pid)}  raw pid alone {med(alone)}, during a status "
+            f"{med(dur)}  "
             f"({size} chars of text)")
 
 
