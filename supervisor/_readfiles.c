@@ -108,10 +108,11 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "limit must be 1 .. %d bytes", MAX_LIMIT);
         return NULL;
     }
-    seq = PySequence_Fast(names, "names must be a sequence of str or bytes");
+    /* a tuple of its own: no other thread can change it while the GIL is released */
+    seq = PySequence_Tuple(names);
     if (seq == NULL)
         return NULL;
-    count = PySequence_Fast_GET_SIZE(seq);
+    count = PyTuple_GET_SIZE(seq);
     if (count > MAX_NAMES) {
         PyErr_Format(PyExc_ValueError, "more than %d names", MAX_NAMES);
         goto done;
@@ -125,7 +126,7 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
     if (out == NULL)
         goto free_buf;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i), *result;
+        PyObject *item = PyTuple_GET_ITEM(seq, i), *result;
         const char *name;
         Py_ssize_t len, n;
         if (PyUnicode_Check(item)) {
