@@ -84,6 +84,7 @@ def test_a_reader_gets_the_one_line(lt: LoopThread, tmp_path: Path) -> None:
     lines = doc["out"].splitlines()
     assert len(lines) == 400 and all(x.startswith(f"{k:08}") for k, x in enumerate(lines))
     assert h.made == 400
+    assert lt.call(lambda: lt.servers[0].buffered) == 0    # every piece's budget given back
 
 
 def test_a_client_that_does_not_read_costs_pieces_not_the_reply(lt: LoopThread,
@@ -103,6 +104,7 @@ def test_a_client_that_does_not_read_costs_pieces_not_the_reply(lt: LoopThread,
         raw = read_all(idle)                           # now it reads: the rest comes
     assert raw.endswith(b"\n") and len(json.loads(raw)["out"]) == 2000 * 10_000
     assert h.made == 2000
+    assert lt.call(lambda: lt.servers[0].buffered) == 0
 
 
 def test_a_failing_piece_cuts_the_reply_and_is_logged(lt: LoopThread, tmp_path: Path) -> None:
@@ -115,3 +117,20 @@ def test_a_failing_piece_cuts_the_reply_and_is_logged(lt: LoopThread, tmp_path: 
     assert any("piece failed" in line for line in h.logged), h.logged
     assert roundtrip(path, request("ping"))["out"] == "pong\n"
     assert lt.call(lambda: lt.servers[0].buffered) == 0
+
+
+def test_a_client_that_leaves_midway_stops_the_pieces(lt: LoopThread, tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    h = serve(lt, path)
+    s = connect(path)
+    s.setsockopt(1, 8, 4096)                          # SO_RCVBUF: small
+    s.sendall(request("rows", n=2000, size=10_000))
+    wait_for(lambda: h.made > 0, "the first piece is made")
+    s.recv(1000)
+    s.close()                                         # gone with most of the reply unsent
+    assert roundtrip(path, request("ping"))["out"] == "pong\n"
+    wait_for(lambda: lt.call(lambda: lt.servers[0].connections) == 0, "the connection closed")
+    made = h.made
+    assert made < 100 and lt.call(lambda: lt.servers[0].buffered) == 0
+    assert roundtrip(path, request("ping"))["out"] == "pong\n"
+    assert h.made == made                             # nothing more made for it
