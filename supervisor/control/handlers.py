@@ -11,15 +11,17 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from supervisor.control import protocol
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.control.stream import Stream
 from supervisor.core import IN_TRANSITION, State, TimerKind
 from supervisor.names import parse_signal, signal_name, split_instance_name
 from supervisor.runtime import Instance, Runtime, worker_data
 from supervisor.runtime.events import RuntimeEvent, target_filter
+from supervisor.runtime.procstats import attach_pids
 
 
 class Responder(Protocol):
@@ -28,6 +30,7 @@ class Responder(Protocol):
 
     def __call__(self, reply: Reply) -> None: ...
     def stream(self) -> Stream | None: ...
+    def pieces(self, parts: Iterator[bytes]) -> bool: ...
 
 
 class Daemon(Protocol):
@@ -57,10 +60,10 @@ def fmt_bytes(n: int) -> str:
     return str(n)
 
 
-def instance_facts(inst: Instance, now: float,
-                   tree: dict[str, int | None] | None = None) -> dict[str, Any]:
+def instance_facts(inst: Instance, now: float, tree: dict[str, int | None] | None = None,
+                   attached: bool = True) -> dict[str, Any]:
     """What status shows of one instance (the --json row; the text line renders it). CPU and
-    memory come from ``tree`` (runtime.trees.stats: the cgroup's, or the leader's)."""
+    memory: ``tree`` (runtime.trees.stats). attached False: its page says it never attached."""
     st = inst.st
     pid = inst.pid
     last = st.last_exit
@@ -69,7 +72,7 @@ def instance_facts(inst: Instance, now: float,
     if pid is not None:
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
-        if inst.block is not None and inst.uses_library:
+        if attached and inst.block is not None and inst.uses_library:
             with inst.block.reading():      # one open of the status page for all it holds
                 hb = inst.block.heartbeat_ns
                 work = inst.block.work_done
@@ -94,6 +97,7 @@ def instance_facts(inst: Instance, now: float,
     }
 
 
+STATUS_PIECE = 250  # status rows per piece of the reply (--verbose: a tenth of it)
 TABLE_TEXT = 60  # characters of a status text the table shows (--verbose and --json: all)
 
 
@@ -107,8 +111,8 @@ def render_verbose(f: dict[str, Any]) -> str:
 
 def _next_try(inst: Instance, now: float) -> str | None:
     """Why a BACKOFF instance waits and for how long: 'retry 2 of 5 in 1.6 s'."""
-    timer = inst.timers.get(TimerKind.BACKOFF)
-    if inst.st.state is not State.BACKOFF or timer is None:
+    timer = inst.timers.get(TimerKind.BACKOFF) if inst.st.state is State.BACKOFF else None
+    if timer is None:
         return None
     left = f"in {max(0.0, timer.when - now):.1f} s"
     if inst.st.retries:
@@ -157,9 +161,13 @@ def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> s
 def status_facts(rt: Runtime, insts: list[Instance]) -> list[dict[str, Any]]:
     """The status rows of insts: what `status` shows, /api/v1/status returns and /metrics
     exports (one source for all three). One or two reads of /proc or the cgroup per instance,
-    no psutil."""
+    batched (runtime.procstats), no psutil."""
     now = rt.now()
-    return [instance_facts(i, now, rt.trees.stats(i)) for i in insts]
+    probe = [(i, i.block.status_name) for i in insts if i.block is not None and i.pid]
+    pids = attach_pids([n for _, n in probe])
+    never = {i for (i, _), p in zip(probe, pids, strict=True) if p == 0}
+    return [instance_facts(i, now, s, i not in never)
+            for i, s in zip(insts, rt.trees.stats_many(insts), strict=True)]
 
 
 def _table_text(text: str | None) -> str:
@@ -284,29 +292,42 @@ class Handlers:
 
     # -- verbs --------------------------------------------------------------------------------
     def status(self, request: Request, respond: Responder) -> None:
+        """Sent in pieces of STATUS_PIECE rows, each read and rendered when its piece is due."""
         insts = self._targets(request, respond, default_all=True)
         if insts is None:
             return
-        facts = status_facts(self.rt, insts)
         as_json = self._flag(request, respond, "json", False)
         if as_json is None:
             return
         if as_json:
             # the rows once, as data (supervisorctl prints them, one per line; scripts on the
             # socket read them): at 10,000 instances a second copy as text doubled the reply
-            respond(Reply(OK, data=facts))
+            if not respond.pieces(protocol.reply_pieces(OK, (), self._facts(insts, STATUS_PIECE))):
+                respond(Reply(OK, data=status_facts(self.rt, insts)))
             return
         verbose = self._flag(request, respond, "verbose", False)
         if verbose is None:
             return
+        if not insts:
+            respond(Reply(OK, out="no workers configured\n", data=[]))
+            return
         tty, colour = request.opts.get("tty") is True, request.opts.get("colour") is True
-        width = max((len(f["name"]) for f in facts), default=4)
-        header = f"{'NAME':<{width}}  {'STATE':<8}  DETAILS\n" if tty and facts else ""
-        text = header + "".join(render_status_line(f, width, colour) + "\n"
-                                + (render_verbose(f) if verbose else "") for f in facts)
-        # names only in data: the text is what gets printed (--json carries the whole rows)
-        respond(Reply(OK, out=text or "no workers configured\n",
-                      data=[{"name": f["name"]} for f in facts]))
+        width = max(len(i.name) for i in insts)
+        header = f"{'NAME':<{width}}  {'STATE':<8}  DETAILS\n" if tty else ""
+
+        def text() -> Iterator[str]:
+            yield header
+            for facts in self._facts(insts, STATUS_PIECE // 10 if verbose else STATUS_PIECE):
+                yield "".join(render_status_line(f, width, colour) + "\n"
+                              + (render_verbose(f) if verbose else "") for f in facts)
+
+        names = [{"name": i.name} for i in insts]   # only names: --json carries the rows
+        batches = (names[k:k + STATUS_PIECE] for k in range(0, len(names), STATUS_PIECE))
+        if not respond.pieces(protocol.reply_pieces(OK, text(), batches)):
+            respond(Reply(OK, out="".join(text()), data=names))
+
+    def _facts(self, insts: list[Instance], size: int) -> Iterator[list[dict[str, Any]]]:
+        return (status_facts(self.rt, insts[k:k + size]) for k in range(0, len(insts), size))
 
     def start(self, request: Request, respond: Responder) -> None:
         insts = self._targets(request, respond)

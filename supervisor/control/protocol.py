@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -262,6 +262,36 @@ def encode_reply(reply: Reply | Mapping[str, Any]) -> bytes:
     """
     doc = reply.to_doc() if isinstance(reply, Reply) else {**_REPLY_DEFAULTS, **reply}
     return json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogateescape") + EOL
+
+
+_encode = json.JSONEncoder(ensure_ascii=False).encode   # one encoder for every piece
+
+
+def _text(value: Any) -> bytes:
+    return _encode(value).encode("utf-8", "surrogateescape")
+
+
+def reply_pieces(code: int, out: Iterable[str] = (), data: Iterable[list[Any]] | None = None,
+                 err: str = "") -> Iterator[bytes]:
+    """The bytes of ``encode_reply(Reply(code, "".join(out), err, data))`` (data: the rows of
+    all batches in one list, or null) in pieces, each made only when asked for: the daemon
+    sends a big reply (status at 10,000 instances) a batch of rows at a time, never building
+    it whole. The client sees the same one line."""
+    pre = b'{"code": %d, "out": "' % int(code)
+    for text in out:
+        if text:
+            yield pre + _text(text)[1:-1]
+            pre = b""
+    mid = pre + b'", "err": ' + _text(err) + b', "data": '
+    if data is None:
+        yield mid + b"null}" + EOL
+        return
+    sep = b"["
+    for rows in data:
+        if rows:
+            yield mid + sep + _text(rows)[1:-1]     # the items as in a list: ", " between
+            mid, sep = b"", b", "
+    yield mid + (b"[]" if sep == b"[" else b"]") + b"}" + EOL
 
 
 def decode_reply(line: bytes) -> Reply:

@@ -11,6 +11,9 @@ Rules this module keeps, because the daemon's loop must never stall or die for a
   through a memoryview (a big reply is never copied), and the bytes buffered for all clients
   together are capped (``max_output``): a big reply that does not fit while others wait is
   replaced by a short "busy" error, so clients that never read cannot grow the daemon;
+- a reply in pieces (``Responder.pieces``, e.g. a batch of status rows each) gets its next
+  piece made once the last is all in the kernel, one per loop turn: one small piece held per
+  connection, other clients served in between; a piece that raises cuts the reply (logged);
 - every connection has a deadline: the request within ``read_timeout``, the reply drained within
   ``write_timeout``; past it the connection is closed (with an error reply when one still fits);
 - the number of connections is capped; beyond the cap a connection is accepted and closed at once.
@@ -32,7 +35,6 @@ All of this runs on the loop's thread; the handler and responders must be called
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import select
@@ -40,7 +42,7 @@ import selectors
 import socket
 import struct
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from supervisor.control.protocol import (
@@ -56,6 +58,7 @@ from supervisor.control.protocol import (
     decode_request,
     encode_reply,
 )
+from supervisor.control.responder import Responder, malloc_trim
 from supervisor.control.sockfile import (
     ServerError,
     SocketInUseError,
@@ -76,39 +79,6 @@ _BIG_REPLY = 1024 * 1024  # releasing one this large hands freed heap back to th
 _SMALL_REPLY = 64 * 1024
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ACCEPT_BATCH = 64
-
-
-class Responder:
-    """Sends the one reply of one connection. Call it once; later calls are ignored.
-
-    It takes a protocol Reply, or a mapping with some of its keys (the others are filled in).
-
-    ``closed`` becomes True when the client went away (or the server closed); a reply given then
-    is dropped silently. ``replied`` is True once a reply was accepted.
-    """
-
-    __slots__ = ("_conn", "closed", "replied")
-
-    def __init__(self, conn: _Conn) -> None:
-        self._conn = conn
-        self.closed = False
-        self.replied = False
-
-    def __call__(self, reply: Reply | Mapping[str, Any]) -> None:
-        if self.closed or self.replied:
-            return
-        self.replied = True
-        self._conn.send_reply(reply)
-
-    def stream(self) -> Stream | None:
-        """Answer with a stream of lines instead of one reply (see supervisor.control.stream);
-        None if the client is gone or was answered."""
-        if self.closed or self.replied:
-            return None
-        self.replied = True
-        self._conn.state = _STREAMING   # the Stream watches the socket from now on
-        self._conn.stream = Stream(self._conn)
-        return self._conn.stream
 
 
 Handler = Callable[[Request, Responder], None]
@@ -136,6 +106,12 @@ class _Conn:
         self.refused_uid: int | None = None  # a peer we will refuse once its request is in
         self.peer = -1                       # the peer's uid (SO_PEERCRED)
         self.stream: Stream | None = None    # set when the handler answers with a stream
+        self.parts: Iterator[bytes] | None = None  # the rest of a reply given in pieces
+
+    def start_stream(self) -> Stream:
+        self.state = _STREAMING   # the Stream watches the socket from now on
+        self.stream = Stream(self)
+        return self.stream
 
     # -- events -------------------------------------------------------------------------------
     def on_event(self, mask: int) -> None:
@@ -254,9 +230,17 @@ class _Conn:
                        f"that do not take them; refused a reply of {len(data)} bytes")
             data = encode_reply(Reply(ERROR, err="supervisord: busy: other clients have not "
                                       "taken their replies yet; try again\n"))
+        self._begin_write(data)
+
+    def send_pieces(self, parts: Iterator[bytes]) -> None:
+        if self.state not in (_WRITING, _CLOSED):
+            self.parts = parts
+            self._begin_write(b"")
+
+    def _begin_write(self, data: bytes) -> None:
         self.out = memoryview(data)
         self.held = len(data)
-        server.buffered += self.held
+        self.server.buffered += self.held
         self.state = _WRITING
         self._cancel_timer()
         self.timer = self.server.loop.call_later(self.server.write_timeout, self.close)
@@ -269,18 +253,43 @@ class _Conn:
                 self.watch_reads = True
 
     def _flush(self) -> None:
-        out = self.out
-        while out is not None and self.sent < len(out):
-            try:
-                n = self.sock.send(out[self.sent:])
-            except (BlockingIOError, InterruptedError):
+        made = False
+        while True:
+            out = self.out
+            while out is not None and self.sent < len(out):
+                try:
+                    n = self.sock.send(out[self.sent:])
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:  # EPIPE, ECONNRESET: the client is gone
+                    self.close()
+                    return
+                self.sent += n
+                self.held -= n  # what the kernel took no longer counts against max_output
+                self.server.buffered -= n
+            if self.parts is None or not self._next_piece():
+                self.close()
                 return
-            except OSError:  # EPIPE, ECONNRESET: the client is gone
-                break
-            self.sent += n
-            self.held -= n  # what the kernel took no longer counts against max_output
-            self.server.buffered -= n
-        self.close()
+            if made:        # one piece per loop turn (the socket stays writable: back soon)
+                return
+            made = True
+
+    def _next_piece(self) -> bool:
+        """The next piece into self.out; False when none (all sent, or it failed: logged)."""
+        try:
+            piece = next(self.parts)  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 -- a bug in a piece costs this reply only
+            self.parts = None
+            if isinstance(e, StopIteration):
+                return False
+            self.server.log(f"control socket: reply failed after {self.sent} bytes: "
+                            f"{type(e).__name__}: {e}\n{traceback.format_exc().rstrip()}")
+            return False
+        if self.out is not None:
+            self.out.release()
+        self.out, self.sent, self.held = memoryview(piece), 0, len(piece)
+        self.server.buffered += len(piece)
+        return True
 
     def _release(self) -> None:
         """Drop the reply buffer (sent or not) and give its budget back."""
@@ -312,6 +321,7 @@ class _Conn:
         self.responder.closed = True
         self._cancel_timer()
         self._release()
+        self.parts = None
         if self.stream is not None:
             self.stream.closed_by_conn()
         self.server._forget(self)
@@ -458,8 +468,8 @@ class ControlServer:
 
     def _trim_now(self) -> None:
         self._trim = None
-        if _malloc_trim is not None:
-            _malloc_trim(0)
+        if malloc_trim is not None:
+            malloc_trim(0)
 
     # -- closing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -482,14 +492,3 @@ class ControlServer:
         if (st.st_dev, st.st_ino) == self._ident:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-
-
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        fn: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only
-    except (OSError, AttributeError):
-        return None
-    return fn
-
-
-_malloc_trim = _find_malloc_trim()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
@@ -60,6 +60,9 @@ class _Answer:
 
     def stream(self) -> None:
         return None           # no streamed replies over HTTP (events come as SSE)
+
+    def pieces(self, _parts: Iterator[bytes]) -> bool:
+        return False          # the handler answers whole (the body is cached and reused)
 
     def __call__(self, reply: Reply) -> None:
         status = STATUS_OF.get(reply.code, 500)

@@ -29,7 +29,8 @@ import errno
 import os
 import signal
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+from supervisor.runtime.procstats import PAGE as _PAGE
+from supervisor.runtime.procstats import STAT_LIMIT, parse_stat
 
 
 def _read(path: str, limit: int = 1 << 20) -> str:
@@ -228,21 +229,19 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
-_TICK_USEC = 1_000_000 // os.sysconf("SC_CLK_TCK")
-
-
 def proc_stats(pid: int, with_children: bool = False) -> tuple[int, int] | None:
     """(cpu_usec, rss bytes) of a process from one read of /proc/PID/stat (utime + stime, and
     cutime + cstime: its reaped descendants, with_children), None if it cannot be read."""
     try:
-        f = _read(f"/proc/{pid}/stat", 4096)
-        rest = f[f.rindex(")") + 2:].split()
-        ticks = int(rest[11]) + int(rest[12])
-        if with_children:
-            ticks += int(rest[13]) + int(rest[14])
-        return ticks * _TICK_USEC, int(rest[21]) * _PAGE
-    except (OSError, ValueError, IndexError):
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        return parse_stat(os.read(fd, STAT_LIMIT), with_children)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _rss_sum(pids: list[int]) -> int | None:

@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -25,9 +25,17 @@ from loguru import logger
 from supervisor import core
 from supervisor._spawn import HAVE_CGROUP
 from supervisor.fds import is_exhausted
-from supervisor.runtime.cgroups import CgroupTree, proc_stats
+from supervisor.runtime.cgroups import CgroupTree
 from supervisor.runtime.foreground import daemonized_hint
 from supervisor.runtime.instance import Instance
+from supervisor.runtime.procstats import (
+    Stats,
+    close_fds,
+    one_member,
+    parse_stat,
+    read_procs,
+    read_stats,
+)
 
 if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
@@ -206,6 +214,7 @@ class Trees:
     def close(self) -> None:
         """Remove the empty instance cgroups and their parent (not the ones with processes:
         those live on for the next daemon to adopt)."""
+        close_fds()
         cg = self.cgroups
         if cg is None:
             return
@@ -215,15 +224,47 @@ class Trees:
                     cg.remove(entry.path)
             cg.remove(cg.dir)
 
-    def stats(self, inst: Instance) -> dict[str, int | None] | None:
-        """What status shows of inst's process: its tree's (cgroups) or its own (one read of
-        /proc/PID/stat); None without a process."""
-        pid = inst.pid
-        if pid is None:
-            return None
-        if self.cgroups is not None and inst.cgroup is not None:
-            return self.cgroups.stats(inst.cgroup)
-        one = proc_stats(pid)
-        if one is None:
-            return None
-        return {"processes": None, "cpu_usec": one[0], "memory": one[1], "oom_kills": None}
+    def stats(self, inst: Instance) -> Stats | None:
+        return self.stats_many([inst])[0]
+
+    def stats_many(self, insts: Sequence[Instance]) -> list[Stats | None]:
+        """What status shows of each instance's process (None without one): its tree's
+        (cgroups) or its own. Batched (procstats): one /proc/PID/stat read per process and,
+        with cgroups, one cgroup.procs read; a tree of more than one process, or with the
+        memory controller, takes CgroupTree.stats (its cgroup's own counters)."""
+        out: list[Stats | None] = [None] * len(insts)
+        live = [(k, i, pid) for k, i in enumerate(insts) if (pid := i.pid) is not None]
+        cg = self.cgroups
+        prefix = cg.dir + "/" if cg is not None else ""
+        batch: list[tuple[int, int, str | None]] = []
+        slow: list[tuple[int, str]] = []
+        for k, i, pid in live:
+            path = i.cgroup
+            if cg is None or path is None:
+                batch.append((k, pid, None))
+            elif cg.has_memory or not path.startswith(prefix):
+                slow.append((k, path))
+            else:
+                batch.append((k, pid, path[len(prefix):]))
+        stats = read_stats([pid for _k, pid, _c in batch])
+        grouped = [(k, pid, c, s) for (k, pid, c), s in zip(batch, stats, strict=True)]
+        treed: list[tuple[int, int, str, bytes | int]] = []
+        for k, pid, c, raw in grouped:
+            if c is not None:
+                treed.append((k, pid, c, raw))
+            elif (one := parse_stat(raw, False)) is not None:
+                out[k] = {"processes": None, "cpu_usec": one[0], "memory": one[1],
+                          "oom_kills": None}
+        if cg is not None and treed:
+            procs = read_procs(cg.dir, [c for _k, _p, c, _s in treed])
+            for (k, pid, c, raw), members in zip(treed, procs, strict=True):
+                one = parse_stat(raw, True) if one_member(members, pid) else None
+                if one is None:
+                    slow.append((k, prefix + c))
+                else:
+                    out[k] = {"processes": 1, "cpu_usec": one[0], "memory": one[1],
+                              "oom_kills": None}
+        for k, path in slow:
+            assert cg is not None
+            out[k] = cg.stats(path)
+        return out
