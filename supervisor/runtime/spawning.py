@@ -53,7 +53,7 @@ class Spawner:
         rt = self.rt
         end = rt.now() + SPAWN_SLICE
         while self._queue:
-            self.outputs.ahead(self._queue)
+            self.outputs.ahead(self._queue, self._cgroup_of)
             inst = self._queue.popleft()
             if inst.st.state is State.STOPPING and inst.st.pid is None:
                 self.outputs.discard(inst)
@@ -64,11 +64,15 @@ class Spawner:
             if rt.now() >= end:
                 break
         if self._queue:
-            self.outputs.ahead(self._queue)
+            self.outputs.ahead(self._queue, self._cgroup_of)
             self._schedule()
 
     def close(self) -> None:
         self.outputs.close()
+
+    def _cgroup_of(self, inst: Instance) -> str | None:
+        cg = self.rt.trees.cgroups
+        return cg.path(inst.name) if cg is not None else None
 
     def _spawn(self, inst: Instance, now: float) -> Event:
         """Start the process of inst; returns what happened (Spawned or SpawnFailed)."""
