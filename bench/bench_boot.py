@@ -78,7 +78,8 @@ def boot_once(run: Run, n: int, a: argparse.Namespace, label: str, rep: int, bar
     if pythonpath is not None:
         os.environ["PYTHONPATH"] = pythonpath      # Run.env() copies os.environ
     try:
-        d = LimitedPyvisor(run, pyvisor_workers("plain", n), f"pv{n}-{label}-{rep}")
+        d = LimitedPyvisor(run, pyvisor_workers("plain", n), f"pv{n}-{label}-{rep}",
+                           cgroups=not a.no_cgroups)
         run.daemons.append(d)
         lat: list[float] = []
         failed: list[str] = []
@@ -143,6 +144,8 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between probes")
     ap.add_argument("--spy", action="store_true", help="py-spy the daemon during the boot")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare loops")
+    ap.add_argument("--no-cgroups", action="store_true",
+                    help="the daemons with cgroups: false (process groups only)")
     ap.add_argument("--base", help="also boot the pyvisor checkout at this path (PYTHONPATH, "
                                    "its C modules built in place), alternating with this one")
     ap.add_argument("--this", help="boot the checkout at this path instead of the one the venv "
