@@ -118,6 +118,7 @@ class Spawner:
             with rt.trees.spawning(inst) as cgroup_fd:
                 pid, pidfd = spawn(req, cgroup_fd)
         except (OSError, ValueError, KeyError) as e:
+            self.outputs.discard(inst)       # if it failed before taking its files
             block.close()
             block.unlink()
             for pipe in inst.pipes:
