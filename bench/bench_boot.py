@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--this", help="boot the checkout at this path instead of the one the venv "
                                    "imports (a snapshot, so edits meanwhile do not leak in)")
     ap.add_argument("--reps", type=int, default=1, help="boots of each")
+    ap.add_argument("--this-first", action="store_true", help="boot this tree before the base")
     a = ap.parse_args()
     n = a.workers
     header("mass start", "boot -> all alive vs the bare loop; raw `pid` latency during it",
@@ -172,7 +173,8 @@ def main() -> None:
         variants: list[tuple[str, str | None]] = [
             ("this", os.path.abspath(a.this) if a.this else None)]
         if a.base:
-            variants.insert(0, ("base", os.path.abspath(a.base)))
+            variants.insert(len(variants) if a.this_first else 0,
+                            ("base", os.path.abspath(a.base)))
         got: dict[str, list[dict[str, float]]] = {label: [] for label, _ in variants}
         for rep in range(a.reps):
             for label, path in variants:
