@@ -130,6 +130,8 @@ def boot_once(run: Run, n: int, a: argparse.Namespace, label: str, rep: int, bar
         res["p50"], res["p99"], res["max"] = pct(ms, 50), pct(ms, 99), max(ms)
         say(f"  raw `pid` during it: p50 / p99 / max   {res['p50']:.1f} / {res['p99']:.1f} / "
             f"{res['max']:.1f} ms (n={len(ms)}, {len(failed)} failed)")
+        if len(ms) > 1:     # the first one waits while the daemon sets up and requests starts
+            say(f"    the first {ms[0]:.1f} ms; the others' max {max(ms[1:]):.1f} ms")
     if sp is not None:
         summarise(run.dir / f"spy-{label}.txt", top=40)
     t_stop = time.monotonic()
