@@ -7,7 +7,8 @@ instances in the spawn queue are opened by one helper thread (``os.open`` releas
 and so does the spawn while the daemon waits in vfork) while the loop spawns those before
 them. Their cgroup directories are made there too (a mkdir in cgroupfs costs ~0.1 ms; the
 spawn's own mkdir then finds it made, and an empty one is removed with the others when the
-daemon ends).
+daemon ends); a cgroupfs mkdir and a clone3 into a cgroup both take the kernel's cgroup_mutex,
+so this overlaps only with the loop's own work, not with its spawns.
 
 Rules:
   * The helper runs the very same opening code as a spawn on the loop did (logs.open_output:
