@@ -172,7 +172,8 @@ static int child_main(void *arg)
 }
 
 #define STACK_SIZE (64 * 1024)
-static void *child_stack;  /* one: the GIL is held across a spawn, and the parent waits */
+static void *child_stack;  /* one: a spawn is refused while another is in flight */
+static int spawning;       /* set (under the GIL) while a spawn runs without it */
 
 
 static void free_list(char **list)
@@ -258,6 +259,11 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
         return NULL;
     if (c.umask < -1 || c.umask > 0777) {
         PyErr_SetString(PyExc_ValueError, "umask: 0..0777 or -1 expected");
+        return NULL;
+    }
+    if (spawning) {
+        PyErr_SetString(PyExc_RuntimeError, "spawn: another spawn is in flight (one thread "
+                                            "spawns)");
         return NULL;
     }
     if (low_o != Py_None && !PyArg_ParseTuple(low_o, "iii", &low[0], &low[1], &low[2]))
@@ -370,6 +376,11 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
     /* raw: libc's pthread_sigmask leaves its own two signals (cancellation, setxid)
        unblocked, and their handlers must not run in the child either */
     uint64_t all = ~0ULL, old;
+    /* The GIL is let go while the parent waits in vfork (other threads, e.g. the one opening
+       log files ahead, run meanwhile). The child touches no Python object, only `c` and its
+       stack; the fds it may copy below keep_below are all O_CLOEXEC. */
+    spawning = 1;
+    PyThreadState *save = PyEval_SaveThread();
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof(uint64_t));
     pid = -ENOSYS;
 #if PV_HAVE_CLONE3
@@ -401,6 +412,8 @@ static PyObject *pv_spawn(PyObject *self, PyObject *args)
         if (low[i] != saved_stdio[i])
             dup3(saved_stdio[0], low[i], O_CLOEXEC);
     }
+    PyEval_RestoreThread(save);
+    spawning = 0;
     if (pid > 0 && c.stage == ST_UNSHARE) {   /* a kernel without CLOSE_RANGE_UNSHARE */
         int status;
         while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR)

@@ -154,6 +154,9 @@ def acquire_prefix_lock(prefix: str, config_path: str, inherited_fd: int | None)
     return fd
 
 
+STATUS_EVERY = 0.25     # seconds between two STATUS= updates to systemd, at least
+
+
 class Daemon:
     def __init__(self, config: Config, lock_fds: tuple[int, int]) -> None:
         self.config = config
@@ -202,6 +205,7 @@ class Daemon:
         self.leaving = ""       # "shutting down" / "re-executing": see Handlers
         self._shutdown_waiters: list[Callable[[], None]] = []
         self._status_pending = False
+        self._status_sent = -STATUS_EVERY      # loop clock of the last STATUS=
         self.exit_code = 0
         self.interrupts = Interrupts(self.runtime)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -223,13 +227,15 @@ class Daemon:
         self.loop.call_later(interval, lambda: self._watchdog(interval))
 
     def _status_changed(self) -> None:
-        # coalesce: one STATUS= per loop turn, not one per transition of 1,000 workers
+        # coalesce: at most one STATUS= per STATUS_EVERY, not one per transition (nor per loop
+        # turn: the summary counts every instance, and a mass start has a turn every few ms)
         if not self._status_pending and self.notifier.enabled:
             self._status_pending = True
-            self.loop.call_later(0, self._send_status)
+            self.loop.call_at(self._status_sent + STATUS_EVERY, self._send_status)
 
     def _send_status(self) -> None:
         self._status_pending = False
+        self._status_sent = self.loop.clock()
         self.notifier.status(self.summary())
 
     def summary(self) -> str:

@@ -102,7 +102,17 @@ def open_output(path: str, owner: tuple[int, int] | None = None) -> int:
     path. ``owner`` (uid, gid): a worker run as another user; a file made for it is chown'ed
     on the open fd, mode 0600 (0640 would let its group read it, and ``group:`` may be a
     shared one). Rotation backups copy the live file's owner and mode."""
-    fd, created = safefs.open_append(path, 0o640 if owner is None else 0o600)
+    return open_output_new(path, owner)[0]
+
+
+def output_mode(owner: tuple[int, int] | None) -> int:
+    """The mode of a log file made for a worker (see open_output)."""
+    return 0o640 if owner is None else 0o600
+
+
+def open_output_new(path: str, owner: tuple[int, int] | None = None) -> tuple[int, bool]:
+    """open_output, and whether this call created the file."""
+    fd, created = safefs.open_append(path, output_mode(owner))
     try:
         uid = os.geteuid() if owner is None else owner[0]
         if not created and os.fstat(fd).st_uid != uid:
@@ -114,7 +124,7 @@ def open_output(path: str, owner: tuple[int, int] | None = None) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, created
 
 
 LAST_LINE_READ = 4096       # bytes read from a log's end for its last line
@@ -254,10 +264,14 @@ class Rotator:
         self._later: deque[_Watched] = deque()
         loop.add_reader(self._fd, self._on_events)
 
-    def watch(self, path: str, max_bytes: int, backups: int, later: bool = False) -> None:
-        """Keep path at most ~max_bytes: checked (and rotated) now, or with ``later`` from
-        the loop, a slice per turn (adoption: 10,000 files that need not be looked at before
-        the daemon serves its socket; what is written meanwhile is rotated with the rest)."""
+    def watch(self, path: str, max_bytes: int, backups: int, size: int | None = None,
+              later: bool = False) -> None:
+        """Keep path at most ~max_bytes from now on. size: its size as the caller just found
+        it on an open fd (a spawn's new or reopened log file): within max_bytes there is
+        nothing to rotate yet and only the watch is armed. Otherwise path is checked (and
+        rotated) now, or with ``later`` from the loop, a slice per turn (adoption: 10,000
+        files that need not be looked at before the daemon serves its socket; what is
+        written meanwhile is rotated with the rest)."""
         if max_bytes <= 0:
             return
         w = self._files.get(path)
@@ -265,12 +279,14 @@ class Rotator:
             w.users += 1
             return
         w = self._files[path] = _Watched(path, max_bytes, backups)
-        if not later:
+        if size is not None and size <= max_bytes:
+            self._arm(w)
+        elif not later:
             self._check(w)
-            return
-        self._later.append(w)
-        if len(self._later) == 1:
-            self._loop.call_later(0, self._check_later)
+        else:
+            self._later.append(w)
+            if len(self._later) == 1:
+                self._loop.call_later(0, self._check_later)
 
     def _check_later(self) -> None:
         end = time.monotonic() + _LATER_SLICE

@@ -29,6 +29,7 @@ import fcntl
 import os
 import stat
 import struct
+import threading
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 16     # symlinks followed in one walk (the kernel's ELOOP limit is 40)
@@ -173,14 +174,20 @@ class DirCache:
     log_dir): walking the path again for every spawn costs a dozen opens. A kept fd is the
     directory that was walked and checked; it is used again only while the path still leads
     to that very directory (one stat), so a directory swapped or replaced since is walked
-    (and checked) afresh. At most ``size`` fds."""
+    (and checked) afresh. At most ``size`` fds. Thread-safe: log files are also opened on the
+    spawner's helper thread (runtime/outputs.py)."""
 
     def __init__(self, size: int = 16) -> None:
         self.size = size
         self._fds: dict[str, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
 
     def open(self, path: str, mode: int) -> int:
         """A dup of the fd of directory path (made if missing); the caller closes it."""
+        with self._lock:
+            return self._open(path, mode)
+
+    def _open(self, path: str, mode: int) -> int:
         hit = self._fds.get(path)
         if hit is not None:
             fd, dev, ino = hit
@@ -203,8 +210,9 @@ class DirCache:
         os.close(fd)
 
     def clear(self) -> None:
-        for path in list(self._fds):
-            self._drop(path)
+        with self._lock:
+            for path in list(self._fds):
+                self._drop(path)
 
 
 LOG_DIRS = DirCache()

@@ -436,6 +436,9 @@ class ControlServer:
         conn.refused_uid = refused_uid
         conn.peer = peer
         conn.timer = self.loop.call_later(self.read_timeout, conn.on_read_timeout)
+        # The request is usually in already (clients send right after connect): read it now
+        # rather than a loop turn later, which during a mass start is a spawn slice later.
+        conn.on_event(selectors.EVENT_READ)
 
     def _peer(self, sock: socket.socket) -> tuple[int | None, int]:
         """(None if the peer may talk to us, else its uid; the peer's uid, -1 if unknown)."""

@@ -393,11 +393,15 @@ class Runtime:
             i.waiters.append(w)
 
     # -- processes ----------------------------------------------------------------------------
-    def watch_logs(self, inst: Instance, later: bool = False) -> None:
-        for path, spec in {inst.stdout_path: inst.cfg.log_config("stdout"),
-                           inst.stderr_path: inst.cfg.log_config("stderr")}.items():
+    def watch_logs(self, inst: Instance, sizes: tuple[int | None, int | None] = (None, None),
+                   later: bool = False) -> None:
+        """Rotation of inst's log files; sizes: theirs as just opened for a spawn, if known;
+        later: their first check from the loop (Rotator.watch)."""
+        for path, (spec, size) in {
+                inst.stdout_path: (inst.cfg.log_config("stdout"), sizes[0]),
+                inst.stderr_path: (inst.cfg.log_config("stderr"), sizes[1])}.items():
             if path:
-                self.rotator.watch(path, spec.max_bytes, spec.backups, later)
+                self.rotator.watch(path, spec.max_bytes, spec.backups, size, later)
 
     def open_pipes(self, inst: Instance, ends: list[int]) -> tuple[int | None, int | None]:
         """The write ends for a child whose output goes to the daemon (stdout/stderr:
@@ -439,6 +443,7 @@ class Runtime:
             for kind in list(inst.timers):
                 self._cancel_timer(inst, kind)
             self.release_process(inst, unlink=False)
+        self.spawner.close()
         self.readiness.close()
         self.trees.close()
         self.rotator.close()

@@ -1,5 +1,7 @@
 """Spawning: the queue of instances the core asked to spawn, worked off a slice per loop turn,
-and one spawn (control block, process, pidfd, log rotation watch) per instance."""
+and one spawn (control block, output files, process, pidfd, log rotation watch) per instance.
+The output files of the next instances in the queue are opened ahead on a helper thread
+(outputs.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from supervisor import core, fds, safefs
 from supervisor.config import WorkerConfig
 from supervisor.core import Event, State
 from supervisor.runtime.instance import Instance
+from supervisor.runtime.outputs import Outputs, owner_of
 from supervisor.spawn import ChildSetupError, CredentialsError, SpawnRequest, credentials, spawn
 from worker import block as blk
 from worker.ctlpage import ControlBlock
@@ -30,6 +33,7 @@ class Spawner:
         self.rt = rt
         self._queue: deque[Instance] = deque()
         self._scheduled = False
+        self.outputs = Outputs()
 
     def enqueue(self, inst: Instance) -> None:
         """Carry out the core's Spawn: soon, from the loop, then feed Spawned or SpawnFailed."""
@@ -49,8 +53,10 @@ class Spawner:
         rt = self.rt
         end = rt.now() + SPAWN_SLICE
         while self._queue:
+            self.outputs.ahead(self._queue, self._cgroup_of)
             inst = self._queue.popleft()
             if inst.st.state is State.STOPPING and inst.st.pid is None:
+                self.outputs.discard(inst)
                 event: Event = core.SpawnFailed(rt.now(), "stopped before it was spawned")
             else:
                 event = self._spawn(inst, rt.now())
@@ -58,7 +64,15 @@ class Spawner:
             if rt.now() >= end:
                 break
         if self._queue:
+            self.outputs.ahead(self._queue, self._cgroup_of)
             self._schedule()
+
+    def close(self) -> None:
+        self.outputs.close()
+
+    def _cgroup_of(self, inst: Instance) -> str | None:
+        cg = self.rt.trees.cgroups
+        return cg.path(inst.name) if cg is not None else None
 
     def _spawn(self, inst: Instance, now: float) -> Event:
         """Start the process of inst; returns what happened (Spawned or SpawnFailed)."""
@@ -70,27 +84,41 @@ class Spawner:
         try:   # the worker's uid and gid: its status page is its own, its ctl page its group's
             creds = credentials(cfg.user, cfg.group) if cfg.user is not None else None
         except CredentialsError as e:
+            self.outputs.discard(inst)
             return core.SpawnFailed(now, describe_spawn_error(cfg.command, e))
         uid, gid = (creds.uid, creds.gid) if creds is not None else (None, None)
         try:
             block = create_block(name, inst.index, rt.epoch, uid, gid)
         except BlockTaken as e:
+            self.outputs.discard(inst)
             return core.SpawnFailed(now, str(e))
         except OSError as e:
+            self.outputs.discard(inst)
             hint = (f" ({blk.SHM_DIR} is full)" if e.errno == errno.ENOSPC
                     else f" ({fds.exhausted_hint(e)})" if fds.is_exhausted(e) else "")
             return core.SpawnFailed(now, f"cannot create control block {name}: "
                                          f"{e.strerror or e}{hint}")
         argv = cfg.argv(inst.worker, inst.index)
+        # the files are opened here (or ahead, by self.outputs), not by spawn(): paths None
         req = SpawnRequest(inst.name, argv, cfg.directory, cfg.env(inst.worker, inst.index),
-                           cfg.user, inst.stdout_path, inst.stderr_path, name,
-                           rt.readiness.notify_path, cfg.group, cfg.umask)
+                           cfg.user, None, None, name, rt.readiness.notify_path, cfg.group,
+                           cfg.umask)
         ends: list[int] = []
+        sizes: tuple[int | None, int | None] = (None, None)
         try:
             req.stdout_fd, req.stderr_fd = rt.open_pipes(inst, ends)
+            files = self.outputs.take(inst, (inst.stdout_path, inst.stderr_path),
+                                      owner_of(uid, gid))
+            ends.extend(files.fds())
+            sizes = files.sizes
+            if files.out is not None:
+                req.stdout_fd = files.out
+            if files.err is not None:
+                req.stderr_fd = files.err
             with rt.trees.spawning(inst) as cgroup_fd:
                 pid, pidfd = spawn(req, cgroup_fd)
         except (OSError, ValueError, KeyError) as e:
+            self.outputs.discard(inst)       # if it failed before taking its files
             block.close()
             block.unlink()
             for pipe in inst.pipes:
@@ -106,7 +134,7 @@ class Spawner:
             block.set_spawned(pid, blk.proc_start_ticks(pid), inst.incarnation,
                               config_hash(cfg), os.geteuid() if uid is None else uid, pid)
         rt.reaper.watch(inst, pid, pidfd)
-        rt.watch_logs(inst)
+        rt.watch_logs(inst, sizes)
         return core.Spawned(now, pid)
 
 

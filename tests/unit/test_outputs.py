@@ -1,0 +1,210 @@
+"""Log files opened ahead of their spawn on the helper thread (supervisor/runtime/outputs.py):
+the spawn gets the very files its paths name, by the same safefs rules; anything opened for
+other paths or another owner is never handed over as it is; no fd is ever left open."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor import safefs
+from supervisor.config import WorkerConfig
+from supervisor.logs import Rotator
+from supervisor.loop import Loop
+from supervisor.runtime.instance import Instance
+from supervisor.runtime.outputs import Opened, Outputs, open_files
+
+
+def open_fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture
+def fds_kept() -> Iterator[None]:
+    """The test must leave exactly the fds it found (LOG_DIRS' cached directories aside)."""
+    safefs.LOG_DIRS.clear()
+    before = open_fds()
+    yield
+    safefs.LOG_DIRS.clear()
+    assert open_fds() <= before, f"fds left open: {sorted(open_fds() - before)}"
+
+
+def instance(tmp_path: Path, i: int, user: str | None = None) -> Instance:
+    cfg = WorkerConfig.model_validate({"command": ["/bin/true"], **({"user": user} if user
+                                                                     else {})})
+    inst = Instance(f"w:{i}", "w", i, cfg, cfg.policy("w"))
+    inst.stdout_path = str(tmp_path / f"w-{i}.out.log")
+    inst.stderr_path = str(tmp_path / f"w-{i}.err.log")
+    return inst
+
+
+def paths(inst: Instance) -> tuple[str | None, str | None]:
+    return inst.stdout_path, inst.stderr_path
+
+
+def same_file(fd: int | None, path: str | None) -> bool:
+    assert fd is not None and path is not None
+    a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def test_the_spawn_gets_the_files_opened_ahead(tmp_path: Path, fds_kept: None) -> None:
+    out = Outputs(depth=4)
+    insts = [instance(tmp_path, i) for i in range(6)]
+    try:
+        out.ahead(insts)
+        got = out.take(insts[0], paths(insts[0]), None)
+        try:
+            assert got.created == (True, True) and got.sizes == (0, 0)
+            assert same_file(got.out, insts[0].stdout_path)
+            assert same_file(got.err, insts[0].stderr_path)
+            assert got.out is not None and os.get_blocking(got.out), \
+                "a worker's stdout must be blocking again"
+        finally:
+            got.close()
+        # only `depth` were opened ahead: the sixth is opened at its spawn
+        assert not os.path.exists(insts[5].stdout_path or "")
+        for inst in insts[1:]:
+            out.take(inst, paths(inst), None).close()
+        assert all(os.path.exists(inst.stdout_path or "") for inst in insts)
+    finally:
+        out.close()
+
+
+def test_a_shared_file_is_one_fd(tmp_path: Path, fds_kept: None) -> None:
+    out = Outputs()
+    inst = instance(tmp_path, 0)
+    inst.stderr_path = inst.stdout_path
+    try:
+        out.ahead([inst])
+        got = out.take(inst, paths(inst), None)
+        assert got.out == got.err and len(got.fds()) == 1
+        got.close()
+    finally:
+        out.close()
+
+
+def test_files_opened_for_other_paths_are_not_handed_over(tmp_path: Path,
+                                                          fds_kept: None) -> None:
+    """A reload changed the paths between ahead() and the spawn: the new paths are opened."""
+    out = Outputs()
+    inst = instance(tmp_path, 0)
+    try:
+        out.ahead([inst])
+        inst.stdout_path = str(tmp_path / "new.out.log")
+        got = out.take(inst, paths(inst), None)
+        try:
+            assert same_file(got.out, inst.stdout_path)
+            assert same_file(got.err, inst.stderr_path)
+        finally:
+            got.close()
+    finally:
+        out.close()
+
+
+def test_a_planted_link_is_refused_on_the_helper_as_on_the_loop(tmp_path: Path,
+                                                                fds_kept: None) -> None:
+    target = tmp_path / "precious"
+    target.write_text("root's data\n")
+    out = Outputs()
+    inst = instance(tmp_path, 0)
+    os.symlink(target, inst.stdout_path or "")
+    try:
+        out.ahead([inst])
+        with pytest.raises(safefs.UnsafePathError, match="symbolic link"):
+            out.take(inst, paths(inst), None)
+        assert target.read_text() == "root's data\n"
+    finally:
+        out.close()
+
+
+def test_a_fifo_planted_ahead_never_blocks_the_helper(tmp_path: Path, fds_kept: None) -> None:
+    out = Outputs()
+    inst = instance(tmp_path, 0)
+    os.mkfifo(inst.stderr_path or "")
+    try:
+        out.ahead([inst])
+        with pytest.raises(safefs.UnsafePathError, match="FIFO"):
+            out.take(inst, paths(inst), None)
+    finally:
+        out.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_another_owner_gets_the_files_as_if_made_for_it(tmp_path: Path,
+                                                        fds_kept: None) -> None:
+    """The owner changed between ahead() and the spawn (a reload changed user:): a file the
+    helper created is given to the new owner (mode 0600); an existing file of root's is
+    refused for that owner, exactly as it would be without the helper."""
+    out = Outputs()
+    inst = instance(tmp_path, 0)
+    existing = instance(tmp_path, 1)
+    Path(existing.stderr_path or "").write_text("root's\n")
+    try:
+        out.ahead([inst, existing])
+        got = out.take(inst, paths(inst), (12345, 12345))
+        try:
+            for fd in got.fds():
+                st = os.fstat(fd)
+                assert (st.st_uid, st.st_gid) == (12345, 12345)
+                assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+        finally:
+            got.close()
+        with pytest.raises(safefs.UnsafePathError, match="not by the worker's uid 12345"):
+            out.take(existing, paths(existing), (12345, 12345))
+    finally:
+        out.close()
+
+
+def test_discarded_and_closed_leave_no_fd(tmp_path: Path, fds_kept: None) -> None:
+    out = Outputs(depth=8)
+    insts = [instance(tmp_path, i) for i in range(8)]
+    out.ahead(insts)
+    out.discard(insts[0])
+    out.discard(insts[1])
+    out.take(insts[2], paths(insts[2]), None).close()
+    out.close()          # the other five: closed, finished or not (fds_kept checks)
+
+
+def test_open_files_leaves_nothing_open_when_the_second_fails(tmp_path: Path,
+                                                              fds_kept: None) -> None:
+    inst = instance(tmp_path, 0)
+    os.mkfifo(inst.stderr_path or "")
+    with pytest.raises(safefs.UnsafePathError):
+        open_files(paths(inst), None)
+
+
+def test_rotation_watch_with_a_size_checks_only_a_file_over_the_limit(
+        tmp_path: Path, fds_kept: None) -> None:
+    """A spawn passes the size it found on the fd: within max_bytes only the watch is armed;
+    over it, the file is rotated at once as before."""
+    loop = Loop()
+    rot = Rotator(loop)
+    try:
+        small, big = tmp_path / "small.log", tmp_path / "big.log"
+        small.write_bytes(b"x" * 10)
+        big.write_bytes(b"y" * 5000)
+        rot.watch(str(small), 1024, 2, size=10)
+        rot.watch(str(big), 1024, 2, size=5000)
+        assert small.stat().st_size == 10 and not (tmp_path / "small.log.1").exists()
+        assert big.stat().st_size == 0 and (tmp_path / "big.log.1").stat().st_size == 5000
+    finally:
+        rot.close()
+        loop.close()
+
+
+def test_an_instance_without_files_is_not_sent_to_the_helper(tmp_path: Path,
+                                                             fds_kept: None) -> None:
+    out = Outputs()
+    inst = instance(tmp_path, 0)
+    inst.stdout_path = inst.stderr_path = None
+    try:
+        out.ahead([inst])
+        assert out.take(inst, (None, None), None) == Opened((None, None), None, None, None,
+                                                            (None, None))
+    finally:
+        out.close()
