@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from supervisor import paths
-from tests.support.daemon import SUPERVISORCTL, DaemonFactory, DaemonProcess
+from tests.support.daemon import SUPERVISORCTL, DaemonFactory, DaemonProcess, write_script
 from tests.support.wait import wait_until
 
 QUICK: dict[str, Any] = {"start_seconds": 0.2, "graceful_timeout": 0.5, "kill_timeout": 0.5}
@@ -29,6 +29,17 @@ WORKERS: dict[str, Any] = {
     "idle": {"command": "sleep 1000", "autostart": False, **QUICK},
     "done": {"command": "true", "restart": "never", **QUICK},
 }
+# publishes a status text longer than the table shows, with an escape sequence, and a counter
+PUBLISHER = """\
+from worker import Worker
+
+with Worker() as w:
+    w.status("step 3/5 \\x1b[31mred\\x1b[0m " + "x" * 80)
+    w.counter("jobs").inc(42)
+    w.ready()
+    print("published", flush=True)
+    w.wait_for_stop()
+"""
 # a run of supervisorctl through one path; argv[0] as the installed script's, so that the
 # hints it prints ("start it with: .../supervisord") are the same; at exit it writes whether
 # click was imported to the file named by $CLICK_SEEN (stdout and stderr stay untouched)
@@ -89,11 +100,16 @@ def base_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def started(daemon_factory: DaemonFactory) -> DaemonProcess:
+def started(daemon_factory: DaemonFactory, tmp_path: Path) -> DaemonProcess:
     # named like the default config, so that a plain `supervisorctl status` in its directory
     # finds it as ./supervisord.yaml
-    d = daemon_factory(WORKERS, name="supervisord.yaml").start()
+    script = write_script(tmp_path, "pub.py", PUBLISHER)
+    workers = {**WORKERS, "pub": {"command": [sys.executable, script], "graceful_timeout": 5}}
+    d = daemon_factory(workers, name="supervisord.yaml").start()
     d.wait_state("run:1", "RUNNING")
+    d.wait_state("pub:0", "RUNNING")
+    out = d.log_dir / "pub-0.out.log"
+    wait_until(lambda: "published" in out.read_text(), 10, "the worker published")
     d.wait_state("done:0", "EXITED")
     return d
 
@@ -104,6 +120,8 @@ def fast_cases(c: str) -> list[list[str]]:
         ["status"], ["status", "--json"], ["-c", c, "status", "--json"],
         ["-c", c, "status", "idle", "done:0"], ["-c", c, "status", "--json", "run:1", "idle"],
         ["-c", c, "status", "idle", "-v"], ["-c", c, "status", "--verbose", "done"],
+        ["-c", c, "status", "pub"], ["-c", c, "status", "-v", "pub"],
+        ["-c", c, "status", "pub", "--verbose"], ["-c", c, "status", "--json", "pub"],
         ["-c", c, "status", "-v", "--json", "idle", "--json"], ["-c", c, "status", "all"],
         ["-c", c, "status", "nosuch"], ["-c", c, "status", "run:7"],
         ["-c", c, "status", "--json", "nosuch"],
@@ -140,6 +158,8 @@ def test_both_paths_agree_with_a_daemon(started: DaemonProcess) -> None:
     assert (rc, out, err) == (0, f"{started.pids()['run:0']}\n", "")
     rc, out, err = compare(["-c", c, "status", "idle"], started.dir, env, fast=True)
     assert (rc, err) == (0, "") and out.startswith("idle:0  STOPPED"), (rc, out, err)
+    rc, out, err = compare(["-c", c, "status", "--verbose", "pub"], started.dir, env, fast=True)
+    assert rc == 0 and "    jobs (counter) = 42" in out, (rc, out, err)
     rc, out, err = compare(["-c", c, "status", "nosuch"], started.dir, env, fast=True)
     assert rc == 4 and out == "" and "no such worker: nosuch" in err, (rc, out, err)
 
@@ -162,6 +182,7 @@ def test_both_paths_agree_without_a_daemon(started: DaemonProcess, tmp_path: Pat
 def test_both_paths_agree_on_a_terminal_and_a_closed_pipe(started: DaemonProcess) -> None:
     c, env = str(started.config_path), base_env()
     for args in (["-c", c, "status"], ["-c", c, "status", "idle", "done"],
+                 ["-c", c, "status", "-v", "pub"],
                  ["-c", c, "status", "--json", "idle"], ["-c", c, "pid", "run"]):
         outs = []
         for module in ("main", "cli"):
