@@ -27,7 +27,7 @@ from supervisor.ctl import (
     start,
     status,
     stop,
-    tail,
+    tail_cmd,
 )
 
 # supervisord's supervisorctl verbs that pyvisor does differently: what to type instead
@@ -109,7 +109,7 @@ def cli(ctx: click.Context, config: str | None, timeout: float | None) -> None:
     ctx.obj = client.Session(config=config, timeout=timeout)
 
 
-for _verb in (status, start, stop, restart, sendsignal, tail, logs, reload, shutdown, pid,
+for _verb in (status, start, stop, restart, sendsignal, tail_cmd, logs, reload, shutdown, pid,
               reexec, events):
     cli.add_command(_verb.cmd)
 

@@ -7,12 +7,15 @@ would parse them:
 
     [-c FILE | --config FILE | --config=FILE] status [--json] [-v | --verbose] [TARGET...]
     [-c FILE | --config FILE | --config=FILE] pid [TARGET...]
+    [-c FILE | --config FILE | --config=FILE] tail TARGET [--stdout | --stderr]
+                                                  [-n N | --lines N | --lines=N]
 
-(options of the verb anywhere after it, each TARGET matching the TARGET pattern, FILE not
-empty and not starting with '-'; without -c, $PYVISOR_CONFIG if set and not empty, as click's
-envvar). Those run the same functions click's commands call (supervisor.ctl.readonly) and
-report failures as click would (supervisor.ctl.out). Anything else -- another verb or option,
---timeout, --help, a bad TARGET, '--', a repeated -c, shell completion -- goes to the click CLI
+(options of the verb anywhere after it, tail's at most once each; each TARGET matching the
+TARGET pattern; N plain digits; FILE not empty and not starting with '-'; without -c,
+$PYVISOR_CONFIG if set and not empty, as click's envvar). Those run the same functions
+click's commands call (supervisor.ctl.readonly, supervisor.ctl.tail) and report failures as
+click would (supervisor.ctl.out). Anything else -- another verb or option, --timeout, tail -f,
+--help, a bad TARGET, '--', a repeated -c, shell completion -- goes to the click CLI
 unchanged, which owns every usage error and every help text. tests/e2e/test_ctl_fastpath.py
 runs a set of argument lists through both and compares stdout, stderr and the exit code.
 """
@@ -35,7 +38,10 @@ COMPLETE_VAR = "_SUPERVISORCTL_COMPLETE"     # click's shell completion variable
 FLAGS: dict[str, frozenset[str]] = {
     "status": frozenset({"--json", "-v", "--verbose"}),
     "pid": frozenset(),
+    "tail": frozenset({"--stdout", "--stderr"}),
 }
+TAIL_LINES = 10             # tail's -n default (as supervisor.ctl.tail_cmd defines it)
+_MAX_DIGITS = 18            # a longer -n goes to click (int() limits, click's message)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Plan:
     verb: str
     flags: frozenset[str]
     targets: tuple[str, ...]
+    lines: int = TAIL_LINES
 
 
 def recognise(argv: Sequence[str], environ: Mapping[str, str]) -> Plan | None:
@@ -65,15 +72,48 @@ def recognise(argv: Sequence[str], environ: Mapping[str, str]) -> Plan | None:
     if not rest or rest[0] not in FLAGS:
         return None
     verb, args = rest[0], rest[1:]
+    lines = TAIL_LINES
+    if verb == "tail":
+        found = _tail_lines(args)
+        if found is None:
+            return None
+        lines, args = found
     flags = {a for a in args if a.startswith("-")}
     if not flags <= FLAGS[verb]:
         return None
     targets = tuple(a for a in args if not a.startswith("-"))
     if not all(readonly.is_target(t) for t in targets):
         return None
+    if verb == "tail" and (len(targets) != 1 or sum(a.startswith("-") for a in args) > 1):
+        return None     # one TARGET; one --stdout or --stderr at most
     if config is None:
         config = environ.get(paths.ENV_CONFIG) or None
-    return Plan(config, verb, frozenset(flags), targets)
+    return Plan(config, verb, frozenset(flags), targets, lines)
+
+
+def _tail_lines(args: list[str]) -> tuple[int, list[str]] | None:
+    """tail's one -n N / --lines N / --lines=N (plain decimal digits) and the other args."""
+    lines: int | None = None
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        value: str | None = None
+        if a in ("-n", "--lines"):
+            if i + 1 >= len(args):
+                return None
+            value, i = args[i + 1], i + 2
+        elif a.startswith("--lines="):
+            value, i = a.partition("=")[2], i + 1
+        else:
+            rest.append(a)
+            i += 1
+            continue
+        if lines is not None or not value.isascii() or not value.isdigit() \
+                or len(value) > _MAX_DIGITS:
+            return None
+        lines = int(value)
+    return (TAIL_LINES if lines is None else lines), rest
 
 
 def run(plan: Plan) -> None:
@@ -83,6 +123,11 @@ def run(plan: Plan) -> None:
         if plan.verb == "status":
             readonly.status(session, plan.targets, "--json" in plan.flags,
                             bool(plan.flags & {"-v", "--verbose"}))
+        if plan.verb == "tail":
+            from supervisor.ctl import tail
+
+            only = next((f[2:] for f in plan.flags), None)   # "--stdout" -> "stdout"
+            tail.run(session, plan.targets[0], False, only, plan.lines)
         readonly.pid(session, plan.targets)
     except client.CtlError as e:
         e.show()

@@ -1,6 +1,6 @@
 """supervisorctl's fast path (supervisor.ctl.main) against the click CLI (supervisor.ctl.cli).
 
-The entry point runs a few simple argument shapes of status and pid without importing click
+The entry point runs a few simple argument shapes of status, pid and tail without importing click
 and hands everything else to click. Both must behave the same: each argument list below runs
 through both, against a real daemon and without one, and stdout, stderr and the exit code
 must be equal; each run also says whether click was loaded, so a shape meant for the fast
@@ -28,6 +28,8 @@ WORKERS: dict[str, Any] = {
     "run": {"command": "sleep 1000", "numprocs": 2, **QUICK},
     "idle": {"command": "sleep 1000", "autostart": False, **QUICK},
     "done": {"command": "true", "restart": "never", **QUICK},
+    "talk": {"command": ["sh", "-c", "for i in $(seq 30); do echo out $i; echo err $i >&2; "
+                         "done; exec sleep 1000"], **QUICK},
 }
 # publishes a status text longer than the table shows, with an escape sequence, and a counter
 PUBLISHER = """\
@@ -110,6 +112,8 @@ def started(daemon_factory: DaemonFactory, tmp_path: Path) -> DaemonProcess:
     d.wait_state("pub:0", "RUNNING")
     out = d.log_dir / "pub-0.out.log"
     wait_until(lambda: "published" in out.read_text(), 10, "the worker published")
+    err = d.log_dir / "talk-0.err.log"
+    wait_until(lambda: err.exists() and "err 30" in err.read_text(), 10, "talk wrote its lines")
     d.wait_state("done:0", "EXITED")
     return d
 
@@ -127,6 +131,11 @@ def fast_cases(c: str) -> list[list[str]]:
         ["-c", c, "status", "--json", "nosuch"],
         ["-c", c, "pid"], ["-c", c, "pid", "run"], ["-c", c, "pid", "run:0", "idle"],
         ["-c", c, "pid", "all"], ["-c", c, "pid", "nosuch"], ["pid", "done"],
+        ["-c", c, "tail", "talk"], ["-c", c, "tail", "talk:0", "--stdout"],
+        ["-c", c, "tail", "--stderr", "talk", "-n", "3"], ["-c", c, "tail", "talk", "--lines", "0"],
+        ["-c", c, "tail", "talk", "--lines=5"], ["-c", c, "tail", "talk", "-n", "007"],
+        ["-c", c, "tail", "nosuch"], ["-c", c, "tail", "run"], ["-c", c, "tail", "run:0"],
+        ["tail", "pub", "-n", "100"],
     ]
 
 
@@ -138,6 +147,11 @@ def click_cases(c: str) -> list[list[str]]:
         ["-c", c, "-c", c, "status"], ["-c", "", "status"], ["--config=", "pid"],
         ["-c"], ["-c", c], ["-c", c, "statuss"], ["-c", c, "update"], ["--version"], [],
         [f"-c{c}", "status"], ["-c", c, "status", "-vv"], ["-c", c, "status", "x" * 65],
+        ["-c", c, "tail"], ["-c", c, "tail", "talk", "--stdout", "--stderr"],
+        ["-c", c, "tail", "talk", "-n", "-1"], ["-c", c, "tail", "talk", "-n5"],
+        ["-c", c, "tail", "talk", "-n", "x"], ["-c", c, "tail", "talk", "run:0"],
+        ["-c", c, "tail", "talk", "-n", "1", "-n", "2"], ["-c", c, "tail", "talk", "-n"],
+        ["-c", c, "tail", "talk", "-n", "1" * 19], ["-c", c, "tail", "talk", "--json"],
     ]
 
 
@@ -160,6 +174,8 @@ def test_both_paths_agree_with_a_daemon(started: DaemonProcess) -> None:
     assert (rc, err) == (0, "") and out.startswith("idle:0  STOPPED"), (rc, out, err)
     rc, out, err = compare(["-c", c, "status", "--verbose", "pub"], started.dir, env, fast=True)
     assert rc == 0 and "    jobs (counter) = 42" in out, (rc, out, err)
+    rc, out, err = compare(["-c", c, "tail", "talk", "-n", "2"], started.dir, env, fast=True)
+    assert rc == 0 and "out 30\n" in out and "err 30\n" in out and "out 28" not in out, out
     rc, out, err = compare(["-c", c, "status", "nosuch"], started.dir, env, fast=True)
     assert rc == 4 and out == "" and "no such worker: nosuch" in err, (rc, out, err)
 
@@ -175,6 +191,10 @@ def test_both_paths_agree_without_a_daemon(started: DaemonProcess, tmp_path: Pat
                  ["-c", str(tmp_path / "adir"), "status"], ["status"]):
         rc, out, err = compare(args, started.dir, env, fast=True)
         assert rc == 3 and out == "" and err.startswith("supervisorctl: "), (args, rc, err)
+    # tail reads the files the config names when no daemon runs
+    for args in (["-c", c, "tail", "talk", "-n", "4"], ["-c", c, "tail", "nosuch"],
+                 ["-c", str(tmp_path / "missing.yaml"), "tail", "talk"]):
+        compare(args, started.dir, env, fast=True)
     # (without -c, $PYVISOR_CONFIG and ./supervisord.yaml the CLI would pick the one daemon
     # of this user that runs: on a shared machine that is someone else's, so not run here)
 
@@ -182,7 +202,7 @@ def test_both_paths_agree_without_a_daemon(started: DaemonProcess, tmp_path: Pat
 def test_both_paths_agree_on_a_terminal_and_a_closed_pipe(started: DaemonProcess) -> None:
     c, env = str(started.config_path), base_env()
     for args in (["-c", c, "status"], ["-c", c, "status", "idle", "done"],
-                 ["-c", c, "status", "-v", "pub"],
+                 ["-c", c, "status", "-v", "pub"], ["-c", c, "tail", "talk"],
                  ["-c", c, "status", "--json", "idle"], ["-c", c, "pid", "run"]):
         outs = []
         for module in ("main", "cli"):

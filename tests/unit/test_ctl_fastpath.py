@@ -17,6 +17,10 @@ def test_the_simple_shapes() -> None:
     assert recognise(["pid"], {paths.ENV_CONFIG: "e.yaml"}) == Plan(
         "e.yaml", "pid", frozenset(), ())
     assert recognise(["pid"], {paths.ENV_CONFIG: ""}) == Plan(None, "pid", frozenset(), ())
+    assert recognise(["tail", "w:0"], {}) == Plan(None, "tail", frozenset(), ("w:0",), 10)
+    assert recognise(["tail", "-n", "0", "w", "--stderr"], {}) == Plan(
+        None, "tail", frozenset({"--stderr"}), ("w",), 0)
+    assert recognise(["tail", "--lines=007", "w"], {}) == Plan(None, "tail", frozenset(), ("w",), 7)
     # -c wins over the environment, as in click
     assert recognise(["-c", "a.yaml", "pid"], {paths.ENV_CONFIG: "e.yaml"}) == Plan(
         "a.yaml", "pid", frozenset(), ())
@@ -30,7 +34,13 @@ def test_everything_else_goes_to_click() -> None:
                  ["--timeout", "1", "status"], ["--version"], ["start", "all"], ["STATUS"],
                  ["status", "a b"], ["status", "w\n"], ["status", "w:"], ["status", "w:1234567"],
                  ["status", ".w"], ["status", "x" * 65], ["status", "w\x00"], ["status", ""],
-                 ["status", "w\udcff"], ["status", "\u00e9"], ["pid", "all", "w;rm"]):
+                 ["status", "w\udcff"], ["status", "\u00e9"], ["pid", "all", "w;rm"],
+                 ["tail"], ["tail", "a", "b"], ["tail", "w", "-f"], ["tail", "w", "--follow"],
+                 ["tail", "w", "--stdout", "--stderr"], ["tail", "w", "--stdout", "--stdout"],
+                 ["tail", "w", "-n"], ["tail", "w", "-n", "-1"], ["tail", "w", "-n", "1e3"],
+                 ["tail", "w", "-n", "\u0663"], ["tail", "w", "-n", " 1"], ["tail", "w", "-n5"],
+                 ["tail", "w", "-n", "1", "--lines", "2"], ["tail", "w", "-n", "9" * 19],
+                 ["tail", "w", "--lines="], ["tail", "w", "--json"], ["tail", "-n", "3"]):
         assert recognise(argv, {}) is None, argv
     assert recognise(["status"], {COMPLETE_VAR: "bash_complete"}) is None
     assert recognise(["status"], {COMPLETE_VAR: ""}) is None
