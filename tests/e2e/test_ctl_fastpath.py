@@ -191,6 +191,12 @@ def test_both_paths_agree_without_a_daemon(started: DaemonProcess, tmp_path: Pat
                  ["-c", str(tmp_path / "adir"), "status"], ["status"]):
         rc, out, err = compare(args, started.dir, env, fast=True)
         assert rc == 3 and out == "" and err.startswith("supervisorctl: "), (args, rc, err)
+    # a path that is not ASCII, with streams set to ASCII: click writes UTF-8 (replacing what
+    # cannot be encoded) where Python's own stderr would write backslash escapes
+    odd = str(tmp_path / "caf\u00e9-\U0001f600.yaml")
+    for extra in ({}, {"PYTHONIOENCODING": "ascii"}, {"PYTHONIOENCODING": "latin-1"}):
+        rc, out, err = compare(["-c", odd, "status"], started.dir, {**env, **extra}, fast=True)
+        assert rc == 3 and "caf" in err, (extra, err)
     # tail reads the files the config names when no daemon runs
     for args in (["-c", c, "tail", "talk", "-n", "4"], ["-c", c, "tail", "nosuch"],
                  ["-c", str(tmp_path / "missing.yaml"), "tail", "talk"]):
