@@ -17,8 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
-import click
-
 from supervisor import paths
 from supervisor.control.protocol import (
     CONNECT_TIMEOUT,
@@ -35,20 +33,24 @@ from supervisor.control.protocol import (
     decode_reply,
     encode_request,
 )
+from supervisor.ctl.out import echo
 
 DEFAULT_CONFIG = "supervisord.yaml"
 Recv = Callable[[int], bytes]  # socket.recv
 
 
-class CtlError(click.ClickException):
-    """A failure seen by the client: ``message`` is printed as is, the process exits ``code``."""
+class CtlError(Exception):
+    """A failure seen by the client: ``message`` is printed as is, the process exits ``code``.
+    Not a click exception, so that the fast path runs without click; the click CLI turns it
+    into one (supervisor.ctl.cli)."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
-        self.exit_code = int(code)  # type: ignore[misc]  # per-instance code by design
+        self.message = message
+        self.exit_code = int(code)
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(self.message, err=True)
+        echo(self.message, err=True)
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Session:
         running = paths.running_configs()
         if len(running) == 1:
             self.config = running[0]
-            click.echo(f"supervisorctl: using {running[0]}, the one supervisord running "
+            echo(f"supervisorctl: using {running[0]}, the one supervisord running "
                        "(-c FILE chooses)", err=True)
             return self.config, self.config
         how = (f"give -c FILE, set {paths.ENV_CONFIG} (e.g. in .venv/bin/activate), or run it "
@@ -253,9 +255,9 @@ def _os_error(path: str, e: OSError) -> CtlError:
 def print_reply(reply: Reply) -> None:
     """Print the daemon's text verbatim: out to stdout, err to stderr."""
     if reply.out:
-        click.echo(reply.out, nl=False)
+        echo(reply.out, nl=False)
     if reply.err:
-        click.echo(reply.err, nl=False, err=True)
+        echo(reply.err, nl=False, err=True)
     sys.stdout.flush()
 
 

@@ -1,100 +1,156 @@
-"""supervisorctl: the command-line client of supervisord (entry point ``main``).
+"""supervisorctl's entry point: the common read-only commands without importing click.
 
-Each verb lives in its own module and sends one request; supervisord does the work and renders
-the text, which is printed verbatim, and decides the exit code (defined in
-supervisor.control.protocol).
+click (and with it inspect, typing machinery, ...) costs ~60 ms to import, more than the rest
+of a ``supervisorctl status`` at 1,000 workers. So ``main`` first tries to recognise the
+argument list as one of a few simple shapes, exactly as the click CLI (supervisor.ctl.cli)
+would parse them:
+
+    [-c FILE | --config FILE | --config=FILE] status [--json] [-v | --verbose] [TARGET...]
+    [-c FILE | --config FILE | --config=FILE] pid [TARGET...]
+    [-c FILE | --config FILE | --config=FILE] tail TARGET [--stdout | --stderr]
+                                                  [-n N | --lines N | --lines=N]
+
+(options of the verb anywhere after it, tail's at most once each; each TARGET matching the
+TARGET pattern; N plain digits; FILE not empty and not starting with '-'; without -c,
+$PYVISOR_CONFIG if set and not empty, as click's envvar). Those run the same functions
+click's commands call (supervisor.ctl.readonly, supervisor.ctl.tail) and report failures as
+click would (supervisor.ctl.out). Anything else -- another verb or option, --timeout, tail -f,
+--help, a bad TARGET, '--', a repeated -c, shell completion -- goes to the click CLI
+unchanged, which owns every usage error and every help text. tests/e2e/test_ctl_fastpath.py
+runs a set of argument lists through both and compares stdout, stderr and the exit code.
 """
 
 from __future__ import annotations
 
-import click
+import errno
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from supervisor import __version__, paths
-from supervisor.control.protocol import help_epilog
-from supervisor.ctl import (
-    client,
-    events,
-    logs,
-    pid,
-    reexec,
-    reload,
-    restart,
-    sendsignal,
-    shutdown,
-    start,
-    status,
-    stop,
-    tail,
-)
+from supervisor import paths
+from supervisor.ctl import client, readonly
+from supervisor.ctl.out import echo, pacify_streams
 
-# supervisord's supervisorctl verbs that pyvisor does differently: what to type instead
-SUPERVISORCTL_VERBS = {
-    "update": "'supervisorctl reload' here (it applies what changed in the config)",
-    "reread": "'supervisorctl reload' here (it reads the config and applies what changed)",
-    "add": "'supervisorctl reload' here (it starts the workers added to the config)",
-    "remove": "'supervisorctl reload' here (it stops the workers removed from the config)",
-    "avail": "'supervisorctl status' here (it lists every configured instance)",
-    "maintail": "the daemon's stderr here (journalctl -u supervisord under systemd)",
-    "fg": "'supervisorctl tail -f TARGET' here",
-    "clear": "not needed here: logs rotate by size (stdout.max_bytes)",
-    "version": "'supervisorctl --version' here",
+PROG_NAME = "supervisorctl"
+COMPLETE_VAR = "_SUPERVISORCTL_COMPLETE"     # click's shell completion variable for PROG_NAME
+# the verbs of the fast path and the flags each takes (as their click commands define them)
+FLAGS: dict[str, frozenset[str]] = {
+    "status": frozenset({"--json", "-v", "--verbose"}),
+    "pid": frozenset(),
+    "tail": frozenset({"--stdout", "--stderr"}),
 }
+TAIL_LINES = 10             # tail's -n default (as supervisor.ctl.tail_cmd defines it)
+_MAX_DIGITS = 18            # a longer -n goes to click (int() limits, click's message)
 
 
-class _Group(click.Group):
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        name = args[0] if args else ""
-        if name in SUPERVISORCTL_VERBS and self.get_command(ctx, name) is None:
-            raise click.UsageError(
-                f"No such command {name!r}; supervisord's {name} is "
-                f"{SUPERVISORCTL_VERBS[name]}.",
-                ctx,
-            )
-        return super().resolve_command(ctx, args)
+@dataclass(frozen=True)
+class Plan:
+    config: str | None
+    verb: str
+    flags: frozenset[str]
+    targets: tuple[str, ...]
+    lines: int = TAIL_LINES
 
 
-@click.group(
-    cls=_Group,
-    epilog=help_epilog(),
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-@click.option(
-    "-c",
-    "--config",
-    metavar="FILE",
-    envvar=paths.ENV_CONFIG,
-    help=f"The config file supervisord runs (default: ${paths.ENV_CONFIG}, "
-    f"else ./{client.DEFAULT_CONFIG}).",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="Give up waiting for supervisord's answer after SECONDS (exit 6). "
-    "Default: wait as long as the operation takes.",
-)
-@click.version_option(__version__, prog_name="supervisorctl")
-@click.pass_context
-def cli(ctx: click.Context, config: str | None, timeout: float | None) -> None:
-    """Control the supervisord that runs FILE.
+def recognise(argv: Sequence[str], environ: Mapping[str, str]) -> Plan | None:
+    """The plan for argv if it is one of the simple shapes, else None (the click CLI decides)."""
+    if COMPLETE_VAR in environ:
+        return None
+    rest = list(argv)
+    config: str | None = None
+    if rest and rest[0] in ("-c", "--config"):
+        if len(rest) < 2:
+            return None
+        config = rest[1]
+        del rest[:2]
+    elif rest and rest[0].startswith("--config="):
+        config = rest[0].partition("=")[2]
+        del rest[:1]
+    if config is not None and (not config or config.startswith("-")):
+        return None
+    if not rest or rest[0] not in FLAGS:
+        return None
+    verb, args = rest[0], rest[1:]
+    lines = TAIL_LINES
+    if verb == "tail":
+        found = _tail_lines(args)
+        if found is None:
+            return None
+        lines, args = found
+    flags = {a for a in args if a.startswith("-")}
+    if not flags <= FLAGS[verb]:
+        return None
+    targets = tuple(a for a in args if not a.startswith("-"))
+    if not all(readonly.is_target(t) for t in targets):
+        return None
+    if verb == "tail" and (len(targets) != 1 or sum(a.startswith("-") for a in args) > 1):
+        return None     # one TARGET; one --stdout or --stderr at most
+    if config is None:
+        config = environ.get(paths.ENV_CONFIG) or None
+    return Plan(config, verb, frozenset(flags), targets, lines)
 
-    \b
-    Targets: NAME (every instance of a worker), NAME:INDEX (one instance), all.
-    Shell completion (bash; zsh and fish likewise with zsh_source / fish_source):
-      eval "$(_SUPERVISORCTL_COMPLETE=bash_source supervisorctl)"
-    """
-    ctx.obj = client.Session(config=config, timeout=timeout)
+
+def _tail_lines(args: list[str]) -> tuple[int, list[str]] | None:
+    """tail's one -n N / --lines N / --lines=N (plain decimal digits) and the other args."""
+    lines: int | None = None
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        value: str | None = None
+        if a in ("-n", "--lines"):
+            if i + 1 >= len(args):
+                return None
+            value, i = args[i + 1], i + 2
+        elif a.startswith("--lines="):
+            value, i = a.partition("=")[2], i + 1
+        else:
+            rest.append(a)
+            i += 1
+            continue
+        if lines is not None or not value.isascii() or not value.isdigit() \
+                or len(value) > _MAX_DIGITS:
+            return None
+        lines = int(value)
+    return (TAIL_LINES if lines is None else lines), rest
 
 
-for _verb in (status, start, stop, restart, sendsignal, tail, logs, reload, shutdown, pid,
-              reexec, events):
-    cli.add_command(_verb.cmd)
+def run(plan: Plan) -> None:
+    """Carry out a plan as the click CLI would, exit code and messages included."""
+    session = client.Session(config=plan.config)
+    try:
+        if plan.verb == "status":
+            readonly.status(session, plan.targets, "--json" in plan.flags,
+                            bool(plan.flags & {"-v", "--verbose"}))
+        if plan.verb == "tail":
+            from supervisor.ctl import tail
+
+            only = next((f[2:] for f in plan.flags), None)   # "--stdout" -> "stdout"
+            tail.run(session, plan.targets[0], False, only, plan.lines)
+        readonly.pid(session, plan.targets)
+    except client.CtlError as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (EOFError, KeyboardInterrupt):
+        echo("", err=True)          # click: a blank line to close the terminal's ^C, then
+        echo("Aborted!", err=True)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno != errno.EPIPE:
+            raise
+        pacify_streams()            # stdout's reader has gone (| head): exit 1, quietly
+        sys.exit(1)
 
 
 def main() -> None:
-    cli(prog_name="supervisorctl")
+    plan = recognise(sys.argv[1:], os.environ)
+    if plan is None:
+        from supervisor.ctl import cli
+
+        cli.main()
+        return
+    run(plan)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""supervisorctl pid [TARGETS]"""
+"""supervisorctl pid [TARGETS] (the work is readonly.pid)"""
 
 from __future__ import annotations
 
 import click
 
-from supervisor.ctl import client
+from supervisor.ctl import client, readonly
 from supervisor.ctl.targets import TARGET
 
 
@@ -13,4 +13,4 @@ from supervisor.ctl.targets import TARGET
 @click.pass_obj
 def cmd(session: client.Session, targets: tuple[str, ...]) -> None:
     """Print supervisord's PID, or with TARGETS the PIDs of their processes."""
-    client.run(session, "pid", targets)
+    readonly.pid(session, targets)

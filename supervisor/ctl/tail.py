@@ -5,7 +5,8 @@ Both streams by default (a crashed program's error is on stderr), each under tai
 ({"stdout": path, "stderr": path} in the reply's data); the client reads them itself, so a
 follow costs the daemon nothing. Following polls the files every 0.2 s and survives rotation
 (inode changes: finish the old file, reopen the new one from its start) and truncation (size
-shrinks: start again from the beginning). Ctrl-C ends it (exit 0).
+shrinks: start again from the beginning). Ctrl-C ends it (exit 0). No click here: the entry
+point's fast path runs ``tail TARGET`` without it; the click command is tail_cmd.
 """
 
 from __future__ import annotations
@@ -13,40 +14,21 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import BinaryIO, Protocol
-
-import click
+from typing import BinaryIO, NoReturn, Protocol
 
 from supervisor import safefs
 from supervisor.control.protocol import ERROR, NOT_RUNNING, OK, Reply
 from supervisor.ctl import client
-from supervisor.ctl.targets import TARGET
+from supervisor.ctl.out import echo
 
 POLL_INTERVAL = 0.2
 _CHUNK = 8192
 MAX_LOOK_BACK = 1 << 20     # bytes read back at most for the last lines (a huge file, no newlines)
 
 
-@click.command("tail")
-@click.argument("target", type=TARGET)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C ends).")
-@click.option("--stdout", "only", flag_value="stdout", help="Only the stdout log.")
-@click.option("--stderr", "only", flag_value="stderr", help="Only the stderr log.")
-@click.option(
-    "-n",
-    "--lines",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="Print the last LINES lines first.",
-)
-@click.pass_obj
-def cmd(
-    session: client.Session, target: str, follow: bool, only: str | None, lines: int
-) -> None:
-    """Print the end of TARGET's stdout and stderr logs (e.g. web:0).
-
-    Each file comes under a ==> FILE <== header when they are two."""
+def run(session: client.Session, target: str, follow: bool, only: str | None,
+        lines: int) -> NoReturn:
+    """supervisorctl tail: the click command (tail_cmd) and the fast path both call this."""
     stream = only or "both"
     try:
         reply = client.request(session, "tail", [target], {"stream": stream})
@@ -90,7 +72,7 @@ def _from_config(session: client.Session, target: str, down: client.CtlError) ->
     found = offline.log_paths(config, target)
     if isinstance(found, str):
         raise client.CtlError(down.exit_code, f"{down.message}\nsupervisorctl: {found}")
-    click.echo(f"supervisorctl: supervisord is not running; reading {target}'s log files as "
+    echo(f"supervisorctl: supervisord is not running; reading {target}'s log files as "
                f"{config} names them", err=True)
     return Reply(OK, data={"stdout": found[0], "stderr": found[1]})
 

@@ -6,13 +6,13 @@ silently, when no daemon answers within a fraction of a second.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
 from click.shell_completion import CompletionItem
 
-_TARGET = re.compile(r"(?:all|[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(?::[0-9]{1,6})?)\Z")
+from supervisor.ctl.readonly import is_target
+
 COMPLETION_TIMEOUT = 0.5
 
 
@@ -21,7 +21,7 @@ class TargetType(click.ParamType):  # type: ignore[type-arg]  # generic only sin
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
-        if not _TARGET.match(text):
+        if not is_target(text):
             self.fail(f"{text!r} is not a target: give NAME, NAME:INDEX or all", param, ctx)
         return text
 
@@ -46,7 +46,7 @@ def known_targets(ctx: click.Context) -> list[str]:
     )
     try:
         reply = client.request(session, "status", ["all"], {"json": True})
-    except (click.ClickException, OSError, ValueError):
+    except (client.CtlError, OSError, ValueError):
         return []
     if reply.code != 0:
         return []

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from supervisor import paths
-from supervisor.ctl.main import cli
+from supervisor.ctl.cli import cli
 from tests.unit.test_server_harness import LoopThread, Recorder, loop_thread_fixture, start_server
 
 REPO = Path(__file__).resolve().parents[2]

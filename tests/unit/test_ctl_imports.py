@@ -1,4 +1,5 @@
-"""supervisorctl's start-up is its latency: it imports click and the standard library only."""
+"""supervisorctl's start-up is its latency: it imports click and the standard library only, and
+its entry point (the fast path of status and pid) not even click."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def loaded_after(statement: str) -> list[str]:
 
 
 def test_ctl_main_loads_no_heavy_module() -> None:
-    modules = loaded_after("import supervisor.ctl.main")
+    modules = loaded_after("import supervisor.ctl.main, supervisor.ctl.cli")
     heavy = [m for m in modules if m.split(".")[0] in FORBIDDEN]
-    assert heavy == [], f"import supervisor.ctl.main loaded {heavy}"
+    assert heavy == [], f"import supervisor.ctl.main, supervisor.ctl.cli loaded {heavy}"
     ours = sorted(m for m in modules if m.startswith("supervisor"))
     stdlib_only = ("supervisor.ctl", "supervisor.names", "supervisor.paths", "supervisor.safefs")
     assert all(
@@ -40,9 +41,19 @@ def test_ctl_main_loads_no_heavy_module() -> None:
     ), ours
 
 
+def test_entry_point_loads_no_click() -> None:
+    for statement in ("import supervisor.ctl.main", "import supervisor.ctl.readonly"):
+        modules = loaded_after(statement)
+        assert [m for m in modules if m.split(".")[0] == "click"] == [], statement
+        assert "supervisor.ctl.cli" not in modules, statement
+    # the click CLI does load it (so the check above can tell)
+    assert "click" in loaded_after("import supervisor.ctl.cli")
+
+
 def test_importtime_shows_no_heavy_module() -> None:
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import supervisor.ctl.main"],
+        [sys.executable, "-X", "importtime", "-c",
+         "import supervisor.ctl.main, supervisor.ctl.cli"],
         check=True,
         capture_output=True,
         text=True,
@@ -51,7 +62,7 @@ def test_importtime_shows_no_heavy_module() -> None:
         timeout=60,
     )
     names = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line]
-    assert "supervisor.ctl.main" in names, proc.stderr[-2000:]
+    assert "supervisor.ctl.cli" in names, proc.stderr[-2000:]
     heavy = [n for n in names if n.split(".")[0] in FORBIDDEN]
     assert heavy == [], heavy
 
