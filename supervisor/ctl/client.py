@@ -14,7 +14,6 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 from supervisor import paths
@@ -53,13 +52,15 @@ class CtlError(Exception):
         echo(self.message, err=True)
 
 
-@dataclass
 class Session:
-    """What the group options decided; every verb gets it as click's ``obj``."""
+    """What the group options decided; every verb gets it as click's ``obj``. (A plain class:
+    importing dataclasses is a third of supervisorctl's start.)"""
 
-    config: str | None
-    timeout: float | None = None
-    connect_timeout: float = CONNECT_TIMEOUT
+    def __init__(self, config: str | None, timeout: float | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
 
     def config_file(self) -> tuple[str, str]:
         """(the config as the user named it, its absolute path). Without -c, $PYVISOR_CONFIG

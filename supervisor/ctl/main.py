@@ -26,7 +26,7 @@ import errno
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from supervisor import paths
 from supervisor.ctl import client, readonly
@@ -44,8 +44,7 @@ TAIL_LINES = 10             # tail's -n default (as supervisor.ctl.tail_cmd defi
 _MAX_DIGITS = 18            # a longer -n goes to click (int() limits, click's message)
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     config: str | None
     verb: str
     flags: frozenset[str]
