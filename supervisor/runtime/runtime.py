@@ -280,7 +280,6 @@ class Runtime:
         return self.loop.clock()
 
     def dispatch(self, inst: Instance, event: Event) -> None:
-        self._count_exit(inst, event)
         self._queue.append((inst, event))
         if self._dispatching:
             return
@@ -301,24 +300,19 @@ class Runtime:
         self._dispatching = True
         try:
             stepped = []
-            for inst, event in pairs:
-                self._count_exit(inst, event)
-                done = self._step(inst, event)
-                if done is not None:
-                    for action in (a for a in done[1] if isinstance(a, core.Signal)):
-                        self._execute(inst, action, event.now)
-                    stepped.append((inst, event, *done))
+            with self.trees.batch():
+                for inst, event in pairs:
+                    done = self._step(inst, event)
+                    if done is not None:
+                        for action in (a for a in done[1] if isinstance(a, core.Signal)):
+                            self._execute(inst, action, event.now)
+                        stepped.append((inst, event, *done))
             for inst, event, before, actions in stepped:
                 self._carry_out(inst, event, before, actions,
                                 [a for a in actions if not isinstance(a, core.Signal)])
             self._drain()
         finally:
             self._dispatching = False
-
-    def _count_exit(self, inst: Instance, event: Event) -> None:
-        if isinstance(event, core.Exited | core.ExitedWhileAway):
-            reason = exit_reason(event.status, inst.policy)
-            inst.exits[reason] = inst.exits.get(reason, 0) + 1
 
     def _drain(self) -> None:
         while self._queue:
@@ -328,6 +322,9 @@ class Runtime:
                 self._carry_out(inst, event, done[0], done[1], done[1])
 
     def _step(self, inst: Instance, event: Event) -> tuple[InstanceState, list[core.Action]] | None:
+        if isinstance(event, core.Exited | core.ExitedWhileAway):
+            reason = exit_reason(event.status, inst.policy)
+            inst.exits[reason] = inst.exits.get(reason, 0) + 1
         before = inst.st         # -> (the state before, the actions); None: refused
         try:
             inst.st, actions = core.step(before, event, inst.policy)
