@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--pythonpath", help="a checkout whose supervisor/ the daemon imports")
     ap.add_argument("--no-cgroups", action="store_true")
     ap.add_argument("--kill-bare", action="store_true")
+    ap.add_argument("--keep-log", action="store_true", help="copy the daemon log to /tmp")
     a = ap.parse_args()
     n = a.workers
     with Run("stopall") as run:
@@ -144,6 +145,10 @@ def main() -> None:
         say(f"median of {len(rows)}: all gone {gone:.2f} s, returned {ret:.2f} s, "
             f"daemon CPU {cpu:.2f} s")
         say("daemon log tail:\n" + d.log_tail(3))
+        if a.keep_log:
+            keep = Path(f"/tmp/stopall-daemon-{os.getpid()}.log")
+            keep.write_bytes(d.log.read_bytes())
+            say(f"daemon log kept in {keep}")
 
 
 if __name__ == "__main__":

@@ -340,8 +340,10 @@ class Runtime:
         publish_step(self.events, inst.name, event, before, inst.st, actions)
         old = before.state
         if inst.st.wanted != before.wanted or inst.st.restarts != before.restarts or (
-                State.STOPPING in (old, inst.st.state)):
-            self.intent.changed()        # what a new daemon must know has changed
+                State.STOPPING in (old, inst.st.state)):   # what a new daemon must know
+            self.intent.changed(lazy=old is State.STOPPING and inst.st.state in NO_PROCESS
+                                and inst.st.wanted == before.wanted
+                                and inst.st.restarts == before.restarts)
         if inst.st.state is not old:
             self._on_transition(inst)
 
