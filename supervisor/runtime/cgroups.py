@@ -172,18 +172,6 @@ class CgroupTree:
             if e.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
                 raise
 
-    def remove_empty(self, path: str) -> bool:
-        """rmdir the cgroup if it is empty: the kernel refuses it (EBUSY) while a process is
-        in it or below it, so one call both tells that a tree is gone and tears it down.
-        True: removed (or already gone); False: it is still there."""
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        return True
-
     def stats(self, path: str) -> dict[str, int | None]:
         """processes, cpu_usec (the whole tree, exited children included), memory (bytes:
         memory.current where the memory controller is enabled, else the sum of the members'

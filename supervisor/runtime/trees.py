@@ -143,10 +143,6 @@ class Trees:
         program that daemonized itself (foreground.py)."""
         cg, path = self.cgroups, inst.cgroup
         if cg is not None and path is not None:
-            if cg.remove_empty(path):   # nothing left (the common case): one rmdir, no read
-                self._daemonized(inst, status, None)
-                then()
-                return
             left = cg.members(path)
             self._daemonized(inst, status, _describe(left) if left else None)
             if not left:
