@@ -19,7 +19,6 @@ from supervisor import core, safefs
 from supervisor.adopt import Found, scan
 from supervisor.config import Config
 from supervisor.core import NO_PROCESS, InstanceState, State, StopInFlight, TimerKind
-from supervisor.logs import LineBatch
 from supervisor.runtime import Instance, Runtime, config_hash
 from supervisor.runtime.exits import exit_status_from_record
 from supervisor.runtime.intent import restarts_of, stop_of, wanted_of
@@ -51,13 +50,8 @@ def apply_adoption(rt: Runtime, config: Config,
         return cg.contains(instance, pid) if cg is not None else None
     found = scan(config.supervisor.block_prefix, member,
                  os.path.dirname(cg.home) if cg is not None else None)
-    batch = rt.log_batch = LineBatch()
-    try:
-        for f in found:
-            accounted.add(_adopt_one(rt, f, now, intent or {}))
-    finally:
-        rt.log_batch = None
-        batch.flush()
+    for f in found:
+        accounted.add(_adopt_one(rt, f, now, intent or {}))
     return accounted
 
 

@@ -1,10 +1,12 @@
 """How the runtime learns that a process ended, and how it ended.
 
-A pidfd per process is registered with the loop (readable when the process exits). Children are
-reaped with waitid(P_ALL) in one place (``Reaper.reap``), which also reaps orphaned zombies when
-the daemon is a container's PID 1. Adopted processes (not our children) get their status from
-the worker's exit record in the control block, else from PIDFD_INFO_EXIT (Linux ≥ 6.15), else
-"unknown".
+A pidfd per process is registered with the loop (readable when the process exits). A child is
+reaped through its own pidfd (waitid(P_PIDFD)): waitid(P_ALL) walks every child of the daemon
+(~70 ns each: 0.7 ms at 10,000 workers for each call that finds nothing), so it runs only in the
+sweep after SIGCHLD (``Reaper.reap``, at most once per loop turn), which also reaps orphaned
+zombies when the daemon is a container's PID 1. Adopted processes (not our children) get their
+status from the worker's exit record in the control block, else from PIDFD_INFO_EXIT (Linux ≥
+6.15), else "unknown".
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class Reaper:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.by_pid: dict[int, Instance] = {}
-        rt.loop.add_signal_handler(signal.SIGCHLD, lambda _s: self.reap())
+        self._sweeping = False
+        rt.loop.add_signal_handler(signal.SIGCHLD, lambda _s: self._sweep_soon())
 
     def watch(self, inst: Instance, pid: int, pidfd: int) -> None:
         inst.pidfd = pidfd
@@ -87,10 +90,30 @@ class Reaper:
             inst.pidfd = None
 
     def _on_pidfd(self, inst: Instance) -> None:
-        if inst.child:
-            self.reap()
-        else:
+        if inst.pidfd is None:
+            return     # reaped already in this turn (the sweep)
+        if not inst.child:
             self._adopted_exit(inst)
+            return
+        try:
+            res = os.waitid(os.P_PIDFD, inst.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:    # not ours to reap after all: as an adopted one
+            self._adopted_exit(inst)
+            return
+        except OSError:              # no P_PIDFD (Linux < 5.4)
+            self.reap()
+            return
+        if res is not None and res.si_pid:
+            self._exited(inst, exit_status_from_wait(res.si_code, res.si_status, "waitid"))
+
+    def _sweep_soon(self) -> None:
+        if not self._sweeping:
+            self._sweeping = True
+            self.rt.loop.call_later(0, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeping = False
+        self.reap()
 
     def reap(self) -> None:
         """Reap every exited child: our workers, and orphans reparented to us (PID 1)."""

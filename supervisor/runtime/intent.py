@@ -4,7 +4,11 @@ For each instance the core's ``wanted`` (started / stopped, when the operator sa
 its restart count (for metrics) and a stop in flight (graceful or not, its deadline, whether
 a start follows). The file lives in the daemon's private runtime directory
 (safefs.private_dir), is replaced atomically, and is written at most once per loop turn
-however many instances changed. A new daemon reads it
+however many instances changed; the end of a stop (no process left, nothing else changed)
+within LAZY seconds instead: the file is O(instances) to write, 10,000 exits come over many
+turns, and the stop entry it removes is only stale meanwhile (a new daemon reads a stop entry
+only for a live process it adopts, and an instance with none gets one only through a start,
+which is written at once). A new daemon reads it
 before it starts anything: a stop you asked for is never followed by a restart, even across a
 SIGKILL of the daemon, and a stop in flight carries on with its original deadline.
 
@@ -25,6 +29,7 @@ from loguru import logger
 
 from supervisor import paths, safefs
 from supervisor.core import State, StopInFlight, TimerKind
+from supervisor.loop import Timer
 from supervisor.runtime.instance import Instance
 from worker import block as blk
 
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
 
 MAX_INTENT = 64 * 1024 * 1024
+LAZY = 0.5        # seconds: how late the end of a stop may be recorded
 
 
 class Intent:
@@ -39,17 +45,26 @@ class Intent:
         self.rt = rt
         self.name = f"intent-{prefix}.json"
         self.enabled = True
-        self._scheduled = False
+        self._pending: Timer | None = None
 
     # -- writing ----------------------------------------------------------------------------
-    def changed(self) -> None:
-        """Something the file records changed: write it once this loop turn is over."""
-        if self.enabled and not self._scheduled:
-            self._scheduled = True
-            self.rt.loop.call_later(0, self.write)
+    def changed(self, lazy: bool = False) -> None:
+        """Something the file records changed: write it once this loop turn is over (lazy:
+        within LAZY seconds)."""
+        if not self.enabled:
+            return
+        when = self.rt.now() + (LAZY if lazy else 0.0)
+        t = self._pending
+        if t is not None and not t.cancelled and t.when <= when:
+            return
+        if t is not None:
+            t.cancel()
+        self._pending = self.rt.loop.call_at(when, self.write)
 
     def write(self) -> None:
-        self._scheduled = False
+        if self._pending is not None:
+            self._pending.cancel()     # (the timer that runs this, or one made moot by it)
+            self._pending = None
         if not self.enabled:
             return
         doc: dict[str, Any] = {"boot_id": blk.read_boot_id().hex(), "instances": {}}

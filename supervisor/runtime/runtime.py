@@ -62,6 +62,7 @@ class Runtime:
         # instance each made boot scan 10,000 x 10,000)
         self._by_worker: dict[str, dict[str, Instance]] = {}
         self.rotator = Rotator(loop)
+        self.lines = LineBatch(lambda fn: loop.call_later(0, fn))   # the core's Log actions
         self.console = Console(loop)
         self.on_change: Callable[[], None] = lambda: None   # e.g. systemd STATUS=
         self.events = EventBus()                 # transitions, exits, adoptions, readiness
@@ -74,7 +75,6 @@ class Runtime:
         self.trees = Trees(self, config.supervisor.cgroups)
         self.intent = Intent(self, config.supervisor.block_prefix)
         self.adoptions: Counter[str] = Counter()   # outcome of each record found at start-up
-        self.log_batch: LineBatch | None = None    # see log()
 
     # -- the set of instances -----------------------------------------------------------------
     def set_config(self, config: Config) -> None:
@@ -189,10 +189,10 @@ class Runtime:
         worker's stop_mode."""
         insts = list(insts)
         self.cancel_deferred(insts)
-        for inst in insts:
-            wanted = inst.cfg.stop_mode == "graceful" if graceful is None else graceful
-            self.dispatch(inst, core.StopRequested(
-                self.now(), graceful=wanted and inst.uses_library, restart=restart))
+        now = self.now()
+        self.dispatch_all([(inst, core.StopRequested(
+            now, graceful=(inst.cfg.stop_mode == "graceful" if graceful is None else graceful)
+            and inst.uses_library, restart=restart)) for inst in insts])
 
     def request_restart(self, insts: Iterable[Instance], graceful: bool | None) -> None:
         """Stop and start again the ones that run; start the ones that do not."""
@@ -290,33 +290,72 @@ class Runtime:
         return self.loop.clock()
 
     def dispatch(self, inst: Instance, event: Event) -> None:
-        if isinstance(event, core.Exited | core.ExitedWhileAway):
-            reason = exit_reason(event.status, inst.policy)
-            inst.exits[reason] = inst.exits.get(reason, 0) + 1
         self._queue.append((inst, event))
         if self._dispatching:
             return
         self._dispatching = True
         try:
-            while self._queue:
-                inst, event = self._queue.popleft()
-                before = inst.st
-                old, wanted, restarts = before.state, before.wanted, before.restarts
-                try:
-                    inst.st, actions = core.step(inst.st, event, inst.policy)
-                except core.TransitionError as e:
-                    logger.error(f"{inst.name} {e} (event ignored)")
-                    continue
-                for action in actions:
-                    self._execute(inst, action, event.now)
-                publish_step(self.events, inst.name, event, before, inst.st, actions)
-                if inst.st.wanted != wanted or inst.st.restarts != restarts or (
-                        State.STOPPING in (old, inst.st.state)):
-                    self.intent.changed()        # what a new daemon must know has changed
-                if inst.st.state is not old:
-                    self._on_transition(inst)
+            self._drain()
         finally:
             self._dispatching = False
+
+    def dispatch_all(self, pairs: list[tuple[Instance, Event]]) -> None:
+        """dispatch() of many events (a stop all): the signals the core's steps ask for go out
+        as each is stepped, every other action and what follows once all are: 10,000 exits run
+        in the kernel beside the bookkeeping, not after it. Inside a dispatch: queued."""
+        if self._dispatching or len(pairs) < 2:
+            for inst, event in pairs:
+                self.dispatch(inst, event)
+            return
+        self._dispatching = True
+        try:
+            stepped = []
+            with self.trees.batch():
+                for inst, event in pairs:
+                    done = self._step(inst, event)
+                    if done is not None:
+                        for action in (a for a in done[1] if isinstance(a, core.Signal)):
+                            self._execute(inst, action, event.now)
+                        stepped.append((inst, event, *done))
+            for inst, event, before, actions in stepped:
+                self._carry_out(inst, event, before, actions,
+                                [a for a in actions if not isinstance(a, core.Signal)])
+            self._drain()
+        finally:
+            self._dispatching = False
+
+    def _drain(self) -> None:
+        while self._queue:
+            inst, event = self._queue.popleft()
+            done = self._step(inst, event)
+            if done is not None:
+                self._carry_out(inst, event, done[0], done[1], done[1])
+
+    def _step(self, inst: Instance, event: Event) -> tuple[InstanceState, list[core.Action]] | None:
+        if isinstance(event, core.Exited | core.ExitedWhileAway):
+            reason = exit_reason(event.status, inst.policy)
+            inst.exits[reason] = inst.exits.get(reason, 0) + 1
+        before = inst.st         # -> (the state before, the actions); None: refused
+        try:
+            inst.st, actions = core.step(before, event, inst.policy)
+        except core.TransitionError as e:
+            logger.error(f"{inst.name} {e} (event ignored)")
+            return None
+        return before, actions
+
+    def _carry_out(self, inst: Instance, event: Event, before: InstanceState,
+                   actions: list[core.Action], todo: list[core.Action]) -> None:
+        for action in todo:          # the step's actions not done yet, then what follows
+            self._execute(inst, action, event.now)
+        publish_step(self.events, inst.name, event, before, inst.st, actions)
+        old = before.state
+        if inst.st.wanted != before.wanted or inst.st.restarts != before.restarts or (
+                State.STOPPING in (old, inst.st.state)):   # what a new daemon must know
+            self.intent.changed(lazy=old is State.STOPPING and inst.st.state in NO_PROCESS
+                                and inst.st.wanted == before.wanted
+                                and inst.st.restarts == before.restarts)
+        if inst.st.state is not old:
+            self._on_transition(inst)
 
     def _execute(self, inst: Instance, action: core.Action, now: float) -> None:
         match action:
@@ -335,11 +374,8 @@ class Runtime:
                 self.log(level, f"{inst.name} {message}")
 
     def log(self, level: str, message: str) -> None:
-        """A daemon log line; into log_batch while one is set (adoption: 10,000 lines)."""
-        if self.log_batch is not None:
-            self.log_batch.add(level, message)
-        else:
-            logger.log(level, message)
+        """A daemon log line of the runtime's own, batched per loop turn (LineBatch)."""
+        self.lines.log(level, message)
 
     def arm_timer(self, inst: Instance, kind: TimerKind, when: float) -> None:
         self._cancel_timer(inst, kind)
@@ -439,6 +475,7 @@ class Runtime:
             self.rotator.unwatch(path)  # type: ignore[arg-type]
 
     def close(self) -> None:
+        self.lines.close()
         for inst in self._instances.values():
             for kind in list(inst.timers):
                 self._cancel_timer(inst, kind)

@@ -60,6 +60,7 @@ class Trees:
     def __init__(self, rt: Runtime, enabled: bool) -> None:
         self.rt = rt
         self._to_remove: deque[str] = deque()
+        self._later: list[tuple[str, int, int]] | None = None   # cgroups to signal (batch)
         self.cgroups: CgroupTree | None = None
         if not enabled:
             self.why = "off in the config (supervisor.cgroups: false)"
@@ -125,7 +126,23 @@ class Trees:
         except PermissionError as e:
             logger.error(f"{inst.name} cannot send signal {signum} to pid {pid}: {e}")
         if self.cgroups is not None and inst.cgroup is not None:
-            self.cgroups.signal(inst.cgroup, signum, sent)
+            if self._later is not None:
+                self._later.append((inst.cgroup, signum, sent))
+            else:
+                self.cgroups.signal(inst.cgroup, signum, sent)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Signals to many trees (a stop all): each process group gets its signal at once,
+        the rest of each cgroup (a read of its members) once every group has had it."""
+        self._later = []
+        try:
+            yield
+        finally:
+            later, self._later = self._later, None
+            for path, signum, sent in later:
+                if self.cgroups is not None:
+                    self.cgroups.signal(path, signum, sent)
 
     def end(self, inst: Instance, leader: int | None, then: Callable[[], None],
             status: core.ExitStatus | None = None) -> None:

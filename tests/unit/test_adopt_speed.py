@@ -5,7 +5,6 @@ to the loop."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from loguru import logger
 
 from supervisor import adopt, pidinfo
-from supervisor.logs import LOG_FORMAT, LineBatch, Rotator
+from supervisor.logs import LOG_FORMAT, Rotator
 from supervisor.loop import Loop
 from supervisor.runtime import cgroups
 from tests.support.wait import wait_until
@@ -63,36 +62,6 @@ def log_lines() -> Iterator[list[str]]:
         yield lines
     finally:
         logger.remove(handler)
-
-
-def test_batched_lines_look_like_loguru_lines_in_order_and_filtered(
-        log_lines: list[str]) -> None:
-    logger.info("w:0 first, one by one")
-    batch = LineBatch()
-    batch.add("INFO", "w:1 STOPPED -> RUNNING (adopted pid 2, up for 1.00 s; ready)")
-    batch.add("DEBUG", "w:1 not shown at INFO")
-    batch.add("WARNING", "w:2 {not a format} <b>not markup</b>")
-    batch.add("INFO", "w:3 last")
-    assert len(log_lines) == 1, "nothing of the batch is written before its flush"
-    batch.flush()
-    batch.flush()                              # nothing twice
-    text = "".join(log_lines)
-    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
-    assert re.fullmatch(
-        rf"{stamp} INFO    w:0 first, one by one\n"
-        rf"{stamp} INFO    w:1 STOPPED -> RUNNING \(adopted pid 2, up for 1\.00 s; ready\)\n"
-        rf"{stamp} WARNING w:2 \{{not a format\}} <b>not markup</b>\n"
-        rf"{stamp} INFO    w:3 last\n", text), text
-
-
-def test_a_batch_writes_itself_out_when_it_is_long(log_lines: list[str]) -> None:
-    batch = LineBatch()
-    for i in range(1200):
-        batch.add("INFO", f"w:{i} line")
-    assert "".join(log_lines).count("\n") == 1000, "two full batches out, 200 held"
-    batch.flush()
-    out = "".join(log_lines).splitlines()
-    assert [line.rsplit(" ", 2)[1] for line in out] == [f"w:{i}" for i in range(1200)]
 
 
 def test_a_deferred_rotation_check_happens_in_the_loop(tmp_path: Path) -> None:

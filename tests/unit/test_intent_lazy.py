@@ -1,0 +1,62 @@
+"""When the intent record is written (supervisor.runtime.intent.Intent.changed): at the end of
+the loop turn, or within LAZY seconds for the end of a stop; an urgent change never waits
+behind a lazy one, and one write serves every change before it."""
+
+from __future__ import annotations
+
+import heapq
+from types import SimpleNamespace
+
+from supervisor.loop import Loop
+from supervisor.runtime.intent import LAZY, Intent
+
+
+def make() -> tuple[Intent, list[float], list[float]]:
+    now = [100.0]
+    loop = Loop(clock=lambda: now[0])
+    rt = SimpleNamespace(loop=loop, now=lambda: now[0], instances={})
+    intent = Intent(rt, "pvtest")  # type: ignore[arg-type]
+    writes: list[float] = []
+    real = intent.write
+
+    def write() -> None:              # the scheduling under test; no file is written
+        writes.append(now[0])
+        intent.enabled = False
+        real()                        # clears the pending timer, writes nothing (disabled)
+        intent.enabled = True
+
+    intent.write = write  # type: ignore[method-assign]
+    return intent, now, writes
+
+
+def run_until(intent: Intent, now: list[float], until: float) -> None:
+    """Advance the fake clock in 50 ms steps, running the timers that come due."""
+    timers = intent.rt.loop._timers
+    while now[0] <= until:
+        while timers and timers[0].when <= now[0]:
+            t = heapq.heappop(timers)
+            if not t.cancelled:
+                t.fn()
+        now[0] = round(now[0] + 0.05, 6)
+
+
+def test_lazy_waits_urgent_does_not_and_one_write_serves_both() -> None:
+    intent, now, writes = make()
+    intent.changed(lazy=True)
+    intent.changed(lazy=True)
+    run_until(intent, now, 100.0 + LAZY / 2)
+    assert writes == []                           # the end of a stop may wait
+    intent.changed()                              # an urgent change does not wait behind it
+    run_until(intent, now, 100.0 + 2 * LAZY)
+    assert len(writes) == 1 and writes[0] < 100.0 + LAZY
+
+
+def test_a_lazy_change_after_an_urgent_one_is_written_with_it() -> None:
+    intent, now, writes = make()
+    intent.changed()
+    intent.changed(lazy=True)
+    run_until(intent, now, 100.0 + 2 * LAZY)
+    assert writes == [100.0]
+    intent.changed(lazy=True)                     # after a write: a new one, lazily
+    run_until(intent, now, 100.0 + 4 * LAZY)
+    assert len(writes) == 2 and writes[1] >= writes[0] + LAZY
