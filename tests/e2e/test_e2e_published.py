@@ -74,6 +74,7 @@ def test_a_scribbled_status_page_reads_as_clean_unknowns(
     d = daemon({"s": {"command": [sys.executable, script], "graceful_timeout": 5},
                 "ok": {"command": "sleep 1000", "start_seconds": 0.2}})
     d.wait_state("s:0", "RUNNING")
+    d.wait_state("ok:0", "RUNNING")       # its row must read as any row does, beside s:0's
     out = d.log_dir / "s-0.out.log"
     wait_until(lambda: "scribbled" in out.read_text(), 10, "the worker scribbled")
     r = d.ctl("status")
