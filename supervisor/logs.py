@@ -24,12 +24,18 @@ import os
 import stat
 import struct
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 from supervisor import safefs
 from supervisor.loop import Loop
@@ -63,12 +69,32 @@ class LineBatch:
     it was added, the level, the message): a loguru record costs some 40 us, so the 10,000
     transition lines of an adoption cost ~0.4 s one by one and ~10 ms in batches. Lines keep
     their order; each run of one level is one raw loguru write, filtered by level as any
-    line is."""
+    line is. Used as ``with LineBatch() as b:``, a line logged directly meanwhile (by code
+    that does not know of the batch, e.g. the process trees) first writes out what the batch
+    holds, so the log keeps the order in which things happened."""
 
     def __init__(self) -> None:
         self._lines: list[tuple[float, str, str]] = []
         self._second = -1
         self._stamp = ""
+        self._flushing = False
+        self._thread = threading.get_ident()
+        self._outer: LineBatch | None = None
+
+    def __enter__(self) -> LineBatch:
+        global _active, _hooked
+        if not _hooked:       # installed once (loguru cannot take a patcher back): ~0.3 us
+            logger.configure(patcher=_before_record)
+            _hooked = True
+        self._thread = threading.get_ident()
+        self._outer, _active = _active, self
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        global _active
+        _active = self._outer
+        self.flush()
 
     def add(self, level: str, message: str) -> None:
         self._lines.append((time.time(), level, message))
@@ -85,11 +111,28 @@ class LineBatch:
     def flush(self) -> None:
         lines, self._lines = self._lines, []
         run: list[str] = []
-        for i, (t, level, message) in enumerate(lines):
-            run.append(f"{self._time(t)} {level: <7} {message}\n")
-            if i + 1 == len(lines) or lines[i + 1][1] != level:
-                logger.opt(raw=True).log(level, "".join(run))
-                run = []
+        self._flushing = True          # (these raw writes pass _before_record too)
+        try:
+            for i, (t, level, message) in enumerate(lines):
+                run.append(f"{self._time(t)} {level: <7} {message}\n")
+                if i + 1 == len(lines) or lines[i + 1][1] != level:
+                    logger.opt(raw=True).log(level, "".join(run))
+                    run = []
+        finally:
+            self._flushing = False
+
+
+_active: LineBatch | None = None     # the innermost ``with LineBatch()``
+_hooked = False
+
+
+def _before_record(_record: Record) -> None:
+    """loguru's patcher: runs before any record is written. A line logged directly while a
+    batch holds lines goes after them (from the batch's own thread: another thread's lines
+    are concurrent, and the batch is not shared between threads)."""
+    b = _active
+    if b is not None and b._lines and not b._flushing and threading.get_ident() == b._thread:
+        b.flush()
 
 
 def open_output(path: str, owner: tuple[int, int] | None = None) -> int:

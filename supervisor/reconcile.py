@@ -51,13 +51,13 @@ def apply_adoption(rt: Runtime, config: Config,
         return cg.contains(instance, pid) if cg is not None else None
     found = scan(config.supervisor.block_prefix, member,
                  os.path.dirname(cg.home) if cg is not None else None)
-    batch = rt.log_batch = LineBatch()
-    try:
-        for f in found:
-            accounted.add(_adopt_one(rt, f, now, intent or {}))
-    finally:
-        rt.log_batch = None
-        batch.flush()
+    with LineBatch() as batch:     # (a line logged directly meanwhile goes after its lines)
+        rt.log_batch = batch
+        try:
+            for f in found:
+                accounted.add(_adopt_one(rt, f, now, intent or {}))
+        finally:
+            rt.log_batch = None
     return accounted
 
 
