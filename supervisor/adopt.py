@@ -334,8 +334,10 @@ def _sweep_orphan_status_pages(prefix: str, blocks: dict[str, ControlBlock],
             continue                     # a block's own page (the common case, checked first)
         if not blk.status_name_ok(ctl, "/" + e):
             continue
-        if ctl[1:] in entries and (owner is None or owner.status_name == "/" + e):
-            continue                     # its ctl page is there (and names it, or is unread)
+        if owner is None and ctl[1:] in entries and os.path.lexists(blk.SHM_DIR + ctl):
+            # its ctl page is there, unread (not ours); looked at again: open_block removed
+            # an unusable one (a daemon killed inside create) after the listing was made
+            continue
         try:
             st = os.stat(os.path.join(blk.SHM_DIR, e), follow_symlinks=False)
         except OSError:

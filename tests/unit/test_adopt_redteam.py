@@ -3,13 +3,20 @@ decisions of the PIDFD_GET_INFO path against the /proc fallback (the same, for e
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 from collections.abc import Iterator
 
 import pytest
 from loguru import logger
 
+from supervisor import adopt
 from supervisor.logs import LOG_FORMAT, LineBatch
+from tests.support.shm import remove_shm, shm_objects
+from worker import block as blk
+from worker.block import BLOCK_SIZE, STATUS_SIZE
+from worker.ctlpage import _new_page
 
 
 @pytest.fixture
@@ -57,3 +64,36 @@ def test_a_batch_is_written_out_when_its_block_raises(log_lines: list[str]) -> N
         batch.add("INFO", "before the error")
         raise RuntimeError("adoption failed")
     assert _messages(log_lines) == ["before the error"]
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A block prefix of this test's own; whatever it left in /dev/shm is removed."""
+    p = f"rt{os.getpid()}x{secrets.token_hex(3)}"
+    try:
+        yield p
+    finally:
+        remove_shm(p + ".")
+
+
+def test_the_status_page_of_a_half_made_block_is_swept(prefix: str) -> None:
+    """A daemon killed inside ControlBlock.create, after both pages exist but before the ctl
+    page's header: the scan removes the unusable ctl page AND the status page it leaves (the
+    sweep must not trust a listing made before that removal)."""
+    ctl = blk.shm_name(prefix, "w:0")
+    status = f"{ctl}.{os.urandom(8).hex()}"
+    os.close(_new_page(status, STATUS_SIZE, 0o600))
+    os.close(_new_page(ctl, BLOCK_SIZE, 0o600))           # magic 0: never initialised
+    assert adopt.scan(prefix) == []
+    assert shm_objects(prefix + ".") == [], "both pages of the half-made block are gone"
+
+
+def test_the_status_page_of_a_foreign_ctl_page_is_left(prefix: str) -> None:
+    """A ctl-page name that is not ours (mode 0666 here) is never read or removed, and neither
+    is the status page next to it (it cannot be told whose it is)."""
+    ctl = blk.shm_name(prefix, "w:0")
+    status = f"{ctl}.{os.urandom(8).hex()}"
+    os.close(_new_page(status, STATUS_SIZE, 0o600))
+    os.close(_new_page(ctl, BLOCK_SIZE, 0o666))
+    assert adopt.scan(prefix) == []
+    assert shm_objects(prefix + ".") == sorted([ctl[1:], status[1:]])
