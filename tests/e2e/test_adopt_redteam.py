@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.runtime.cgroups import CgroupTree
 from tests.support.daemon import DaemonFactory, DaemonProcess, pid_alive
 from tests.support.wait import wait_until
 
@@ -20,11 +19,6 @@ def _kill_daemon(d: DaemonProcess) -> None:
     d.kill(signal.SIGKILL)
     assert d.proc is not None
     d.proc.wait(10)
-
-
-def _has_cgroups(prefix: str) -> bool:
-    tree, _why = CgroupTree.setup(prefix)
-    return tree is not None
 
 
 def test_adoption_lines_keep_their_order_with_lines_logged_directly(

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from loguru import logger
 
-from supervisor import adopt
+from supervisor import adopt, pidinfo
 from supervisor.logs import LOG_FORMAT, LineBatch
 from tests.support.shm import remove_shm, shm_objects
+from tests.support.wait import wait_until
 from worker import block as blk
 from worker.block import BLOCK_SIZE, STATUS_SIZE
-from worker.ctlpage import _new_page
+from worker.ctlpage import ControlBlock, _new_page
 
 
 @pytest.fixture
@@ -97,3 +101,79 @@ def test_the_status_page_of_a_foreign_ctl_page_is_left(prefix: str) -> None:
     os.close(_new_page(ctl, BLOCK_SIZE, 0o666))
     assert adopt.scan(prefix) == []
     assert shm_objects(prefix + ".") == sorted([ctl[1:], status[1:]])
+
+
+SLEEP = ["sh", "-c", "echo 1; exec sleep 60"]     # (in a session of its own: see start)
+
+
+def _decide(name: str, block: ControlBlock, ioctl: bool,
+            monkeypatch: pytest.MonkeyPatch) -> str:
+    """What verify() decides about block with PIDFD_GET_INFO used (ioctl) or not (/proc)."""
+    monkeypatch.setattr(pidinfo, "_usable", ioctl)
+    with block.reading():
+        got = adopt.verify(name, block, {}, lambda _i, _p: None, None)
+    if isinstance(got, str):
+        return got
+    pid, pidfd, _proc, _cg = got
+    os.close(pidfd)
+    return f"verified {pid}"
+
+
+def test_the_ioctl_and_the_proc_fallback_decide_alike(prefix: str, monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    fd = os.pidfd_open(os.getpid())
+    try:
+        if pidinfo._query(fd)[0] != os.getuid():
+            pytest.skip("PIDFD_GET_INFO does not give the real uid here")
+    except OSError:
+        pytest.skip("this kernel has no PIDFD_GET_INFO: only the /proc path exists")
+    finally:
+        os.close(fd)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True, cwd="/",
+                             **kw)
+        procs.append(p)
+        assert p.stdout is not None and p.stdout.readline() == b"1\n"
+        return p
+
+    ours = start(SLEEP)
+    theirs = start(SLEEP, user=65534, group=65534, extra_groups=[]) if os.geteuid() == 0 \
+        else None
+    zombie = start(["echo", "1"])
+    wait_until(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+               == "Z", 10, "the zombie")
+    cases: dict[str, tuple[int, int, int, int]] = {      # pid, ticks, uid, pgid as recorded
+        "ours": (ours.pid, adopt._proc_stat(ours.pid).start_ticks, os.getuid(), ours.pid),
+        "recycled": (ours.pid, adopt._proc_stat(ours.pid).start_ticks + 1, os.getuid(),
+                     ours.pid),
+        "pgid": (ours.pid, adopt._proc_stat(ours.pid).start_ticks, os.getuid(), os.getpid()),
+        "zombie": (zombie.pid, adopt._proc_stat(zombie.pid).start_ticks, os.getuid(),
+                   zombie.pid),
+    }
+    if theirs is not None:
+        cases["theirs"] = (theirs.pid, adopt._proc_stat(theirs.pid).start_ticks, 0, theirs.pid)
+    try:
+        decided: dict[str, str] = {}
+        for case, (pid, ticks, uid, pgid) in cases.items():
+            name = blk.shm_name(prefix, f"{case}:0")
+            with ControlBlock.create(name, slot=0, supervisor_pid=os.getpid(), epoch=1) as b:
+                b.set_spawned(pid, ticks, 1, 7, uid, pgid)
+                by_ioctl = _decide(name, b, True, monkeypatch)
+                by_proc = _decide(name, b, False, monkeypatch)
+            assert by_ioctl == by_proc, case
+            decided[case] = by_ioctl
+        assert decided["ours"] == f"verified {ours.pid}"
+        assert "recycled" in decided["recycled"] and "process group" in decided["pgid"]
+        assert decided["zombie"] == "gone"
+        if theirs is not None:
+            assert decided["theirs"] == (f"unverifiable: pid {theirs.pid} runs as uid 65534, "
+                                         "not 0")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            assert p.stdout is not None
+            p.stdout.close()
