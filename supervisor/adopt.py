@@ -17,7 +17,8 @@ nothing it did not write itself:
      /proc/PID/status);
   5. its process group is the one recorded at spawn (we start every worker with setsid).
   Start time, state, process group and parent come from ONE read of /proc/PID/stat; with
-  cgroups, the instance's cgroup must hold it (its cgroup id from the pidfd, see reconcile).
+  cgroups, the instance's cgroup must hold it (its cgroup id from the pidfd, or without the
+  ioctl /proc/PID/cgroup read while the pidfd pins it; see reconcile).
   The environment is not consulted for a recorded PID (nginx, redis and setproctitle programs
   overwrite it); only a block whose PID was never recorded (the daemon died mid-spawn) is
   matched by searching /proc/*/environ for the block's name.
@@ -31,6 +32,7 @@ A block that fails a check is removed (both pages) and its PID is never signalle
 from __future__ import annotations
 
 import os
+import select
 import stat
 import time
 from collections.abc import Callable
@@ -67,6 +69,7 @@ class Found:
     deadline_ns: int = 0
     config_hash: int = 0
     cgroup_id: int | None = None   # the cgroup its process is in (pidinfo), None: not known
+    cgroup_path: str | None = None  # or as /proc/PID/cgroup said it, read with the pidfd held
 
 @dataclass(frozen=True, slots=True)
 class _Proc:
@@ -120,8 +123,9 @@ def find_by_environ(names: set[str]) -> dict[str, list[int]]:
 
 def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
            member: Callable[[str, int], bool | None], cgroup_dir: str | None = None
-           ) -> tuple[int, int, _Proc, int | None] | str:
-    """(pid, pidfd, its /proc stat, its cgroup id or None) of the verified process of a block,
+           ) -> tuple[int, int, _Proc, int | str | None] | str:
+    """(pid, pidfd, its /proc stat, its cgroup: id, or path as /proc/PID/cgroup has it, or
+    None) of the verified process of a block,
     or why it does not verify. ``member(instance, pid)``: whether pid is in the instance's
     cgroup (None: no cgroups); ``cgroup_dir``: the daemon's own (see pidinfo). Per block: a
     pidfd, one read of /proc/PID/stat (start time, state, process group, parent) and one
@@ -155,6 +159,9 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     try:
         proc = _proc_stat(pid)
         info = pidinfo.ids(pidfd, cgroup_dir) if recorded else None
+        # without the ioctl, the cgroup from /proc now, while the pidfd pins the process
+        # (reconcile, later, would read a pid that may be gone or reused by then)
+        where = _cgroup_path(pid) if recorded and info is None and cgroup_dir else None
         if recorded and proc.start_ticks != ticks:
             why = f"pid {pid} started at tick {proc.start_ticks}, not {ticks} (a recycled pid)"
         elif proc.state == "Z":
@@ -168,14 +175,29 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
             why = f"unverifiable: pid {pid} runs as uid {owner}, not {uid}"
         elif proc.pgrp != pgid:
             why = f"unverifiable: pid {pid} is not in process group {pgid}"
+        elif where is not None and _has_exited(pidfd):
+            why = "gone"                  # exited meanwhile: where it was is not known
         else:
-            return pid, pidfd, proc, info[1] if info is not None else None
+            return pid, pidfd, proc, info[1] if info is not None else where
     except (ProcessLookupError, FileNotFoundError):
         why = "gone"
     except (OSError, ValueError, IndexError) as e:
         why = f"unverifiable: cannot inspect pid {pid}: {e}"
     os.close(pidfd)
     return why
+
+
+def _cgroup_path(pid: int) -> str | None:
+    """The cgroup2 path of a process as /proc/PID/cgroup has it (None: it has none)."""
+    for line in _read_proc(pid, "cgroup").decode("utf-8", "replace").splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or "/"
+    return None
+
+
+def _has_exited(pidfd: int) -> bool:
+    """Whether the process of pidfd has exited (its pidfd is readable then)."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _uid(info: tuple[int, int | None] | None, pid: int) -> int:
@@ -284,7 +306,7 @@ def _check(found: list[Found], prefix: str, name: str, block: ControlBlock,
     if isinstance(result, str):
         _not_verified(found, instance, name, block, result)
         return
-    pid, pidfd, proc, cgroup_id = result
+    pid, pidfd, proc, cgroup = result
     if not block.has_status:
         logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
                        f"{pid} without its heartbeat and ready reports")
@@ -294,7 +316,8 @@ def _check(found: list[Found], prefix: str, name: str, block: ControlBlock,
                        state in (blk.ST_READY, blk.ST_BUSY), _started_at(proc.start_ticks),
                        None, block.incarnation, attached=block.attached, cmd=cmd,
                        deadline_ns=block.deadline_ns, config_hash=block.config_hash,
-                       cgroup_id=cgroup_id))
+                       cgroup_id=cgroup if isinstance(cgroup, int) else None,
+                       cgroup_path=cgroup if isinstance(cgroup, str) else None))
 
 
 def _not_verified(found: list[Found], instance: str, name: str, block: ControlBlock,

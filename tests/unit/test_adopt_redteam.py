@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from supervisor import adopt, pidinfo
+from supervisor import adopt, pidinfo, reconcile
 from supervisor.logs import LOG_FORMAT, LineBatch
+from supervisor.runtime import cgroups
 from tests.support.shm import remove_shm, shm_objects
 from tests.support.wait import wait_until
 from worker import block as blk
@@ -177,3 +178,70 @@ def test_the_ioctl_and_the_proc_fallback_decide_alike(prefix: str, monkeypatch: 
             p.wait()
             assert p.stdout is not None
             p.stdout.close()
+
+
+@pytest.fixture
+def tree(prefix: str) -> Iterator[cgroups.CgroupTree]:
+    """A real cgroup tree of this test's own under the test's cgroup (pytest is not moved)."""
+    mount, own = cgroups.cgroup2_mount(), cgroups.own_cgroup()
+    if mount is None or own is None:
+        pytest.skip("no cgroup2 hierarchy")
+    base = os.path.normpath(mount + own)
+    t = cgroups.CgroupTree(mount, base, prefix, os.path.join(base, "cgroup.procs"))
+    try:
+        os.mkdir(t.dir)
+    except OSError as e:
+        pytest.skip(f"cannot make a cgroup here: {e}")
+    try:
+        yield t
+    finally:
+        for path in [e.path for e in os.scandir(t.dir) if e.is_dir(follow_symlinks=False)]:
+            Path(path, "cgroup.kill").write_text("1")
+            wait_until(lambda: not t.populated(path), 10, "the cgroup empty")  # noqa: B023
+            os.rmdir(path)
+        os.rmdir(t.dir)
+
+
+@pytest.mark.parametrize("ioctl", [True, False], ids=["ioctl", "proc"])
+def test_a_leader_that_exits_after_the_scan_is_judged_by_where_it_was(
+        prefix: str, tree: cgroups.CgroupTree, ioctl: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan verified the process; it exits (and is reaped) before reconcile looks at its
+    cgroup, leaving a child there. Through the ioctl the cgroup id was read with the pidfd
+    held: in its cgroup. The /proc path must decide the same, not read /proc/PID/cgroup of a
+    pid that is gone (or reused) and call it a stray that is never started again."""
+    if ioctl and not pidinfo._self_check(os.path.dirname(tree.home)):
+        pytest.skip("PIDFD_GET_INFO is not usable here")
+    monkeypatch.setattr(pidinfo, "_usable", ioctl)
+    path = tree.prepare("w:0")
+    p = subprocess.Popen(["sh", "-c", "read x; sleep 60 & echo 1; exec sleep 60"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        Path(path, "cgroup.procs").write_text(str(p.pid))
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(b"go\n")
+        p.stdin.close()
+        assert p.stdout.readline() == b"1\n"
+        name = blk.shm_name(prefix, "w:0")
+        with ControlBlock.create(name, slot=0, supervisor_pid=os.getpid(), epoch=1) as b:
+            b.set_spawned(p.pid, adopt._proc_stat(p.pid).start_ticks, 1, 7, os.getuid(), p.pid)
+        found = adopt.scan(prefix, lambda i, q: tree.contains(i, q),
+                           os.path.dirname(tree.home))
+        assert [f.pid for f in found] == [p.pid]
+        f = found[0]
+        p.kill()
+        p.wait()                    # reaped: /proc/PID is gone, the pid may be reused
+        try:
+            assert tree.populated(path), "the leader's child is still in its cgroup"
+            assert reconcile._outside_its_cgroup(tree, "w:0", p.pid, f.cgroup_id,
+                                                 f.cgroup_path) == (True, "")
+        finally:
+            assert f.pidfd is not None
+            os.close(f.pidfd)
+            f.block.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        assert p.stdout is not None
+        p.stdout.close()
