@@ -245,3 +245,46 @@ def test_a_leader_that_exits_after_the_scan_is_judged_by_where_it_was(
         p.wait()
         assert p.stdout is not None
         p.stdout.close()
+
+
+@pytest.mark.parametrize("ioctl", [True, False], ids=["ioctl", "proc"])
+def test_a_recorded_process_moved_to_another_cgroup_is_a_stray_either_way(
+        prefix: str, tree: cgroups.CgroupTree, ioctl: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded pid, start time, uid and process group all match, but the process is in
+    another cgroup of ours while the instance's cgroup holds other processes: not adopted,
+    not signalled, not started again -- through the ioctl and through /proc alike."""
+    if ioctl and not pidinfo._self_check(os.path.dirname(tree.home)):
+        pytest.skip("PIDFD_GET_INFO is not usable here")
+    monkeypatch.setattr(pidinfo, "_usable", ioctl)
+    path, elsewhere = tree.prepare("w:0"), tree.prepare("other:0")
+    p = subprocess.Popen(["sh", "-c", "read x; sleep 60 & echo 1; exec sleep 60"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        Path(path, "cgroup.procs").write_text(str(p.pid))
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(b"go\n")
+        p.stdin.close()
+        assert p.stdout.readline() == b"1\n"
+        Path(elsewhere, "cgroup.procs").write_text(str(p.pid))   # the child stays in w:0
+        name = blk.shm_name(prefix, "w:0")
+        with ControlBlock.create(name, slot=0, supervisor_pid=os.getpid(), epoch=1) as b:
+            b.set_spawned(p.pid, adopt._proc_stat(p.pid).start_ticks, 1, 7, os.getuid(), p.pid)
+        found = adopt.scan(prefix, lambda i, q: tree.contains(i, q),
+                           os.path.dirname(tree.home))
+        assert [f.pid for f in found] == [p.pid]
+        f = found[0]
+        try:
+            inside, stray = reconcile._outside_its_cgroup(tree, "w:0", p.pid, f.cgroup_id,
+                                                          f.cgroup_path)
+            assert inside is False and f"pid {p.pid} is not in the instance's cgroup" in stray
+        finally:
+            assert f.pidfd is not None
+            os.close(f.pidfd)
+            f.block.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        assert p.stdout is not None
+        p.stdout.close()
