@@ -9,8 +9,9 @@ nothing it did not write itself:
   someone else's file) is logged once and skipped: never read, never unlinked, never a crash.
 * Identity comes ONLY from the ctl page (which only we can write). A recorded PID is adopted
   when ALL of these hold, checked in this order:
-  1. a pidfd is opened for it first: from then on the PID cannot be recycled under us, so the
-     checks below cannot race with PID reuse;
+  1. a pidfd is opened for it first: it pins the process (never another one with its number
+     later), not the number, and /proc is read by number: what /proc says is believed only
+     when the process is alive after the reads (or, with the ioctl, not reaped before it);
   2. its start time (/proc/PID/stat field 22) equals the one recorded at spawn;
   3. the block's boot_id is this boot's (checked with the header);
   4. its real uid is the one recorded at spawn (from the pidfd, supervisor.pidinfo, or
@@ -125,11 +126,11 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
            member: Callable[[str, int], bool | None], cgroup_dir: str | None = None
            ) -> tuple[int, int, _Proc, int | str | None] | str:
     """(pid, pidfd, its /proc stat, its cgroup: id, or path as /proc/PID/cgroup has it, or
-    None) of the verified process of a block,
-    or why it does not verify. ``member(instance, pid)``: whether pid is in the instance's
-    cgroup (None: no cgroups); ``cgroup_dir``: the daemon's own (see pidinfo). Per block: a
-    pidfd, one read of /proc/PID/stat (start time, state, process group, parent) and one
-    ioctl on the pidfd (real uid, cgroup; /proc/PID/status where the kernel has none)."""
+    None) of the verified process of a block, or why it does not verify.
+    ``member(instance, pid)``: whether pid is in the instance's cgroup (None: no cgroups);
+    ``cgroup_dir``: the daemon's own (see pidinfo). Per block: a pidfd, one read of
+    /proc/PID/stat (start time, state, process group, parent) and one ioctl on the pidfd
+    (real uid, cgroup; /proc/PID/status and /proc/PID/cgroup where the kernel has none)."""
     pid, ticks = block.spawned_pid, block.spawned_start_ticks
     uid, pgid = block.spawned_uid, block.spawned_pgid
     recorded = pid != 0
@@ -159,24 +160,31 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     try:
         proc = _proc_stat(pid)
         info = pidinfo.ids(pidfd, cgroup_dir) if recorded else None
-        # without the ioctl, the cgroup from /proc now, while the pidfd pins the process
-        # (reconcile, later, would read a pid that may be gone or reused by then)
-        where = _cgroup_path(pid) if recorded and info is None and cgroup_dir else None
-        if recorded and proc.start_ticks != ticks:
+        if info is None:
+            # /proc is read by number, and a pidfd pins the process, not its number: what the
+            # reads say is about our process only if it is still alive after them (with the
+            # ioctl, done after the stat read, an answer means it was not reaped before)
+            owner = _real_uid(pid) if uid >= 0 else -1
+            where = _cgroup_path(pid) if recorded and cgroup_dir else None
+            named = recorded or f"{ENV_BLOCK}={name}".encode() in _environ(pid)
+            stale = _has_exited(pidfd)
+        else:
+            owner, where, named, stale = info[0], None, True, False
+        if stale:
+            why = "gone"                  # exited meanwhile: the reads may be of another
+        elif recorded and proc.start_ticks != ticks:
             why = f"pid {pid} started at tick {proc.start_ticks}, not {ticks} (a recycled pid)"
         elif proc.state == "Z":
             why = "gone"                  # exited; a zombie waiting for init to reap it
-        elif not recorded and f"{ENV_BLOCK}={name}".encode() not in _environ(pid):
+        elif not named:
             why = "gone"
-        elif uid >= 0 and (owner := _uid(info, pid)) != uid:
+        elif uid >= 0 and owner != uid:
             # the recorded pid and start time, yet not the recorded uid or process group: it
             # may be ours (a program that setuid()s or setsid()s itself) or not -- it cannot
             # be told, so it is neither adopted nor signalled nor started a second time
             why = f"unverifiable: pid {pid} runs as uid {owner}, not {uid}"
         elif proc.pgrp != pgid:
             why = f"unverifiable: pid {pid} is not in process group {pgid}"
-        elif where is not None and _has_exited(pidfd):
-            why = "gone"                  # exited meanwhile: where it was is not known
         else:
             return pid, pidfd, proc, info[1] if info is not None else where
     except (ProcessLookupError, FileNotFoundError):
@@ -198,10 +206,6 @@ def _cgroup_path(pid: int) -> str | None:
 def _has_exited(pidfd: int) -> bool:
     """Whether the process of pidfd has exited (its pidfd is readable then)."""
     return bool(select.select([pidfd], [], [], 0)[0])
-
-
-def _uid(info: tuple[int, int | None] | None, pid: int) -> int:
-    return info[0] if info is not None else _real_uid(pid)
 
 
 def _real_uid(pid: int) -> int:

@@ -288,3 +288,49 @@ def test_a_recorded_process_moved_to_another_cgroup_is_a_stray_either_way(
         p.wait()
         assert p.stdout is not None
         p.stdout.close()
+
+
+def test_a_pid_reused_between_the_proc_reads_is_not_judged_by_the_new_process(
+        prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The /proc path reads /proc/PID/stat, then /proc/PID/status, by number: a pidfd pins
+    the process, not its number. If the worker exits and is reaped between the reads and its
+    pid goes to another user's process, the second read describes that process. The worker
+    is gone (and must be handled as exited), not an unverifiable process of uid 65534 that
+    is never started again. The race is made here: the worker is killed and reaped for
+    real just before the second read, which then returns what /proc says of the other
+    process (what it says once the pid is reused)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (another user's process)")
+    monkeypatch.setattr(pidinfo, "_usable", False)
+    procs: list[subprocess.Popen[bytes]] = []
+    for kw in ({}, {"user": 65534, "group": 65534, "extra_groups": []}):
+        p = subprocess.Popen(["sh", "-c", "echo 1; exec sleep 60"], stdout=subprocess.PIPE,
+                             start_new_session=True, cwd="/", **kw)  # type: ignore[call-overload]
+        procs.append(p)
+        assert p.stdout is not None and p.stdout.readline() == b"1\n"
+    worker, other = procs
+    real_read = adopt._read_proc
+
+    def racing_read(pid: int, name: str, size: int = 4096) -> bytes:
+        if pid == worker.pid and name == "status":
+            worker.kill()
+            worker.wait()                    # reaped: its number is free
+            return real_read(other.pid, name, size)
+        return real_read(pid, name, size)
+
+    monkeypatch.setattr(adopt, "_read_proc", racing_read)
+    try:
+        name = blk.shm_name(prefix, "w:0")
+        with ControlBlock.create(name, slot=0, supervisor_pid=os.getpid(), epoch=1) as b:
+            b.set_spawned(worker.pid, adopt._proc_stat(worker.pid).start_ticks, 1, 7,
+                          os.getuid(), worker.pid)
+            with b.reading():
+                got = adopt.verify(name, b, {}, lambda _i, _p: None, None)
+        assert got == "gone"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            assert p.stdout is not None
+            p.stdout.close()
