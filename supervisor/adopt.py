@@ -9,15 +9,17 @@ nothing it did not write itself:
   someone else's file) is logged once and skipped: never read, never unlinked, never a crash.
 * Identity comes ONLY from the ctl page (which only we can write). A recorded PID is adopted
   when ALL of these hold, checked in this order:
-  1. a pidfd is opened for it first: from then on the PID cannot be recycled under us, so the
-     checks below cannot race with PID reuse;
+  1. a pidfd is opened for it first: it pins the process (never another one with its number
+     later), not the number, and /proc is read by number: what /proc says is believed only
+     when the process is alive after the reads (or, with the ioctl, not reaped before it);
   2. its start time (/proc/PID/stat field 22) equals the one recorded at spawn;
   3. the block's boot_id is this boot's (checked with the header);
   4. its real uid is the one recorded at spawn (from the pidfd, supervisor.pidinfo, or
      /proc/PID/status);
   5. its process group is the one recorded at spawn (we start every worker with setsid).
   Start time, state, process group and parent come from ONE read of /proc/PID/stat; with
-  cgroups, the instance's cgroup must hold it (its cgroup id from the pidfd, see reconcile).
+  cgroups, the instance's cgroup must hold it (its cgroup id from the pidfd, or without the
+  ioctl /proc/PID/cgroup read while the pidfd pins it; see reconcile).
   The environment is not consulted for a recorded PID (nginx, redis and setproctitle programs
   overwrite it); only a block whose PID was never recorded (the daemon died mid-spawn) is
   matched by searching /proc/*/environ for the block's name.
@@ -31,6 +33,7 @@ A block that fails a check is removed (both pages) and its PID is never signalle
 from __future__ import annotations
 
 import os
+import select
 import stat
 import time
 from collections.abc import Callable
@@ -67,6 +70,7 @@ class Found:
     deadline_ns: int = 0
     config_hash: int = 0
     cgroup_id: int | None = None   # the cgroup its process is in (pidinfo), None: not known
+    cgroup_path: str | None = None  # or as /proc/PID/cgroup said it, read with the pidfd held
 
 @dataclass(frozen=True, slots=True)
 class _Proc:
@@ -120,12 +124,13 @@ def find_by_environ(names: set[str]) -> dict[str, list[int]]:
 
 def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
            member: Callable[[str, int], bool | None], cgroup_dir: str | None = None
-           ) -> tuple[int, int, _Proc, int | None] | str:
-    """(pid, pidfd, its /proc stat, its cgroup id or None) of the verified process of a block,
-    or why it does not verify. ``member(instance, pid)``: whether pid is in the instance's
-    cgroup (None: no cgroups); ``cgroup_dir``: the daemon's own (see pidinfo). Per block: a
-    pidfd, one read of /proc/PID/stat (start time, state, process group, parent) and one
-    ioctl on the pidfd (real uid, cgroup; /proc/PID/status where the kernel has none)."""
+           ) -> tuple[int, int, _Proc, int | str | None] | str:
+    """(pid, pidfd, its /proc stat, its cgroup: id, or path as /proc/PID/cgroup has it, or
+    None) of the verified process of a block, or why it does not verify.
+    ``member(instance, pid)``: whether pid is in the instance's cgroup (None: no cgroups);
+    ``cgroup_dir``: the daemon's own (see pidinfo). Per block: a pidfd, one read of
+    /proc/PID/stat (start time, state, process group, parent) and one ioctl on the pidfd
+    (real uid, cgroup; /proc/PID/status and /proc/PID/cgroup where the kernel has none)."""
     pid, ticks = block.spawned_pid, block.spawned_start_ticks
     uid, pgid = block.spawned_uid, block.spawned_pgid
     recorded = pid != 0
@@ -155,13 +160,25 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     try:
         proc = _proc_stat(pid)
         info = pidinfo.ids(pidfd, cgroup_dir) if recorded else None
-        if recorded and proc.start_ticks != ticks:
+        if info is None:
+            # /proc is read by number, and a pidfd pins the process, not its number: what the
+            # reads say is about our process only if it is still alive after them (with the
+            # ioctl, done after the stat read, an answer means it was not reaped before)
+            owner = _real_uid(pid) if uid >= 0 else -1
+            where = _cgroup_path(pid) if recorded and cgroup_dir else None
+            named = recorded or f"{ENV_BLOCK}={name}".encode() in _environ(pid)
+            stale = _has_exited(pidfd)
+        else:
+            owner, where, named, stale = info[0], None, True, False
+        if stale:
+            why = "gone"                  # exited meanwhile: the reads may be of another
+        elif recorded and proc.start_ticks != ticks:
             why = f"pid {pid} started at tick {proc.start_ticks}, not {ticks} (a recycled pid)"
         elif proc.state == "Z":
             why = "gone"                  # exited; a zombie waiting for init to reap it
-        elif not recorded and f"{ENV_BLOCK}={name}".encode() not in _environ(pid):
+        elif not named:
             why = "gone"
-        elif uid >= 0 and (owner := _uid(info, pid)) != uid:
+        elif uid >= 0 and owner != uid:
             # the recorded pid and start time, yet not the recorded uid or process group: it
             # may be ours (a program that setuid()s or setsid()s itself) or not -- it cannot
             # be told, so it is neither adopted nor signalled nor started a second time
@@ -169,7 +186,7 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
         elif proc.pgrp != pgid:
             why = f"unverifiable: pid {pid} is not in process group {pgid}"
         else:
-            return pid, pidfd, proc, info[1] if info is not None else None
+            return pid, pidfd, proc, info[1] if info is not None else where
     except (ProcessLookupError, FileNotFoundError):
         why = "gone"
     except (OSError, ValueError, IndexError) as e:
@@ -178,8 +195,17 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     return why
 
 
-def _uid(info: tuple[int, int | None] | None, pid: int) -> int:
-    return info[0] if info is not None else _real_uid(pid)
+def _cgroup_path(pid: int) -> str | None:
+    """The cgroup2 path of a process as /proc/PID/cgroup has it (None: it has none)."""
+    for line in _read_proc(pid, "cgroup").decode("utf-8", "replace").splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or "/"
+    return None
+
+
+def _has_exited(pidfd: int) -> bool:
+    """Whether the process of pidfd has exited (its pidfd is readable then)."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _real_uid(pid: int) -> int:
@@ -284,7 +310,7 @@ def _check(found: list[Found], prefix: str, name: str, block: ControlBlock,
     if isinstance(result, str):
         _not_verified(found, instance, name, block, result)
         return
-    pid, pidfd, proc, cgroup_id = result
+    pid, pidfd, proc, cgroup = result
     if not block.has_status:
         logger.warning(f"{instance} status page {block.status_name} is gone; adopting pid "
                        f"{pid} without its heartbeat and ready reports")
@@ -294,7 +320,8 @@ def _check(found: list[Found], prefix: str, name: str, block: ControlBlock,
                        state in (blk.ST_READY, blk.ST_BUSY), _started_at(proc.start_ticks),
                        None, block.incarnation, attached=block.attached, cmd=cmd,
                        deadline_ns=block.deadline_ns, config_hash=block.config_hash,
-                       cgroup_id=cgroup_id))
+                       cgroup_id=cgroup if isinstance(cgroup, int) else None,
+                       cgroup_path=cgroup if isinstance(cgroup, str) else None))
 
 
 def _not_verified(found: list[Found], instance: str, name: str, block: ControlBlock,
@@ -334,8 +361,10 @@ def _sweep_orphan_status_pages(prefix: str, blocks: dict[str, ControlBlock],
             continue                     # a block's own page (the common case, checked first)
         if not blk.status_name_ok(ctl, "/" + e):
             continue
-        if ctl[1:] in entries and (owner is None or owner.status_name == "/" + e):
-            continue                     # its ctl page is there (and names it, or is unread)
+        if owner is None and ctl[1:] in entries and os.path.lexists(blk.SHM_DIR + ctl):
+            # its ctl page is there, unread (not ours); looked at again: open_block removed
+            # an unusable one (a daemon killed inside create) after the listing was made
+            continue
         try:
             st = os.stat(os.path.join(blk.SHM_DIR, e), follow_symlinks=False)
         except OSError:

@@ -20,6 +20,7 @@ from supervisor.adopt import Found, scan
 from supervisor.config import Config
 from supervisor.core import NO_PROCESS, InstanceState, State, StopInFlight, TimerKind
 from supervisor.runtime import Instance, Runtime, config_hash
+from supervisor.runtime.cgroups import CgroupTree
 from supervisor.runtime.exits import exit_status_from_record
 from supervisor.runtime.intent import restarts_of, stop_of, wanted_of
 from worker import block as blk
@@ -66,7 +67,8 @@ def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, An
         _exited_while_away(rt, inst, f)
         return inst.name
     assert f.pidfd is not None
-    inside, stray = _outside_its_cgroup(rt, inst, f.pid, f.cgroup_id)
+    inside, stray = _outside_its_cgroup(rt.trees.cgroups, inst.name, f.pid, f.cgroup_id,
+                                        f.cgroup_path)
     if stray:
         os.close(f.pidfd)
         f.block.close()
@@ -93,19 +95,25 @@ def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, An
     return inst.name
 
 
-def _outside_its_cgroup(rt: Runtime, inst: Instance, pid: int,
-                        cgroup_id: int | None = None) -> tuple[bool | None, str]:
+def _outside_its_cgroup(cg: CgroupTree | None, instance: str, pid: int,
+                        cgroup_id: int | None = None, cgroup_path: str | None = None
+                        ) -> tuple[bool | None, str]:
     """With cgroups, the instance's tree lives in its cgroup, which nothing can join without
     the daemon's rights: a recorded pid outside a cgroup that holds other processes is not
-    its leader. (whether pid is in the cgroup, None without cgroups; why it does not verify,
-    or "")."""
-    cg = rt.trees.cgroups
+    its leader. Where the process was is what the scan read with its pidfd held (cgroup_id
+    from PIDFD_GET_INFO, or cgroup_path from /proc/PID/cgroup), else /proc/PID/cgroup now.
+    (whether pid is in the cgroup, None without cgroups; why it does not verify, or "")."""
     if cg is None:
         return None, ""
-    if (cg.has_id(inst.name, cgroup_id) if cgroup_id is not None
-            else cg.contains(inst.name, pid)):
+    if cgroup_id is not None:
+        inside = cg.has_id(instance, cgroup_id)
+    elif cgroup_path is not None:
+        inside = cgroup_path == cg.relative(instance)
+    else:
+        inside = cg.contains(instance, pid)
+    if inside:
         return True, ""
-    path = cg.path(inst.name)
+    path = cg.path(instance)
     if not os.path.isdir(path) or not cg.populated(path):
         return False, ""
     return False, f"pid {pid} is not in the instance's cgroup {path}, which holds other processes"
