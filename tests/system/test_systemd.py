@@ -113,6 +113,13 @@ class Svc:
     def prop(self, name: str) -> str:
         return self.c.prop(UNIT, name)
 
+    def main_pid(self) -> str:
+        """The daemon's PID, once systemd has one: "0" (between restarts) must never reach a
+        kill or a tracer, where it names the caller's own process group."""
+        return self.c.wait_for("the unit's MainPID", lambda: (
+            m if (m := self.prop("MainPID")).isdigit() and int(m) > 1 else None),
+            timeout=30, show=self.show)
+
     def journal(self) -> str:
         return self.c.journal(UNIT, 80)
 
@@ -237,7 +244,7 @@ def test_invalid_config_fails_reload_and_keeps_workers(svc: Svc) -> None:
 
 def test_watchdog_kills_a_hung_daemon_and_the_new_one_adopts(svc: Svc) -> None:
     before = one_each(svc.workers())
-    main = svc.prop("MainPID")
+    main = svc.main_pid()
     restarts = int(svc.prop("NRestarts"))
     t0 = time.monotonic()
     svc.c.ct("kill", "-STOP", main, check=True)
@@ -275,7 +282,7 @@ def test_hung_at_stop_workers_outlive_the_unit_and_next_start_adopts(svc: Svc) -
     TimeoutStopSec, its workers stay (in the unit's cgroup) and the next start adopts them."""
     c = svc.c
     before = one_each(svc.workers())
-    main = svc.prop("MainPID")
+    main = svc.main_pid()
     c.write(f"/etc/systemd/system/{UNIT}.d/hung.conf", "[Service]\nTimeoutStopSec=2s\n")
     c.ct("systemctl", "daemon-reload", check=True)
     try:
