@@ -21,7 +21,7 @@ import click
 from supervisor.control.protocol import ERROR, OK
 from supervisor.ctl import client
 from supervisor.ctl.tail import POLL_INTERVAL, _open, last_lines
-from supervisor.ctl.targets import TARGET
+from supervisor.ctl.targets import FOLLOW, TARGET, lines_option
 
 MAX_FILES = 256
 READ_CHUNK = 256 * 1024
@@ -74,15 +74,8 @@ class _Stream:
 
 @click.command("logs")
 @click.argument("targets", nargs=-1, type=TARGET)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C ends).")
-@click.option(
-    "-n",
-    "--lines",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="Print the last LINES lines of each log first.",
-)
+@FOLLOW
+@lines_option("Print the last LINES lines of each log first.")
 @click.pass_obj
 def cmd(session: client.Session, targets: tuple[str, ...], follow: bool, lines: int) -> None:
     """Print the output of TARGETS (default: all), each line after its instance."""

@@ -40,7 +40,7 @@ FLAGS: dict[str, frozenset[str]] = {
     "pid": frozenset(),
     "tail": frozenset({"--stdout", "--stderr"}),
 }
-TAIL_LINES = 10             # tail's -n default (as supervisor.ctl.tail_cmd defines it)
+TAIL_LINES = 10             # the -n default of tail and logs (their click option takes it)
 _MAX_DIGITS = 18            # a longer -n goes to click (int() limits, click's message)
 
 

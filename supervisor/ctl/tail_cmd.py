@@ -5,22 +5,15 @@ from __future__ import annotations
 import click
 
 from supervisor.ctl import client, tail
-from supervisor.ctl.targets import TARGET
+from supervisor.ctl.targets import FOLLOW, TARGET, lines_option
 
 
 @click.command("tail")
 @click.argument("target", type=TARGET)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C ends).")
+@FOLLOW
 @click.option("--stdout", "only", flag_value="stdout", help="Only the stdout log.")
 @click.option("--stderr", "only", flag_value="stderr", help="Only the stderr log.")
-@click.option(
-    "-n",
-    "--lines",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="Print the last LINES lines first.",
-)
+@lines_option("Print the last LINES lines first.")
 @click.pass_obj
 def cmd(
     session: client.Session, target: str, follow: bool, only: str | None, lines: int

@@ -6,11 +6,13 @@ silently, when no daemon answers within a fraction of a second.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
 
+from supervisor.ctl.main import TAIL_LINES
 from supervisor.ctl.readonly import is_target
 
 COMPLETION_TIMEOUT = 0.5
@@ -32,6 +34,17 @@ class TargetType(click.ParamType):  # type: ignore[type-arg]  # generic only sin
 
 
 TARGET = TargetType()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# the options tail and logs share
+FOLLOW: Callable[[F], F] = click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C ends).")
+
+
+def lines_option(help: str) -> Callable[[F], F]:
+    return click.option("-n", "--lines", type=click.IntRange(min=0), default=TAIL_LINES,
+                        show_default=True, help=help)
 
 
 def known_targets(ctx: click.Context) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from supervisor import paths
+from tests.support.child import read_terminal
 from tests.support.daemon import SUPERVISORCTL, DaemonFactory, DaemonProcess, write_script
 from tests.support.wait import wait_until
 
@@ -217,20 +218,12 @@ def test_both_paths_agree_on_a_terminal_and_a_closed_pipe(started: DaemonProcess
                 rc, _o, err, _click = run(module, args, started.dir, env, stdout=slave)
                 os.close(slave)
                 slave = -1
-                chunks = []
-                while True:
-                    try:
-                        chunk = os.read(master, 65536)
-                    except OSError:     # EIO: the terminal's other side is closed
-                        break
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
+                shown = read_terminal(master)
             finally:
                 os.close(master)
                 if slave >= 0:
                     os.close(slave)
-            outs.append((rc, normal(b"".join(chunks).decode()), normal(err)))
+            outs.append((rc, normal(shown.decode()), normal(err)))
         assert outs[0] == outs[1], args
         assert outs[0][0] == 0, outs[0]
     # stdout a pipe nobody reads any more (`| head` that has exited): exit 1, no traceback

@@ -23,6 +23,20 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def read_terminal(master: int) -> bytes:
+    """All a pty's other side wrote, once it closed (EIO, or end of file)."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:     # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Spawn(Protocol):
     """The procs fixture: start a child with text stdout/stderr pipes (killed and reaped after
     the test)."""

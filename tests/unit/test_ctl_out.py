@@ -9,6 +9,7 @@ import pty
 import subprocess
 import sys
 
+from tests.support.child import read_terminal
 from tests.unit.test_ctl import REPO, child_env
 
 TEXTS = ["plain", "caf\u00e9 \U0001f600", "\x1b[31mred\x1b[0m \x1b[2J", "", "a\udcffb",
@@ -47,20 +48,12 @@ def run(impl: str, env: dict[str, str], tty: bool) -> tuple[int, bytes, bytes]:
                             env=env, cwd=REPO, timeout=60, check=False)
         os.close(slave)
         slave = -1
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
+        shown = read_terminal(master)
     finally:
         os.close(master)
         if slave >= 0:
             os.close(slave)
-    return p2.returncode, b"".join(chunks), p2.stderr
+    return p2.returncode, shown, p2.stderr
 
 
 def test_echo_matches_click() -> None:
