@@ -45,9 +45,11 @@ for _ in range(int(sys.argv[2])):
     if os.fork() == 0:                  # child: fork the grandchild, report it, exit at once
         os.close(r)
         gc = os.fork()
-        if gc == 0:                     # grandchild: outlive the child, then exit
+        if gc == 0:                     # grandchild: outlive the child until released, then exit
             os.close(w)
-            time.sleep(1.0)
+            deadline = time.monotonic() + 60
+            while not os.path.exists(sys.argv[3]) and time.monotonic() < deadline:
+                time.sleep(0.05)
             os._exit(0)
         os.write(w, f"{gc}\n".encode())
         os._exit(0)
@@ -118,7 +120,7 @@ workers:
     command: [{py}, -m, worker, --unit-ms, "100"]
     numprocs: 2
   orphaner:
-    command: [{py}, {tmp_path}/orphaner.py, {tmp_path}/orphans.txt, "{ORPHANS}"]
+    command: [{py}, {tmp_path}/orphaner.py, {tmp_path}/orphans.txt, "{ORPHANS}", {tmp_path}/release]
     start_seconds: 0.5
 """)
     with open(tmp_path / "daemon.log", "wb") as log:   # the child keeps its own copy
@@ -175,14 +177,15 @@ def test_pid1_reaps_orphans_and_stops_gracefully_on_sigterm(pid1: Pid1) -> None:
         if fields is not None:
             assert int(fields[1]) == daemon, f"orphan {pid} parent {fields[1]}, not PID 1"
             seen_alive += 1
-    # they sleep 1 s: at least one must still be there, adopted by PID 1, for this to test
-    # anything (else the reaping below is vacuous)
-    assert seen_alive, f"no orphan still alive to observe: {host_orphans}"
+    # they live until released: all are there, adopted by PID 1 (else the reaping below
+    # would test nothing)
+    assert seen_alive == ORPHANS, f"orphans gone before their release: {host_orphans}"
+    (pid1.tmp / "release").touch()
 
     def zombies_left() -> list[tuple[int, str]]:
         return [(p, f[0]) for p in host_orphans if (f := stat_fields(p)) is not None]
 
-    # they exit ~1 s after their birth; PID 1 must reap them (no Z entry may stay behind)
+    # released, they exit; PID 1 must reap them (no Z entry may stay behind)
     wait_until(lambda: not zombies_left(), 10, "every orphan reaped", interval=0.05,
                show=lambda: f"still there: {zombies_left()}\n{pid1.show()}")
     assert pid1.ctl("status").stdout.count("RUNNING") == 3, pid1.show()
