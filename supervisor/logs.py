@@ -319,13 +319,18 @@ class Rotator:
             return
         w = self._files[path] = _Watched(path, max_bytes, backups)
         if size is not None and size <= max_bytes:
+            # armed, then its size looked at once more: what its writer wrote between that
+            # open and the watch (a spawned worker writes at once) made no event
             self._arm(w)
-        elif not later:
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_size <= max_bytes:
+                    return
+        if not later:
             self._check(w)
-        else:
-            self._later.append(w)
-            if len(self._later) == 1:
-                self._loop.call_later(0, self._check_later)
+            return
+        self._later.append(w)
+        if len(self._later) == 1:
+            self._loop.call_later(0, self._check_later)
 
     def _check_later(self) -> None:
         end = time.monotonic() + _LATER_SLICE

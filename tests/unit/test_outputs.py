@@ -197,6 +197,22 @@ def test_rotation_watch_with_a_size_checks_only_a_file_over_the_limit(
         loop.close()
 
 
+def test_a_file_written_past_the_limit_before_its_watch_is_rotated(
+        tmp_path: Path, fds_kept: None) -> None:
+    """A worker writes at once: what it wrote between the spawn's open (size 0) and the
+    watch made no inotify event, and must not escape rotation for it."""
+    loop = Loop()
+    rot = Rotator(loop)
+    try:
+        log = tmp_path / "w.log"
+        log.write_bytes(b"z" * 5000)          # written after the open that found it empty
+        rot.watch(str(log), 1024, 2, size=0)
+        assert log.stat().st_size == 0 and (tmp_path / "w.log.1").stat().st_size == 5000
+    finally:
+        rot.close()
+        loop.close()
+
+
 def test_an_instance_without_files_is_not_sent_to_the_helper(tmp_path: Path,
                                                              fds_kept: None) -> None:
     out = Outputs()
