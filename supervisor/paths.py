@@ -83,7 +83,8 @@ MAX_LOCATOR = 64 * 1024
 
 def write_locator(config_path: str, socket_path: str, pid: int) -> str:
     path = locator_path(config_path)
-    doc = {"socket": socket_path, "pid": pid, "config": os.path.realpath(config_path)}
+    doc = {"socket": socket_path, "pid": pid, "config": os.path.realpath(config_path),
+           "pidns": pid_namespace()}
     dfd = safefs.private_dir(runtime_dir())
     try:
         safefs.write_atomic(dfd, os.path.basename(path), json.dumps(doc).encode())
@@ -146,6 +147,15 @@ def running_configs() -> list[str]:
     finally:
         os.close(dfd)
     return sorted(found)
+
+
+def pid_namespace() -> int | None:
+    """The inode of this process's PID namespace: a pid means something only inside it (a
+    daemon that is PID 1 of a container may share the runtime directory with the host's)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def pid_alive(pid: int) -> bool:

@@ -9,7 +9,9 @@ removes the stale ones others left, safely:
   only if the name still leads to the file we locked (a daemon that just made a new one keeps
   it; daemon._flock re-checks the same way, so a lock removed under a starting daemon only
   makes it try again);
-- a locator only when the pid it names is gone;
+- a locator only when the pid it names is gone, judged in the PID namespace it was written
+  in (from another, every pid of it looks gone: a daemon that is PID 1 of a container would
+  remove the host daemons' locators);
 - at most MAX_ENTRIES entries looked at. Intent files are left: they are for the next daemon
   of their config.
 """
@@ -106,6 +108,8 @@ def _remove_locator(dfd: int, name: str) -> bool:
         pid = doc.get("pid") if isinstance(doc, dict) else None
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or paths.pid_alive(pid):
             return False
+        if doc.get("pidns", paths.pid_namespace()) != paths.pid_namespace():
+            return False                # another namespace's pid: not ours to judge
         if not _same(dfd, name, fd):
             return False
         with contextlib.suppress(FileNotFoundError):

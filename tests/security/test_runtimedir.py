@@ -38,6 +38,10 @@ def test_only_stale_files_of_ours_go(run_dir: Path, tmp_path: Path) -> None:
     os.link(linked, run_dir / "prefix-hard.lock")                        # two links: kept
     (run_dir / "dddddddddddd.json").write_text(json.dumps({"pid": DEAD_PID}))   # removed
     (run_dir / "eeeeeeeeeeee.json").write_text(json.dumps({"pid": os.getpid()}))  # kept
+    (run_dir / "999999999999.json").write_text(json.dumps(      # another pid namespace's
+        {"pid": DEAD_PID, "pidns": (paths.pid_namespace() or 0) + 1}))          # kept
+    (run_dir / "cccccccccccc.json").write_text(json.dumps(      # this namespace's: removed
+        {"pid": DEAD_PID, "pidns": paths.pid_namespace()}))
     (run_dir / "ffffffffffff.json").write_text("{not json")                        # kept
     (run_dir / "intent-pv-x.json").write_text("{}")                      # not a lock: kept
     (run_dir / "other.lock").write_text("")                              # not one of ours
@@ -46,10 +50,10 @@ def test_only_stale_files_of_ours_go(run_dir: Path, tmp_path: Path) -> None:
         removed = runtimedir.clean_stale()
     finally:
         os.close(fd)
-    assert sorted(removed) == ["aaaaaaaaaaaa.sock.lock", "dddddddddddd.json",
-                               "prefix-pv-x.lock"]
+    assert sorted(removed) == ["aaaaaaaaaaaa.sock.lock", "cccccccccccc.json",
+                               "dddddddddddd.json", "prefix-pv-x.lock"]
     assert sorted(os.listdir(run_dir)) == [
-        "bbbbbbbbbbbb.sock.lock", "eeeeeeeeeeee.json", "ffffffffffff.json",
+        "999999999999.json", "bbbbbbbbbbbb.sock.lock", "eeeeeeeeeeee.json", "ffffffffffff.json",
         "intent-pv-x.json", "other.lock", "prefix-dir.lock", "prefix-hard.lock",
         "prefix-link.lock"]
     assert target.read_text() == "mine\n"
