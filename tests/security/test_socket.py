@@ -97,6 +97,7 @@ def sup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
                       {WORKER: {"command": "sleep 1000", "start_seconds": 0.1}})
     try:
         d.start()
+        d.wait_state(f"{WORKER}:0", "RUNNING")    # every test checks that it still is
         yield d
     finally:
         left = d.cleanup()
