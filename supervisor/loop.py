@@ -85,6 +85,13 @@ class Loop:
             self.selector.unregister(fd)
 
     # -- timers -------------------------------------------------------------------------------
+    def pause_reader(self, fd: int, fn: FdCallback, seconds: float) -> Timer:
+        """Stop watching fd, and watch it again with fn after seconds unless the Timer is
+        cancelled first: a level-triggered listener that cannot accept (out of fds or
+        memory) would otherwise spin the loop."""
+        self.remove(fd)
+        return self.call_later(seconds, lambda: self.add_reader(fd, fn))
+
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
         t = Timer(when, next(self._seq), fn)
         heapq.heappush(self._timers, t)

@@ -398,16 +398,8 @@ class ControlServer:
             self._on_connection(sock)
 
     def _pause_accepting(self, e: OSError) -> None:
-        # Level-triggered: a listener we cannot accept from would spin the loop. Back off.
         self.log(f"control socket: accept failed ({e}); pausing for 0.2 s")
-        self.loop.remove(self._sock.fileno())
-
-        def resume() -> None:
-            self._paused = None
-            if not self._closed:
-                self.loop.add_reader(self._sock.fileno(), self._on_accept)
-
-        self._paused = self.loop.call_later(0.2, resume)
+        self._paused = self.loop.pause_reader(self._sock.fileno(), self._on_accept, 0.2)
 
     def _on_connection(self, sock: socket.socket) -> None:
         if len(self._conns) >= self.max_connections:

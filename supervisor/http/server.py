@@ -158,14 +158,7 @@ class HttpServer:
 
     def _pause_accepting(self, e: OSError) -> None:
         self.log(f"http: accept failed ({e}); pausing for 0.2 s")
-        self.loop.remove(self.sock.fileno())
-
-        def resume() -> None:
-            self._paused = None
-            if not self._closed:
-                self.loop.add_reader(self.sock.fileno(), self._on_accept)
-
-        self._paused = self.loop.call_later(0.2, resume)
+        self._paused = self.loop.pause_reader(self.sock.fileno(), self._on_accept, 0.2)
 
     def watch(self, conn: HttpConn, events: int) -> None:
         had = self._watched.get(conn.fd, 0)
