@@ -23,13 +23,14 @@ message (a spawn failure, a refused start) need nothing more.
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import errno
-import fcntl
 import os
 import stat
-import struct
-import threading
+
+# Only modules that cost supervisorctl's start-up nothing (it reads the locator through here):
+# no contextlib (try/except instead), threading (its lock is _thread's), struct (imported for
+# a directory with an ACL) or fcntl (os.set_blocking).
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 16     # symlinks followed in one walk (the kernel's ELOOP limit is 40)
@@ -52,7 +53,7 @@ def _trusted_uid(uid: int) -> bool:
 
 
 _ACL_USER, _ACL_GROUP, _ACL_WRITE = 0x02, 0x08, 0x02
-_ACL_ENTRY = struct.Struct("<HHI")      # tag, perm, id (after a 4-byte version header)
+_ACL_ENTRY, _ACL_ENTRY_SIZE = "<HHI", 8     # tag, perm, id (after a 4-byte version header)
 
 
 def _others_can_write(st: os.stat_result, fd: int) -> bool:
@@ -67,8 +68,10 @@ def _others_can_write(st: os.stat_result, fd: int) -> bool:
         acl = os.getxattr(fd, "system.posix_acl_access")
     except OSError:
         return False          # no ACL (ENODATA), or none supported here
-    for off in range(4, len(acl) - _ACL_ENTRY.size + 1, _ACL_ENTRY.size):
-        tag, perm, ident = _ACL_ENTRY.unpack_from(acl, off)
+    import struct
+
+    for off in range(4, len(acl) - _ACL_ENTRY_SIZE + 1, _ACL_ENTRY_SIZE):
+        tag, perm, ident = struct.unpack_from(_ACL_ENTRY, acl, off)
         if tag in (_ACL_USER, _ACL_GROUP) and perm & _ACL_WRITE and ident != 0 and not (
                 tag == _ACL_USER and ident == os.geteuid()):
             return True
@@ -109,8 +112,10 @@ def open_dir(path: str, create: bool = False, mode: int = 0o755,
             except FileNotFoundError:
                 if not create:
                     raise
-                with contextlib.suppress(FileExistsError):
+                try:  # noqa: SIM105 -- contextlib is not imported here (see above)
                     os.mkdir(name, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
                 nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.ENOTDIR):
@@ -180,7 +185,7 @@ class DirCache:
     def __init__(self, size: int = 16) -> None:
         self.size = size
         self._fds: dict[str, tuple[int, int, int]] = {}
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def open(self, path: str, mode: int) -> int:
         """A dup of the fd of directory path (made if missing); the caller closes it."""
@@ -240,7 +245,7 @@ def open_append(path: str, mode: int = 0o640, dir_mode: int = 0o755) -> tuple[in
         st = _check_regular(fd, path)
         if st.st_dev in _kernel_filesystems():
             raise UnsafePathError(path, "is a file of /proc or /sys, not a log file")
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
@@ -253,8 +258,10 @@ _KERNEL_FS: set[int] = set()
 def _kernel_filesystems() -> set[int]:
     if not _KERNEL_FS:
         for where in ("/proc", "/sys"):
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 -- contextlib is not imported here (see above)
                 _KERNEL_FS.add(os.stat(where).st_dev)
+            except OSError:
+                pass
     return _KERNEL_FS
 
 
@@ -303,8 +310,10 @@ def private_dir(path: str, create: bool = True) -> int:
     try:
         name = os.path.basename(path)
         if create:
-            with contextlib.suppress(FileExistsError):
+            try:  # noqa: SIM105 -- contextlib is not imported here (see above)
                 os.mkdir(name, 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as e:
@@ -346,8 +355,10 @@ def write_atomic(dfd: int, name: str, data: bytes, mode: int = 0o600,
     """Replace ``name`` in the directory ``dfd`` with ``data``: written to a new file made
     with O_EXCL, then renamed over it (readers see the old or the new, never half)."""
     tmp = f".{name}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
+    try:  # noqa: SIM105 -- contextlib is not imported here (see above)
         os.unlink(tmp, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  mode, dir_fd=dfd)
     try:

@@ -19,11 +19,13 @@ A verb may answer with a stream instead (``events --follow``): any number of lin
 client fell behind), then the one final reply above, or EOF when the daemon goes away. See
 supervisor.control.stream.
 
-Exit codes are defined here, once. The daemon decides the code of every reply; the client decides
+Exit codes are defined once (in supervisor.control.wire, the client's half of this module,
+re-exported here). The daemon decides the code of every reply; the client decides
 only the codes of failures it sees itself (no daemon, time-out, interrupted) and click's usage
 errors.
 
-Standard library only: supervisorctl imports this module, and its start-up time is its latency.
+Standard library only. supervisorctl's click commands import this module; its fast path (status,
+pid, tail) imports only supervisor.control.wire, since its start-up time is its latency.
 """
 
 from __future__ import annotations
@@ -32,78 +34,58 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any
 
-# -- limits and framing ----------------------------------------------------------------------
-EOL = b"\n"  # ends the request and the reply: each is one line of JSON
-MAX_REQUEST = 64 * 1024  # bytes of one request line; the daemon refuses a longer one
-MAX_REPLY = 64 * 1024 * 1024  # bytes of one reply line; the client reads no further
-READ_TIMEOUT = 10.0  # seconds the daemon waits for a complete request
-WRITE_TIMEOUT = 10.0  # seconds the daemon gives a client to take its reply
-CONNECT_TIMEOUT = 5.0  # seconds the client waits for the daemon to accept the connection
-# A request is small and flat; these bound what the daemon's parser and handlers ever see.
-MAX_DEPTH = 32  # nesting of objects and arrays
-MAX_INT_DIGITS = 20  # digits of an integer (a pid, a signal, a count)
-MAX_CMD = 64  # characters of "cmd"
-MAX_TARGETS = 4096  # entries of "targets"
-MAX_NAME = 1024  # characters of one target name
+from supervisor.control.wire import (
+    BAD_CONFIG,
+    CONNECT_TIMEOUT,
+    DESCRIPTIONS,
+    EOL,
+    ERROR,
+    FAILED,
+    INTERRUPTED,
+    MAX_CMD,
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    MAX_NAME,
+    MAX_REPLY,
+    MAX_REQUEST,
+    MAX_TARGETS,
+    NO_SUCH_TARGET,
+    NOT_RUNNING,
+    OK,
+    READ_TIMEOUT,
+    TIMEOUT,
+    USAGE,
+    WRITE_TIMEOUT,
+    BadReply,
+    ProtocolError,
+    Reply,
+    decode_reply,
+    encode_request,
+    request_doc,
+)
 
-
-# -- exit codes ------------------------------------------------------------------------------
-class ExitCode(IntEnum):
-    OK = 0
-    ERROR = 1
-    USAGE = 2
-    NOT_RUNNING = 3
-    NO_SUCH_TARGET = 4
-    FAILED = 5
-    TIMEOUT = 6
-    BAD_CONFIG = 7
-    INTERRUPTED = 130
-
-
-OK = ExitCode.OK
-ERROR = ExitCode.ERROR
-USAGE = ExitCode.USAGE
-NOT_RUNNING = ExitCode.NOT_RUNNING
-NO_SUCH_TARGET = ExitCode.NO_SUCH_TARGET
-FAILED = ExitCode.FAILED
-TIMEOUT = ExitCode.TIMEOUT
-BAD_CONFIG = ExitCode.BAD_CONFIG
-INTERRUPTED = ExitCode.INTERRUPTED
-
-DESCRIPTIONS: dict[ExitCode, str] = {
-    ExitCode.OK: "success",
-    ExitCode.ERROR: "error (the message says what failed)",
-    ExitCode.USAGE: "usage error (bad option, argument or request)",
-    ExitCode.NOT_RUNNING: "no supervisord is running for this config",
-    ExitCode.NO_SUCH_TARGET: "no such worker or instance",
-    ExitCode.FAILED: "an instance went FATAL, could not start or could not stop",
-    ExitCode.TIMEOUT: "no answer from supervisord in time",
-    ExitCode.BAD_CONFIG: "the config is invalid (reload refused)",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); supervisord carries on with the request",
-}
+__all__ = [  # the names of wire, which supervisorctl's fast path imports without this module
+    "BAD_CONFIG", "CONNECT_TIMEOUT", "DESCRIPTIONS", "EOL", "ERROR", "FAILED", "INTERRUPTED",
+    "MAX_CMD", "MAX_DEPTH", "MAX_INT_DIGITS", "MAX_NAME", "MAX_REPLY", "MAX_REQUEST",
+    "MAX_TARGETS", "NO_SUCH_TARGET", "NOT_RUNNING", "OK", "READ_TIMEOUT", "TIMEOUT", "USAGE",
+    "WRITE_TIMEOUT", "BadReply", "ProtocolError", "Reply", "decode_reply", "encode_request",
+    # and this module's own
+    "BadRequest", "Request", "decode_request", "encode_reply", "help_epilog", "reply_pieces",
+]
 
 
 def help_epilog() -> str:
     """The exit-code table for --help (\\b keeps click from rewrapping it)."""
     lines = ["\b", "Exit codes:"]
-    lines += [f"  {int(code):>3}  {text}" for code, text in DESCRIPTIONS.items()]
+    lines += [f"  {code:>3}  {text}" for code, text in DESCRIPTIONS.items()]
     return "\n".join(lines)
 
 
 # -- messages --------------------------------------------------------------------------------
-class ProtocolError(ValueError):
-    """A line that is not a message of this protocol; str() says why."""
-
-
 class BadRequest(ProtocolError):
     """A request the daemon cannot read; the server answers it with a USAGE reply."""
-
-
-class BadReply(ProtocolError):
-    """A reply the client cannot read."""
 
 
 class Request(dict[str, Any]):
@@ -124,7 +106,7 @@ class Request(dict[str, Any]):
         cls, cmd: str, targets: Iterable[str] = (), opts: Mapping[str, Any] | None = None
     ) -> Request:
         """The request supervisorctl sends: all three keys, in this order."""
-        return cls(cmd=cmd, targets=list(targets), opts=dict(opts or {}))
+        return cls(request_doc(cmd, targets, opts))
 
     @property
     def cmd(self) -> str:
@@ -155,25 +137,7 @@ class Request(dict[str, Any]):
         return raw if isinstance(raw, dict) else {}
 
 
-class Reply(NamedTuple):
-    """One reply: the exit code, the text for stdout and stderr, and data for the verb. (A
-    NamedTuple, not a dataclass: importing dataclasses is a third of supervisorctl's start.)"""
-
-    code: int
-    out: str = ""
-    err: str = ""
-    data: Any = None
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"code": self.code, "out": self.out, "err": self.err, "data": self.data}
-
-
-_REPLY_DEFAULTS: dict[str, Any] = {"code": int(ERROR), "out": "", "err": "", "data": None}
-
-
-def encode_request(request: Mapping[str, Any]) -> bytes:
-    """The request's line (ASCII: non-ASCII text is escaped)."""
-    return json.dumps(request).encode() + EOL
+_REPLY_DEFAULTS: dict[str, Any] = {"code": ERROR, "out": "", "err": "", "data": None}
 
 
 def decode_request(line: bytes) -> Request:
@@ -291,31 +255,3 @@ def reply_pieces(code: int, out: Iterable[str] = (), data: Iterable[list[Any]] |
             yield mid + sep + _text(rows)[1:-1]     # the items as in a list: ", " between
             mid, sep = b"", b", "
     yield mid + (b"[]" if sep == b"[" else b"]") + b"}" + EOL
-
-
-def decode_reply(line: bytes) -> Reply:
-    """The reply in one line (without its newline); BadReply unless it is an object with an
-    integer "code". An "out" or "err" that is not a string counts as empty."""
-    try:
-        doc = json.loads(line)
-    except (ValueError, RecursionError):     # not JSON, or nested past the parser
-        doc = None
-    code = doc.get("code") if isinstance(doc, dict) else None
-    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
-        raise BadReply("reply is not a JSON object with an exit code 0..255")
-    assert isinstance(doc, dict)
-    out, err = doc.get("out"), doc.get("err")
-    return Reply(
-        code=code,
-        out=_printable(out),
-        err=_printable(err),
-        data=doc.get("data"),
-    )
-
-
-def _printable(text: object) -> str:
-    """A reply text as it can be printed: lone surrogates (valid in JSON, not in UTF-8)
-    replaced; not a string: empty."""
-    if not isinstance(text, str):
-        return ""
-    return text.encode("utf-8", "replace").decode("utf-8")

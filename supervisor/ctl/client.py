@@ -7,17 +7,14 @@ code and one line for stderr; everything else (what to print, which code) comes 
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
-import socket
-import struct
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, NoReturn
 
 from supervisor import paths
-from supervisor.control.protocol import (
+from supervisor.control.wire import (
     CONNECT_TIMEOUT,
     EOL,
     ERROR,
@@ -28,14 +25,21 @@ from supervisor.control.protocol import (
     USAGE,
     BadReply,
     Reply,
-    Request,
     decode_reply,
     encode_request,
+    request_doc,
 )
 from supervisor.ctl.out import echo
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing, collections.abc and socket stay out of supervisorctl's start-up
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import IO, Any, NoReturn
+
+    Recv = Callable[[int], bytes]  # socket.recv
+
 DEFAULT_CONFIG = "supervisord.yaml"
-Recv = Callable[[int], bytes]  # socket.recv
+_RECV = 1 << 20     # bytes asked for per recv: a megabyte of status is read in a few calls
 
 
 class CtlError(Exception):
@@ -134,7 +138,7 @@ def request(
     """Send {"cmd", "targets", "opts"} to the session's daemon and return its reply."""
     shown, _config = session.config_file()
     path = socket_path(session)
-    payload = Request.make(cmd, targets, opts)
+    payload = request_doc(cmd, targets, opts)
     try:
         return exchange(path, payload, session.timeout, session.connect_timeout, shown)
     except KeyboardInterrupt:
@@ -147,7 +151,7 @@ def request(
 
 def exchange(
     path: str,
-    payload: Request,
+    payload: Mapping[str, Any],
     timeout: float | None,
     connect_timeout: float,
     shown_config: str,
@@ -169,9 +173,11 @@ def exchange(
         sock.close()
 
 
-def connect(path: str, connect_timeout: float, shown_config: str) -> socket.socket:
-    """A connection to the daemon at path, its peer checked. Raises CtlError."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def connect(path: str, connect_timeout: float, shown_config: str) -> _socket.socket:
+    """A connection to the daemon at path, its peer checked. Raises CtlError. (The socket of
+    _socket, which socket.socket subclasses only to add makefile, dup and enums: importing
+    socket imports enum and selectors.)"""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(connect_timeout)
         try:
@@ -193,12 +199,12 @@ def connect(path: str, connect_timeout: float, shown_config: str) -> socket.sock
     return sock
 
 
-def _check_peer(sock: socket.socket, path: str) -> None:
+def _check_peer(sock: _socket.socket, path: str) -> None:
     """Talk only to a daemon of root or of our own uid: a process of another user that put
     its own socket at the path (or behind a swapped directory) must not be believed."""
     try:
-        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # struct ucred
+        uid = int.from_bytes(cred[4:8], sys.byteorder, signed=True)  # pid, uid, gid: C ints
     except OSError as e:
         raise CtlError(ERROR, f"supervisorctl: cannot tell who serves {path}: {e}") from None
     if uid not in (0, os.geteuid()):
@@ -207,22 +213,27 @@ def _check_peer(sock: socket.socket, path: str) -> None:
 
 
 def _read_reply(
-    sock: socket.socket, deadline: float | None, timeout: float | None, shown: str
+    sock: _socket.socket, deadline: float | None, timeout: float | None, shown: str
 ) -> Reply:
     buf = bytearray()
-    while EOL not in buf and len(buf) <= MAX_REPLY:
+    end = -1                # where the reply's EOL is, once read
+    while len(buf) <= MAX_REPLY:
         if deadline is not None:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
-            chunk = sock.recv(65536)
+            chunk = sock.recv(_RECV)
         except TimeoutError:
             raise _timeout(timeout, shown) from None
         except ConnectionResetError:
             chunk = b""
         if not chunk:
             break
+        start = len(buf)
         buf += chunk
-    line = bytes(buf).split(EOL, 1)[0]
+        end = buf.find(EOL, start)      # only the new bytes: a big reply is not searched again
+        if end >= 0:
+            break
+    line = bytes(memoryview(buf)[:end]) if end >= 0 else bytes(buf)
     if not line:
         raise CtlError(
             ERROR, "supervisorctl: supervisord closed the connection without a reply (see its log)"

@@ -25,12 +25,14 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 from supervisor import paths
 from supervisor.ctl import client, readonly
 from supervisor.ctl.out import echo, pacify_streams
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing and collections.abc stay out of the start-up (a plain Plan too)
+    from collections.abc import Mapping, Sequence
 
 PROG_NAME = "supervisorctl"
 COMPLETE_VAR = "_SUPERVISORCTL_COMPLETE"     # click's shell completion variable for PROG_NAME
@@ -44,12 +46,26 @@ TAIL_LINES = 10             # the -n default of tail and logs (their click optio
 _MAX_DIGITS = 18            # a longer -n goes to click (int() limits, click's message)
 
 
-class Plan(NamedTuple):
-    config: str | None
-    verb: str
-    flags: frozenset[str]
-    targets: tuple[str, ...]
-    lines: int = TAIL_LINES
+class Plan:
+    """What to run: the config, the verb, its flags and targets, tail's -n."""
+
+    __slots__ = ("config", "verb", "flags", "targets", "lines")
+
+    def __init__(self, config: str | None, verb: str, flags: frozenset[str],
+                 targets: tuple[str, ...], lines: int = TAIL_LINES) -> None:
+        self.config, self.verb, self.flags = config, verb, flags
+        self.targets, self.lines = targets, lines
+
+    def _key(self) -> tuple[object, ...]:
+        return self.config, self.verb, self.flags, self.targets, self.lines
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if isinstance(other, Plan) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Plan{self._key()!r}"
 
 
 def recognise(argv: Sequence[str], environ: Mapping[str, str]) -> Plan | None:

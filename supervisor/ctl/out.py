@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import codecs
 import errno
-import re
 import sys
-from typing import Any, TextIO, cast
 
-# the pattern click strips when the output is not a terminal (click._compat._ansi_re)
-_ANSI = re.compile(r"\033\[[0-?]*[ -/]*[@-~]")
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing stays out of supervisorctl's start-up
+    from typing import Any, TextIO
+
+# the pattern click strips when the output is not a terminal (click._compat._ansi_re); re is
+# imported only for a text that has an ESC in it (status on a pipe has none, unless a worker
+# put one in its status text)
+_ANSI = r"\033\[[0-?]*[ -/]*[@-~]"
 
 
 def echo(text: str, *, err: bool = False, nl: bool = True) -> None:
@@ -29,8 +33,10 @@ def echo(text: str, *, err: bool = False, nl: bool = True) -> None:
     if not text:
         stream.flush()
         return
-    if not _isatty(stream):
-        text = _ANSI.sub("", text)
+    if "\033" in text and not _isatty(stream):
+        import re
+
+        text = re.sub(_ANSI, "", text)
     if _is_ascii(stream) and hasattr(stream, "buffer"):
         stream.flush()
         stream.buffer.write(text.encode("utf-8", "replace"))
@@ -74,5 +80,5 @@ class _PacifyFlush:
 
 def pacify_streams() -> None:
     """After EPIPE on stdout: keep both streams from failing at exit."""
-    sys.stdout = cast(TextIO, _PacifyFlush(sys.stdout))
-    sys.stderr = cast(TextIO, _PacifyFlush(sys.stderr))
+    sys.stdout = _PacifyFlush(sys.stdout)
+    sys.stderr = _PacifyFlush(sys.stderr)

@@ -14,12 +14,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import BinaryIO, NoReturn, Protocol
 
 from supervisor import safefs
-from supervisor.control.protocol import ERROR, NOT_RUNNING, OK, Reply
+from supervisor.control.wire import ERROR, NOT_RUNNING, OK, Reply
 from supervisor.ctl import client
 from supervisor.ctl.out import echo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing stays out of supervisorctl's start-up
+    from typing import BinaryIO, NoReturn, Protocol
+
+    class _Out(Protocol):
+        def write(self, data: bytes, /) -> int: ...
+        def flush(self) -> None: ...
 
 POLL_INTERVAL = 0.2
 _CHUNK = 8192
@@ -75,11 +82,6 @@ def _from_config(session: client.Session, target: str, down: client.CtlError) ->
     echo(f"supervisorctl: supervisord is not running; reading {target}'s log files as "
                f"{config} names them", err=True)
     return Reply(OK, data={"stdout": found[0], "stderr": found[1]})
-
-
-class _Out(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-    def flush(self) -> None: ...
 
 
 class _Headed:

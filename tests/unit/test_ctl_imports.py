@@ -33,9 +33,11 @@ def test_ctl_main_loads_no_heavy_module() -> None:
     heavy = [m for m in modules if m.split(".")[0] in FORBIDDEN]
     assert heavy == [], f"import supervisor.ctl.main, supervisor.ctl.cli loaded {heavy}"
     ours = sorted(m for m in modules if m.startswith("supervisor"))
-    stdlib_only = ("supervisor.ctl", "supervisor.names", "supervisor.paths", "supervisor.safefs")
+    stdlib_only = ("supervisor.ctl", "supervisor.names", "supervisor.paths", "supervisor.safefs",
+                   "supervisor.jsonlite")
     assert all(
-        m in ("supervisor", "supervisor.control", "supervisor.control.protocol")
+        m in ("supervisor", "supervisor.control", "supervisor.control.protocol",
+              "supervisor.control.wire")
         or m.startswith(stdlib_only)
         for m in ours
     ), ours
@@ -48,6 +50,31 @@ def test_entry_point_loads_no_click() -> None:
         assert "supervisor.ctl.cli" not in modules, statement
     # the click CLI does load it (so the check above can tell)
     assert "click" in loaded_after("import supervisor.ctl.cli")
+
+
+# what the fast path may add to a bare interpreter's modules besides its own: C modules and
+# tiny ones; not typing, re, json, enum, socket, selectors, contextlib, collections, threading
+FAST_PATH_STDLIB = {"__future__", "errno", "_socket", "_json"}
+FAST_PATH_OURS = {"supervisor", "supervisor.ctl", "supervisor.ctl.main", "supervisor.ctl.client",
+                  "supervisor.ctl.readonly", "supervisor.ctl.out", "supervisor.ctl.tail",
+                  "supervisor.paths", "supervisor.safefs", "supervisor.jsonlite",
+                  "supervisor.control", "supervisor.control.wire"}
+
+
+def modules_after(statement: str) -> set[str]:
+    """sys.modules after statement, printed without importing anything more (not json)."""
+    code = f"import sys; {statement}; sys.stdout.write('\\n'.join(sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                          text=True, env=child_env(), cwd=REPO, timeout=60)
+    return set(proc.stdout.split("\n"))
+
+
+def test_fast_path_imports_only_what_it_needs() -> None:
+    bare = modules_after("pass")
+    assert "json" not in bare and "re" not in bare, sorted(bare)   # else this test sees nothing
+    added = modules_after("import supervisor.ctl.main, supervisor.ctl.tail") - bare
+    assert added - FAST_PATH_OURS == FAST_PATH_STDLIB, sorted(added - FAST_PATH_OURS)
+    assert added & FAST_PATH_OURS == FAST_PATH_OURS
 
 
 def test_importtime_shows_no_heavy_module() -> None:
