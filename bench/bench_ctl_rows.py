@@ -22,6 +22,7 @@ time median / p90 / min and the child's CPU time (user+sys, from wait4) median, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -84,10 +85,8 @@ def serve(listener: socket.socket, lines: dict[str, bytes]) -> None:
                 buf += chunk
             req = decode_request(buf.split(b"\n", 1)[0])
             key = "status --json" if req.cmd == "status" and req.flag("json", False) else req.cmd
-            try:
+            with contextlib.suppress(OSError):     # the CLI went away
                 conn.sendall(lines[key])
-            except OSError:
-                pass
 
 
 def once(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
@@ -133,7 +132,7 @@ def main() -> None:
         variants["script"] = ([script], env)
         bare = {"python -I -S -c pass": [py, "-I", "-S", "-c", "pass"],
                 "python -c pass": [py, "-c", "pass"]}
-        for vargv, venv in variants.values():   # byte-compiled, as an installed package is
+        for _argv, venv in variants.values():   # byte-compiled, as an installed package is
             subprocess.run([py, "-m", "compileall", "-q", "supervisor"], check=True,
                            cwd=venv.get("PYTHONPATH", REPO), env=env)
         paths.write_locator(config, sock_path, os.getpid())
@@ -156,10 +155,10 @@ def main() -> None:
                                  for k, (vargv, venv) in variants.items()})
                         for _ in range(a.runs):
                             for k, (argv, e) in todo.items():
-                                wall, cpu, code = once(argv, e)
+                                took, cpu_ms, code = once(argv, e)
                                 got = runs.setdefault(k, ([], [], set()))
-                                got[0].append(wall)
-                                got[1].append(cpu)
+                                got[0].append(took)
+                                got[1].append(cpu_ms)
                                 got[2].add(code)
                         if form:
                             say(f" supervisorctl {' '.join(form)}")

@@ -19,7 +19,9 @@ Printed: median / p99 / min of the wall time in ms.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -62,6 +64,23 @@ def once(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
     return ms(time.monotonic() - t0), rc
 
 
+def raw(sock: str, form: list[str]) -> float:
+    """Wall time (ms) of the form's request on the socket from this process, the reply read
+    whole but not decoded: the daemon's part of a CLI run, without the CLI."""
+    verb, targets = form[0], [t for t in form[1:] if not t.startswith("-")]
+    opts = {"json": "--json" in form} if verb == "status" else {}
+    line = json.dumps({"cmd": verb, "targets": targets or (["all"] if verb == "status" else []),
+                       "opts": opts}).encode() + b"\n"
+    t0 = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(120)
+        s.connect(sock)
+        s.sendall(line)
+        while (chunk := s.recv(1 << 20)) and not chunk.endswith(b"\n"):
+            pass
+    return ms(time.monotonic() - t0)
+
+
 def line(name: str, xs: list[float]) -> None:
     say(f"  {name:<34s} median {pct(xs, 50):6.0f}  p99 {pct(xs, 99):6.0f}  "
         f"min {min(xs):6.0f} ms  (n={len(xs)})")
@@ -98,14 +117,20 @@ def main() -> None:
         for form in (["pid"], ["pid", "plain:0"], ["status"], ["status", "--json"]):
             times: dict[str, list[float]] = {v: [] for v in vs}
             codes: dict[str, set[int]] = {v: set() for v in vs}
+            raws: list[float] = []
             for _ in range(a.runs):
                 for v, (prefix, extra) in vs.items():
                     t, rc = once([*prefix, *cfg, *form], {**env, **extra}, d.dir)
                     times[v].append(t)
                     codes[v].add(rc)
+                raws.append(raw(d.sock, form))
             say(f"supervisorctl {' '.join(form)} (N={a.n}, idle daemon)")
             for v in vs:
                 line(f"{v} (exit {sorted(codes[v])})", times[v])
+            line("raw socket, no CLI", raws)
+        if not a.cycles:
+            say(f"load average at the end: {os.getloadavg()}")
+            return
         probes: dict[str, list[float]] = {v: [] for v in vs}
         took: list[float] = []
         for _ in range(a.cycles):
