@@ -74,7 +74,7 @@ def test_dumps_what_json_refuses_and_goes_on() -> None:
     loop: list[Any] = []
     loop.append(loop)
     for value in ({"a": {1, 2}}, [1, {"a": object()}], loop, {(1, 2): 3}, {"x": math.inf},
-                  {"t": (1, 2), 1: None, 2.5: "é\n", True: b"no"}):
+                  {"t": (1, 2), 1: None, 2.5: "é\n", None: b"no"}, {False: 1, None: [True]}):
         assert outcome(jsonlite.dumps, value) == outcome(json.dumps, value)
     # a refusal in the middle of a container leaves nothing behind for the next call
     assert jsonlite.dumps({"a": [1, 2]}) == '{"a": [1, 2]}'
