@@ -5,8 +5,8 @@ daemon makes them: protocol.reply_pieces with rows of instance_facts' shape, the
 by handlers.render_status_line), found through a real locator for a temporary config. So the
 figures are the CLI's alone, with the daemon's part ~0 (bench_scale measures the whole).
 
-Variants, interleaved run for run, each --runs times: ``python -I -S -c pass``, ``python -c
-pass``, then per form (``pid``, ``status``, ``status --json``):
+Variants, interleaved run for run, each --runs times per form (``pid``, ``status``, ``status
+--json``), beside ``python -I -S -c pass`` and ``python -c pass`` (interleaved with them too):
 
   base     another checkout's entry point (--base DIR), ``python -c "...main()"``, PYTHONPATH=DIR
   tree     this tree's, the same way
@@ -147,12 +147,11 @@ def main() -> None:
                 th = threading.Thread(target=serve, args=(listener, lines), daemon=True)
                 th.start()
                 try:
-                    forms = [[], ["pid"], ["status"], ["status", "--json"]]
-                    for form in forms:
+                    for form in (["pid"], ["status"], ["status", "--json"]):
                         runs: dict[str, tuple[list[float], list[float], set[int]]] = {}
-                        todo = ({k: (v, env) for k, v in bare.items()} if not form else
-                                {k: (vargv + ["-c", config, *form], venv)
-                                 for k, (vargv, venv) in variants.items()})
+                        todo = {**{k: (v, env) for k, v in bare.items()},   # interleaved too
+                                **{k: (vargv + ["-c", config, *form], venv)
+                                   for k, (vargv, venv) in variants.items()}}
                         for _ in range(a.runs):
                             for k, (argv, e) in todo.items():
                                 took, cpu_ms, code = once(argv, e)
@@ -160,8 +159,7 @@ def main() -> None:
                                 got[0].append(took)
                                 got[1].append(cpu_ms)
                                 got[2].add(code)
-                        if form:
-                            say(f" supervisorctl {' '.join(form)}")
+                        say(f" supervisorctl {' '.join(form)}")
                         for k, (wall, cpu, codes) in runs.items():
                             line(k, wall, cpu, codes)
                 finally:
