@@ -338,3 +338,26 @@ def test_reload_refuses_whatever_load_config_raises(monkeypatch: pytest.MonkeyPa
     assert [(r.code, r.err) for r in replies] == [
         (7, "reload refused; still running the previous config.\ncannot load /etc/app.yaml: "
             "RuntimeError: a bug\n")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('supervisor:\n  http_token_file: "\\ud800"\n' + worker(""),
+     "app.yaml:2: supervisor.http_token_file: '\\ud800' contains a lone surrogate"),
+    ('supervisor:\n  log_dir: "x\\udfff"\n' + worker(""),
+     "app.yaml:2: supervisor.log_dir: 'x\\udfff' contains a lone surrogate"),
+    (worker('stdout: {path: "\\ud800.log"}'),
+     "app.yaml:4: workers.a.stdout.path: '\\ud800.log' contains a lone surrogate"),
+    ('workers:\n  a:\n    command: [sleep, "\\udc80"]\n',
+     "app.yaml:3: workers.a.command[1]: '\\udc80' contains a lone surrogate"),
+    (worker('environment: {A: "\\ud800"}'), "app.yaml:4: workers.a.environment.A: '\\ud800' "),
+    (worker('environment: {"\\ud800": x}'),
+     "app.yaml:4: workers.a.environment: the key '\\ud800' contains a lone surrogate"),
+    ('workers:\n  "\\ud800":\n    command: sleep 1\n',
+     "app.yaml:2: workers: the key '\\ud800' contains a lone surrogate"),
+])
+def test_a_lone_surrogate_escape_is_refused_by_the_yaml_layer(text: str, message: str) -> None:
+    # A "\ud800" escape in a double-quoted YAML string decodes to half a UTF-16 pair, which
+    # no path, argument or variable can be encoded from: http_token_file ended in the loader's
+    # catch-all ("cannot load the config: UnicodeEncodeError"), a log path passed --check.
+    errs = errors(text)
+    assert len(errs) == 1 and errs[0].startswith(message), errs
