@@ -361,3 +361,18 @@ def test_a_lone_surrogate_escape_is_refused_by_the_yaml_layer(text: str, message
     # catch-all ("cannot load the config: UnicodeEncodeError"), a log path passed --check.
     errs = errors(text)
     assert len(errs) == 1 and errs[0].startswith(message), errs
+
+
+def test_an_empty_socket_path_is_refused_by_check() -> None:
+    # It passed --check, and the daemon then said only "[Errno 2] No such file or directory: ''".
+    errs = errors("supervisor:\n  socket: ''\n" + worker(""))
+    assert errs == ["app.yaml:2: supervisor.socket: must not be empty (null means the default "
+                    "path)"], errs
+
+
+def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    errs = errors(worker(f"directory: {tmp_path / 'afile'}"))
+    assert errs == [f"app.yaml:4: workers.a.directory: is not a directory: {tmp_path / 'afile'}"]
+    errs = errors(worker(f"directory: {tmp_path / 'none'}"))
+    assert errs == [f"app.yaml:4: workers.a.directory: no such directory: {tmp_path / 'none'}"]
