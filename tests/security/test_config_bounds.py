@@ -5,6 +5,7 @@ hung, or ``--check`` itself died)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -376,3 +377,32 @@ def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
     assert errs == [f"app.yaml:4: workers.a.directory: is not a directory: {tmp_path / 'afile'}"]
     errs = errors(worker(f"directory: {tmp_path / 'none'}"))
     assert errs == [f"app.yaml:4: workers.a.directory: no such directory: {tmp_path / 'none'}"]
+
+
+def test_a_config_that_is_a_fifo_or_a_device_never_blocks(tmp_path: Path) -> None:
+    # A FIFO put where the config was blocked --check's open for ever (and a reload: the
+    # daemon's loop with it).
+    os.mkfifo(tmp_path / "fifo.yaml")
+    for name in ("fifo.yaml", "/dev/zero"):
+        r = subprocess.run([sys.executable, "-m", "supervisor.daemon", "-c", name, "--check"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+        assert (r.returncode, r.stderr) == (
+            2, f"{name}: is a FIFO, socket or device, not a regular file; a config is a file\n")
+
+
+def test_a_reload_of_a_config_turned_into_a_fifo_is_refused_at_once(daemon: Any) -> None:  # noqa: F811
+    d = daemon({"a": {"command": "sleep 1000", **QUICK}})
+    d.wait_state("a:0", "RUNNING")
+    before = d.pids()
+    good = d.config_path.read_text()
+    d.config_path.unlink()
+    os.mkfifo(d.config_path)
+    try:
+        r = d.ctl("reload")
+        assert r.returncode == 7 and "is a FIFO, socket or device" in r.stderr, r
+        assert d.pids() == before
+    finally:
+        d.config_path.unlink()
+        d.config_path.write_text(good)
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout) == (0, "no changes\n"), r
