@@ -145,6 +145,10 @@ BAD_REQUESTS = {
     "5000 targets": (line({"cmd": "status", "targets": ["x"] * 5000})[:-1], "too many targets"),
     "long cmd": (line({"cmd": "s" * 100})[:-1], '"cmd" is longer than 64'),
     "long target name": (line({"cmd": "status", "targets": ["x" * 2000]})[:-1], "longer than"),
+    # Python's json takes the last of two equal keys: this was a shutdown.
+    "cmd twice": (b'{"cmd": "status", "cmd": "shutdown"}', "the key 'cmd' twice"),
+    "an opt twice": (line({"cmd": "signal", "targets": [WORKER]})[:-2]
+                     + b', "opts": {"signal": "USR1", "signal": "KILL"}}', "'signal' twice"),
 }
 _BAD_SIGNALS: tuple[object, ...] = ("0", 0, "9" * 20, 10**19, "99", 65, -1, "SIGFOO", "", True,
                                    1.5, [], {})
