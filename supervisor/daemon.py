@@ -331,6 +331,8 @@ class Daemon:
         self.runtime.intent.enabled = False   # these stops are the daemon's, not the operator's
         self.notifier.stopping()
         logger.info("shutting down: stopping every worker gracefully")
+        if (timeout := self.config.supervisor.shutdown_timeout) is not None:
+            self.loop.call_later(timeout, lambda: self.interrupts.past_deadline(timeout))
         self._stop_in_order(list(reversed(self.config.start_order())))
 
     def _stop_in_order(self, names: list[str]) -> None:
@@ -350,6 +352,8 @@ class Daemon:
             self._finish_shutdown()
             return
         rt.request_stop(live, graceful=not self.interrupts.hurried)
+        if self.interrupts.killing:     # once the stops are stepped (this may run in a step)
+            self.loop.call_later(0, lambda: self.interrupts.kill_now(live))
         rt.wait_for(insts, lambda i: not i.has_process, lambda: self._stop_in_order(rest))
 
     def _finish_shutdown(self) -> None:
