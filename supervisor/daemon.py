@@ -24,7 +24,7 @@ from loguru import logger
 
 from supervisor import fds, paths, runtimedir, safefs
 from supervisor.config import Config, ConfigError, load_config
-from supervisor.config.checks import program_warnings
+from supervisor.config.checks import file_warnings, program_warnings
 from supervisor.control.handlers import Handlers
 from supervisor.control.protocol import BAD_CONFIG, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
@@ -442,7 +442,7 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
     except ConfigError as e:
         click.echo(str(e), err=True)
         sys.exit(EXIT_BAD_CONFIG)
-    warnings = program_warnings(config)
+    warnings = file_warnings(config_path) + program_warnings(config)
     if check:
         for line in warnings:
             click.echo(line, err=True)

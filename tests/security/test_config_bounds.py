@@ -406,3 +406,31 @@ def test_a_reload_of_a_config_turned_into_a_fifo_is_refused_at_once(daemon: Any)
         d.config_path.write_text(good)
     r = d.ctl("reload")
     assert (r.returncode, r.stdout) == (0, "no changes\n"), r
+
+
+def test_check_warns_of_a_config_others_can_change(tmp_path: Path) -> None:
+    # A root daemon ran what a file writable by every user (or owned by one) said, silently.
+    from supervisor.config.checks import file_warnings
+
+    path = tmp_path / "app.yaml"
+    path.write_text(worker(""))
+    os.chmod(tmp_path, 0o755)
+    assert file_warnings(str(path)) == []
+    os.chmod(path, 0o666)
+    assert file_warnings(str(path)) == [
+        f"{path}: warning: the file ({path}) is writable by every user, who can change what "
+        f"supervisord runs; chmod o-w {path}"]
+    os.chmod(path, 0o644)
+    os.chmod(tmp_path, 0o777)       # not sticky: anyone can replace the file
+    assert file_warnings(str(path)) == [
+        f"{path}: warning: its directory ({tmp_path}) is writable by every user, who can "
+        f"change what supervisord runs; chmod o-w {tmp_path}"]
+    os.chmod(tmp_path, 0o1777)      # sticky, like /tmp: only the owner can replace it
+    assert file_warnings(str(path)) == []
+    os.chmod(tmp_path, 0o755)
+    os.chown(path, 65534, -1)
+    r = subprocess.run([sys.executable, "-m", "supervisor.daemon", "-c", str(path), "--check"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{path}: OK (1 worker, 1 warning)\n", (
+        f"{path}: warning: the file ({path}) is owned by uid 65534, who can change what "
+        f"supervisord runs (as uid {os.geteuid()}); chown it to root or the daemon's user\n")), r
