@@ -136,8 +136,8 @@ def test_shutdown_timeout_bounds_the_whole_shutdown(daemon: StartedDaemon, tmp_p
                supervisor={"shutdown_timeout": 1})
     for name in ("a:0", "b:0", "c:0"):
         d.wait_state(name, "RUNNING")
-    workers = pids_with_block_prefix(d.prefix)
-    assert len(workers) == 3, workers
+    leaders = list(d.pids().values())
+    assert len(leaders) == 3, leaders
     assert d.stop(timeout=30) == 0, d.log_text()
     log = d.log_text()
     assert re.search(r"shutdown_timeout \(1 s\) is over: killing what is still stopping "
@@ -145,4 +145,5 @@ def test_shutdown_timeout_bounds_the_whole_shutdown(daemon: StartedDaemon, tmp_p
     for name in ("a:0", "b:0", "c:0"):
         assert re.search(rf"{name} STOPPING -> STOPPED \(exited: killed by signal 9\)", log), log
     assert log.rstrip().endswith("every worker stopped; supervisord exits"), log
-    assert not [p for p in workers if pid_alive(p)]
+    assert not [p for p in leaders if pid_alive(p)]
+    assert pids_with_block_prefix(d.prefix) == []     # nor any of their children
