@@ -47,6 +47,7 @@ from worker.block import ENV_BLOCK
 from worker.ctlpage import CTL_MODE, CTL_MODE_GROUP, ControlBlock
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+MAX_SCAN_WARNINGS = 20  # names logged one by one at a scan; the rest are counted
 
 
 @dataclass
@@ -234,15 +235,15 @@ def _owner_of(path: str) -> str:
         return "an unknown owner"
 
 
-def open_block(name: str) -> ControlBlock | None:
-    """Open a ctl page an earlier daemon of ours left, or None (logged) if the name holds
-    anything else. Never raises; never unlinks what is not ours."""
+def open_block(name: str, warn: Callable[[str], None] = logger.warning) -> ControlBlock | None:
+    """Open a ctl page an earlier daemon of ours left, or None (told to ``warn``) if the name
+    holds anything else. Never raises; never unlinks what is not ours."""
     instance = name.partition(".")[2]
     path = blk.SHM_DIR + name
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        logger.warning(f"{instance} ignoring {path} (owned by {_owner_of(path)}): "
+        warn(f"{instance} ignoring {path} (owned by {_owner_of(path)}): "
                        f"not a control block ({e.strerror})")
         return None
     try:
@@ -257,19 +258,43 @@ def open_block(name: str) -> ControlBlock | None:
         elif stat.S_IMODE(st.st_mode) not in (CTL_MODE, CTL_MODE_GROUP):
             problem = f"mode {stat.S_IMODE(st.st_mode):04o}"
         if problem is not None:
-            logger.warning(f"{instance} ignoring {path} (owned by uid {st.st_uid}): "
+            warn(f"{instance} ignoring {path} (owned by uid {st.st_uid}): "
                            f"not a control block of ours ({problem})")
             os.close(fd)
             return None
         return ControlBlock.open_existing(name, fd, st)
     except blk.BlockError as e:
-        logger.warning(f"{instance} removing unusable control block: {e}")
+        warn(f"{instance} removing unusable control block: {e}")
         os.close(fd)
         blk.unlink_name(name)
     except (OSError, ValueError) as e:
-        logger.warning(f"{instance} cannot open control block {name}: {e}")
+        warn(f"{instance} cannot open control block {name}: {e}")
         os.close(fd)
     return None
+
+
+class _Warnings:
+    """Any local user can plant a million names under our prefix in /dev/shm: the first
+    MAX_SCAN_WARNINGS are logged one by one, the rest in one line (a line per name was a log
+    flood, and most of the scan's time, that the planter chose)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.logged = 0
+        self.more = 0
+
+    def __call__(self, message: str) -> None:
+        if self.logged < MAX_SCAN_WARNINGS:
+            self.logged += 1
+            logger.warning(message)
+        else:
+            self.more += 1
+
+    def summary(self) -> None:
+        if self.more:
+            logger.warning(f"ignoring {self.more:,} more names of the same kinds under "
+                           f"{blk.SHM_DIR}/{self.prefix}.* (see them: ls -l "
+                           f"{blk.SHM_DIR}/{self.prefix}.*)")
 
 
 def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p: None,
@@ -280,10 +305,12 @@ def scan(prefix: str, member: Callable[[str, int], bool | None] = lambda _i, _p:
         entries = os.listdir(blk.SHM_DIR)    # once: for the ctl pages and the sweep below
     except OSError:
         entries = []
+    warn = _Warnings(prefix)
     for name in blk.list_blocks(prefix, entries):
-        b = open_block(name)
+        b = open_block(name, warn)
         if b is not None:
             blocks[name] = b
+    warn.summary()
     unrecorded: list[str] = []
     for name, block in blocks.items():
         # one open of the status page, one check of the ctl page, for every read below

@@ -24,7 +24,7 @@ from loguru import logger
 
 from supervisor import fds, paths, runtimedir, safefs
 from supervisor.config import Config, ConfigError, load_config
-from supervisor.config.checks import program_warnings
+from supervisor.config.checks import file_warnings, program_warnings
 from supervisor.control.handlers import Handlers
 from supervisor.control.protocol import BAD_CONFIG, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
@@ -331,6 +331,8 @@ class Daemon:
         self.runtime.intent.enabled = False   # these stops are the daemon's, not the operator's
         self.notifier.stopping()
         logger.info("shutting down: stopping every worker gracefully")
+        if (timeout := self.config.supervisor.shutdown_timeout) is not None:
+            self.loop.call_later(timeout, lambda: self.interrupts.past_deadline(timeout))
         self._stop_in_order(list(reversed(self.config.start_order())))
 
     def _stop_in_order(self, names: list[str]) -> None:
@@ -350,6 +352,8 @@ class Daemon:
             self._finish_shutdown()
             return
         rt.request_stop(live, graceful=not self.interrupts.hurried)
+        if self.interrupts.killing:     # once the stops are stepped (this may run in a step)
+            self.loop.call_later(0, lambda: self.interrupts.kill_now(live))
         rt.wait_for(insts, lambda i: not i.has_process, lambda: self._stop_in_order(rest))
 
     def _finish_shutdown(self) -> None:
@@ -438,7 +442,7 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
     except ConfigError as e:
         click.echo(str(e), err=True)
         sys.exit(EXIT_BAD_CONFIG)
-    warnings = program_warnings(config)
+    warnings = file_warnings(config_path) + program_warnings(config)
     if check:
         for line in warnings:
             click.echo(line, err=True)

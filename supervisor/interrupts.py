@@ -5,6 +5,10 @@ how long each wait can still take, so a long ``graceful_timeout`` never looks li
 Every further one hurries it: each stopping instance goes to its next step now (the graceful
 wait ends in stop_signal, a kill timeout in SIGKILL), and the workers not yet asked to stop
 get signals at once instead of a graceful stop.
+
+``supervisor.shutdown_timeout`` bounds the whole shutdown: when it is over, every stop in
+flight, and every one begun later, goes to SIGKILL at once (a unit's TimeoutStopSec is set
+from it: past that, systemd SIGKILLs the daemon, and KillMode=process leaves the workers).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Interrupts:
         self.rt = rt
         self.count = 0
         self.hurried = False      # later stop levels skip the graceful part
+        self.killing = False      # shutdown_timeout is over: every stop goes to SIGKILL now
 
     def on_signal(self, signum: int, shutting_down: bool) -> bool:
         """Returns whether to begin the shutdown (the first signal)."""
@@ -68,3 +73,18 @@ class Interrupts:
         for inst in stopping:
             self.rt.hurry(inst)
         return False
+
+    def past_deadline(self, timeout: float) -> None:
+        self.hurried = self.killing = True
+        stopping = [i for i in self.rt.instances.values() if i.st.state is State.STOPPING]
+        names = ", ".join(i.name for i in stopping[:SHOWN]) + (
+            " and more" if len(stopping) > SHOWN else "")
+        logger.warning(f"shutdown_timeout ({timeout:g} s) is over: killing what is still "
+                       f"stopping ({names or 'nothing yet'}) and every worker stopped later")
+        self.kill_now(stopping)
+
+    def kill_now(self, insts: list[Instance]) -> None:
+        for inst in insts:
+            for _ in range(2):      # a graceful wait -> stop_signal -> SIGKILL
+                if inst.st.kills_sent or not self.rt.hurry(inst):
+                    break

@@ -184,11 +184,25 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
             done.append(f"{_count(len(left))} stopped, left stopped with the new config "
                         f"({names})")
         lines.append(f"changed {name}: {'; '.join(done)}")
-    sup_old = old.supervisor.model_dump(exclude={"log_level"})
-    if sup_old != new.supervisor.model_dump(exclude={"log_level"}):
-        lines.append("supervisor: section changed; socket, block_prefix and log_dir take "
-                     "effect at the next start of supervisord")
+    lines += _supervisor_changes(old.supervisor.model_dump(), new.supervisor.model_dump())
     return "".join(f"{line}\n" for line in lines), settle
+
+
+# Settings of the supervisor: section that a running daemon does not change: its sockets, its
+# block names, its cgroup mode and its own logging are set up once, at start. Every other one
+# is in effect at once (log_dir through the workers' log paths: the workers whose paths moved
+# are restarted).
+_AT_NEXT_START = ("socket", "socket_group", "socket_mode", "block_prefix", "cgroups", "http",
+                  "http_allow_remote", "log_level")
+
+
+def _supervisor_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changed = [k for k in new if old.get(k) != new[k]]
+    later = [k for k in changed if k in _AT_NEXT_START]
+    now = [k for k in changed if k not in _AT_NEXT_START]
+    return ([f"supervisor: {', '.join(now)} changed, in effect now"] if now else []) + (
+        [f"supervisor: {', '.join(later)} changed; takes effect at the next start of "
+         "supervisord (this one keeps the old value)"] if later else [])
 
 
 def _count(n: int) -> str:

@@ -161,6 +161,8 @@ def _refuse_special(e: OSError, path: str) -> None:
     if e.errno == errno.ENXIO:
         raise UnsafePathError(path, "is a FIFO or a device, not a regular file; refusing to "
                                     "use it") from None
+    if e.errno == errno.EISDIR:     # else "cannot start 'prog': Is a directory: 'name'"
+        raise UnsafePathError(path, "is a directory, not a file") from None
 
 
 def _check_regular(fd: int, path: str) -> os.stat_result:

@@ -213,3 +213,29 @@ def program_warnings(config: Config) -> list[str]:
             out.append(f"{config.path}: workers.{name}.command: warning: {program!r} is not "
                        f"found in the worker's PATH ({search})")
     return out
+
+
+def file_warnings(path: str) -> list[str]:
+    """The config says what supervisord runs, as root often: a file or a directory that a user
+    other than root and the daemon's own can change is a way for that user to run anything as
+    the daemon. Warnings, not errors (a container's config mounted with a host user's uid is
+    common, and the daemon's user decides): like a token file's owner and mode, say so."""
+    trusted = (0, os.geteuid())
+    out = []
+    where = os.path.abspath(path)
+    for target, what in ((where, "the file"), (os.path.dirname(where), "its directory")):
+        try:
+            st = os.stat(target)
+        except OSError:
+            continue
+        if st.st_uid not in trusted:
+            out.append(f"{path}: warning: {what} ({target}) is owned by uid {st.st_uid}, who "
+                       f"can change what supervisord runs (as uid {os.geteuid()}); chown it "
+                       "to root or the daemon's user")
+        elif st.st_mode & 0o002 and not (what == "its directory" and st.st_mode & 0o1000):
+            out.append(f"{path}: warning: {what} ({target}) is writable by every user, who "
+                       f"can change what supervisord runs; chmod o-w {target}")
+        elif st.st_mode & 0o020 and st.st_gid not in (0, os.getegid()):
+            out.append(f"{path}: warning: {what} ({target}) is writable by group {st.st_gid}, "
+                       f"whose members can change what supervisord runs; chmod g-w {target}")
+    return out

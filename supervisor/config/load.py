@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -71,11 +72,7 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _load(path: str) -> Config:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
+    raw = _read(path)
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError([f"{path}: the file is larger than {MAX_FILE_BYTES >> 20} MiB; a "
                            "config is never that large"])
@@ -116,6 +113,29 @@ def _load(path: str) -> Config:
         found.sort(key=lambda item: item[0] or 0)
         raise ConfigError([text for _, text in found])
     return config
+
+
+def _read(path: str) -> bytes:
+    """The file's first MAX_FILE_BYTES + 1 bytes. Opened O_NONBLOCK and checked on the fd: a
+    FIFO put where the config was would block the open and the read for ever (the daemon's
+    reload runs on its loop), and a device has no end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError([f"{path}: cannot read the config file: Is a directory"])
+        if not stat.S_ISREG(mode):
+            raise ConfigError([f"{path}: is a FIFO, socket or device, not a regular file; a "
+                               "config is a file"])
+        with open(fd, "rb", closefd=False) as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
+    finally:
+        os.close(fd)
 
 
 def json_schema() -> dict[str, Any]:

@@ -222,7 +222,9 @@ class SupervisorConfig(_Model):
     def _socket(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
             return paths.default_socket_path(_context(info).get("config_path") or "pyvisor.yaml")
-        if isinstance(value, str) and value:
+        if value == "":
+            raise problem("must not be empty (null means the default path)")
+        if isinstance(value, str):
             path = _resolve(cv.no_nul(value), info)
             if len(os.fsencode(path)) > 107:
                 raise problem(f"socket path is {len(os.fsencode(path))} bytes long, the limit is "
@@ -332,7 +334,8 @@ class WorkerConfig(_Model):
             return value
         path = _resolve(cv.no_nul(value), info)
         if not os.path.isdir(path):
-            raise problem(f"no such directory: {path}")
+            what = "is not a directory" if os.path.lexists(path) else "no such directory"
+            raise problem(f"{what}: {path}")
         return path
 
     @model_validator(mode="after")

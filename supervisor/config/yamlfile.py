@@ -15,8 +15,9 @@ build the data ourselves, which lets us:
   scalar and collection ones (``!!python/object`` ...), a value that contains itself through
   an alias, nesting deeper than MAX_DEPTH, more than MAX_VALUES values once aliases are
   expanded (a few hundred bytes of aliases can stand for billions of values), integers longer
-  than MAX_INT_CHARS, and NUL characters (no path, command, name or environment value can
-  hold one).
+  than MAX_INT_CHARS, NUL characters (no path, command, name or environment value can
+  hold one) and lone surrogates (a ``"\\ud800"`` escape: half a UTF-16 pair, not text; no
+  path or argument can be encoded from one).
 
 Mapping keys are always strings: their text as written (``123:`` is the worker "123").
 Problems are collected, not raised, as ``(path, message, line)``; ``YamlSyntaxError`` is raised
@@ -164,6 +165,21 @@ def parse(text: str) -> Document:
     return doc
 
 
+def _has_surrogate(text: str) -> bool:
+    """A lone surrogate comes only from a \\u escape (a UTF-8 file cannot hold one)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _bad_char(text: str) -> str:
+    return "a NUL character (\\0)" if "\0" in text else "a lone surrogate (not text)"
+
+
 class _Refused(Exception):
     pass
 
@@ -246,6 +262,10 @@ class _Builder:
             self.refuse(path, "contains a NUL character (\\0), which no path, command, name "
                               "or environment value can hold", node)
             return None
+        if _has_surrogate(node.value):
+            self.refuse(path, f"{node.value[:40]!r} contains a lone surrogate (a \\ud800-\\udfff "
+                              "escape), which is not text; write the character itself", node)
+            return None
         if _keeps_text(path):
             if node.tag == _NULL_TAG and (path[0] == "supervisor" or path[2] == "umask"):
                 return None                    # socket_mode, umask: null -> the default
@@ -275,8 +295,8 @@ class _Builder:
                 self.doc.problems.append((path, "keys must be plain strings", line))
                 continue
             key = key_node.value
-            if "\0" in key:
-                self.refuse(path, f"the key {key!r} contains a NUL character (\\0)", key_node)
+            if "\0" in key or _has_surrogate(key):
+                self.refuse(path, f"the key {key!r} contains {_bad_char(key)}", key_node)
                 continue
             if key in first_line:
                 self.doc.problems.append(
@@ -290,8 +310,8 @@ class _Builder:
             for key_node, value_node in source.value:
                 if isinstance(key_node, ScalarNode) and key_node.value not in result:
                     key = key_node.value
-                    if "\0" in key:
-                        self.refuse(path, f"the key {key!r} contains a NUL character (\\0)",
+                    if "\0" in key or _has_surrogate(key):
+                        self.refuse(path, f"the key {key!r} contains {_bad_char(key)}",
                                     key_node)
                         continue
                     self.doc.lines[path + (key,)] = key_node.start_mark.line + 1

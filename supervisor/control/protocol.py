@@ -143,8 +143,10 @@ _REPLY_DEFAULTS: dict[str, Any] = {"code": ERROR, "out": "", "err": "", "data": 
 def decode_request(line: bytes) -> Request:
     """The request in one line (without its newline). BadRequest says what is wrong with it.
 
-    Only strict JSON in strict UTF-8 passes: no lone surrogates (raw or escaped), no NaN or
-    Infinity, no integer longer than MAX_INT_DIGITS, no nesting deeper than MAX_DEPTH, and
+    Only strict JSON in strict UTF-8 passes: no lone surrogates (raw or escaped), no key twice
+    in one object (``{"cmd": "status", "cmd": "shutdown"}`` means what each reader's JSON
+    library makes of it: Python's takes the last), no NaN or Infinity, no integer longer
+    than MAX_INT_DIGITS, no nesting deeper than MAX_DEPTH, and
     "targets" and "opts" (when given) within their bounds and of the right shape.
     """
     try:
@@ -153,7 +155,7 @@ def decode_request(line: bytes) -> Request:
         raise BadRequest(f"request is not valid JSON (not UTF-8: {e})") from None
     try:
         doc = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int,
-                         parse_float=_finite_float)
+                         parse_float=_finite_float, object_pairs_hook=_unique_keys)
     except BadRequest:
         raise
     except RecursionError:
@@ -180,6 +182,17 @@ def decode_request(line: bytes) -> Request:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadRequest(f"request has the key {key[:40]!r} twice in one object")
+            seen.add(key)
+    return doc
 
 
 def _refuse_constant(name: str) -> Any:

@@ -41,6 +41,7 @@ import select
 import selectors
 import socket
 import struct
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -79,6 +80,9 @@ _BIG_REPLY = 1024 * 1024  # releasing one this large hands freed heap back to th
 _SMALL_REPLY = 64 * 1024
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ACCEPT_BATCH = 64
+# A client closed on at once (the table full) is told to see the log: it says why, at most
+# once in this many seconds (a flood must not become a flood of log lines).
+_FULL_LOG_EVERY = 10.0
 
 
 Handler = Callable[[Request, Responder], None]
@@ -374,6 +378,7 @@ class ControlServer:
         self.gid: int | None = resolve_group(group) if group is not None else None
         self._conns: dict[int, _Conn] = {}
         self._paused: Timer | None = None
+        self._full_logged = -_FULL_LOG_EVERY  # monotonic time of the last "full" log line
         self._closed = False
         self._sock, self._ident = create_socket(path, mode, self.gid)
         self.loop.add_reader(self._sock.fileno(), self._on_accept)
@@ -404,6 +409,11 @@ class ControlServer:
     def _on_connection(self, sock: socket.socket) -> None:
         if len(self._conns) >= self.max_connections:
             sock.close()
+            if (now := time.monotonic()) - self._full_logged >= _FULL_LOG_EVERY:
+                self._full_logged = now
+                self.log(f"control socket: {self.max_connections} connections open, the most; "
+                         "new ones are closed unanswered until slots free up (a client that "
+                         f"sends no request is dropped after {self.read_timeout:g} s)")
             return
         refused_uid, peer = self._peer(sock)
         if refused_uid is not None and self._refused_count() >= self.max_refused:

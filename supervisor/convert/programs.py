@@ -38,6 +38,7 @@ from supervisor.convert.values import (
 DEFAULT_PROCESS_NAMES = ("%(program_name)s", "%(program_name)s_%(process_num)02d")
 SHELL_OPERATORS = "|&;<>"          # pipes, lists, background, redirections
 START_RETRIES = 3                  # supervisord's startretries default (pyvisor's: 5)
+_AT_LEAST_0 = ("startsecs", "startretries", "stopwaitsecs")   # pyvisor refuses negatives
 STOP_WAIT = 10                     # supervisord's stopwaitsecs default (pyvisor's kill_timeout: 5)
 # Options pyvisor has nothing for, and why; noted when set to anything but supervisord's
 # default (the value that does nothing).
@@ -234,6 +235,10 @@ class Program:
             text = r.text(option, names)
             if text is not None:
                 out[key] = r.check(option, text, parse)
+                if option in _AT_LEAST_0 and out[key] < 0:   # supervisord acts as on 0
+                    r.note(option, f"{out[key]} carried over as 0 (supervisord takes a "
+                           "negative value as 0; pyvisor refuses it)")
+                    out[key] = 0
         out.setdefault("start_retries", START_RETRIES)
         out.setdefault("kill_timeout", STOP_WAIT)
         order = ("autostart", "restart", "exit_codes", "start_seconds", "start_retries",

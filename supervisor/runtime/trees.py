@@ -36,6 +36,7 @@ from supervisor.runtime.procstats import (
     read_procs,
     read_stats,
 )
+from worker.published import clean_text
 
 if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
@@ -45,11 +46,15 @@ _REMOVE_SLICE = 0.002    # seconds of cgroup rmdirs per loop turn
 
 
 def _describe(pids: list[int]) -> str:
+    """'PID (name), ...'. A process names itself (prctl PR_SET_NAME), so its name is hostile:
+    an escape sequence in it went into the log, status and events, to the operator's
+    terminal. Made printable like a worker's status text."""
     shown = []
     for pid in pids[:5]:
         try:
-            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-                shown.append(f"{pid} ({f.read(64).strip()})")
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                name = clean_text(f.read(64).removesuffix(b"\n"))
+            shown.append(f"{pid} ({name})")
         except OSError:
             shown.append(str(pid))
     more = f" and {len(pids) - 5} more" if len(pids) > 5 else ""

@@ -4,6 +4,7 @@ daemon says so, with the program's usual foreground flag. Real nginx and redis-s
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,31 @@ def test_a_one_shot_program_is_not_called_a_daemon() -> None:
     assert daemonized_hint(["./mine"], 0.5, "7 (mine)") == (
         "exited 0 after 0.50 s and left 7 (mine) behind: it daemonized itself, and the "
         "supervisor cannot watch it. Programs must run in the foreground")
+
+
+ESCAPE_NAME = """\
+import ctypes, os, sys, time
+if os.fork() == 0:
+    ctypes.CDLL(None).prctl(15, b"\\x1b]0;PWN\\x07\\x1b[2J", 0, 0, 0)   # PR_SET_NAME
+    time.sleep(60)
+    os._exit(0)
+time.sleep(0.3)
+"""
+
+
+def test_a_leftover_process_named_with_escapes_is_shown_printable(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    # A process names itself: its name went raw into the log, status and events (to the
+    # operator's terminal: here an OSC title change and a screen clear).
+    script = tmp_path / "esc.py"
+    script.write_text(ESCAPE_NAME)
+    d = daemon_factory({"e": {"command": [sys.executable, str(script)], "start_seconds": 2,
+                              "restart": "never", "kill_timeout": 1}})
+    d.start()
+    row = wait_until(lambda: d.status_of("e:0"), 30, "the note of e:0",
+                     ok=lambda row: bool(row["note"]))
+    assert re.search(r"left \d+ \(\ufffd\]0;PWN\ufffd\ufffd\[2J\) behind", row["note"]), row
+    status, log = d.ctl("status").stdout, d.log_text()
+    assert "left " in status and "left " in log, (status, log)
+    for text in (status, d.ctl("events").stdout, log):
+        assert "\x1b" not in text and "\x07" not in text, text

@@ -85,3 +85,26 @@ def test_reload_invalid_keeps_old_workers(daemon: StartedDaemon) -> None:
     r = d.ctl("reload")
     assert (r.returncode, r.stdout, r.stderr) == (0, "no changes\n", ""), r
     assert d.pids() == before
+
+
+def test_reload_names_the_supervisor_settings_that_changed_and_when_they_apply(
+        daemon: StartedDaemon) -> None:
+    # Any change of the supervisor: section said "socket, block_prefix and log_dir take effect
+    # at the next start", whatever changed: log_dir does take effect (the workers' log paths
+    # move and they are restarted), log_level does not and was "no changes".
+    d = daemon({"a": sleeper(1000)})
+    d.wait_state("a:0", "RUNNING")
+    d.supervisor_extra = {"shutdown_timeout": 30, "log_level": "DEBUG"}
+    d.write_config({"a": sleeper(1000)})
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout, r.stderr) == (0, (
+        "supervisor: shutdown_timeout changed, in effect now\n"
+        "supervisor: log_level changed; takes effect at the next start of supervisord (this "
+        "one keeps the old value)\n"), ""), r
+    d.supervisor_extra["log_dir"] = str(d.dir / "logs2")
+    d.write_config({"a": sleeper(1000)})
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout, r.stderr) == (0, (
+        "changed a: restarted 1 instance\nsupervisor: log_dir changed, in effect now\n"), ""), r
+    d.wait_state("a:0", "RUNNING")
+    assert (d.dir / "logs2" / "a-0.out.log").exists()

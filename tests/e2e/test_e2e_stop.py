@@ -121,3 +121,29 @@ def test_sigterm_stops_everything_and_exits_0(daemon: StartedDaemon, tmp_path: P
     assert log.index("p:0 RUNNING -> STOPPING") > log.index("u:1 STOPPING -> STOPPED"), log
     assert not [p for p in workers if pid_alive(p)]
     assert not d.socket.exists(), "the control socket outlived the daemon"
+
+
+def test_shutdown_timeout_bounds_the_whole_shutdown(daemon: StartedDaemon, tmp_path: Path) -> None:
+    # shutdown_timeout was accepted, documented (systemd/README sets TimeoutStopSec from it)
+    # and never read: this shutdown took two kill_timeouts of 60 s and a graceful one.
+    stubborn = write_script(tmp_path, "stubborn.py", STUBBORN_WORKER)
+    ignore = "sh -c 'trap \"\" TERM; while true; do sleep 0.1; done'"
+    d = daemon({"a": {"command": ignore, "start_seconds": 0.2, "kill_timeout": 60},
+                "b": {"command": [sys.executable, stubborn], "graceful_timeout": 60,
+                      "kill_timeout": 60, "priority": 2},
+                "c": {"command": ignore, "start_seconds": 0.2, "kill_timeout": 60,
+                      "priority": 1}},
+               supervisor={"shutdown_timeout": 1})
+    for name in ("a:0", "b:0", "c:0"):
+        d.wait_state(name, "RUNNING")
+    leaders = list(d.pids().values())
+    assert len(leaders) == 3, leaders
+    assert d.stop(timeout=30) == 0, d.log_text()
+    log = d.log_text()
+    assert re.search(r"shutdown_timeout \(1 s\) is over: killing what is still stopping "
+                     r"\(a:0\) and every worker stopped later", log), log
+    for name in ("a:0", "b:0", "c:0"):
+        assert re.search(rf"{name} STOPPING -> STOPPED \(exited: killed by signal 9\)", log), log
+    assert log.rstrip().endswith("every worker stopped; supervisord exits"), log
+    assert not [p for p in leaders if pid_alive(p)]
+    assert pids_with_block_prefix(d.prefix) == []     # nor any of their children

@@ -5,6 +5,7 @@ hung, or ``--check`` itself died)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -338,3 +339,98 @@ def test_reload_refuses_whatever_load_config_raises(monkeypatch: pytest.MonkeyPa
     assert [(r.code, r.err) for r in replies] == [
         (7, "reload refused; still running the previous config.\ncannot load /etc/app.yaml: "
             "RuntimeError: a bug\n")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('supervisor:\n  http_token_file: "\\ud800"\n' + worker(""),
+     "app.yaml:2: supervisor.http_token_file: '\\ud800' contains a lone surrogate"),
+    ('supervisor:\n  log_dir: "x\\udfff"\n' + worker(""),
+     "app.yaml:2: supervisor.log_dir: 'x\\udfff' contains a lone surrogate"),
+    (worker('stdout: {path: "\\ud800.log"}'),
+     "app.yaml:4: workers.a.stdout.path: '\\ud800.log' contains a lone surrogate"),
+    ('workers:\n  a:\n    command: [sleep, "\\udc80"]\n',
+     "app.yaml:3: workers.a.command[1]: '\\udc80' contains a lone surrogate"),
+    (worker('environment: {A: "\\ud800"}'), "app.yaml:4: workers.a.environment.A: '\\ud800' "),
+    (worker('environment: {"\\ud800": x}'),
+     "app.yaml:4: workers.a.environment: the key '\\ud800' contains a lone surrogate"),
+    ('workers:\n  "\\ud800":\n    command: sleep 1\n',
+     "app.yaml:2: workers: the key '\\ud800' contains a lone surrogate"),
+])
+def test_a_lone_surrogate_escape_is_refused_by_the_yaml_layer(text: str, message: str) -> None:
+    # A "\ud800" escape in a double-quoted YAML string decodes to half a UTF-16 pair, which
+    # no path, argument or variable can be encoded from: http_token_file ended in the loader's
+    # catch-all ("cannot load the config: UnicodeEncodeError"), a log path passed --check.
+    errs = errors(text)
+    assert len(errs) == 1 and errs[0].startswith(message), errs
+
+
+def test_an_empty_socket_path_is_refused_by_check() -> None:
+    # It passed --check, and the daemon then said only "[Errno 2] No such file or directory: ''".
+    errs = errors("supervisor:\n  socket: ''\n" + worker(""))
+    assert errs == ["app.yaml:2: supervisor.socket: must not be empty (null means the default "
+                    "path)"], errs
+
+
+def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    errs = errors(worker(f"directory: {tmp_path / 'afile'}"))
+    assert errs == [f"app.yaml:4: workers.a.directory: is not a directory: {tmp_path / 'afile'}"]
+    errs = errors(worker(f"directory: {tmp_path / 'none'}"))
+    assert errs == [f"app.yaml:4: workers.a.directory: no such directory: {tmp_path / 'none'}"]
+
+
+def test_a_config_that_is_a_fifo_or_a_device_never_blocks(tmp_path: Path) -> None:
+    # A FIFO put where the config was blocked --check's open for ever (and a reload: the
+    # daemon's loop with it).
+    os.mkfifo(tmp_path / "fifo.yaml")
+    for name in ("fifo.yaml", "/dev/zero"):
+        r = subprocess.run([sys.executable, "-m", "supervisor.daemon", "-c", name, "--check"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+        assert (r.returncode, r.stderr) == (
+            2, f"{name}: is a FIFO, socket or device, not a regular file; a config is a file\n")
+
+
+def test_a_reload_of_a_config_turned_into_a_fifo_is_refused_at_once(daemon: Any) -> None:  # noqa: F811
+    d = daemon({"a": {"command": "sleep 1000", **QUICK}})
+    d.wait_state("a:0", "RUNNING")
+    before = d.pids()
+    good = d.config_path.read_text()
+    d.config_path.unlink()
+    os.mkfifo(d.config_path)
+    try:
+        r = d.ctl("reload")
+        assert r.returncode == 7 and "is a FIFO, socket or device" in r.stderr, r
+        assert d.pids() == before
+    finally:
+        d.config_path.unlink()
+        d.config_path.write_text(good)
+    r = d.ctl("reload")
+    assert (r.returncode, r.stdout) == (0, "no changes\n"), r
+
+
+def test_check_warns_of_a_config_others_can_change(tmp_path: Path) -> None:
+    # A root daemon ran what a file writable by every user (or owned by one) said, silently.
+    from supervisor.config.checks import file_warnings
+
+    path = tmp_path / "app.yaml"
+    path.write_text(worker(""))
+    os.chmod(tmp_path, 0o755)
+    assert file_warnings(str(path)) == []
+    os.chmod(path, 0o666)
+    assert file_warnings(str(path)) == [
+        f"{path}: warning: the file ({path}) is writable by every user, who can change what "
+        f"supervisord runs; chmod o-w {path}"]
+    os.chmod(path, 0o644)
+    os.chmod(tmp_path, 0o777)       # not sticky: anyone can replace the file
+    assert file_warnings(str(path)) == [
+        f"{path}: warning: its directory ({tmp_path}) is writable by every user, who can "
+        f"change what supervisord runs; chmod o-w {tmp_path}"]
+    os.chmod(tmp_path, 0o1777)      # sticky, like /tmp: only the owner can replace it
+    assert file_warnings(str(path)) == []
+    os.chmod(tmp_path, 0o755)
+    os.chown(path, 65534, -1)
+    r = subprocess.run([sys.executable, "-m", "supervisor.daemon", "-c", str(path), "--check"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{path}: OK (1 worker, 1 warning)\n", (
+        f"{path}: warning: the file ({path}) is owned by uid 65534, who can change what "
+        f"supervisord runs (as uid {os.geteuid()}); chown it to root or the daemon's user\n")), r

@@ -271,3 +271,15 @@ def test_tail_never_follows_a_planted_link(other_user: User, shared_dir: Path) -
     assert other_user.run("ln", "-s", str(secret), str(log)).returncode == 0
     with pytest.raises(safefs.UnsafePathError):
         _open(str(log))
+
+
+def test_a_directory_as_log_file_is_named_as_such(tmp_path: Path) -> None:
+    # It was "cannot start 'sleep': [Errno 21] Is a directory: 'out'": the program blamed, the
+    # log file named by its last component only.
+    from supervisor.runtime.spawning import describe_spawn_error
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(safefs.UnsafePathError) as info:
+        safefs.open_append(str(tmp_path / "out"))
+    assert describe_spawn_error(["sleep", "1"], info.value) == (
+        f"refusing its output file {tmp_path / 'out'}: is a directory, not a file")

@@ -240,3 +240,33 @@ def test_a_status_page_orphaned_by_a_killed_daemon_is_removed(daemon_factory: An
                "names")
     assert not orphan.exists()
     assert d.wait_state("w:0", "RUNNING")["adopted"]
+
+
+def test_a_flood_of_planted_names_is_one_summary_line_not_a_line_each() -> None:
+    # Any local user can plant names under the daemon's prefix (it is derived from the
+    # config's path, which anyone can compute); 20,000 of them were 20,000 warnings a start.
+    import uuid
+
+    from loguru import logger
+
+    from supervisor import adopt
+
+    prefix = f"pvtest-{uuid.uuid4().hex[:12]}"
+    planted = [f"{SHM}{prefix}.w:{i}" for i in range(adopt.MAX_SCAN_WARNINGS + 50)]
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m).rstrip("\n")), format="{message}")
+    try:
+        for p in planted:
+            os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # 0 bytes
+        assert adopt.scan(prefix) == []
+    finally:
+        logger.remove(sink)
+        kept = [p for p in planted if os.path.lexists(p)]
+        for p in kept:
+            os.unlink(p)
+    assert len(kept) == len(planted), "the scan removed names that are not control blocks"
+    ignored = [m for m in lines if "not a control block of ours (0 bytes, not 4096)" in m]
+    assert len(ignored) == adopt.MAX_SCAN_WARNINGS, lines
+    assert lines[-1] == (f"ignoring 50 more names of the same kinds under {SHM}{prefix}.* "
+                         f"(see them: ls -l {SHM}{prefix}.*)"), lines
+    assert len(lines) == adopt.MAX_SCAN_WARNINGS + 1, lines

@@ -145,6 +145,10 @@ BAD_REQUESTS = {
     "5000 targets": (line({"cmd": "status", "targets": ["x"] * 5000})[:-1], "too many targets"),
     "long cmd": (line({"cmd": "s" * 100})[:-1], '"cmd" is longer than 64'),
     "long target name": (line({"cmd": "status", "targets": ["x" * 2000]})[:-1], "longer than"),
+    # Python's json takes the last of two equal keys: this was a shutdown.
+    "cmd twice": (b'{"cmd": "status", "cmd": "shutdown"}', "the key 'cmd' twice"),
+    "an opt twice": (line({"cmd": "signal", "targets": [WORKER]})[:-2]
+                     + b', "opts": {"signal": "USR1", "signal": "KILL"}}', "'signal' twice"),
 }
 _BAD_SIGNALS: tuple[object, ...] = ("0", 0, "9" * 20, 10**19, "99", 65, -1, "SIGFOO", "", True,
                                    1.5, [], {})
@@ -351,3 +355,23 @@ def test_only_big_replies_are_refused_as_busy(lt: LoopThread, sock_path: str) ->
         reply = roundtrip(sock_path, line({"cmd": "big", "opts": {"size": 200_000}}))
         assert reply == {"code": 1, "out": "", "data": None, "err": "supervisord: busy: other "
                          "clients have not taken their replies yet; try again\n"}
+
+
+def test_a_full_connection_table_is_logged_once_not_per_refusal(
+        lt: LoopThread, sock_path: str) -> None:
+    # supervisorctl, closed on at once, says "see its log": the log said nothing.
+    logged: list[str] = []
+    server, _rec = start_server(lt, sock_path, read_timeout=5.0, max_connections=4,
+                                log=logged.append)
+    silent = [connect(sock_path) for _ in range(4)]
+    try:
+        wait_for(lambda: lt.call(lambda: server.connections) == 4 or None, "4 silent peers")
+        for _ in range(5):
+            assert reply_to(sock_path, line({"cmd": "echo"})) is None
+        full = [m for m in lt.call(lambda: list(logged)) if "connections open" in m]
+        assert full == ["control socket: 4 connections open, the most; new ones are closed "
+                        "unanswered until slots free up (a client that sends no request is "
+                        "dropped after 5 s)"], logged
+    finally:
+        for s in silent:
+            s.close()

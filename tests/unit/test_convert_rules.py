@@ -617,3 +617,21 @@ def test_options_not_carried_over_get_one_note_not_an_expansion_note() -> None:
         "(the journal, under systemd)",
         "supervisord.conf: [supervisord] nodaemon: not carried over: pyvisor always runs in "
         "the foreground (under systemd, or with nohup ... &)"]
+
+
+def test_negative_times_and_retries_become_0_with_a_note() -> None:
+    # supervisord takes them (as 0); they were carried over as written, and the converted
+    # file then failed --check ("must be ≥ 0").
+    w, notes = worker("""
+        [program:x]
+        command = sleep 1
+        startsecs = -1
+        startretries = -2
+        stopwaitsecs = -5
+        stopasgroup = true
+    """)
+    assert (w["start_seconds"], w["start_retries"], w["kill_timeout"]) == (0, 0, 0), w
+    assert notes == [f"supervisord.conf: [program:x] {o}: {v} carried over as 0 (supervisord "
+                     "takes a negative value as 0; pyvisor refuses it)"
+                     for o, v in (("startsecs", -1), ("startretries", -2), ("stopwaitsecs", -5))]
+    loads({"workers": {"x": w}})
