@@ -34,6 +34,7 @@ from supervisor.convert.values import Ref, byte_size, integer
 TO_DAEMON = ("/dev/stdout", "/dev/stderr", "/dev/fd/1", "/dev/fd/2", "/proc/self/fd/1",
              "/proc/self/fd/2", "/proc/1/fd/1", "/proc/1/fd/2")     # stdout, stderr, ...
 NOT_A_FILE = "pyvisor keeps a worker's output in a log file"
+_SUPERVISORD_KEY = {"max_bytes": "maxbytes", "backups": "backups"}   # rotation key -> option
 DISCARD, DAEMON_OUT, DAEMON_ERR = "/dev/null", "/dev/stdout", "/dev/stderr"   # _path's answers
 
 
@@ -74,6 +75,11 @@ class Logs:
         rotation = {"max_bytes": self._rotation(f"{option}_maxbytes", byte_size),
                     "backups": self._rotation(f"{option}_backups", integer)}
         rotation = {k: v for k, v in rotation.items() if v is not None}
+        for key, value in rotation.items():
+            if isinstance(value, int) and value < 0:     # supervisord acts as on 0
+                self.r.note(f"{option}_{_SUPERVISORD_KEY[key]}", f"{value} carried over as 0 "
+                            "(supervisord takes a negative value as 0; pyvisor refuses it)")
+                rotation[key] = 0
         if path in (DISCARD, DAEMON_OUT, DAEMON_ERR):
             if rotation.get("max_bytes", 0) not in (0, "0"):
                 self.r.note(f"{option}_maxbytes", "not carried over: output that goes to no "

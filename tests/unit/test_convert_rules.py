@@ -635,3 +635,22 @@ def test_negative_times_and_retries_become_0_with_a_note() -> None:
                      "takes a negative value as 0; pyvisor refuses it)"
                      for o, v in (("startsecs", -1), ("startretries", -2), ("stopwaitsecs", -5))]
     loads({"workers": {"x": w}})
+
+
+def test_negative_log_sizes_and_backups_become_0_with_a_note() -> None:
+    # supervisord never rotates at a size <= 0 and keeps no backups below 0; the value was
+    # carried over as written and the converted file failed --check.
+    w, notes = worker("""
+        [program:x]
+        command = sleep 1
+        stdout_logfile_maxbytes = -1
+        stderr_logfile_backups = -3
+        stopasgroup = true
+    """)
+    assert w["stdout"] == {"max_bytes": 0} and w["stderr"] == {"backups": 0}, w
+    assert notes == [
+        "supervisord.conf: [program:x] stdout_logfile_maxbytes: -1 carried over as 0 "
+        "(supervisord takes a negative value as 0; pyvisor refuses it)",
+        "supervisord.conf: [program:x] stderr_logfile_backups: -3 carried over as 0 "
+        "(supervisord takes a negative value as 0; pyvisor refuses it)"]
+    loads({"workers": {"x": w}})
