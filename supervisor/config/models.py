@@ -171,8 +171,9 @@ class SupervisorConfig(_Model):
     """One cgroup (v2) per instance, so that a worker is its whole process tree, when the
     daemon can have them (root, or a delegated systemd unit); false: process groups only."""
     shutdown_timeout: Timeout | None = None
-    """Most seconds a whole shutdown may take (at most 86400). null: derived from the workers'
-    timeouts."""
+    """Most seconds a whole shutdown may take (at most 86400): when they are over, whatever is
+    still stopping, and every worker stopped later, gets SIGKILL. null: no bound of its own
+    (each worker's stop is bounded by its graceful_timeout and kill_timeout)."""
 
     http: str | None = None
     """HTTP endpoint for Prometheus metrics (/metrics), probes (/livez, /readyz) and a JSON API

@@ -346,7 +346,7 @@ def _stopping_spawn_failed(inst: InstanceState, ev: SpawnFailed, policy: Policy)
 def _stopping_timer(inst: InstanceState, ev: TimerFired, policy: Policy) -> Result:
     if ev.early:
         nxt = policy.stop_signal if ev.kind is TimerKind.GRACEFUL else policy.kill_signal
-        msg = f"stop hurried by the operator; sending signal {nxt} now"
+        msg = f"stop hurried; sending signal {nxt} now"    # the daemon has logged why
         if ev.kind is TimerKind.GRACEFUL:
             return stay(inst, [Log("WARNING", msg), Signal(policy.stop_signal),
                                 ArmTimer(TimerKind.KILL, policy.kill_timeout)])

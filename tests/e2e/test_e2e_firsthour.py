@@ -199,14 +199,14 @@ def test_ctrl_c_again_says_what_it_waits_for_and_once_more_hurries(daemon: Start
     d.kill(signal.SIGINT)
     d.wait_log(r"sending signal 15 now", after=mark)
     assert lines(mark) == ["SIGINT again: hurrying the stop of w:0",
-                           "w:0 stop hurried by the operator; sending signal 15 now"]
+                           "w:0 stop hurried; sending signal 15 now"]
     mark = d.log_mark()
     d.kill(signal.SIGTERM)          # it ignores SIGTERM: the next step is SIGKILL
     assert d.proc is not None
     assert d.proc.wait(20) == 0
     got = lines(mark)
     assert got[:3] == ["SIGTERM again: hurrying the stop of w:0",
-                       "w:0 stop hurried by the operator; sending signal 9 now",
+                       "w:0 stop hurried; sending signal 9 now",
                        "w:0 STOPPING -> STOPPED (exited: killed by signal 9)"], got
 
 

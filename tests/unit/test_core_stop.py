@@ -63,10 +63,10 @@ def test_a_hurried_stop_takes_its_next_step_now() -> None:
     sim = started()
     sim.feed(StopRequested(5.0))
     assert sim.feed(TimerFired(6.0, GRACEFUL, early=True)) == [
-        warn("stop hurried by the operator; sending signal 15 now"), Signal(15),
+        warn("stop hurried; sending signal 15 now"), Signal(15),
         ArmTimer(KILL, 5.0)]
     assert sim.feed(TimerFired(6.5, KILL, early=True)) == [
-        warn("stop hurried by the operator; sending signal 9 now"), Signal(9),
+        warn("stop hurried; sending signal 9 now"), Signal(9),
         ArmTimer(KILL, 5.0)]
     assert sim.inst.kills_sent == 1 and sim.state is State.STOPPING
 
