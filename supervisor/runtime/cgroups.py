@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 import signal
+import stat
 
 from supervisor.runtime.procstats import PAGE as _PAGE
 from supervisor.runtime.procstats import STAT_LIMIT, parse_stat
