@@ -124,6 +124,9 @@ def _for_owner(got: Opened, owner: Owner) -> Opened:
     return Opened(got.paths, owner, fds[0], err, got.sizes, got.created)
 
 
+Job = tuple[tuple[str | None, str | None], str | None, str | None, str | None]
+
+
 def _open_for(paths: tuple[str | None, str | None], user: str | None, group: str | None,
               cgroup: str | None) -> Opened:
     """On the helper: the instance's cgroup directory (if it has one; whatever goes wrong is
@@ -139,22 +142,48 @@ def _open_for(paths: tuple[str | None, str | None], user: str | None, group: str
     return open_files(paths, owner)
 
 
+def _open_batch(jobs: list[Job]) -> list[Opened | None]:
+    """On the helper: _open_for of each job, in order; None for one that failed (its spawn
+    opens the files itself and reports why). Interrupted: what it opened is closed."""
+    got: list[Opened | None] = []
+    try:
+        for job in jobs:
+            try:
+                got.append(_open_for(*job))
+            except Exception:
+                got.append(None)
+    except BaseException:
+        for opened in got:
+            if opened is not None:
+                opened.close()
+        raise
+    return got
+
+
 class Outputs:
-    """The log files of the instances next in the spawn queue, opened on a helper thread."""
+    """The log files of the instances next in the spawn queue, opened on a helper thread.
+
+    They are sent there in batches (one job for up to ``depth`` instances, sent when at most
+    half of that many are still ahead): a job per instance cost the loop's thread a Future, a
+    queue put and a thread wake-up per spawn, and the two threads handed the GIL back and
+    forth for each."""
 
     def __init__(self, depth: int = DEPTH) -> None:
         self.depth = depth
         self._pool: ThreadPoolExecutor | None = None
-        self._ahead: dict[Instance, Future[Opened]] = {}
+        # an instance -> its batch and its place in it
+        self._ahead: dict[Instance, tuple[Future[list[Opened | None]], int]] = {}
         self._closed = False
 
     def ahead(self, queue: Iterable[Instance],
               cgroup_of: Callable[[Instance], str | None] = lambda inst: None) -> None:
         """Start opening the files (and making the cgroup directory, cgroup_of(inst), which
         the spawn then finds made) of the first ``depth`` instances of queue (those not
-        started yet)."""
-        if self._closed:
+        started yet), unless more than half of that many are ahead already."""
+        if self._closed or len(self._ahead) > self.depth // 2:
             return
+        insts: list[Instance] = []
+        jobs: list[Job] = []
         for inst in itertools.islice(queue, self.depth):
             if inst in self._ahead:
                 continue
@@ -162,20 +191,25 @@ class Outputs:
             cgroup = cgroup_of(inst)
             if paths == (None, None) and cgroup is None:
                 continue
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="outputs")
-            self._ahead[inst] = self._pool.submit(_open_for, paths, inst.cfg.user,
-                                                  inst.cfg.group, cgroup)
+            insts.append(inst)
+            jobs.append((paths, inst.cfg.user, inst.cfg.group, cgroup))
+        if not jobs:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="outputs")
+        batch = self._pool.submit(_open_batch, jobs)
+        for i, inst in enumerate(insts):
+            self._ahead[inst] = (batch, i)
 
     def take(self, inst: Instance, paths: tuple[str | None, str | None],
              owner: Owner) -> Opened:
         """inst's output files for its spawn now: the ones opened ahead if they are these
         paths for this owner, else opened here (raising what logs.open_output raises). The
-        caller closes them once the child has its copies."""
+        caller closes them once the child has them."""
         job = self._ahead.pop(inst, None)
         got = None
         with contextlib.suppress(Exception):  # a failure is reported below, by opening here
-            got = job.result() if job is not None else None
+            got = job[0].result()[job[1]] if job is not None else None
         if got is not None and got.paths == paths:
             return got if got.owner == owner else _for_owner(got, owner)
         if got is not None:        # other paths now (a reload): what was made there stays
@@ -186,25 +220,27 @@ class Outputs:
         """inst will not be spawned now: close whatever was opened for it."""
         job = self._ahead.pop(inst, None)
         if job is not None:
-            _close_when_done(job)
+            _close_when_done(*job)
 
     def close(self) -> None:
         self._closed = True
-        for job in self._ahead.values():
-            _close_when_done(job)
+        for batch, i in self._ahead.values():
+            if not batch.cancel():        # cancelled: it never ran, so it opened nothing
+                _close_when_done(batch, i)
         self._ahead.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
 
-def _close_when_done(job: Future[Opened]) -> None:
-    """Close the fds of a job now or, if it still runs, when it finishes."""
-    if job.cancel():
-        return
+def _close_when_done(batch: Future[list[Opened | None]], i: int) -> None:
+    """Close the fds opened for the i-th instance of a batch now or, if it still runs, when
+    it finishes (the batch's other instances keep theirs)."""
 
-    def done(f: Future[Opened]) -> None:
+    def done(f: Future[list[Opened | None]]) -> None:
         if not f.cancelled() and f.exception() is None:
-            f.result().close()
+            opened = f.result()[i]
+            if opened is not None:
+                opened.close()
 
-    job.add_done_callback(done)
+    batch.add_done_callback(done)

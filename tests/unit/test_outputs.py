@@ -17,6 +17,7 @@ from supervisor.logs import Rotator
 from supervisor.loop import Loop
 from supervisor.runtime.instance import Instance
 from supervisor.runtime.outputs import Opened, Outputs, open_files
+from tests.support.wait import wait_until
 
 
 def open_fds() -> set[int]:
@@ -222,5 +223,48 @@ def test_an_instance_without_files_is_not_sent_to_the_helper(tmp_path: Path,
         out.ahead([inst])
         assert out.take(inst, (None, None), None) == Opened((None, None), None, None, None,
                                                             (None, None))
+    finally:
+        out.close()
+
+
+def test_the_helper_gets_a_batch_when_half_of_depth_is_left(tmp_path: Path,
+                                                            fds_kept: None) -> None:
+    """One job per batch: nothing more is sent while more than depth/2 are ahead, then the
+    next ones up to depth; never more than depth instances are ahead."""
+    out = Outputs(depth=4)
+    insts = [instance(tmp_path, i) for i in range(8)]
+    try:
+        out.ahead(insts)                    # 0-3 ahead
+        out.take(insts[0], paths(insts[0]), None).close()
+        out.ahead(insts[1:])                # 3 ahead > 2: nothing sent
+        out.take(insts[1], paths(insts[1]), None).close()
+        assert not os.path.exists(insts[4].stdout_path or "")
+        out.ahead(insts[2:])                # 2 ahead: 4 and 5 sent
+        wait_until(lambda: os.path.exists(insts[5].stderr_path or ""), 10,
+                   "the helper to make the files of the second batch")
+        for inst in insts[2:6]:
+            out.take(inst, paths(inst), None).close()
+        assert not os.path.exists(insts[6].stdout_path or "")
+    finally:
+        out.close()
+
+
+def test_a_discarded_instance_leaves_its_batch_neighbours_their_files(
+        tmp_path: Path, fds_kept: None) -> None:
+    """Discarding one instance of a batch closes its fds only: the others are handed over
+    open, the very files at their paths."""
+    out = Outputs(depth=4)
+    insts = [instance(tmp_path, i) for i in range(4)]
+    try:
+        out.ahead(insts)
+        out.discard(insts[1])
+        for inst in (insts[0], insts[2], insts[3]):
+            got = out.take(inst, paths(inst), None)
+            try:
+                assert got.created == (True, True)
+                assert same_file(got.out, inst.stdout_path)
+                assert same_file(got.err, inst.stderr_path)
+            finally:
+                got.close()
     finally:
         out.close()

@@ -147,3 +147,36 @@ def test_with_placeholders_the_child_gets_stdio_and_the_placeholders_stay_devnul
     finally:
         for fd in (*low, *many, out):
             os.close(fd)
+
+
+def _environment_of_a_worker(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
+    """What a worker spawned through spawn.spawn finds in its environment."""
+    out = tmp_path / "env.bin"
+    if out.exists():
+        out.unlink()
+    req = spawn.SpawnRequest("w:0", ["/bin/sh", "-c", f"cat /proc/$$/environ > {out}"], None,
+                             extra, None, None, None, "/x.w:0", None)
+    pid, pidfd = spawn.spawn(req)
+    try:
+        wait_until(lambda: os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG), 10,
+                   "the child to exit")
+    finally:
+        os.close(pidfd)
+    return dict(e.split("=", 1) for e in out.read_text().split("\0") if e)
+
+
+def test_a_change_to_the_daemons_environment_reaches_the_next_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's own part of a worker's environment is worked out once and kept: it must
+    be worked out again when os.environ changes (set, changed, removed), and a worker's own
+    variables still win over it."""
+    monkeypatch.setenv("PV_TEST_ENV", "one")
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/x")
+    env = _environment_of_a_worker(tmp_path, {})
+    assert env["PV_TEST_ENV"] == "one" and "NOTIFY_SOCKET" not in env
+    monkeypatch.setenv("PV_TEST_ENV", "two")
+    assert _environment_of_a_worker(tmp_path, {})["PV_TEST_ENV"] == "two"
+    assert _environment_of_a_worker(tmp_path, {"PV_TEST_ENV": "mine"})["PV_TEST_ENV"] == "mine"
+    monkeypatch.delenv("PV_TEST_ENV")
+    env = _environment_of_a_worker(tmp_path, {})
+    assert "PV_TEST_ENV" not in env and env["PYVISOR_INSTANCE"] == "w:0"
