@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from supervisor.control import protocol
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
 from supervisor.control.stream import Stream
-from supervisor.core import IN_TRANSITION, State, TimerKind
+from supervisor.core import IN_TRANSITION, NO_PROCESS, State, TimerKind
 from supervisor.names import parse_signal, signal_name, split_instance_name
 from supervisor.runtime import Instance, Runtime, worker_data
 from supervisor.runtime.events import RuntimeEvent, target_filter
@@ -46,18 +46,28 @@ class Daemon(Protocol):
 
 def fmt_duration(seconds: float) -> str:
     s = int(seconds)
+    if s < 86400:
+        h, s = divmod(s, 3600)
+        m, s = divmod(s, 60)
+        return f"{h}:{m:02}:{s:02}"
     d, s = divmod(s, 86400)
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
-    return f"{d}d {h:02}:{m:02}:{s:02}" if d else f"{h}:{m:02}:{s:02}"
+    return f"{d}d {h:02}:{m:02}:{s:02}"
 
 
 def fmt_bytes(n: int) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    # powers of two: n / 1024 / 1024 and n / 1048576 are the same float
+    if n < 1024:
+        return f"{n:.0f}B"
+    if n < 1048576:
+        return f"{n / 1024:.1f}K"
+    if n < 1073741824:
+        return f"{n / 1048576:.1f}M"
+    return f"{n / 1073741824:.1f}G"
+
+
+_STATE_NAMES = {s: s.value for s in State}
 
 
 def instance_facts(inst: Instance, now: float, tree: dict[str, int | None] | None = None,
@@ -65,11 +75,14 @@ def instance_facts(inst: Instance, now: float, tree: dict[str, int | None] | Non
     """What status shows of one instance (the --json row; the text line renders it). CPU and
     memory: ``tree`` (runtime.trees.stats). attached False: its page says it never attached."""
     st = inst.st
-    pid = inst.pid
+    state = st.state
     last = st.last_exit
-    uptime = hb_age = work = cpu = rss = processes = ooms = None
-    published = None
-    if pid is not None:
+    uptime = hb_age = work = cpu = rss = processes = ooms = published = None
+    pid = None if state in NO_PROCESS else st.pid
+    if pid is None:
+        last_output, last_output_file, note = inst.last_output, inst.last_output_file, inst.note
+    else:
+        last_output = last_output_file = note = None
         if st.started_at is not None:
             uptime = round(now - st.started_at, 3)
         if attached and inst.block is not None and inst.uses_library:
@@ -83,15 +96,15 @@ def instance_facts(inst: Instance, now: float, tree: dict[str, int | None] | Non
         cpu = None if usec is None else round(usec / 1e6, 2)
         rss, processes, ooms = tree["memory"], tree["processes"], tree["oom_kills"]
     return {
-        "name": inst.name, "worker": inst.worker, "state": st.state.value, "pid": pid,
+        "name": inst.name, "worker": inst.worker, "state": _STATE_NAMES[state], "pid": pid,
         "uptime": uptime, "heartbeat_age": hb_age, "work_done": work, "cpu_seconds": cpu,
         "rss": rss, "last_exit": last.describe() if last else None,
         "fatal_reason": st.fatal_reason, "adopted": not inst.child,
         "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
-        "last_output": inst.last_output if pid is None else None,
-        "last_output_file": inst.last_output_file if pid is None else None,
-        "restarts": st.restarts, "next_try": _next_try(inst, now),
-        "note": inst.note if pid is None else None,
+        "last_output": last_output, "last_output_file": last_output_file,
+        "restarts": st.restarts,
+        "next_try": _next_try(inst, now) if state is State.BACKOFF else None,
+        "note": note,
         "status_text": published.text if published else None,
         "metrics": published.to_json()["metrics"] if published else [],
     }
@@ -123,19 +136,22 @@ def _next_try(inst: Instance, now: float) -> str | None:
 # ANSI colours of the state column (status on a terminal only, never in pipes or --json)
 _COLOURS = {"RUNNING": "32", "STARTING": "33", "STOPPING": "33", "BACKOFF": "1;31",
             "FATAL": "1;31", "EXITED": "35"}
+# the state column and the gap before it, plain and coloured: made once per state
+_PADDED = {s.value: f"  {s.value:<8}" for s in State}
+_COLOURED = {s: f"  \x1b[{c}m{s:<8}\x1b[0m" if (c := _COLOURS.get(s)) else t
+             for s, t in _PADDED.items()}
 
 
 def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> str:
-    state = f"{f['state']:<8}"
-    code = _COLOURS.get(f["state"]) if colour else None
-    if code is not None:
-        state = f"\x1b[{code}m{state}\x1b[0m"
-    head = f"{f['name']:<{width}}  {state}"
-    if f["pid"] is None:
+    state = f["state"]
+    head = f["name"].ljust(width) + ((_COLOURED if colour else _PADDED).get(state)
+                                     or f"  {state:<8}")
+    pid = f["pid"]
+    if pid is None:
         detail = f["fatal_reason"] or (f"last: {f['last_exit']}" if f["last_exit"] else "")
         if f.get("next_try"):
             detail += f"; {f['next_try']}"
-        if f.get("restarts") and f["state"] in ("BACKOFF", "STARTING"):
+        if f.get("restarts") and state in ("BACKOFF", "STARTING"):
             detail += f"; restarts {f['restarts']}"
         if f.get("last_output"):
             detail += f"; its last line: {f['last_output']!r} (in {f['last_output_file']})"
@@ -144,17 +160,18 @@ def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> s
         return f"{head}  {detail}".rstrip()
     hb, work, cpu, rss, up = (f["heartbeat_age"], f["work_done"], f["cpu_seconds"], f["rss"],
                               f["uptime"])
+    processes, restarts, text = f.get("processes"), f.get("restarts"), f.get("status_text")
     return "".join((
-        head, "  pid ", str(f["pid"]),
+        head, "  pid ", str(pid),
         "" if up is None else f", uptime {fmt_duration(up)}",
         ", hb -" if hb is None else f", hb {hb:.1f}s ago",
         ", work -" if work is None else f", work {work}",
         "" if cpu is None else f", cpu {cpu:.2f}s",
         "" if rss is None else f", mem {fmt_bytes(rss)}",
-        f", {f['processes']} processes" if (f.get("processes") or 0) > 1 else "",
-        f", restarts {f['restarts']}" if f.get("restarts") else "",
+        f", {processes} processes" if (processes or 0) > 1 else "",
+        f", restarts {restarts}" if restarts else "",
         ", adopted" if f["adopted"] else "",
-        _table_text(f.get("status_text")),
+        _table_text(text) if text else "",
     ))
 
 
