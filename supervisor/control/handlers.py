@@ -16,12 +16,17 @@ from typing import Any, Protocol
 
 from supervisor.control import protocol
 from supervisor.control.protocol import FAILED, NO_SUCH_TARGET, OK, USAGE, Reply, Request
+from supervisor.control.rows import (
+    STATUS_PIECE,
+    render_status_line,
+    render_verbose,
+    status_facts,
+)
 from supervisor.control.stream import Stream
-from supervisor.core import IN_TRANSITION, State, TimerKind
+from supervisor.core import IN_TRANSITION, State
 from supervisor.names import parse_signal, signal_name, split_instance_name
-from supervisor.runtime import Instance, Runtime, worker_data
+from supervisor.runtime import Instance, Runtime
 from supervisor.runtime.events import RuntimeEvent, target_filter
-from supervisor.runtime.procstats import attach_pids
 
 
 class Responder(Protocol):
@@ -42,138 +47,6 @@ class Daemon(Protocol):
     def reload(self, done: Callable[[Reply], None]) -> None: ...
     def shutdown(self, done: Callable[[], None]) -> None: ...
     def reexec(self) -> None: ...
-
-
-def fmt_duration(seconds: float) -> str:
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return f"{d}d {h:02}:{m:02}:{s:02}" if d else f"{h}:{m:02}:{s:02}"
-
-
-def fmt_bytes(n: int) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def instance_facts(inst: Instance, now: float, tree: dict[str, int | None] | None = None,
-                   attached: bool = True) -> dict[str, Any]:
-    """What status shows of one instance (the --json row; the text line renders it). CPU and
-    memory: ``tree`` (runtime.trees.stats). attached False: its page says it never attached."""
-    st = inst.st
-    pid = inst.pid
-    last = st.last_exit
-    uptime = hb_age = work = cpu = rss = processes = ooms = None
-    published = None
-    if pid is not None:
-        if st.started_at is not None:
-            uptime = round(now - st.started_at, 3)
-        if attached and inst.block is not None and inst.uses_library:
-            with inst.block.reading():      # one open of the status page for all it holds
-                hb = inst.block.heartbeat_ns
-                work = inst.block.work_done
-                published = worker_data(inst)
-            hb_age = round(now - hb / 1e9, 3) if hb else None
-    if tree is not None:
-        usec = tree["cpu_usec"]
-        cpu = None if usec is None else round(usec / 1e6, 2)
-        rss, processes, ooms = tree["memory"], tree["processes"], tree["oom_kills"]
-    return {
-        "name": inst.name, "worker": inst.worker, "state": st.state.value, "pid": pid,
-        "uptime": uptime, "heartbeat_age": hb_age, "work_done": work, "cpu_seconds": cpu,
-        "rss": rss, "last_exit": last.describe() if last else None,
-        "fatal_reason": st.fatal_reason, "adopted": not inst.child,
-        "processes": processes, "oom_kills": ooms, "cgroup": inst.cgroup,
-        "last_output": inst.last_output if pid is None else None,
-        "last_output_file": inst.last_output_file if pid is None else None,
-        "restarts": st.restarts, "next_try": _next_try(inst, now),
-        "note": inst.note if pid is None else None,
-        "status_text": published.text if published else None,
-        "metrics": published.to_json()["metrics"] if published else [],
-    }
-
-
-STATUS_PIECE = 250  # status rows per piece of the reply (--verbose: a tenth of it)
-TABLE_TEXT = 60  # characters of a status text the table shows (--verbose and --json: all)
-
-
-def render_verbose(f: dict[str, Any]) -> str:
-    """The lines ``status --verbose`` adds under an instance: its whole status text and
-    one line per counter or gauge."""
-    lines = [f"    status: {f['status_text']}\n"] if f.get("status_text") else []
-    lines += [f"    {m['name']} ({m['kind']}) = {m['value']}\n" for m in f.get("metrics", ())]
-    return "".join(lines)
-
-
-def _next_try(inst: Instance, now: float) -> str | None:
-    """Why a BACKOFF instance waits and for how long: 'retry 2 of 5 in 1.6 s'."""
-    timer = inst.timers.get(TimerKind.BACKOFF) if inst.st.state is State.BACKOFF else None
-    if timer is None:
-        return None
-    left = f"in {max(0.0, timer.when - now):.1f} s"
-    if inst.st.retries:
-        return f"retry {inst.st.retries} of {inst.policy.start_retries} {left}"
-    return f"a crash loop: restarting {left}"
-
-
-# ANSI colours of the state column (status on a terminal only, never in pipes or --json)
-_COLOURS = {"RUNNING": "32", "STARTING": "33", "STOPPING": "33", "BACKOFF": "1;31",
-            "FATAL": "1;31", "EXITED": "35"}
-
-
-def render_status_line(f: dict[str, Any], width: int, colour: bool = False) -> str:
-    state = f"{f['state']:<8}"
-    code = _COLOURS.get(f["state"]) if colour else None
-    if code is not None:
-        state = f"\x1b[{code}m{state}\x1b[0m"
-    head = f"{f['name']:<{width}}  {state}"
-    if f["pid"] is None:
-        detail = f["fatal_reason"] or (f"last: {f['last_exit']}" if f["last_exit"] else "")
-        if f.get("next_try"):
-            detail += f"; {f['next_try']}"
-        if f.get("restarts") and f["state"] in ("BACKOFF", "STARTING"):
-            detail += f"; restarts {f['restarts']}"
-        if f.get("last_output"):
-            detail += f"; its last line: {f['last_output']!r} (in {f['last_output_file']})"
-        if f.get("note"):
-            detail += f". {f['note']}"
-        return f"{head}  {detail}".rstrip()
-    hb, work, cpu, rss, up = (f["heartbeat_age"], f["work_done"], f["cpu_seconds"], f["rss"],
-                              f["uptime"])
-    return "".join((
-        head, "  pid ", str(f["pid"]),
-        "" if up is None else f", uptime {fmt_duration(up)}",
-        ", hb -" if hb is None else f", hb {hb:.1f}s ago",
-        ", work -" if work is None else f", work {work}",
-        "" if cpu is None else f", cpu {cpu:.2f}s",
-        "" if rss is None else f", mem {fmt_bytes(rss)}",
-        f", {f['processes']} processes" if (f.get("processes") or 0) > 1 else "",
-        f", restarts {f['restarts']}" if f.get("restarts") else "",
-        ", adopted" if f["adopted"] else "",
-        _table_text(f.get("status_text")),
-    ))
-
-
-def status_facts(rt: Runtime, insts: list[Instance]) -> list[dict[str, Any]]:
-    """The status rows of insts: what `status` shows, /api/v1/status returns and /metrics
-    exports (one source for all three). One or two reads of /proc or the cgroup per instance,
-    batched (runtime.procstats), no psutil."""
-    now = rt.now()
-    probe = [(i, i.block.status_name) for i in insts if i.block is not None and i.pid]
-    pids = attach_pids([n for _, n in probe])
-    never = {i for (i, _), p in zip(probe, pids, strict=True) if p == 0}
-    return [instance_facts(i, now, s, i not in never)
-            for i, s in zip(insts, rt.trees.stats_many(insts), strict=True)]
-
-
-def _table_text(text: str | None) -> str:
-    if not text:
-        return ""
-    return f"  [{text if len(text) <= TABLE_TEXT else text[:TABLE_TEXT - 1] + '…'}]"
 
 
 # Every follower of the same event renders the same line: render each event once.

@@ -2,7 +2,7 @@
 
 Rules:
 
-- the facts are the status rows (control.handlers.status_facts), the same source as
+- the facts are the status rows (control.rows.status_facts), the same source as
   `supervisorctl status`; the counters are the core's (restarts, kept across daemon restarts)
   and the runtime's (exits by reason, adoption outcomes) and the loop's lag histogram;
 - state is one 0/1 series per state (as systemd_exporter does), so `sum by (state)` and alerts on
@@ -32,7 +32,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from supervisor.control.handlers import status_facts
+from supervisor.control.rows import status_facts
 from supervisor.core import State
 from supervisor.loop import LAG_BUCKETS
 from supervisor.runtime.runtime import EXIT_REASONS

@@ -31,7 +31,7 @@ import signal
 import stat
 
 from supervisor.runtime.procstats import PAGE as _PAGE
-from supervisor.runtime.procstats import STAT_LIMIT, parse_stat
+from supervisor.runtime.procstats import read_stats
 
 
 def _read(path: str, limit: int = 1 << 20) -> str:
@@ -238,16 +238,10 @@ def _write(path: str, text: str) -> None:
 def proc_stats(pid: int, with_children: bool = False) -> tuple[int, int] | None:
     """(cpu_usec, rss bytes) of a process from one read of /proc/PID/stat (utime + stime, and
     cutime + cstime: its reaped descendants, with_children), None if it cannot be read."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    got = read_stats([pid])[0]
+    if not isinstance(got, tuple):
         return None
-    try:
-        return parse_stat(os.read(fd, STAT_LIMIT), with_children)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return got[1] if with_children else got[0], got[2]
 
 
 def _rss_sum(pids: list[int]) -> int | None:

@@ -5,9 +5,10 @@ kind of file, relative to a held directory fd of /proc, of the instances' parent
 
 What a worker controls here: its cgroup's membership (it can fork many processes) and its
 /proc entry (it can exit at any moment, its PID can be reused once it is reaped). So every read
-is bounded (``STAT_LIMIT``, ``PROCS_LIMIT``), a file that cannot be read is simply not used, and
-anything but the common case (a tree of one process, the instance's own leader) goes to the
-per-instance path in cgroups.py, which reads the rest (cpu.stat, the members' statm).
+is bounded (4 KiB of a stat line; 32 bytes of cgroup.procs, enough to tell "PID\\n" alone), a
+file that cannot be read is simply not used, and anything but the common case (a tree of one
+process, the instance's own leader) goes to the per-instance path in cgroups.py, which reads
+the rest (cpu.stat, the members' statm).
 
 The /proc/PID/stat of the leader is read BEFORE its cgroup's cgroup.procs, and is used only
 when cgroup.procs then names that one PID. The daemon's own children cannot be reaped while
@@ -21,13 +22,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from supervisor._readfiles import read_files
+from supervisor import _readfiles
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK_USEC = 1_000_000 // os.sysconf("SC_CLK_TCK")
-STAT_LIMIT = 4096      # bytes of /proc/PID/stat: ~300 (a comm of at most 64 characters)
-PROCS_LIMIT = 4096     # bytes of cgroup.procs read in the batch: 512 members at least; a
-#                        fuller one (exactly this many bytes) takes the per-instance path
 Stats = dict[str, int | None]
 
 _fds: dict[str, int] = {}
@@ -49,31 +47,25 @@ def close_fds() -> None:
     _fds.clear()
 
 
-def parse_stat(raw: bytes | int, with_children: bool) -> tuple[int, int] | None:
-    """(cpu_usec, rss bytes) from the text of /proc/PID/stat (utime + stime, and cutime +
-    cstime with_children), None for an errno or text that is not a stat line. The comm is
-    skipped by the LAST ')': a process can put ')' and spaces in its own comm."""
+def parse_stat(raw: bytes | int) -> tuple[int, int, int] | None:
+    """(cpu_usec, cpu_usec with its reaped children, rss bytes) from the text of
+    /proc/PID/stat (utime + stime; plus cutime + cstime), None for an errno or text that is
+    not a stat line. Parsed in C (_readfiles), which skips the comm by the LAST ')': a process
+    can put ')' and spaces in its own comm."""
     if isinstance(raw, int):
         return None
-    try:
-        rest = raw[raw.rindex(b")") + 2:].split(None, 22)  # through rss (field 24)
-        ticks = int(rest[11]) + int(rest[12])
-        if with_children:
-            ticks += int(rest[13]) + int(rest[14])
-        return ticks * TICK_USEC, int(rest[21]) * PAGE
-    except (ValueError, IndexError):
-        return None
+    return _readfiles.parse_stat(raw, TICK_USEC, PAGE)
 
 
-def read_stats(pids: Sequence[int]) -> list[bytes | int]:
-    """The /proc/PID/stat text (or errno) of each pid, in one call."""
-    return read_files(dir_fd("/proc"), [b"%d/stat" % p for p in pids], STAT_LIMIT)
+def read_stats(pids: Sequence[int]) -> list[tuple[int, int, int] | int | None]:
+    """parse_stat of each pid's /proc/PID/stat (or its errno), read and parsed in one call."""
+    return _readfiles.read_stats(dir_fd("/proc"), pids, TICK_USEC, PAGE)
 
 
-def read_procs(parent: str, names: Sequence[str]) -> list[bytes | int]:
-    """cgroup.procs (or errno) of each cgroup <parent>/<name>, in one call, PROCS_LIMIT bytes
-    at most each."""
-    return read_files(dir_fd(parent), [f"{n}/cgroup.procs" for n in names], PROCS_LIMIT)
+def sole_members(parent: str, names: Sequence[str], pids: Sequence[int]) -> list[bool]:
+    """Whether the cgroup.procs of each cgroup <parent>/<name> names its pid and nothing else
+    (one call; a cgroup that cannot be read: False)."""
+    return _readfiles.sole_members(dir_fd(parent), names, pids)
 
 
 def attach_pids(status_names: Sequence[str]) -> list[int]:
@@ -82,11 +74,4 @@ def attach_pids(status_names: Sequence[str]) -> list[int]:
     checked (owner, type) as worker.ctlpage checks it: the caller only takes a 0 from here
     ("never attached", which the checked read would also conclude of a page it refuses) and
     reads a page that says anything else through the checked path."""
-    raws = read_files(dir_fd("/dev/shm"), [n.lstrip("/") for n in status_names], 8)
-    return [int.from_bytes(r[4:], "little") if isinstance(r, bytes) and len(r) == 8 else 0
-            for r in raws]
-
-
-def one_member(procs: bytes | int, pid: int) -> bool:
-    """Whether cgroup.procs names pid and nothing else."""
-    return procs == b"%d\n" % pid
+    return _readfiles.page_pids(dir_fd("/dev/shm"), status_names)

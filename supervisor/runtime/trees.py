@@ -28,14 +28,7 @@ from supervisor.fds import is_exhausted
 from supervisor.runtime.cgroups import CgroupTree
 from supervisor.runtime.foreground import daemonized_hint
 from supervisor.runtime.instance import Instance
-from supervisor.runtime.procstats import (
-    Stats,
-    close_fds,
-    one_member,
-    parse_stat,
-    read_procs,
-    read_stats,
-)
+from supervisor.runtime.procstats import Stats, close_fds, read_stats, sole_members
 from worker.published import clean_text
 
 if TYPE_CHECKING:
@@ -252,40 +245,44 @@ class Trees:
     def stats_many(self, insts: Sequence[Instance]) -> list[Stats | None]:
         """What status shows of each instance's process (None without one): its tree's
         (cgroups) or its own. Batched (procstats): one /proc/PID/stat read per process and,
-        with cgroups, one cgroup.procs read; a tree of more than one process, or with the
+        with cgroups, one peek at cgroup.procs; a tree of more than one process, or with the
         memory controller, takes CgroupTree.stats (its cgroup's own counters)."""
         out: list[Stats | None] = [None] * len(insts)
-        live = [(k, i, pid) for k, i in enumerate(insts) if (pid := i.pid) is not None]
         cg = self.cgroups
         prefix = cg.dir + "/" if cg is not None else ""
-        batch: list[tuple[int, int, str | None]] = []
+        cut = len(prefix)
+        ks: list[int] = []                  # the rows read in the batch, their pids, cgroups
+        pids: list[int] = []
+        names: list[str | None] = []
         slow: list[tuple[int, str]] = []
-        for k, i, pid in live:
+        for k, i in enumerate(insts):
+            if (pid := i.pid) is None:
+                continue
             path = i.cgroup
             if cg is None or path is None:
-                batch.append((k, pid, None))
+                names.append(None)
             elif cg.has_memory or not path.startswith(prefix):
                 slow.append((k, path))
+                continue
             else:
-                batch.append((k, pid, path[len(prefix):]))
-        stats = read_stats([pid for _k, pid, _c in batch])
-        grouped = [(k, pid, c, s) for (k, pid, c), s in zip(batch, stats, strict=True)]
-        treed: list[tuple[int, int, str, bytes | int]] = []
-        for k, pid, c, raw in grouped:
-            if c is not None:
-                treed.append((k, pid, c, raw))
-            elif (one := parse_stat(raw, False)) is not None:
-                out[k] = {"processes": None, "cpu_usec": one[0], "memory": one[1],
-                          "oom_kills": None}
-        if cg is not None and treed:
-            procs = read_procs(cg.dir, [c for _k, _p, c, _s in treed])
-            for (k, pid, c, raw), members in zip(treed, procs, strict=True):
-                one = parse_stat(raw, True) if one_member(members, pid) else None
-                if one is None:
-                    slow.append((k, prefix + c))
-                else:
-                    out[k] = {"processes": 1, "cpu_usec": one[0], "memory": one[1],
+                names.append(path[cut:])
+            ks.append(k)
+            pids.append(pid)
+        stats = read_stats(pids)
+        treed = [n for n in names if n is not None]
+        # after the stat lines (see procstats: the PID cannot have changed hands in between)
+        alone = iter(sole_members(cg.dir, treed, [p for p, n in zip(pids, names, strict=True)
+                                                   if n is not None]) if cg and treed else ())
+        for k, name, got in zip(ks, names, stats, strict=True):
+            if name is None:
+                if isinstance(got, tuple):
+                    out[k] = {"processes": None, "cpu_usec": got[0], "memory": got[2],
                               "oom_kills": None}
+            elif next(alone) and isinstance(got, tuple):
+                out[k] = {"processes": 1, "cpu_usec": got[1], "memory": got[2],
+                          "oom_kills": None}
+            else:
+                slow.append((k, prefix + name))
         for k, path in slow:
             assert cg is not None
             out[k] = cg.stats(path)

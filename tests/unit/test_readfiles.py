@@ -84,29 +84,54 @@ def test_proc_stat_of_a_process_that_shaped_its_comm() -> None:
     try:
         with open("/proc/thread-self/comm", "wb") as f:
             f.write(b") 1 2 3 (")
-        raw = procstats.read_stats([os.getpid()])[0]
+        got = procstats.read_stats([os.getpid()])[0]
+        with open(f"/proc/{os.getpid()}/stat", "rb") as f:
+            raw = f.read()
     finally:
         with open("/proc/thread-self/comm", "wb") as f:
             f.write(old)
-    assert isinstance(raw, bytes) and b"() 1 2 3 ()" in raw
-    got = procstats.parse_stat(raw, True)
-    assert got is not None and got[1] > 4096          # the RSS field, not a digit of the comm
+    assert b"() 1 2 3 ()" in raw
+    assert isinstance(got, tuple) and got[2] > 4096   # the RSS field, not a digit of the comm
+    fields = raw[raw.rindex(b")") + 2:].split()
+    ticks = int(fields[11]) + int(fields[12])
+    assert got[0] >= ticks * procstats.TICK_USEC and got[1] >= got[0]
+    assert procstats.parse_stat(raw) is not None
     p = subprocess.Popen(["true"])
     p.wait()                                          # reaped: no /proc entry any more
     gone = procstats.read_stats([p.pid])[0]
-    assert gone == errno.ENOENT and procstats.parse_stat(gone, True) is None
+    assert gone == errno.ENOENT and procstats.parse_stat(gone) is None
+    assert procstats.read_stats([0, -1, 2**40]) == [errno.EINVAL] * 3
+
+
+def test_parse_stat_reads_the_fields_by_number() -> None:
+    # fields 14-17 (utime, stime, cutime, cstime) and 24 (rss) of a line made up here
+    line = b"42 (a) b) S " + b" ".join(str(n).encode() for n in range(4, 14)) \
+        + b" 100 200 30 40 20 0 1 0 5 4096 7 18446744073709551615 1 2\n"
+    got = procstats.parse_stat(line)
+    assert got == (300 * procstats.TICK_USEC, 370 * procstats.TICK_USEC, 7 * procstats.PAGE)
 
 
 @pytest.mark.parametrize("raw", [b"", b"1 (x", b"1 (x) S", b"1 (x) S " + b"a " * 30,
-                                 b")" * 5000, errno.ENOENT])
+                                 b")" * 5000, b"1 (x) S" + b" 1" * 4090, errno.ENOENT,
+                                 b"1 (x) S 1 1 1 1 1 1 1 1 1 1 -5 1 1 1 20 0 1 0 1 1 1",
+                                 b"1 (x) S 1 1 1 1 1 1 1 1 1 1 " + b"9" * 30
+                                 + b" 1 1 1 20 0 1 0 1 1 1"])
 def test_parse_stat_refuses_what_is_not_a_stat_line(raw: bytes | int) -> None:
-    assert procstats.parse_stat(raw, True) is None
+    assert procstats.parse_stat(raw) is None
 
 
-def test_one_member() -> None:
-    assert procstats.one_member(b"123\n", 123)
-    for procs in (b"123\n124\n", b"1234\n", b"", b"123", errno.ENOENT, b"x" * 4096):
-        assert not procstats.one_member(procs, 123)
+def test_sole_members(tmp_path: Path) -> None:
+    cases = {"one": b"123\n", "two": b"123\n124\n", "longer": b"1234\n", "empty": b"",
+             "noeol": b"123", "full": b"123\n" + b"x" * 4096}
+    for name, text in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cgroup.procs").write_bytes(text)
+    (tmp_path / "link").symlink_to(tmp_path / "one")
+    names = [*cases, "link", "missing", "../" + tmp_path.name + "/one", "/etc"]
+    got = procstats.sole_members(str(tmp_path), names, [123] * len(names))
+    assert got == [True] + [False] * (len(names) - 1)
+    assert procstats.sole_members(str(tmp_path), ["one", "one"], [0, 12]) == [False, False]
+    procstats.close_fds()
 
 
 def test_attach_pids_reads_the_pid_word_and_takes_nothing_else() -> None:
