@@ -5,7 +5,6 @@ new state needs), ``stay``, ``spawn``, ``begin_stop``, and the small rules they 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,6 +25,7 @@ from supervisor.core.types import (
     Spawn,
     State,
     TimerKind,
+    evolve,
 )
 
 Result = tuple[InstanceState, list[Action]]
@@ -62,7 +62,7 @@ def fold_timers(timers: frozenset[TimerKind], actions: Iterable[Action]) -> froz
 def stay(inst: InstanceState, actions: list[Action], **changes: Any) -> Result:
     """No state change: apply field changes and keep ``timers`` in step with the actions."""
     timers = fold_timers(inst.timers, actions)
-    return dataclasses.replace(inst, timers=timers, **changes), actions
+    return evolve(inst, timers=timers, **changes), actions
 
 
 def goto(inst: InstanceState, new: State, reason: str, actions: Iterable[Action] = (),
@@ -76,7 +76,7 @@ def goto(inst: InstanceState, new: State, reason: str, actions: Iterable[Action]
         out.extend(CancelTimer(k) for k in TIMER_ORDER if k in dropped)
     out.extend(actions)
     timers = fold_timers(inst.timers, out)
-    return dataclasses.replace(inst, state=new, timers=timers, **changes), out
+    return evolve(inst, state=new, timers=timers, **changes), out
 
 
 def no_process() -> dict[str, Any]:

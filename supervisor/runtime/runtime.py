@@ -33,7 +33,7 @@ from supervisor.names import instance_name, split_instance_name
 from supervisor.runtime.console import Console
 from supervisor.runtime.events import EventBus, publish_step
 from supervisor.runtime.exits import Reaper
-from supervisor.runtime.instance import Instance, Waiter, report_output
+from supervisor.runtime.instance import Instance, Waiter, attached_many, report_output
 from supervisor.runtime.intent import Intent
 from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
@@ -189,10 +189,12 @@ class Runtime:
         worker's stop_mode."""
         insts = list(insts)
         self.cancel_deferred(insts)
+        wish = [i.cfg.stop_mode == "graceful" if graceful is None else bool(graceful)
+                for i in insts]
+        lib = attached_many([i for i, w in zip(insts, wish, strict=True) if w])
         now = self.now()
-        self.dispatch_all([(inst, core.StopRequested(
-            now, graceful=(inst.cfg.stop_mode == "graceful" if graceful is None else graceful)
-            and inst.uses_library, restart=restart)) for inst in insts])
+        stop = {g: core.StopRequested(now, graceful=g, restart=restart) for g in (False, True)}
+        self.dispatch_all([(i, stop[w and i in lib]) for i, w in zip(insts, wish, strict=True)])
 
     def request_restart(self, insts: Iterable[Instance], graceful: bool | None) -> None:
         """Stop and start again the ones that run; start the ones that do not."""
@@ -300,9 +302,10 @@ class Runtime:
             self._dispatching = False
 
     def dispatch_all(self, pairs: list[tuple[Instance, Event]]) -> None:
-        """dispatch() of many events (a stop all): the signals the core's steps ask for go out
-        as each is stepped, every other action and what follows once all are: 10,000 exits run
-        in the kernel beside the bookkeeping, not after it. Inside a dispatch: queued."""
+        """dispatch() of many events (a stop all): every event is stepped, then the signals
+        the steps asked for go out as one walk (Trees.batch), then every other action and what
+        follows: 10,000 exits run in the kernel beside the bookkeeping, not after it. Inside
+        a dispatch: queued."""
         if self._dispatching or len(pairs) < 2:
             for inst, event in pairs:
                 self.dispatch(inst, event)

@@ -29,6 +29,7 @@ from supervisor.runtime.cgroups import CgroupTree
 from supervisor.runtime.foreground import daemonized_hint
 from supervisor.runtime.instance import Instance
 from supervisor.runtime.procstats import (
+    PROCS_LIMIT,
     Stats,
     close_fds,
     one_member,
@@ -39,6 +40,10 @@ from supervisor.runtime.procstats import (
 
 if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
+
+# (an instance whose leader exited, the leader's pid, what to call once its tree is gone, how
+# the leader exited)
+Ending = tuple[Instance, int | None, Callable[[], None], core.ExitStatus | None]
 
 _KILL_WAIT = 5.0         # seconds to wait for a killed tree to be gone before giving up
 _REMOVE_SLICE = 0.002    # seconds of cgroup rmdirs per loop turn
@@ -60,7 +65,7 @@ class Trees:
     def __init__(self, rt: Runtime, enabled: bool) -> None:
         self.rt = rt
         self._to_remove: deque[str] = deque()
-        self._later: list[tuple[str, int, int]] | None = None   # cgroups to signal (batch)
+        self._later: list[tuple[Instance, int, int]] | None = None   # to signal (batch)
         self.cgroups: CgroupTree | None = None
         if not enabled:
             self.why = "off in the config (supervisor.cgroups: false)"
@@ -117,38 +122,103 @@ class Trees:
         pid = inst.st.pid
         if pid is None or inst.pidfd is None:
             return
-        sent = 0
+        if self._later is not None:
+            self._later.append((inst, pid, signum))
+            return
+        sent = self._signal_group(inst, pid, signum)
+        if self.cgroups is not None and inst.cgroup is not None:
+            self.cgroups.signal(inst.cgroup, signum, sent)
+
+    def _signal_group(self, inst: Instance, pid: int, signum: int) -> int:
+        """signum to the process group inst's leader heads; the leader's pid if it was sent
+        (pgid == pid: we started it with setsid, and a session leader cannot leave its
+        group), else 0."""
         try:
-            os.killpg(pid, signum)          # pgid == pid: we started it with setsid
-            sent = pid                      # (a session leader cannot leave its group)
+            os.killpg(pid, signum)
         except ProcessLookupError:
-            pass
+            return 0
         except PermissionError as e:
             logger.error(f"{inst.name} cannot send signal {signum} to pid {pid}: {e}")
-        if self.cgroups is not None and inst.cgroup is not None:
-            if self._later is not None:
-                self._later.append((inst.cgroup, signum, sent))
-            else:
-                self.cgroups.signal(inst.cgroup, signum, sent)
+            return 0
+        return pid
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Signals to many trees (a stop all): each process group gets its signal at once,
-        the rest of each cgroup (a read of its members) once every group has had it."""
+        """Signals to many trees (a stop all), sent as one walk when the block ends: every
+        process group first, then one batched read of the cgroups' members (procstats) for
+        the rest of each tree (a tree of one process, the common case, needs nothing more)."""
         self._later = []
         try:
             yield
         finally:
             later, self._later = self._later, None
-            for path, signum, sent in later:
-                if self.cgroups is not None:
-                    self.cgroups.signal(path, signum, sent)
+            self._send(later)
+
+    def _send(self, later: list[tuple[Instance, int, int]]) -> None:
+        sent = [self._signal_group(inst, pid, signum) for inst, pid, signum in later]
+        cg = self.cgroups
+        if cg is None:
+            return
+        prefix = cg.dir + "/"
+        batch: list[tuple[str, int, int]] = []       # (name under cg.dir, signum, sent)
+        for (inst, _pid, signum), leader in zip(later, sent, strict=True):
+            path = inst.cgroup
+            if path is None:
+                continue
+            if (signum == signal.SIGKILL and cg.has_kill) or not path.startswith(prefix):
+                cg.signal(path, signum, leader)       # cgroup.kill, or not where we read
+            else:
+                batch.append((path[len(prefix):], signum, leader))
+        if not batch:
+            return
+        procs = read_procs(cg.dir, [name for name, _s, _l in batch])
+        for (name, signum, leader), raw in zip(batch, procs, strict=True):
+            if not raw or raw == b"%d\n" % leader:
+                continue                # no one left, or the leader alone (it has it)
+            if isinstance(raw, int) or len(raw) >= PROCS_LIMIT:
+                cg.signal(prefix + name, signum, leader)   # unreadable here, or truncated
+                continue
+            for member in raw.split():
+                if member.isdigit() and int(member) != leader:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(member), signum)
 
     def end(self, inst: Instance, leader: int | None, then: Callable[[], None],
             status: core.ExitStatus | None = None) -> None:
         """The leader exited: kill what is left of its tree, then call ``then`` once the tree
         is gone (or after _KILL_WAIT, with a warning). ``status``: how it exited, to tell a
         program that daemonized itself (foreground.py)."""
+        self.end_many([(inst, leader, then, status)])
+
+    def end_many(self, ends: Sequence[Ending]) -> None:
+        """``end`` of many trees whose leaders exited (the exits of one loop turn): their
+        cgroups' members are read in one batch (procstats); an empty one (the common case)
+        is done at once, any other takes ``_end_one``."""
+        cg = self.cgroups
+        prefix = cg.dir + "/" if cg is not None else ""
+        batch: list[tuple[Ending, str]] = []
+        for item in ends:
+            path = item[0].cgroup
+            if cg is not None and path is not None and path.startswith(prefix):
+                batch.append((item, path[len(prefix):]))
+            else:
+                self._end_one(*item)
+        if not batch:
+            return
+        assert cg is not None
+        procs = read_procs(cg.dir, [name for _item, name in batch])
+        for (item, name), raw in zip(batch, procs, strict=True):
+            inst, _leader, then, status = item
+            if raw and not isinstance(raw, int):
+                self._end_one(*item)           # someone is left (read again, in full, there)
+                continue
+            # empty, or unreadable (as CgroupTree.members: nothing to kill there)
+            self._daemonized(inst, status, None)
+            then()
+            self._remove_later(prefix + name)
+
+    def _end_one(self, inst: Instance, leader: int | None, then: Callable[[], None],
+                 status: core.ExitStatus | None) -> None:
         cg, path = self.cgroups, inst.cgroup
         if cg is not None and path is not None:
             left = cg.members(path)
