@@ -18,6 +18,7 @@ another checkout (its C modules compiled in place), for before/after runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import signal
@@ -28,6 +29,8 @@ from pathlib import Path
 from harness import PV_BIN, Pyvisor, Run, cpu_seconds, median, say
 from mass import SLEEP, pyvisor_workers
 from profile_daemon import spy, stop_spy, summarise
+
+from supervisor.runtime.cgroups import cgroup2_mount
 
 
 def _pidfds(pids: list[int]) -> tuple[select.epoll, list[int]]:
@@ -55,8 +58,29 @@ def _wait_all(ep: select.epoll, left: int, timeout: float) -> float:
     return time.monotonic()
 
 
+def _left(d: Pyvisor) -> tuple[int, int, int]:
+    """What the stopped instances could leak: (shm names of the run's prefix, instance
+    cgroups under the run's cgroup parent, pidfds the daemon holds)."""
+    prefix = d.run.prefix
+    shm = sum(1 for n in os.listdir("/dev/shm") if n.startswith(prefix + "."))
+    cgs = 0
+    mount = cgroup2_mount()
+    base = os.path.join(mount, prefix) if mount else ""
+    if base and os.path.isdir(base):
+        cgs = sum(1 for e in os.scandir(base) if e.is_dir(follow_symlinks=False))
+    pidfds = 0
+    fd_dir = f"/proc/{d.pid}/fd"
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"{fd_dir}/{fd}") == "anon_inode:[pidfd]":
+                pidfds += 1
+    return shm, cgs, pidfds
+
+
 def stop_once(d: Pyvisor, spy_out: Path | None) -> tuple[float, float, float]:
-    """(all gone, returned, daemon CPU) in seconds for one `supervisorctl stop all`."""
+    """(all gone, returned, daemon CPU) in seconds for one `supervisorctl stop all`; then
+    what is left right after the reply (shm names, cgroups, pidfds) and when the instance
+    cgroups are all removed (they may be removed after the reply), printed."""
     st = d.states() or {}
     pids = [p for s, p in st.values() if s == "RUNNING" and p]
     ep, fds = _pidfds(pids)
@@ -72,6 +96,11 @@ def stop_once(d: Pyvisor, spy_out: Path | None) -> tuple[float, float, float]:
         cpu = cpu_seconds(d.pid) - cpu0
         if proc.returncode != 0:
             say(f"stop all exited {proc.returncode}: {err.decode(errors='replace')[:300]}")
+        shm, cgs, pidfds = _left(d)
+        while _left(d)[1] and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        say(f"    after the reply: {shm} shm names, {cgs} instance cgroups, {pidfds} pidfds "
+            f"left; cgroups all removed {time.monotonic() - t0:.2f} s after the command")
     finally:
         if sp is not None:
             stop_spy(sp)

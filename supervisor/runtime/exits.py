@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from supervisor import core
+from supervisor.runtime.heap import collector_paused
 from supervisor.runtime.instance import Instance
 from supervisor.runtime.trees import Ending
 from worker import block as blk
@@ -105,7 +106,11 @@ class Reaper:
         self._ready[inst] = inst.pidfd
 
     def _reap_ready(self) -> None:
-        ready, self._ready = self._ready, {}
+        with collector_paused():
+            self._reap(self._ready)
+
+    def _reap(self, ready: dict[Instance, int]) -> None:
+        self._ready = {}
         done: list[tuple[Instance, core.ExitStatus]] = []
         for inst, pidfd in ready.items():
             if inst.pidfd != pidfd:

@@ -33,6 +33,7 @@ from supervisor.names import instance_name, split_instance_name
 from supervisor.runtime.console import Console
 from supervisor.runtime.events import EventBus, publish_step
 from supervisor.runtime.exits import Reaper
+from supervisor.runtime.heap import collector_paused
 from supervisor.runtime.instance import Instance, Waiter, attached_many, report_output
 from supervisor.runtime.intent import Intent
 from supervisor.runtime.readiness import Readiness
@@ -312,20 +313,24 @@ class Runtime:
             return
         self._dispatching = True
         try:
-            stepped = []
-            with self.trees.batch():
-                for inst, event in pairs:
-                    done = self._step(inst, event)
-                    if done is not None:
-                        for action in (a for a in done[1] if isinstance(a, core.Signal)):
-                            self._execute(inst, action, event.now)
-                        stepped.append((inst, event, *done))
-            for inst, event, before, actions in stepped:
-                self._carry_out(inst, event, before, actions,
-                                [a for a in actions if not isinstance(a, core.Signal)])
-            self._drain()
+            with collector_paused():
+                self._dispatch_batch(pairs)
         finally:
             self._dispatching = False
+
+    def _dispatch_batch(self, pairs: list[tuple[Instance, Event]]) -> None:
+        stepped = []
+        with self.trees.batch():
+            for inst, event in pairs:
+                done = self._step(inst, event)
+                if done is not None:
+                    for action in (a for a in done[1] if isinstance(a, core.Signal)):
+                        self._execute(inst, action, event.now)
+                    stepped.append((inst, event, *done))
+        for inst, event, before, actions in stepped:
+            self._carry_out(inst, event, before, actions,
+                            [a for a in actions if not isinstance(a, core.Signal)])
+        self._drain()
 
     def _drain(self) -> None:
         while self._queue:

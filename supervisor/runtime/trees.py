@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ from loguru import logger
 from supervisor import core
 from supervisor._spawn import HAVE_CGROUP
 from supervisor.fds import is_exhausted
-from supervisor.runtime.cgroups import CgroupTree
+from supervisor.runtime.cgroups import CgroupTree, Remover
 from supervisor.runtime.foreground import daemonized_hint
 from supervisor.runtime.instance import Instance
 from supervisor.runtime.procstats import (
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 Ending = tuple[Instance, int | None, Callable[[], None], core.ExitStatus | None]
 
 _KILL_WAIT = 5.0         # seconds to wait for a killed tree to be gone before giving up
-_REMOVE_SLICE = 0.002    # seconds of cgroup rmdirs per loop turn
 
 
 def _describe(pids: list[int]) -> str:
@@ -64,13 +62,13 @@ def _describe(pids: list[int]) -> str:
 class Trees:
     def __init__(self, rt: Runtime, enabled: bool) -> None:
         self.rt = rt
-        self._to_remove: deque[str] = deque()
         self._later: list[tuple[Instance, int, int]] | None = None   # to signal (batch)
         self.cgroups: CgroupTree | None = None
         if not enabled:
             self.why = "off in the config (supervisor.cgroups: false)"
         else:
             self.cgroups, self.why = CgroupTree.setup(rt.config.supervisor.block_prefix)
+        self._remover = Remover(self.cgroups, logger.warning) if self.cgroups is not None else None
         if self.cgroups is not None:
             logger.info(f"process trees: one cgroup per instance under {self.cgroups.dir}")
         else:
@@ -89,6 +87,8 @@ class Trees:
             return
         fd, ctx = -1, None
         try:
+            if self._remover is not None:
+                self._remover.claim(cg.path(inst.name))     # not removed under the spawn
             path = cg.prepare(inst.name)
             if HAVE_CGROUP:
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -277,26 +277,10 @@ class Trees:
             inst, path, then, deadline, min(delay * 2, 0.1)))
 
     def _remove_later(self, path: str) -> None:
-        """rmdir an empty instance cgroup soon, in slices (an rmdir costs ~0.1 ms: 10,000 of
-        them would hold up a stop all). One that has a process again by then (a restart) stays:
-        rmdir refuses it."""
-        self._to_remove.append(path)
-        if len(self._to_remove) == 1:
-            self.rt.loop.call_later(0, self._remove_some)
-
-    def _remove_some(self) -> None:
-        cg = self.cgroups
-        end = self.rt.now() + _REMOVE_SLICE
-        while self._to_remove and cg is not None:
-            path = self._to_remove.popleft()
-            try:
-                cg.remove(path)
-            except OSError as e:
-                logger.warning(f"cannot remove the empty cgroup {path}: {e}")
-            if self.rt.now() >= end:
-                break
-        if self._to_remove:
-            self.rt.loop.call_later(0.01, self._remove_some)
+        """rmdir an empty instance cgroup soon, off the loop (Remover). One that has a
+        process again by then (a restart) stays: rmdir refuses it."""
+        if self._remover is not None:
+            self._remover.add(path)
 
     def close(self) -> None:
         """Remove the empty instance cgroups and their parent (not the ones with processes:
@@ -305,6 +289,8 @@ class Trees:
         cg = self.cgroups
         if cg is None:
             return
+        if self._remover is not None:
+            self._remover.close()
         with contextlib.suppress(OSError):
             for entry in os.scandir(cg.dir):
                 if entry.is_dir(follow_symlinks=False):
