@@ -265,15 +265,15 @@ class Remover:
     needs them gone before a stop is reported.
 
     Rules: a removal starts once none has been asked for QUIET seconds (the exits of a stop
-    all come over a second or two, and the kernel is busy with them), and at the latest
-    LATEST seconds after the oldest one waiting. A spawn into an instance's cgroup first
+    all come in batches over a second or two, while the kernel is busy with them), and at the
+    latest LATEST seconds after the oldest one waiting. A spawn into an instance's cgroup first
     ``claim``s it: taken off the queue, or waited for while its rmdir runs (at most one), so
     no spawn goes into a cgroup being removed. A cgroup that has a process again anyway is
     refused by the kernel (EBUSY) and stays. The thread blocks every signal (they go to the
     loop's thread)."""
 
-    QUIET = 0.1
-    LATEST = 2.0
+    QUIET = 0.5
+    LATEST = 5.0
 
     def __init__(self, tree: CgroupTree, warn: Callable[[str], None]) -> None:
         self._tree = tree

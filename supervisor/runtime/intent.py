@@ -5,10 +5,11 @@ its restart count (for metrics) and a stop in flight (graceful or not, its deadl
 a start follows). The file lives in the daemon's private runtime directory
 (safefs.private_dir), is replaced atomically, and is written at most once per loop turn
 however many instances changed; the end of a stop (no process left, nothing else changed)
-within LAZY seconds instead: the file is O(instances) to write, 10,000 exits come over many
-turns, and the stop entry it removes is only stale meanwhile (a new daemon reads a stop entry
-only for a live process it adopts, and an instance with none gets one only through a start,
-which is written at once). A new daemon reads it
+lazily instead: LAZY seconds after the last such end, and at most LAZY_MAX seconds after the
+first one waiting. The file is O(instances) to write, 10,000 exits come over many turns for a
+second or more, and the stop entry it removes is only stale meanwhile (a new daemon reads a
+stop entry only for a live process it adopts, and an instance with none gets one only through
+a start, which is written at once). A new daemon reads it
 before it starts anything: a stop you asked for is never followed by a restart, even across a
 SIGKILL of the daemon, and a stop in flight carries on with its original deadline.
 
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
 
 MAX_INTENT = 64 * 1024 * 1024
-LAZY = 0.5        # seconds: how late the end of a stop may be recorded
+LAZY = 0.5        # seconds without another end of a stop before the ends are recorded
+LAZY_MAX = 5.0    # seconds: how late the end of a stop may be recorded at most
 
 
 class Intent:
@@ -46,25 +48,47 @@ class Intent:
         self.name = f"intent-{prefix}.json"
         self.enabled = True
         self._pending: Timer | None = None
+        self._urgent = False            # the pending write is for a change that cannot wait
+        self._lazy_first: float | None = None   # the first lazy change not written yet
+        self._lazy_last = 0.0                     # ... and the last
 
     # -- writing ----------------------------------------------------------------------------
     def changed(self, lazy: bool = False) -> None:
         """Something the file records changed: write it once this loop turn is over (lazy:
-        within LAZY seconds)."""
+        once such changes pause for LAZY seconds, within LAZY_MAX)."""
         if not self.enabled:
             return
-        when = self.rt.now() + (LAZY if lazy else 0.0)
+        now = self.rt.now()
+        if lazy:
+            if self._lazy_first is None:
+                self._lazy_first = now
+            self._lazy_last = now
+            when = now + LAZY
+        else:
+            self._urgent = True
+            when = now
         t = self._pending
         if t is not None and not t.cancelled and t.when <= when:
             return
         if t is not None:
             t.cancel()
-        self._pending = self.rt.loop.call_at(when, self.write)
+        self._pending = self.rt.loop.call_at(when, self._due)
+
+    def _due(self) -> None:
+        now = self.rt.now()
+        first = self._lazy_first if self._lazy_first is not None else now
+        later = min(self._lazy_last + LAZY, first + LAZY_MAX)
+        if not self._urgent and later > now:     # lazy changes still coming: one write later
+            self._pending = self.rt.loop.call_at(later, self._due)
+            return
+        self.write()
 
     def write(self) -> None:
         if self._pending is not None:
             self._pending.cancel()     # (the timer that runs this, or one made moot by it)
             self._pending = None
+        self._urgent = False
+        self._lazy_first = None
         if not self.enabled:
             return
         doc: dict[str, Any] = {"boot_id": blk.read_boot_id().hex(), "instances": {}}

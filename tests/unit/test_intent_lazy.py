@@ -8,7 +8,7 @@ import heapq
 from types import SimpleNamespace
 
 from supervisor.loop import Loop
-from supervisor.runtime.intent import LAZY, Intent
+from supervisor.runtime.intent import LAZY, LAZY_MAX, Intent
 
 
 def make() -> tuple[Intent, list[float], list[float]]:
@@ -60,3 +60,29 @@ def test_a_lazy_change_after_an_urgent_one_is_written_with_it() -> None:
     intent.changed(lazy=True)                     # after a write: a new one, lazily
     run_until(intent, now, 100.0 + 4 * LAZY)
     assert len(writes) == 2 and writes[1] >= writes[0] + LAZY
+
+
+def test_a_stream_of_lazy_changes_is_written_once_it_pauses_or_at_lazy_max() -> None:
+    intent, now, writes = make()
+    for _ in range(20):                           # the exits of a stop all, 0.1 s apart
+        intent.changed(lazy=True)
+        run_until(intent, now, now[0] + 0.1)
+    assert writes == []                           # no O(instances) write per LAZY meanwhile
+    run_until(intent, now, now[0] + 2 * LAZY)
+    assert len(writes) == 1 and writes[0] >= 100.0 + 2.0 + LAZY - 0.1
+    start = now[0]
+    while now[0] < start + LAZY_MAX + 1:          # changes that never pause: at LAZY_MAX
+        intent.changed(lazy=True)
+        run_until(intent, now, now[0] + 0.1)
+    assert len(writes) == 2 and writes[1] <= start + LAZY_MAX + 0.1
+
+
+def test_an_urgent_change_in_a_lazy_stream_is_written_at_once() -> None:
+    intent, now, writes = make()
+    for _ in range(5):
+        intent.changed(lazy=True)
+        run_until(intent, now, now[0] + 0.1)
+    intent.changed()
+    at = now[0]
+    run_until(intent, now, now[0] + 0.05)
+    assert writes == [at]
