@@ -87,6 +87,9 @@ EVENT_TYPES: tuple[type, ...] = (
     HeartbeatStale, Adopted, ExitedWhileAway, ExitStatusLearned, IntentRestored, Unverifiable,
 )
 
+_set_field = object.__setattr__
+
+
 class TransitionError(Exception):
     """An event that can only come from a bug in the runtime (the state says it cannot happen)."""
 
@@ -458,10 +461,14 @@ def step(inst: InstanceState, event: Event, policy: Policy) -> Result:
         inst = evolve(inst, timers=inst.timers - {event.kind} or NO_TIMERS)
     new, actions = handler(inst, event, policy)
     # Rule: what the operator asks is remembered whatever the state made of it.
-    if isinstance(event, StartRequested):
-        new = evolve(new, wanted=True)
-    elif isinstance(event, StopRequested):
-        new = evolve(new, wanted=event.restart)
+    if isinstance(event, StartRequested | StopRequested):
+        wanted = True if isinstance(event, StartRequested) else event.restart
+        if new is inst:
+            new = evolve(new, wanted=wanted)
+        elif new.wanted is not wanted:
+            # the record the handler just made (goto/stay/spawn: a new object that nothing
+            # else holds yet): set in place rather than copied once more
+            _set_field(new, "wanted", wanted)
     if not new.timers <= TIMERS_FOR[new.state]:
         raise AssertionError(f"timers {set(new.timers)} armed in {new.state.value}")
     return new, actions

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from supervisor.core.types import (
+    LABEL,
     NO_TIMERS,
     Action,
     ArmTimer,
@@ -69,7 +70,7 @@ def goto(inst: InstanceState, new: State, reason: str, actions: Iterable[Action]
           *, level: str = "INFO", extra_logs: Iterable[Log] = (), **changes: Any) -> Result:
     """A state change: the transition log, cancels for timers ``new`` does not allow, then
     ``extra_logs`` and ``actions``."""
-    out: list[Action] = [Log(level, f"{inst.state.value} -> {new.value} ({reason})")]
+    out: list[Action] = [Log(level, f"{LABEL[inst.state]} -> {LABEL[new]} ({reason})")]
     out.extend(extra_logs)
     dropped = inst.timers - TIMERS_FOR[new]          # (once, not once per timer kind)
     if dropped:

@@ -26,6 +26,10 @@ class State(enum.Enum):
     FATAL = "FATAL"
 
 
+LABEL: dict[State, str] = {s: s.value for s in State}
+"""Each state as logs, events and replies spell it (Enum's ``value`` is a property in Python,
+looked up several times in every transition)."""
+
 # State classes, defined once beside the states and used everywhere else by name.
 NO_PROCESS: frozenset[State] = frozenset({State.STOPPED, State.EXITED, State.FATAL})
 """No process: nothing to stop, nothing can exit."""

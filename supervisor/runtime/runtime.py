@@ -366,20 +366,20 @@ class Runtime:
             self._on_transition(inst)
 
     def _execute(self, inst: Instance, action: core.Action, now: float) -> None:
-        match action:
-            case core.Spawn():
-                self.spawner.enqueue(inst)
-            case core.PostStop(deadline=deadline):
-                if inst.block is not None:
-                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, _deadline_ns(deadline))
-            case core.Signal(signum=signum):
-                self.trees.signal(inst, signum)
+        match action:           # (the most frequent kinds first: a step has two or three)
+            case core.Log(level=level, message=message):
+                self.log(level, f"{inst.name} {message}")
             case core.ArmTimer(kind=kind, delay=delay):
                 self.arm_timer(inst, kind, now + delay)
             case core.CancelTimer(kind=kind):
                 self._cancel_timer(inst, kind)
-            case core.Log(level=level, message=message):
-                self.log(level, f"{inst.name} {message}")
+            case core.Signal(signum=signum):
+                self.trees.signal(inst, signum)
+            case core.PostStop(deadline=deadline):
+                if inst.block is not None:
+                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, _deadline_ns(deadline))
+            case core.Spawn():
+                self.spawner.enqueue(inst)
 
     def log(self, level: str, message: str) -> None:
         """A daemon log line of the runtime's own, batched per loop turn (LineBatch)."""
