@@ -1,7 +1,7 @@
 """`supervisorctl stop all` at N plain sleep workers: command -> every worker gone, -> returned.
 
     flock /tmp/pv-bench.lock .venv/bin/python bench/bench_stopall.py --workers 10000 --reps 3
-        [--spy] [--pythonpath OTHER_CHECKOUT] [--no-cgroups]
+        [--spy] [--pythonpath OTHER_CHECKOUT | --base BASE_CHECKOUT] [--no-cgroups]
 
 One daemon with one worker of N `sleep` instances is booted and awaited until all RUNNING. Each
 rep: the PIDs are read, a pidfd opened on each (an epoll set in this process), then
@@ -12,7 +12,9 @@ stop are printed beside. Then `start all` (raw request, waited for) and the next
 --kill-bare: the same N sleeps spawned by this process, one killpg SIGTERM each, all reaped
 (the kernel's floor, measured in the same run). --spy: py-spy samples the daemon during the
 first stop (top functions printed). --pythonpath: the daemon and CLI import supervisor from
-another checkout (its C modules compiled in place), for before/after runs.
+another checkout (its C modules compiled in place). --base CHECKOUT: before/after in one
+run: per rep a fresh daemon from the checkout and one from this tree, in alternating order,
+each booted and stopped once.
 """
 
 from __future__ import annotations
@@ -130,6 +132,37 @@ def kill_bare(n: int) -> tuple[float, float]:
             os.close(fd)
 
 
+def before_after(n: int, reps: int, base: str, cgroups: bool) -> None:
+    """Per rep, a fresh daemon of N workers from each side, in alternating order (base first
+    in odd reps), each stopped once; medians per side."""
+    sides = {"base": str(Path(base).resolve()), "this": None}
+    rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sides}
+    say(f"stop all at {n} plain sleep workers, base {sides['base']} vs this tree, "
+        f"{reps} reps, load {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f}")
+    for rep in range(reps):
+        order = ["base", "this"] if rep % 2 == 0 else ["this", "base"]
+        for side in order:
+            with Run("stopall") as run:
+                path = sides[side]
+                if path is not None:
+                    plain = run.env
+                    run.env = lambda p=path, e=plain: {**e(), "PYTHONPATH": p}
+                d = run.pyvisor(pyvisor_workers("plain", n), cgroups=cgroups)
+                t0 = d.start()
+                d.wait_all_running(n, 300, 0.5)
+                boot = time.monotonic() - t0
+                time.sleep(1)
+                load = os.getloadavg()[0]
+                g, r, c = stop_once(d, None)
+                rows[side].append((g, r, c))
+                say(f"  rep {rep + 1} {side}: boot {boot:.1f} s; stop all -> all gone {g:.2f} s, "
+                    f"returned {r:.2f} s, daemon CPU {c:.2f} s (load {load:.1f})")
+    for side, got in rows.items():
+        gone, ret, cpu = (median([x[k] for x in got]) for k in range(3))
+        say(f"{side}: median of {len(got)}: all gone {gone:.2f} s, returned {ret:.2f} s, "
+            f"daemon CPU {cpu:.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=10000)
@@ -139,8 +172,13 @@ def main() -> None:
     ap.add_argument("--no-cgroups", action="store_true")
     ap.add_argument("--kill-bare", action="store_true")
     ap.add_argument("--keep-log", action="store_true", help="copy the daemon log to /tmp")
+    ap.add_argument("--base", help="before/after: a checkout of the commit before (its C "
+                    "modules compiled in place); each rep boots it and this tree in turn")
     a = ap.parse_args()
     n = a.workers
+    if a.base:
+        before_after(n, a.reps, a.base, not a.no_cgroups)
+        return
     with Run("stopall") as run:
         if a.pythonpath:
             plain = run.env
