@@ -286,19 +286,24 @@ class Remover:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def add(self, path: str) -> None:
+    def add(self, paths: list[str]) -> None:
+        """Queue paths (the trees that ended in one loop turn: one lock, one wake-up)."""
+        if not paths:
+            return
         with self._cv:
             if self._closed:
                 return
             self._asked = time.monotonic()
-            if not self._queue:
+            idle = not self._queue
+            if idle:
                 self._since = self._asked
-            self._queue[path] = None
+            self._queue.update(dict.fromkeys(paths))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="cgroup-rmdir",
                                                 daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            if idle:          # else it is waiting for a quiet moment: it looks again itself
+                self._cv.notify()
 
     def claim(self, path: str) -> None:
         with self._cv:

@@ -207,15 +207,19 @@ class Trees:
             return
         assert cg is not None
         procs = read_procs(cg.dir, [name for _item, name in batch])
-        for (item, name), raw in zip(batch, procs, strict=True):
-            inst, _leader, then, status = item
-            if raw and not isinstance(raw, int):
-                self._end_one(*item)           # someone is left (read again, in full, there)
-                continue
-            # empty, or unreadable (as CgroupTree.members: nothing to kill there)
-            self._daemonized(inst, status, None)
-            then()
-            self._remove_later(prefix + name)
+        empty: list[str] = []
+        try:
+            for (item, name), raw in zip(batch, procs, strict=True):
+                inst, _leader, then, status = item
+                if raw and not isinstance(raw, int):
+                    self._end_one(*item)       # someone is left (read again, in full, there)
+                    continue
+                # empty, or unreadable (as CgroupTree.members: nothing to kill there)
+                self._daemonized(inst, status, None)
+                then()
+                empty.append(prefix + name)
+        finally:
+            self._remove_later(*empty)
 
     def _end_one(self, inst: Instance, leader: int | None, then: Callable[[], None],
                  status: core.ExitStatus | None) -> None:
@@ -276,11 +280,11 @@ class Trees:
         self.rt.loop.call_later(delay, lambda: self._wait_empty(
             inst, path, then, deadline, min(delay * 2, 0.1)))
 
-    def _remove_later(self, path: str) -> None:
-        """rmdir an empty instance cgroup soon, off the loop (Remover). One that has a
-        process again by then (a restart) stays: rmdir refuses it."""
+    def _remove_later(self, *paths: str) -> None:
+        """rmdir empty instance cgroups soon, off the loop (Remover). One that has a process
+        again by then (a restart) stays: rmdir refuses it."""
         if self._remover is not None:
-            self._remover.add(path)
+            self._remover.add(list(paths))
 
     def close(self) -> None:
         """Remove the empty instance cgroups and their parent (not the ones with processes:
