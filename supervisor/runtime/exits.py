@@ -37,6 +37,17 @@ _PIDFD_GET_INFO = 0xC0000000 | (_PIDFD_INFO.size << 16) | (0xFF << 8) | 11
 _PIDFD_INFO_EXIT = 1 << 3
 
 
+EXIT_REASONS = ("success", "failure", "signal", "unknown")
+
+
+def exit_reason(status: core.ExitStatus, policy: core.Policy) -> str:
+    """One of EXIT_REASONS: an exit code counted as success by the worker's exit_codes, any
+    other code, a signal, or not known."""
+    if status.code is not None:
+        return "success" if status.code in policy.success_codes else "failure"
+    return "signal" if status.signal is not None else "unknown"
+
+
 def exit_status_from_wait(si_code: int, si_status: int, source: str) -> core.ExitStatus:
     if si_code == os.CLD_EXITED:
         return core.ExitStatus(code=si_status, source=source)

@@ -32,7 +32,8 @@ from supervisor.loop import Loop
 from supervisor.names import instance_name, split_instance_name
 from supervisor.runtime.console import Console
 from supervisor.runtime.events import EventBus, publish_step
-from supervisor.runtime.exits import Reaper
+from supervisor.runtime.exits import EXIT_REASONS as EXIT_REASONS  # (re-exported)
+from supervisor.runtime.exits import Reaper, exit_reason
 from supervisor.runtime.heap import collector_paused
 from supervisor.runtime.instance import Instance, Waiter, attached_many, report_output
 from supervisor.runtime.intent import Intent
@@ -506,17 +507,6 @@ def ctl_command() -> str:
 
 
 _CTL = ctl_command()
-
-
-EXIT_REASONS = ("success", "failure", "signal", "unknown")
-
-
-def exit_reason(status: core.ExitStatus, policy: core.Policy) -> str:
-    """One of EXIT_REASONS: an exit code counted as success by the worker's exit_codes, any
-    other code, a signal, or not known."""
-    if status.code is not None:
-        return "success" if status.code in policy.success_codes else "failure"
-    return "signal" if status.signal is not None else "unknown"
 
 
 def _removed_config() -> WorkerConfig:
