@@ -1,7 +1,7 @@
 """`supervisorctl stop all` at N plain sleep workers: command -> every worker gone, -> returned.
 
     flock /tmp/pv-bench.lock .venv/bin/python bench/bench_stopall.py --workers 10000 --reps 3
-        [--spy] [--pythonpath OTHER_CHECKOUT] [--no-cgroups]
+        [--spy] [--pythonpath OTHER_CHECKOUT | --base BASE_CHECKOUT] [--no-cgroups]
 
 One daemon with one worker of N `sleep` instances is booted and awaited until all RUNNING. Each
 rep: the PIDs are read, a pidfd opened on each (an epoll set in this process), then
@@ -12,12 +12,15 @@ stop are printed beside. Then `start all` (raw request, waited for) and the next
 --kill-bare: the same N sleeps spawned by this process, one killpg SIGTERM each, all reaped
 (the kernel's floor, measured in the same run). --spy: py-spy samples the daemon during the
 first stop (top functions printed). --pythonpath: the daemon and CLI import supervisor from
-another checkout (its C modules compiled in place), for before/after runs.
+another checkout (its C modules compiled in place). --base CHECKOUT: before/after in one
+run: per rep a fresh daemon from the checkout and one from this tree, in alternating order,
+each booted and stopped once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import signal
@@ -28,6 +31,8 @@ from pathlib import Path
 from harness import PV_BIN, Pyvisor, Run, cpu_seconds, median, say
 from mass import SLEEP, pyvisor_workers
 from profile_daemon import spy, stop_spy, summarise
+
+from supervisor.runtime.cgroups import cgroup2_mount
 
 
 def _pidfds(pids: list[int]) -> tuple[select.epoll, list[int]]:
@@ -55,8 +60,29 @@ def _wait_all(ep: select.epoll, left: int, timeout: float) -> float:
     return time.monotonic()
 
 
+def _left(d: Pyvisor) -> tuple[int, int, int]:
+    """What the stopped instances could leak: (shm names of the run's prefix, instance
+    cgroups under the run's cgroup parent, pidfds the daemon holds)."""
+    prefix = d.run.prefix
+    shm = sum(1 for n in os.listdir("/dev/shm") if n.startswith(prefix + "."))
+    cgs = 0
+    mount = cgroup2_mount()
+    base = os.path.join(mount, prefix) if mount else ""
+    if base and os.path.isdir(base):
+        cgs = sum(1 for e in os.scandir(base) if e.is_dir(follow_symlinks=False))
+    pidfds = 0
+    fd_dir = f"/proc/{d.pid}/fd"
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"{fd_dir}/{fd}") == "anon_inode:[pidfd]":
+                pidfds += 1
+    return shm, cgs, pidfds
+
+
 def stop_once(d: Pyvisor, spy_out: Path | None) -> tuple[float, float, float]:
-    """(all gone, returned, daemon CPU) in seconds for one `supervisorctl stop all`."""
+    """(all gone, returned, daemon CPU) in seconds for one `supervisorctl stop all`; then
+    what is left right after the reply (shm names, cgroups, pidfds) and when the instance
+    cgroups are all removed (they may be removed after the reply), printed."""
     st = d.states() or {}
     pids = [p for s, p in st.values() if s == "RUNNING" and p]
     ep, fds = _pidfds(pids)
@@ -72,6 +98,11 @@ def stop_once(d: Pyvisor, spy_out: Path | None) -> tuple[float, float, float]:
         cpu = cpu_seconds(d.pid) - cpu0
         if proc.returncode != 0:
             say(f"stop all exited {proc.returncode}: {err.decode(errors='replace')[:300]}")
+        shm, cgs, pidfds = _left(d)
+        while _left(d)[1] and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        say(f"    after the reply: {shm} shm names, {cgs} instance cgroups, {pidfds} pidfds "
+            f"left; cgroups all removed {time.monotonic() - t0:.2f} s after the command")
     finally:
         if sp is not None:
             stop_spy(sp)
@@ -101,6 +132,37 @@ def kill_bare(n: int) -> tuple[float, float]:
             os.close(fd)
 
 
+def before_after(n: int, reps: int, base: str, cgroups: bool) -> None:
+    """Per rep, a fresh daemon of N workers from each side, in alternating order (base first
+    in odd reps), each stopped once; medians per side."""
+    sides = {"base": str(Path(base).resolve()), "this": None}
+    rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sides}
+    say(f"stop all at {n} plain sleep workers, base {sides['base']} vs this tree, "
+        f"{reps} reps, load {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f}")
+    for rep in range(reps):
+        order = ["base", "this"] if rep % 2 == 0 else ["this", "base"]
+        for side in order:
+            with Run("stopall") as run:
+                path = sides[side]
+                if path is not None:
+                    plain = run.env
+                    run.env = lambda p=path, e=plain: {**e(), "PYTHONPATH": p}
+                d = run.pyvisor(pyvisor_workers("plain", n), cgroups=cgroups)
+                t0 = d.start()
+                d.wait_all_running(n, 300, 0.5)
+                boot = time.monotonic() - t0
+                time.sleep(1)
+                load = os.getloadavg()[0]
+                g, r, c = stop_once(d, None)
+                rows[side].append((g, r, c))
+                say(f"  rep {rep + 1} {side}: boot {boot:.1f} s; stop all -> all gone {g:.2f} s, "
+                    f"returned {r:.2f} s, daemon CPU {c:.2f} s (load {load:.1f})")
+    for side, got in rows.items():
+        gone, ret, cpu = (median([x[k] for x in got]) for k in range(3))
+        say(f"{side}: median of {len(got)}: all gone {gone:.2f} s, returned {ret:.2f} s, "
+            f"daemon CPU {cpu:.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=10000)
@@ -110,8 +172,13 @@ def main() -> None:
     ap.add_argument("--no-cgroups", action="store_true")
     ap.add_argument("--kill-bare", action="store_true")
     ap.add_argument("--keep-log", action="store_true", help="copy the daemon log to /tmp")
+    ap.add_argument("--base", help="before/after: a checkout of the commit before (its C "
+                    "modules compiled in place); each rep boots it and this tree in turn")
     a = ap.parse_args()
     n = a.workers
+    if a.base:
+        before_after(n, a.reps, a.base, not a.no_cgroups)
+        return
     with Run("stopall") as run:
         if a.pythonpath:
             plain = run.env

@@ -420,6 +420,11 @@ class ControlBlock:
         return self._attached
 
     @property
+    def attached_latched(self) -> bool:
+        """Whether ``attached`` is known true already (no read)."""
+        return self._attached
+
+    @property
     def start_ticks(self) -> int:
         return self._snum(SOFF_START_TICKS, 8)
 

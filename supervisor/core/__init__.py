@@ -8,6 +8,7 @@ from supervisor.core.machine import IGNORED, TRANSITIONS, TransitionError, step
 from supervisor.core.types import (
     COMING_UP,
     IN_TRANSITION,
+    LABEL,
     MAY_BE_SPAWNING,
     NO_PROCESS,
     SUMMARY_ORDER,
@@ -44,6 +45,7 @@ from supervisor.core.types import (
 __all__ = [
     "COMING_UP",
     "IN_TRANSITION",
+    "LABEL",
     "MAY_BE_SPAWNING",
     "NO_PROCESS",
     "SUMMARY_ORDER",

@@ -27,7 +27,6 @@ STARTING with no pid yet goes to STOPPING and the process is asked to stop once 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -75,6 +74,7 @@ from supervisor.core.types import (
     TimerFired,
     TimerKind,
     Unverifiable,
+    evolve,
 )
 
 Handler = Callable[[InstanceState, Any, Policy], Result]
@@ -86,6 +86,9 @@ EVENT_TYPES: tuple[type, ...] = (
     StartRequested, StopRequested, Spawned, SpawnFailed, ReadyReported, TimerFired, Exited,
     HeartbeatStale, Adopted, ExitedWhileAway, ExitStatusLearned, IntentRestored, Unverifiable,
 )
+
+_set_field = object.__setattr__
+
 
 class TransitionError(Exception):
     """An event that can only come from a bug in the runtime (the state says it cannot happen)."""
@@ -138,7 +141,7 @@ def _stopped_exited_away(inst: InstanceState, ev: ExitedWhileAway, policy: Polic
         return goto(inst, State.EXITED, f"{what}; restart={policy.restart.value}", **changes)
     state, actions = spawn(inst, f"{what}; restart={policy.restart.value}", ev.now,
                             fresh=True, level="WARNING", automatic=True)
-    return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
+    return evolve(state, last_exit=ev.status, last_exit_at=ev.now), actions
 
 
 def _any_status_learned(inst: InstanceState, ev: ExitStatusLearned, policy: Policy) -> Result:
@@ -268,7 +271,7 @@ def _running_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
                      level="WARNING", backoff=delay, retries=0, attempts_since=None, **changes)
     state, actions = spawn(inst, f"{what}; {rule}", ev.now, fresh=True, level="WARNING",
                            automatic=True)
-    return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now,
+    return evolve(state, last_exit=ev.status, last_exit_at=ev.now,
                                recent_crashes=crashes), actions
 
 
@@ -373,7 +376,7 @@ def _stopping_exited(inst: InstanceState, ev: Exited, policy: Policy) -> Result:
     what = f"exited: {ev.status.describe()}"
     if inst.restart_after_stop:
         state, actions = spawn(inst, f"{what}; restarting", ev.now, fresh=True)
-        return dataclasses.replace(state, last_exit=ev.status, last_exit_at=ev.now), actions
+        return evolve(state, last_exit=ev.status, last_exit_at=ev.now), actions
     return goto(inst, State.STOPPED, what, stop_requested=True, restart_after_stop=False,
                  **exit_changes(ev))
 
@@ -455,13 +458,17 @@ def step(inst: InstanceState, event: Event, policy: Policy) -> Result:
     if isinstance(event, TimerFired):
         if event.kind not in inst.timers:
             return inst, []     # stale: cancelled or re-armed since
-        inst = dataclasses.replace(inst, timers=inst.timers - {event.kind} or NO_TIMERS)
+        inst = evolve(inst, timers=inst.timers - {event.kind} or NO_TIMERS)
     new, actions = handler(inst, event, policy)
     # Rule: what the operator asks is remembered whatever the state made of it.
-    if isinstance(event, StartRequested):
-        new = dataclasses.replace(new, wanted=True)
-    elif isinstance(event, StopRequested):
-        new = dataclasses.replace(new, wanted=event.restart)
+    if isinstance(event, StartRequested | StopRequested):
+        wanted = True if isinstance(event, StartRequested) else event.restart
+        if new is inst:
+            new = evolve(new, wanted=wanted)
+        elif new.wanted is not wanted:
+            # the record the handler just made (goto/stay/spawn: a new object that nothing
+            # else holds yet): set in place rather than copied once more
+            _set_field(new, "wanted", wanted)
     if not new.timers <= TIMERS_FOR[new.state]:
         raise AssertionError(f"timers {set(new.timers)} armed in {new.state.value}")
     return new, actions

@@ -5,11 +5,11 @@ new state needs), ``stay``, ``spawn``, ``begin_stop``, and the small rules they 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 from supervisor.core.types import (
+    LABEL,
     NO_TIMERS,
     Action,
     ArmTimer,
@@ -26,6 +26,7 @@ from supervisor.core.types import (
     Spawn,
     State,
     TimerKind,
+    evolve,
 )
 
 Result = tuple[InstanceState, list[Action]]
@@ -62,21 +63,21 @@ def fold_timers(timers: frozenset[TimerKind], actions: Iterable[Action]) -> froz
 def stay(inst: InstanceState, actions: list[Action], **changes: Any) -> Result:
     """No state change: apply field changes and keep ``timers`` in step with the actions."""
     timers = fold_timers(inst.timers, actions)
-    return dataclasses.replace(inst, timers=timers, **changes), actions
+    return evolve(inst, timers=timers, **changes), actions
 
 
 def goto(inst: InstanceState, new: State, reason: str, actions: Iterable[Action] = (),
           *, level: str = "INFO", extra_logs: Iterable[Log] = (), **changes: Any) -> Result:
     """A state change: the transition log, cancels for timers ``new`` does not allow, then
     ``extra_logs`` and ``actions``."""
-    out: list[Action] = [Log(level, f"{inst.state.value} -> {new.value} ({reason})")]
+    out: list[Action] = [Log(level, f"{LABEL[inst.state]} -> {LABEL[new]} ({reason})")]
     out.extend(extra_logs)
     dropped = inst.timers - TIMERS_FOR[new]          # (once, not once per timer kind)
     if dropped:
         out.extend(CancelTimer(k) for k in TIMER_ORDER if k in dropped)
     out.extend(actions)
     timers = fold_timers(inst.timers, out)
-    return dataclasses.replace(inst, state=new, timers=timers, **changes), out
+    return evolve(inst, state=new, timers=timers, **changes), out
 
 
 def no_process() -> dict[str, Any]:

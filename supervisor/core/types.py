@@ -8,10 +8,15 @@ seconds) so the core never reads a clock.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 
 class State(enum.Enum):
+    # Members are singletons compared by identity: hash them by identity too (in C), not
+    # through Enum's Python-level __hash__ (every step looks states up in a few dicts).
+    __hash__ = object.__hash__
+
     STOPPED = "STOPPED"
     STARTING = "STARTING"
     RUNNING = "RUNNING"
@@ -20,6 +25,10 @@ class State(enum.Enum):
     EXITED = "EXITED"
     FATAL = "FATAL"
 
+
+LABEL: dict[State, str] = {s: s.value for s in State}
+"""Each state as logs, events and replies spell it (Enum's ``value`` is a property in Python,
+looked up several times in every transition)."""
 
 # State classes, defined once beside the states and used everywhere else by name.
 NO_PROCESS: frozenset[State] = frozenset({State.STOPPED, State.EXITED, State.FATAL})
@@ -36,12 +45,16 @@ SUMMARY_ORDER: tuple[State, ...] = (State.RUNNING, State.STARTING, State.BACKOFF
 
 
 class RestartPolicy(enum.Enum):
+    __hash__ = object.__hash__
+
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
     NEVER = "never"
 
 
 class TimerKind(enum.Enum):
+    __hash__ = object.__hash__
+
     START = "start"          # start_seconds elapsed: a program without the library counts as up
     BACKOFF = "backoff"      # backoff delay over: spawn again
     GRACEFUL = "graceful"    # graceful_timeout over: send stop_signal to the process group
@@ -268,3 +281,21 @@ class InstanceState:
     # never reset, kept across daemon crashes (intent file) and re-execs (re-exec state).
     restarts: int = 0
     timers: frozenset[TimerKind] = NO_TIMERS   # armed kinds
+
+
+_FIELDS = tuple(f.name for f in fields(InstanceState))
+_FIELD_SET = frozenset(_FIELDS)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def evolve(inst: InstanceState, **changes: Any) -> InstanceState:
+    """``dataclasses.replace(inst, **changes)`` without its per-call field introspection (a
+    step makes one or two; a stop all makes 20,000 within one loop turn). InstanceState has
+    no __post_init__ and no init=False fields, so setting every slot is what __init__ does."""
+    if not _FIELD_SET.issuperset(changes):
+        raise TypeError(f"InstanceState has no field {sorted(set(changes) - _FIELD_SET)}")
+    new = _new(InstanceState)
+    for name in _FIELDS:
+        _set(new, name, changes[name] if name in changes else getattr(inst, name))
+    return new

@@ -17,12 +17,15 @@ import fcntl
 import os
 import signal
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from supervisor import core
+from supervisor.runtime.heap import collector_paused
 from supervisor.runtime.instance import Instance
+from supervisor.runtime.trees import Ending
 from worker import block as blk
 
 if TYPE_CHECKING:
@@ -32,6 +35,17 @@ if TYPE_CHECKING:
 _PIDFD_INFO = struct.Struct("QQ11Ii")
 _PIDFD_GET_INFO = 0xC0000000 | (_PIDFD_INFO.size << 16) | (0xFF << 8) | 11
 _PIDFD_INFO_EXIT = 1 << 3
+
+
+EXIT_REASONS = ("success", "failure", "signal", "unknown")
+
+
+def exit_reason(status: core.ExitStatus, policy: core.Policy) -> str:
+    """One of EXIT_REASONS: an exit code counted as success by the worker's exit_codes, any
+    other code, a signal, or not known."""
+    if status.code is not None:
+        return "success" if status.code in policy.success_codes else "failure"
+    return "signal" if status.signal is not None else "unknown"
 
 
 def exit_status_from_wait(si_code: int, si_status: int, source: str) -> core.ExitStatus:
@@ -74,6 +88,7 @@ class Reaper:
         self.rt = rt
         self.by_pid: dict[int, Instance] = {}
         self._sweeping = False
+        self._ready: dict[Instance, int] = {}    # readable this turn: inst -> its pidfd
         rt.loop.add_signal_handler(signal.SIGCHLD, lambda _s: self._sweep_soon())
 
     def watch(self, inst: Instance, pid: int, pidfd: int) -> None:
@@ -95,16 +110,33 @@ class Reaper:
         if not inst.child:
             self._adopted_exit(inst)
             return
-        try:
-            res = os.waitid(os.P_PIDFD, inst.pidfd, os.WEXITED | os.WNOHANG)
-        except ChildProcessError:    # not ours to reap after all: as an adopted one
-            self._adopted_exit(inst)
-            return
-        except OSError:              # no P_PIDFD (Linux < 5.4)
-            self.reap()
-            return
-        if res is not None and res.si_pid:
-            self._exited(inst, exit_status_from_wait(res.si_code, res.si_status, "waitid"))
+        # reaped with the others that are readable in this loop turn (a stop all: thousands),
+        # from this turn's timers (a call_later(0) made now runs before the next select)
+        if not self._ready:
+            self.rt.loop.call_later(0, self._reap_ready)
+        self._ready[inst] = inst.pidfd
+
+    def _reap_ready(self) -> None:
+        with collector_paused():
+            self._reap(self._ready)
+
+    def _reap(self, ready: dict[Instance, int]) -> None:
+        self._ready = {}
+        done: list[tuple[Instance, core.ExitStatus]] = []
+        for inst, pidfd in ready.items():
+            if inst.pidfd != pidfd:
+                continue     # reaped meanwhile (the sweep), perhaps spawned again
+            try:
+                res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:    # not ours to reap after all: as an adopted one
+                self._adopted_exit(inst)
+                continue
+            except OSError:              # no P_PIDFD (Linux < 5.4)
+                self.reap()
+                continue
+            if res is not None and res.si_pid:
+                done.append((inst, exit_status_from_wait(res.si_code, res.si_status, "waitid")))
+        self._exited_many(done)
 
     def _sweep_soon(self) -> None:
         if not self._sweeping:
@@ -117,19 +149,20 @@ class Reaper:
 
     def reap(self) -> None:
         """Reap every exited child: our workers, and orphans reparented to us (PID 1)."""
+        done: list[tuple[Instance, core.ExitStatus]] = []
         while True:
             try:
                 res = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if res is None or res.si_pid == 0:
-                return
+                break
             inst = self.by_pid.get(res.si_pid)
             if inst is None or not inst.child:
                 logger.debug(f"reaped pid {res.si_pid} (not a worker)")
                 continue
-            status = exit_status_from_wait(res.si_code, res.si_status, "waitid")
-            self._exited(inst, status)
+            done.append((inst, exit_status_from_wait(res.si_code, res.si_status, "waitid")))
+        self._exited_many(done)
 
     def _adopted_exit(self, inst: Instance) -> None:
         """An adopted process ended: the core hears it at once (no more stop escalations for
@@ -160,10 +193,18 @@ class Reaper:
             self.rt.dispatch(inst, core.ExitStatusLearned(self.rt.now(), status))
 
     def _exited(self, inst: Instance, status: core.ExitStatus) -> None:
-        pid = inst.st.pid
-        if pid is not None:
-            self.by_pid.pop(pid, None)
-        self.rt.release_process(inst)
-        # the core hears of the exit once the whole tree is gone
-        self.rt.trees.end(inst, pid, lambda: self.rt.dispatch(
-            inst, core.Exited(self.rt.now(), status)), status)
+        self._exited_many([(inst, status)])
+
+    def _exited_many(self, exits: list[tuple[Instance, core.ExitStatus]]) -> None:
+        ends: list[Ending] = []
+        for inst, status in exits:
+            pid = inst.st.pid
+            if pid is not None:
+                self.by_pid.pop(pid, None)
+            self.rt.release_process(inst)
+            ends.append((inst, pid, self._report(inst, status), status))
+        # the core hears of each exit once the whole tree is gone
+        self.rt.trees.end_many(ends)
+
+    def _report(self, inst: Instance, status: core.ExitStatus) -> Callable[[], None]:
+        return lambda: self.rt.dispatch(inst, core.Exited(self.rt.now(), status))

@@ -3,7 +3,7 @@ runtime holds for it (pidfd, control block, timers, log paths, clients waiting o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -14,6 +14,7 @@ from supervisor.core import NO_PROCESS, InstanceState, State, TimerKind
 from supervisor.logs import last_line
 from supervisor.loop import Timer
 from supervisor.runtime.console import Pipe
+from supervisor.runtime.procstats import attach_pids
 from worker import block as blk
 from worker.published import WorkerData
 
@@ -62,6 +63,19 @@ class Instance:
         """Whether the process attached to its control block (and so reads the control word):
         only such a process can be stopped gracefully."""
         return self.block is not None and self.block.attached
+
+
+def attached_many(insts: Sequence[Instance]) -> set[Instance]:
+    """Those of insts whose process attached to its block (``uses_library``), with the status
+    pages of the ones not known to have attached read in one batch (procstats): a stop of
+    10,000 plain programs asks it of every one. Only a 0 is taken from the batch ("never
+    attached", as the checked read says of a page it cannot use); any other pid word is read
+    again through the block's checked path."""
+    out = {i for i in insts if i.block is not None and i.block.attached_latched}
+    rest = [i for i in insts if i.block is not None and i not in out]
+    pids = attach_pids([i.block.status_name for i in rest if i.block is not None])
+    out.update(i for i, pid in zip(rest, pids, strict=True) if pid and i.uses_library)
+    return out
 
 
 def report_output(inst: Instance, ctl: str) -> None:

@@ -5,10 +5,11 @@ its restart count (for metrics) and a stop in flight (graceful or not, its deadl
 a start follows). The file lives in the daemon's private runtime directory
 (safefs.private_dir), is replaced atomically, and is written at most once per loop turn
 however many instances changed; the end of a stop (no process left, nothing else changed)
-within LAZY seconds instead: the file is O(instances) to write, 10,000 exits come over many
-turns, and the stop entry it removes is only stale meanwhile (a new daemon reads a stop entry
-only for a live process it adopts, and an instance with none gets one only through a start,
-which is written at once). A new daemon reads it
+lazily instead: LAZY seconds after the last such end, and at most LAZY_MAX seconds after the
+first one waiting. The file is O(instances) to write, 10,000 exits come over many turns for a
+second or more, and the stop entry it removes is only stale meanwhile (a new daemon reads a
+stop entry only for a live process it adopts, and an instance with none gets one only through
+a start, which is written at once). A new daemon reads it
 before it starts anything: a stop you asked for is never followed by a restart, even across a
 SIGKILL of the daemon, and a stop in flight carries on with its original deadline.
 
@@ -23,6 +24,8 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -37,7 +40,8 @@ if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
 
 MAX_INTENT = 64 * 1024 * 1024
-LAZY = 0.5        # seconds: how late the end of a stop may be recorded
+LAZY = 0.5        # seconds without another end of a stop before the ends are recorded
+LAZY_MAX = 5.0    # seconds: how late the end of a stop may be recorded at most
 
 
 class Intent:
@@ -46,36 +50,54 @@ class Intent:
         self.name = f"intent-{prefix}.json"
         self.enabled = True
         self._pending: Timer | None = None
+        self._urgent = False            # the pending write is for a change that cannot wait
+        self._lazy_first: float | None = None   # the first lazy change not written yet
+        self._lazy_last = 0.0                     # ... and the last
 
     # -- writing ----------------------------------------------------------------------------
     def changed(self, lazy: bool = False) -> None:
         """Something the file records changed: write it once this loop turn is over (lazy:
-        within LAZY seconds)."""
+        once such changes pause for LAZY seconds, within LAZY_MAX)."""
         if not self.enabled:
             return
-        when = self.rt.now() + (LAZY if lazy else 0.0)
+        now = self.rt.now()
+        if lazy:
+            if self._lazy_first is None:
+                self._lazy_first = now
+            self._lazy_last = now
+            when = now + LAZY
+        else:
+            self._urgent = True
+            when = now
         t = self._pending
         if t is not None and not t.cancelled and t.when <= when:
             return
         if t is not None:
             t.cancel()
-        self._pending = self.rt.loop.call_at(when, self.write)
+        self._pending = self.rt.loop.call_at(when, self._due)
+
+    def _due(self) -> None:
+        now = self.rt.now()
+        first = self._lazy_first if self._lazy_first is not None else now
+        later = min(self._lazy_last + LAZY, first + LAZY_MAX)
+        if not self._urgent and later > now:     # lazy changes still coming: one write later
+            self._pending = self.rt.loop.call_at(later, self._due)
+            return
+        self.write()
 
     def write(self) -> None:
         if self._pending is not None:
             self._pending.cancel()     # (the timer that runs this, or one made moot by it)
             self._pending = None
+        self._urgent = False
+        self._lazy_first = None
         if not self.enabled:
             return
-        doc: dict[str, Any] = {"boot_id": blk.read_boot_id().hex(), "instances": {}}
-        for inst in self.rt.instances.values():
-            rec = _record(inst)
-            if rec:
-                doc["instances"][inst.name] = rec
+        data = encode(blk.read_boot_id().hex(), self.rt.instances.values())
         try:
             dfd = safefs.private_dir(paths.runtime_dir())
             try:
-                safefs.write_atomic(dfd, self.name, json.dumps(doc).encode())
+                safefs.write_atomic(dfd, self.name, data)
             finally:
                 os.close(dfd)
         except OSError as e:
@@ -115,19 +137,52 @@ class Intent:
             found, dict) else {}
 
 
-def _record(inst: Instance) -> dict[str, Any]:
+Key = tuple[bool | None, int, tuple[bool, float, bool] | None]
+
+
+def _key(inst: Instance) -> Key | None:
+    """What inst's record holds (None: nothing to record): wanted, restarts, the stop in
+    flight (graceful, its deadline, restart after)."""
     st = inst.st
-    rec: dict[str, Any] = {}
-    if st.wanted is not None:
-        rec["wanted"] = st.wanted
-    if st.restarts:
-        rec["restarts"] = st.restarts
+    stop = None
     if st.state is State.STOPPING and st.pid is not None:
         graceful = inst.timers.get(TimerKind.GRACEFUL)
-        rec["stop"] = {"graceful": graceful is not None,
-                       "deadline": graceful.when if graceful is not None else 0.0,
-                       "restart": st.restart_after_stop}
+        stop = (graceful is not None, graceful.when if graceful is not None else 0.0,
+                st.restart_after_stop)
+    if st.wanted is None and not st.restarts and stop is None:
+        return None
+    return st.wanted, st.restarts, stop
+
+
+def _record(key: Key) -> dict[str, Any]:
+    wanted, restarts, stop = key
+    rec: dict[str, Any] = {}
+    if wanted is not None:
+        rec["wanted"] = wanted
+    if restarts:
+        rec["restarts"] = restarts
+    if stop is not None:
+        rec["stop"] = {"graceful": stop[0], "deadline": stop[1], "restart": stop[2]}
     return rec
+
+
+def encode(boot_id: str, instances: Iterable[Instance]) -> bytes:
+    """The file: {"boot_id": ..., "instances": {name: record}}, as json.dumps writes it. At
+    10,000 instances most records are alike (after a stop all: all of them), so each
+    distinct record is encoded once and the text is joined; json.dumps of the whole is
+    several times slower, and this write comes right after a stop all's signals."""
+    texts: dict[Key, str] = {}
+    parts = []
+    for inst in instances:
+        key = _key(inst)
+        if key is None:
+            continue
+        text = texts.get(key)
+        if text is None:
+            text = texts[key] = json.dumps(_record(key))
+        parts.append(f"{_quote(inst.name)}: {text}")
+    return (f'{{"boot_id": {_quote(boot_id)}, "instances": {{{", ".join(parts)}}}}}'
+            .encode())
 
 
 def wanted_of(rec: dict[str, Any]) -> bool | None:

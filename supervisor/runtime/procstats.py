@@ -26,6 +26,8 @@ from supervisor import _readfiles
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK_USEC = 1_000_000 // os.sysconf("SC_CLK_TCK")
+PROCS_LIMIT = 4096     # bytes of cgroup.procs read_procs reads: 512 members at least; a
+#                        fuller one (exactly this many bytes) takes the per-instance path
 Stats = dict[str, int | None]
 
 _fds: dict[str, int] = {}
@@ -66,6 +68,13 @@ def sole_members(parent: str, names: Sequence[str], pids: Sequence[int]) -> list
     """Whether the cgroup.procs of each cgroup <parent>/<name> names its pid and nothing else
     (one call; a cgroup that cannot be read: False)."""
     return _readfiles.sole_members(dir_fd(parent), names, pids)
+
+
+def read_procs(parent: str, names: Sequence[str]) -> list[bytes | int]:
+    """cgroup.procs (or errno) of each cgroup <parent>/<name>, in one call, PROCS_LIMIT bytes
+    at most each."""
+    return _readfiles.read_files(dir_fd(parent), [f"{n}/cgroup.procs" for n in names],
+                                 PROCS_LIMIT)
 
 
 def attach_pids(status_names: Sequence[str]) -> list[int]:

@@ -32,8 +32,10 @@ from supervisor.loop import Loop
 from supervisor.names import instance_name, split_instance_name
 from supervisor.runtime.console import Console
 from supervisor.runtime.events import EventBus, publish_step
-from supervisor.runtime.exits import Reaper
-from supervisor.runtime.instance import Instance, Waiter, report_output
+from supervisor.runtime.exits import EXIT_REASONS as EXIT_REASONS  # (re-exported)
+from supervisor.runtime.exits import Reaper, exit_reason
+from supervisor.runtime.heap import collector_paused
+from supervisor.runtime.instance import Instance, Waiter, attached_many, report_output
 from supervisor.runtime.intent import Intent
 from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
@@ -189,10 +191,12 @@ class Runtime:
         worker's stop_mode."""
         insts = list(insts)
         self.cancel_deferred(insts)
+        wish = [i.cfg.stop_mode == "graceful" if graceful is None else bool(graceful)
+                for i in insts]
+        lib = attached_many([i for i, w in zip(insts, wish, strict=True) if w])
         now = self.now()
-        self.dispatch_all([(inst, core.StopRequested(
-            now, graceful=(inst.cfg.stop_mode == "graceful" if graceful is None else graceful)
-            and inst.uses_library, restart=restart)) for inst in insts])
+        stop = {g: core.StopRequested(now, graceful=g, restart=restart) for g in (False, True)}
+        self.dispatch_all([(i, stop[w and i in lib]) for i, w in zip(insts, wish, strict=True)])
 
     def request_restart(self, insts: Iterable[Instance], graceful: bool | None) -> None:
         """Stop and start again the ones that run; start the ones that do not."""
@@ -300,29 +304,34 @@ class Runtime:
             self._dispatching = False
 
     def dispatch_all(self, pairs: list[tuple[Instance, Event]]) -> None:
-        """dispatch() of many events (a stop all): the signals the core's steps ask for go out
-        as each is stepped, every other action and what follows once all are: 10,000 exits run
-        in the kernel beside the bookkeeping, not after it. Inside a dispatch: queued."""
+        """dispatch() of many events (a stop all): every event is stepped, then the signals
+        the steps asked for go out as one walk (Trees.batch), then every other action and what
+        follows: 10,000 exits run in the kernel beside the bookkeeping, not after it. Inside
+        a dispatch: queued."""
         if self._dispatching or len(pairs) < 2:
             for inst, event in pairs:
                 self.dispatch(inst, event)
             return
         self._dispatching = True
         try:
-            stepped = []
-            with self.trees.batch():
-                for inst, event in pairs:
-                    done = self._step(inst, event)
-                    if done is not None:
-                        for action in (a for a in done[1] if isinstance(a, core.Signal)):
-                            self._execute(inst, action, event.now)
-                        stepped.append((inst, event, *done))
-            for inst, event, before, actions in stepped:
-                self._carry_out(inst, event, before, actions,
-                                [a for a in actions if not isinstance(a, core.Signal)])
-            self._drain()
+            with collector_paused():
+                self._dispatch_batch(pairs)
         finally:
             self._dispatching = False
+
+    def _dispatch_batch(self, pairs: list[tuple[Instance, Event]]) -> None:
+        stepped = []
+        with self.trees.batch():
+            for inst, event in pairs:
+                done = self._step(inst, event)
+                if done is not None:
+                    for action in (a for a in done[1] if isinstance(a, core.Signal)):
+                        self._execute(inst, action, event.now)
+                    stepped.append((inst, event, *done))
+        for inst, event, before, actions in stepped:
+            self._carry_out(inst, event, before, actions,
+                            [a for a in actions if not isinstance(a, core.Signal)])
+        self._drain()
 
     def _drain(self) -> None:
         while self._queue:
@@ -358,20 +367,20 @@ class Runtime:
             self._on_transition(inst)
 
     def _execute(self, inst: Instance, action: core.Action, now: float) -> None:
-        match action:
-            case core.Spawn():
-                self.spawner.enqueue(inst)
-            case core.PostStop(deadline=deadline):
-                if inst.block is not None:
-                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, _deadline_ns(deadline))
-            case core.Signal(signum=signum):
-                self.trees.signal(inst, signum)
+        match action:           # (the most frequent kinds first: a step has two or three)
+            case core.Log(level=level, message=message):
+                self.log(level, f"{inst.name} {message}")
             case core.ArmTimer(kind=kind, delay=delay):
                 self.arm_timer(inst, kind, now + delay)
             case core.CancelTimer(kind=kind):
                 self._cancel_timer(inst, kind)
-            case core.Log(level=level, message=message):
-                self.log(level, f"{inst.name} {message}")
+            case core.Signal(signum=signum):
+                self.trees.signal(inst, signum)
+            case core.PostStop(deadline=deadline):
+                if inst.block is not None:
+                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, _deadline_ns(deadline))
+            case core.Spawn():
+                self.spawner.enqueue(inst)
 
     def log(self, level: str, message: str) -> None:
         """A daemon log line of the runtime's own, batched per loop turn (LineBatch)."""
@@ -498,17 +507,6 @@ def ctl_command() -> str:
 
 
 _CTL = ctl_command()
-
-
-EXIT_REASONS = ("success", "failure", "signal", "unknown")
-
-
-def exit_reason(status: core.ExitStatus, policy: core.Policy) -> str:
-    """One of EXIT_REASONS: an exit code counted as success by the worker's exit_codes, any
-    other code, a signal, or not known."""
-    if status.code is not None:
-        return "success" if status.code in policy.success_codes else "failure"
-    return "signal" if status.signal is not None else "unknown"
 
 
 def _removed_config() -> WorkerConfig:

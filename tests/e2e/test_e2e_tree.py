@@ -187,3 +187,26 @@ http {{ access_log off; client_body_temp_path {tmp_path}/body;
     assert len(_children(new["pid"])) == 2
     assert d.ctl("stop", "nginx").returncode == 0
     wait_until(lambda: not _children(new["pid"]), 10, "no nginx left")
+
+
+def test_stopped_cgroups_are_removed_and_a_quick_restart_gets_its_own(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The empty cgroups of a stop are removed off the loop (cgroups.Remover), and a start
+    right after the stop (before or while they are removed) spawns into the instance's
+    cgroup again: the spawn claims it first."""
+    d = _daemon(daemon_factory, True, {"w": {"command": ["sleep", "1000"], "numprocs": 4,
+                                             "start_seconds": 0.1}})
+    for i in range(4):
+        d.wait_state(f"w:{i}", "RUNNING")
+    paths = {row["name"]: row["cgroup"] for row in d.status_json()}
+    assert all(paths.values()), paths
+    assert d.ctl("stop", "all").returncode == 0
+    assert d.ctl("start", "all").returncode == 0           # at once: within the quiet time
+    rows = {row["name"]: row for row in d.status_json()}
+    for name, path in paths.items():
+        assert rows[name]["state"] == "RUNNING" and rows[name]["cgroup"] == path, rows[name]
+        assert os.path.isdir(path), f"{path} removed under a running instance"
+    assert d.ctl("stop", "all").returncode == 0
+    wait_until(lambda: not any(os.path.isdir(p) for p in paths.values()), 15,
+               "the stopped instances' cgroups removed",
+               show=lambda: str([p for p in paths.values() if os.path.isdir(p)]))

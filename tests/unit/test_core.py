@@ -225,3 +225,16 @@ def test_exited_then_start_again() -> None:
     sim = started(replace(POLICY, restart=RestartPolicy.NEVER))
     sim.feed(Exited(5.0, code(0)))
     assert sim.feed(StartRequested(6.0)) == [info("EXITED -> STARTING (start requested)"), Spawn()]
+
+
+def test_evolve_is_dataclasses_replace() -> None:
+    import dataclasses
+
+    import pytest
+
+    from supervisor.core.types import InstanceState, State, evolve
+    st = InstanceState(state=State.RUNNING, pid=5, restarts=2)
+    assert evolve(st, pid=6, wanted=False) == dataclasses.replace(st, pid=6, wanted=False)
+    assert evolve(st) == st and evolve(st) is not st
+    with pytest.raises(TypeError, match="no field"):
+        evolve(st, pidd=6)

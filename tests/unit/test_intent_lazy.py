@@ -8,7 +8,7 @@ import heapq
 from types import SimpleNamespace
 
 from supervisor.loop import Loop
-from supervisor.runtime.intent import LAZY, Intent
+from supervisor.runtime.intent import LAZY, LAZY_MAX, Intent
 
 
 def make() -> tuple[Intent, list[float], list[float]]:
@@ -60,3 +60,62 @@ def test_a_lazy_change_after_an_urgent_one_is_written_with_it() -> None:
     intent.changed(lazy=True)                     # after a write: a new one, lazily
     run_until(intent, now, 100.0 + 4 * LAZY)
     assert len(writes) == 2 and writes[1] >= writes[0] + LAZY
+
+
+def test_a_stream_of_lazy_changes_is_written_once_it_pauses_or_at_lazy_max() -> None:
+    intent, now, writes = make()
+    for _ in range(20):                           # the exits of a stop all, 0.1 s apart
+        intent.changed(lazy=True)
+        run_until(intent, now, now[0] + 0.1)
+    assert writes == []                           # no O(instances) write per LAZY meanwhile
+    run_until(intent, now, now[0] + 2 * LAZY)
+    assert len(writes) == 1 and writes[0] >= 100.0 + 2.0 + LAZY - 0.1
+    start = now[0]
+    while now[0] < start + LAZY_MAX + 1:          # changes that never pause: at LAZY_MAX
+        intent.changed(lazy=True)
+        run_until(intent, now, now[0] + 0.1)
+    assert len(writes) == 2 and writes[1] <= start + LAZY_MAX + 0.1
+
+
+def test_an_urgent_change_in_a_lazy_stream_is_written_at_once() -> None:
+    intent, now, writes = make()
+    for _ in range(5):
+        intent.changed(lazy=True)
+        run_until(intent, now, now[0] + 0.1)
+    intent.changed()
+    at = now[0]
+    run_until(intent, now, now[0] + 0.05)
+    assert writes == [at]
+
+
+def test_the_file_is_the_json_of_every_record() -> None:
+    """encode() joins each distinct record's text: the same document json.dumps makes."""
+    import json
+
+    from supervisor.core import InstanceState, State, TimerKind
+    from supervisor.loop import Timer
+    from supervisor.runtime.intent import encode
+
+    def inst(name: str, st: InstanceState, graceful: float | None = None) -> SimpleNamespace:
+        timers = {} if graceful is None else {TimerKind.GRACEFUL: Timer(graceful, 0, print)}
+        return SimpleNamespace(name=name, st=st, timers=timers)
+
+    insts = [
+        inst("idle:0", InstanceState()),                                 # nothing recorded
+        inst("web:0", InstanceState(state=State.RUNNING, wanted=True, restarts=3)),
+        inst("web:1", InstanceState(state=State.STOPPING, pid=7, wanted=False)),
+        inst("web:2", InstanceState(state=State.STOPPING, pid=8, wanted=False)),
+        inst('odd"\\name:0', InstanceState(state=State.STOPPING, pid=9, wanted=True,
+                                           restart_after_stop=True), graceful=12.5),
+        inst("gone:0", InstanceState(state=State.STOPPING, wanted=False)),  # no pid: no stop
+    ]
+    got = json.loads(encode("ab" * 16, insts))  # type: ignore[arg-type]
+    assert got == {"boot_id": "ab" * 16, "instances": {
+        "web:0": {"wanted": True, "restarts": 3},
+        "web:1": {"wanted": False,
+                  "stop": {"graceful": False, "deadline": 0.0, "restart": False}},
+        "web:2": {"wanted": False,
+                  "stop": {"graceful": False, "deadline": 0.0, "restart": False}},
+        'odd"\\name:0': {"wanted": True,
+                         "stop": {"graceful": True, "deadline": 12.5, "restart": True}},
+        "gone:0": {"wanted": False}}}
