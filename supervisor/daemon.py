@@ -33,6 +33,7 @@ from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
 from supervisor.interrupts import Interrupts
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
+from supervisor.names import ctl_command
 from supervisor.reconcile import (
     apply_adoption,
     apply_config,
@@ -42,7 +43,6 @@ from supervisor.reconcile import (
     save_state,
 )
 from supervisor.runtime import Runtime
-from supervisor.runtime.runtime import ctl_command
 from supervisor.sdnotify import Notifier
 from supervisor.spawn import reserve_low_fds
 

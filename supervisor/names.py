@@ -52,3 +52,19 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+
+
+def ctl_command() -> str:
+    """How hints spell supervisorctl: its name when PATH finds this one, else its path (a
+    venv that is not activated). The daemon's; the imports stay out of supervisorctl's way."""
+    import os
+    import shlex
+    import shutil
+    import sys
+
+    ours = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
+    if not os.access(ours, os.X_OK):
+        return "supervisorctl"
+    on_path = shutil.which("supervisorctl")
+    same = on_path is not None and os.path.realpath(on_path) == os.path.realpath(ours)
+    return "supervisorctl" if same else shlex.quote(ours)

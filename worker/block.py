@@ -114,6 +114,16 @@ ENV_INSTANCE = _c.ENV_INSTANCE  # its instance name, "name:index"
 ENV_NOTIFY = _c.ENV_NOTIFY  # the daemon's notify socket ("@name": abstract)
 
 SEQ_MASK = 0xFFFFFF
+U64_MAX = (1 << 64) - 1
+
+
+def deadline_ns(deadline: float) -> int:
+    """A deadline in seconds as the block's u64 nanoseconds, clamped (the config bounds
+    timeouts, but the block must never be handed a number it cannot hold)."""
+    ns = deadline * 1e9
+    return U64_MAX if not ns < U64_MAX else max(int(ns), 0)
+
+
 CMD_NAMES = {CMD_NONE: "NONE", CMD_STOP_GRACEFUL: "STOP_GRACEFUL"}
 STATE_NAMES = {
     ST_INIT: "INIT",

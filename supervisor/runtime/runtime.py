@@ -15,9 +15,7 @@ import dataclasses
 import os
 import secrets
 import shlex
-import shutil
 import signal
-import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -29,7 +27,7 @@ from supervisor.config import Config, WorkerConfig
 from supervisor.core import NO_PROCESS, Event, InstanceState, State, TimerKind
 from supervisor.logs import LineBatch, Rotator
 from supervisor.loop import Loop
-from supervisor.names import instance_name, split_instance_name
+from supervisor.names import ctl_command, instance_name, split_instance_name
 from supervisor.runtime.console import Console
 from supervisor.runtime.events import EventBus, publish_step
 from supervisor.runtime.exits import EXIT_REASONS as EXIT_REASONS  # (re-exported)
@@ -41,15 +39,6 @@ from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
 from supervisor.runtime.trees import Trees
 from worker import block as blk
-
-U64_MAX = (1 << 64) - 1
-
-
-def _deadline_ns(deadline: float) -> int:
-    """A deadline in seconds as the block's u64 nanoseconds, clamped (the config bounds
-    timeouts, but the block must never be handed a number it cannot hold)."""
-    ns = deadline * 1e9
-    return U64_MAX if not ns < U64_MAX else max(int(ns), 0)
 
 
 class Runtime:
@@ -378,7 +367,7 @@ class Runtime:
                 self.trees.signal(inst, signum)
             case core.PostStop(deadline=deadline):
                 if inst.block is not None:
-                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, _deadline_ns(deadline))
+                    inst.block.post_command(blk.CMD_STOP_GRACEFUL, blk.deadline_ns(deadline))
             case core.Spawn():
                 self.spawner.enqueue(inst)
 
@@ -494,16 +483,6 @@ class Runtime:
         self.trees.close()
         self.rotator.close()
         self.console.close()
-
-
-def ctl_command() -> str:
-    """How hints spell supervisorctl: its name when PATH finds this one, else its path."""
-    ours = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
-    if not os.access(ours, os.X_OK):
-        return "supervisorctl"
-    on_path = shutil.which("supervisorctl")
-    same = on_path is not None and os.path.realpath(on_path) == os.path.realpath(ours)
-    return "supervisorctl" if same else shlex.quote(ours)
 
 
 _CTL = ctl_command()

@@ -21,8 +21,8 @@ from supervisor.core import InstanceState, SpawnFailed, State
 from supervisor.core.machine import step
 from supervisor.core.rules import backoff_delay
 from supervisor.core.types import Policy
-from supervisor.runtime.runtime import U64_MAX, _deadline_ns
 from tests.e2e.conftest import daemon, daemon_factory  # noqa: F401  (fixtures)
+from worker.block import U64_MAX, deadline_ns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,7 +124,7 @@ def test_failed_start_after_1025_retries_backs_off_at_max() -> None:
     (1.5, 1_500_000_000), (0.0, 0), (-3.0, 0), (1e20, U64_MAX), (float("inf"), U64_MAX),
     (float("nan"), U64_MAX), (18446744073.709553, U64_MAX)])
 def test_stop_deadline_fits_u64(deadline: float, ns: int) -> None:
-    assert _deadline_ns(deadline) == ns
+    assert deadline_ns(deadline) == ns
 
 
 # -- strings exec, open and the environment cannot take ----------------------------------------

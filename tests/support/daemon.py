@@ -38,7 +38,7 @@ SUPERVISORCTL = os.path.join(BIN_DIR, "supervisorctl")
 def ctl_hint(config_path: Path | str) -> str:
     """supervisorctl -c CONFIG as the daemon's hints spell it (by its path when PATH does not
     find the venv's)."""
-    from supervisor.runtime.runtime import ctl_command
+    from supervisor.names import ctl_command
     return f"{ctl_command()} -c {config_path}"
 
 
