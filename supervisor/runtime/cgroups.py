@@ -82,6 +82,10 @@ class CgroupTree:
         self.home = home                      # the daemon's own cgroup.procs
         self.has_kill = True
         self.has_memory = False
+        # cgroups that cgroup.kill was written to: on this kernel (6.18) a process born into
+        # one by clone3(CLONE_INTO_CGROUP) afterwards is SIGKILLed at once, even once it was
+        # empty (moving a process in by cgroup.procs is not). prepare() makes them anew.
+        self.killed: set[str] = set()
 
     @classmethod
     def setup(cls, prefix: str) -> tuple[CgroupTree | None, str]:
@@ -129,6 +133,15 @@ class CgroupTree:
 
     def prepare(self, instance: str) -> str:
         path = self.path(instance)
+        if path in self.killed:       # not to be born into again: removed and made anew
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:      # EBUSY: what was killed is not gone yet
+                raise OSError(e.errno, f"cannot make {path} anew after cgroup.kill: "
+                              f"{e.strerror}") from None
+            self.killed.discard(path)
         # usually made already, ahead of the spawn by its helper thread (runtime/outputs.py):
         # a stat costs a few us, a mkdir in cgroupfs that finds it ~40 us and an exception
         with contextlib.suppress(OSError):
@@ -176,6 +189,7 @@ class CgroupTree:
         ``sent``: a pid that already has it (the leader, signalled with its group)."""
         if signum == signal.SIGKILL and self.has_kill:
             with contextlib.suppress(OSError):
+                self.killed.add(path)
                 _write(os.path.join(path, "cgroup.kill"), "1")
                 return
         for pid in self.members(path):

@@ -210,3 +210,29 @@ def test_stopped_cgroups_are_removed_and_a_quick_restart_gets_its_own(
     wait_until(lambda: not any(os.path.isdir(p) for p in paths.values()), 15,
                "the stopped instances' cgroups removed",
                show=lambda: str([p for p in paths.values() if os.path.isdir(p)]))
+
+
+@pytest.mark.parametrize("cgroups", MODES)
+def test_a_worker_killed_to_stop_it_runs_again_after_a_restart(
+        daemon_factory: DaemonFactory, cgroups: bool) -> None:
+    """A worker that ignores SIGTERM is stopped by SIGKILL (cgroup.kill with cgroups); its
+    next process must live. On this kernel a process born by clone3 into a cgroup that
+    cgroup.kill was written to is SIGKILLed at once, even once the cgroup is empty: the
+    instance's cgroup is made anew first (cgroups.CgroupTree.prepare)."""
+    d = _daemon(daemon_factory, cgroups, {"w": {
+        "command": ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+        "start_seconds": 0.3, "kill_timeout": 0.3, "start_retries": 0}})
+    d.wait_state("w:0", "RUNNING")
+    for _ in range(2):
+        first = d.pids()["w:0"]
+        r = d.ctl("restart", "w")
+        assert r.returncode == 0, r.stdout + r.stderr
+        row = d.status_of("w:0")
+        assert row["state"] == "RUNNING" and row["pid"] not in (None, first), row
+    r = d.ctl("stop", "w")
+    assert r.returncode == 0, r.stderr
+    mark = d.log_mark()
+    r = d.ctl("start", "w")                 # waits for RUNNING (start_seconds)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pid = d.pids()["w:0"]
+    assert pid_alive(pid) and "killed by signal 9" not in d.log_text()[mark:], d.log_text()
