@@ -82,10 +82,11 @@ class CgroupTree:
         self.home = home                      # the daemon's own cgroup.procs
         self.has_kill = True
         self.has_memory = False
-        # cgroups that cgroup.kill was written to: on this kernel (6.18) a process born into
-        # one by clone3(CLONE_INTO_CGROUP) afterwards is SIGKILLed at once, even once it was
-        # empty (moving a process in by cgroup.procs is not). prepare() makes them anew.
-        self.killed: set[str] = set()
+        # cgroups to make anew before a spawn (prepare): those cgroup.kill was written to,
+        # and those an earlier daemon left (it may have written it). On this kernel (6.18) a
+        # process born by clone3(CLONE_INTO_CGROUP) into a cgroup that was killed is SIGKILLed
+        # at once, even once the cgroup is empty (one moved in by cgroup.procs is not).
+        self.remake: set[str] = set()
 
     @classmethod
     def setup(cls, prefix: str) -> tuple[CgroupTree | None, str]:
@@ -117,6 +118,8 @@ class CgroupTree:
         except OSError as e:
             return None, f"cannot set up cgroups under {base}: {e.strerror or e}"
         tree.has_kill = os.path.exists(os.path.join(tree.dir, "cgroup.kill"))
+        with contextlib.suppress(OSError), os.scandir(tree.dir) as entries:
+            tree.remake = {e.path for e in entries if e.is_dir(follow_symlinks=False)}
         try:     # the memory controller, if any, is what the instances' cgroups get
             tree.has_memory = "memory" in _read(os.path.join(tree.dir, "cgroup.subtree_control"))
         except OSError:
@@ -133,7 +136,7 @@ class CgroupTree:
 
     def prepare(self, instance: str) -> str:
         path = self.path(instance)
-        if path in self.killed:       # not to be born into again: removed and made anew
+        if path in self.remake:       # perhaps killed: not to be born into; made anew
             try:
                 os.rmdir(path)
             except FileNotFoundError:
@@ -141,7 +144,7 @@ class CgroupTree:
             except OSError as e:      # EBUSY: what was killed is not gone yet
                 raise OSError(e.errno, f"cannot make {path} anew after cgroup.kill: "
                               f"{e.strerror}") from None
-            self.killed.discard(path)
+            self.remake.discard(path)
         # usually made already, ahead of the spawn by its helper thread (runtime/outputs.py):
         # a stat costs a few us, a mkdir in cgroupfs that finds it ~40 us and an exception
         with contextlib.suppress(OSError):
@@ -189,7 +192,7 @@ class CgroupTree:
         ``sent``: a pid that already has it (the leader, signalled with its group)."""
         if signum == signal.SIGKILL and self.has_kill:
             with contextlib.suppress(OSError):
-                self.killed.add(path)
+                self.remake.add(path)
                 _write(os.path.join(path, "cgroup.kill"), "1")
                 return
         for pid in self.members(path):

@@ -236,3 +236,25 @@ def test_a_worker_killed_to_stop_it_runs_again_after_a_restart(
     assert r.returncode == 0, r.stdout + r.stderr
     pid = d.pids()["w:0"]
     assert pid_alive(pid) and "killed by signal 9" not in d.log_text()[mark:], d.log_text()
+
+
+def test_a_cgroup_an_earlier_daemon_killed_is_made_anew_for_the_next_spawn(
+        daemon_factory: DaemonFactory) -> None:
+    """The daemon before wrote cgroup.kill to an instance's cgroup (it was stopping it) and
+    died: the next daemon must not spawn into that cgroup as it is (its process would be
+    SIGKILLed at once), but make it anew."""
+    d = _daemon(daemon_factory, True, {"w": {"command": ["sleep", "1000"],
+                                             "start_seconds": 0.3, "start_retries": 0}})
+    row = d.wait_state("w:0", "RUNNING")
+    path, leader = row["cgroup"], row["pid"]
+    d.kill(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait(10)
+    Path(path, "cgroup.kill").write_text("1")      # what the daemon before did, then died
+    wait_until(lambda: not pid_alive(leader), 10, "the killed leader gone")
+    mark = d.log_mark()
+    d.start()
+    row = d.wait_state("w:0", "RUNNING")
+    assert row["pid"] != leader and row["cgroup"] == path, row
+    assert pid_alive(row["pid"]) and "killed by signal 9" not in d.log_text()[mark:], \
+        d.log_text()[mark:]
