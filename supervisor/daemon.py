@@ -30,6 +30,7 @@ from supervisor.control.protocol import BAD_CONFIG, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
 from supervisor.convert import cli as convert_cli
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
+from supervisor.heap import collector_paused
 from supervisor.interrupts import Interrupts
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
@@ -249,14 +250,11 @@ class Daemon:
         # the cycle collector while it runs (its passes over a heap that grows to 10,000
         # instances are a fifth of an adoption's CPU), then settle_heap, and with it again
         # for what follows.
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            self._start(saved)
-        finally:
-            settle_heap()
-            if was:
-                gc.enable()
+        with collector_paused():
+            try:
+                self._start(saved)
+            finally:
+                settle_heap()
 
     def _start(self, saved: dict[str, Any] | None) -> None:
         rt = self.runtime

@@ -5,11 +5,9 @@ JSON Schema of the file, generated from the models.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +22,7 @@ from supervisor.config.models import (
     WorkerConfig,
 )
 from supervisor.config.yamlfile import Path, YamlSyntaxError, parse
+from supervisor.heap import collector_paused
 
 # A config for 10,000 workers is a few hundred KB; what is far larger is a mistake (or an
 # attack), and everything after reading is bounded by this size.
@@ -45,7 +44,7 @@ def load_config(path: str) -> Config:
     """Read, parse and check a config file. Raises ConfigError (never anything else for a bad
     file; the messages use ``path`` as given)."""
     try:
-        with _collector_paused():
+        with collector_paused():
             return _load(path)
     except ConfigError:
         raise
@@ -54,21 +53,6 @@ def load_config(path: str) -> Config:
     except Exception as e:      # the last line of defence: a bug below must not be a traceback
         raise ConfigError([f"{path}: cannot load the config: {type(e).__name__}: "
                            f"{str(e)[:200]}"]) from None
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """A load makes some 100 objects per worker, nearly all of which live on: the cycle
-    collector's passes over them while they are made find nothing (they were 30-50 % of a
-    10,000-worker load). What the load leaves as garbage is bounded by MAX_FILE_BYTES, and
-    the collector runs again as soon as it is over."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _load(path: str) -> Config:

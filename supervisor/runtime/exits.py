@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from supervisor import core
-from supervisor.runtime.heap import collector_paused
+from supervisor.heap import collector_paused
 from supervisor.runtime.instance import Instance
 from supervisor.runtime.trees import Ending
 from worker import block as blk

@@ -25,6 +25,7 @@ from loguru import logger
 from supervisor import core
 from supervisor.config import Config, WorkerConfig
 from supervisor.core import NO_PROCESS, Event, InstanceState, State, TimerKind
+from supervisor.heap import collector_paused
 from supervisor.logs import LineBatch, Rotator
 from supervisor.loop import Loop
 from supervisor.names import ctl_command, instance_name, split_instance_name
@@ -32,7 +33,6 @@ from supervisor.runtime.console import Console
 from supervisor.runtime.events import EventBus, publish_step
 from supervisor.runtime.exits import EXIT_REASONS as EXIT_REASONS  # (re-exported)
 from supervisor.runtime.exits import Reaper, exit_reason
-from supervisor.runtime.heap import collector_paused
 from supervisor.runtime.instance import Instance, Waiter, attached_many, report_output
 from supervisor.runtime.intent import Intent
 from supervisor.runtime.readiness import Readiness
