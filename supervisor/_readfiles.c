@@ -103,6 +103,56 @@ static Py_ssize_t read_one(int dirfd, const char *name, char *buf, Py_ssize_t li
     return n < 0 ? -err : n;
 }
 
+/* the items of a sequence, as a tuple of its own: no other thread can change it while the GIL
+ * is released */
+static PyObject *tuple_of(PyObject *seq, Py_ssize_t max) {
+    PyObject *t = PySequence_Tuple(seq);
+    if (t != NULL && PyTuple_GET_SIZE(t) > max) {
+        PyErr_Format(PyExc_ValueError, "more than %zd items", max);
+        Py_CLEAR(t);
+    }
+    return t;
+}
+
+/* the UTF-8 of a str name (bytes taken as they are); NULL with an exception otherwise */
+static const char *name_of(PyObject *item, Py_ssize_t *len) {
+    if (PyUnicode_Check(item))
+        return PyUnicode_AsUTF8AndSize(item, len);
+    if (PyBytes_Check(item)) {
+        *len = PyBytes_GET_SIZE(item);
+        return PyBytes_AS_STRING(item);
+    }
+    PyErr_SetString(PyExc_TypeError, "names must be str or bytes");
+    return NULL;
+}
+
+/* one read of the file an item of names (str or bytes) names under dirfd, with suffix (at most
+ * 31 bytes, "" for none) appended and, skip_slashes, its leading '/' skipped (a shm name).
+ * *n: the bytes read or -errno (-EINVAL: a name too long or not beneath dirfd). -1 with an
+ * exception for an item that is not a name. */
+static int read_named(int dirfd, PyObject *item, const char *suffix, int skip_slashes,
+                      char *buf, Py_ssize_t limit, Py_ssize_t *n) {
+    char path[MAX_NAME + 32];
+    size_t extra = strlen(suffix);
+    Py_ssize_t len;
+    const char *name = name_of(item, &len);
+    if (name == NULL)
+        return -1;
+    while (skip_slashes && len > 0 && name[0] == '/') {
+        name++;
+        len--;
+    }
+    *n = -EINVAL;
+    if (len > MAX_NAME || extra >= 32 || beneath(name, len) != 0)
+        return 0;
+    memcpy(path, name, (size_t)len);
+    memcpy(path + len, suffix, extra + 1);
+    Py_BEGIN_ALLOW_THREADS
+    *n = read_one(dirfd, path, buf, limit);
+    Py_END_ALLOW_THREADS
+    return 0;
+}
+
 static PyObject *read_files(PyObject *self, PyObject *args) {
     int dirfd;
     PyObject *names, *seq, *out = NULL;
@@ -115,15 +165,9 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "limit must be 1 .. %d bytes", MAX_LIMIT);
         return NULL;
     }
-    /* a tuple of its own: no other thread can change it while the GIL is released */
-    seq = PySequence_Tuple(names);
-    if (seq == NULL)
+    if ((seq = tuple_of(names, MAX_NAMES)) == NULL)
         return NULL;
     count = PyTuple_GET_SIZE(seq);
-    if (count > MAX_NAMES) {
-        PyErr_Format(PyExc_ValueError, "more than %d names", MAX_NAMES);
-        goto done;
-    }
     buf = PyMem_Malloc((size_t)limit);
     if (buf == NULL) {
         PyErr_NoMemory();
@@ -133,27 +177,10 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
     if (out == NULL)
         goto free_buf;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyTuple_GET_ITEM(seq, i), *result;
-        const char *name;
-        Py_ssize_t len, n;
-        if (PyUnicode_Check(item)) {
-            name = PyUnicode_AsUTF8AndSize(item, &len);
-            if (name == NULL)
-                goto fail;
-        } else if (PyBytes_Check(item)) {
-            name = PyBytes_AS_STRING(item);
-            len = PyBytes_GET_SIZE(item);
-        } else {
-            PyErr_SetString(PyExc_TypeError, "names must be str or bytes");
+        PyObject *result;
+        Py_ssize_t n;
+        if (read_named(dirfd, PyTuple_GET_ITEM(seq, i), "", 0, buf, limit, &n) < 0)
             goto fail;
-        }
-        if (len > MAX_NAME || beneath(name, len) != 0) {
-            n = -EINVAL;
-        } else {
-            Py_BEGIN_ALLOW_THREADS
-            n = read_one(dirfd, name, buf, limit);
-            Py_END_ALLOW_THREADS
-        }
         result = n < 0 ? PyLong_FromSsize_t(-n) : PyBytes_FromStringAndSize(buf, n);
         if (result == NULL)
             goto fail;
@@ -259,16 +286,6 @@ static PyObject *parse_stat(PyObject *self, PyObject *args) {
     return parse_line(buf, n, tick_usec, page);
 }
 
-/* the ints of a sequence, as a tuple of its own (stable while the GIL is released) */
-static PyObject *tuple_of(PyObject *seq, Py_ssize_t max) {
-    PyObject *t = PySequence_Tuple(seq);
-    if (t != NULL && PyTuple_GET_SIZE(t) > max) {
-        PyErr_Format(PyExc_ValueError, "more than %zd items", max);
-        Py_CLEAR(t);
-    }
-    return t;
-}
-
 /* read_stats(procfd, pids, tick_usec, page) -> list: per pid the parsed /proc/PID/stat
  * (parse_stat's tuple), None when the text is not a stat line, or the errno */
 static PyObject *read_stats(PyObject *self, PyObject *args) {
@@ -312,24 +329,12 @@ done:
     return out;
 }
 
-/* the UTF-8 of a str name (bytes taken as they are); NULL with an exception otherwise */
-static const char *name_of(PyObject *item, Py_ssize_t *len) {
-    if (PyUnicode_Check(item))
-        return PyUnicode_AsUTF8AndSize(item, len);
-    if (PyBytes_Check(item)) {
-        *len = PyBytes_GET_SIZE(item);
-        return PyBytes_AS_STRING(item);
-    }
-    PyErr_SetString(PyExc_TypeError, "names must be str or bytes");
-    return NULL;
-}
-
 /* sole_members(cgfd, names, pids) -> list of bool: whether <name>/cgroup.procs names that
  * pid and nothing else (the first PROCS_PEEK bytes are "PID\n" and the file ends there) */
 static PyObject *sole_members(PyObject *self, PyObject *args) {
     int dirfd;
     PyObject *names, *pids, *nseq = NULL, *pseq = NULL, *out = NULL;
-    char path[MAX_NAME + 16], buf[PROCS_PEEK], want[24];
+    char buf[PROCS_PEEK], want[24];
     (void)self;
     if (!PyArg_ParseTuple(args, "iOO:sole_members", &dirfd, &names, &pids))
         return NULL;
@@ -343,19 +348,16 @@ static PyObject *sole_members(PyObject *self, PyObject *args) {
     if ((out = PyList_New(count)) == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t len, n = -EINVAL;
-        const char *name = name_of(PyTuple_GET_ITEM(nseq, i), &len);
-        long pid = name == NULL ? -1 : PyLong_AsLong(PyTuple_GET_ITEM(pseq, i));
+        Py_ssize_t n = -EINVAL;
+        long pid = PyLong_AsLong(PyTuple_GET_ITEM(pseq, i));
         int wlen = 0;
-        if (name == NULL || (pid == -1 && PyErr_Occurred()))
+        if (pid == -1 && PyErr_Occurred())
             goto fail;
-        if (pid >= 1 && pid <= INT_MAX && len <= MAX_NAME && beneath(name, len) == 0) {
-            memcpy(path, name, (size_t)len);
-            memcpy(path + len, "/cgroup.procs", sizeof "/cgroup.procs");
+        if (pid >= 1 && pid <= INT_MAX) {
             wlen = snprintf(want, sizeof want, "%ld\n", pid);
-            Py_BEGIN_ALLOW_THREADS
-            n = read_one(dirfd, path, buf, PROCS_PEEK);
-            Py_END_ALLOW_THREADS
+            if (read_named(dirfd, PyTuple_GET_ITEM(nseq, i), "/cgroup.procs", 0, buf, PROCS_PEEK,
+                           &n) < 0)
+                goto fail;
         }
         PyObject *result = n == wlen && memcmp(buf, want, (size_t)wlen) == 0 ? Py_True : Py_False;
         Py_INCREF(result);
@@ -385,19 +387,9 @@ static PyObject *page_pids(PyObject *self, PyObject *args) {
     if ((out = PyList_New(count)) == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t len, n = -EINVAL;
-        const char *name = name_of(PyTuple_GET_ITEM(seq, i), &len);
-        if (name == NULL)
+        Py_ssize_t n;
+        if (read_named(dirfd, PyTuple_GET_ITEM(seq, i), "", 1, (char *)buf, sizeof buf, &n) < 0)
             goto fail;
-        while (len > 0 && name[0] == '/') {
-            name++;
-            len--;
-        }
-        if (len <= MAX_NAME && beneath(name, len) == 0) {
-            Py_BEGIN_ALLOW_THREADS
-            n = read_one(dirfd, name, (char *)buf, sizeof buf);
-            Py_END_ALLOW_THREADS
-        }
         unsigned long v = n == (Py_ssize_t)sizeof buf
             ? (unsigned long)buf[4] | (unsigned long)buf[5] << 8 | (unsigned long)buf[6] << 16
               | (unsigned long)buf[7] << 24
