@@ -294,6 +294,7 @@ class Rotator:
         self._recheck = recheck
         libc = ctypes.CDLL(None, use_errno=True)
         self._add_watch: Callable[[int, bytes, int], int] = libc.inotify_add_watch
+        self._rm_watch: Callable[[int, int], int] = libc.inotify_rm_watch
         self._fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if self._fd < 0:
             err = ctypes.get_errno()
@@ -348,7 +349,9 @@ class Rotator:
         w.users -= 1
         if w.users <= 0:
             del self._files[path]
-            self._by_wd.pop(w.wd, None)
+            if self._by_wd.get(w.wd) is w:      # armed: the kernel holds a watch for it
+                del self._by_wd[w.wd]
+                self._rm_watch(self._fd, w.wd)  # a fired one-shot watch is gone by itself
 
     def _arm(self, w: _Watched) -> None:
         if self._files.get(w.path) is not w:

@@ -268,3 +268,34 @@ def test_a_discarded_instance_leaves_its_batch_neighbours_their_files(
                 got.close()
     finally:
         out.close()
+
+
+def inotify_watches(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return sum(line.startswith("inotify wd:") for line in f)
+
+
+def test_a_file_no_longer_watched_leaves_no_inotify_watch_behind(
+        tmp_path: Path, fds_kept: None) -> None:
+    """Unwatching (a worker removed by a reload, an instance gone) removes the kernel's
+    watch too: a daemon that reloads for months must not pile up watches on files it no
+    longer rotates (fs.inotify.max_user_watches is per user, shared with the workers)."""
+    loop = Loop()
+    rot = Rotator(loop)
+    try:
+        logs = [tmp_path / f"w{i}.log" for i in range(3)]
+        for log in logs:
+            log.write_bytes(b"x")
+            rot.watch(str(log), 1024, 2, size=1)
+        rot.watch(str(logs[0]), 1024, 2, size=1)      # a second user of the same file
+        assert inotify_watches(rot._fd) == 3
+        rot.unwatch(str(logs[0]))
+        assert inotify_watches(rot._fd) == 3          # its other user still needs it
+        rot.unwatch(str(logs[0]))
+        rot.unwatch(str(logs[1]))
+        assert inotify_watches(rot._fd) == 1
+        rot.unwatch(str(logs[1]))                     # once more: nothing left to remove
+        assert inotify_watches(rot._fd) == 1
+    finally:
+        rot.close()
+        loop.close()
