@@ -154,25 +154,39 @@ def open_dir(path: str, create: bool = False, mode: int = 0o755,
         raise
 
 
+_LINK = "is a symbolic link; refusing to follow it"
+_DIRECTORY = "is a directory, not a file"
+
+
 def _refuse_special(e: OSError, path: str) -> None:
     """Turn what O_NOFOLLOW|O_NONBLOCK says about a link or a FIFO into a clear refusal."""
     if e.errno == errno.ELOOP:
-        raise UnsafePathError(path, "is a symbolic link; refusing to follow it") from None
+        raise UnsafePathError(path, _LINK) from None
     if e.errno == errno.ENXIO:
         raise UnsafePathError(path, "is a FIFO or a device, not a regular file; refusing to "
                                     "use it") from None
     if e.errno == errno.EISDIR:     # else "cannot start 'prog': Is a directory: 'name'"
-        raise UnsafePathError(path, "is a directory, not a file") from None
+        raise UnsafePathError(path, _DIRECTORY) from None
+
+
+def _not_a_log_file(st: os.stat_result) -> str | None:
+    """Why a file of this lstat/fstat is not one to append a worker's output to."""
+    if stat.S_ISLNK(st.st_mode):
+        return _LINK
+    if stat.S_ISDIR(st.st_mode):
+        return _DIRECTORY
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a FIFO, device or socket); refusing to use it"
+    if st.st_nlink > 1:
+        return f"has {st.st_nlink} hard links; refusing to write to a file that is also elsewhere"
+    return None
 
 
 def _check_regular(fd: int, path: str) -> os.stat_result:
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafePathError(path, "is not a regular file (a FIFO, device, socket or "
-                                    "directory); refusing to use it")
-    if st.st_nlink > 1:
-        raise UnsafePathError(path, f"has {st.st_nlink} hard links; refusing to write to a "
-                                    "file that is also elsewhere")
+    why = _not_a_log_file(st)
+    if why is not None:
+        raise UnsafePathError(path, why)
     return st
 
 
@@ -253,6 +267,33 @@ def open_append(path: str, mode: int = 0o640, dir_mode: int = 0o755) -> tuple[in
         raise
     return fd, created
 
+
+def dir_refusal(path: str) -> str | None:
+    """Why open_dir(path, create=True) would refuse path as it is now; None: it would not
+    (a missing directory is made then). Creates nothing: for ``--check``."""
+    try:
+        os.close(open_dir(path))
+    except OSError as e:
+        return _refusal(e, path)
+    return None
+
+
+def _refusal(e: OSError, path: str) -> str | None:
+    if isinstance(e, UnsafePathError):
+        return str(e)
+    return None if isinstance(e, FileNotFoundError) else f"{path}: {e.strerror}"
+
+
+def log_file_refusal(path: str) -> str | None:
+    """Why open_append would refuse the file at path as it is now, its directory aside
+    (dir_refusal); None: it would not, or the file is not there yet. For ``--check``: an
+    lstat, nothing opened or made."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    why = _not_a_log_file(st)
+    return None if why is None else str(UnsafePathError(path, why))
 
 _KERNEL_FS: set[int] = set()
 

@@ -15,6 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from supervisor import safefs
 from supervisor.config.errors import unknown
 from supervisor.config.models import MAX_INSTANCES, Config, WorkerConfig
 from supervisor.config.yamlfile import Path
@@ -212,6 +213,36 @@ def program_warnings(config: Config) -> list[str]:
         if not found[program, search]:
             out.append(f"{config.path}: workers.{name}.command: warning: {program!r} is not "
                        f"found in the worker's PATH ({search})")
+    return out
+
+
+_OUTPUT_WARNINGS = 20   # then one line for the rest: 10,000 workers share one bad log_dir
+
+
+def output_warnings(config: Config) -> list[str]:
+    """Output files that a spawn would refuse as things stand: a log_dir or a log file's
+    directory that is not a directory (or is reached through a link another user could have
+    planted), a log file that is a directory, a FIFO, a link or a hard-linked file. Warnings,
+    not errors: it may be fixed before the worker starts; the spawn refuses it then in the
+    same words. The first instance of each worker's paths is looked at; nothing is made."""
+    log_dir = config.supervisor.log_dir
+    dirs: dict[str, str | None] = {}
+    out: list[str] = []
+    for s in _streams(config):
+        path = s.pattern.replace(_MARK, "0")
+        where = os.path.dirname(path)
+        field = f"workers.{s.name}.{('stdout', 'stderr')[s.stream]}.path"
+        if where not in dirs:
+            why = dirs[where] = safefs.dir_refusal(where)
+            if why is not None:
+                out.append(f"{config.path}: {'supervisor.log_dir' if where == log_dir else field}"
+                           f": warning: a spawn would refuse {why}")
+        why = None if dirs[where] else safefs.log_file_refusal(path)
+        if why is not None:
+            out.append(f"{config.path}: {field}: warning: a spawn would refuse {why}")
+    if len(out) > _OUTPUT_WARNINGS:
+        more = len(out) - _OUTPUT_WARNINGS
+        out[_OUTPUT_WARNINGS:] = [f"{config.path}: ... and {more} more output files like these"]
     return out
 
 
