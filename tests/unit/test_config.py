@@ -361,6 +361,26 @@ def test_defaults(tmp_path: Path) -> None:
     assert web.instances("web") == ["web:0"]
 
 
+def test_workers_with_equal_log_and_backoff_settings_share_them_and_others_keep_theirs() -> None:
+    """Equal stdout, stderr and backoff settings are one frozen object for all the workers
+    that have them (10,000 workers of one instance each hold one copy); a worker that sets
+    its own keeps exactly what it set."""
+    cfg = load("""
+workers:
+  a: {command: [sleep, '1']}
+  b: {command: [sleep, '1'], stdout: {max_bytes: 10MB}}
+  c: {command: [sleep, '1'], stdout: {max_bytes: 1KB, backups: 2}, backoff: {initial: 2, max: 4}}
+  d: {command: [sleep, '1'], stderr: {path: 'd.err'}}
+""")
+    a, b, c, d = (cfg.workers[n] for n in "abcd")
+    assert a.stdout is b.stdout and a.stderr is b.stderr is c.stderr
+    assert a.backoff is b.backoff is d.backoff
+    assert (c.log_config("stdout").max_bytes, c.log_config("stdout").backups) == (1024, 2)
+    assert (c.backoff.initial, c.backoff.max, a.backoff.initial) == (2, 4, 0.1)
+    assert d.stdout is a.stdout and d.log_paths("d", 0)[1].endswith("/d.err")
+    assert a.log_paths("a", 0)[1].endswith("/logs/a-0.err.log")
+
+
 def test_policy_mapping() -> None:
     cfg = load("""
         workers:
