@@ -7,7 +7,7 @@ from typing import Any
 
 from supervisor.core import NO_PROCESS, State, TimerKind
 from supervisor.runtime import Instance, Runtime, worker_data
-from supervisor.runtime.procstats import attach_pids
+from supervisor.runtime.instance import attached_many
 
 
 def fmt_duration(seconds: float) -> str:
@@ -147,10 +147,9 @@ def status_facts(rt: Runtime, insts: list[Instance]) -> list[dict[str, Any]]:
     exports (one source for all three). One or two reads of /proc or the cgroup per instance,
     batched (runtime.procstats), no psutil."""
     now = rt.now()
-    probe = [(i, i.block.status_name) for i in insts if i.block is not None and i.pid]
-    pids = attach_pids([n for _, n in probe])
-    never = {i for (i, _), p in zip(probe, pids, strict=True) if p == 0}
-    return [instance_facts(i, now, s, i not in never)
+    # the pages of those not yet seen attached, in one batch (a page seen attached stays so)
+    attached = attached_many([i for i in insts if i.block is not None and i.pid])
+    return [instance_facts(i, now, s, i in attached)
             for i, s in zip(insts, rt.trees.stats_many(insts), strict=True)]
 
 
