@@ -62,9 +62,8 @@ def replies(n: int) -> dict[str, bytes]:
     batches = [rows[k:k + PIECE] for k in range(0, n, PIECE)]
     width = max(len(r["name"]) for r in rows)
     text = ("".join(render_status_line(f, width) + "\n" for f in b) for b in batches)
-    names = ([{"name": r["name"]} for r in b] for b in batches)
     return {
-        "status": b"".join(reply_pieces(OK, text, names)),
+        "status": b"".join(reply_pieces(OK, text)),
         "status --json": b"".join(reply_pieces(OK, (), iter(batches))),
         "pid": b"".join(reply_pieces(OK, [f"{os.getpid()}\n"])),
     }

@@ -13,10 +13,11 @@ Needs 2N processes at once (check /proc/sys/kernel/pid_max).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from harness import Pyvisor, Run, cpu_seconds, say
 from mass import pyvisor_workers
@@ -27,6 +28,20 @@ KINDS: list[tuple[str, Callable[[Pyvisor], object]]] = [
     ("CLI status (whole)", lambda d: d.ctl("status")),
     ("CLI pid (start-up)", lambda d: d.ctl("pid")),
 ]
+
+
+@contextlib.contextmanager
+def cli_of(checkout: str | None) -> Iterator[None]:
+    """The CLI of the base checkout for the base daemon (PYTHONPATH while it runs), this
+    tree's for this tree's: each side's whole CLI is its own client and its own daemon."""
+    if checkout is None:
+        yield
+        return
+    os.environ["PYTHONPATH"] = checkout
+    try:
+        yield
+    finally:
+        os.environ.pop("PYTHONPATH", None)
 
 
 def main() -> None:
@@ -53,14 +68,16 @@ def main() -> None:
         for label, fn in KINDS:
             wall: dict[str, list[float]] = {"base": [], "this": []}
             cpu = {"base": 0.0, "this": 0.0}
-            for d in (base, this):
-                fn(d)                                   # warm
+            for name, d in (("base", base), ("this", this)):
+                with cli_of(a.base if name == "base" else None):
+                    fn(d)                               # warm
             for _ in range(a.reps):
                 for name, d in (("base", base), ("this", this)):
-                    c0, t0 = cpu_seconds(d.pid), time.monotonic()
-                    fn(d)
-                    wall[name].append(1000 * (time.monotonic() - t0))
-                    cpu[name] += cpu_seconds(d.pid) - c0
+                    with cli_of(a.base if name == "base" else None):
+                        c0, t0 = cpu_seconds(d.pid), time.monotonic()
+                        fn(d)
+                        wall[name].append(1000 * (time.monotonic() - t0))
+                        cpu[name] += cpu_seconds(d.pid) - c0
             say(f"  {label:<20} " + "   ".join(
                 f"{k} {statistics.median(wall[k]):6.1f} ms (p90 "
                 f"{sorted(wall[k])[int(0.9 * (len(wall[k]) - 1))]:6.1f}; daemon CPU "

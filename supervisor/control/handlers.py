@@ -182,7 +182,7 @@ class Handlers:
         if verbose is None:
             return
         if not insts:
-            respond(Reply(OK, out="no workers configured\n", data=[]))
+            respond(Reply(OK, out="no workers configured\n"))
             return
         tty, colour = request.opts.get("tty") is True, request.opts.get("colour") is True
         width = max(len(i.name) for i in insts)
@@ -191,13 +191,15 @@ class Handlers:
         def text() -> Iterator[str]:
             yield header
             for facts in self._facts(insts, STATUS_PIECE // 10 if verbose else STATUS_PIECE):
-                yield "".join(render_status_line(f, width, colour) + "\n"
-                              + (render_verbose(f) if verbose else "") for f in facts)
+                if verbose:
+                    yield "".join(render_status_line(f, width, colour) + "\n"
+                                  + render_verbose(f) for f in facts)
+                else:
+                    yield "\n".join([render_status_line(f, width, colour) for f in facts]) + "\n"
 
-        names = [{"name": i.name} for i in insts]   # only names: --json carries the rows
-        batches = (names[k:k + STATUS_PIECE] for k in range(0, len(names), STATUS_PIECE))
-        if not respond.pieces(protocol.reply_pieces(OK, text(), batches)):
-            respond(Reply(OK, out="".join(text()), data=names))
+        # the text alone, "data" null: --json carries the rows (and their names)
+        if not respond.pieces(protocol.reply_pieces(OK, text())):
+            respond(Reply(OK, out="".join(text())))
 
     def _facts(self, insts: list[Instance], size: int) -> Iterator[list[dict[str, Any]]]:
         return (status_facts(self.rt, insts[k:k + size]) for k in range(0, len(insts), size))

@@ -12,7 +12,8 @@ answers anything else with a USAGE reply, so no peer reaches a verb with data it
 
 Reply ``{"code": int, "out": str, "err": str, "data": value}``: "code" is supervisorctl's exit
 code, "out" and "err" the text it prints verbatim on stdout and stderr, "data" what a verb needs
-beyond the text (tail: the log paths; status: the rows; pid: the pids).
+beyond the text (tail: the log paths; status --json: the rows, the text status null; pid: the
+pids).
 
 A verb may answer with a stream instead (``events --follow``): any number of lines
 ``{"stream": true, "out": str, "err": str, ...}`` (a ``"lost": N`` marker among them when the

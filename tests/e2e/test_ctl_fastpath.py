@@ -237,3 +237,29 @@ def test_both_paths_agree_on_a_terminal_and_a_closed_pipe(started: DaemonProcess
             finally:
                 os.close(w)
         assert results[0] == results[1] == (1, "", ""), (args, results)
+
+
+def test_the_text_status_reply_is_the_table_alone(started: DaemonProcess) -> None:
+    """The text status carries its rows as text only ("data" null, the names are in the
+    table); --json carries every row as data, with the same names in the same order."""
+    import socket
+
+    from supervisor.control.wire import Reply, decode_reply, encode_request, request_doc
+
+    def ask(opts: dict[str, Any]) -> Reply:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10.0)
+            s.connect(str(started.socket))
+            s.sendall(encode_request(request_doc("status", ["all"], opts)))
+            raw = bytearray()
+            while chunk := s.recv(1 << 20):
+                raw += chunk
+        assert raw.endswith(b"\n") and raw.count(b"\n") == 1, raw[:200]
+        return decode_reply(bytes(raw[:-1]))
+
+    text, rows = ask({}), ask({"json": True})
+    assert (text.code, text.err, text.data) == (0, "", None), text
+    assert rows.code == 0 and rows.out == "" and isinstance(rows.data, list), rows
+    names = [r["name"] for r in rows.data]
+    assert names and [ln.split()[0] for ln in text.out.splitlines()] == names, (text, names)
+    assert all(len(r) == 22 for r in rows.data), rows.data[0]
