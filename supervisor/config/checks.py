@@ -15,6 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from supervisor import safefs
 from supervisor.config.errors import unknown
 from supervisor.config.models import MAX_INSTANCES, Config, WorkerConfig
 from supervisor.config.yamlfile import Path
@@ -42,7 +43,23 @@ def cross_checks(config: Config) -> list[Problem]:
     out += _instances(config)
     out += _log_collisions(config)
     out += _http(config)
+    out += _socket_dir(config)
     return out
+
+
+def _socket_dir(config: Config) -> list[Problem]:
+    """The daemon refuses at start a socket whose directory others can write (/tmp): --check
+    says so too. A directory still to be made is made by the daemon, and is its own."""
+    where = os.path.dirname(config.supervisor.socket)
+    try:
+        os.close(safefs.trusted_dir(where))
+    except FileNotFoundError:
+        return []
+    except safefs.UnsafePathError as e:
+        return [(("supervisor", "socket"), str(e))]
+    except OSError as e:
+        return [(("supervisor", "socket"), f"cannot open its directory {where}: {e.strerror}")]
+    return []
 
 
 def _http(config: Config) -> list[Problem]:

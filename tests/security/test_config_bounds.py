@@ -371,6 +371,20 @@ def test_an_empty_socket_path_is_refused_by_check() -> None:
                     "path)"], errs
 
 
+def test_a_socket_in_a_directory_others_can_write_is_refused_by_check(tmp_path: Path) -> None:
+    """The daemon refuses at start a socket in /tmp (others could plant links where its lock
+    goes): --check said OK. A directory the daemon will make itself is fine."""
+    errs = errors("supervisor:\n  socket: /tmp/app.sock\n" + worker(""))
+    assert errs == ["app.yaml:2: supervisor.socket: /tmp: is owned by uid 0, mode 1777: other "
+                    f"users can write it; put the control socket in a directory only uid "
+                    f"{os.geteuid()} can write"], errs
+    (tmp_path / "afile").write_text("x")
+    errs = errors(f"supervisor:\n  socket: {tmp_path}/afile/app.sock\n" + worker(""))
+    assert errs == [f"app.yaml:2: supervisor.socket: {tmp_path}/afile: is not a directory"], errs
+    load_config(write(f"supervisor:\n  socket: {tmp_path}/new/sub/app.sock\n" + worker("")))
+    load_config(write(f"supervisor:\n  socket: {tmp_path}/app.sock\n" + worker("")))
+
+
 def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     errs = errors(worker(f"directory: {tmp_path / 'afile'}"))

@@ -116,7 +116,8 @@ def test_socket_in_a_world_writable_directory_is_refused(tmp_path: Path) -> None
                    "workers: {w: {command: sleep 1000}}\n")
     r = subprocess.run([SUPERVISORD, "-c", str(cfg)], capture_output=True, text=True,
                        timeout=30, check=False)
-    assert r.returncode == 1, r
+    assert r.returncode == 2, r          # refused with the config (as --check refuses it)
+    assert "c.yaml:1: supervisor.socket: /tmp: " in r.stderr, r.stderr
     assert "other users can write it" in r.stderr, r.stderr
     assert not os.path.exists(sock) and not os.path.exists(f"{sock}.lock")
 
@@ -232,7 +233,7 @@ def test_socket_below_a_directory_another_user_owns_is_refused(
                    f"t{uuid.uuid4().hex[:8]}}}\nworkers: {{w: {{command: sleep 1000}}}}\n")
     r = subprocess.run([SUPERVISORD, "-c", str(cfg)], capture_output=True, text=True,
                        timeout=30, check=False)
-    assert r.returncode == 1, r
+    assert r.returncode == 2, r          # refused with the config (as --check refuses it)
     assert "another user could swap what is in it" in r.stderr, r.stderr
     assert not (run / "s.sock").exists()
 
