@@ -49,11 +49,12 @@ def cross_checks(config: Config) -> list[Problem]:
 
 def _socket_dir(config: Config) -> list[Problem]:
     """The daemon refuses at start a socket whose directory others can write (/tmp): --check
-    says so too. A directory still to be made is made by the daemon, and is its own."""
+    says so too. A directory still to be made is made by the daemon, and is its own; one this
+    user may not open (supervisorctl of a socket_group member) is the daemon's to judge."""
     where = os.path.dirname(config.supervisor.socket)
     try:
         os.close(safefs.trusted_dir(where))
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return []
     except safefs.UnsafePathError as e:
         return [(("supervisor", "socket"), str(e))]
