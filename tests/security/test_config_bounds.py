@@ -385,6 +385,25 @@ def test_a_socket_in_a_directory_others_can_write_is_refused_by_check(tmp_path: 
     load_config(write(f"supervisor:\n  socket: {tmp_path}/app.sock\n" + worker("")))
 
 
+def test_a_log_directory_that_cannot_be_made_is_refused_by_check(tmp_path: Path) -> None:
+    """--check said OK, then every spawn failed: a log_dir under a file, a log_dir that is a
+    file, a name past 255 bytes, a worker's log path under a file. One that is still to be
+    made is fine."""
+    (tmp_path / "afile").write_text("x")
+    long = "a" * 256
+    assert errors(f"supervisor:\n  log_dir: {tmp_path}/afile/logs\n" + worker("")) == [
+        f"app.yaml:2: supervisor.log_dir: {tmp_path}/afile/logs cannot be made: "
+        f"{tmp_path}/afile is not a directory"]
+    assert errors("supervisor:\n  log_dir: /dev/null\n" + worker("")) == [
+        "app.yaml:2: supervisor.log_dir: /dev/null is not a directory"]
+    assert errors(f"supervisor:\n  log_dir: {tmp_path}/{long}\n" + worker("")) == [
+        f"app.yaml:2: supervisor.log_dir: a name in {tmp_path}/{long} is longer than 255 "
+        "bytes, the limit of a file name"]
+    assert errors(worker(f"stdout: {{path: '{tmp_path}/afile/{{index}}.log'}}")) == [
+        f"app.yaml:4: workers.a.stdout.path: {tmp_path}/afile is not a directory"]
+    load_config(write(f"supervisor:\n  log_dir: {tmp_path}/new/logs\n" + worker("")))
+
+
 def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     errs = errors(worker(f"directory: {tmp_path / 'afile'}"))
