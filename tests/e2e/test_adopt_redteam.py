@@ -48,3 +48,35 @@ def test_adoption_lines_keep_their_order_with_lines_logged_directly(
     killing = re.search(r"w:0 killing what its exited leader left in its cgroup", text)
     assert said and killing, text
     assert said.start() < killing.start(), f"lines out of order:\n{text}"
+
+
+def test_a_daemon_killed_while_it_books_a_stop_all_keeps_the_stop(
+        daemon_factory: DaemonFactory) -> None:
+    """stop all: the signals went out, then a turn of bookkeeping (a second at 10,000), and
+    only then was the intent written. A daemon SIGKILLed in between (here by a worker, on its
+    SIGTERM) left no record of the stop: the next daemon restarted every instance that had
+    exited ('exited while supervisord was down ... restart=on-failure'). What was asked is
+    now recorded before the signals go out: every instance stays stopped."""
+    d = daemon_factory({
+        "killer": {"command": ["sh", "-c", "trap 'kill -9 $PPID; exit 0' TERM; "
+                               "while :; do sleep 0.1; done"], "start_seconds": 0.2,
+                   "priority": 1},
+        "s": {"command": ["sleep", "100000"], "numprocs": 300, "start_seconds": 0.2},
+    })
+    d.start()
+    wait_until(lambda: all(r["state"] == "RUNNING" for r in d.status_json()), 60,
+               "every instance RUNNING")
+    d.ctl("stop", "all", timeout=30)           # refused or cut short: the daemon is killed
+    assert d.proc is not None
+    d.proc.wait(20)
+    mark = d.log_mark()
+    d.start()
+
+    def settled() -> bool:
+        rows = d.status_json()
+        return all(r["state"] in ("STOPPED", "EXITED", "FATAL") for r in rows) and all(
+            r["pid"] is None for r in rows)
+    wait_until(settled, 60, "every instance stopped by the next daemon")
+    started = [r["name"] for r in d.status_json() if r["state"] != "STOPPED"]
+    assert not started, f"started again after a stop all: {started[:5]} ({len(started)})"
+    assert "STOPPED -> STARTING" not in d.log_text()[mark:]
