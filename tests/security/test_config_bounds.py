@@ -404,6 +404,20 @@ def test_a_log_directory_that_cannot_be_made_is_refused_by_check(tmp_path: Path)
     load_config(write(f"supervisor:\n  log_dir: {tmp_path}/new/logs\n" + worker("")))
 
 
+@pytest.mark.parametrize(("text", "where", "code"), [
+    ("workers:\n  a:\n    command: sle\x00ep 1\n", "3:17", 0),
+    ("workers:\n  a:\n    command: sleep 1\x07\x1b[2J\n", "3:21", 7),
+    ("\x01workers: {}\n", "1:1", 1),
+])
+def test_a_raw_control_character_is_named_with_its_line(text: str, where: str,
+                                                         code: int) -> None:
+    # It was 'invalid YAML: unacceptable character #x0000: special characters are not
+    # allowed   in "<unicode string>", position 30': no line, and a name of PyYAML's own.
+    assert errors(text) == [f"app.yaml:{where}: invalid YAML: control character U+{code:04X} "
+                            "in the text; remove it (YAML allows tabs, newlines and printable "
+                            "characters)"]
+
+
 def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     errs = errors(worker(f"directory: {tmp_path / 'afile'}"))
