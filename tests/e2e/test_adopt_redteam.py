@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,25 @@ def test_a_daemon_killed_while_it_books_a_stop_all_keeps_the_stop(
     started = [r["name"] for r in d.status_json() if r["state"] != "STOPPED"]
     assert not started, f"started again after a stop all: {started[:5]} ({len(started)})"
     assert "STOPPED -> STARTING" not in d.log_text()[mark:]
+
+
+def test_a_root_worker_that_drops_its_own_privileges_is_adopted(
+        daemon_factory: DaemonFactory) -> None:
+    """A program run as root that setuid()s itself (memcached -u, dnsmasq, haproxy's user)
+    was FATAL after a daemon SIGKILL ('unverifiable: pid N runs as uid 65534, not 0') and
+    never started again. Its instance's cgroup, which nobody else can join, holds it: it is
+    adopted, and a stop reaches it."""
+    d = daemon_factory({"drop": {
+        "command": [sys.executable, "-c", "import os, time; os.setgid(65534); "
+                    "os.setuid(65534); time.sleep(100000)"], "start_seconds": 0.3}})
+    d.start()
+    if "one cgroup per instance" not in d.log_text():
+        pytest.skip("no cgroups here: a changed uid cannot be told from a foreign process")
+    pid = d.wait_state("drop:0", "RUNNING")["pid"]
+    wait_until(lambda: os.stat(f"/proc/{pid}").st_uid == 65534, 10, "the worker's setuid")
+    _kill_daemon(d)
+    d.start()
+    row = d.wait_state("drop:0", "RUNNING")
+    assert (row["pid"], row["adopted"]) == (pid, True), row
+    d.ctl("stop", "drop")
+    wait_until(lambda: not pid_alive(pid), 10, "the adopted worker stopped")
