@@ -15,7 +15,8 @@ nothing it did not write itself:
   2. its start time (/proc/PID/stat field 22) equals the one recorded at spawn;
   3. the block's boot_id is this boot's (checked with the header);
   4. its real uid is the one recorded at spawn (from the pidfd, supervisor.pidinfo, or
-     /proc/PID/status);
+     /proc/PID/status), or, with cgroups, the instance's cgroup holds it (a root worker that
+     dropped its own privileges);
   5. its process group is the one recorded at spawn (we start every worker with setsid).
   Start time, state, process group and parent come from ONE read of /proc/PID/stat; with
   cgroups, the instance's cgroup must hold it (its cgroup id from the pidfd, or without the
@@ -179,10 +180,11 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
             why = "gone"                  # exited; a zombie waiting for init to reap it
         elif not named:
             why = "gone"
-        elif uid >= 0 and owner != uid:
+        elif uid >= 0 and owner != uid and not _dropped_in_its_cgroup(name, pid, pidfd, member):
             # the recorded pid and start time, yet not the recorded uid or process group: it
-            # may be ours (a program that setuid()s or setsid()s itself) or not -- it cannot
-            # be told, so it is neither adopted nor signalled nor started a second time
+            # may be ours (a program that setuid()s itself: memcached -u, dnsmasq) or not --
+            # without the instance's cgroup holding it, it cannot be told, so it is neither
+            # adopted nor signalled nor started a second time
             why = f"unverifiable: pid {pid} runs as uid {owner}, not {uid}"
         elif proc.pgrp != pgid:
             why = f"unverifiable: pid {pid} is not in process group {pgid}"
@@ -194,6 +196,15 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
         why = f"unverifiable: cannot inspect pid {pid}: {e}"
     os.close(pidfd)
     return why
+
+
+def _dropped_in_its_cgroup(name: str, pid: int, pidfd: int,
+                           member: Callable[[str, int], bool | None]) -> bool:
+    """A leader with the recorded pid and start time but another uid is ours when the
+    instance's cgroup holds it: nobody but root and the daemon can put a process there, so it
+    is the program we spawned, which changed its own uid (a root worker that drops its
+    privileges). Read by number, believed only if it is still alive after the read."""
+    return member(name.partition(".")[2], pid) is True and not _has_exited(pidfd)
 
 
 def _cgroup_path(pid: int) -> str | None:

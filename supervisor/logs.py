@@ -149,9 +149,23 @@ def output_mode(owner: tuple[int, int] | None) -> int:
     return 0o640 if owner is None else 0o600
 
 
+class OutputFileError(OSError):
+    """An output file that cannot be opened or made (its directory cannot be made, say):
+    str() names the file, so a spawn's failure is not blamed on its command."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def open_output_new(path: str, owner: tuple[int, int] | None = None) -> tuple[int, bool]:
     """open_output, and whether this call created the file."""
-    fd, created = safefs.open_append(path, output_mode(owner))
+    try:
+        fd, created = safefs.open_append(path, output_mode(owner))
+    except safefs.UnsafePathError:
+        raise
+    except OSError as e:
+        raise OutputFileError(e.errno, f"cannot open its output file {path}: "
+                                       f"{e.strerror or e}") from e
     try:
         uid = os.geteuid() if owner is None else owner[0]
         if not created and os.fstat(fd).st_uid != uid:

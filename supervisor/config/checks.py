@@ -43,7 +43,53 @@ def cross_checks(config: Config) -> list[Problem]:
     out += _instances(config)
     out += _log_collisions(config)
     out += _http(config)
+    out += _socket_dir(config)
+    out += _log_dirs(config)
     return out
+
+
+def _log_dirs(config: Config) -> list[Problem]:
+    """The directories of the log files (made at spawn when missing) must be makeable: not
+    under a file, no name over 255 bytes. Looked at for each worker's first instance."""
+    log_dir = config.supervisor.log_dir
+    why = _unmakeable(log_dir)
+    out: list[Problem] = [(("supervisor", "log_dir"), why)] if why else []
+    seen = {log_dir}
+    for name, worker in config.workers.items():
+        for stream, path in zip(("stdout", "stderr"), worker.log_paths(name, 0), strict=True):
+            where = os.path.dirname(path) if path else log_dir
+            if where not in seen and (why := _unmakeable(where)):
+                out.append((("workers", name, stream, "path"), why))
+            seen.add(where)
+    return out
+
+
+def _unmakeable(directory: str) -> str | None:
+    if any(len(os.fsencode(part)) > 255 for part in directory.split("/")):
+        return f"a name in {directory} is longer than 255 bytes, the limit of a file name"
+    there = directory
+    while not os.path.lexists(there) and there != os.path.dirname(there):
+        there = os.path.dirname(there)
+    if not os.path.isdir(there):
+        what = "" if there == directory else f"{directory} cannot be made: "
+        return f"{what}{there} is not a directory"
+    return None
+
+
+def _socket_dir(config: Config) -> list[Problem]:
+    """The daemon refuses at start a socket whose directory others can write (/tmp): --check
+    says so too. A directory still to be made is made by the daemon, and is its own; one this
+    user may not open (supervisorctl of a socket_group member) is the daemon's to judge."""
+    where = os.path.dirname(config.supervisor.socket)
+    try:
+        os.close(safefs.trusted_dir(where))
+    except (FileNotFoundError, PermissionError):
+        return []
+    except safefs.UnsafePathError as e:
+        return [(("supervisor", "socket"), str(e))]
+    except OSError as e:
+        return [(("supervisor", "socket"), f"cannot open its directory {where}: {e.strerror}")]
+    return []
 
 
 def _http(config: Config) -> list[Problem]:

@@ -175,6 +175,12 @@ def log_level(value: Any) -> str:
     raise problem(f"must be one of {', '.join(LOG_LEVELS)} (got {got(value)})")
 
 
+def _number(value: str) -> int | None:
+    """A uid or gid written as text ('65534', what supervisord's user= takes and --convert
+    writes): tried after the name, as chown(1) does, so a user named by digits still wins."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 10 else None
+
+
 def user_name(value: Any) -> str:
     """A user name or uid that exists on this machine -> the user name. A uid without a
     passwd entry is refused: it has no groups to take, no HOME, and nobody to own its files."""
@@ -185,7 +191,12 @@ def user_name(value: Any) -> str:
         if isinstance(value, int):
             return pwd.getpwuid(value).pw_name
         if isinstance(value, str):
-            return pwd.getpwnam(value).pw_name
+            try:
+                return pwd.getpwnam(value).pw_name
+            except KeyError:
+                if (uid := _number(value)) is None:
+                    raise
+                return pwd.getpwuid(uid).pw_name
     except (KeyError, OverflowError):
         raise problem(f"no such user on this machine (got {got(value)})") from None
     raise problem(f"must be a user name (got {got(value)})")
@@ -200,7 +211,12 @@ def group_name(value: Any) -> str:
         if isinstance(value, int):
             return grp.getgrgid(value).gr_name
         if isinstance(value, str):
-            return grp.getgrnam(value).gr_name
+            try:
+                return grp.getgrnam(value).gr_name
+            except KeyError:
+                if (gid := _number(value)) is None:
+                    raise
+                return grp.getgrgid(gid).gr_name
     except (KeyError, OverflowError):
         raise problem(f"no such group on this machine (got {got(value)})") from None
     raise problem(f"must be a group name (got {got(value)})")

@@ -154,7 +154,13 @@ def parse(text: str) -> Document:
         line = mark.line + 1 if mark is not None else None
         column = mark.column + 1 if mark is not None else None
         raise YamlSyntaxError(message, line, column) from None
-    except yaml.YAMLError as e:        # e.g. a reader error: a control character in the text
+    except yaml.reader.ReaderError as e:   # a control character in the text: say where
+        before = text[:e.position]
+        line, column = before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1
+        raise YamlSyntaxError(f"control character U+{e.character:04X} in the text; remove it "
+                              "(YAML allows tabs, newlines and printable characters)",
+                              line, column) from None
+    except yaml.YAMLError as e:
         raise YamlSyntaxError(str(e).replace("\n", " "), None, None) from None
     doc = Document(data=None, lines={(): 1})
     if root is None:

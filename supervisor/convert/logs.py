@@ -28,6 +28,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from supervisor.config.models import MAX_NUMPROCS
 from supervisor.convert.context import Reader
 from supervisor.convert.values import Ref, byte_size, integer
 
@@ -146,7 +147,9 @@ class Logs:
             shared, template = template, f"{stem}-{{index}}{ext}"
             self.r.note(option, f"all {self.numprocs} instances would write to {shared.format()}; "
                         f"pyvisor gives each its own file: {template}")
-        files = {template.format(index=i) for i in range(self.numprocs)}
+        # Past pyvisor's bound the file fails --check anyway (programs.py says so); the
+        # bound keeps a numprocs of 10**8 from building 10**8 names.
+        files = {template.format(index=i) for i in range(min(self.numprocs, MAX_NUMPROCS))}
         owner = next((self.r.ctx.log_owners[f] for f in files if f in self.r.ctx.log_owners),
                      None)
         if owner:

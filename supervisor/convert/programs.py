@@ -19,6 +19,7 @@ import re
 import shlex
 from typing import Any
 
+from supervisor.config.models import MAX_NUMPROCS
 from supervisor.config.supervisord_names import PROGRAM as SUPERVISORD_NAMES
 from supervisor.config.values import is_worker_name
 from supervisor.convert.context import Context, Reader
@@ -120,6 +121,10 @@ class Program:
             r.note("numprocs", f"not carried over: numprocs={numprocs} runs nothing; the "
                    "program is left out")
             return None
+        if numprocs > MAX_NUMPROCS:
+            r.note("numprocs", f"{numprocs} carried over as written, but pyvisor runs at most "
+                   f"{MAX_NUMPROCS} instances of a worker: --check refuses the file until it "
+                   "is lowered (or the program is split into several workers)")
         self._names_and_numbers(numprocs, start)
         per_process = self.names | {"process_num": start, "numprocs": numprocs}
         env = self._environment(per_process, numprocs)

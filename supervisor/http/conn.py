@@ -209,7 +209,9 @@ class HttpConn:
             return 400, "bad path: no '.', '..', empty segments or NUL"
         ex.path = path
         for k, v in query:
-            ex.query.setdefault(k, v)
+            if k in ex.query:   # which one counts differs between a proxy and us: neither
+                return 400, f"repeated query parameter {k!r}"
+            ex.query[k] = v
         if not self.server.host_ok(ex.headers.get(b"host")):
             return 421, ("this endpoint answers only requests for a loopback host (Host: "
                          "localhost, 127.0.0.1 or [::1]); a page that points another name at "

@@ -40,7 +40,7 @@ def json_body(doc: Any) -> bytes:
 
 @dataclass(eq=False, slots=True)
 class Exchange:
-    """One request: method, decoded path, query (first value of each name), headers (names
+    """One request: method, decoded path, query (each name once), headers (names
     lowercased; one value each: a repeated header is refused before a route sees it), body."""
 
     conn: HttpConn

@@ -9,7 +9,8 @@ lazily instead: LAZY seconds after the last such end, and at most LAZY_MAX secon
 first one waiting. The file is O(instances) to write, 10,000 exits come over many turns for a
 second or more, and the stop entry it removes is only stale meanwhile (a new daemon reads a
 stop entry only for a live process it adopts, and an instance with none gets one only through
-a start, which is written at once). A new daemon reads it
+a start, which is written at once). A batch (a stop all) writes what was asked before its
+signals go out, the bookkeeping after them taking a second at 10,000. A new daemon reads it
 before it starts anything: a stop you asked for is never followed by a restart, even across a
 SIGKILL of the daemon, and a stop in flight carries on with its original deadline.
 
@@ -24,7 +25,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +86,10 @@ class Intent:
             return
         self.write()
 
-    def write(self) -> None:
+    def write(self, fresh: Collection[Instance] = ()) -> None:
+        """The file, now. ``fresh``: instances stepped but whose actions are not carried out
+        yet (a batch records what was asked before its signals go out): their stop in flight
+        is left out, its timers are not armed yet; the changes that follow write it all."""
         if self._pending is not None:
             self._pending.cancel()     # (the timer that runs this, or one made moot by it)
             self._pending = None
@@ -93,7 +97,7 @@ class Intent:
         self._lazy_first = None
         if not self.enabled:
             return
-        data = encode(blk.read_boot_id().hex(), self.rt.instances.values())
+        data = encode(blk.read_boot_id().hex(), self.rt.instances.values(), fresh)
         try:
             dfd = safefs.private_dir(paths.runtime_dir())
             try:
@@ -140,12 +144,12 @@ class Intent:
 Key = tuple[bool | None, int, tuple[bool, float, bool] | None]
 
 
-def _key(inst: Instance) -> Key | None:
+def _key(inst: Instance, stop_known: bool = True) -> Key | None:
     """What inst's record holds (None: nothing to record): wanted, restarts, the stop in
-    flight (graceful, its deadline, restart after)."""
+    flight (graceful, its deadline, restart after) when ``stop_known``."""
     st = inst.st
     stop = None
-    if st.state is State.STOPPING and st.pid is not None:
+    if stop_known and st.state is State.STOPPING and st.pid is not None:
         graceful = inst.timers.get(TimerKind.GRACEFUL)
         stop = (graceful is not None, graceful.when if graceful is not None else 0.0,
                 st.restart_after_stop)
@@ -166,15 +170,17 @@ def _record(key: Key) -> dict[str, Any]:
     return rec
 
 
-def encode(boot_id: str, instances: Iterable[Instance]) -> bytes:
+def encode(boot_id: str, instances: Iterable[Instance],
+           fresh: Collection[Instance] = ()) -> bytes:
     """The file: {"boot_id": ..., "instances": {name: record}}, as json.dumps writes it. At
     10,000 instances most records are alike (after a stop all: all of them), so each
     distinct record is encoded once and the text is joined; json.dumps of the whole is
     several times slower, and this write comes right after a stop all's signals."""
     texts: dict[Key, str] = {}
     parts = []
+    unarmed = {id(inst) for inst in fresh}
     for inst in instances:
-        key = _key(inst)
+        key = _key(inst, id(inst) not in unarmed)
         if key is None:
             continue
         text = texts.get(key)

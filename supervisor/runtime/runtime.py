@@ -320,6 +320,11 @@ class Runtime:
                     for action in (a for a in done[1] if isinstance(a, core.Signal)):
                         self._execute(inst, action, event.now)
                     stepped.append((inst, event, *done))
+            # what was asked is on disk before the signals go out (at the block's end): the
+            # bookkeeping below takes a second at 10,000, and a daemon killed meanwhile
+            # restarted every instance that had exited by then
+            if any(inst.st.wanted != before.wanted for inst, _, before, _ in stepped):
+                self.intent.write(fresh=[inst for inst, *_ in stepped])
         for inst, event, before, actions in stepped:
             self._carry_out(inst, event, before, actions,
                             [a for a in actions if not isinstance(a, core.Signal)])

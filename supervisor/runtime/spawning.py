@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from supervisor import core, fds, safefs
 from supervisor.config import WorkerConfig
 from supervisor.core import Event, State
+from supervisor.logs import OutputFileError
 from supervisor.runtime.instance import Instance
 from supervisor.runtime.outputs import Outputs, owner_of
 from supervisor.spawn import ChildSetupError, CredentialsError, SpawnRequest, credentials, spawn
@@ -222,6 +223,8 @@ def describe_spawn_error(argv: tuple[str, ...] | list[str], e: BaseException) ->
         return str(e)
     if isinstance(e, safefs.UnsafePathError):
         return f"refusing its output file {e}"
+    if isinstance(e, OutputFileError):
+        return str(e)
     if isinstance(e, FileNotFoundError):
         return f"cannot execute {argv[0]!r}: no such file or directory (check command and PATH)"
     if isinstance(e, PermissionError):

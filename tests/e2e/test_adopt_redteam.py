@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,57 @@ def test_adoption_lines_keep_their_order_with_lines_logged_directly(
     killing = re.search(r"w:0 killing what its exited leader left in its cgroup", text)
     assert said and killing, text
     assert said.start() < killing.start(), f"lines out of order:\n{text}"
+
+
+def test_a_daemon_killed_while_it_books_a_stop_all_keeps_the_stop(
+        daemon_factory: DaemonFactory) -> None:
+    """stop all: the signals went out, then a turn of bookkeeping (a second at 10,000), and
+    only then was the intent written. A daemon SIGKILLed in between (here by a worker, on its
+    SIGTERM) left no record of the stop: the next daemon restarted every instance that had
+    exited ('exited while supervisord was down ... restart=on-failure'). What was asked is
+    now recorded before the signals go out: every instance stays stopped."""
+    d = daemon_factory({
+        "killer": {"command": ["sh", "-c", "trap 'kill -9 $PPID; exit 0' TERM; "
+                               "while :; do sleep 0.1; done"], "start_seconds": 0.2,
+                   "priority": 1},
+        "s": {"command": ["sleep", "100000"], "numprocs": 300, "start_seconds": 0.2},
+    })
+    d.start()
+    wait_until(lambda: all(r["state"] == "RUNNING" for r in d.status_json()), 60,
+               "every instance RUNNING")
+    d.ctl("stop", "all", timeout=30)           # refused or cut short: the daemon is killed
+    assert d.proc is not None
+    d.proc.wait(20)
+    mark = d.log_mark()
+    d.start()
+
+    def settled() -> bool:
+        rows = d.status_json()
+        return all(r["state"] in ("STOPPED", "EXITED", "FATAL") for r in rows) and all(
+            r["pid"] is None for r in rows)
+    wait_until(settled, 60, "every instance stopped by the next daemon")
+    started = [r["name"] for r in d.status_json() if r["state"] != "STOPPED"]
+    assert not started, f"started again after a stop all: {started[:5]} ({len(started)})"
+    assert "STOPPED -> STARTING" not in d.log_text()[mark:]
+
+
+def test_a_root_worker_that_drops_its_own_privileges_is_adopted(
+        daemon_factory: DaemonFactory) -> None:
+    """A program run as root that setuid()s itself (memcached -u, dnsmasq, haproxy's user)
+    was FATAL after a daemon SIGKILL ('unverifiable: pid N runs as uid 65534, not 0') and
+    never started again. Its instance's cgroup, which nobody else can join, holds it: it is
+    adopted, and a stop reaches it."""
+    d = daemon_factory({"drop": {
+        "command": [sys.executable, "-c", "import os, time; os.setgid(65534); "
+                    "os.setuid(65534); time.sleep(100000)"], "start_seconds": 0.3}})
+    d.start()
+    if "one cgroup per instance" not in d.log_text():
+        pytest.skip("no cgroups here: a changed uid cannot be told from a foreign process")
+    pid = d.wait_state("drop:0", "RUNNING")["pid"]
+    wait_until(lambda: os.stat(f"/proc/{pid}").st_uid == 65534, 10, "the worker's setuid")
+    _kill_daemon(d)
+    d.start()
+    row = d.wait_state("drop:0", "RUNNING")
+    assert (row["pid"], row["adopted"]) == (pid, True), row
+    d.ctl("stop", "drop")
+    wait_until(lambda: not pid_alive(pid), 10, "the adopted worker stopped")

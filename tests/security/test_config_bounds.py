@@ -371,6 +371,53 @@ def test_an_empty_socket_path_is_refused_by_check() -> None:
                     "path)"], errs
 
 
+def test_a_socket_in_a_directory_others_can_write_is_refused_by_check(tmp_path: Path) -> None:
+    """The daemon refuses at start a socket in /tmp (others could plant links where its lock
+    goes): --check said OK. A directory the daemon will make itself is fine."""
+    errs = errors("supervisor:\n  socket: /tmp/app.sock\n" + worker(""))
+    assert errs == ["app.yaml:2: supervisor.socket: /tmp: is owned by uid 0, mode 1777: other "
+                    f"users can write it; put the control socket in a directory only uid "
+                    f"{os.geteuid()} can write"], errs
+    (tmp_path / "afile").write_text("x")
+    errs = errors(f"supervisor:\n  socket: {tmp_path}/afile/app.sock\n" + worker(""))
+    assert errs == [f"app.yaml:2: supervisor.socket: {tmp_path}/afile: is not a directory"], errs
+    load_config(write(f"supervisor:\n  socket: {tmp_path}/new/sub/app.sock\n" + worker("")))
+    load_config(write(f"supervisor:\n  socket: {tmp_path}/app.sock\n" + worker("")))
+
+
+def test_a_log_directory_that_cannot_be_made_is_refused_by_check(tmp_path: Path) -> None:
+    """--check said OK, then every spawn failed: a log_dir under a file, a log_dir that is a
+    file, a name past 255 bytes, a worker's log path under a file. One that is still to be
+    made is fine."""
+    (tmp_path / "afile").write_text("x")
+    long = "a" * 256
+    assert errors(f"supervisor:\n  log_dir: {tmp_path}/afile/logs\n" + worker("")) == [
+        f"app.yaml:2: supervisor.log_dir: {tmp_path}/afile/logs cannot be made: "
+        f"{tmp_path}/afile is not a directory"]
+    assert errors("supervisor:\n  log_dir: /dev/null\n" + worker("")) == [
+        "app.yaml:2: supervisor.log_dir: /dev/null is not a directory"]
+    assert errors(f"supervisor:\n  log_dir: {tmp_path}/{long}\n" + worker("")) == [
+        f"app.yaml:2: supervisor.log_dir: a name in {tmp_path}/{long} is longer than 255 "
+        "bytes, the limit of a file name"]
+    assert errors(worker(f"stdout: {{path: '{tmp_path}/afile/{{index}}.log'}}")) == [
+        f"app.yaml:4: workers.a.stdout.path: {tmp_path}/afile is not a directory"]
+    load_config(write(f"supervisor:\n  log_dir: {tmp_path}/new/logs\n" + worker("")))
+
+
+@pytest.mark.parametrize(("text", "where", "code"), [
+    ("workers:\n  a:\n    command: sle\x00ep 1\n", "3:17", 0),
+    ("workers:\n  a:\n    command: sleep 1\x07\x1b[2J\n", "3:21", 7),
+    ("\x01workers: {}\n", "1:1", 1),
+])
+def test_a_raw_control_character_is_named_with_its_line(text: str, where: str,
+                                                         code: int) -> None:
+    # It was 'invalid YAML: unacceptable character #x0000: special characters are not
+    # allowed   in "<unicode string>", position 30': no line, and a name of PyYAML's own.
+    assert errors(text) == [f"app.yaml:{where}: invalid YAML: control character U+{code:04X} "
+                            "in the text; remove it (YAML allows tabs, newlines and printable "
+                            "characters)"]
+
+
 def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     errs = errors(worker(f"directory: {tmp_path / 'afile'}"))

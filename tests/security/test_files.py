@@ -4,6 +4,7 @@ anyone can write, a runtime directory someone else made. Root only (CI is root).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -116,7 +117,8 @@ def test_socket_in_a_world_writable_directory_is_refused(tmp_path: Path) -> None
                    "workers: {w: {command: sleep 1000}}\n")
     r = subprocess.run([SUPERVISORD, "-c", str(cfg)], capture_output=True, text=True,
                        timeout=30, check=False)
-    assert r.returncode == 1, r
+    assert r.returncode == 2, r          # refused with the config (as --check refuses it)
+    assert "c.yaml:1: supervisor.socket: /tmp: " in r.stderr, r.stderr
     assert "other users can write it" in r.stderr, r.stderr
     assert not os.path.exists(sock) and not os.path.exists(f"{sock}.lock")
 
@@ -232,7 +234,7 @@ def test_socket_below_a_directory_another_user_owns_is_refused(
                    f"t{uuid.uuid4().hex[:8]}}}\nworkers: {{w: {{command: sleep 1000}}}}\n")
     r = subprocess.run([SUPERVISORD, "-c", str(cfg)], capture_output=True, text=True,
                        timeout=30, check=False)
-    assert r.returncode == 1, r
+    assert r.returncode == 2, r          # refused with the config (as --check refuses it)
     assert "another user could swap what is in it" in r.stderr, r.stderr
     assert not (run / "s.sock").exists()
 
@@ -283,3 +285,21 @@ def test_a_directory_as_log_file_is_named_as_such(tmp_path: Path) -> None:
         safefs.open_append(str(tmp_path / "out"))
     assert describe_spawn_error(["sleep", "1"], info.value) == (
         f"refusing its output file {tmp_path / 'out'}: is a directory, not a file")
+
+
+@pytest.mark.parametrize(("directory", "errnos"), [
+    ("/proc/pyvisor-none", {errno.ENOENT}),                   # mkdir there: ENOENT
+    ("/sys/pyvisor-none", {errno.EPERM, errno.EACCES}),      # sysfs: refused even to root
+])
+def test_a_log_directory_that_cannot_be_made_names_the_file(directory: str,
+                                                             errnos: set[int]) -> None:
+    # It was "cannot execute 'sleep': no such file or directory (check command and PATH)" (and
+    # "permission denied" for /sys): a log_dir that cannot be made was blamed on the command.
+    from supervisor.logs import open_output
+    from supervisor.runtime.spawning import describe_spawn_error
+
+    with pytest.raises(OSError) as info:
+        open_output(f"{directory}/w-0.out.log")
+    assert info.value.errno in errnos
+    assert describe_spawn_error(["sleep", "1"], info.value) == (
+        f"cannot open its output file {directory}/w-0.out.log: {os.strerror(info.value.errno)}")

@@ -111,6 +111,11 @@ MALFORMED: list[tuple[bytes, bytes]] = [
     (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
      b"431"),
     (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n" + b"X-A: b\r\n" * 3000 + b"\r\n", b"431"),
+    # a repeated query parameter: we took the first, a proxy in front may check the last
+    (b"POST /api/v1/instances/plain/signal?signal=KILL&signal=HUP HTTP/1.1\r\n"
+     b"Host: localhost\r\nContent-Length: 0\r\n\r\n", b"400"),
+    (b"GET /api/v1/events?after=0&targets=plain&after=5 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+     b"400"),
 ]
 
 

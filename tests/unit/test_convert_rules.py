@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from supervisor.config import Config, load_config
+from supervisor.config import Config, ConfigError, load_config
 from supervisor.convert import ConvertError, convert
 from supervisor.daemon import main
 
@@ -654,3 +655,38 @@ def test_negative_log_sizes_and_backups_become_0_with_a_note() -> None:
         "supervisord.conf: [program:x] stderr_logfile_backups: -3 carried over as 0 "
         "(supervisord takes a negative value as 0; pyvisor refuses it)"]
     loads({"workers": {"x": w}})
+
+
+def test_a_numprocs_past_pyvisors_bound_is_noted_and_converts_at_once() -> None:
+    """numprocs=10**8 with a per-process log file built 10**8 file names (minutes and
+    gigabytes, seen by fuzzing); it is carried over as written (--check refuses it) with a
+    note, in the time a small file takes."""
+    start = time.monotonic()
+    w, notes = worker("""
+        [program:x]
+        command=sleep 1
+        numprocs=100000000
+        stdout_logfile=/var/log/x-%(process_num)d.log
+        """)
+    assert time.monotonic() - start < 5
+    assert w["numprocs"] == 100000000
+    assert w["stdout"] == {"path": "/var/log/x-{index}.log"}
+    assert ("supervisord.conf: [program:x] numprocs: 100000000 carried over as written, but "
+            "pyvisor runs at most 10000 instances of a worker: --check refuses the file until "
+            "it is lowered (or the program is split into several workers)") in notes
+
+
+def test_a_user_given_as_a_uid_converts_to_a_file_that_loads() -> None:
+    """supervisord's user= takes a uid; the converter writes it as text (user: '0'), which
+    load_config refused as 'no such user'. A text of digits is a uid after the name fails,
+    for user: and group: alike."""
+    w, _ = worker("""
+        [program:x]
+        command=sleep 1
+        user=0
+        """)
+    assert w["user"] == "0"
+    config = loads({"workers": {"x": w | {"group": "0"}}})
+    assert (config.workers["x"].user, config.workers["x"].group) == ("root", "root")
+    with pytest.raises(ConfigError, match=r"no such user on this machine \(got '99999999999'\)"):
+        loads({"workers": {"x": w | {"user": "99999999999"}}})

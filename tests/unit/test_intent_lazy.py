@@ -5,9 +5,11 @@ behind a lazy one, and one write serves every change before it."""
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection
 from types import SimpleNamespace
 
 from supervisor.loop import Loop
+from supervisor.runtime.instance import Instance
 from supervisor.runtime.intent import LAZY, LAZY_MAX, Intent
 
 
@@ -19,10 +21,10 @@ def make() -> tuple[Intent, list[float], list[float]]:
     writes: list[float] = []
     real = intent.write
 
-    def write() -> None:              # the scheduling under test; no file is written
+    def write(fresh: Collection[Instance] = ()) -> None:   # the scheduling under test; no file
         writes.append(now[0])
         intent.enabled = False
-        real()                        # clears the pending timer, writes nothing (disabled)
+        real(fresh)                   # clears the pending timer, writes nothing (disabled)
         intent.enabled = True
 
     intent.write = write  # type: ignore[method-assign]
