@@ -420,15 +420,13 @@ def _log_file(log: LogConfig, stream: Literal["out", "err"], log_dir: str,
 
 def _with_log_files(worker: WorkerConfig, log_dir: str, base_dir: str,
                     shared: dict[_Model, _Model]) -> WorkerConfig:
-    """worker with its log paths made file paths. Its stdout, stderr and backoff are the
-    equal objects of ``shared`` where one is there (they are frozen): 10,000 workers with
-    the default logs and backoff hold one copy of each, not 10,000 (~1 KB a worker)."""
-    update: dict[str, _Model] = {}
+    """worker with its log paths made file paths; its stdout, stderr and backoff the equal
+    frozen objects of ``shared`` (10,000 workers share one of each: ~1 KB a worker)."""
+    update: dict[str, _Model] = {"backoff": worker.backoff}
     if isinstance(worker.stdout, LogConfig):     # not 'daemon'
         update["stdout"] = _log_file(worker.stdout, "out", log_dir, base_dir)
     if isinstance(worker.stderr, LogConfig):     # stderr: stdout shares stdout's file
         update["stderr"] = _log_file(worker.stderr, "err", log_dir, base_dir)
-    update["backoff"] = worker.backoff
     return worker.model_copy(update={k: shared.setdefault(v, v) for k, v in update.items()})
 
 
@@ -457,14 +455,12 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _log_files(self, info: ValidationInfo) -> Config:
-        """Every worker's log paths, from supervisor.log_dir. The workers dict is this model's
-        own (validation built it), so it is updated in place: an after-validator must return
-        self for ``Config(...)`` to work, and the frozen workers are replaced by copies."""
+        """Every worker's log paths, from supervisor.log_dir. The workers dict (validation's
+        own) is updated in place with copies: an after-validator must return self."""
         base_dir = _context(info).get("base_dir") or os.getcwd()
-        log_dir = self.supervisor.log_dir
         shared: dict[_Model, _Model] = {}
-        self.workers.update({name: _with_log_files(worker, log_dir, base_dir, shared)
-                             for name, worker in self.workers.items()})
+        self.workers.update({name: _with_log_files(w, self.supervisor.log_dir, base_dir, shared)
+                             for name, w in self.workers.items()})
         return self
 
     @property

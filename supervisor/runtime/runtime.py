@@ -66,7 +66,6 @@ class Runtime:
         self.trees = Trees(self, config.supervisor.cgroups)
         self.intent = Intent(self, config.supervisor.block_prefix)
         self.adoptions: Counter[str] = Counter()   # outcome of each record found at start-up
-        self._ctl = ("", _CTL)                     # (config path, self.ctl for it)
 
     # -- the set of instances -----------------------------------------------------------------
     def set_config(self, config: Config) -> None:
@@ -89,10 +88,8 @@ class Runtime:
     def ctl(self) -> str:
         """supervisorctl as the operator pastes it to reach this daemon: with -c FILE, and
         by its full path when the one on PATH is not ours (a venv that is not activated)."""
-        path = self.config.path
-        if self._ctl[0] != path:     # one string for every worker's Policy, not one each
-            self._ctl = (path, f"{_CTL} -c {shlex.quote(path)}" if path else _CTL)
-        return self._ctl[1]
+        command = _CTL
+        return f"{command} -c {shlex.quote(self.config.path)}" if self.config.path else command
 
     def _policy(self, worker: str, cfg: WorkerConfig) -> core.Policy:
         return dataclasses.replace(cfg.policy(worker), ctl=self.ctl)
