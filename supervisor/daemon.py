@@ -30,7 +30,7 @@ from supervisor.control.protocol import BAD_CONFIG, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
 from supervisor.convert import cli as convert_cli
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
-from supervisor.heap import collector_paused
+from supervisor.heap import collector_paused, settle_heap
 from supervisor.interrupts import Interrupts
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
@@ -395,15 +395,6 @@ class Daemon:
         sup = self.config.supervisor
         release_lock(f"{sup.socket}.lock", self.lock_fds[0])
         release_lock(prefix_lock_path(sup.block_prefix), self.lock_fds[1])
-
-
-def settle_heap() -> None:
-    """Collect once, then exempt what lives now (the config, the instances, the loop) from
-    the cycle collector. Its full passes otherwise walk every object of 10,000 instances,
-    100-300 ms each on this machine, several times during a mass start or stop: pauses in
-    which no client is answered. Undone (gc.unfreeze) before a reload replaces them."""
-    gc.collect()
-    gc.freeze()
 
 
 def _load_saved(path: str | None) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -29,3 +29,33 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def settle_heap() -> None:
+    """Collect once, then exempt what lives now (the config, the instances, the loop) from
+    the cycle collector. Its full passes otherwise walk every object of 10,000 instances,
+    100-300 ms each on this machine, several times during a mass start or stop: pauses in
+    which no client is answered. Undone (gc.unfreeze) before a reload replaces them.
+
+    Then the free memory goes back to the kernel: a config load peaks at ~3.5 times what it
+    keeps (its YAML nodes, the validation's own objects; ~5 KB a worker), and a reload holds
+    the old config too, so at 10,000 workers the heap's high-water mark stayed in VmRSS
+    (+70 MB after a reload) though Python had freed it. malloc_trim(0) is ~1 ms here."""
+    gc.collect()
+    gc.freeze()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+_TRIM: list[Callable[[int], int] | None] = []
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not _TRIM:
+        import ctypes  # here: supervisorctl imports this module and never needs ctypes
+        try:
+            _TRIM.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError):   # not glibc (musl has none)
+            _TRIM.append(None)
+    return _TRIM[0]

@@ -149,7 +149,9 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
             settle += made
             lines.append(f"added {name} ({_count(len(made))})")
             continue
-        if before == cfg:
+        if before == cfg:     # its instances hold the new, equal object: the old one goes
+            for i in rt.of_worker(name):
+                i.cfg = cfg
             continue
         insts = rt.of_worker(name)
         only_numprocs = before.model_copy(update={"numprocs": cfg.numprocs}) == cfg

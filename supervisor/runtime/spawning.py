@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import stat
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -202,17 +203,20 @@ def config_hash(cfg: WorkerConfig) -> int:
     """A stable 63-bit digest of a worker's config, kept in its block: after a daemon restart,
     a differing hash means the config changed while the daemon was down. numprocs is left
     out: adding or removing instances leaves the others alone."""
-    hit = _HASHES.get(id(cfg))
-    if hit is not None and hit[0] is cfg:
+    key = id(cfg)
+    hit = _HASHES.get(key)
+    if hit is not None and hit[0]() is cfg:
         return hit[1]
     # defaults left out: a new config key with a default does not restart every worker
     data = cfg.model_dump_json(exclude={"numprocs"}, exclude_defaults=True).encode()
     value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
-    _HASHES[id(cfg)] = (cfg, value)    # configs are frozen: hash each object once
+    # configs are frozen: each object hashed once. Held weakly, the entry going with its
+    # config: a reload's replaced configs must not live on here, one set per reload
+    _HASHES[key] = (weakref.ref(cfg, lambda _ref: _HASHES.pop(key, None)), value)
     return value
 
 
-_HASHES: dict[int, tuple[WorkerConfig, int]] = {}
+_HASHES: dict[int, tuple[weakref.ref[WorkerConfig], int]] = {}
 
 
 def describe_spawn_error(argv: tuple[str, ...] | list[str], e: BaseException) -> str:

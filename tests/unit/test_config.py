@@ -377,8 +377,8 @@ workers:
     assert a.backoff is b.backoff is d.backoff
     assert (c.log_config("stdout").max_bytes, c.log_config("stdout").backups) == (1024, 2)
     assert (c.backoff.initial, c.backoff.max, a.backoff.initial) == (2, 4, 0.1)
-    assert d.stdout is a.stdout and d.log_paths("d", 0)[1].endswith("/d.err")
-    assert a.log_paths("a", 0)[1].endswith("/logs/a-0.err.log")
+    assert d.stdout is a.stdout and str(d.log_paths("d", 0)[1]).endswith("/d.err")
+    assert str(a.log_paths("a", 0)[1]).endswith("/logs/a-0.err.log")
 
 
 def test_policy_mapping() -> None:
