@@ -24,7 +24,7 @@ from loguru import logger
 
 from supervisor import core
 from supervisor.heap import collector_paused
-from supervisor.runtime.instance import Instance
+from supervisor.runtime.instance import Instance, attached_many
 from supervisor.runtime.trees import Ending
 from worker import block as blk
 
@@ -108,9 +108,8 @@ class Reaper:
         if inst.pidfd is None:
             return     # reaped already in this turn (the sweep)
         if not inst.child:
-            self._adopted_exit(inst)
-            return
-        # reaped with the others that are readable in this loop turn (a stop all: thousands),
+            self.rt.loop.remove(inst.pidfd)   # stays readable (not ours to reap): no spin
+        # booked with the others that are readable in this loop turn (a stop all: thousands),
         # from this turn's timers (a call_later(0) made now runs before the next select)
         if not self._ready:
             self.rt.loop.call_later(0, self._reap_ready)
@@ -123,20 +122,28 @@ class Reaper:
     def _reap(self, ready: dict[Instance, int]) -> None:
         self._ready = {}
         done: list[tuple[Instance, core.ExitStatus]] = []
+        adopted: list[Instance] = []
         for inst, pidfd in ready.items():
             if inst.pidfd != pidfd:
                 continue     # reaped meanwhile (the sweep), perhaps spawned again
+            if not inst.child:
+                adopted.append(inst)
+                continue
             try:
                 res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
             except ChildProcessError:    # not ours to reap after all: as an adopted one
-                self._adopted_exit(inst)
+                self.rt.loop.remove(pidfd)
+                adopted.append(inst)
                 continue
             except OSError:              # no P_PIDFD (Linux < 5.4)
                 self.reap()
                 continue
             if res is not None and res.si_pid:
                 done.append((inst, exit_status_from_wait(res.si_code, res.si_status, "waitid")))
+        learn = self._adopted_exits(adopted, done) if adopted else []
         self._exited_many(done)
+        if learn:
+            self.rt.loop.call_later(0.01, lambda: self._learn_status(learn, 1))
 
     def _sweep_soon(self) -> None:
         if not self._sweeping:
@@ -164,36 +171,49 @@ class Reaper:
             done.append((inst, exit_status_from_wait(res.si_code, res.si_status, "waitid")))
         self._exited_many(done)
 
-    def _adopted_exit(self, inst: Instance) -> None:
-        """An adopted process ended: the core hears it at once (no more stop escalations for
-        a process that is gone). Its status: the worker's exit record if it wrote one, else
-        PIDFD_INFO_EXIT -- which appears only once its parent (init) has reaped it, so it is
-        looked for again a few times and, when found, reported as ExitStatusLearned."""
-        if inst.pidfd is not None:
-            self.rt.loop.remove(inst.pidfd)   # stays readable: don't spin on it
-        rec = inst.block.read_exit() if inst.block is not None else None
-        status = exit_status_from_record(rec) if rec is not None else None
-        pidfd = os.dup(inst.pidfd) if status is None and inst.pidfd is not None else None
-        if status is None and pidfd is not None:
+    def _adopted_exits(self, insts: list[Instance], done: list[tuple[Instance, core.ExitStatus]]
+                       ) -> list[tuple[Instance, int]]:
+        """Adopted processes ended (the ones of one loop turn): the core hears at once (no more
+        stop escalations for a process that is gone); their statuses are added to done. Each
+        one's status: the worker's exit record if it wrote one, else PIDFD_INFO_EXIT -- which
+        appears only once its parent (init) has reaped it, so the ones without are returned
+        (with a dup of their pidfd) to be looked for again (``_learn_status``) and, when
+        found, reported as ExitStatusLearned.
+
+        Only a worker that attached to its block (published its pid: both worker libraries do
+        before anything else, and never clear it) can have written an exit record; the status
+        pages of the others are looked at in one batch (attached_many), not one checked read
+        each. A page whose pid word is 0 is taken as "no record"."""
+        lib = attached_many(insts)
+        learn: list[tuple[Instance, int]] = []
+        for inst in insts:
+            rec = inst.block.read_exit() if inst in lib and inst.block is not None else None
+            status = exit_status_from_record(rec) if rec is not None else None
+            if status is None and inst.pidfd is not None:
+                status = pidfd_exit_status(inst.pidfd)
+                if status is None:
+                    learn.append((inst, os.dup(inst.pidfd)))
+            done.append((inst, status or core.ExitStatus(source="unknown")))
+        return learn
+
+    def _learn_status(self, waiting: list[tuple[Instance, int]], tries: int) -> None:
+        """PIDFD_INFO_EXIT of adopted processes whose status was not known when they ended,
+        looked for again (all the exits of one loop turn on one timer) 10 ms, 20 ms, ... 1.28 s
+        after one another; each pidfd dup is closed once its status is found or given up on."""
+        found: list[tuple[Instance, core.Event]] = []
+        left: list[tuple[Instance, int]] = []
+        for inst, pidfd in waiting:
             status = pidfd_exit_status(pidfd)
-        self._exited(inst, status or core.ExitStatus(source="unknown"))
-        if status is None and pidfd is not None:
-            self._learn_status(inst, pidfd, 0)
-        elif pidfd is not None:
+            if status is None and tries < 8:
+                left.append((inst, pidfd))
+                continue
             os.close(pidfd)
-
-    def _learn_status(self, inst: Instance, pidfd: int, tries: int) -> None:
-        status = pidfd_exit_status(pidfd)
-        if status is None and tries < 8:         # 10 ms, 20 ms, ... 1.3 s in all
-            self.rt.loop.call_later(0.01 * 2 ** tries,
-                                    lambda: self._learn_status(inst, pidfd, tries + 1))
-            return
-        os.close(pidfd)
-        if status is not None:
-            self.rt.dispatch(inst, core.ExitStatusLearned(self.rt.now(), status))
-
-    def _exited(self, inst: Instance, status: core.ExitStatus) -> None:
-        self._exited_many([(inst, status)])
+            if status is not None:
+                found.append((inst, core.ExitStatusLearned(self.rt.now(), status)))
+        if left:
+            self.rt.loop.call_later(0.01 * 2 ** tries, lambda: self._learn_status(left, tries + 1))
+        if found:
+            self.rt.dispatch_all(found)
 
     def _exited_many(self, exits: list[tuple[Instance, core.ExitStatus]]) -> None:
         ends: list[Ending] = []
