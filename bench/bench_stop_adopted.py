@@ -104,6 +104,7 @@ def stop_once(d: Pyvisor, spy_out: Path | None, native: bool = False) -> dict[st
         threads = by_thread(cpu0, thread_cpu(d.pid))
         if proc.returncode != 0:
             say(f"stop all exited {proc.returncode}: {err.decode(errors='replace')[:300]}")
+            say("daemon log tail:\n" + d.log_tail(40))
         shm, cgs, pidfds = _left(d)
     finally:
         if sp is not None:

@@ -177,8 +177,8 @@ class Reaper:
         stop escalations for a process that is gone); their statuses are added to done. Each
         one's status: the worker's exit record if it wrote one, else PIDFD_INFO_EXIT -- which
         appears only once its parent (init) has reaped it, so the ones without are returned
-        (with a dup of their pidfd) to be looked for again (``_learn_status``) and, when
-        found, reported as ExitStatusLearned.
+        (with their pidfd, taken from the instance) to be looked for again
+        (``_learn_status``) and, when found, reported as ExitStatusLearned.
 
         Only a worker that attached to its block (published its pid: both worker libraries do
         before anything else, and never clear it) can have written an exit record; the status
@@ -191,15 +191,16 @@ class Reaper:
             status = exit_status_from_record(rec) if rec is not None else None
             if status is None and inst.pidfd is not None:
                 status = pidfd_exit_status(inst.pidfd)
-                if status is None:
-                    learn.append((inst, os.dup(inst.pidfd)))
+                if status is None:        # its pidfd is kept for that, not closed (no dup:
+                    learn.append((inst, inst.pidfd))   # a batch of dups could run out of fds)
+                    inst.pidfd = None     # (off the loop already: _on_pidfd)
             done.append((inst, status or core.ExitStatus(source="unknown")))
         return learn
 
     def _learn_status(self, waiting: list[tuple[Instance, int]], tries: int) -> None:
         """PIDFD_INFO_EXIT of adopted processes whose status was not known when they ended,
         looked for again (all the exits of one loop turn on one timer) 10 ms, 20 ms, ... 1.28 s
-        after one another; each pidfd dup is closed once its status is found or given up on."""
+        after one another; each pidfd is closed once its status is found or given up on."""
         found: list[tuple[Instance, core.Event]] = []
         left: list[tuple[Instance, int]] = []
         for inst, pidfd in waiting:
