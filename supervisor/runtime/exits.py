@@ -15,6 +15,7 @@ import array
 import errno
 import fcntl
 import os
+import select
 import signal
 import struct
 from collections.abc import Callable
@@ -67,7 +68,9 @@ def pidfd_exit_status(pidfd: int) -> core.ExitStatus | None:
     try:
         fcntl.ioctl(pidfd, _PIDFD_GET_INFO, buf, True)
     except OSError as e:
-        if e.errno not in (errno.ENOTTY, errno.EINVAL, errno.ESRCH):
+        if e.errno == errno.ENOTTY:         # no PIDFD_GET_INFO (Linux < 6.13): never learned
+            LateStatus.supported = False
+        elif e.errno not in (errno.EINVAL, errno.ESRCH):
             logger.debug(f"PIDFD_GET_INFO: {e}")
         return None
     fields = _PIDFD_INFO.unpack(buf.tobytes())
@@ -89,7 +92,11 @@ class Reaper:
         self.by_pid: dict[int, Instance] = {}
         self._sweeping = False
         self._ready: dict[Instance, int] = {}    # readable this turn: inst -> its pidfd
+        self.late = LateStatus(rt)
         rt.loop.add_signal_handler(signal.SIGCHLD, lambda _s: self._sweep_soon())
+
+    def close(self) -> None:
+        self.late.close()
 
     def watch(self, inst: Instance, pid: int, pidfd: int) -> None:
         inst.pidfd = pidfd
@@ -143,7 +150,7 @@ class Reaper:
         learn = self._adopted_exits(adopted, done) if adopted else []
         self._exited_many(done)
         if learn:
-            self.rt.loop.call_later(0.01, lambda: self._learn_status(learn, 1))
+            self.late.add(learn)
 
     def _sweep_soon(self) -> None:
         if not self._sweeping:
@@ -177,8 +184,8 @@ class Reaper:
         stop escalations for a process that is gone); their statuses are added to done. Each
         one's status: the worker's exit record if it wrote one, else PIDFD_INFO_EXIT -- which
         appears only once its parent (init) has reaped it, so the ones without are returned
-        (with their pidfd, taken from the instance) to be looked for again
-        (``_learn_status``) and, when found, reported as ExitStatusLearned.
+        (with their pidfd, taken from the instance) for LateStatus, which reports it as
+        ExitStatusLearned once there is one.
 
         Only a worker that attached to its block (published its pid: both worker libraries do
         before anything else, and never clear it) can have written an exit record; the status
@@ -191,30 +198,11 @@ class Reaper:
             status = exit_status_from_record(rec) if rec is not None else None
             if status is None and inst.pidfd is not None:
                 status = pidfd_exit_status(inst.pidfd)
-                if status is None:        # its pidfd is kept for that, not closed (no dup:
-                    learn.append((inst, inst.pidfd))   # a batch of dups could run out of fds)
-                    inst.pidfd = None     # (off the loop already: _on_pidfd)
+                if status is None and LateStatus.supported:   # its pidfd is kept for that,
+                    learn.append((inst, inst.pidfd))   # not closed (no dup: a batch of dups
+                    inst.pidfd = None     # could run out of fds); off the loop already
             done.append((inst, status or core.ExitStatus(source="unknown")))
         return learn
-
-    def _learn_status(self, waiting: list[tuple[Instance, int]], tries: int) -> None:
-        """PIDFD_INFO_EXIT of adopted processes whose status was not known when they ended,
-        looked for again (all the exits of one loop turn on one timer) 10 ms, 20 ms, ... 1.28 s
-        after one another; each pidfd is closed once its status is found or given up on."""
-        found: list[tuple[Instance, core.Event]] = []
-        left: list[tuple[Instance, int]] = []
-        for inst, pidfd in waiting:
-            status = pidfd_exit_status(pidfd)
-            if status is None and tries < 8:
-                left.append((inst, pidfd))
-                continue
-            os.close(pidfd)
-            if status is not None:
-                found.append((inst, core.ExitStatusLearned(self.rt.now(), status)))
-        if left:
-            self.rt.loop.call_later(0.01 * 2 ** tries, lambda: self._learn_status(left, tries + 1))
-        if found:
-            self.rt.dispatch_all(found)
 
     def _exited_many(self, exits: list[tuple[Instance, core.ExitStatus]]) -> None:
         ends: list[Ending] = []
@@ -229,3 +217,73 @@ class Reaper:
 
     def _report(self, inst: Instance, status: core.ExitStatus) -> Callable[[], None]:
         return lambda: self.rt.dispatch(inst, core.Exited(self.rt.now(), status))
+
+
+class LateStatus:
+    """The exit status of adopted processes that was not known when they ended: their parent
+    (init) had not reaped them yet, and PIDFD_INFO_EXIT appears only once it has. A pidfd
+    tells the reap by EPOLLHUP (its waiters are woken when the process is reaped), so the
+    pidfds wait in one epoll set of their own, registered for nothing but what epoll always
+    reports (EPOLLHUP, EPOLLERR) and edge-triggered: one event per process, at its reap, and
+    the loop watches the set as one fd -- no polling. A process not reaped within GIVE_UP
+    seconds is let go (its status stays "unknown"), one timer per batch. Each pidfd is closed
+    once its status is read or given up on."""
+
+    GIVE_UP = 5.0
+    supported = True          # False once PIDFD_GET_INFO is known to be missing
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._ep: select.epoll | None = None
+        self._waiting: dict[int, tuple[Instance, int]] = {}   # pidfd -> (instance, serial)
+        self._serial = 0
+
+    def add(self, items: list[tuple[Instance, int]]) -> None:
+        """Watch the pidfds (the exits of one loop turn); they are ours to close now."""
+        if self._ep is None:
+            self._ep = select.epoll()
+            self.rt.loop.add_reader(self._ep.fileno(), lambda _m: self._on_reaped())
+        self._serial += 1
+        batch = []
+        for inst, pidfd in items:
+            try:
+                self._ep.register(pidfd, select.EPOLLET)
+            except OSError as e:      # ENOMEM, ENOSPC (max_user_watches): not learned
+                logger.debug(f"{inst.name}: its exit status will not be learned ({e})")
+                os.close(pidfd)
+                continue
+            self._waiting[pidfd] = (inst, self._serial)
+            batch.append(pidfd)
+        if batch:
+            serial = self._serial
+            self.rt.loop.call_later(self.GIVE_UP, lambda: self._give_up(batch, serial))
+
+    def _on_reaped(self) -> None:
+        assert self._ep is not None
+        found: list[tuple[Instance, core.Event]] = []
+        for pidfd, _mask in self._ep.poll(0, 4096):
+            got = self._waiting.pop(pidfd, None)
+            if got is None:
+                continue
+            status = pidfd_exit_status(pidfd)
+            os.close(pidfd)           # (which takes it out of the set)
+            if status is not None:
+                found.append((got[0], core.ExitStatusLearned(self.rt.now(), status)))
+        if found:
+            self.rt.dispatch_all(found)
+
+    def _give_up(self, batch: list[int], serial: int) -> None:
+        for pidfd in batch:
+            got = self._waiting.get(pidfd)
+            if got is not None and got[1] == serial:
+                del self._waiting[pidfd]
+                os.close(pidfd)
+
+    def close(self) -> None:
+        for pidfd in self._waiting:
+            os.close(pidfd)
+        self._waiting.clear()
+        if self._ep is not None:
+            self.rt.loop.remove(self._ep.fileno())
+            self._ep.close()
+            self._ep = None
