@@ -51,12 +51,13 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def by_thread(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU seconds per thread name (tids folded: the loop's thread is the one named as the
-    process) over the window."""
+def by_thread(pid: int, before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds over the window: the loop's thread (tid == pid) as "loop", every other
+    thread by its name (Python threads keep the process's name: "supervisord")."""
     got: dict[str, float] = {}
     for key, cpu in after.items():
-        name = key.rsplit("/", 1)[0]
+        name, tid = key.rsplit("/", 1)
+        name = "loop" if int(tid) == pid else f"{name} (other threads)"
         got[name] = got.get(name, 0.0) + cpu - before.get(key, 0.0)
     return {k: v for k, v in got.items() if v > 0}
 
@@ -101,7 +102,7 @@ def stop_once(d: Pyvisor, spy_out: Path | None, native: bool = False) -> dict[st
         gone = _wait_all(ep, len(fds), 120) - t0
         _out, err = proc.communicate(timeout=300)
         returned = time.monotonic() - t0
-        threads = by_thread(cpu0, thread_cpu(d.pid))
+        threads = by_thread(d.pid, cpu0, thread_cpu(d.pid))
         if proc.returncode != 0:
             say(f"stop all exited {proc.returncode}: {err.decode(errors='replace')[:300]}")
             say("daemon log tail:\n" + d.log_tail(40))
