@@ -124,6 +124,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--base", help="a checkout to compare with (PYTHONPATH=BASE)")
     ap.add_argument("--this", help="a snapshot of this tree to run instead of the tree itself")
+    ap.add_argument("--side", action="append", default=[], metavar="NAME=DIR",
+                    help="one more checkout to compare (PYTHONPATH=DIR), run between base and "
+                    "this; may be repeated")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="seconds between all verified and the stop (bench_scale: 0)")
     ap.add_argument("--spy", action="store_true")
@@ -135,6 +138,9 @@ def main() -> None:
            "stop all <= 2 s at 10k", n)
     sides: list[tuple[str, str | None]] = [
         ("this", os.path.abspath(a.this) if a.this else None)]
+    for spec in reversed(a.side):
+        name, _, path = spec.partition("=")
+        sides.insert(0, (name, os.path.abspath(path)))
     if a.base:
         sides.insert(0, ("base", os.path.abspath(a.base)))
     rows: dict[str, list[dict[str, object]]] = {s: [] for s, _ in sides}
