@@ -179,16 +179,15 @@ class Trees:
     def _send_slice(self) -> None:
         self._slice = None
         end = self.rt.now() + _SIGNAL_SLICE
-        while self._queued:             # 64 at a time, until the slice's time is used up
-            chunk: list[tuple[Instance, int, int]] = []
-            while self._queued and len(chunk) < 64:
-                inst, pid, signum = self._queued.popleft()
-                if inst.pidfd is None or inst.st.pid != pid:
-                    continue            # reaped since (its pid is not ours any more)
-                chunk.append((inst, pid, signum))
-            self._send(chunk)
-            if self.rt.now() >= end:    # (the sending is what takes the time)
+        chunk: list[tuple[Instance, int, int]] = []
+        while self._queued:
+            inst, pid, signum = self._queued.popleft()
+            if inst.pidfd is None or inst.st.pid != pid:
+                continue                # reaped since (its pid is not ours any more)
+            chunk.append((inst, pid, signum))
+            if len(chunk) % 64 == 0 and self.rt.now() >= end:
                 break
+        self._send(chunk)
         if self._queued:
             self._slice = self.rt.loop.call_later(0, self._send_slice)   # the next turn
 
