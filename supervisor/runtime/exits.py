@@ -25,6 +25,7 @@ from loguru import logger
 
 from supervisor import core
 from supervisor.heap import collector_paused
+from supervisor.loop import Timer
 from supervisor.runtime.instance import Instance, attached_many
 from supervisor.runtime.trees import Ending
 from worker import block as blk
@@ -225,11 +226,16 @@ class LateStatus:
     tells the reap by EPOLLHUP (its waiters are woken when the process is reaped), so the
     pidfds wait in one epoll set of their own, registered for nothing but what epoll always
     reports (EPOLLHUP, EPOLLERR) and edge-triggered: one event per process, at its reap, and
-    the loop watches the set as one fd -- no polling. A process not reaped within GIVE_UP
+    the loop watches the set as one fd -- no polling. The set is read once no adopted exit
+    has come for QUIET seconds (at most LATEST after the first one waiting): the statuses of
+    a stop all are learned after its reply, not in the middle of its exits (the reaps come
+    in the meantime, and the kernel keeps their events). A process not reaped within GIVE_UP
     seconds is let go (its status stays "unknown"), one timer per batch. Each pidfd is closed
     once its status is read or given up on."""
 
-    GIVE_UP = 5.0
+    QUIET = 0.5
+    LATEST = 2.0
+    GIVE_UP = 5.0             # > LATEST: a reap is read before its process is let go
     supported = True          # False once PIDFD_GET_INFO is known to be missing
 
     def __init__(self, rt: Runtime) -> None:
@@ -237,12 +243,21 @@ class LateStatus:
         self._ep: select.epoll | None = None
         self._waiting: dict[int, tuple[Instance, int]] = {}   # pidfd -> (instance, serial)
         self._serial = 0
+        self._first: float | None = None     # the first add the set was not read after
+        self._last = 0.0                     # ... and the last one
+        self._resume: Timer | None = None    # the set is off the loop until then
 
     def add(self, items: list[tuple[Instance, int]]) -> None:
         """Watch the pidfds (the exits of one loop turn); they are ours to close now."""
         if self._ep is None:
             self._ep = select.epoll()
-            self.rt.loop.add_reader(self._ep.fileno(), lambda _m: self._on_reaped())
+        now = self.rt.now()
+        self._last = now
+        if self._first is None:
+            self._first = now
+        if self._resume is None:          # off the loop until the exits pause
+            self.rt.loop.remove(self._ep.fileno())
+            self._resume = self.rt.loop.call_at(now + self.QUIET, self._watch)
         self._serial += 1
         batch = []
         for inst, pidfd in items:
@@ -257,6 +272,16 @@ class LateStatus:
         if batch:
             serial = self._serial
             self.rt.loop.call_later(self.GIVE_UP, lambda: self._give_up(batch, serial))
+
+    def _watch(self) -> None:
+        assert self._ep is not None and self._first is not None
+        when = min(self._last + self.QUIET, self._first + self.LATEST)
+        if when > self.rt.now():          # exits still coming
+            self._resume = self.rt.loop.call_at(when, self._watch)
+            return
+        self._resume = None
+        self._first = None
+        self.rt.loop.add_reader(self._ep.fileno(), lambda _m: self._on_reaped())
 
     def _on_reaped(self) -> None:
         assert self._ep is not None
@@ -283,6 +308,9 @@ class LateStatus:
         for pidfd in self._waiting:
             os.close(pidfd)
         self._waiting.clear()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._ep is not None:
             self.rt.loop.remove(self._ep.fileno())
             self._ep.close()
