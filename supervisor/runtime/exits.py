@@ -15,6 +15,7 @@ import array
 import errno
 import fcntl
 import os
+import select
 import signal
 import struct
 from collections.abc import Callable
@@ -24,7 +25,8 @@ from loguru import logger
 
 from supervisor import core
 from supervisor.heap import collector_paused
-from supervisor.runtime.instance import Instance
+from supervisor.loop import Timer
+from supervisor.runtime.instance import Instance, attached_many
 from supervisor.runtime.trees import Ending
 from worker import block as blk
 
@@ -67,7 +69,9 @@ def pidfd_exit_status(pidfd: int) -> core.ExitStatus | None:
     try:
         fcntl.ioctl(pidfd, _PIDFD_GET_INFO, buf, True)
     except OSError as e:
-        if e.errno not in (errno.ENOTTY, errno.EINVAL, errno.ESRCH):
+        if e.errno == errno.ENOTTY:         # no PIDFD_GET_INFO (Linux < 6.13): never learned
+            LateStatus.supported = False
+        elif e.errno not in (errno.EINVAL, errno.ESRCH):
             logger.debug(f"PIDFD_GET_INFO: {e}")
         return None
     fields = _PIDFD_INFO.unpack(buf.tobytes())
@@ -89,7 +93,11 @@ class Reaper:
         self.by_pid: dict[int, Instance] = {}
         self._sweeping = False
         self._ready: dict[Instance, int] = {}    # readable this turn: inst -> its pidfd
+        self.late = LateStatus(rt)
         rt.loop.add_signal_handler(signal.SIGCHLD, lambda _s: self._sweep_soon())
+
+    def close(self) -> None:
+        self.late.close()
 
     def watch(self, inst: Instance, pid: int, pidfd: int) -> None:
         inst.pidfd = pidfd
@@ -108,9 +116,8 @@ class Reaper:
         if inst.pidfd is None:
             return     # reaped already in this turn (the sweep)
         if not inst.child:
-            self._adopted_exit(inst)
-            return
-        # reaped with the others that are readable in this loop turn (a stop all: thousands),
+            self.rt.loop.remove(inst.pidfd)   # stays readable (not ours to reap): no spin
+        # booked with the others that are readable in this loop turn (a stop all: thousands),
         # from this turn's timers (a call_later(0) made now runs before the next select)
         if not self._ready:
             self.rt.loop.call_later(0, self._reap_ready)
@@ -123,20 +130,28 @@ class Reaper:
     def _reap(self, ready: dict[Instance, int]) -> None:
         self._ready = {}
         done: list[tuple[Instance, core.ExitStatus]] = []
+        adopted: list[Instance] = []
         for inst, pidfd in ready.items():
             if inst.pidfd != pidfd:
                 continue     # reaped meanwhile (the sweep), perhaps spawned again
+            if not inst.child:
+                adopted.append(inst)
+                continue
             try:
                 res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
             except ChildProcessError:    # not ours to reap after all: as an adopted one
-                self._adopted_exit(inst)
+                self.rt.loop.remove(pidfd)
+                adopted.append(inst)
                 continue
             except OSError:              # no P_PIDFD (Linux < 5.4)
                 self.reap()
                 continue
             if res is not None and res.si_pid:
                 done.append((inst, exit_status_from_wait(res.si_code, res.si_status, "waitid")))
+        learn = self._adopted_exits(adopted, done) if adopted else []
         self._exited_many(done)
+        if learn:
+            self.late.add(learn)
 
     def _sweep_soon(self) -> None:
         if not self._sweeping:
@@ -164,36 +179,31 @@ class Reaper:
             done.append((inst, exit_status_from_wait(res.si_code, res.si_status, "waitid")))
         self._exited_many(done)
 
-    def _adopted_exit(self, inst: Instance) -> None:
-        """An adopted process ended: the core hears it at once (no more stop escalations for
-        a process that is gone). Its status: the worker's exit record if it wrote one, else
-        PIDFD_INFO_EXIT -- which appears only once its parent (init) has reaped it, so it is
-        looked for again a few times and, when found, reported as ExitStatusLearned."""
-        if inst.pidfd is not None:
-            self.rt.loop.remove(inst.pidfd)   # stays readable: don't spin on it
-        rec = inst.block.read_exit() if inst.block is not None else None
-        status = exit_status_from_record(rec) if rec is not None else None
-        pidfd = os.dup(inst.pidfd) if status is None and inst.pidfd is not None else None
-        if status is None and pidfd is not None:
-            status = pidfd_exit_status(pidfd)
-        self._exited(inst, status or core.ExitStatus(source="unknown"))
-        if status is None and pidfd is not None:
-            self._learn_status(inst, pidfd, 0)
-        elif pidfd is not None:
-            os.close(pidfd)
+    def _adopted_exits(self, insts: list[Instance], done: list[tuple[Instance, core.ExitStatus]]
+                       ) -> list[tuple[Instance, int]]:
+        """Adopted processes ended (the ones of one loop turn): the core hears at once (no more
+        stop escalations for a process that is gone); their statuses are added to done. Each
+        one's status: the worker's exit record if it wrote one, else PIDFD_INFO_EXIT -- which
+        appears only once its parent (init) has reaped it, so the ones without are returned
+        (with their pidfd, taken from the instance) for LateStatus, which reports it as
+        ExitStatusLearned once there is one.
 
-    def _learn_status(self, inst: Instance, pidfd: int, tries: int) -> None:
-        status = pidfd_exit_status(pidfd)
-        if status is None and tries < 8:         # 10 ms, 20 ms, ... 1.3 s in all
-            self.rt.loop.call_later(0.01 * 2 ** tries,
-                                    lambda: self._learn_status(inst, pidfd, tries + 1))
-            return
-        os.close(pidfd)
-        if status is not None:
-            self.rt.dispatch(inst, core.ExitStatusLearned(self.rt.now(), status))
-
-    def _exited(self, inst: Instance, status: core.ExitStatus) -> None:
-        self._exited_many([(inst, status)])
+        Only a worker that attached to its block (published its pid: both worker libraries do
+        before anything else, and never clear it) can have written an exit record; the status
+        pages of the others are looked at in one batch (attached_many), not one checked read
+        each. A page whose pid word is 0 is taken as "no record"."""
+        lib = attached_many(insts)
+        learn: list[tuple[Instance, int]] = []
+        for inst in insts:
+            rec = inst.block.read_exit() if inst in lib and inst.block is not None else None
+            status = exit_status_from_record(rec) if rec is not None else None
+            if status is None and inst.pidfd is not None:
+                status = pidfd_exit_status(inst.pidfd)
+                if status is None and LateStatus.supported:   # its pidfd is kept for that,
+                    learn.append((inst, inst.pidfd))   # not closed (no dup: a batch of dups
+                    inst.pidfd = None     # could run out of fds); off the loop already
+            done.append((inst, status or core.ExitStatus(source="unknown")))
+        return learn
 
     def _exited_many(self, exits: list[tuple[Instance, core.ExitStatus]]) -> None:
         ends: list[Ending] = []
@@ -208,3 +218,100 @@ class Reaper:
 
     def _report(self, inst: Instance, status: core.ExitStatus) -> Callable[[], None]:
         return lambda: self.rt.dispatch(inst, core.Exited(self.rt.now(), status))
+
+
+class LateStatus:
+    """The exit status of adopted processes that was not known when they ended: their parent
+    (init) had not reaped them yet, and PIDFD_INFO_EXIT appears only once it has. A pidfd
+    tells the reap by EPOLLHUP (its waiters are woken when the process is reaped), so the
+    pidfds wait in one epoll set of their own, registered for nothing but what epoll always
+    reports (EPOLLHUP, EPOLLERR) and edge-triggered: one event per process, at its reap, and
+    the loop watches the set as one fd -- no polling. The set is read once no adopted exit
+    has come for QUIET seconds (at most LATEST after the first one waiting): the statuses of
+    a stop all are learned after its reply, not in the middle of its exits (the reaps come
+    in the meantime, and the kernel keeps their events). A process not reaped within GIVE_UP
+    seconds is let go (its status stays "unknown"), one timer per batch. Each pidfd is closed
+    once its status is read or given up on."""
+
+    QUIET = 0.5
+    LATEST = 2.0
+    GIVE_UP = 5.0             # > LATEST: a reap is read before its process is let go
+    supported = True          # False once PIDFD_GET_INFO is known to be missing
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._ep: select.epoll | None = None
+        self._waiting: dict[int, tuple[Instance, int]] = {}   # pidfd -> (instance, serial)
+        self._serial = 0
+        self._first: float | None = None     # the first add the set was not read after
+        self._last = 0.0                     # ... and the last one
+        self._resume: Timer | None = None    # the set is off the loop until then
+
+    def add(self, items: list[tuple[Instance, int]]) -> None:
+        """Watch the pidfds (the exits of one loop turn); they are ours to close now."""
+        if self._ep is None:
+            self._ep = select.epoll()
+        now = self.rt.now()
+        self._last = now
+        if self._first is None:
+            self._first = now
+        if self._resume is None:          # off the loop until the exits pause
+            self.rt.loop.remove(self._ep.fileno())
+            self._resume = self.rt.loop.call_at(now + self.QUIET, self._watch)
+        self._serial += 1
+        batch = []
+        for inst, pidfd in items:
+            try:
+                self._ep.register(pidfd, select.EPOLLET)
+            except OSError as e:      # ENOMEM, ENOSPC (max_user_watches): not learned
+                logger.debug(f"{inst.name}: its exit status will not be learned ({e})")
+                os.close(pidfd)
+                continue
+            self._waiting[pidfd] = (inst, self._serial)
+            batch.append(pidfd)
+        if batch:
+            serial = self._serial
+            self.rt.loop.call_later(self.GIVE_UP, lambda: self._give_up(batch, serial))
+
+    def _watch(self) -> None:
+        assert self._ep is not None and self._first is not None
+        when = min(self._last + self.QUIET, self._first + self.LATEST)
+        if when > self.rt.now():          # exits still coming
+            self._resume = self.rt.loop.call_at(when, self._watch)
+            return
+        self._resume = None
+        self._first = None
+        self.rt.loop.add_reader(self._ep.fileno(), lambda _m: self._on_reaped())
+
+    def _on_reaped(self) -> None:
+        assert self._ep is not None
+        found: list[tuple[Instance, core.Event]] = []
+        for pidfd, _mask in self._ep.poll(0, 4096):
+            got = self._waiting.pop(pidfd, None)
+            if got is None:
+                continue
+            status = pidfd_exit_status(pidfd)
+            os.close(pidfd)           # (which takes it out of the set)
+            if status is not None:
+                found.append((got[0], core.ExitStatusLearned(self.rt.now(), status)))
+        if found:
+            self.rt.dispatch_all(found)
+
+    def _give_up(self, batch: list[int], serial: int) -> None:
+        for pidfd in batch:
+            got = self._waiting.get(pidfd)
+            if got is not None and got[1] == serial:
+                del self._waiting[pidfd]
+                os.close(pidfd)
+
+    def close(self) -> None:
+        for pidfd in self._waiting:
+            os.close(pidfd)
+        self._waiting.clear()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if self._ep is not None:
+            self.rt.loop.remove(self._ep.fileno())
+            self._ep.close()
+            self._ep = None

@@ -483,6 +483,7 @@ class Runtime:
             for kind in list(inst.timers):
                 self._cancel_timer(inst, kind)
             self.release_process(inst, unlink=False)
+        self.reaper.close()
         self.spawner.close()
         self.readiness.close()
         self.trees.close()

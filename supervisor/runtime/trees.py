@@ -177,6 +177,10 @@ class Trees:
                 self._send_slice()
 
     def _send_slice(self) -> None:
+        # the slice's time bounds the gathering of its chunk, and the chunk is sent after:
+        # gathering is cheap (10,000 in a few ms), so a stop of that size goes out as one
+        # burst; sending 64 at a time within the slice spread a stop all over many long
+        # turns and finished later
         self._slice = None
         end = self.rt.now() + _SIGNAL_SLICE
         chunk: list[tuple[Instance, int, int]] = []
