@@ -15,7 +15,8 @@ Rules:
   * The helper runs the very same opening code as a spawn on the loop did (logs.open_output:
     the safefs walk, no link followed, the file owned by the worker's uid or refused): no check
     is skipped, only where it runs changes. Nothing else runs there; it gets two paths, the
-    worker's user and the cgroup's path (under the daemon's own subtree), and hands back fds.
+    worker's user, the cgroup's path (under the daemon's own subtree) and the block's name,
+    and hands back fds and the block.
   * At most DEPTH instances are opened ahead (two fds each), so the helper never holds a
     noticeable share of the fd limit.
   * A pair is used only for the paths and the owner the spawn asks for now. Opened for other
