@@ -36,6 +36,8 @@ from collections.abc import Callable
 from supervisor.runtime.procstats import PAGE as _PAGE
 from supervisor.runtime.procstats import read_stats
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
 
 def _read(path: str, limit: int = 1 << 20) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -153,6 +155,18 @@ class CgroupTree:
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o755)
         return path
+
+    def open_dir(self, instance: str) -> tuple[str, int]:
+        """prepare(instance), and an fd of the directory for clone3 (CLONE_INTO_CGROUP). One
+        open where it is made already (the helper makes it ahead of the spawn): O_NOFOLLOW |
+        O_DIRECTORY opens the directory itself or nothing, so the lstat is left out there;
+        anything else goes through prepare()."""
+        path = self.path(instance)
+        if path not in self.remake:
+            with contextlib.suppress(FileNotFoundError):
+                return path, os.open(path, _DIR_FLAGS)
+        path = self.prepare(instance)
+        return path, os.open(path, _DIR_FLAGS)
 
     @contextlib.contextmanager
     def entered(self, path: str):  # type: ignore[no-untyped-def]

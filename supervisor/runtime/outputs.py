@@ -1,4 +1,5 @@
-"""Workers' log files (and cgroup directories), made ahead of their spawn on a helper thread.
+"""Workers' log files (and cgroup directories and control blocks), made ahead of their spawn on
+a helper thread.
 
 Creating a file costs the kernel far more than opening one: 0.1-0.7 ms of CPU per create on
 this VM's ext4, as much as a whole spawn; two per worker on the loop's thread made a mass start
@@ -14,7 +15,8 @@ Rules:
   * The helper runs the very same opening code as a spawn on the loop did (logs.open_output:
     the safefs walk, no link followed, the file owned by the worker's uid or refused): no check
     is skipped, only where it runs changes. Nothing else runs there; it gets two paths, the
-    worker's user and the cgroup's path (under the daemon's own subtree), and hands back fds.
+    worker's user, the cgroup's path (under the daemon's own subtree) and the block's name,
+    and hands back fds and the block.
   * At most DEPTH instances are opened ahead (two fds each), so the helper never holds a
     noticeable share of the fd limit.
   * A pair is used only for the paths and the owner the spawn asks for now. Opened for other
@@ -25,6 +27,13 @@ Rules:
     the helper is not reported from there: the spawn opens the files itself and says what is
     wrong, exactly as without the helper.
   * Every fd opened ahead is either handed to a spawn or closed (a cancelled spawn, close()).
+  * The control block of an instance that has none is made there too, by the spawner's own
+    maker (the same O_EXCL create, squatter check and allocation as on the loop): ~40 us of
+    the loop's time per spawn. It is handed over only for the name and the worker's uid and
+    gid the spawn works out then; any other is closed and unlinked before the loop makes
+    its own, and so is one whose spawn is cancelled (discard and close wait for the batch:
+    an unlink may never come after the loop made a block of the same name). A block the
+    helper could not make is made by the spawn, which reports why.
 """
 
 from __future__ import annotations
@@ -43,10 +52,14 @@ from supervisor.spawn import credentials
 
 if TYPE_CHECKING:
     from supervisor.runtime.instance import Instance
+    from worker.ctlpage import ControlBlock
 
 DEPTH = 16     # instances whose files are opened ahead of their spawn
 
 Owner = tuple[int, int] | None      # (uid, gid) a file made for a worker is given; None: ours
+BlockKey = tuple[str, int | None, int | None]   # a block's shm name, the worker's uid and gid
+# makes a block: (shm name, slot, the worker's uid, gid) -> the block (spawning.create_block)
+MakeBlock = Callable[[str, int, "int | None", "int | None"], "ControlBlock"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,38 +137,71 @@ def _for_owner(got: Opened, owner: Owner) -> Opened:
     return Opened(got.paths, owner, fds[0], err, got.sizes, got.created)
 
 
-Job = tuple[tuple[str | None, str | None], str | None, str | None, str | None]
+# paths, user, group, cgroup directory, block (shm name, slot) or None
+Job = tuple[tuple[str | None, str | None], str | None, str | None, str | None,
+            tuple[str, int] | None]
 
 
-def _open_for(paths: tuple[str | None, str | None], user: str | None, group: str | None,
-              cgroup: str | None) -> Opened:
+class Made:
+    """What the helper made for one instance: its files, and its block if it asked for one
+    (taken off by the spawn, else closed and unlinked with the files)."""
+
+    __slots__ = ("opened", "block", "key")
+
+    def __init__(self, opened: Opened) -> None:
+        self.opened = opened
+        self.block: ControlBlock | None = None
+        self.key: BlockKey | None = None
+
+    def close(self) -> None:
+        self.opened.close()
+        drop_block(self)
+
+
+def drop_block(made: Made) -> None:
+    """Close and unlink the block made ahead, if it is still there."""
+    block, made.block = made.block, None
+    if block is not None:
+        block.close()
+        block.unlink()
+
+
+def _open_for(job: Job, make_block: MakeBlock | None) -> Made:
     """On the helper: the instance's cgroup directory (if it has one; whatever goes wrong is
     left for the spawn to find and report), the worker's owner as the spawn will work it out,
-    then the files."""
+    then the files, then the block."""
+    paths, user, group, cgroup, block = job
     if cgroup is not None:
         with contextlib.suppress(OSError):
             os.mkdir(cgroup, 0o755)
     owner: Owner = None
+    uid = gid = None
     if user is not None:
         creds = credentials(user, group)
-        owner = owner_of(creds.uid, creds.gid)
-    return open_files(paths, owner)
+        uid, gid = creds.uid, creds.gid
+        owner = owner_of(uid, gid)
+    made = Made(open_files(paths, owner))
+    if block is not None and make_block is not None:
+        with contextlib.suppress(Exception):      # the spawn makes it, and says what failed
+            made.block = make_block(block[0], block[1], uid, gid)
+            made.key = (block[0], uid, gid)
+    return made
 
 
-def _open_batch(jobs: list[Job]) -> list[Opened | None]:
+def _open_batch(jobs: list[Job], make_block: MakeBlock | None) -> list[Made | None]:
     """On the helper: _open_for of each job, in order; None for one that failed (its spawn
-    opens the files itself and reports why). Interrupted: what it opened is closed."""
-    got: list[Opened | None] = []
+    opens the files itself and reports why). Interrupted: what it made is closed."""
+    got: list[Made | None] = []
     try:
         for job in jobs:
             try:
-                got.append(_open_for(*job))
+                got.append(_open_for(job, make_block))
             except Exception:
                 got.append(None)
     except BaseException:
-        for opened in got:
-            if opened is not None:
-                opened.close()
+        for made in got:
+            if made is not None:
+                made.close()
         raise
     return got
 
@@ -168,18 +214,22 @@ class Outputs:
     queue put and a thread wake-up per spawn, and the two threads handed the GIL back and
     forth for each."""
 
-    def __init__(self, depth: int = DEPTH) -> None:
+    def __init__(self, depth: int = DEPTH, make_block: MakeBlock | None = None) -> None:
         self.depth = depth
+        self._make_block = make_block
         self._pool: ThreadPoolExecutor | None = None
         # an instance -> its batch and its place in it
-        self._ahead: dict[Instance, tuple[Future[list[Opened | None]], int]] = {}
+        self._ahead: dict[Instance, tuple[Future[list[Made | None]], int]] = {}
         self._closed = False
 
     def ahead(self, queue: Iterable[Instance],
-              cgroup_of: Callable[[Instance], str | None] = lambda inst: None) -> None:
+              cgroup_of: Callable[[Instance], str | None] = lambda inst: None,
+              block_of: Callable[[Instance], tuple[str, int] | None] = lambda inst: None
+              ) -> None:
         """Start opening the files (and making the cgroup directory, cgroup_of(inst), which
-        the spawn then finds made) of the first ``depth`` instances of queue (those not
-        started yet), unless more than half of that many are ahead already."""
+        the spawn then finds made, and the block block_of(inst): its shm name and slot) of
+        the first ``depth`` instances of queue (those not started yet), unless more than
+        half of that many are ahead already."""
         if self._closed or len(self._ahead) > self.depth // 2:
             return
         insts: list[Instance] = []
@@ -189,27 +239,49 @@ class Outputs:
                 continue
             paths = (inst.stdout_path, inst.stderr_path)
             cgroup = cgroup_of(inst)
-            if paths == (None, None) and cgroup is None:
+            block = block_of(inst) if self._make_block is not None else None
+            if paths == (None, None) and cgroup is None and block is None:
                 continue
             insts.append(inst)
-            jobs.append((paths, inst.cfg.user, inst.cfg.group, cgroup))
+            jobs.append((paths, inst.cfg.user, inst.cfg.group, cgroup, block))
         if not jobs:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="outputs")
-        batch = self._pool.submit(_open_batch, jobs)
+        batch = self._pool.submit(_open_batch, jobs, self._make_block)
         for i, inst in enumerate(insts):
             self._ahead[inst] = (batch, i)
+
+    def _made(self, inst: Instance) -> Made | None:
+        job = self._ahead.get(inst)
+        with contextlib.suppress(Exception):  # a failure is reported by the spawn's own try
+            return job[0].result()[job[1]] if job is not None else None
+        return None
+
+    def take_block(self, inst: Instance, key: BlockKey) -> ControlBlock | None:
+        """inst's block made ahead, if it is the one its spawn asks for now (key: the shm
+        name, the worker's uid and gid); any other is closed and unlinked here. Before
+        ``take``."""
+        made = self._made(inst)
+        if made is None or made.block is None:
+            return None
+        if made.key != key:
+            drop_block(made)
+            return None
+        block, made.block = made.block, None
+        return block
 
     def take(self, inst: Instance, paths: tuple[str | None, str | None],
              owner: Owner) -> Opened:
         """inst's output files for its spawn now: the ones opened ahead if they are these
         paths for this owner, else opened here (raising what logs.open_output raises). The
         caller closes them once the child has them."""
-        job = self._ahead.pop(inst, None)
+        made = self._made(inst)
+        self._ahead.pop(inst, None)
         got = None
-        with contextlib.suppress(Exception):  # a failure is reported below, by opening here
-            got = job[0].result()[job[1]] if job is not None else None
+        if made is not None:
+            drop_block(made)            # not taken by take_block: not this spawn's
+            got = made.opened
         if got is not None and got.paths == paths:
             return got if got.owner == owner else _for_owner(got, owner)
         if got is not None:        # other paths now (a reload): what was made there stays
@@ -217,30 +289,23 @@ class Outputs:
         return open_files(paths, owner)
 
     def discard(self, inst: Instance) -> None:
-        """inst will not be spawned now: close whatever was opened for it."""
-        job = self._ahead.pop(inst, None)
-        if job is not None:
-            _close_when_done(*job)
+        """inst will not be spawned now: close (and unlink) whatever was made for it, once
+        its batch is done (a block's unlink must come before the loop can make another of
+        that name)."""
+        made = self._made(inst)
+        self._ahead.pop(inst, None)
+        if made is not None:
+            made.close()
 
     def close(self) -> None:
         self._closed = True
-        for batch, i in self._ahead.values():
-            if not batch.cancel():        # cancelled: it never ran, so it opened nothing
-                _close_when_done(batch, i)
-        self._ahead.clear()
+        running = [job for job in self._ahead.values() if not job[0].cancel()]
+        self._ahead.clear()      # (a cancelled batch never ran, so it made nothing)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-def _close_when_done(batch: Future[list[Opened | None]], i: int) -> None:
-    """Close the fds opened for the i-th instance of a batch now or, if it still runs, when
-    it finishes (the batch's other instances keep theirs)."""
-
-    def done(f: Future[list[Opened | None]]) -> None:
-        if not f.cancelled() and f.exception() is None:
-            opened = f.result()[i]
-            if opened is not None:
-                opened.close()
-
-    batch.add_done_callback(done)
+        for batch, i in running:
+            with contextlib.suppress(Exception):
+                made = batch.result()[i]
+                if made is not None:
+                    made.close()

@@ -1,7 +1,7 @@
 """Spawning: the queue of instances the core asked to spawn, worked off a slice per loop turn,
 and one spawn (control block, output files, process, pidfd, log rotation watch) per instance.
-The output files of the next instances in the queue are opened ahead on a helper thread
-(outputs.py)."""
+The output files and control blocks of the next instances in the queue are made ahead on a
+helper thread (outputs.py)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ class Spawner:
         self.rt = rt
         self._queue: deque[Instance] = deque()
         self._scheduled = False
-        self.outputs = Outputs()
+        self.outputs = Outputs(make_block=lambda name, slot, uid, gid: create_block(
+            name, slot, rt.epoch, uid, gid))
 
     def enqueue(self, inst: Instance) -> None:
         """Carry out the core's Spawn: soon, from the loop, then feed Spawned or SpawnFailed."""
@@ -55,7 +56,7 @@ class Spawner:
         rt = self.rt
         end = rt.now() + SPAWN_SLICE
         while self._queue:
-            self.outputs.ahead(self._queue, self._cgroup_of)
+            self.outputs.ahead(self._queue, self._cgroup_of, self._block_of)
             inst = self._queue.popleft()
             if inst.st.state is State.STOPPING and inst.st.pid is None:
                 self.outputs.discard(inst)
@@ -66,7 +67,7 @@ class Spawner:
             if rt.now() >= end:
                 break
         if self._queue:
-            self.outputs.ahead(self._queue, self._cgroup_of)
+            self.outputs.ahead(self._queue, self._cgroup_of, self._block_of)
             self._schedule()
 
     def close(self) -> None:
@@ -75,6 +76,17 @@ class Spawner:
     def _cgroup_of(self, inst: Instance) -> str | None:
         cg = self.rt.trees.cgroups
         return cg.path(inst.name) if cg is not None else None
+
+    def _block_of(self, inst: Instance) -> tuple[str, int] | None:
+        """The block to make ahead for inst: only when it has none (a respawn's old block
+        goes at its spawn, under the same name); a name that is refused is left to the
+        spawn to report."""
+        if inst.block is not None:
+            return None
+        try:
+            return blk.shm_name(self.rt.config.supervisor.block_prefix, inst.name), inst.index
+        except ValueError:
+            return None
 
     def _spawn(self, inst: Instance, now: float) -> Event:
         """Start the process of inst; returns what happened (Spawned or SpawnFailed)."""
@@ -90,7 +102,8 @@ class Spawner:
             return core.SpawnFailed(now, describe_spawn_error(cfg.command, e))
         uid, gid = (creds.uid, creds.gid) if creds is not None else (None, None)
         try:
-            block = create_block(name, inst.index, rt.epoch, uid, gid)
+            block = (self.outputs.take_block(inst, (name, uid, gid))
+                     or create_block(name, inst.index, rt.epoch, uid, gid))
         except BlockTaken as e:
             self.outputs.discard(inst)
             return core.SpawnFailed(now, str(e))

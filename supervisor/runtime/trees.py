@@ -99,10 +99,10 @@ class Trees:
         try:
             if self._remover is not None:
                 self._remover.claim(cg.path(inst.name))     # not removed under the spawn
-            path = cg.prepare(inst.name)
             if HAVE_CGROUP:
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                path, fd = cg.open_dir(inst.name)
             else:
+                path = cg.prepare(inst.name)
                 ctx = cg.entered(path)
                 ctx.__enter__()
         except OSError as e:

@@ -1,12 +1,14 @@
-"""Log files opened ahead of their spawn on the helper thread (supervisor/runtime/outputs.py):
-the spawn gets the very files its paths name, by the same safefs rules; anything opened for
-other paths or another owner is never handed over as it is; no fd is ever left open."""
+"""Log files and control blocks made ahead of their spawn on the helper thread
+(supervisor/runtime/outputs.py): the spawn gets the very files its paths name, by the same
+safefs rules, and the block of its name and user; anything made for other paths, another owner
+or another block is never handed over as it is; no fd and no block is ever left behind."""
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,10 @@ from supervisor.logs import Rotator
 from supervisor.loop import Loop
 from supervisor.runtime.instance import Instance
 from supervisor.runtime.outputs import Opened, Outputs, open_files
+from supervisor.runtime.spawning import BlockTaken, create_block
+from tests.support.shm import remove_shm, shm_objects
 from tests.support.wait import wait_until
+from worker.block import OFF_SLOT, shm_name
 
 
 def open_fds() -> set[int]:
@@ -299,3 +304,99 @@ def test_a_file_no_longer_watched_leaves_no_inotify_watch_behind(
     finally:
         rot.close()
         loop.close()
+
+
+# -- control blocks made ahead ----------------------------------------------------------------
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    p = "t" + uuid.uuid4().hex[:8]
+    try:
+        yield p
+    finally:
+        remove_shm(p + ".")
+
+
+def with_blocks(prefix: str, depth: int = 4) -> Outputs:
+    return Outputs(depth=depth, make_block=lambda name, slot, uid, gid: create_block(
+        name, slot, 7, uid, gid))
+
+
+def block_of(prefix: str) -> Callable[[Instance], tuple[str, int] | None]:
+    return lambda inst: (shm_name(prefix, inst.name), inst.index)
+
+
+def test_a_block_made_ahead_is_handed_to_its_spawn(tmp_path: Path, prefix: str,
+                                                   fds_kept: None) -> None:
+    out = with_blocks(prefix)
+    insts = [instance(tmp_path, i) for i in range(2)]
+    try:
+        out.ahead(insts, block_of=block_of(prefix))
+        name = shm_name(prefix, insts[1].name)
+        block = out.take_block(insts[1], (name, None, None))
+        assert block is not None and block.name == name and block.intact()
+        assert block.view.load_u32(OFF_SLOT) == 1, "the block carries its instance's slot"
+        out.take(insts[1], paths(insts[1]), None).close()
+        block.close()
+        block.unlink()
+    finally:
+        out.close()
+    # the other one's block was never taken: closed and unlinked with its files
+    assert shm_objects(prefix + ".") == []
+
+
+def test_a_block_for_another_name_or_user_is_unlinked_not_handed_over(
+        tmp_path: Path, prefix: str, fds_kept: None) -> None:
+    """The prefix or the worker's user changed between ahead() and the spawn (a reload):
+    the block made ahead is removed before the spawn makes the one it asks for."""
+    out = with_blocks(prefix)
+    insts = [instance(tmp_path, i) for i in range(2)]
+    try:
+        out.ahead(insts, block_of=block_of(prefix))
+        name0, name1 = (shm_name(prefix, i.name) for i in insts)
+        assert out.take_block(insts[0], (name0, 12345, 12345)) is None
+        assert out.take_block(insts[1], (name1 + "x", None, None)) is None
+        assert shm_objects(prefix + ".") == [], "both blocks made ahead are gone"
+        for inst in insts:
+            out.take(inst, paths(inst), None).close()
+    finally:
+        out.close()
+
+
+def test_a_discarded_spawn_leaves_no_block(tmp_path: Path, prefix: str,
+                                           fds_kept: None) -> None:
+    out = with_blocks(prefix)
+    insts = [instance(tmp_path, i) for i in range(3)]
+    try:
+        out.ahead(insts, block_of=block_of(prefix))
+        out.discard(insts[0])
+        # unlinked at once, so the loop may make a block of that name right away
+        assert not any(n.startswith(f"{prefix}.w:0") for n in shm_objects(prefix + "."))
+        again = create_block(shm_name(prefix, insts[0].name), 0, 7, None, None)
+        again.close()
+        again.unlink()
+    finally:
+        out.close()
+    assert shm_objects(prefix + ".") == []
+
+
+def test_a_squatted_block_name_is_left_to_the_spawn(tmp_path: Path, prefix: str,
+                                                   fds_kept: None) -> None:
+    """Something planted under the block's name that cannot be taken back (a directory with
+    an entry in it): the helper makes no block and says nothing; the spawn's own
+    create_block then finds it and reports it (BlockTaken), as without the helper."""
+    out = with_blocks(prefix)
+    inst = instance(tmp_path, 0)
+    name = shm_name(prefix, inst.name)
+    planted = Path("/dev/shm") / name[1:]
+    planted.mkdir()
+    (planted / "x").write_text("")
+    try:
+        out.ahead([inst], block_of=block_of(prefix))
+        assert out.take_block(inst, (name, None, None)) is None
+        with pytest.raises(BlockTaken, match="a directory owned by uid"):
+            create_block(name, 0, 7, None, None)
+        out.take(inst, paths(inst), None).close()
+    finally:
+        out.close()
+        (planted / "x").unlink()
+        planted.rmdir()
