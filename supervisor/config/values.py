@@ -11,6 +11,7 @@ import pwd
 import re
 import shlex
 import string
+from collections.abc import Callable
 from typing import Any
 
 from supervisor.config.errors import got, problem
@@ -184,42 +185,34 @@ def _number(value: str) -> int | None:
 def user_name(value: Any) -> str:
     """A user name or uid that exists on this machine -> the user name. A uid without a
     passwd entry is refused: it has no groups to take, no HOME, and nobody to own its files."""
-    _no_bool(value, "a user name")
-    if isinstance(value, str):
-        no_nul(value)
-    try:
-        if isinstance(value, int):
-            return pwd.getpwuid(value).pw_name
-        if isinstance(value, str):
-            try:
-                return pwd.getpwnam(value).pw_name
-            except KeyError:
-                if (uid := _number(value)) is None:
-                    raise
-                return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        raise problem(f"no such user on this machine (got {got(value)})") from None
-    raise problem(f"must be a user name (got {got(value)})")
+    return _account(value, "user", lambda uid: pwd.getpwuid(uid).pw_name,
+                    lambda name: pwd.getpwnam(name).pw_name)
 
 
 def group_name(value: Any) -> str:
     """A group name or gid that exists on this machine -> the group name."""
-    _no_bool(value, "a group name")
+    return _account(value, "group", lambda gid: grp.getgrgid(gid).gr_name,
+                    lambda name: grp.getgrnam(name).gr_name)
+
+
+def _account(value: Any, what: str, by_id: Callable[[int], str],
+             by_name: Callable[[str], str]) -> str:
+    _no_bool(value, f"a {what} name")
     if isinstance(value, str):
         no_nul(value)
     try:
         if isinstance(value, int):
-            return grp.getgrgid(value).gr_name
+            return by_id(value)
         if isinstance(value, str):
             try:
-                return grp.getgrnam(value).gr_name
+                return by_name(value)
             except KeyError:
-                if (gid := _number(value)) is None:
+                if (number := _number(value)) is None:
                     raise
-                return grp.getgrgid(gid).gr_name
+                return by_id(number)
     except (KeyError, OverflowError):
-        raise problem(f"no such group on this machine (got {got(value)})") from None
-    raise problem(f"must be a group name (got {got(value)})")
+        raise problem(f"no such {what} on this machine (got {got(value)})") from None
+    raise problem(f"must be a {what} name (got {got(value)})")
 
 
 def umask(value: Any) -> int:
