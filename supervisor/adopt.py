@@ -48,6 +48,7 @@ from worker.block import ENV_BLOCK
 from worker.ctlpage import CTL_MODE, CTL_MODE_GROUP, ControlBlock
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+NEVER_RAN = "never spawned"   # a block whose spawn was never recorded, named by no process
 MAX_SCAN_WARNINGS = 20  # names logged one by one at a scan; the rest are counted
 
 
@@ -139,7 +140,7 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     if not recorded:                      # the daemon died before recording the spawn
         candidates = unrecorded.get(name, [])
         if not candidates:
-            return "gone"
+            return NEVER_RAN
         # Only the environment names these, and anyone can set it: adopted only when the
         # instance's cgroup (which nobody else can join) holds exactly that one; otherwise it
         # cannot be told, and is neither adopted nor signalled nor started twice.
@@ -372,6 +373,16 @@ def _not_verified(found: list[Found], instance: str, name: str, block: ControlBl
                      "started again")
         found.append(Found(instance, block, None, None, False, False, time.monotonic(),
                            None, block.incarnation, why.split(": ", 1)[1]))
+        return
+    if why == NEVER_RAN:
+        # the spawn never happened (the blocks of the next few spawns are made ahead of them,
+        # runtime/outputs.py), or its process was gone before it was recorded: no exit to
+        # report (an instance with restart: never would stay EXITED, never started); the
+        # instance starts or not as if there had been no block
+        logger.info(f"{instance} removing control block {name}: supervisord went down before "
+                    "its spawn was recorded, and no process names it")
+        block.close()
+        block.unlink()
         return
     if why != "gone":
         logger.warning(f"{instance} control block {name} does not verify ({why}); "

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.runtime.spawning import create_block
 from tests.support.daemon import DaemonFactory, DaemonProcess, pid_alive
+from tests.support.shm import remove_shm, shm_objects
 from tests.support.wait import wait_until
+from worker import block as blk
 
 
 def _kill_daemon(d: DaemonProcess) -> None:
@@ -103,3 +106,27 @@ def test_a_root_worker_that_drops_its_own_privileges_is_adopted(
     assert (row["pid"], row["adopted"]) == (pid, True), row
     d.ctl("stop", "drop")
     wait_until(lambda: not pid_alive(pid), 10, "the adopted worker stopped")
+
+
+def test_a_block_made_ahead_of_a_spawn_that_never_came_is_no_exit(
+        daemon_factory: DaemonFactory) -> None:
+    """The blocks of the next spawns are made ahead of them (runtime/outputs.py): a daemon
+    SIGKILLed in a start all leaves up to 16 blocks whose spawn never happened. The next
+    daemon took each for a process that 'exited while supervisord was down (unknown)', and an
+    instance with restart: never stayed EXITED, never started although it was to start. Such
+    a block (what the helper makes: no spawn recorded, no process naming it) is removed and
+    the instance starts as it would without it."""
+    d = daemon_factory({"w": {"command": ["sleep", "100000"], "start_seconds": 0.1,
+                              "kill_timeout": 2, "restart": "never", "numprocs": 2}})
+    name = blk.shm_name(d.prefix, "w:1")
+    create_block(name, 1, 1, None, None).close()        # as the helper leaves it
+    try:
+        d.start()
+        rows = {r["name"]: r for r in d.status_json()}
+        wait_until(lambda: all(r["state"] == "RUNNING" for r in d.status_json()), 20,
+                   f"both instances RUNNING (w:1 {rows['w:1']['state']})")
+        assert "exited while supervisord was down" not in d.log_text()
+        d.stop()
+        assert not shm_objects(d.prefix + "."), "a block left behind"
+    finally:
+        remove_shm(d.prefix + ".")
