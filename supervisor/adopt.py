@@ -48,7 +48,10 @@ from worker.block import ENV_BLOCK
 from worker.ctlpage import CTL_MODE, CTL_MODE_GROUP, ControlBlock
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-NEVER_RAN = "never spawned"   # a block whose spawn was never recorded, named by no process
+# A block whose spawn was never recorded and that no process names: the spawn never happened
+# (the blocks of the next few spawns are made ahead of them, runtime/outputs.py), or its
+# process was gone before it was recorded (or overwrote its environment: see reconcile)
+NEVER_RAN = "never spawned"
 MAX_SCAN_WARNINGS = 20  # names logged one by one at a scan; the rest are counted
 
 
@@ -74,6 +77,7 @@ class Found:
     config_hash: int = 0
     cgroup_id: int | None = None   # the cgroup its process is in (pidinfo), None: not known
     cgroup_path: str | None = None  # or as /proc/PID/cgroup said it, read with the pidfd held
+    never_ran: bool = False  # no spawn recorded and no process names it (see NEVER_RAN)
 
 @dataclass(frozen=True, slots=True)
 class _Proc:
@@ -374,15 +378,9 @@ def _not_verified(found: list[Found], instance: str, name: str, block: ControlBl
         found.append(Found(instance, block, None, None, False, False, time.monotonic(),
                            None, block.incarnation, why.split(": ", 1)[1]))
         return
-    if why == NEVER_RAN:
-        # the spawn never happened (the blocks of the next few spawns are made ahead of them,
-        # runtime/outputs.py), or its process was gone before it was recorded: no exit to
-        # report (an instance with restart: never would stay EXITED, never started); the
-        # instance starts or not as if there had been no block
-        logger.info(f"{instance} removing control block {name}: supervisord went down before "
-                    "its spawn was recorded, and no process names it")
-        block.close()
-        block.unlink()
+    if why == NEVER_RAN:      # reconcile decides: no exit to report unless its cgroup is busy
+        found.append(Found(instance, block, None, None, False, False, time.monotonic(),
+                           None, block.incarnation, never_ran=True))
         return
     if why != "gone":
         logger.warning(f"{instance} control block {name} does not verify ({why}); "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.adopt import open_block
 from supervisor.runtime.spawning import create_block
 from tests.support.daemon import DaemonFactory, DaemonProcess, pid_alive
 from tests.support.shm import remove_shm, shm_objects
@@ -122,11 +123,44 @@ def test_a_block_made_ahead_of_a_spawn_that_never_came_is_no_exit(
     create_block(name, 1, 1, None, None).close()        # as the helper leaves it
     try:
         d.start()
-        rows = {r["name"]: r for r in d.status_json()}
-        wait_until(lambda: all(r["state"] == "RUNNING" for r in d.status_json()), 20,
-                   f"both instances RUNNING (w:1 {rows['w:1']['state']})")
+        wait_until(lambda: [r["state"] for r in d.status_json()] == ["RUNNING"] * 2, 20,
+                   "both instances RUNNING")
         assert "exited while supervisord was down" not in d.log_text()
         d.stop()
         assert not shm_objects(d.prefix + "."), "a block left behind"
     finally:
         remove_shm(d.prefix + ".")
+
+
+def test_an_unrecorded_block_whose_cgroup_is_busy_is_still_an_exit(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The other side of the test above: a block whose spawn was not recorded while the
+    instance's cgroup still holds a process (the leader gone before the record, or one that
+    overwrote its environment, so that none names the block) is not 'never ran': what is in
+    the cgroup is killed first and the exit is reported, as before; nothing is started beside
+    it."""
+    left = tmp_path / "left.pid"
+    d = daemon_factory({"w": {"command": ["sh", "-c", f"env -u PYVISOR_BLOCK sleep 100000 & "
+                                          f"echo $! > {left}; exec sleep 100000"],
+                              "start_seconds": 0.1, "kill_timeout": 2, "restart": "never"}})
+    d.start()
+    if "one cgroup per instance" not in d.log_text():
+        pytest.skip("no cgroups here")
+    leader = d.wait_state("w:0", "RUNNING")["pid"]
+    wait_until(lambda: left.exists() and left.read_text().strip(), 10, "the child's pid")
+    child = int(left.read_text())
+    _kill_daemon(d)
+    os.kill(leader, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(leader), 10, "the leader gone")
+    block = open_block(blk.shm_name(d.prefix, "w:0"))
+    assert block is not None
+    block.set_spawned(0, 0, 1)             # as if the daemon died before recording the spawn
+    block.close()
+    try:
+        d.start()
+        d.wait_state("w:0", "EXITED", timeout=20)
+        wait_until(lambda: not pid_alive(child), 10, "what was left in the cgroup killed")
+        assert "exited while supervisord was down" in d.log_text()
+    finally:
+        if pid_alive(child):
+            os.kill(child, signal.SIGKILL)
