@@ -147,9 +147,14 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
             return NEVER_RAN
         # Only the environment names these, and anyone can set it: adopted only when the
         # instance's cgroup (which nobody else can join) holds exactly that one; otherwise it
-        # cannot be told, and is neither adopted nor signalled nor started twice.
+        # cannot be told, and is neither adopted nor signalled nor started twice. With
+        # cgroups, none in it: none is ours (a local user's processes naming the blocks of a
+        # crashed daemon made their instances FATAL); reconcile still looks at the cgroup.
         instance = name.split(".", 1)[1] if "." in name else name
-        inside = [p for p in candidates if member(instance, p)]
+        held = [member(instance, p) for p in candidates]
+        inside = [p for p, m in zip(candidates, held, strict=True) if m]
+        if not inside and all(m is False for m in held):
+            return NEVER_RAN
         if len(candidates) != 1 or len(inside) != 1:
             return (f"unverifiable: the spawn was never recorded and {len(candidates)} "
                     f"process(es) name this block in their environment "
