@@ -70,7 +70,8 @@ def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, An
         if f.never_ran and not _busy_cgroup(rt.trees.cgroups, inst.name):
             _never_ran(rt, inst, f)
             return None
-        _exited_while_away(rt, inst, f)
+        stop = stop_of(intent.get(inst.name, {}))
+        _exited_while_away(rt, inst, f, stop is not None and stop.restart)
         return inst.name
     assert f.pidfd is not None
     inside, stray = _outside_its_cgroup(rt.trees.cgroups, inst.name, f.pid, f.cgroup_id,
@@ -145,13 +146,13 @@ def _never_ran(rt: Runtime, inst: Instance, f: Found) -> None:
         rt.forget(inst)
 
 
-def _exited_while_away(rt: Runtime, inst: Instance, f: Found) -> None:
+def _exited_while_away(rt: Runtime, inst: Instance, f: Found, restart: bool = False) -> None:
     status = (exit_status_from_record(f.exit) if f.exit is not None
               else core.ExitStatus(source="unknown"))
     f.block.close()
     f.block.unlink()
     rt.log("INFO", f"{inst.name} exited while supervisord was down ({status.describe()})")
-    rt.exited_while_away(inst, status, f.started_at)
+    rt.exited_while_away(inst, status, f.started_at, restart)
 
 
 # -- reload -----------------------------------------------------------------------------------

@@ -164,3 +164,35 @@ def test_an_unrecorded_block_whose_cgroup_is_busy_is_still_an_exit(
     finally:
         if pid_alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_daemon_killed_in_a_restart_all_leaves_none_stopped(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """restart all, and the daemon SIGKILLed while the stops are under way (here by a worker,
+    on its SIGTERM): every instance was asked to run again, so the next daemon has each
+    running, whether its process exited while no daemon watched (with code 0: not a failure
+    for restart: on-failure) or lives on."""
+    loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    once = tmp_path / "killed"              # the killer kills one daemon, the first
+    d = daemon_factory({
+        "killer": {"command": ["sh", "-c", f"trap '[ -e {once} ] || {{ touch {once}; "
+                               "kill -9 $PPID; }; exit 0' TERM; while :; do sleep 0.1; done"],
+                   "start_seconds": 0.2, "priority": 1, "restart": "never"},
+        "s": {"command": ["sh", "-c", loop], "numprocs": 50, "start_seconds": 0.2,
+              "restart": "never"},
+    })
+    d.start()
+    wait_until(lambda: all(r["state"] == "RUNNING" for r in d.status_json()), 60,
+               "every instance RUNNING")
+    d.ctl("restart", "all", timeout=30)        # cut short: the daemon is killed
+    assert d.proc is not None
+    d.proc.wait(20)
+    d.start()
+
+    def settled() -> bool:
+        rows = [r for r in d.status_json() if r["name"].startswith("s:")]
+        return all(r["state"] in ("RUNNING", "EXITED", "FATAL", "STOPPED") for r in rows)
+    wait_until(settled, 60, "every instance settled")
+    left = [r["name"] for r in d.status_json()
+            if r["name"].startswith("s:") and r["state"] != "RUNNING"]
+    assert not left, f"asked to restart, left stopped: {left}\n{d.log_text()[-3000:]}"
