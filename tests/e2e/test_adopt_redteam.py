@@ -167,17 +167,16 @@ def test_an_unrecorded_block_whose_cgroup_is_busy_is_still_an_exit(
 
 
 def test_a_daemon_killed_in_a_restart_all_leaves_none_stopped(
-        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+        daemon_factory: DaemonFactory) -> None:
     """restart all, and the daemon SIGKILLed while the stops are under way (here by a worker,
     on its SIGTERM): every instance was asked to run again, so the next daemon has each
     running, whether its process exited while no daemon watched (with code 0: not a failure
     for restart: on-failure) or lives on."""
     loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
-    once = tmp_path / "killed"              # the killer kills one daemon, the first
     d = daemon_factory({
-        "killer": {"command": ["sh", "-c", f"trap '[ -e {once} ] || {{ touch {once}; "
-                               "kill -9 $PPID; }; exit 0' TERM; while :; do sleep 0.1; done"],
-                   "start_seconds": 0.2, "priority": 1, "restart": "never"},
+        "killer": {"command": ["sh", "-c", "trap 'kill -9 $PPID; exit 0' TERM; "
+                               "while :; do sleep 0.1; done"], "start_seconds": 0.2,
+                   "priority": 1, "restart": "never"},
         "s": {"command": ["sh", "-c", loop], "numprocs": 50, "start_seconds": 0.2,
               "restart": "never"},
     })
@@ -196,3 +195,6 @@ def test_a_daemon_killed_in_a_restart_all_leaves_none_stopped(
     left = [r["name"] for r in d.status_json()
             if r["name"].startswith("s:") and r["state"] != "RUNNING"]
     assert not left, f"asked to restart, left stopped: {left}\n{d.log_text()[-3000:]}"
+    killer = d.wait_state("killer:0", "RUNNING")["pid"]    # restarted too: it would kill
+    os.kill(killer, signal.SIGKILL)                         # this daemon at its shutdown
+    d.wait_state("killer:0", "EXITED")
