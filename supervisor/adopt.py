@@ -48,6 +48,10 @@ from worker.block import ENV_BLOCK
 from worker.ctlpage import CTL_MODE, CTL_MODE_GROUP, ControlBlock
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A block whose spawn was never recorded and that no process names: the spawn never happened
+# (the blocks of the next few spawns are made ahead of them, runtime/outputs.py), or its
+# process was gone before it was recorded (or overwrote its environment: see reconcile)
+NEVER_RAN = "never spawned"
 MAX_SCAN_WARNINGS = 20  # names logged one by one at a scan; the rest are counted
 
 
@@ -73,6 +77,7 @@ class Found:
     config_hash: int = 0
     cgroup_id: int | None = None   # the cgroup its process is in (pidinfo), None: not known
     cgroup_path: str | None = None  # or as /proc/PID/cgroup said it, read with the pidfd held
+    never_ran: bool = False  # no spawn recorded and no process names it (see NEVER_RAN)
 
 @dataclass(frozen=True, slots=True)
 class _Proc:
@@ -139,12 +144,17 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
     if not recorded:                      # the daemon died before recording the spawn
         candidates = unrecorded.get(name, [])
         if not candidates:
-            return "gone"
+            return NEVER_RAN
         # Only the environment names these, and anyone can set it: adopted only when the
         # instance's cgroup (which nobody else can join) holds exactly that one; otherwise it
-        # cannot be told, and is neither adopted nor signalled nor started twice.
+        # cannot be told, and is neither adopted nor signalled nor started twice. With
+        # cgroups, none in it: none is ours (a local user's processes naming the blocks of a
+        # crashed daemon made their instances FATAL); reconcile still looks at the cgroup.
         instance = name.split(".", 1)[1] if "." in name else name
-        inside = [p for p in candidates if member(instance, p)]
+        held = [member(instance, p) for p in candidates]
+        inside = [p for p, m in zip(candidates, held, strict=True) if m]
+        if not inside and all(m is False for m in held):
+            return NEVER_RAN
         if len(candidates) != 1 or len(inside) != 1:
             return (f"unverifiable: the spawn was never recorded and {len(candidates)} "
                     f"process(es) name this block in their environment "
@@ -372,6 +382,10 @@ def _not_verified(found: list[Found], instance: str, name: str, block: ControlBl
                      "started again")
         found.append(Found(instance, block, None, None, False, False, time.monotonic(),
                            None, block.incarnation, why.split(": ", 1)[1]))
+        return
+    if why == NEVER_RAN:      # reconcile decides: no exit to report unless its cgroup is busy
+        found.append(Found(instance, block, None, None, False, False, time.monotonic(),
+                           None, block.incarnation, never_ran=True))
         return
     if why != "gone":
         logger.warning(f"{instance} control block {name} does not verify ({why}); "

@@ -52,11 +52,14 @@ def apply_adoption(rt: Runtime, config: Config,
     found = scan(config.supervisor.block_prefix, member,
                  os.path.dirname(cg.home) if cg is not None else None)
     for f in found:
-        accounted.add(_adopt_one(rt, f, now, intent or {}))
+        name = _adopt_one(rt, f, now, intent or {})
+        if name is not None:
+            accounted.add(name)
     return accounted
 
 
-def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, Any]]) -> str:
+def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, Any]]
+               ) -> str | None:
     inst = rt.instance_named(f.instance)
     inst.incarnation = f.incarnation
     if f.unverifiable:
@@ -64,7 +67,11 @@ def _adopt_one(rt: Runtime, f: Found, now: float, intent: dict[str, dict[str, An
         rt.unverifiable(inst, f.unverifiable)
         return inst.name
     if f.pid is None:
-        _exited_while_away(rt, inst, f)
+        if f.never_ran and not _busy_cgroup(rt.trees.cgroups, inst.name):
+            _never_ran(rt, inst, f)
+            return None
+        stop = stop_of(intent.get(inst.name, {}))
+        _exited_while_away(rt, inst, f, stop is not None and stop.restart)
         return inst.name
     assert f.pidfd is not None
     inside, stray = _outside_its_cgroup(rt.trees.cgroups, inst.name, f.pid, f.cgroup_id,
@@ -119,13 +126,33 @@ def _outside_its_cgroup(cg: CgroupTree | None, instance: str, pid: int,
     return False, f"pid {pid} is not in the instance's cgroup {path}, which holds other processes"
 
 
-def _exited_while_away(rt: Runtime, inst: Instance, f: Found) -> None:
+def _busy_cgroup(cg: CgroupTree | None, instance: str) -> bool:
+    """Whether the instance's cgroup holds processes (False without cgroups)."""
+    if cg is None:
+        return False
+    path = cg.path(instance)
+    return os.path.isdir(path) and cg.populated(path)
+
+
+def _never_ran(rt: Runtime, inst: Instance, f: Found) -> None:
+    """A block whose spawn never happened (made ahead of it) or ended before it was recorded,
+    its cgroup holding nothing: no exit to report (an instance with restart: never stayed
+    EXITED, never started); the instance starts, or not, as if there had been no block."""
+    f.block.close()
+    f.block.unlink()
+    rt.log("INFO", f"{inst.name} removing its control block: supervisord went down before "
+                   "its spawn was recorded, and nothing runs for it")
+    if inst.removed:
+        rt.forget(inst)
+
+
+def _exited_while_away(rt: Runtime, inst: Instance, f: Found, restart: bool = False) -> None:
     status = (exit_status_from_record(f.exit) if f.exit is not None
               else core.ExitStatus(source="unknown"))
     f.block.close()
     f.block.unlink()
     rt.log("INFO", f"{inst.name} exited while supervisord was down ({status.describe()})")
-    rt.exited_while_away(inst, status, f.started_at)
+    rt.exited_while_away(inst, status, f.started_at, restart)
 
 
 # -- reload -----------------------------------------------------------------------------------

@@ -137,9 +137,10 @@ def _stopped_exited_away(inst: InstanceState, ev: ExitedWhileAway, policy: Polic
     changes = exit_changes(ev)
     if inst.wanted is False:
         return stay(inst, [Log("INFO", f"{what}; stays stopped, as asked")], **changes)
-    if not restarts(ev.status, policy):
-        return goto(inst, State.EXITED, f"{what}; restart={policy.restart.value}", **changes)
-    state, actions = spawn(inst, f"{what}; restart={policy.restart.value}", ev.now,
+    why = "a restart was under way" if ev.restart else f"restart={policy.restart.value}"
+    if not ev.restart and not restarts(ev.status, policy):
+        return goto(inst, State.EXITED, f"{what}; {why}", **changes)
+    state, actions = spawn(inst, f"{what}; {why}", ev.now,
                             fresh=True, level="WARNING", automatic=True)
     return evolve(state, last_exit=ev.status, last_exit_at=ev.now), actions
 

@@ -180,6 +180,7 @@ class ExitedWhileAway:
 
     now: float
     status: ExitStatus
+    restart: bool = False    # it was being stopped for a restart: started again regardless
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import array
 import errno
 import fcntl
 import os
+import resource
 import select
 import signal
 import struct
@@ -231,7 +232,10 @@ class LateStatus:
     a stop all are learned after its reply, not in the middle of its exits (the reaps come
     in the meantime, and the kernel keeps their events). A process not reaped within GIVE_UP
     seconds is let go (its status stays "unknown"), one timer per batch. Each pidfd is closed
-    once its status is read or given up on."""
+    once its status is read or given up on. At most an eighth of the soft fd limit waits:
+    a restart of adopted instances needs a pidfd for each new process while the old ones
+    wait, and a late status is never worth a spawn that runs out of fds (the rest stay
+    "unknown")."""
 
     QUIET = 0.5
     LATEST = 2.0
@@ -259,8 +263,12 @@ class LateStatus:
             self.rt.loop.remove(self._ep.fileno())
             self._resume = self.rt.loop.call_at(now + self.QUIET, self._watch)
         self._serial += 1
-        batch = []
+        batch: list[int] = []
+        room = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8 - len(self._waiting)
         for inst, pidfd in items:
+            if len(batch) >= room:
+                os.close(pidfd)
+                continue
             try:
                 self._ep.register(pidfd, select.EPOLLET)
             except OSError as e:      # ENOMEM, ENOSPC (max_user_watches): not learned

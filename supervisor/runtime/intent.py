@@ -25,13 +25,13 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Mapping
 from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from supervisor import paths, safefs
+from supervisor import core, paths, safefs
 from supervisor.core import State, StopInFlight, TimerKind
 from supervisor.loop import Timer
 from supervisor.runtime.instance import Instance
@@ -86,10 +86,28 @@ class Intent:
             return
         self.write()
 
-    def write(self, fresh: Collection[Instance] = ()) -> None:
-        """The file, now. ``fresh``: instances stepped but whose actions are not carried out
-        yet (a batch records what was asked before its signals go out): their stop in flight
-        is left out, its timers are not armed yet; the changes that follow write it all."""
+    def before_signals(self, stepped: Iterable[tuple[Instance, Any, core.InstanceState,
+                                                      list[core.Action]]]) -> None:
+        """A batch (stop all, restart all): what was asked is on disk before its signals go
+        out (the bookkeeping after them takes a second at 10,000, and a daemon killed
+        meanwhile restarted every instance that had exited, or left stopped every one being
+        restarted). The stops begun are not armed yet: their graceful deadline is their
+        PostStop's."""
+        begun: dict[int, tuple[bool, float]] = {}
+        asked = False
+        for inst, _event, before, actions in stepped:
+            st = inst.st
+            asked = asked or st.wanted != before.wanted or (
+                st.restart_after_stop and not before.restart_after_stop)
+            if st.state is State.STOPPING and before.state is not State.STOPPING:
+                post = [a for a in actions if isinstance(a, core.PostStop)]
+                begun[id(inst)] = (bool(post), post[0].deadline if post else 0.0)
+        if asked:
+            self.write(begun)
+
+    def write(self, begun: Mapping[int, tuple[bool, float]] | None = None) -> None:
+        """The file, now. ``begun``: id(inst) -> (graceful, deadline) of stops stepped whose
+        timers are not armed yet (before_signals)."""
         if self._pending is not None:
             self._pending.cancel()     # (the timer that runs this, or one made moot by it)
             self._pending = None
@@ -97,7 +115,7 @@ class Intent:
         self._lazy_first = None
         if not self.enabled:
             return
-        data = encode(blk.read_boot_id().hex(), self.rt.instances.values(), fresh)
+        data = encode(blk.read_boot_id().hex(), self.rt.instances.values(), begun or {})
         try:
             dfd = safefs.private_dir(paths.runtime_dir())
             try:
@@ -144,15 +162,19 @@ class Intent:
 Key = tuple[bool | None, int, tuple[bool, float, bool] | None]
 
 
-def _key(inst: Instance, stop_known: bool = True) -> Key | None:
+def _key(inst: Instance, begun: tuple[bool, float] | None = None) -> Key | None:
     """What inst's record holds (None: nothing to record): wanted, restarts, the stop in
-    flight (graceful, its deadline, restart after) when ``stop_known``."""
+    flight (graceful, its deadline, restart after); ``begun``: the stop's (graceful,
+    deadline) when its timers are not armed yet."""
     st = inst.st
     stop = None
-    if stop_known and st.state is State.STOPPING and st.pid is not None:
+    if st.state is State.STOPPING and st.pid is not None:
         graceful = inst.timers.get(TimerKind.GRACEFUL)
-        stop = (graceful is not None, graceful.when if graceful is not None else 0.0,
-                st.restart_after_stop)
+        if begun is not None:
+            stop = (*begun, st.restart_after_stop)
+        else:
+            stop = (graceful is not None, graceful.when if graceful is not None else 0.0,
+                    st.restart_after_stop)
     if st.wanted is None and not st.restarts and stop is None:
         return None
     return st.wanted, st.restarts, stop
@@ -171,16 +193,16 @@ def _record(key: Key) -> dict[str, Any]:
 
 
 def encode(boot_id: str, instances: Iterable[Instance],
-           fresh: Collection[Instance] = ()) -> bytes:
+           begun: Mapping[int, tuple[bool, float]] | None = None) -> bytes:
     """The file: {"boot_id": ..., "instances": {name: record}}, as json.dumps writes it. At
     10,000 instances most records are alike (after a stop all: all of them), so each
     distinct record is encoded once and the text is joined; json.dumps of the whole is
     several times slower, and this write comes right after a stop all's signals."""
     texts: dict[Key, str] = {}
     parts = []
-    unarmed = {id(inst) for inst in fresh}
+    begun = begun or {}
     for inst in instances:
-        key = _key(inst, id(inst) not in unarmed)
+        key = _key(inst, begun.get(id(inst)))
         if key is None:
             continue
         text = texts.get(key)

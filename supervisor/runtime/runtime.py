@@ -190,8 +190,7 @@ class Runtime:
     def request_restart(self, insts: Iterable[Instance], graceful: bool | None) -> None:
         """Stop and start again the ones that run; start the ones that do not."""
         insts = list(insts)
-        for i in [i for i in insts if i.has_process]:
-            self.request_stop([i], graceful, restart=True)
+        self.request_stop([i for i in insts if i.has_process], graceful, restart=True)
         self.request_start([i for i in insts if not i.has_process])
 
     def send_signal(self, inst: Instance, signum: int) -> bool:
@@ -252,8 +251,8 @@ class Runtime:
         inst.st = dataclasses.replace(inst.st, restarts=restarts)
 
     def exited_while_away(self, inst: Instance, status: core.ExitStatus,
-                          started_at: float) -> None:
-        """inst's process ended while no daemon watched it."""
+                          started_at: float, restart: bool = False) -> None:
+        """inst's process ended while no daemon watched it (restart: in a restart's stop)."""
         self.adoptions["exited_while_away"] += 1
         cg = self.trees.cgroups
         if cg is not None and os.path.isdir(cg.path(inst.name)):
@@ -262,7 +261,7 @@ class Runtime:
             self.trees.end(inst, None, lambda: self.forget(inst))
             return
         self.trees.end(inst, None, lambda: self.dispatch(
-            inst, core.ExitedWhileAway(self.now(), status)))
+            inst, core.ExitedWhileAway(self.now(), status, restart)))
 
     def restore(self, inst: Instance, st: InstanceState, incarnation: int,
                 deadlines: Mapping[TimerKind, float]) -> None:
@@ -317,11 +316,7 @@ class Runtime:
                     for action in (a for a in done[1] if isinstance(a, core.Signal)):
                         self._execute(inst, action, event.now)
                     stepped.append((inst, event, *done))
-            # what was asked is on disk before the signals go out (at the block's end): the
-            # bookkeeping below takes a second at 10,000, and a daemon killed meanwhile
-            # restarted every instance that had exited by then
-            if any(inst.st.wanted != before.wanted for inst, _, before, _ in stepped):
-                self.intent.write(fresh=[inst for inst, *_ in stepped])
+            self.intent.before_signals(stepped)    # (the signals go out at the block's end)
         for inst, event, before, actions in stepped:
             self._carry_out(inst, event, before, actions,
                             [a for a in actions if not isinstance(a, core.Signal)])

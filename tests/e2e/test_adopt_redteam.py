@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.adopt import open_block
+from supervisor.runtime.spawning import create_block
 from tests.support.daemon import DaemonFactory, DaemonProcess, pid_alive
+from tests.support.shm import remove_shm, shm_objects
 from tests.support.wait import wait_until
+from worker import block as blk
 
 
 def _kill_daemon(d: DaemonProcess) -> None:
@@ -103,3 +107,94 @@ def test_a_root_worker_that_drops_its_own_privileges_is_adopted(
     assert (row["pid"], row["adopted"]) == (pid, True), row
     d.ctl("stop", "drop")
     wait_until(lambda: not pid_alive(pid), 10, "the adopted worker stopped")
+
+
+def test_a_block_made_ahead_of_a_spawn_that_never_came_is_no_exit(
+        daemon_factory: DaemonFactory) -> None:
+    """The blocks of the next spawns are made ahead of them (runtime/outputs.py): a daemon
+    SIGKILLed in a start all leaves up to 16 blocks whose spawn never happened. The next
+    daemon took each for a process that 'exited while supervisord was down (unknown)', and an
+    instance with restart: never stayed EXITED, never started although it was to start. Such
+    a block (what the helper makes: no spawn recorded, no process naming it) is removed and
+    the instance starts as it would without it."""
+    d = daemon_factory({"w": {"command": ["sleep", "100000"], "start_seconds": 0.1,
+                              "kill_timeout": 2, "restart": "never", "numprocs": 2}})
+    name = blk.shm_name(d.prefix, "w:1")
+    create_block(name, 1, 1, None, None).close()        # as the helper leaves it
+    try:
+        d.start()
+        wait_until(lambda: [r["state"] for r in d.status_json()] == ["RUNNING"] * 2, 20,
+                   "both instances RUNNING")
+        assert "exited while supervisord was down" not in d.log_text()
+        d.stop()
+        assert not shm_objects(d.prefix + "."), "a block left behind"
+    finally:
+        remove_shm(d.prefix + ".")
+
+
+def test_an_unrecorded_block_whose_cgroup_is_busy_is_still_an_exit(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The other side of the test above: a block whose spawn was not recorded while the
+    instance's cgroup still holds a process (the leader gone before the record, or one that
+    overwrote its environment, so that none names the block) is not 'never ran': what is in
+    the cgroup is killed first and the exit is reported, as before; nothing is started beside
+    it."""
+    left = tmp_path / "left.pid"
+    d = daemon_factory({"w": {"command": ["sh", "-c", f"env -u PYVISOR_BLOCK sleep 100000 & "
+                                          f"echo $! > {left}; exec sleep 100000"],
+                              "start_seconds": 0.1, "kill_timeout": 2, "restart": "never"}})
+    d.start()
+    if "one cgroup per instance" not in d.log_text():
+        pytest.skip("no cgroups here")
+    leader = d.wait_state("w:0", "RUNNING")["pid"]
+    wait_until(lambda: left.exists() and left.read_text().strip(), 10, "the child's pid")
+    child = int(left.read_text())
+    _kill_daemon(d)
+    os.kill(leader, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(leader), 10, "the leader gone")
+    block = open_block(blk.shm_name(d.prefix, "w:0"))
+    assert block is not None
+    block.set_spawned(0, 0, 1)             # as if the daemon died before recording the spawn
+    block.close()
+    try:
+        d.start()
+        d.wait_state("w:0", "EXITED", timeout=20)
+        wait_until(lambda: not pid_alive(child), 10, "what was left in the cgroup killed")
+        assert "exited while supervisord was down" in d.log_text()
+    finally:
+        if pid_alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_daemon_killed_in_a_restart_all_leaves_none_stopped(
+        daemon_factory: DaemonFactory) -> None:
+    """restart all, and the daemon SIGKILLed while the stops are under way (here by a worker,
+    on its SIGTERM): every instance was asked to run again, so the next daemon has each
+    running, whether its process exited while no daemon watched (with code 0: not a failure
+    for restart: on-failure) or lives on."""
+    loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    d = daemon_factory({
+        "killer": {"command": ["sh", "-c", "trap 'kill -9 $PPID; exit 0' TERM; "
+                               "while :; do sleep 0.1; done"], "start_seconds": 0.2,
+                   "priority": 1, "restart": "never"},
+        "s": {"command": ["sh", "-c", loop], "numprocs": 50, "start_seconds": 0.2,
+              "restart": "never"},
+    })
+    d.start()
+    wait_until(lambda: all(r["state"] == "RUNNING" for r in d.status_json()), 60,
+               "every instance RUNNING")
+    d.ctl("restart", "all", timeout=30)        # cut short: the daemon is killed
+    assert d.proc is not None
+    d.proc.wait(20)
+    d.start()
+
+    def settled() -> bool:
+        rows = [r for r in d.status_json() if r["name"].startswith("s:")]
+        return all(r["state"] in ("RUNNING", "EXITED", "FATAL", "STOPPED") for r in rows)
+    wait_until(settled, 60, "every instance settled")
+    left = [r["name"] for r in d.status_json()
+            if r["name"].startswith("s:") and r["state"] != "RUNNING"]
+    assert not left, f"asked to restart, left stopped: {left}\n{d.log_text()[-3000:]}"
+    killer = d.wait_state("killer:0", "RUNNING")["pid"]    # restarted too: it would kill
+    os.kill(killer, signal.SIGKILL)                         # this daemon at its shutdown
+    d.wait_state("killer:0", "EXITED")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 from pathlib import Path
 
 from tests.support.daemon import DaemonFactory, DaemonProcess
@@ -99,3 +100,30 @@ def test_a_spawn_out_of_fds_says_so_in_status_and_log(daemon_factory: DaemonFact
     resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (soft, hard))
     assert d.ctl("start", "w").returncode == 0
     assert running(d, 40)
+
+
+def test_late_exit_statuses_never_cost_a_spawn_its_fds(daemon_factory: DaemonFactory) -> None:
+    """Adopted processes that exit keep their pidfd a few seconds (LateStatus: their status
+    once init reaps them). A restart of adopted instances near the fd limit then needed a
+    pidfd for each old process and each new one at once: the spawns ran out of fds (FATAL
+    with start_retries 0) although the daemon had room for its workers. The late statuses
+    hold at most an eighth of the soft limit."""
+    n = 60
+    d = daemon_factory({"w": {"command": "sleep 1000", "start_seconds": 0, "numprocs": n,
+                              "start_retries": 0, "kill_timeout": 2}})
+    d.start()
+    wait_until(lambda: running(d, n), 60, f"{n} RUNNING")
+    d.kill(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait(10)
+    d.start()
+    wait_until(lambda: running(d, n) and all(r["adopted"] for r in d.status_json()), 60,
+               f"{n} adopted")
+    held = fd_kinds(d.pid)["all"]
+    soft, hard = nofile(d.pid)
+    resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (held + n // 2 + 12, hard))
+    d.ctl("restart", "w", timeout=60)
+    rows = d.status_json()
+    fatal = [(r["name"], r["fatal_reason"]) for r in rows if r["state"] == "FATAL"]
+    assert not fatal, fatal[:3]
+    assert running(d, n)

@@ -5,11 +5,10 @@ behind a lazy one, and one write serves every change before it."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection
+from collections.abc import Mapping
 from types import SimpleNamespace
 
 from supervisor.loop import Loop
-from supervisor.runtime.instance import Instance
 from supervisor.runtime.intent import LAZY, LAZY_MAX, Intent
 
 
@@ -21,10 +20,10 @@ def make() -> tuple[Intent, list[float], list[float]]:
     writes: list[float] = []
     real = intent.write
 
-    def write(fresh: Collection[Instance] = ()) -> None:   # the scheduling under test; no file
+    def write(begun: Mapping[int, tuple[bool, float]] | None = None) -> None:   # no file
         writes.append(now[0])
         intent.enabled = False
-        real(fresh)                   # clears the pending timer, writes nothing (disabled)
+        real(begun)                   # clears the pending timer, writes nothing (disabled)
         intent.enabled = True
 
     intent.write = write  # type: ignore[method-assign]
