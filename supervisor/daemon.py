@@ -162,6 +162,7 @@ class Daemon:
     def __init__(self, config: Config, lock_fds: tuple[int, int]) -> None:
         self.config = config
         self.lock_fds = lock_fds     # the config's lock, the block prefix's lock
+        self.started = config.supervisor  # what it runs with until its next start (the socket)
         self.loop = Loop()
         sup = config.supervisor
         self.notifier = Notifier.from_env()
@@ -369,7 +370,7 @@ class Daemon:
     def _exec(self) -> NoReturn:
         # Saved right before execv, with nothing running in between: a spawn or an exit
         # handled after an earlier save would be lost (a process the state calls STOPPED).
-        state_path = f"{self.config.supervisor.socket}.reexec.json"
+        state_path = f"{self.started.socket}.reexec.json"
         save_state(self.runtime, state_path)
         self.server.close()
         if self.http is not None:
@@ -392,7 +393,7 @@ class Daemon:
         self.runtime.close()
         paths.remove_locator(self.config.path, os.getpid())
         self.loop.close()
-        sup = self.config.supervisor
+        sup = self.started      # a reload's new socket or prefix: not this daemon's locks
         release_lock(f"{sup.socket}.lock", self.lock_fds[0])
         release_lock(prefix_lock_path(sup.block_prefix), self.lock_fds[1])
 

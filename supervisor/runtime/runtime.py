@@ -64,7 +64,10 @@ class Runtime:
         self.spawner = Spawner(self)
         self.readiness = Readiness(self, notify_path)
         self.trees = Trees(self, config.supervisor.cgroups)
-        self.intent = Intent(self, config.supervisor.block_prefix)
+        # the blocks' prefix the daemon holds the lock of: a reload's new one waits for the
+        # next start, as the reload says (blocks under it would be another daemon's to adopt)
+        self.block_prefix = config.supervisor.block_prefix
+        self.intent = Intent(self, self.block_prefix)
         self.adoptions: Counter[str] = Counter()   # outcome of each record found at start-up
 
     # -- the set of instances -----------------------------------------------------------------

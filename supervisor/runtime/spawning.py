@@ -84,7 +84,7 @@ class Spawner:
         if inst.block is not None:
             return None
         try:
-            return blk.shm_name(self.rt.config.supervisor.block_prefix, inst.name), inst.index
+            return blk.shm_name(self.rt.block_prefix, inst.name), inst.index
         except ValueError:
             return None
 
@@ -92,7 +92,7 @@ class Spawner:
         """Start the process of inst; returns what happened (Spawned or SpawnFailed)."""
         rt = self.rt
         rt.release_process(inst)
-        name = blk.shm_name(rt.config.supervisor.block_prefix, inst.name)
+        name = blk.shm_name(rt.block_prefix, inst.name)
         inst.incarnation += 1
         cfg = inst.cfg
         try:   # the worker's uid and gid: its status page is its own, its ctl page its group's

@@ -108,3 +108,32 @@ def test_reload_names_the_supervisor_settings_that_changed_and_when_they_apply(
         "changed a: restarted 1 instance\nsupervisor: log_dir changed, in effect now\n"), ""), r
     d.wait_state("a:0", "RUNNING")
     assert (d.dir / "logs2" / "a-0.out.log").exists()
+
+
+def test_a_reload_that_changes_block_prefix_keeps_the_old_one_until_the_next_start(
+        daemon: StartedDaemon) -> None:
+    """The daemon holds the lock of its block prefix and a crash's successor scans under it:
+    a worker spawned after a reload to another prefix must still get its block under the old
+    one, as the reload says (new spawns took the new prefix at once, unlocked, and another
+    daemon of that prefix would have adopted them)."""
+    import os
+    import uuid
+
+    d = daemon({"a": sleeper(1000)})
+    d.wait_state("a:0", "RUNNING")
+    other = "t" + uuid.uuid4().hex[:8]
+    d.supervisor_extra = {"block_prefix": other}
+    d.write_config({"a": sleeper(1000), "b": sleeper(1000)})
+    try:
+        r = d.ctl("reload")
+        assert (r.returncode, r.stderr) == (0, ""), r
+        assert ("supervisor: block_prefix changed; takes effect at the next start of "
+                "supervisord") in r.stdout, r
+        d.wait_state("b:0", "RUNNING")
+        shm = os.listdir("/dev/shm")
+        assert f"{d.prefix}.b:0" in shm
+        assert not [n for n in shm if n.startswith(other + ".")], shm
+    finally:
+        for n in os.listdir("/dev/shm"):
+            if n.startswith(other + "."):
+                os.unlink(f"/dev/shm/{n}")
