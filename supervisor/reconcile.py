@@ -195,16 +195,12 @@ def apply_config(rt: Runtime, old: Config, new: Config) -> tuple[str, list[Insta
         if only_numprocs:
             lines.append(f"{name}: numprocs {before.numprocs} -> {cfg.numprocs}")
             continue
-        restarted, started, left = [], [], []
-        for i in keep:
-            if i.has_process:
-                rt.request_stop([i], graceful=True, restart=True)
-                restarted.append(i)
-            elif i.wants_start:
-                rt.request_start([i])
-                started.append(i)
-            else:
-                left.append(i)
+        restarted = [i for i in keep if i.has_process]
+        started = [i for i in keep if not i.has_process and i.wants_start]
+        left = [i for i in keep if not i.has_process and not i.wants_start]
+        # one batch: its stops on disk before their signals go out (Runtime.dispatch_all)
+        rt.request_stop(restarted, graceful=True, restart=True)
+        rt.request_start(started)
         settle += keep
         done = [f"{verb} {_count(len(which))}" for verb, which in (
             ("restarted", restarted), ("started", started)) if which]
