@@ -26,13 +26,13 @@ def _kill_daemon(d: DaemonProcess) -> None:
     d.proc.wait(10)
 
 
-def test_adoption_lines_keep_their_order_with_lines_logged_directly(
-        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
-    """A worker whose leader exited while the daemon was down, leaving a child in its cgroup:
-    the adopting daemon says it exited, and only then that it kills what the leader left (a
-    line the trees write directly, not through the adoption's batch)."""
+def _leader_gone_child_left(daemon_factory: DaemonFactory, tmp_path: Path,
+                            child: str) -> tuple[DaemonProcess, int]:
+    """A worker w (restart: never) whose shell leaves ``child`` in its cgroup and execs a
+    sleep; once RUNNING, the daemon and then that leader are SIGKILLed: (the daemon, not
+    running, and the child's pid)."""
     left = tmp_path / "left.pid"
-    d = daemon_factory({"w": {"command": ["sh", "-c", f"sleep 100000 & echo $! > {left}; "
+    d = daemon_factory({"w": {"command": ["sh", "-c", f"{child} & echo $! > {left}; "
                                           "exec sleep 100000"],
                               "start_seconds": 0.1, "kill_timeout": 2, "restart": "never"}})
     d.start()
@@ -40,10 +40,18 @@ def test_adoption_lines_keep_their_order_with_lines_logged_directly(
         pytest.skip("no cgroups here: the daemon cannot find what an exited leader left")
     leader = d.wait_state("w:0", "RUNNING")["pid"]
     wait_until(lambda: left.exists() and left.read_text().strip(), 10, "the child's pid")
-    child = int(left.read_text())
     _kill_daemon(d)
     os.kill(leader, signal.SIGKILL)
     wait_until(lambda: not pid_alive(leader), 10, "the leader gone")
+    return d, int(left.read_text())
+
+
+def test_adoption_lines_keep_their_order_with_lines_logged_directly(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """A worker whose leader exited while the daemon was down, leaving a child in its cgroup:
+    the adopting daemon says it exited, and only then that it kills what the leader left (a
+    line the trees write directly, not through the adoption's batch)."""
+    d, child = _leader_gone_child_left(daemon_factory, tmp_path, "sleep 100000")
     mark = d.log_mark()
     d.start()
     d.wait_state("w:0", "EXITED", timeout=20)
@@ -139,19 +147,8 @@ def test_an_unrecorded_block_whose_cgroup_is_busy_is_still_an_exit(
     overwrote its environment, so that none names the block) is not 'never ran': what is in
     the cgroup is killed first and the exit is reported, as before; nothing is started beside
     it."""
-    left = tmp_path / "left.pid"
-    d = daemon_factory({"w": {"command": ["sh", "-c", f"env -u PYVISOR_BLOCK sleep 100000 & "
-                                          f"echo $! > {left}; exec sleep 100000"],
-                              "start_seconds": 0.1, "kill_timeout": 2, "restart": "never"}})
-    d.start()
-    if "one cgroup per instance" not in d.log_text():
-        pytest.skip("no cgroups here")
-    leader = d.wait_state("w:0", "RUNNING")["pid"]
-    wait_until(lambda: left.exists() and left.read_text().strip(), 10, "the child's pid")
-    child = int(left.read_text())
-    _kill_daemon(d)
-    os.kill(leader, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(leader), 10, "the leader gone")
+    d, child = _leader_gone_child_left(daemon_factory, tmp_path,
+                                       "env -u PYVISOR_BLOCK sleep 100000")
     block = open_block(blk.shm_name(d.prefix, "w:0"))
     assert block is not None
     block.set_spawned(0, 0, 1)             # as if the daemon died before recording the spawn
