@@ -23,12 +23,18 @@ from supervisor.config.yamlfile import Path
 ERROR_TYPE = "pyvisor"
 
 
+MAX_SHOWN = 100   # problems a ConfigError names; a file of 10,000 workers can have 30,000
+
+
 class ConfigError(Exception):
     """A config file cannot be used. ``str()`` is the whole message (one line per problem);
-    ``errors`` holds the lines."""
+    ``errors`` holds the lines: the first MAX_SHOWN, then one line counting the rest."""
 
     def __init__(self, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
+        self.errors = list(errors[:MAX_SHOWN])
+        if len(errors) > MAX_SHOWN:
+            self.errors.append(f"... and {len(errors) - MAX_SHOWN:,} more problems; fix "
+                               "these and check the file again")
         super().__init__("\n".join(self.errors))
 
 

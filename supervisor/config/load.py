@@ -24,9 +24,9 @@ from supervisor.config.models import (
 from supervisor.config.yamlfile import Path, YamlSyntaxError, parse
 from supervisor.heap import collector_paused
 
-# A config for 10,000 workers is a few hundred KB; what is far larger is a mistake (or an
-# attack), and everything after reading is bounded by this size.
-MAX_FILE_BYTES = 1 << 20
+# 10,000 workers of one instance each, with a dozen settings, are 4 MB; what is far larger
+# is a mistake (or an attack). The parsed tree is bounded apart (yamlfile.MAX_NODES).
+MAX_FILE_BYTES = 16 << 20
 
 
 def _keys_at(path: Path) -> Sequence[str]:

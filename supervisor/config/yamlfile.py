@@ -14,7 +14,9 @@ build the data ourselves, which lets us:
 - refuse what a config never needs and an attacker would use: tags other than YAML's plain
   scalar and collection ones (``!!python/object`` ...), a value that contains itself through
   an alias, nesting deeper than MAX_DEPTH, more than MAX_VALUES values once aliases are
-  expanded (a few hundred bytes of aliases can stand for billions of values), integers longer
+  expanded (a few hundred bytes of aliases can stand for billions of values), more than
+  MAX_NODES keys and values as written (refused while composing: the tree's memory is in
+  proportion to them, about 500 bytes each), integers longer
   than MAX_INT_CHARS, NUL characters (no path, command, name or environment value can
   hold one) and lone surrogates (a ``"\\ud800"`` escape: half a UTF-16 pair, not text; no
   path or argument can be encoded from one).
@@ -42,6 +44,8 @@ Path = tuple[str | int, ...]
 
 MAX_DEPTH = 64
 MAX_VALUES = 500_000
+MAX_NODES = 600_000   # keys and values as written (10,000 workers of a dozen settings: 380,000)
+PYTHON_PARSER_CHARS = 1 << 20  # the size up to which PyYAML's parser words libyaml's errors
 MAX_INT_CHARS = 100
 _STD = "tag:yaml.org,2002:"
 _MERGE_TAG = _STD + "merge"
@@ -52,19 +56,27 @@ _TAGS = {MappingNode: frozenset({_STD + "map"}), SequenceNode: frozenset({_STD +
          ScalarNode: _SCALAR_TAGS}
 
 
+class _Bound(yaml.composer.ComposerError):
+    """A bound of _DepthLimit: the same with either parser, so never parsed again."""
+
+
 class _DepthLimit(yaml.composer.Composer):
     """A composer that refuses nesting deeper than MAX_DEPTH (it recurses once per level, so
-    a deep file would otherwise end in RecursionError)."""
+    a deep file would otherwise end in RecursionError) and more than MAX_NODES nodes (what
+    the tree costs in memory is in proportion to them, not to the file's bytes)."""
 
     _depth = 0
+    _nodes = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         self._depth += 1
+        self._nodes += 1
         try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None, None, f"nesting deeper than {MAX_DEPTH} levels",
-                    self.peek_event().start_mark)  # type: ignore[attr-defined]
+            if self._depth > MAX_DEPTH or self._nodes > MAX_NODES:
+                raise _Bound(None, None, f"nesting deeper than {MAX_DEPTH} levels"
+                             if self._depth > MAX_DEPTH else f"more than {MAX_NODES:,} keys "
+                             "and values; a config needs far fewer",
+                             self.peek_event().start_mark)  # type: ignore[attr-defined]
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -96,8 +108,12 @@ def _compose(text: str) -> Node | None:
     if _CLoader is not None:
         try:
             return yaml.compose(text, Loader=_CLoader)
+        except _Bound:
+            raise
         except yaml.YAMLError:
-            pass       # PyYAML's parser words the error (and may accept what libyaml does not)
+            if len(text) > PYTHON_PARSER_CHARS:
+                raise  # libyaml's words: PyYAML's parser would take a minute on 16 MiB
+            # PyYAML's parser words the error (and may accept what libyaml does not)
     return yaml.compose(text, Loader=_Loader)
 
 

@@ -224,8 +224,63 @@ def test_billion_laughs_is_refused_fast_and_small() -> None:
 
 
 def test_file_size_is_bounded() -> None:
-    errs = errors("workers: {}\n" + "#" * (1 << 20))
-    assert errs == ["app.yaml: the file is larger than 1 MiB; a config is never that large"]
+    errs = errors("workers: {}\n" + "#" * (16 << 20))
+    assert errs == ["app.yaml: the file is larger than 16 MiB; a config is never that large"]
+
+
+def test_a_config_of_thousands_of_distinct_workers_over_a_megabyte_loads() -> None:
+    # what --convert makes of a supervisord.conf of many [program:x] sections
+    text = "workers:\n" + "".join(
+        f"  app-{i}:\n    command: [sleep, '100']\n    directory: /tmp\n"
+        f"    environment: {{APP_ENV: production, APP_INDEX: '{i}'}}\n"
+        f"    stdout: {{path: /tmp/app-{i}.log, max_bytes: 10MB, backups: 3}}\n"
+        for i in range(6000))
+    assert len(text) > 1 << 20
+    assert len(load_config(write(text)).workers) == 6000
+
+
+def test_the_parsed_tree_is_bounded_while_composing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.config import yamlfile
+
+    monkeypatch.setattr(yamlfile, "MAX_NODES", 1000)
+    errs = errors("workers: {}\nx: [" + ",".join(["a"] * 2000) + "]\n")
+    assert errs == ["app.yaml:2:1995: invalid YAML: more than 1,000 keys and values; a config "
+                    "needs far fewer"], errs
+
+
+def test_a_large_file_s_syntax_error_is_worded_by_libyaml_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyYAML's own parser words errors better but takes ~3 s a megabyte: never on a large
+    file (a reload would stall the daemon for a minute on 16 MiB)."""
+    from supervisor.config import yamlfile
+
+    if yamlfile._CLoader is None:
+        pytest.skip("PyYAML without libyaml")
+    used: list[int] = []
+
+    class Counting(yamlfile._Loader):
+        def __init__(self, stream: str) -> None:
+            used.append(len(stream))
+            super().__init__(stream)
+
+    monkeypatch.setattr(yamlfile, "_Loader", Counting)
+    assert errors("workers: {}\n]\n")[0].startswith("app.yaml:2:1: invalid YAML")
+    assert used, "a small file's error is worded by PyYAML's parser"
+    used.clear()
+    big = "workers: {}\n" + "".join(f"x{i}: 1\n" for i in range(200_000)) + "]\n"
+    assert len(big) > yamlfile.PYTHON_PARSER_CHARS
+    assert errors(big)[0].startswith("app.yaml:200002:1: invalid YAML")
+    assert not used
+
+
+def test_thousands_of_problems_are_named_up_to_a_bound() -> None:
+    from supervisor.config.errors import MAX_SHOWN
+
+    errs = errors("workers:\n" + "".join(f"  a{i}:\n    command: sleep 1\n    numproc: 2\n"
+                                         for i in range(MAX_SHOWN + 50)))
+    assert len(errs) == MAX_SHOWN + 1
+    assert errs[0].startswith("app.yaml:4: workers.a0.numproc: unknown key")
+    assert errs[-1] == "... and 50 more problems; fix these and check the file again"
 
 
 def test_load_config_turns_any_failure_into_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
