@@ -26,12 +26,13 @@ from supervisor import fds, paths, runtimedir, safefs
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.config.checks import file_warnings, output_warnings, program_warnings
 from supervisor.control.handlers import Handlers
-from supervisor.control.protocol import BAD_CONFIG, OK, Reply
+from supervisor.control.protocol import BAD_CONFIG, FAILED, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
 from supervisor.convert import cli as convert_cli
 from supervisor.core import COMING_UP, IN_TRANSITION, SUMMARY_ORDER, State
 from supervisor.heap import collector_paused, settle_heap
 from supervisor.interrupts import Interrupts
+from supervisor.loading import ConfigLoads
 from supervisor.logs import setup_daemon_logging
 from supervisor.loop import Loop
 from supervisor.names import ctl_command
@@ -168,6 +169,7 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.runtime = Runtime(self.loop, config, notify_path=f"{sup.socket}.notify")
         self.runtime.on_change = self._status_changed
+        self.loads = ConfigLoads(self.loop, lambda: load_config(self.config.path), self._loaded)
         # The daemon logs to stderr, which systemd hands to the journal (JOURNAL_STREAM).
         where = ("the daemon log (the systemd journal)" if "JOURNAL_STREAM" in os.environ
                  else "the daemon log (supervisord's stderr)")
@@ -287,19 +289,28 @@ class Daemon:
 
     # -- verbs the control socket needs ------------------------------------------------------
     def reload(self, done: Callable[[Reply], None]) -> None:
-        try:
-            new = load_config(self.config.path)
-        except ConfigError as e:
-            logger.error(f"reload refused, still running the previous config:\n{e}")
-            done(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
-                                       f"{e}\n"))
+        """Load the config on a thread (loading.py), then apply it here, on the loop."""
+        self.loads.request(done)
+
+    def _loaded(self, new: Config | BaseException, waiting: list[Callable[[Reply], None]]) -> None:
+        def reply(r: Reply) -> None:
+            for done in waiting:
+                done(r)
+
+        if self.leaving:            # a shutdown or re-exec began while the file was read
+            reply(Reply(FAILED, err=f"supervisord is {self.leaving}; reload refused\n"))
             return
-        except Exception as e:      # load_config should raise only ConfigError: never die of it
-            logger.opt(exception=True).error(
-                f"reload refused, still running the previous config: {type(e).__name__}: {e}")
-            done(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
-                                       f"cannot load {self.config.path}: {type(e).__name__}: "
-                                       f"{e}\n"))
+        if isinstance(new, ConfigError):
+            logger.error(f"reload refused, still running the previous config:\n{new}")
+            reply(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
+                                        f"{new}\n"))
+            return
+        if not isinstance(new, Config):   # load_config raises only ConfigError: never die of it
+            logger.opt(exception=new).error(
+                f"reload refused, still running the previous config: {type(new).__name__}: {new}")
+            reply(Reply(BAD_CONFIG, err=f"reload refused; still running the previous config.\n"
+                                        f"cannot load {self.config.path}: "
+                                        f"{type(new).__name__}: {new}\n"))
             return
         self.notifier.reloading()
         gc.unfreeze()       # what the reload drops must be collectable again
@@ -314,7 +325,7 @@ class Daemon:
 
         def finished() -> None:
             self.notifier.ready(self.summary())
-            done(Reply(OK, out=summary or "no changes\n"))
+            reply(Reply(OK, out=summary or "no changes\n"))
 
         self.runtime.wait_for(settle, lambda i: i.st.state not in IN_TRANSITION, finished)
 

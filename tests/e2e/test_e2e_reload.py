@@ -137,3 +137,42 @@ def test_a_reload_that_changes_block_prefix_keeps_the_old_one_until_the_next_sta
         for n in os.listdir("/dev/shm"):
             if n.startswith(other + "."):
                 os.unlink(f"/dev/shm/{n}")
+
+
+def test_the_daemon_answers_while_a_reload_loads_a_large_config(daemon: StartedDaemon) -> None:
+    """A reload loads the file on a thread of its own: a config of 5,000 workers takes about a
+    second to load here, and `pid` requests sent meanwhile are answered before the reload is
+    (on the loop, none was: the loop read no socket until the load was done)."""
+    import json
+    import socket
+    import time
+
+    def ask(s: socket.socket, cmd: str) -> None:
+        s.sendall(json.dumps({"cmd": cmd, "targets": [], "opts": {}}).encode() + b"\n")
+
+    many = {f"app-{i}": {**sleeper(1000), "autostart": False, "directory": "/tmp",
+                         "environment": {"APP_INDEX": str(i)}} for i in range(5000)}
+    d = daemon({"w": sleeper(1000), **many})
+    d.wait_state("w:0", "RUNNING", timeout=60)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as rl:
+        rl.connect(str(d.socket))
+        rl.settimeout(120)
+        ask(rl, "reload")
+        answered = 0
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as p:
+                p.settimeout(120)
+                p.connect(str(d.socket))
+                ask(p, "pid")
+                assert p.recv(65536).startswith(b"{"), "no pid reply"
+            rl.setblocking(False)
+            try:
+                reply = rl.recv(65536)
+                break
+            except BlockingIOError:
+                answered += 1
+            finally:
+                rl.settimeout(120)
+        assert b"no changes" in reply, reply
+    assert answered >= 3, f"only {answered} pid requests answered during the reload"

@@ -377,20 +377,17 @@ def test_sighup_with_an_unloadable_file_keeps_the_old_config(daemon: Any) -> Non
     assert (r.returncode, r.stdout) == (0, "no changes\n"), r
 
 
-def test_reload_refuses_whatever_load_config_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reload_refuses_whatever_load_config_raises() -> None:
     """load_config raises only ConfigError; should a bug let anything else out, reload still
     refuses (code 7) and the daemon runs on."""
     from types import SimpleNamespace
 
     from supervisor import daemon as daemon_module
 
-    def broken(_path: str) -> Any:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(daemon_module, "load_config", broken)
     replies: list[Any] = []
-    fake = SimpleNamespace(config=SimpleNamespace(path="/etc/app.yaml"))
-    daemon_module.Daemon.reload(fake, replies.append)  # type: ignore[arg-type]
+    fake = SimpleNamespace(config=SimpleNamespace(path="/etc/app.yaml"), leaving="")
+    daemon_module.Daemon._loaded(fake, RuntimeError("a bug"),  # type: ignore[arg-type]
+                                 [replies.append])
     assert [(r.code, r.err) for r in replies] == [
         (7, "reload refused; still running the previous config.\ncannot load /etc/app.yaml: "
             "RuntimeError: a bug\n")]
