@@ -9,8 +9,10 @@ lazily instead: LAZY seconds after the last such end, and at most LAZY_MAX secon
 first one waiting. The file is O(instances) to write, 10,000 exits come over many turns for a
 second or more, and the stop entry it removes is only stale meanwhile (a new daemon reads a
 stop entry only for a live process it adopts, and an instance with none gets one only through
-a start, which is written at once). A batch (a stop all) writes what was asked before its
-signals go out, the bookkeeping after them taking a second at 10,000. A new daemon reads it
+a start, which is written at once). A stop (or restart) writes what was asked before its
+signals go out (or its graceful stop is posted): a batch's (a stop all) once for all, the
+bookkeeping after them taking a second at 10,000; one instance's in place of the write at the
+end of its turn (before_step), so still one write per stop. A new daemon reads it
 before it starts anything: a stop you asked for is never followed by a restart, even across a
 SIGKILL of the daemon, and a stop in flight carries on with its original deadline.
 
@@ -87,7 +89,7 @@ class Intent:
         self.write()
 
     def before_signals(self, stepped: Iterable[tuple[Instance, Any, core.InstanceState,
-                                                      list[core.Action]]]) -> None:
+                                                      list[core.Action]]]) -> bool:
         """A batch (stop all, restart all): what was asked is on disk before its signals go
         out (the bookkeeping after them takes a second at 10,000, and a daemon killed
         meanwhile restarted every instance that had exited, or left stopped every one being
@@ -104,6 +106,18 @@ class Intent:
                 begun[id(inst)] = (bool(post), post[0].deadline if post else 0.0)
         if asked:
             self.write(begun)
+        return asked
+
+    def before_step(self, inst: Instance, event: Any, before: core.InstanceState,
+                    actions: list[core.Action]) -> bool:
+        """One step outside a batch (a stop or restart of one instance, its signal or posted
+        stop not out yet): what was asked is on disk first, as a batch's is; at the end of
+        the turn, a daemon SIGKILLed after the signal left no record of the stop, and its
+        successor restarted the instance that had exited. One write per stop, as before,
+        moved ahead of the signal. True: written, this step's change in it."""
+        if not any(isinstance(a, core.Signal | core.PostStop) for a in actions):
+            return False
+        return self.before_signals(((inst, event, before, actions),))
 
     def write(self, begun: Mapping[int, tuple[bool, float]] | None = None) -> None:
         """The file, now. ``begun``: id(inst) -> (graceful, deadline) of stops stepped whose

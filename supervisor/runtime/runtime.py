@@ -329,8 +329,9 @@ class Runtime:
         while self._queue:
             inst, event = self._queue.popleft()
             done = self._step(inst, event)
-            if done is not None:
-                self._carry_out(inst, event, done[0], done[1], done[1])
+            if done is not None:    # a stop's record is on disk before its signal goes out
+                written = self.intent.before_step(inst, event, *done)
+                self._carry_out(inst, event, *done, done[1], written)
 
     def _step(self, inst: Instance, event: Event) -> tuple[InstanceState, list[core.Action]] | None:
         if isinstance(event, core.Exited | core.ExitedWhileAway):
@@ -345,13 +346,14 @@ class Runtime:
         return before, actions
 
     def _carry_out(self, inst: Instance, event: Event, before: InstanceState,
-                   actions: list[core.Action], todo: list[core.Action]) -> None:
+                   actions: list[core.Action], todo: list[core.Action],
+                   written: bool = False) -> None:   # written: the intent, this step's in it
         for action in todo:          # the step's actions not done yet, then what follows
             self._execute(inst, action, event.now)
         publish_step(self.events, inst.name, event, before, inst.st, actions)
         old = before.state
-        if inst.st.wanted != before.wanted or inst.st.restarts != before.restarts or (
-                State.STOPPING in (old, inst.st.state)):   # what a new daemon must know
+        if not written and (inst.st.wanted != before.wanted or inst.st.restarts != before.restarts or (
+                State.STOPPING in (old, inst.st.state))):   # what a new daemon must know
             self.intent.changed(lazy=old is State.STOPPING and inst.st.state in NO_PROCESS
                                 and inst.st.wanted == before.wanted
                                 and inst.st.restarts == before.restarts)
