@@ -351,12 +351,11 @@ class Runtime:
         for action in todo:          # the step's actions not done yet, then what follows
             self._execute(inst, action, event.now)
         publish_step(self.events, inst.name, event, before, inst.st, actions)
-        old = before.state
-        if not written and (inst.st.wanted != before.wanted or inst.st.restarts != before.restarts or (
-                State.STOPPING in (old, inst.st.state))):   # what a new daemon must know
+        old, same = before.state, (inst.st.wanted, inst.st.restarts) == (before.wanted,
+                                                                          before.restarts)
+        if not written and (not same or State.STOPPING in (old, inst.st.state)):  # successor
             self.intent.changed(lazy=old is State.STOPPING and inst.st.state in NO_PROCESS
-                                and inst.st.wanted == before.wanted
-                                and inst.st.restarts == before.restarts)
+                                and same)
         if inst.st.state is not old:
             self._on_transition(inst)
 

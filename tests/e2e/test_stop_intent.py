@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import SUPERVISORCTL, DaemonFactory, DaemonProcess, pid_alive, write_script
+from tests.support.daemon import (
+    SUPERVISORCTL,
+    DaemonFactory,
+    DaemonProcess,
+    pid_alive,
+    write_script,
+)
 from tests.support.wait import wait_until
 
 STRACE = shutil.which("strace")
