@@ -40,7 +40,6 @@ import os
 import select
 import selectors
 import socket
-import struct
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -64,8 +63,8 @@ from supervisor.control.sockfile import (
     ServerError,
     SocketInUseError,
     create_socket,
+    peer_of,
     resolve_group,
-    supplementary_gids,
 )
 from supervisor.control.stream import Stream
 from supervisor.loop import Loop, Timer
@@ -78,7 +77,6 @@ _BIG_REPLY = 1024 * 1024  # releasing one this large hands freed heap back to th
 # Replies up to this size always go out (the cap on connections bounds them): the answer to a
 # start or stop that was done must never be swapped for "busy"; only big reads (status) can be.
 _SMALL_REPLY = 64 * 1024
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ACCEPT_BATCH = 64
 # A client closed on at once (the table full) is told to see the log: it says why, at most
 # once in this many seconds (a flood must not become a flood of log lines).
@@ -415,7 +413,7 @@ class ControlServer:
                          "new ones are closed unanswered until slots free up (a client that "
                          f"sends no request is dropped after {self.read_timeout:g} s)")
             return
-        refused_uid, peer = self._peer(sock)
+        refused_uid, peer = peer_of(sock, self.gid)
         if refused_uid is not None and self._refused_count() >= self.max_refused:
             sock.close()
             return
@@ -441,23 +439,6 @@ class ControlServer:
         # The request is usually in already (clients send right after connect): read it now
         # rather than a loop turn later, which during a mass start is a spawn slice later.
         conn.on_event(selectors.EVENT_READ)
-
-    def _peer(self, sock: socket.socket) -> tuple[int | None, int]:
-        """(None if the peer may talk to us, else its uid; the peer's uid, -1 if unknown)."""
-        pid: int
-        uid: int
-        gid: int
-        try:
-            pid, uid, gid = _UCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-            )
-        except OSError:
-            return -1, -1
-        if uid == 0 or uid == os.geteuid():
-            return None, uid
-        if self.gid is not None and (gid == self.gid or self.gid in supplementary_gids(pid)):
-            return None, uid
-        return uid, uid
 
     def _refused_count(self) -> int:
         return sum(1 for c in self._conns.values() if c.refused_uid is not None)
