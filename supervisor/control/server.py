@@ -24,6 +24,8 @@ Rules this module keeps, because the daemon's loop must never stall or die for a
   reply names (``log_where``);
 - bytes sent after the request are read and dropped, up to ``max_request``; then the connection
   is no longer read (the peer's writes block, the daemon's loop does not spin on them);
+- a connection closed with bytes unread (or cut off in a request too large) lingers, bounded
+  (supervisor.control.linger): its client reads the reply and EOF, not ECONNRESET;
 - a client that goes away before its (deferred) reply marks the responder ``closed``; the reply is
   then dropped silently.
 
@@ -45,6 +47,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from supervisor.control.linger import Linger
 from supervisor.control.protocol import (
     EOL,
     ERROR,
@@ -109,6 +112,7 @@ class _Conn:
         self.peer = -1                       # the peer's uid (SO_PEERCRED)
         self.stream: Stream | None = None    # set when the handler answers with a stream
         self.parts: Iterator[bytes] | None = None  # the rest of a reply given in pieces
+        self.cut = False          # the request was too large: more of it may be on the way
 
     def start_stream(self) -> Stream:
         self.state = _STREAMING   # the Stream watches the socket from now on
@@ -157,6 +161,7 @@ class _Conn:
         if nl < 0 and len(self.inbuf) <= self.server.max_request:
             return
         if nl < 0 or nl > self.server.max_request:
+            self.cut = True
             self.send_error(USAGE, f"request too large (more than {self.server.max_request} bytes)")
             return
         line = bytes(self.inbuf[:nl])
@@ -329,7 +334,7 @@ class _Conn:
         self.server._forget(self)
         if self.watch_reads:
             self.server.loop.remove(self.fd)
-        self.sock.close()
+        self.server.linger.close(self.sock, self.cut)
 
 
 class ControlServer:
@@ -375,6 +380,7 @@ class ControlServer:
         self._trim: Timer | None = None
         self.gid: int | None = resolve_group(group) if group is not None else None
         self._conns: dict[int, _Conn] = {}
+        self.linger = Linger(loop)
         self._paused: Timer | None = None
         self._full_logged = -_FULL_LOG_EVERY  # monotonic time of the last "full" log line
         self._closed = False
@@ -384,6 +390,10 @@ class ControlServer:
     @property
     def connections(self) -> int:
         return len(self._conns)
+
+    @property
+    def lingering(self) -> int:
+        return len(self.linger)
 
     # -- accepting ----------------------------------------------------------------------------
     def _on_accept(self, _mask: int) -> None:
@@ -470,6 +480,7 @@ class ControlServer:
         self.loop.remove(self._sock.fileno())
         for conn in list(self._conns.values()):
             conn.close()
+        self.linger.close_all()
         self._sock.close()
         try:
             st = os.lstat(self.path)
