@@ -330,8 +330,8 @@ class Runtime:
             inst, event = self._queue.popleft()
             done = self._step(inst, event)
             if done is not None:    # a stop's record is on disk before its signal goes out
-                written = self.intent.before_step(inst, event, *done)
-                self._carry_out(inst, event, *done, done[1], written)
+                self.intent.before_step(inst, *done)
+                self._carry_out(inst, event, done[0], done[1], done[1])
 
     def _step(self, inst: Instance, event: Event) -> tuple[InstanceState, list[core.Action]] | None:
         if isinstance(event, core.Exited | core.ExitedWhileAway):
@@ -346,14 +346,13 @@ class Runtime:
         return before, actions
 
     def _carry_out(self, inst: Instance, event: Event, before: InstanceState,
-                   actions: list[core.Action], todo: list[core.Action],
-                   written: bool = False) -> None:   # written: the intent, this step's in it
+                   actions: list[core.Action], todo: list[core.Action]) -> None:
         for action in todo:          # the step's actions not done yet, then what follows
             self._execute(inst, action, event.now)
         publish_step(self.events, inst.name, event, before, inst.st, actions)
         old, same = before.state, (inst.st.wanted, inst.st.restarts) == (before.wanted,
                                                                           before.restarts)
-        if not written and (not same or State.STOPPING in (old, inst.st.state)):  # successor
+        if not same or State.STOPPING in (old, inst.st.state):  # what a new daemon must know
             self.intent.changed(lazy=old is State.STOPPING and inst.st.state in NO_PROCESS
                                 and same)
         if inst.st.state is not old:
