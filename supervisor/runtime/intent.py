@@ -281,9 +281,8 @@ def _record(key: Key) -> dict[str, Any]:
 def encode(boot_id: str, instances: Iterable[Instance],
            begun: Mapping[int, tuple[bool, float]] | None = None, gen: int = 0) -> bytes:
     """The file: {"boot_id": ..., "gen": N, "instances": {name: record}}, as json.dumps
-    writes it. At
-    10,000 instances most records are alike (after a stop all: all of them), so each
-    distinct record is encoded once and the text is joined; json.dumps of the whole is
+    writes it. At 10,000 instances most records are alike (after a stop all: all of them), so
+    each distinct record is encoded once and the text is joined; json.dumps of the whole is
     several times slower, and this write comes right after a stop all's signals."""
     texts: dict[Key, str] = {}
     parts = []
