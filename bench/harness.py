@@ -303,7 +303,8 @@ class Run:
         for d in self.daemons:   # a killed daemon leaves its locator (the runtime directory)
             if isinstance(d, Pyvisor) and d.proc is not None:
                 paths.remove_locator(str(d.config), d.pid)
-        for left in (f"intent-{self.prefix}.json", f"prefix-{self.prefix}.lock"):
+        for left in (f"intent-{self.prefix}.json", f"intent-{self.prefix}.journal",
+                     f"prefix-{self.prefix}.lock"):
             with contextlib.suppress(OSError):   # its record of what was asked, its lock
                 os.unlink(os.path.join(paths.runtime_dir(), left))
         for n in os.listdir("/dev/shm"):

@@ -24,6 +24,8 @@ Rules this module keeps, because the daemon's loop must never stall or die for a
   reply names (``log_where``);
 - bytes sent after the request are read and dropped, up to ``max_request``; then the connection
   is no longer read (the peer's writes block, the daemon's loop does not spin on them);
+- a connection closed with bytes unread (or cut off in a request too large) lingers, bounded
+  (supervisor.control.linger): its client reads the reply and EOF, not ECONNRESET;
 - a client that goes away before its (deferred) reply marks the responder ``closed``; the reply is
   then dropped silently.
 
@@ -40,12 +42,12 @@ import os
 import select
 import selectors
 import socket
-import struct
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from supervisor.control.linger import Linger
 from supervisor.control.protocol import (
     EOL,
     ERROR,
@@ -64,8 +66,8 @@ from supervisor.control.sockfile import (
     ServerError,
     SocketInUseError,
     create_socket,
+    peer_of,
     resolve_group,
-    supplementary_gids,
 )
 from supervisor.control.stream import Stream
 from supervisor.loop import Loop, Timer
@@ -78,7 +80,6 @@ _BIG_REPLY = 1024 * 1024  # releasing one this large hands freed heap back to th
 # Replies up to this size always go out (the cap on connections bounds them): the answer to a
 # start or stop that was done must never be swapped for "busy"; only big reads (status) can be.
 _SMALL_REPLY = 64 * 1024
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ACCEPT_BATCH = 64
 # A client closed on at once (the table full) is told to see the log: it says why, at most
 # once in this many seconds (a flood must not become a flood of log lines).
@@ -111,6 +112,7 @@ class _Conn:
         self.peer = -1                       # the peer's uid (SO_PEERCRED)
         self.stream: Stream | None = None    # set when the handler answers with a stream
         self.parts: Iterator[bytes] | None = None  # the rest of a reply given in pieces
+        self.cut = False          # the request was too large: more of it may be on the way
 
     def start_stream(self) -> Stream:
         self.state = _STREAMING   # the Stream watches the socket from now on
@@ -159,6 +161,7 @@ class _Conn:
         if nl < 0 and len(self.inbuf) <= self.server.max_request:
             return
         if nl < 0 or nl > self.server.max_request:
+            self.cut = True
             self.send_error(USAGE, f"request too large (more than {self.server.max_request} bytes)")
             return
         line = bytes(self.inbuf[:nl])
@@ -331,7 +334,7 @@ class _Conn:
         self.server._forget(self)
         if self.watch_reads:
             self.server.loop.remove(self.fd)
-        self.sock.close()
+        self.server.linger.close(self.sock, self.cut)
 
 
 class ControlServer:
@@ -377,6 +380,7 @@ class ControlServer:
         self._trim: Timer | None = None
         self.gid: int | None = resolve_group(group) if group is not None else None
         self._conns: dict[int, _Conn] = {}
+        self.linger = Linger(loop)
         self._paused: Timer | None = None
         self._full_logged = -_FULL_LOG_EVERY  # monotonic time of the last "full" log line
         self._closed = False
@@ -386,6 +390,10 @@ class ControlServer:
     @property
     def connections(self) -> int:
         return len(self._conns)
+
+    @property
+    def lingering(self) -> int:
+        return len(self.linger)
 
     # -- accepting ----------------------------------------------------------------------------
     def _on_accept(self, _mask: int) -> None:
@@ -415,7 +423,7 @@ class ControlServer:
                          "new ones are closed unanswered until slots free up (a client that "
                          f"sends no request is dropped after {self.read_timeout:g} s)")
             return
-        refused_uid, peer = self._peer(sock)
+        refused_uid, peer = peer_of(sock, self.gid)
         if refused_uid is not None and self._refused_count() >= self.max_refused:
             sock.close()
             return
@@ -441,23 +449,6 @@ class ControlServer:
         # The request is usually in already (clients send right after connect): read it now
         # rather than a loop turn later, which during a mass start is a spawn slice later.
         conn.on_event(selectors.EVENT_READ)
-
-    def _peer(self, sock: socket.socket) -> tuple[int | None, int]:
-        """(None if the peer may talk to us, else its uid; the peer's uid, -1 if unknown)."""
-        pid: int
-        uid: int
-        gid: int
-        try:
-            pid, uid, gid = _UCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-            )
-        except OSError:
-            return -1, -1
-        if uid == 0 or uid == os.geteuid():
-            return None, uid
-        if self.gid is not None and (gid == self.gid or self.gid in supplementary_gids(pid)):
-            return None, uid
-        return uid, uid
 
     def _refused_count(self) -> int:
         return sum(1 for c in self._conns.values() if c.refused_uid is not None)
@@ -489,6 +480,7 @@ class ControlServer:
         self.loop.remove(self._sock.fileno())
         for conn in list(self._conns.values()):
             conn.close()
+        self.linger.close_all()
         self._sock.close()
         try:
             st = os.lstat(self.path)

@@ -9,6 +9,7 @@ import grp
 import os
 import socket
 import stat
+import struct
 
 
 class ServerError(Exception):
@@ -106,3 +107,24 @@ def create_socket(path: str, mode: int, gid: int | None) -> tuple[socket.socket,
             os.unlink(path)
         raise ServerError(f"cannot set up the control socket {path}: {e}") from e
     return sock, (st.st_dev, st.st_ino)
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_of(sock: socket.socket, gid: int | None) -> tuple[int | None, int]:
+    """(None if the peer may talk to us, else its uid; the peer's uid, -1 if unknown): root,
+    the daemon's euid and, when ``gid`` is set, that group's members may."""
+    pid: int
+    uid: int
+    peer_gid: int
+    try:
+        pid, uid, peer_gid = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError:
+        return -1, -1
+    if uid == 0 or uid == os.geteuid():
+        return None, uid
+    if gid is not None and (peer_gid == gid or gid in supplementary_gids(pid)):
+        return None, uid
+    return uid, uid

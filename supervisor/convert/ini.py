@@ -8,7 +8,9 @@ supervisord's rules, followed here:
   continues the previous value.
 - ``[include] files = ...`` of the main file lists whitespace-separated globs, relative to the
   main file's directory, read in sorted order into the same parser. A glob matching nothing is
-  only a warning. An included file's own ``[include]`` is not followed.
+  only a warning. An included file's own ``[include]`` is not followed. Bounded here (not by
+  supervisord): the files matched, the directory entries looked at and the bytes read
+  (includes.py); a FIFO or device is refused, never opened.
 - After each file is read, ``%(here)s`` in every value read so far becomes the absolute
   directory of that file; the other ``%(...)s`` names are expanded later, option by option
   (values.expand), because they differ per section and per process.
@@ -19,12 +21,13 @@ Every problem supervisord would refuse the file for is a ConvertError naming the
 from __future__ import annotations
 
 import configparser
-import glob
 import os
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from supervisor.convert import includes
+from supervisor.convert.includes import Budget, TooMany, bounded_glob
 from supervisor.convert.values import BadValue, expand
 
 HERE = "%(here)s"
@@ -93,11 +96,14 @@ MAX_CONF_BYTES = 4 * 1024 * 1024      # a supervisord.conf, however large, is fa
 
 def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
     try:
-        # never a FIFO or device (it would block or never end), and a bounded size
+        # never a FIFO or device (it would block or never end; opening some has effects:
+        # not opened at all), and a bounded size
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConvertError([_not_regular(path)])
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConvertError([f"{path}: not a regular file"])
+                raise ConvertError([_not_regular(path)])
             raw = os.read(fd, MAX_CONF_BYTES + 1)
         finally:
             os.close(fd)
@@ -125,6 +131,18 @@ def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
     except configparser.Error as e:
         raise ConvertError([f"{path}: {e.message}"]) from None
     return text
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0                   # (_read_one says why it cannot be read)
+
+
+def _not_regular(path: str) -> str:
+    return (f"{path}: not a regular file (a directory, FIFO, socket or device); a config "
+            "file is a file")
 
 
 def _lines(text: str) -> list[str]:
@@ -202,13 +220,25 @@ def read(path: str, environ: Mapping[str, str], hostname: str) -> Conf:
         names.update(here=conf.directory, host_node_name=hostname)
         base = os.path.dirname(path)
         where = conf.where("include", "files")
+        budget, total = Budget(), 0
         for pattern in _include_patterns(parser, conf, names):
             full = os.path.join(base, pattern)
-            found = sorted(glob.glob(full))
+            try:
+                found = sorted(bounded_glob(full, budget))
+            except TooMany as e:
+                raise ConvertError([f"{where}: [include] files: {full} {e} (with the globs "
+                                    "before it), the most the converter follows; name fewer "
+                                    "files (e.g. conf.d/*.conf, not /**/*.conf)"]) from None
             if not found:
                 conf.notes.append(Note(where, "include", "files", f"no file matches {full}; "
                                        "nothing included from it (supervisord only warns too)"))
             for name in found:
+                total += _size(name)       # (each read is bounded too: MAX_CONF_BYTES)
+                if total > includes.MAX_TOTAL_BYTES:
+                    raise ConvertError([f"{where}: [include] files: the files included come "
+                                        f"to more than {includes.MAX_TOTAL_BYTES} bytes (at "
+                                        f"{name}), the most the converter reads; name fewer "
+                                        "files"])
                 seen = _record(conf, name, _read_one(parser, name))
                 _expand_here(parser, conf, os.path.dirname(os.path.abspath(name)))
                 if "include" in seen:

@@ -1,19 +1,23 @@
 """GET /api/v1/events: the runtime's events (supervisor.runtime.events) as server-sent events,
 for the status page and for anyone with curl; read-only, so no token, like GET status.
 
-Each event is ``id: SEQ`` and ``data: {the event's JSON}`` (the same object as
-``supervisorctl events --json``). Two named events carry what is not an event:
+Each event is ``id: EPOCH-SEQ`` and ``data: {the event's JSON}`` (the same object as
+``supervisorctl events --json``); EPOCH names the daemon process (EventBus.epoch), because seq
+starts at 1 in each: a client that reconnects to the next daemon with the last id it got is
+known to come from another one, however far the new daemon's seq has gone. Two named events
+carry what is not an event:
 
-- ``event: hello`` first, on every (re)connect: ``{"last_seq": N, "reset": bool}``; reset is
-  true when the client resumes from a seq this daemon never reached (seq starts at 1 in each
-  daemon process: it talked to an earlier one), and then it gets every event kept;
+- ``event: hello`` first, on every (re)connect: ``{"last_seq": N, "reset": bool, "epoch":
+  EPOCH}``; reset is true when the client resumes from another daemon's id (another EPOCH, or
+  a bare seq this daemon never reached), and then it gets every event kept;
 - ``event: lost``: ``{"lost": N, "err": "..."}``: N events were not sent to this client (it
   did not keep up, or it resumed from further back than the ring keeps); a client that shows
   state should fetch it again.
 
 ``?targets=web,db:0`` keeps the events of those targets (as supervisorctl reads them);
-``Last-Event-ID: SEQ`` (the header an EventSource sends when it reconnects) or ``?after=SEQ``
-first replays the kept events after SEQ (Runtime.events.recent), then goes on live.
+``Last-Event-ID: EPOCH-SEQ`` (the header an EventSource sends when it reconnects) or
+``?after=``, either also as a bare SEQ of this daemon, first replays the kept events after SEQ
+(Runtime.events.recent), then goes on live.
 
 Bounds, the same as the control socket's event streams (supervisor.control.stream), because a
 subscriber is an untrusted client and the loop must never stall or grow for it:
@@ -55,8 +59,18 @@ RETRY_MS = 2000           # what an EventSource waits before it reconnects
 
 # Every client of the same event sends the same bytes: render each event once.
 @functools.lru_cache(maxsize=256)
-def render_sse(ev: RuntimeEvent) -> bytes:
-    return b"id: %d\ndata: %s\n\n" % (ev.seq, json.dumps(ev.to_json()).encode())
+def render_sse(ev: RuntimeEvent, epoch: int) -> bytes:
+    return b"id: %d-%d\ndata: %s\n\n" % (epoch, ev.seq, json.dumps(ev.to_json()).encode())
+
+
+def parse_id(text: str, epoch: int) -> int | None:
+    """The seq after which to resume (-1: from another daemon: everything kept), from
+    ``EPOCH-SEQ`` or a bare ``SEQ``; None when it is neither."""
+    head, dash, tail = text.rpartition("-")
+    if not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in (tail, *(
+            (head,) if dash else ()))):
+        return None
+    return -1 if dash and int(head) != epoch else int(tail)
 
 
 def named(event: str, doc: dict[str, object]) -> bytes:
@@ -93,11 +107,11 @@ class EventStreams:
             "after")
         after: int | None = None
         if text is not None and text != "":
-            if not (text.isascii() and text.isdigit() and len(text) <= 18):
-                ex.json(400, _refusal("Last-Event-ID (or ?after=) must be an event's seq: a "
-                                      "number"))
+            after = parse_id(text, self.rt.events.epoch)
+            if after is None:
+                ex.json(400, _refusal("Last-Event-ID (or ?after=) must be an event's id: "
+                                      "EPOCH-SEQ, or a bare SEQ"))
                 return
-            after = int(text)
         if ex.method == "HEAD":
             ex.reply(200, b"", CONTENT_TYPE)
             return
@@ -124,11 +138,11 @@ class _Client:
         self.stream: Stream = ex.stream(200, CONTENT_TYPE, self._closed)
         bus = owner.rt.events
         last = bus.last_seq
-        reset = after is not None and after > last
+        reset = after is not None and (after > last or after < 0)
         start = 0 if after is None or reset else after
         past = bus.recent(after=start) if after is not None else []
         self._put(f"retry: {RETRY_MS}\n".encode()
-                  + named("hello", {"last_seq": last, "reset": reset}))
+                  + named("hello", {"last_seq": last, "reset": reset, "epoch": bus.epoch}))
         first = past[0].seq if past else last + 1
         if after is not None and first - start - 1 > 0:
             self.lost = first - start - 1    # older than the ring keeps
@@ -141,7 +155,7 @@ class _Client:
 
     def on_event(self, ev: RuntimeEvent) -> None:
         if self.want(ev):
-            self._put(render_sse(ev))
+            self._put(render_sse(ev, self.owner.rt.events.epoch))
 
     def _put(self, data: bytes) -> None:
         stream, cap = self.stream, self.owner.cap

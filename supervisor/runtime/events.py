@@ -5,7 +5,9 @@ The runtime publishes from one place (``Runtime.dispatch``, after the core's ste
 state transition ("state"), every exit of a process ("exit"), every adoption ("adopted") and
 every start that became RUNNING ("ready", with how: reported by the worker or after
 start_seconds). Each event gets the next ``seq`` (1, 2, ...: never reused while the daemon
-lives) and the wall-clock time.
+lives) and the wall-clock time. seq starts at 1 again in the next daemon process (after a
+restart, a crash or a re-exec): the bus's ``epoch`` (the microsecond it was made, wall clock)
+tells one daemon's seqs from another's, and the HTTP event stream's ids carry it.
 
 Rules:
   * The bus keeps the last ``keep`` events in a ring (bounded memory whatever the rate), so a
@@ -74,6 +76,7 @@ class EventBus:
         self._subs: list[Subscriber] = []
         self._seq = 0
         self._clock = clock
+        self.epoch = time.time_ns() // 1000    # which daemon's seqs (see the module's doc)
 
     @property
     def last_seq(self) -> int:

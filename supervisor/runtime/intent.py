@@ -9,8 +9,13 @@ lazily instead: LAZY seconds after the last such end, and at most LAZY_MAX secon
 first one waiting. The file is O(instances) to write, 10,000 exits come over many turns for a
 second or more, and the stop entry it removes is only stale meanwhile (a new daemon reads a
 stop entry only for a live process it adopts, and an instance with none gets one only through
-a start, which is written at once). A batch (a stop all) writes what was asked before its
-signals go out, the bookkeeping after them taking a second at 10,000. A new daemon reads it
+a start, which is written at once). A stop (or restart) is on disk before its signals go out
+(or its graceful stop is posted): a batch's (a stop all) by the whole file, once for all, the
+bookkeeping after them taking a second at 10,000; one instance's (before_step) by one line
+appended to a journal beside the file, O(1) where the file is O(instances), the file written
+at the end of the turn as for any change. Each file carries a generation, each journal line
+the generation of the file that will cover it: a line is applied over a file older than it,
+and the journal is removed after each file written. A new daemon reads them
 before it starts anything: a stop you asked for is never followed by a restart, even across a
 SIGKILL of the daemon, and a stop in flight carries on with its original deadline.
 
@@ -25,7 +30,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +54,9 @@ class Intent:
     def __init__(self, rt: Runtime, prefix: str) -> None:
         self.rt = rt
         self.name = f"intent-{prefix}.json"
+        self.journal = f"intent-{prefix}.journal"
+        self.gen = 0                    # the generation of the last file written (or read)
+        self._journaled = False         # a journal line since that file
         self.enabled = True
         self._pending: Timer | None = None
         self._urgent = False            # the pending write is for a change that cannot wait
@@ -105,6 +113,41 @@ class Intent:
         if asked:
             self.write(begun)
 
+    def before_step(self, inst: Instance, before: core.InstanceState,
+                    actions: list[core.Action]) -> None:
+        """One step outside a batch (a stop or restart of one instance, its signal or posted
+        stop not out yet): what was asked is on disk first, as a batch's is (written only at
+        the end of the turn, a daemon SIGKILLed after the signal left no record of the stop,
+        and its successor restarted the instance that had exited): inst's record, one line
+        appended to the journal. The file follows at the end of the turn (changed())."""
+        st = inst.st
+        if not self.enabled or not (st.wanted != before.wanted or (
+                st.restart_after_stop and not before.restart_after_stop)) or not any(
+                isinstance(a, core.Signal | core.PostStop) for a in actions):
+            return
+        begun = None
+        if st.state is State.STOPPING and before.state is not State.STOPPING:
+            post = [a for a in actions if isinstance(a, core.PostStop)]
+            begun = (bool(post), post[0].deadline if post else 0.0)
+        key = _key(inst, begun)
+        line = json.dumps({"boot_id": blk.read_boot_id().hex(), "gen": self.gen + 1,
+                           "name": inst.name, "record": None if key is None else _record(key)})
+        try:
+            dfd = safefs.private_dir(paths.runtime_dir())
+            try:
+                fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                try:
+                    os.write(fd, line.encode() + b"\n")    # (one write: whole or not at all)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(dfd)
+            self._journaled = True
+        except OSError as e:
+            logger.error(f"cannot record what was asked in {self.journal}: {e}; a daemon "
+                         "crash before the end of this turn would forget it")
+
     def write(self, begun: Mapping[int, tuple[bool, float]] | None = None) -> None:
         """The file, now. ``begun``: id(inst) -> (graceful, deadline) of stops stepped whose
         timers are not armed yet (before_signals)."""
@@ -115,11 +158,17 @@ class Intent:
         self._lazy_first = None
         if not self.enabled:
             return
-        data = encode(blk.read_boot_id().hex(), self.rt.instances.values(), begun or {})
+        self.gen += 1
+        data = encode(blk.read_boot_id().hex(), self.rt.instances.values(), begun or {},
+                      self.gen)
         try:
             dfd = safefs.private_dir(paths.runtime_dir())
             try:
                 safefs.write_atomic(dfd, self.name, data)
+                if self._journaled:          # every line in it is in the file now
+                    self._journaled = False
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.journal, dir_fd=dfd)
             finally:
                 os.close(dfd)
         except OSError as e:
@@ -131,32 +180,69 @@ class Intent:
         with contextlib.suppress(OSError):
             dfd = safefs.private_dir(paths.runtime_dir(), create=False)
             try:
-                os.unlink(self.name, dir_fd=dfd)
+                for name in (self.name, self.journal):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dfd)
             finally:
                 os.close(dfd)
 
     # -- reading ----------------------------------------------------------------------------
     def load(self) -> dict[str, dict[str, Any]]:
-        """The records the previous daemon left ({} when none, or unusable: said why)."""
-        path = os.path.join(paths.runtime_dir(), self.name)
+        """The records the previous daemon left ({} when none, or unusable: said why): its
+        file, and over it the journal's lines newer than the file."""
         try:
             dfd = safefs.private_dir(paths.runtime_dir(), create=False)
         except OSError:
             return {}
         try:
-            doc = json.loads(safefs.read_small(dfd, self.name, path, MAX_INTENT, os.geteuid()))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, RecursionError) as e:
-            logger.warning(f"ignoring {path}: {e}")
-            return {}
+            doc = _read_json(dfd, self.name, lambda text: json.loads(text))
+            lines = _read_json(dfd, self.journal, lambda text: [
+                _line(one) for one in text.splitlines()])
         finally:
             os.close(dfd)
-        if not isinstance(doc, dict) or doc.get("boot_id") != blk.read_boot_id().hex():
-            return {}
-        found = doc.get("instances")
-        return {k: v for k, v in found.items() if isinstance(v, dict)} if isinstance(
-            found, dict) else {}
+        boot = blk.read_boot_id().hex()
+        found: dict[str, dict[str, Any]] = {}
+        gen = 0
+        if isinstance(doc, dict) and doc.get("boot_id") == boot:
+            gen = _count(doc.get("gen"))
+            recs = doc.get("instances")
+            found = {k: v for k, v in recs.items() if isinstance(v, dict)} if isinstance(
+                recs, dict) else {}
+        self.gen = max(self.gen, gen)
+        for one in lines if isinstance(lines, list) else ():
+            if not isinstance(one, dict) or one.get("boot_id") != boot or not isinstance(
+                    name := one.get("name"), str) or (line_gen := _count(one.get("gen"))) <= gen:
+                continue                    # another boot's, torn, or in the file already
+            self.gen = max(self.gen, line_gen)
+            rec = one.get("record")
+            if isinstance(rec, dict):
+                found[name] = rec
+            else:
+                found.pop(name, None)
+        return found
+
+
+def _read_json(dfd: int, name: str, parse: Callable[[bytes], Any]) -> Any:
+    path = os.path.join(paths.runtime_dir(), name)
+    try:
+        return parse(safefs.read_small(dfd, name, path, MAX_INTENT, os.geteuid()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as e:
+        logger.warning(f"ignoring {path}: {e}")
+        return None
+
+
+def _line(text: bytes) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None                  # a torn line: the others still count
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and (
+        0 <= value < MAX_RESTARTS) else 0
 
 
 Key = tuple[bool | None, int, tuple[bool, float, bool] | None]
@@ -193,10 +279,10 @@ def _record(key: Key) -> dict[str, Any]:
 
 
 def encode(boot_id: str, instances: Iterable[Instance],
-           begun: Mapping[int, tuple[bool, float]] | None = None) -> bytes:
-    """The file: {"boot_id": ..., "instances": {name: record}}, as json.dumps writes it. At
-    10,000 instances most records are alike (after a stop all: all of them), so each
-    distinct record is encoded once and the text is joined; json.dumps of the whole is
+           begun: Mapping[int, tuple[bool, float]] | None = None, gen: int = 0) -> bytes:
+    """The file: {"boot_id": ..., "gen": N, "instances": {name: record}}, as json.dumps
+    writes it. At 10,000 instances most records are alike (after a stop all: all of them), so
+    each distinct record is encoded once and the text is joined; json.dumps of the whole is
     several times slower, and this write comes right after a stop all's signals."""
     texts: dict[Key, str] = {}
     parts = []
@@ -209,8 +295,8 @@ def encode(boot_id: str, instances: Iterable[Instance],
         if text is None:
             text = texts[key] = json.dumps(_record(key))
         parts.append(f"{_quote(inst.name)}: {text}")
-    return (f'{{"boot_id": {_quote(boot_id)}, "instances": {{{", ".join(parts)}}}}}'
-            .encode())
+    return (f'{{"boot_id": {_quote(boot_id)}, "gen": {gen}, '
+            f'"instances": {{{", ".join(parts)}}}}}'.encode())
 
 
 def wanted_of(rec: dict[str, Any]) -> bool | None:

@@ -329,7 +329,8 @@ class Runtime:
         while self._queue:
             inst, event = self._queue.popleft()
             done = self._step(inst, event)
-            if done is not None:
+            if done is not None:    # a stop's record is on disk before its signal goes out
+                self.intent.before_step(inst, *done)
                 self._carry_out(inst, event, done[0], done[1], done[1])
 
     def _step(self, inst: Instance, event: Event) -> tuple[InstanceState, list[core.Action]] | None:
@@ -349,12 +350,11 @@ class Runtime:
         for action in todo:          # the step's actions not done yet, then what follows
             self._execute(inst, action, event.now)
         publish_step(self.events, inst.name, event, before, inst.st, actions)
-        old = before.state
-        if inst.st.wanted != before.wanted or inst.st.restarts != before.restarts or (
-                State.STOPPING in (old, inst.st.state)):   # what a new daemon must know
+        old, same = before.state, (inst.st.wanted, inst.st.restarts) == (before.wanted,
+                                                                          before.restarts)
+        if not same or State.STOPPING in (old, inst.st.state):  # what a new daemon must know
             self.intent.changed(lazy=old is State.STOPPING and inst.st.state in NO_PROCESS
-                                and inst.st.wanted == before.wanted
-                                and inst.st.restarts == before.restarts)
+                                and same)
         if inst.st.state is not old:
             self._on_transition(inst)
 

@@ -92,7 +92,7 @@ def test_last_event_id_resumes(daemon_factory: DaemonFactory) -> None:
     resume = everything[2]["seq"]
     with EventStream(port, headers={"Last-Event-ID": str(resume)}) as s:
         h = hello(s)
-        assert h == {"last_seq": everything[-1]["seq"], "reset": False}, h
+        assert h == {"last_seq": everything[-1]["seq"], "reset": False, "epoch": h["epoch"]}, h
         replay = s.events(len(everything) - 3)
         assert replay == everything[3:]
         assert d.ctl("start", "w:0").returncode == 0   # then live
@@ -109,6 +109,33 @@ def test_last_event_id_resumes(daemon_factory: DaemonFactory) -> None:
     for bad in ("x", "-1", "1.5", "9" * 30):
         r = request(port, "GET", "/api/v1/events", {"Last-Event-ID": bad})
         assert r.status == 400 and "Last-Event-ID" in r.json()["err"], (bad, r)
+
+
+def test_an_id_of_the_previous_daemon_resumes_from_the_start_of_the_next(
+        daemon_factory: DaemonFactory) -> None:
+    """seq starts at 1 in each daemon process. A client that had seen id N of the daemon
+    before, and reconnected once the next one's seq was past N, was given that daemon's events
+    after N, silently missing its first N. The id names its daemon (EPOCH-SEQ): the client is
+    told reset and gets every event the new daemon kept, from seq 1."""
+    d, port = served(daemon_factory, {"w": SLEEPER})
+    d.wait_state("w:0", "RUNNING")
+    with EventStream(port, "/api/v1/events?after=0") as s:
+        old = hello(s)
+        m = s.next()
+        m = s.next()                  # the second event's id: EPOCH-2
+    assert m["id"] == f"{old['epoch']}-2", m
+    d.stop()
+    d.start()
+    d.wait_state("w:0", "RUNNING")
+    kept = ctl_events(d)
+    assert kept[-1]["seq"] >= 3, kept          # the new daemon is past the old id's seq
+    with EventStream(port, headers={"Last-Event-ID": m["id"]}) as s:
+        h = hello(s)
+        assert h["reset"] is True and h["epoch"] != old["epoch"], h
+        assert s.events(len(kept)) == kept     # from seq 1, none skipped
+    with EventStream(port, headers={"Last-Event-ID": f"{h['epoch']}-2"}) as s:
+        assert hello(s)["reset"] is False      # this daemon's own id resumes after it
+        assert s.events(len(kept) - 2) == kept[2:]
 
 
 def test_resuming_from_further_back_than_the_ring_says_lost(
@@ -224,7 +251,8 @@ def test_stalled_clients_cannot_stall_or_grow_the_daemon(
             while chunk := s.recv(1 << 20):
                 got += chunk
         body = bytes(got).partition(b"\r\n\r\n")[2]
-        seqs = [int(line[4:]) for line in body.split(b"\n") if line.startswith(b"id: ")]
+        seqs = [int(line[4:].partition(b"-")[2]) for line in body.split(b"\n")
+                if line.startswith(b"id: ")]                   # id: EPOCH-SEQ
         assert seqs and seqs == sorted(set(seqs)), "events out of order or repeated"
         # the others never read: after the stall timeout (10 s) their slots come back (the
         # scrape's and the first client's are left)

@@ -287,7 +287,8 @@ class DaemonProcess:
     def _remove_locator(self) -> list[str]:
         from supervisor import paths
         # what a SIGKILLed daemon leaves for the next one (by design): removed silently
-        Path(paths.runtime_dir(), f"intent-{self.prefix}.json").unlink(missing_ok=True)
+        for left in (f"intent-{self.prefix}.json", f"intent-{self.prefix}.journal"):
+            Path(paths.runtime_dir(), left).unlink(missing_ok=True)
         Path(paths.runtime_dir(), f"prefix-{self.prefix}.lock").unlink(missing_ok=True)
         loc = paths.locator_path(str(self.config_path))
         if os.path.exists(loc):

@@ -107,7 +107,7 @@ class EventStream:
         while len(out) < n:
             m = self.next()
             if "id" in m:
-                assert int(m["id"]) == m["data"]["seq"], m
+                assert int(m["id"].partition("-")[2]) == m["data"]["seq"], m   # EPOCH-SEQ
                 out.append(m["data"])
         return out
 

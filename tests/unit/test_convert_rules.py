@@ -690,3 +690,79 @@ def test_a_user_given_as_a_uid_converts_to_a_file_that_loads() -> None:
     assert (config.workers["x"].user, config.workers["x"].group) == ("root", "root")
     with pytest.raises(ConfigError, match=r"no such user on this machine \(got '99999999999'\)"):
         loads({"workers": {"x": w | {"user": "99999999999"}}})
+
+
+# -- [include] bounded: files, entries looked at, bytes; never a FIFO or device ------------------
+def _run_bounded(fn: Any, seconds: float = 20.0) -> Any:
+    """fn() in a thread: a hang (a FIFO opened for reading) fails the test instead of holding
+    it until the suite's timeout."""
+    import threading
+    out: list[Any] = []
+
+    def target() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 -- handed to the test
+            out.append(e)
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds} s (it blocks)"
+    return out[0]
+
+
+def test_an_include_glob_matching_too_many_files_names_the_line_and_the_limit() -> None:
+    from supervisor.convert import includes
+    Path("conf.d").mkdir()
+    for i in range(includes.MAX_FILES + 1):
+        Path(f"conf.d/{i}.conf").write_bytes(b"")
+    assert errors("[program:a]\ncommand=/bin/a\n[include]\nfiles = conf.d/*.conf\n") == [
+        f"supervisord.conf:4: [include] files: conf.d/*.conf matches more than "
+        f"{includes.MAX_FILES} files (with the globs before it), the most the converter "
+        "follows; name fewer files (e.g. conf.d/*.conf, not /**/*.conf)"]
+
+
+def test_an_include_glob_that_walks_too_far_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/*/*/*/*.conf matches little and looks at everything: bounded by the entries it looks
+    at (a small bound here, the tree of tmp_path; the real one is 200,000)."""
+    from supervisor.convert import includes
+    monkeypatch.setattr(includes, "MAX_ENTRIES", 50)
+    for i in range(30):
+        Path(f"d{i}/e").mkdir(parents=True)
+    lines = errors("[include]\nfiles = */*/*.conf\n")
+    assert lines == ["supervisord.conf:2: [include] files: */*/*.conf looks at more than 50 "
+                     "directory entries (with the globs before it), the most the converter "
+                     "follows; name fewer files (e.g. conf.d/*.conf, not /**/*.conf)"]
+    assert _run_bounded(lambda: errors("[include]\nfiles = /*/*/*/*/*.conf\n"))[0].endswith(
+        "(e.g. conf.d/*.conf, not /**/*.conf)")
+
+
+def test_included_files_are_bounded_in_bytes_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.convert import includes
+    monkeypatch.setattr(includes, "MAX_TOTAL_BYTES", 1000)
+    for i in range(3):
+        write(f"[program:p{i}]\ncommand=/bin/p\n" + "; padding\n" * 40, f"conf.d/{i}.conf")
+    assert errors("[include]\nfiles = conf.d/*.conf\n") == [
+        "supervisord.conf:2: [include] files: the files included come to more than 1000 bytes "
+        "(at conf.d/2.conf), the most the converter reads; name fewer files"]
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero", "/dev/null", "dir"])
+def test_an_included_fifo_device_or_directory_is_refused_without_blocking(target: str) -> None:
+    if target == "fifo":
+        os.mkfifo("conf.d.fifo")
+        target = "conf.d.fifo"
+    elif target == "dir":
+        Path("dir.conf").mkdir()
+        target = "dir.conf"
+    lines = _run_bounded(lambda: errors(f"[include]\nfiles = {target}\n"))
+    assert lines == [f"{target}: not a regular file (a directory, FIFO, socket or device); a "
+                     "config file is a file"]
+
+
+def test_a_fifo_matched_by_an_include_glob_is_refused_without_blocking() -> None:
+    write("[program:a]\ncommand=/bin/a\n", "conf.d/a.conf")
+    os.mkfifo("conf.d/b.conf")
+    lines = _run_bounded(lambda: errors("[include]\nfiles = conf.d/*.conf\n"))
+    assert lines == ["conf.d/b.conf: not a regular file (a directory, FIFO, socket or device); "
+                     "a config file is a file"]

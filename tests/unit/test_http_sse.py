@@ -100,16 +100,18 @@ def test_a_client_behind_its_cap_loses_events_and_is_told() -> None:
                         got += chunk
                         idle = time.monotonic() + 0.5
             last = rt.events.publish("w:0", "exit", pid=1, reason="exit status 0")
-            got += pump(rt.loop, c, b"id: %d\n" % last.seq)
+            got += pump(rt.loop, c, b"id: %d-%d\n" % (rt.events.epoch, last.seq))
         finally:
             c.close()
-    ids = [int(x) for x in re.findall(rb"\nid: (\d+)\n", got)]
+    epoch = rt.events.epoch
+    ids = [int(x) for x in re.findall(rb"\nid: %d-(\d+)\n" % epoch, got)]
     lost = [int(x) for x in re.findall(rb'event: lost\ndata: \{"lost": (\d+)', got)]
     assert len(lost) == 1 and lost[0] > 0, lost
     assert ids == list(range(1, len(ids))) + [last.seq], "in order, none repeated"
     assert len(ids) - 1 + lost[0] == burst, (len(ids), lost)
     marker = got.index(b"event: lost")
-    assert got.index(b"id: %d\n" % last.seq) > marker > got.index(b"id: %d\n" % (len(ids) - 1))
+    assert got.index(b"id: %d-%d\n" % (epoch, last.seq)) > marker > got.index(
+        b"id: %d-%d\n" % (epoch, len(ids) - 1))
     assert b"events lost (this client did not keep up)" in got
 
 
@@ -123,7 +125,7 @@ def test_keepalive_only_while_a_client_is_connected() -> None:
             got += pump(rt.loop, c, b": keepalive\n\n")
             assert time.monotonic() - t0 >= 0.15
             rt.events.publish("w:0", "exit", pid=1, reason="exit status 0")
-            got += pump(rt.loop, c, b"id: 1\n")
+            got += pump(rt.loop, c, b"id: %d-1\n" % rt.events.epoch)
         finally:
             c.close()
         deadline = time.monotonic() + 10

@@ -4,9 +4,15 @@ behind a lazy one, and one write serves every change before it."""
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from supervisor.loop import Loop
 from supervisor.runtime.intent import LAZY, LAZY_MAX, Intent
@@ -111,7 +117,7 @@ def test_the_file_is_the_json_of_every_record() -> None:
         inst("gone:0", InstanceState(state=State.STOPPING, wanted=False)),  # no pid: no stop
     ]
     got = json.loads(encode("ab" * 16, insts))  # type: ignore[arg-type]
-    assert got == {"boot_id": "ab" * 16, "instances": {
+    assert got == {"boot_id": "ab" * 16, "gen": 0, "instances": {
         "web:0": {"wanted": True, "restarts": 3},
         "web:1": {"wanted": False,
                   "stop": {"graceful": False, "deadline": 0.0, "restart": False}},
@@ -120,3 +126,65 @@ def test_the_file_is_the_json_of_every_record() -> None:
         'odd"\\name:0': {"wanted": True,
                          "stop": {"graceful": True, "deadline": 12.5, "restart": True}},
         "gone:0": {"wanted": False}}}
+
+
+# -- the journal: one instance's stop, before its signal, in O(1) ------------------------------
+def _journal_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Intent, Any, Path]:
+    from supervisor import paths
+    from supervisor.core import InstanceState, State
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(paths, "runtime_dir", lambda: str(run))
+    web = SimpleNamespace(name="web:0", st=InstanceState(state=State.RUNNING, pid=7,
+                                                          wanted=True), timers={})
+    rt = SimpleNamespace(loop=Loop(), now=lambda: 100.0, instances={"web:0": web})
+    return Intent(rt, "pvj"), web, run  # type: ignore[arg-type]
+
+
+def _stop(intent: Intent, web: Any) -> None:
+    """web:0's stop stepped, its signal not sent yet: before_step as the runtime calls it."""
+    from supervisor.core import Signal, State
+    before = web.st
+    web.st = dataclasses.replace(before, state=State.STOPPING, wanted=False)
+    intent.before_step(web, before, [Signal(15)])
+
+
+def test_a_journal_line_newer_than_the_file_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    intent, web, run = _journal_setup(tmp_path, monkeypatch)
+    intent.write()                                   # the file: gen 1, web:0 wanted
+    _stop(intent, web)                               # SIGKILL now, before the file follows
+    assert (run / "intent-pvj.journal").exists()
+    successor = Intent(intent.rt, "pvj")
+    got = successor.load()
+    assert got["web:0"]["wanted"] is False and got["web:0"]["stop"]["graceful"] is False, got
+    assert successor.gen == 2                        # its next file covers the line
+    intent.write()                                   # the end of the turn: file, no journal
+    assert not (run / "intent-pvj.journal").exists()
+    assert Intent(intent.rt, "pvj").load()["web:0"]["wanted"] is False
+
+
+def test_a_journal_line_the_file_covers_is_not_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file of the line's generation was renamed in and the daemon killed before it
+    unlinked the journal; meanwhile (the same turn) web:0 was asked to start again: the file
+    is the newer word."""
+    intent, web, run = _journal_setup(tmp_path, monkeypatch)
+    intent.write()
+    _stop(intent, web)
+    journal = (run / "intent-pvj.journal").read_bytes()
+    web.st = dataclasses.replace(web.st, wanted=True)
+    intent.write()                                   # gen 2, wanted again
+    (run / "intent-pvj.journal").write_bytes(journal + b'{"torn": \n')  # (not unlinked)
+    got = Intent(intent.rt, "pvj").load()
+    assert got["web:0"]["wanted"] is True, got
+
+
+def test_journal_lines_of_another_boot_or_torn_are_ignored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    intent, web, run = _journal_setup(tmp_path, monkeypatch)
+    intent.write()
+    (run / "intent-pvj.journal").write_text(
+        json.dumps({"boot_id": "00" * 16, "gen": 9, "name": "web:0",
+                    "record": {"wanted": False}}) + "\n" + '{"boot_id": \n')
+    assert Intent(intent.rt, "pvj").load()["web:0"] == {"wanted": True}
