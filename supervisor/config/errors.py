@@ -11,6 +11,7 @@ The validators in models.py and values.py raise ``problem(...)`` (a PydanticCust
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,12 +24,28 @@ from supervisor.config.yamlfile import Path
 ERROR_TYPE = "pyvisor"
 
 
+# A run of this many characters without a space is a value from the file (a name, a path, a
+# number) that no reader needs in full: the message keeps its start and says how long it was.
+_LONG_RUN = re.compile(r"\S{1025,}")
+
+
+def clip(line: str) -> str:
+    """``line`` with every run of more than 1,024 non-space characters after its first word (the
+    file, as given) cut to its first 200: a 200 KB value must not make a 200 KB message (the
+    field and the fix around it are kept)."""
+    where, space, rest = line.partition(" ")
+    if len(rest) <= 1024:
+        return line
+    return where + space + _LONG_RUN.sub(
+        lambda m: f"{m.group()[:200]}…[{len(m.group()):,} characters]", rest)
+
+
 class ConfigError(Exception):
     """A config file cannot be used. ``str()`` is the whole message (one line per problem);
-    ``errors`` holds the lines."""
+    ``errors`` holds the lines, each with its long values clipped."""
 
     def __init__(self, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
+        self.errors = [clip(line) for line in errors]
         super().__init__("\n".join(self.errors))
 
 

@@ -1,0 +1,64 @@
+"""Round 6 of red-teaming the inputs: each finding as a regression test.
+
+- a huge value in the config (a 200 KB string) was echoed whole into its error line (and so
+  into --check's output and a reload's reply): lines keep the file, field and fix, and say how
+  long the value was instead;
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervisor.config import ConfigError, load_config
+
+BIG = 200_000
+
+
+def _errors(path: Path, text: str) -> list[str]:
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    return e.value.errors
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("numprocs", "'" + "9" * BIG + "'", "workers.w.numprocs: must be an integer"),
+    ("user", "'" + "x" * BIG + "'", "workers.w.user: no such user"),
+    ("directory", "'/" + "x" * BIG + "'", "workers.w.directory: no such directory"),
+    ("stop_signal", "'" + "x" * BIG + "'", "workers.w.stop_signal: unknown signal"),
+    ("depends_on", "['" + "x" * BIG + "']", "workers.w.depends_on[0]: unknown worker"),
+])
+def test_a_huge_value_makes_a_short_error_line(tmp_path: Path, field: str, value: str,
+                                               says: str) -> None:
+    path = tmp_path / "big.yaml"
+    errors = _errors(path, f"workers:\n  w:\n    command: sleep 1\n    {field}: {value}\n")
+    assert len(errors) == 1, errors
+    line = errors[0]
+    assert line.startswith(f"{path}:4: {says}"), line[:300]
+    assert len(line) < 800, f"{len(line)} characters: {line[:300]}"
+    assert "characters]" in line, line
+
+
+def test_clip_keeps_the_file_and_short_lines() -> None:
+    from supervisor.config.errors import clip
+    long_file = "/" + "d" * 200 + "/app.yaml:3:"
+    assert clip(f"{long_file} workers.w.numprocs: must be ≥ 1 (got 0)") == (
+        f"{long_file} workers.w.numprocs: must be ≥ 1 (got 0)")
+    line = clip("f.yaml:1: workers.w.user: no such user (got '" + "x" * 2000 + "'); fix it")
+    assert line.startswith("f.yaml:1: workers.w.user: no such user (got 'xxx")
+    assert line.endswith("…[2,004 characters] fix it"), line
+
+
+def test_check_prints_short_warnings_for_a_huge_command(tmp_path: Path) -> None:
+    path = tmp_path / "cmd.yaml"
+    path.write_text(f"supervisor: {{log_dir: {tmp_path}, socket: {tmp_path}/s.sock}}\n"
+                    f"workers:\n  w:\n    command: [/nonexistent/{'p' * 100_000}]\n")
+    r = subprocess.run([sys.executable, "-m", "supervisor.daemon", "--check", "-c", str(path)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr) < 3000, f"{len(r.stderr)} characters: {r.stderr[:300]}"
+    assert "workers.w.command" in r.stderr, r.stderr
