@@ -79,16 +79,26 @@ def _unmakeable(directory: str) -> str | None:
 def _socket_dir(config: Config) -> list[Problem]:
     """The daemon refuses at start a socket whose directory others can write (/tmp): --check
     says so too. A directory still to be made is made by the daemon, and is its own; one this
-    user may not open (supervisorctl of a socket_group member) is the daemon's to judge."""
-    where = os.path.dirname(config.supervisor.socket)
+    user may not open (supervisorctl of a socket_group member) is the daemon's to judge. The
+    same for an http Unix socket: in /tmp another user could bind the name first (and be sent
+    the bearer tokens of POSTs) or swap it for a link before the daemon's chmod."""
+    sup = config.supervisor
+    out = _trusted_dir(sup.socket, "socket", "the control socket")
+    if sup.http is not None and sup.http.startswith("/"):
+        out += _trusted_dir(sup.http, "http", "the http socket")
+    return out
+
+
+def _trusted_dir(path: str, field: str, what: str) -> list[Problem]:
+    where = os.path.dirname(path)
     try:
-        os.close(safefs.trusted_dir(where))
+        os.close(safefs.trusted_dir(where, what=what))
     except (FileNotFoundError, PermissionError):
         return []
     except safefs.UnsafePathError as e:
-        return [(("supervisor", "socket"), str(e))]
+        return [(("supervisor", field), str(e))]
     except OSError as e:
-        return [(("supervisor", "socket"), f"cannot open its directory {where}: {e.strerror}")]
+        return [(("supervisor", field), f"cannot open its directory {where}: {e.strerror}")]
     return []
 
 

@@ -3,10 +3,15 @@
 - a huge value in the config (a 200 KB string) was echoed whole into its error line (and so
   into --check's output and a reload's reply): lines keep the file, field and fix, and say how
   long the value was instead;
+- an http Unix socket in a directory other users can write (/tmp, /dev/shm) was accepted: they
+  could bind the name before the daemon (and be sent the bearer token of every POST) or swap it
+  for a link between the daemon's bind and its chmod/chown. It is refused like the control
+  socket's.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +19,10 @@ from pathlib import Path
 import pytest
 
 from supervisor.config import ConfigError, load_config
+from supervisor.http.address import parse_address
+from supervisor.http.exchange import Router
+from supervisor.http.server import HttpError, HttpServer
+from supervisor.loop import Loop
 
 BIG = 200_000
 
@@ -62,3 +71,34 @@ def test_check_prints_short_warnings_for_a_huge_command(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     assert len(r.stderr) < 3000, f"{len(r.stderr)} characters: {r.stderr[:300]}"
     assert "workers.w.command" in r.stderr, r.stderr
+
+
+@pytest.fixture
+def sticky_dir(tmp_path: Path) -> Path:
+    """A directory like /tmp: everyone may write it (sticky)."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o1777)
+    return d
+
+
+def test_http_socket_in_a_directory_others_can_write_is_a_config_error(
+        tmp_path: Path, sticky_dir: Path) -> None:
+    path = tmp_path / "http.yaml"
+    errors = _errors(path, f"supervisor: {{log_dir: {tmp_path}, socket: {tmp_path}/s.sock, "
+                           f"http: {sticky_dir}/h.sock}}\n"
+                           "workers:\n  w:\n    command: sleep 1\n")
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{path}:1: supervisor.http: {sticky_dir}: "), errors
+    assert "other users can write it; put the http socket in a directory only uid" in errors[0]
+
+
+def test_http_server_refuses_a_unix_socket_in_a_directory_others_can_write(
+        sticky_dir: Path) -> None:
+    loop = Loop()
+    try:
+        with pytest.raises(HttpError, match="other users can write it"):
+            HttpServer(loop, parse_address(f"{sticky_dir}/h.sock"), Router())
+        assert not (sticky_dir / "h.sock").exists()
+    finally:
+        loop.close()
