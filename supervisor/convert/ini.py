@@ -128,19 +128,65 @@ def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
         raise ConvertError([f"{path}: cannot read the file: {e.strerror}"]) from None
     except UnicodeDecodeError as e:
         raise ConvertError([f"{path}: not UTF-8 text (byte at offset {e.start})"]) from None
+    lines = _lines(text)
+    bad = _surely_bad(lines)
+    if len(bad) > MAX_BAD_LINES:     # configparser's own report of them is quadratic
+        _refuse_lines(path, lines, bad)
     try:
         parser.read_string(text, source=path)
     except configparser.MissingSectionHeaderError as e:
         raise ConvertError([f"{path}:{e.lineno}: the first setting comes before any [section] "
-                            f"header (got {e.line.strip()!r})"]) from None
+                            f"header (got {_shown(e.line)})"]) from None
     except configparser.ParsingError as e:
-        lines = _lines(text)
-        raise ConvertError([f"{path}:{n}: not a 'key = value' line, a [section] header or a "
-                            f"comment (got {lines[n - 1].strip()!r})" for n, _ in e.errors]
-                           ) from None
+        _refuse_lines(path, lines, [n for n, _ in e.errors])
     except configparser.Error as e:
         raise ConvertError([f"{path}: {e.message}"]) from None
     return text
+
+
+MAX_BAD_LINES = 20     # lines shown of a file that is not INI (a log file a glob matched)
+
+
+def _shown(line: str) -> str:
+    line = line.strip()
+    return repr(line) if len(line) <= 200 else f"{line[:200]!r}... ({len(line):,} characters)"
+
+
+def _surely_bad(lines: list[str]) -> list[int]:
+    """The lines that configparser refuses, found as it reads them (a header, then options,
+    a line indented deeper than an option's continuing its value) but in linear time. It
+    may miss some (a comment after '=' hides it here), never names a line it takes."""
+    bad: list[int] = []
+    section = option = False
+    indent = 0
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in ";#":
+            continue
+        level = len(line) - len(line.lstrip())
+        if option and level > indent:
+            continue                                    # a continuation line
+        indent = level
+        if configparser.RawConfigParser.SECTCRE.match(stripped):
+            section, option = True, False
+            continue
+        if not section:
+            break                                       # configparser stops at this one
+        match = configparser.RawConfigParser.OPTCRE.match(stripped)
+        if match and match.group("option").strip():
+            option = True
+        else:
+            bad.append(number)
+    return bad
+
+
+def _refuse_lines(path: str, lines: list[str], bad: list[int]) -> None:
+    out = [f"{path}:{n}: not a 'key = value' line, a [section] header or a comment (got "
+           f"{_shown(lines[n - 1])})" for n in bad[:MAX_BAD_LINES]]
+    if len(bad) > MAX_BAD_LINES:
+        out.append(f"{path}: and {len(bad) - MAX_BAD_LINES:,} more such lines: is it a "
+                   "supervisord config file? (an [include] glob may match other files)")
+    raise ConvertError(out) from None
 
 
 def _lines(text: str) -> list[str]:

@@ -168,3 +168,55 @@ def test_convert_here_in_an_included_default_is_each_files_directory(tmp_path: P
     data = yaml.safe_load(convert(str(main))[0])
     dirs = {name: w.get("directory") for name, w in data["workers"].items()}
     assert dirs == {"zero": f"{tmp_path}/a", "one": f"{tmp_path}/a", "two": f"{tmp_path}/b"}, dirs
+
+
+def test_convert_an_included_file_that_is_not_ini_gets_a_short_error(tmp_path: Path) -> None:
+    """A glob that matches a log file: 100,000 lines that are not INI took 47 s (configparser
+    builds its report by string concatenation) and printed 100,000 lines; now the first 20
+    and a count. A 3 MB line is shown by its start."""
+    from supervisor.convert import ConvertError, convert
+
+    (tmp_path / "app.log.conf").write_text(
+        "[x]\n" + "".join(f"2026-12-01 INFO request {i} done\n" for i in range(5000)))
+    (tmp_path / "long.conf").write_text("[x]\n" + "a" * 3_000_000 + "\n")
+    main = tmp_path / "supervisord.conf"
+    for name in ("app.log.conf", "long.conf"):
+        main.write_text(f"[supervisord]\n[include]\nfiles = {name}\n")
+        with pytest.raises(ConvertError) as e:
+            convert(str(main))
+        lines = e.value.lines
+        assert len(lines) <= 21, len(lines)
+        assert all(len(line) < 600 for line in lines), max(map(len, lines))
+        assert lines[0].startswith(f"{tmp_path}/{name}:2: not a 'key = value' line"), lines[0]
+    assert lines[0].endswith("... (3,000,000 characters))"), lines[0][-80:]
+
+
+def test_convert_names_only_lines_configparser_refuses() -> None:
+    """The linear pre-scan against configparser itself: every line it calls bad is one that
+    configparser refuses too (seeded, a few thousand small files)."""
+    import configparser
+    import random
+
+    from supervisor.convert.ini import _lines, _parser, _surely_bad
+
+    pieces = ["[a]", "[b] ;c", "[]", "[x", "x]", "k=v", "k = v ; c", "k: v", "=v", ":v", " =v",
+              "k", "garbage", "# c", "; c", "", "   ", "\tcont", "  cont = x", "  [c]",
+              "a ; = b", "a # : b", "k=", "[DEFAULT]", "\x0bk=v", "k\x0c=v", "\u2028", " ;x"]
+    rng = random.Random(6)
+    named = 0
+    for _ in range(4000):
+        lines = [rng.choice(pieces) for _ in range(rng.randrange(1, 12))]
+        if rng.random() < 0.8:
+            lines.insert(0, "[s]")
+        text = "\n".join(lines)
+        mine = set(_surely_bad(_lines(text)))
+        try:
+            _parser().read_string(text)
+            theirs: set[int] = set()
+        except configparser.MissingSectionHeaderError:
+            continue
+        except configparser.ParsingError as e:
+            theirs = {n for n, _ in e.errors}
+        assert mine <= theirs, (text, mine, theirs)
+        named += len(mine)
+    assert named > 1000          # it finds them, not only never too many
