@@ -220,3 +220,46 @@ def test_convert_names_only_lines_configparser_refuses() -> None:
         assert mine <= theirs, (text, mine, theirs)
         named += len(mine)
     assert named > 1000          # it finds them, not only never too many
+
+
+# -- log rotation: a file whose name went away for a moment ---------------------------------------
+
+def _turn_until(loop: Any, done: Any, timeout: float) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if done():
+            return True
+        loop.call_later(0.02, lambda: None)      # run_once blocks until a timer or an event
+        loop.run_once()
+    return bool(done())
+
+
+def test_rotation_goes_on_for_a_log_put_back_after_its_name_went_away(tmp_path: Path) -> None:
+    """A worker owning its log directory (or an operator) moved its log away and back: the
+    watch fired for the moved file, the check found no file at the name, arming the watch
+    failed (ENOENT) and was never tried again, so the file put back grew unrotated for ever
+    (780 MB in 6 s from a `while :; do echo` worker)."""
+    from supervisor.logs import Rotator
+    from supervisor.loop import Loop
+
+    loop = Loop()
+    rot = Rotator(loop, recheck=0.05)
+    log, moved = tmp_path / "w-0.out.log", tmp_path / "w-0.moved"
+    log.write_bytes(b"x" * 10)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)     # the worker's stdout
+    try:
+        rot.watch(str(log), 1024, 2, size=10)
+        os.rename(log, moved)
+        os.write(fd, b"y" * 100)                     # the watch fires for the moved file
+        assert _turn_until(loop, lambda: False, 0.3) is False   # its check finds no file
+        os.rename(moved, log)                        # put back: no event for it
+        os.write(fd, b"z" * 5000)
+        assert _turn_until(loop, lambda: (tmp_path / "w-0.out.log.1").exists(), 5.0), (
+            "the log put back was never rotated")
+        assert log.stat().st_size < 1024
+    finally:
+        os.close(fd)
+        rot.close()
+        loop.close()
