@@ -45,6 +45,43 @@ def cross_checks(config: Config) -> list[Problem]:
     out += _http(config)
     out += _socket_dir(config)
     out += _log_dirs(config)
+    out += _exec_sizes(config)
+    return out
+
+
+# exec's limits (linux/binfmts.h): one string (with its NUL) at most MAX_ARG_STRLEN bytes, and
+# all of them with their pointers within ARG_MAX (a quarter of the stack limit, as
+# sysconf tells). Past either the spawn fails with E2BIG, which names no field.
+MAX_ARG_STRLEN = 32 * 4096
+POINTER = 8
+
+
+def _exec_sizes(config: Config) -> list[Problem]:
+    out: list[Problem] = []
+    limit = os.sysconf("SC_ARG_MAX")
+    for name, w in config.workers.items():
+        last = w.numprocs - 1            # the longest {index}
+        argv, env = w.argv(name, last), w.env(name, last)
+        total = 0
+        for i, arg in enumerate(argv):
+            size = len(os.fsencode(arg)) + 1
+            total += size + POINTER
+            if size > MAX_ARG_STRLEN:
+                out.append((("workers", name, "command", i), (
+                    f"is {size - 1:,} bytes long; exec refuses an argument of more than "
+                    f"{MAX_ARG_STRLEN - 1:,}")))
+        for key, value in env.items():
+            size = len(os.fsencode(f"{key}={value}")) + 1
+            total += size + POINTER
+            if size > MAX_ARG_STRLEN:
+                out.append((("workers", name, "environment", key), (
+                    f"{key}=VALUE is {size - 1:,} bytes long; exec refuses a variable of "
+                    f"more than {MAX_ARG_STRLEN - 1:,}")))
+        if total > limit:
+            out.append((("workers", name, "environment"), (
+                f"the command and environment take {total:,} bytes, and exec takes at most "
+                f"{limit:,} (ARG_MAX) with the daemon's own environment too; pass large data "
+                "in a file")))
     return out
 
 

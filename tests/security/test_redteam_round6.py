@@ -263,3 +263,37 @@ def test_rotation_goes_on_for_a_log_put_back_after_its_name_went_away(tmp_path: 
         os.close(fd)
         rot.close()
         loop.close()
+
+
+# -- exec's size limits ---------------------------------------------------------------------------
+
+def test_an_environment_exec_would_refuse_is_a_config_error(tmp_path: Path) -> None:
+    """--check said OK to 20 aliases of a 120 KB value (2.4 MB of environment from a 120 KB
+    file) and to one 140 KB variable; every spawn then failed with 'Argument list too long',
+    naming no field."""
+    path = tmp_path / "env.yaml"
+    head = (f"supervisor: {{log_dir: {tmp_path}, socket: {tmp_path}/s.sock}}\n"
+            "workers:\n  big:\n    command: [sleep, '100']\n    environment:\n")
+    aliases = "".join(f"      V{i}: *v\n" for i in range(1, 20))
+    errors = _errors(path, head + f"      V0: &v {'x' * 120_000}\n" + aliases)
+    assert len(errors) == 1 and errors[0].startswith(
+        f"{path}:5: workers.big.environment: the command and environment take "), errors
+    assert "(ARG_MAX)" in errors[0]
+    errors = _errors(path, head + f"      V0: {'x' * 140_000}\n")
+    assert errors == [f"{path}:6: workers.big.environment.V0: V0=VALUE is 140,003 bytes long; "
+                      "exec refuses a variable of more than 131,071"], errors
+
+
+def test_an_argument_is_measured_in_bytes_as_exec_does(tmp_path: Path) -> None:
+    path = tmp_path / "arg.yaml"
+    head = f"supervisor: {{log_dir: {tmp_path}, socket: {tmp_path}/s.sock}}\nworkers:\n  w:\n"
+    for arg, size in (("é" * 70_000, 140_000), ("a" * 131_072, 131_072)):
+        errors = _errors(path, head + f"    command: [echo, {arg}]\n")
+        assert errors == [f"{path}:4: workers.w.command[1]: is {size:,} bytes long; exec "
+                          "refuses an argument of more than 131,071"], errors
+    path.write_text(head + f"    command: [echo, {'a' * 131_071}]\n")
+    load_config(str(path))
+    # the limit is the kernel's: one byte more and exec refuses it
+    assert subprocess.run(["true", "a" * 131_071], check=False).returncode == 0
+    with pytest.raises(OSError, match="Argument list too long"):
+        subprocess.run(["true", "a" * 131_072], check=False)
