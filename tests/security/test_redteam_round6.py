@@ -297,3 +297,26 @@ def test_an_argument_is_measured_in_bytes_as_exec_does(tmp_path: Path) -> None:
     assert subprocess.run(["true", "a" * 131_071], check=False).returncode == 0
     with pytest.raises(OSError, match="Argument list too long"):
         subprocess.run(["true", "a" * 131_072], check=False)
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("command=sleep " + "y" * 200_000, "command: 200,006 characters, more than pyvisor splits "
+                                       "(32,768); write it in the YAML as a list"),
+    ('command=sleep 1\nenvironment=A="' + "y" * 200_000 + '"',
+     "environment: 200,004 characters, more than pyvisor splits (65,536); pass large data "
+     "in a file"),
+])
+def test_convert_refuses_a_command_or_environment_too_long_to_split(tmp_path: Path, line: str,
+                                                                     says: str) -> None:
+    """shlex takes quadratic time: a 1 MB command= took 47 s to convert (a 4 MB file of them,
+    minutes). Within the cap a long one converts."""
+    from supervisor.convert import ConvertError, convert
+
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(f"[supervisord]\n[program:a]\n{line}\n")
+    with pytest.raises(ConvertError) as e:
+        convert(str(conf))
+    assert len(e.value.lines) == 1 and e.value.lines[0].endswith(f"[program:a] {says}"), (
+        e.value.lines)
+    conf.write_text("[supervisord]\n[program:a]\ncommand=sleep " + "y" * 30_000 + "\n")
+    assert "y" * 30_000 in convert(str(conf))[0]
