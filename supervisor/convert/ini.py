@@ -25,6 +25,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from supervisor.config.errors import clip
 from supervisor.convert.values import BadValue, expand
 
 HERE = "%(here)s"
@@ -34,6 +35,7 @@ class ConvertError(Exception):
     """A file supervisord would refuse too; each line names the file (and line) and the fault."""
 
     def __init__(self, lines: list[str]) -> None:
+        lines = [clip(line) for line in lines]      # a 1 MB value: its start and its length
         super().__init__("\n".join(lines))
         self.lines = lines
 
@@ -59,7 +61,7 @@ class Note:
 
     def __str__(self) -> str:
         head = f"[{self.section}] {self.option}" if self.option else f"[{self.section}]"
-        return f"{self.where.file}: {head}: {self.text}"
+        return clip(f"{self.where.file}: {head}: {self.text}")
 
 
 @dataclass

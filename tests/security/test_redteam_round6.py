@@ -320,3 +320,20 @@ def test_convert_refuses_a_command_or_environment_too_long_to_split(tmp_path: Pa
         e.value.lines)
     conf.write_text("[supervisord]\n[program:a]\ncommand=sleep " + "y" * 30_000 + "\n")
     assert "y" * 30_000 in convert(str(conf))[0]
+
+
+def test_convert_errors_and_notes_show_a_huge_value_by_its_start(tmp_path: Path) -> None:
+    """A 1 MB stopsignal= made a 1 MB error line, a 1 MB [include] glob a 1 MB note."""
+    from supervisor.convert import ConvertError, convert
+
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text("[supervisord]\n[program:a]\ncommand=sleep 1\nstopsignal=" + "Y" * BIG + "\n")
+    with pytest.raises(ConvertError) as e:
+        convert(str(conf))
+    assert len(e.value.lines) == 1 and len(e.value.lines[0]) < 800, len(e.value.lines[0])
+    assert e.value.lines[0].startswith(f"{conf}:4: [program:a] stopsignal: "), e.value.lines
+    assert "characters]" in e.value.lines[0], e.value.lines[0][-200:]
+    conf.write_text("[supervisord]\n[include]\nfiles = " + "z" * BIG + "\n"
+                    "[program:a]\ncommand=sleep 1\n")
+    notes = [str(n) for n in convert(str(conf))[1]]
+    assert notes and all(len(n) < 800 for n in notes), max(map(len, notes))
