@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +338,52 @@ def test_convert_errors_and_notes_show_a_huge_value_by_its_start(tmp_path: Path)
                     "[program:a]\ncommand=sleep 1\n")
     notes = [str(n) for n in convert(str(conf))[1]]
     assert notes and all(len(n) < 800 for n in notes), max(map(len, notes))
+
+
+# -- a block's name raced for by another local user -----------------------------------------------
+
+RACER = """
+import os, sys, time
+path, end = sys.argv[1], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except OSError:
+        pass
+"""
+
+
+def test_a_block_name_recreated_in_a_loop_by_another_user_does_not_stop_spawns(
+        other_user: Any) -> None:
+    """A local user re-creating /dev/shm/PREFIX.w:0 in a loop won the race between the
+    daemon's unlink of the squatter and its O_EXCL create 142 times in 20 restarts: every
+    spawn of the worker failed (BlockTaken) and it went FATAL. The block is now made under a
+    hidden random name and renamed over whatever is there."""
+    import uuid
+
+    from supervisor.runtime.spawning import create_block
+    from worker import block as blk
+
+    prefix = "rt" + uuid.uuid4().hex[:8]
+    name = blk.shm_name(prefix, "w:0")
+    racer = subprocess.Popen(["python3", "-c", RACER, f"/dev/shm{name}", "20"], cwd="/",
+                             user=other_user.uid, group=other_user.gid, extra_groups=[])
+    try:
+        deadline = time.monotonic() + 5
+        while not os.path.exists(f"/dev/shm{name}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.stat(f"/dev/shm{name}").st_uid == other_user.uid, "the racer is not racing"
+        for _ in range(300):      # before the fix: about 30 of them failed
+            time.sleep(0.001)     # the racer plants the name again
+            block = create_block(name, 0, 7, None, None)
+            st = os.stat(f"/dev/shm{name}")
+            assert st.st_uid == os.geteuid() and st.st_size == blk.BLOCK_SIZE
+            assert block.status_name.startswith(name + ".")
+            block.close()
+            block.unlink()                 # the name is free again: the racer takes it
+    finally:
+        racer.kill()
+        racer.wait(timeout=10)
+        for p in Path("/dev/shm").iterdir():
+            if p.name.startswith((prefix, f".{prefix}", f".squatted.{prefix}")):
+                p.unlink()
