@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 
 from supervisor import safefs
@@ -327,9 +328,14 @@ def output_warnings(config: Config) -> list[str]:
         field = f"workers.{s.name}.{('stdout', 'stderr')[s.stream]}.path"
         if where not in dirs:
             why = dirs[where] = safefs.dir_refusal(where)
+            what = 'supervisor.log_dir' if where == log_dir else field
             if why is not None:
-                out.append(f"{config.path}: {'supervisor.log_dir' if where == log_dir else field}"
-                           f": warning: a spawn would refuse {why}")
+                out.append(f"{config.path}: {what}: warning: a spawn would refuse {why}")
+            elif _everyone_writes(where):
+                out.append(f"{config.path}: {what}: warning: every user can write {where}: "
+                           "any of them can put a file at a log file's name first, and the "
+                           "spawn refuses it (the worker does not start); use a directory "
+                           "only root and the worker's user can write")
         why = None if dirs[where] else safefs.log_file_refusal(path)
         if why is not None:
             out.append(f"{config.path}: {field}: warning: a spawn would refuse {why}")
@@ -337,6 +343,14 @@ def output_warnings(config: Config) -> list[str]:
         more = len(out) - _OUTPUT_WARNINGS
         out[_OUTPUT_WARNINGS:] = [f"{config.path}: ... and {more} more output files like these"]
     return out
+
+
+def _everyone_writes(directory: str) -> bool:
+    """A directory like /tmp (not following a link: dir_refusal judged those)."""
+    try:
+        return bool(os.lstat(directory).st_mode & stat.S_IWOTH)
+    except OSError:
+        return False
 
 
 def file_warnings(path: str) -> list[str]:

@@ -387,3 +387,23 @@ def test_a_block_name_recreated_in_a_loop_by_another_user_does_not_stop_spawns(
         for p in Path("/dev/shm").iterdir():
             if p.name.startswith((prefix, f".{prefix}", f".squatted.{prefix}")):
                 p.unlink()
+
+
+def test_check_warns_of_a_log_directory_every_user_can_write(tmp_path: Path) -> None:
+    """log_dir: /tmp passed --check silently; another user then planted /tmp/w-0.out.log and
+    every spawn of w:0 was refused (FATAL). --check says so beforehand."""
+    from supervisor.config.checks import output_warnings
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    path = tmp_path / "logs.yaml"
+    path.write_text(f"supervisor: {{log_dir: {shared}, socket: {tmp_path}/s.sock}}\n"
+                    "workers:\n  w:\n    command: sleep 1\n")
+    warnings = output_warnings(load_config(str(path)))
+    assert warnings == [f"{path}: supervisor.log_dir: warning: every user can write {shared}: "
+                        "any of them can put a file at a log file's name first, and the spawn "
+                        "refuses it (the worker does not start); use a directory only root and "
+                        "the worker's user can write"], warnings
+    os.chmod(shared, 0o755)
+    assert output_warnings(load_config(str(path))) == []
