@@ -25,6 +25,7 @@ from loguru import logger
 from supervisor import fds, paths, runtimedir, safefs
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.config.checks import file_warnings, output_warnings, program_warnings
+from supervisor.config.errors import clip
 from supervisor.control.handlers import Handlers
 from supervisor.control.protocol import BAD_CONFIG, FAILED, OK, Reply
 from supervisor.control.server import ControlServer, ServerError
@@ -443,9 +444,9 @@ def main(config_path: str | None, check: bool, convert_path: str | None,
     except ConfigError as e:
         click.echo(str(e), err=True)
         sys.exit(EXIT_BAD_CONFIG)
-    warnings = file_warnings(config_path) + program_warnings(config)
+    warnings = [clip(w) for w in file_warnings(config_path) + program_warnings(config)]
     if check:
-        warnings += output_warnings(config)     # a spawn says it anyway
+        warnings += [clip(w) for w in output_warnings(config)]   # a spawn says it anyway
         for line in warnings:
             click.echo(line, err=True)
         def count(n: int, what: str) -> str:

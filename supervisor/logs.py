@@ -298,6 +298,7 @@ class _Watched:
     backups: int
     users: int = 1
     wd: int = -1
+    retry: float = 0.0      # seconds to the next try to arm a watch that failed; 0: armed
 
 
 class Rotator:
@@ -368,18 +369,32 @@ class Rotator:
                 self._rm_watch(self._fd, w.wd)  # a fired one-shot watch is gone by itself
 
     def _arm(self, w: _Watched) -> None:
+        """Watch w's file for its next write. When there is no file at its name (moved or
+        removed for a moment, by its worker in a directory it owns, or by an operator) try
+        again later, from ``recheck`` up to 16 times it: a worker writes into the file it
+        was given whatever its name, and a file put back at the name must not grow for
+        ever unrotated."""
         if self._files.get(w.path) is not w:
             return
         wd = self._add_watch(self._fd, os.fsencode(w.path),
                              _IN_MODIFY | _IN_ONESHOT | _IN_DONT_FOLLOW)
         if wd < 0:
-            logger.warning(f"log rotation: cannot watch {w.path}: "
-                           f"{os.strerror(ctypes.get_errno())}")
+            if not w.retry:
+                logger.warning(f"log rotation: cannot watch {w.path}: "
+                               f"{os.strerror(ctypes.get_errno())}; trying again until it "
+                               "can")
+            w.retry = min(2 * w.retry, 16 * self._recheck) if w.retry else self._recheck
+            self._loop.call_later(w.retry, lambda: self._check(w))
             return
+        if w.retry:
+            logger.info(f"log rotation: watching {w.path} again")
+            w.retry = 0.0
         w.wd = wd
         self._by_wd[wd] = w
 
     def _check(self, w: _Watched) -> None:
+        if self._files.get(w.path) is not w:
+            return          # unwatched since (its instance's files were closed)
         try:
             rotate_if_larger(w.path, w.max_bytes, w.backups)
         except FileNotFoundError:

@@ -379,7 +379,7 @@ def private_dir(path: str, create: bool = True) -> int:
     return fd
 
 
-def trusted_dir(path: str, create: bool = False) -> int:
+def trusted_dir(path: str, create: bool = False, what: str = "the control socket") -> int:
     """An fd of a directory that only root or our euid can change (where the daemon keeps its
     socket, lock and re-exec state); UnsafePathError for one that others can write (such as
     /tmp), since they could plant links or files under the names the daemon uses."""
@@ -388,7 +388,7 @@ def trusted_dir(path: str, create: bool = False) -> int:
     if not _trusted_uid(st.st_uid) or _others_can_write(st, fd):
         os.close(fd)
         raise UnsafePathError(path, f"is {_describe_owner(st)}: other users can write it; put "
-                                    f"the control socket in a directory only uid "
+                                    f"{what} in a directory only uid "
                                     f"{os.geteuid()} can write")
     return fd
 

@@ -140,17 +140,17 @@ class ControlBlock:
     # -- life cycle --------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, *, slot: int, supervisor_pid: int, epoch: int,
-               uid: int | None = None, gid: int | None = None) -> ControlBlock:
-        """Create both pages of a new block. FileExistsError if the ctl name exists; OSError
-        (e.g. ENOSPC) if they cannot be made. uid/gid: the worker's (``user:``): its status
-        page becomes its own, the ctl page readable by its group."""
+    def create(cls, name: str, *, slot: int, supervisor_pid: int, epoch: int, uid: int |
+               None = None, gid: int | None = None, at: str | None = None) -> ControlBlock:
+        """Both pages of a new block (FileExistsError if the ctl name exists; OSError, e.g.
+        ENOSPC, if they cannot be made). uid/gid: the worker's (``user:``): the status page its
+        own, the ctl page readable by its group. at: the ctl page made there, to be renamed."""
         status_name = f"{name}.{os.urandom(8).hex()}"
         sfd = _new_page(status_name, STATUS_SIZE, 0o600)
         try:
             if uid is not None:
                 os.fchown(sfd, uid, -1 if gid is None else gid)
-            fd = _new_page(name, BLOCK_SIZE, 0o600)
+            fd = _new_page(at or name, BLOCK_SIZE, 0o600)
         except BaseException:
             os.close(sfd)
             unlink_name(status_name)
@@ -163,7 +163,7 @@ class ControlBlock:
         except BaseException:
             os.close(fd)
             os.close(sfd)
-            unlink_name(name)
+            unlink_name(at or name)
             unlink_name(status_name)
             raise
         os.close(sfd)

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 
 from supervisor import safefs
@@ -45,6 +46,43 @@ def cross_checks(config: Config) -> list[Problem]:
     out += _http(config)
     out += _socket_dir(config)
     out += _log_dirs(config)
+    out += _exec_sizes(config)
+    return out
+
+
+# exec's limits (linux/binfmts.h): one string (with its NUL) at most MAX_ARG_STRLEN bytes, and
+# all of them with their pointers within ARG_MAX (a quarter of the stack limit, as
+# sysconf tells). Past either the spawn fails with E2BIG, which names no field.
+MAX_ARG_STRLEN = 32 * 4096
+POINTER = 8
+
+
+def _exec_sizes(config: Config) -> list[Problem]:
+    out: list[Problem] = []
+    limit = os.sysconf("SC_ARG_MAX")
+    for name, w in config.workers.items():
+        last = w.numprocs - 1            # the longest {index}
+        argv, env = w.argv(name, last), w.env(name, last)
+        total = 0
+        for i, arg in enumerate(argv):
+            size = len(os.fsencode(arg)) + 1
+            total += size + POINTER
+            if size > MAX_ARG_STRLEN:
+                out.append((("workers", name, "command", i), (
+                    f"is {size - 1:,} bytes long; exec refuses an argument of more than "
+                    f"{MAX_ARG_STRLEN - 1:,}")))
+        for key, value in env.items():
+            size = len(os.fsencode(f"{key}={value}")) + 1
+            total += size + POINTER
+            if size > MAX_ARG_STRLEN:
+                out.append((("workers", name, "environment", key), (
+                    f"{key}=VALUE is {size - 1:,} bytes long; exec refuses a variable of "
+                    f"more than {MAX_ARG_STRLEN - 1:,}")))
+        if total > limit:
+            out.append((("workers", name, "environment"), (
+                f"the command and environment take {total:,} bytes, and exec takes at most "
+                f"{limit:,} (ARG_MAX) with the daemon's own environment too; pass large data "
+                "in a file")))
     return out
 
 
@@ -79,16 +117,26 @@ def _unmakeable(directory: str) -> str | None:
 def _socket_dir(config: Config) -> list[Problem]:
     """The daemon refuses at start a socket whose directory others can write (/tmp): --check
     says so too. A directory still to be made is made by the daemon, and is its own; one this
-    user may not open (supervisorctl of a socket_group member) is the daemon's to judge."""
-    where = os.path.dirname(config.supervisor.socket)
+    user may not open (supervisorctl of a socket_group member) is the daemon's to judge. The
+    same for an http Unix socket: in /tmp another user could bind the name first (and be sent
+    the bearer tokens of POSTs) or swap it for a link before the daemon's chmod."""
+    sup = config.supervisor
+    out = _trusted_dir(sup.socket, "socket", "the control socket")
+    if sup.http is not None and sup.http.startswith("/"):
+        out += _trusted_dir(sup.http, "http", "the http socket")
+    return out
+
+
+def _trusted_dir(path: str, field: str, what: str) -> list[Problem]:
+    where = os.path.dirname(path)
     try:
-        os.close(safefs.trusted_dir(where))
+        os.close(safefs.trusted_dir(where, what=what))
     except (FileNotFoundError, PermissionError):
         return []
     except safefs.UnsafePathError as e:
-        return [(("supervisor", "socket"), str(e))]
+        return [(("supervisor", field), str(e))]
     except OSError as e:
-        return [(("supervisor", "socket"), f"cannot open its directory {where}: {e.strerror}")]
+        return [(("supervisor", field), f"cannot open its directory {where}: {e.strerror}")]
     return []
 
 
@@ -280,9 +328,14 @@ def output_warnings(config: Config) -> list[str]:
         field = f"workers.{s.name}.{('stdout', 'stderr')[s.stream]}.path"
         if where not in dirs:
             why = dirs[where] = safefs.dir_refusal(where)
+            what = 'supervisor.log_dir' if where == log_dir else field
             if why is not None:
-                out.append(f"{config.path}: {'supervisor.log_dir' if where == log_dir else field}"
-                           f": warning: a spawn would refuse {why}")
+                out.append(f"{config.path}: {what}: warning: a spawn would refuse {why}")
+            elif _everyone_writes(where):
+                out.append(f"{config.path}: {what}: warning: every user can write {where}: "
+                           "any of them can put a file at a log file's name first, and the "
+                           "spawn refuses it (the worker does not start); use a directory "
+                           "only root and the worker's user can write")
         why = None if dirs[where] else safefs.log_file_refusal(path)
         if why is not None:
             out.append(f"{config.path}: {field}: warning: a spawn would refuse {why}")
@@ -290,6 +343,14 @@ def output_warnings(config: Config) -> list[str]:
         more = len(out) - _OUTPUT_WARNINGS
         out[_OUTPUT_WARNINGS:] = [f"{config.path}: ... and {more} more output files like these"]
     return out
+
+
+def _everyone_writes(directory: str) -> bool:
+    """A directory like /tmp (not following a link: dir_refusal judged those)."""
+    try:
+        return bool(os.lstat(directory).st_mode & stat.S_IWOTH)
+    except OSError:
+        return False
 
 
 def file_warnings(path: str) -> list[str]:

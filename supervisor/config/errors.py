@@ -11,6 +11,7 @@ The validators in models.py and values.py raise ``problem(...)`` (a PydanticCust
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -25,13 +26,29 @@ ERROR_TYPE = "pyvisor"
 
 MAX_SHOWN = 100   # problems a ConfigError names; a file of 10,000 workers can have 30,000
 
+# A run of this many characters without a space is a value from the file (a name, a path, a
+# number) that no reader needs in full: the message keeps its start and says how long it was.
+_LONG_RUN = re.compile(r"\S{1025,}")
+
+
+def clip(line: str) -> str:
+    """``line`` with every run of more than 1,024 non-space characters after its first word (the
+    file, as given) cut to its first 200: a 200 KB value must not make a 200 KB message (the
+    field and the fix around it are kept)."""
+    where, space, rest = line.partition(" ")
+    if len(rest) <= 1024:
+        return line
+    return where + space + _LONG_RUN.sub(
+        lambda m: f"{m.group()[:200]}…[{len(m.group()):,} characters]", rest)
+
 
 class ConfigError(Exception):
     """A config file cannot be used. ``str()`` is the whole message (one line per problem);
-    ``errors`` holds the lines: the first MAX_SHOWN, then one line counting the rest."""
+    ``errors`` holds the lines, each with its long values clipped: the first MAX_SHOWN, then
+    one line counting the rest."""
 
     def __init__(self, errors: Sequence[str]) -> None:
-        self.errors = list(errors[:MAX_SHOWN])
+        self.errors = [clip(line) for line in errors[:MAX_SHOWN]]
         if len(errors) > MAX_SHOWN:
             self.errors.append(f"... and {len(errors) - MAX_SHOWN:,} more problems; fix "
                                "these and check the file again")

@@ -23,9 +23,10 @@ from __future__ import annotations
 import configparser
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from supervisor.config.errors import clip
 from supervisor.convert import includes
 from supervisor.convert.includes import Budget, TooMany, bounded_glob
 from supervisor.convert.values import BadValue, expand
@@ -37,6 +38,7 @@ class ConvertError(Exception):
     """A file supervisord would refuse too; each line names the file (and line) and the fault."""
 
     def __init__(self, lines: list[str]) -> None:
+        lines = [clip(line) for line in lines]      # a 1 MB value: its start and its length
         super().__init__("\n".join(lines))
         self.lines = lines
 
@@ -62,7 +64,7 @@ class Note:
 
     def __str__(self) -> str:
         head = f"[{self.section}] {self.option}" if self.option else f"[{self.section}]"
-        return f"{self.where.file}: {head}: {self.text}"
+        return clip(f"{self.where.file}: {head}: {self.text}")
 
 
 @dataclass
@@ -87,8 +89,24 @@ class Conf:
         return self.headers.get(section, Location(self.path))
 
 
-def _parser() -> configparser.RawConfigParser:
-    return configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
+def _parser(default_section: str = configparser.DEFAULTSECT) -> configparser.RawConfigParser:
+    return configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False,
+                                        default_section=default_section)
+
+
+# An included file is read into a parser of its own, then merged: configparser re-joins the
+# values of every section it holds after each read, so reading 3,000 files into one parser
+# took minutes (quadratic). Its [DEFAULT] is an ordinary section there (no file can name a
+# section with a NUL), and becomes the defaults when merged, as in one parser.
+_OWN_DEFAULTS = "\0defaults"
+
+
+def _read_included(parser: configparser.RawConfigParser, path: str) -> str:
+    own = _parser(_OWN_DEFAULTS)
+    text = _read_one(own, path)
+    parser.read_dict({section: dict(own.items(section)) for section in own.sections()},
+                     source=path)
+    return text
 
 
 MAX_CONF_BYTES = 4 * 1024 * 1024      # a supervisord.conf, however large, is far below
@@ -118,16 +136,17 @@ def _read_one(parser: configparser.RawConfigParser, path: str) -> str:
         raise ConvertError([f"{path}: cannot read the file: {e.strerror}"]) from None
     except UnicodeDecodeError as e:
         raise ConvertError([f"{path}: not UTF-8 text (byte at offset {e.start})"]) from None
+    lines = _lines(text)
+    bad = _surely_bad(lines)
+    if len(bad) > MAX_BAD_LINES:     # configparser's own report of them is quadratic
+        _refuse_lines(path, lines, bad)
     try:
         parser.read_string(text, source=path)
     except configparser.MissingSectionHeaderError as e:
         raise ConvertError([f"{path}:{e.lineno}: the first setting comes before any [section] "
-                            f"header (got {e.line.strip()!r})"]) from None
+                            f"header (got {_shown(e.line)})"]) from None
     except configparser.ParsingError as e:
-        lines = _lines(text)
-        raise ConvertError([f"{path}:{n}: not a 'key = value' line, a [section] header or a "
-                            f"comment (got {lines[n - 1].strip()!r})" for n, _ in e.errors]
-                           ) from None
+        _refuse_lines(path, lines, [n for n, _ in e.errors])
     except configparser.Error as e:
         raise ConvertError([f"{path}: {e.message}"]) from None
     return text
@@ -143,6 +162,51 @@ def _size(path: str) -> int:
 def _not_regular(path: str) -> str:
     return (f"{path}: not a regular file (a directory, FIFO, socket or device); a config "
             "file is a file")
+
+
+MAX_BAD_LINES = 20     # lines shown of a file that is not INI (a log file a glob matched)
+
+
+def _shown(line: str) -> str:
+    line = line.strip()
+    return repr(line) if len(line) <= 200 else f"{line[:200]!r}... ({len(line):,} characters)"
+
+
+def _surely_bad(lines: list[str]) -> list[int]:
+    """The lines that configparser refuses, found as it reads them (a header, then options,
+    a line indented deeper than an option's continuing its value) but in linear time. It
+    may miss some (a comment after '=' hides it here), never names a line it takes."""
+    bad: list[int] = []
+    section = option = False
+    indent = 0
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in ";#":
+            continue
+        level = len(line) - len(line.lstrip())
+        if option and level > indent:
+            continue                                    # a continuation line
+        indent = level
+        if configparser.RawConfigParser.SECTCRE.match(stripped):
+            section, option = True, False
+            continue
+        if not section:
+            break                                       # configparser stops at this one
+        match = configparser.RawConfigParser.OPTCRE.match(stripped)
+        if match and match.group("option").strip():
+            option = True
+        else:
+            bad.append(number)
+    return bad
+
+
+def _refuse_lines(path: str, lines: list[str], bad: list[int]) -> None:
+    out = [f"{path}:{n}: not a 'key = value' line, a [section] header or a comment (got "
+           f"{_shown(lines[n - 1])})" for n in bad[:MAX_BAD_LINES]]
+    if len(bad) > MAX_BAD_LINES:
+        out.append(f"{path}: and {len(bad) - MAX_BAD_LINES:,} more such lines: is it a "
+                   "supervisord config file? (an [include] glob may match other files)")
+    raise ConvertError(out) from None
 
 
 def _lines(text: str) -> list[str]:
@@ -174,8 +238,14 @@ def _scan(path: str, text: str) -> Iterator[tuple[str, str | None, int]]:
             yield section, option.group("option").strip().lower(), number
 
 
-def _expand_here(parser: configparser.RawConfigParser, conf: Conf, here: str) -> None:
-    for section in parser.sections():
+def _expand_here(parser: configparser.RawConfigParser, conf: Conf, here: str,
+                 sections: Iterable[str] | None = None) -> None:
+    """supervisord's expand_here, after each file: ``%(here)s`` in every value read so far
+    (defaults included, as each section sees them) becomes ``here``. Only ``sections`` (the
+    ones the file just read names) can hold one, unless a default does: then all of them."""
+    if sections is None or any(HERE in v for v in parser.defaults().values()):
+        sections = parser.sections()
+    for section in sections:
         for key, value in parser.items(section):
             if HERE in value:
                 parser.set(section, key, value.replace(HERE, here))
@@ -239,8 +309,9 @@ def read(path: str, environ: Mapping[str, str], hostname: str) -> Conf:
                                         f"to more than {includes.MAX_TOTAL_BYTES} bytes (at "
                                         f"{name}), the most the converter reads; name fewer "
                                         "files"])
-                seen = _record(conf, name, _read_one(parser, name))
-                _expand_here(parser, conf, os.path.dirname(os.path.abspath(name)))
+                seen = _record(conf, name, _read_included(parser, name))
+                _expand_here(parser, conf, os.path.dirname(os.path.abspath(name)),
+                             [s for s in seen if parser.has_section(s)])
                 if "include" in seen:
                     conf.notes.append(Note(Location(name, seen["include"]), "include", None,
                                            "not followed: supervisord follows only the main "

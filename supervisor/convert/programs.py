@@ -21,7 +21,7 @@ from typing import Any
 
 from supervisor.config.models import MAX_NUMPROCS
 from supervisor.config.supervisord_names import PROGRAM as SUPERVISORD_NAMES
-from supervisor.config.values import is_worker_name
+from supervisor.config.values import MAX_COMMAND_TEXT, is_worker_name
 from supervisor.convert.context import Context, Reader
 from supervisor.convert.logs import Logs
 from supervisor.convert.values import (
@@ -86,6 +86,9 @@ def worker_name(name: str) -> str:
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in name)
     safe = safe[:64]
     return safe if is_worker_name(safe) else ("_" + safe)[:64]   # "", ".x", "-x", "all"
+
+
+MAX_SPLIT = MAX_COMMAND_TEXT
 
 
 def shell_operators(command: str) -> list[str]:
@@ -212,6 +215,9 @@ class Program:
                          special=self._index("command", numprocs))
         if command is None:
             raise r.fail(None, "no command= (supervisord refuses this too)")
+        if len(command) > MAX_SPLIT:         # shlex takes quadratic time (1 MB: 47 s)
+            raise r.fail("command", f"{len(command):,} characters, more than pyvisor splits "
+                         f"({MAX_SPLIT:,}); write it in the YAML as a list")
         try:
             split = shlex.split(command)
             if shlex.split(command.replace("\n", " ")) == split:

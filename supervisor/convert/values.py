@@ -168,10 +168,16 @@ def log_level(text: str) -> str:
                        f"{', '.join(LOG_LEVELS)}") from None
 
 
+MAX_ENVIRONMENT_TEXT = 64 * 1024
+
+
 def environment(text: str) -> dict[str, str]:
     """``KEY="value, with commas",K2=v2`` -> {KEY: ..., K2: ...}, split as supervisord splits
     it: a non-POSIX shlex (quotes kept, then stripped from the value's ends; ``#`` starts a
     comment), in steps of key, '=', value, separator."""
+    if len(text) > MAX_ENVIRONMENT_TEXT:      # shlex takes quadratic time (1 MB: 47 s)
+        raise BadValue(f"{len(text):,} characters, more than pyvisor splits "
+                       f"({MAX_ENVIRONMENT_TEXT:,}); pass large data in a file")
     lexer = shlex.shlex(text)
     lexer.wordchars += "/.+-():"
     try:

@@ -42,6 +42,7 @@ from supervisor.http.address import HttpAddress
 from supervisor.http.conn import HttpConn
 from supervisor.http.exchange import Router
 from supervisor.loop import Loop, Timer
+from supervisor.safefs import trusted_dir
 
 MAX_HEADER = 16 * 1024
 MAX_BODY = 64 * 1024
@@ -111,7 +112,9 @@ class HttpServer:
     def _listen(self, mode: int, gid: int | None) -> socket.socket:
         a = self.address
         try:
-            if a.is_unix:
+            if a.is_unix:      # a directory others can write: they could bind the name first
+                os.close(trusted_dir(os.path.dirname(a.path), create=True,
+                                     what="the http socket"))
                 sock, self._ident = create_socket(a.path, mode, gid)
             else:
                 family = socket.AF_INET6 if a.family_v6 else socket.AF_INET

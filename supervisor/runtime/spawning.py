@@ -14,6 +14,8 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING
 
+from loguru import logger
+
 from supervisor import core, fds, safefs
 from supervisor.config import WorkerConfig
 from supervisor.core import Event, State
@@ -194,18 +196,49 @@ def _remove_squatter(name: str) -> None:
         pass
 
 
+def _move_aside(name: str) -> None:
+    """A directory at a block's name (which no unlink removes, and rmdir not when it holds
+    something): renamed to a hidden name, left to its owner."""
+    aside = f"/.squatted.{name[1:]}.{os.urandom(8).hex()}"
+    with contextlib.suppress(OSError):
+        os.rename(blk.SHM_DIR + name, blk.SHM_DIR + aside)
+        logger.warning(f"{blk.SHM_DIR}{name} was taken by something that is not ours; moved "
+                       f"it to {blk.SHM_DIR}{aside}")
+
+
 def create_block(name: str, slot: int, epoch: int, uid: int | None,
                  gid: int | None) -> ControlBlock:
     """Create an instance's block. A name that exists already is taken back once (ours and
     stale, or planted by someone else); BlockTaken if it still cannot be had. OSError (e.g.
     ENOSPC) if the pages cannot be made."""
-    for attempt in range(2):
-        try:
-            return ControlBlock.create(name, slot=slot, supervisor_pid=os.getpid(), epoch=epoch,
-                                       uid=uid, gid=gid)
-        except FileExistsError:
-            if attempt == 0:
-                _remove_squatter(name)
+    try:
+        return ControlBlock.create(name, slot=slot, supervisor_pid=os.getpid(), epoch=epoch,
+                                   uid=uid, gid=gid)
+    except FileExistsError:
+        _remove_squatter(name)
+    # Taken back, a name can be planted again before our O_EXCL create (a local user's loop
+    # won that race 142 times in 20 restarts): the page is made under a name nobody can
+    # guess and renamed over whatever is at the name (a directory is moved aside first).
+    hidden = f"/.{name[1:]}.{os.urandom(8).hex()}.new"      # names are "/prefix.instance"
+    block = ControlBlock.create(name, slot=slot, supervisor_pid=os.getpid(), epoch=epoch,
+                                uid=uid, gid=gid, at=hidden)
+    try:
+        for _ in range(3):
+            try:
+                os.rename(blk.SHM_DIR + hidden, blk.SHM_DIR + name)
+                return block
+            except OSError as e:
+                if e.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    break
+                _move_aside(name)
+    except BaseException:
+        block.close()
+        blk.unlink_name(hidden)
+        blk.unlink_name(block.status_name)
+        raise
+    block.close()
+    blk.unlink_name(hidden)
+    blk.unlink_name(block.status_name)
     what = _describe(blk.SHM_DIR + name)
     held = f"{what[0]} owned by uid {what[1]}" if what else "something that comes back"
     raise BlockTaken(f"control block {name} is taken by {held} and cannot be removed; "
