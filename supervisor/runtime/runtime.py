@@ -34,7 +34,7 @@ from supervisor.runtime.events import EventBus, publish_step
 from supervisor.runtime.exits import EXIT_REASONS as EXIT_REASONS  # (re-exported)
 from supervisor.runtime.exits import Reaper, exit_reason
 from supervisor.runtime.instance import Instance, Waiter, attached_many, report_output
-from supervisor.runtime.intent import Intent
+from supervisor.runtime.intent import ENDED, Intent
 from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
 from supervisor.runtime.trees import Trees
@@ -351,8 +351,9 @@ class Runtime:
         publish_step(self.events, inst.name, event, before, inst.st, actions)
         old = before.state
         if inst.st.wanted != before.wanted or inst.st.restarts != before.restarts or (
-                State.STOPPING in (old, inst.st.state)):   # what a new daemon must know
-            self.intent.changed(lazy=old is State.STOPPING and inst.st.state in NO_PROCESS
+                State.STOPPING in (old, inst.st.state)) or (
+                (old in ENDED) != (inst.st.state in ENDED)):   # what a new daemon must know
+            self.intent.changed(lazy=old is State.STOPPING and inst.st.state is State.STOPPED
                                 and inst.st.wanted == before.wanted
                                 and inst.st.restarts == before.restarts)
         if inst.st.state is not old:
