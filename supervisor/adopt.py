@@ -226,8 +226,14 @@ def _cgroup_path(pid: int) -> str | None:
 
 
 def _has_exited(pidfd: int) -> bool:
-    """Whether the process of pidfd has exited (its pidfd is readable then)."""
-    return bool(select.select([pidfd], [], [], 0)[0])
+    """Whether the process of pidfd has exited (its pidfd is readable then). poll, not
+    select: select() refuses an fd of 1024 or more, and adoption holds one pidfd per live
+    instance, so past ~1,000 each check raised ('filedescriptor out of range in select()')
+    and the instance was FATAL, unverifiable, its live process left unmanaged (every block
+    without PIDFD_GET_INFO, kernels before 6.13; here, a spawn never recorded)."""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 def _real_uid(pid: int) -> int:

@@ -40,6 +40,7 @@ from supervisor.names import ctl_command
 from supervisor.reconcile import (
     apply_adoption,
     apply_config,
+    apply_ended,
     apply_intent,
     load_state,
     restore_state,
@@ -274,6 +275,7 @@ class Daemon:
                            "adopting from blocks only")
             restored, pending = set(), []
         accounted = adopted | restored
+        apply_ended(rt, intent, accounted)
         to_start = [i for name in self.config.start_order() for i in rt.of_worker(name)
                     if i.st.state is State.STOPPED and i.name not in accounted and i.wants_start]
         chosen = set(to_start)

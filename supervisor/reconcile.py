@@ -22,7 +22,7 @@ from supervisor.core import NO_PROCESS, InstanceState, State, StopInFlight, Time
 from supervisor.runtime import Instance, Runtime, config_hash
 from supervisor.runtime.cgroups import CgroupTree
 from supervisor.runtime.exits import exit_status_from_record
-from supervisor.runtime.intent import restarts_of, stop_of, wanted_of
+from supervisor.runtime.intent import ended_of, restarts_of, stop_of, wanted_of
 from worker import block as blk
 
 
@@ -36,6 +36,18 @@ def apply_intent(rt: Runtime, intent: dict[str, dict[str, Any]]) -> None:
             rt.restore_intent(inst, wanted)
         if inst is not None and restarts_of(rec):
             rt.restore_restarts(inst, restarts_of(rec))
+
+
+def apply_ended(rt: Runtime, intent: dict[str, dict[str, Any]], accounted: set[str]) -> None:
+    """After adoption: an instance that had ended for good (EXITED, FATAL) and of which no
+    process was found stays there, as if the daemon had never gone down: a SIGKILLed daemon's
+    successor ran every finished ``restart: never`` job again, and every FATAL crash loop."""
+    for name, rec in intent.items():
+        inst = rt.instances.get(name)
+        ended = ended_of(rec)
+        if (ended is not None and inst is not None and name not in accounted
+                and inst.st.state is State.STOPPED):
+            rt.dispatch(inst, core.IntentRestored(rt.now(), inst.st.wanted, ended))
 
 
 def apply_adoption(rt: Runtime, config: Config,

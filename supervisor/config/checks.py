@@ -9,8 +9,10 @@ models know nothing of them).
 
 from __future__ import annotations
 
+import grp
 import importlib.util
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -291,23 +293,64 @@ def program_warnings(config: Config) -> list[str]:
     program may be installed before the worker starts, or be on another PATH at run time."""
     default_path = worker_search_path(os.environ.get("PATH"))
     out = []
-    found: dict[tuple[str, str], bool] = {}     # 10,000 workers share a few programs
+    found: dict[tuple[str, str], str | None] = {}     # 10,000 workers share a few programs
+    denied: dict[tuple[str, str, str | None], str | None] = {}
     for name, worker in config.workers.items():
         program = worker.argv(name, 0)[0]
         search = worker.env(name, 0).get("PATH", default_path)
+        where = f"{config.path}: workers.{name}.command: warning: {program!r}"
         if "/" in program:
             path = os.path.normpath(os.path.join(worker.directory, program))
             if not (os.path.isfile(path) and os.access(path, os.X_OK)):
                 what = "no such file" if not os.path.exists(path) else "not an executable file"
-                out.append(f"{config.path}: workers.{name}.command: warning: {program!r}: "
-                           f"{what} ({path})")
-            continue
-        if (program, search) not in found:
-            found[program, search] = shutil.which(program, path=search) is not None
-        if not found[program, search]:
-            out.append(f"{config.path}: workers.{name}.command: warning: {program!r} is not "
-                       f"found in the worker's PATH ({search})")
+                out.append(f"{where}: {what} ({path})")
+                continue
+        else:
+            if (program, search) not in found:
+                found[program, search] = shutil.which(program, path=search)
+            if (on_path := found[program, search]) is None:
+                out.append(f"{where} is not found in the worker's PATH ({search})")
+                continue
+            path = on_path
+        if worker.user is not None and os.geteuid() == 0:
+            key = (path, worker.user, worker.group)
+            if key not in denied:
+                denied[key] = _denied_to(path, worker.user, worker.group)
+            if denied[key]:
+                out.append(f"{where}: user {worker.user!r} cannot run it ({denied[key]})")
     return out
+
+
+def _denied_to(path: str, user: str, group: str | None) -> str | None:
+    """Why ``user`` (with ``group``) cannot execute path, by the mode bits of the path's
+    directories and of the file it leads to (links followed), or None. os.access answers
+    for root, who may run anything: a venv's python that is a link into /root (mode 0700)
+    passed --check and then failed every spawn of a user: worker with 'permission denied'.
+    (ACLs are not read: a warning, not an error.)"""
+    try:
+        pw = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group is not None else pw.pw_gid
+    except KeyError:
+        return None
+    uid, gids = pw.pw_uid, set(os.getgrouplist(pw.pw_name, gid))
+    if uid == 0:
+        return None
+    real = os.path.realpath(path)
+    for p in dict.fromkeys([*_parents(os.path.abspath(path)), *_parents(real), real]):
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid in gids else 0
+        if not (st.st_mode >> shift) & 1:
+            return f"{p} is mode {stat.S_IMODE(st.st_mode):04o}, owned by {st.st_uid}:{st.st_gid}"
+    return None
+
+
+def _parents(path: str) -> list[str]:
+    """/, /a, /a/b for /a/b/c."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/"] + ["/" + "/".join(parts[:i + 1]) for i in range(len(parts))]
 
 
 _OUTPUT_WARNINGS = 20   # then one line for the rest: 10,000 workers share one bad log_dir

@@ -153,6 +153,14 @@ def _any_status_learned(inst: InstanceState, ev: ExitStatusLearned, policy: Poli
 
 
 def _stopped_intent(inst: InstanceState, ev: IntentRestored, policy: Policy) -> Result:
+    if ev.ended is State.FATAL:
+        hint = f"Fix it, then: {policy.ctl} start {policy.name or 'NAME'}"
+        return goto(inst, State.FATAL, "it was FATAL before supervisord restarted",
+                    level="WARNING", wanted=ev.wanted,
+                    fatal_reason=f"FATAL before supervisord restarted; {hint}")
+    if ev.ended is State.EXITED:
+        return goto(inst, State.EXITED, "it had exited before supervisord restarted; "
+                    f"restart={policy.restart.value}", wanted=ev.wanted)
     return stay(inst, [], wanted=ev.wanted)
 
 

@@ -206,7 +206,10 @@ class IntentRestored:
     daemon recorded it (True: started, False: stopped)."""
 
     now: float
-    wanted: bool
+    wanted: bool | None
+    # where it had ended (EXITED, FATAL) when no process of it was adopted: it stays there,
+    # never started again by the crash (a finished restart: never job would run twice)
+    ended: State | None = None
 
 
 Event = (

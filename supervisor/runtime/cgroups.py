@@ -40,9 +40,17 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _read(path: str, limit: int = 1 << 20) -> str:
+    """At most limit bytes of path, read until EOF: cgroupfs and procfs give at most a page
+    per read(), so one read of the cgroup.procs of a tree of 1,000 processes named ~680 of
+    them (the others got no stop_signal), and a long /proc/self/mountinfo was cut."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return os.read(fd, limit).decode("ascii", "replace")
+        parts: list[bytes] = []
+        left = limit
+        while left > 0 and (data := os.read(fd, left)):
+            parts.append(data)
+            left -= len(data)
+        return b"".join(parts).decode("ascii", "replace")
     finally:
         os.close(fd)
 

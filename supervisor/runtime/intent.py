@@ -245,7 +245,8 @@ def _count(value: Any) -> int:
         0 <= value < MAX_RESTARTS) else 0
 
 
-Key = tuple[bool | None, int, tuple[bool, float, bool] | None]
+Key = tuple[bool | None, int, tuple[bool, float, bool] | None, str | None]
+ENDED = frozenset({State.EXITED, State.FATAL})   # ended for good: recorded, never restarted
 
 
 def _key(inst: Instance, begun: tuple[bool, float] | None = None) -> Key | None:
@@ -261,14 +262,17 @@ def _key(inst: Instance, begun: tuple[bool, float] | None = None) -> Key | None:
         else:
             stop = (graceful is not None, graceful.when if graceful is not None else 0.0,
                     st.restart_after_stop)
-    if st.wanted is None and not st.restarts and stop is None:
+    ended = st.state.name if st.state in ENDED else None
+    if st.wanted is None and not st.restarts and stop is None and ended is None:
         return None
-    return st.wanted, st.restarts, stop
+    return st.wanted, st.restarts, stop, ended
 
 
 def _record(key: Key) -> dict[str, Any]:
-    wanted, restarts, stop = key
+    wanted, restarts, stop, ended = key
     rec: dict[str, Any] = {}
+    if ended is not None:
+        rec["ended"] = ended
     if wanted is not None:
         rec["wanted"] = wanted
     if restarts:
@@ -297,6 +301,12 @@ def encode(boot_id: str, instances: Iterable[Instance],
         parts.append(f"{_quote(inst.name)}: {text}")
     return (f'{{"boot_id": {_quote(boot_id)}, "gen": {gen}, '
             f'"instances": {{{", ".join(parts)}}}}}'.encode())
+
+
+def ended_of(rec: dict[str, Any]) -> State | None:
+    """EXITED or FATAL: where the instance had ended (None: anything else)."""
+    value = rec.get("ended")
+    return State[value] if value in ("EXITED", "FATAL") else None
 
 
 def wanted_of(rec: dict[str, Any]) -> bool | None:

@@ -34,7 +34,7 @@ from supervisor.runtime.events import EventBus, publish_step
 from supervisor.runtime.exits import EXIT_REASONS as EXIT_REASONS  # (re-exported)
 from supervisor.runtime.exits import Reaper, exit_reason
 from supervisor.runtime.instance import Instance, Waiter, attached_many, report_output
-from supervisor.runtime.intent import Intent
+from supervisor.runtime.intent import ENDED, Intent
 from supervisor.runtime.readiness import Readiness
 from supervisor.runtime.spawning import Spawner
 from supervisor.runtime.trees import Trees
@@ -352,9 +352,10 @@ class Runtime:
         publish_step(self.events, inst.name, event, before, inst.st, actions)
         old, same = before.state, (inst.st.wanted, inst.st.restarts) == (before.wanted,
                                                                           before.restarts)
-        if not same or State.STOPPING in (old, inst.st.state):  # what a new daemon must know
+        ended = (old in ENDED) != (inst.st.state in ENDED)
+        if not same or ended or State.STOPPING in (old, inst.st.state):  # a new daemon's
             self.intent.changed(lazy=old is State.STOPPING and inst.st.state in NO_PROCESS
-                                and same)
+                                and same and not ended)
         if inst.st.state is not old:
             self._on_transition(inst)
 

@@ -195,3 +195,37 @@ def test_a_daemon_killed_in_a_restart_all_leaves_none_stopped(
     killer = d.wait_state("killer:0", "RUNNING")["pid"]    # restarted too: it would kill
     os.kill(killer, signal.SIGKILL)                         # this daemon at its shutdown
     d.wait_state("killer:0", "EXITED")
+
+
+def test_instances_that_ended_for_good_stay_ended_across_a_daemon_sigkill(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """A finished restart: never job (EXITED) and a crash loop given up on (FATAL) have no
+    process and no block: the successor of a SIGKILLed daemon took them for never started
+    and started both again (the job ran twice, the loop crashed 5 more times)."""
+    runs = tmp_path / "runs"
+    d = daemon_factory({
+        "job": {"command": ["sh", "-c", f"echo ran >> {runs}"], "start_seconds": 0,
+                "restart": "never"},
+        "loop": {"command": ["sh", "-c", "exit 3"], "start_seconds": 1, "start_retries": 1,
+                 "backoff": {"initial": 0.05, "factor": 1, "max": 0.05}},
+        "up": {"command": ["sleep", "100000"], "start_seconds": 0.1},
+    }).start()
+    d.wait_state("job:0", "EXITED")
+    d.wait_state("loop:0", "FATAL")
+    up = d.wait_state("up:0", "RUNNING")["pid"]
+    assert runs.read_text() == "ran\n"
+    spawns = d.log_text().count("loop:0 spawned pid")
+    _kill_daemon(d)
+    mark = d.log_mark()
+    d.start()
+    assert d.wait_state("up:0", "RUNNING")["pid"] == up
+    d.wait_log(r"job:0 STOPPED -> EXITED \(it had exited before supervisord restarted",
+               after=mark)
+    fatal = d.wait_state("loop:0", "FATAL")
+    assert "FATAL before supervisord restarted" in (fatal["fatal_reason"] or ""), fatal
+    assert d.status_of("job:0")["state"] == "EXITED"
+    assert runs.read_text() == "ran\n", "the finished job ran again"
+    assert d.log_text().count("loop:0 spawned pid") == spawns, "the FATAL loop was started"
+    # and an operator's start still starts them
+    assert d.ctl("start", "job").returncode == 0
+    wait_until(lambda: runs.read_text() == "ran\nran\n", 10, "the job run by the start")

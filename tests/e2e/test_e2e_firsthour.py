@@ -6,13 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
+import pwd
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support.daemon import BIN_DIR, SUPERVISORD, StartedDaemon, ctl_hint, write_script
 from tests.support.wait import wait_until
@@ -58,6 +62,42 @@ def test_a_crashed_workers_output_is_named_and_its_hint_pastes(daemon: StartedDa
                            capture_output=True, text=True, timeout=60, check=False)
     assert start.returncode == 5 and start.stderr.startswith("crasher:0: ERROR (FATAL)"), start
     assert shlex.split(ctl)[-1] == str(d.config_path)
+
+
+def test_check_warns_of_a_program_its_user_cannot_run() -> None:
+    """As root, os.access says yes to everything: a program under a directory of mode 0700
+    (a venv's python is a link into /root/.pyenv) passed --check, and every spawn of a
+    ``user:`` worker then failed with 'permission denied'."""
+    if os.geteuid() != 0:
+        pytest.skip("only root runs workers as another user")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody here")
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:    # (pytest's tmp_path is 0700)
+        base = Path(top)
+        base.chmod(0o755)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        (private / "tool").write_text("#!/bin/sh\n")
+        (private / "tool").chmod(0o755)
+        (base / "link").symlink_to(private / "tool")
+        config = base / "app.yaml"
+        config.write_text(f"""workers:
+  a: {{command: [{private}/tool], user: nobody}}
+  b: {{command: [{base}/link], user: nobody}}
+  c: {{command: [{private}/tool]}}
+  d: {{command: [sleep, '1'], user: nobody}}
+""")
+        r = subprocess.run([f"{BIN_DIR}/supervisord", "-c", str(config), "--check"],
+                           env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                           timeout=60, check=False)
+    why = f"{private} is mode 0700, owned by 0:0"
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{config}: OK (4 workers, 2 warnings)\n", (
+        f"{config}: workers.a.command: warning: '{private}/tool': user 'nobody' cannot run it "
+        f"({why})\n"
+        f"{config}: workers.b.command: warning: '{base}/link': user 'nobody' cannot run it "
+        f"({why})\n")), r
 
 
 def test_check_warns_of_a_program_that_is_not_there(tmp_path: Path) -> None:

@@ -258,3 +258,30 @@ def test_a_cgroup_an_earlier_daemon_killed_is_made_anew_for_the_next_spawn(
     assert row["pid"] != leader and row["cgroup"] == path, row
     assert pid_alive(row["pid"]) and "killed by signal 9" not in d.log_text()[mark:], \
         d.log_text()[mark:]
+
+
+@pytest.mark.parametrize("target", ["w", "all"])   # one instance; a batch (stop all)
+def test_stop_signal_reaches_every_process_of_a_tree_of_900(daemon_factory: DaemonFactory,
+                                                            target: str) -> None:
+    """cgroupfs gives at most a page of cgroup.procs per read(): one read named the first
+    ~680 members of a tree of 900 (5- or 6-digit PIDs), so the rest, each in a session of its
+    own, never got stop_signal (only the SIGKILL after kill_timeout), and status counted 680
+    processes."""
+    n = 900
+    script = (f"i=0; while [ $i -lt {n} ]; do setsid sleep 1000 & i=$((i+1)); done; "
+              "trap '' TERM; exec sleep 1000")
+    d = _daemon(daemon_factory, True, {"w": {"command": ["sh", "-c", script],
+                                             "start_seconds": 0.1, "kill_timeout": 60},
+                                       "v": {"command": ["sleep", "1000"], "numprocs": 2,
+                                             "start_seconds": 0.1}})
+    d.wait_state("w:0", "RUNNING")
+    wait_until(lambda: d.status_of("w:0")["processes"] == n + 1, 30, f"{n + 1} processes")
+    r = d.ctl("stop", "--signal", "--no-wait", target)
+    assert r.returncode == 0, r.stderr
+    try:
+        wait_until(lambda: d.status_of("w:0")["processes"] == 1, 10,
+                   "every sleep gone at its SIGTERM (the leader ignores it, and is SIGKILLed "
+                   "only after kill_timeout)")
+    finally:
+        d.ctl("signal", "KILL", "w")
+        d.wait_state("w:0", "STOPPED")

@@ -5,6 +5,7 @@ directly: tests/unit/test_log_batch.py and tests/e2e/test_adopt_redteam.py."""
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -285,3 +286,46 @@ def test_a_pid_reused_between_the_proc_reads_is_not_judged_by_the_new_process(
             p.wait()
             assert p.stdout is not None
             p.stdout.close()
+
+
+def test_the_proc_fallback_verifies_a_process_whose_pidfd_is_past_1023(
+        prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adoption holds one pidfd per live instance, so past ~1,000 the next pidfd is numbered
+    1024 or more, and select() refuses those: without PIDFD_GET_INFO (kernels before 6.13,
+    and for a spawn never recorded) each such block was 'unverifiable: cannot inspect pid N:
+    filedescriptor out of range in select()', its instance FATAL, its live process left
+    unmanaged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard fd limit ({hard}) leaves no room for an fd past 1023")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = os.open("/dev/null", os.O_RDONLY)
+    held = [os.dup2(filler, fd) for fd in range(3, 1100) if not _is_open(fd)]
+    p = subprocess.Popen(SLEEP, stdout=subprocess.PIPE, start_new_session=True, cwd="/")
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"1\n"
+        name = blk.shm_name(prefix, "w:0")
+        with ControlBlock.create(name, slot=0, supervisor_pid=os.getpid(), epoch=1) as b:
+            b.set_spawned(p.pid, adopt._proc_stat(p.pid).start_ticks, 1, 7, os.getuid(), p.pid)
+            assert _decide(name, b, False, monkeypatch) == f"verified {p.pid}"
+            p.kill()
+            p.wait()
+            assert _decide(name, b, False, monkeypatch) == "gone"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        assert p.stdout is not None
+        p.stdout.close()
+        for fd in held:
+            os.close(fd)
+        os.close(filler)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
