@@ -97,6 +97,13 @@ def _proc_stat(pid: int) -> _Proc:
     return _Proc(rest[0], int(rest[1]), int(rest[2]), int(rest[22 - 3]))
 
 
+def _leads_its_group(pid: int) -> bool:
+    try:
+        return _proc_stat(pid).pgrp == pid
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def _environ(pid: int | str) -> list[bytes]:
     """The environment a process was started with ([] if it cannot be read)."""
     try:
@@ -155,7 +162,11 @@ def verify(name: str, block: ControlBlock, unrecorded: dict[str, list[int]],
         inside = [p for p, m in zip(candidates, held, strict=True) if m]
         if not inside and all(m is False for m in held):
             return NEVER_RAN
-        if len(candidates) != 1 or len(inside) != 1:
+        if len(inside) > 1:
+            # its leader and the leader's children (a shell's commands inherit the variable):
+            # the leader is the one the spawn made a session leader (its pid is its group)
+            inside = [p for p in inside if _leads_its_group(p)] or inside
+        if len(inside) != 1 or (len(candidates) != 1 and None in held):
             return (f"unverifiable: the spawn was never recorded and {len(candidates)} "
                     f"process(es) name this block in their environment "
                     f"({len(inside)} in its cgroup)")

@@ -115,6 +115,10 @@ class Spawner:
                     else f" ({fds.exhausted_hint(e)})" if fds.is_exhausted(e) else "")
             return core.SpawnFailed(now, f"cannot create control block {name}: "
                                          f"{e.strerror or e}{hint}")
+        # the config it runs, before the spawn: a daemon killed before the spawn is recorded
+        # leaves a successor that finds the process by its environment (adopt.verify) and must
+        # not take it for one of another config
+        block.set_spawned(0, 0, inst.incarnation, config_hash(cfg))
         argv = cfg.argv(inst.worker, inst.index)
         # the files are opened here (or ahead, by self.outputs), not by spawn(): paths None
         req = SpawnRequest(inst.name, argv, cfg.directory, cfg.env(inst.worker, inst.index),

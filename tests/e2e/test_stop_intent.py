@@ -1,4 +1,5 @@
-"""A stop of one instance is on disk before its signal goes out (runtime/intent.py).
+"""Crash windows held open with strace: a stop of one instance is on disk before its signal
+goes out (runtime/intent.py), and a spawn's config before the spawn (runtime/spawning.py).
 
 The window was the rest of a loop turn: the signal sent, the intent written only at the turn's
 end. To hit it every time, without a hook in the daemon, the test holds the daemon right after
@@ -8,6 +9,7 @@ worst moment. Its successor must keep the instance stopped."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -105,3 +107,71 @@ def test_a_daemon_killed_right_after_posting_a_graceful_stop_keeps_the_stop(
     pid = d.wait_state("g:0", "RUNNING")["pid"]
     _kill_held_after(d, tmp_path, "futex", ["stop", "--graceful", "g:0"], pid)
     _stays_stopped(d, "g:0")
+
+
+def _naming(block: str) -> list[int]:
+    want = f"PYVISOR_BLOCK={block}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if want in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
+def test_a_daemon_killed_between_a_spawn_and_its_record_is_succeeded_by_adoption(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The daemon SIGKILLed right after clone3 returned, before the spawn was recorded in the
+    block, the worker a shell whose child inherits PYVISOR_BLOCK: its successor found two
+    processes naming the block in its cgroup and made it FATAL ("unverifiable"), and, had it
+    adopted, its config hash was unrecorded, so "config changed while supervisord was down"
+    restarted it. It adopts the leader (the session leader of the two) and keeps it."""
+    from worker import block as blk
+
+    d = daemon_factory({
+        "a": {"command": ["sleep", "100000"], "start_seconds": 0.1},  # the helper thread up
+        "w": {"command": ["sh", "-c", "sleep 100000 & wait"], "start_seconds": 0.1,
+              "autostart": False}})
+    d.allow_leftovers = True
+    d.start()
+    d.wait_state("a:0", "RUNNING")
+    if "one cgroup per instance" not in d.log_text():
+        pytest.skip("no cgroups here: a process naming a block cannot be told ours")
+    name = blk.shm_name(d.prefix, "w:0")
+    assert STRACE is not None
+    err = tmp_path / "strace.err"
+    with open(err, "wb") as e:
+        tracer = subprocess.Popen(
+            [STRACE, "-p", str(d.pid), "-o", str(tmp_path / "strace.out"),
+             "-e", "trace=clone3", "-e", "inject=clone3:delay_exit=20000000"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e)
+    ctl: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until(lambda: b"attached" in err.read_bytes(), 10, "strace attached")
+        ctl = subprocess.Popen([SUPERVISORCTL, "-c", str(d.config_path), "start", "w"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        procs = wait_until(lambda: _naming(name), 10,
+                           "the shell and its child naming the block", ok=lambda p: len(p) == 2)
+        d.kill(signal.SIGKILL)      # held right after the spawn, before its record
+    finally:
+        if tracer.poll() is None:
+            tracer.terminate()
+        tracer.wait(10)
+        assert d.proc is not None
+        d.proc.wait(10)
+        if ctl is not None:
+            ctl.wait(30)
+    leader = [p for p in procs if os.getpgid(p) == p]   # the spawn's setsid
+    assert len(leader) == 1, procs
+    mark = d.log_mark()
+    d.start()
+    row = d.wait_state("w:0", "RUNNING", timeout=20)
+    text = d.log_text()[mark:]
+    assert (row["pid"], row["adopted"]) == (leader[0], True), (row, text)
+    assert "config changed" not in text and "w:0 spawned pid" not in text, text
+    assert sorted(_naming(name)) == sorted(procs)
