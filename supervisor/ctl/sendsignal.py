@@ -28,5 +28,7 @@ class SignalType(click.ParamType):  # type: ignore[type-arg]  # generic only sin
 @click.argument("targets", nargs=-1, required=True, type=TARGET)
 @click.pass_obj
 def cmd(session: client.Session, signame: str, targets: tuple[str, ...]) -> None:
-    """Send SIGNAL (HUP, SIGUSR1, 15, ...) to the processes of TARGETS."""
+    """Send SIGNAL (HUP, SIGUSR1, 15, ...) to the main process of each of TARGETS.
+
+    Only the process supervisord started gets it, not its children (as with kill PID)."""
     client.run(session, "signal", targets, {"signal": signame})
