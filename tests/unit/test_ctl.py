@@ -326,7 +326,7 @@ Commands:
   reload    Re-read the config and apply it; waits until done (exit 7 if the config is invalid).
   restart   Stop TARGETS, start them again and wait until they are RUNNING.
   shutdown  Stop every worker, then supervisord itself; waits until the workers are gone.
-  signal    Send SIGNAL (HUP, SIGUSR1, 15, ...) to the main process of...
+  signal    Send SIGNAL (HUP, SIGUSR1, 15, ...) to the main process of each of TARGETS.
   start     Start TARGETS and wait until they are RUNNING (exit 5 if one cannot start).
   status    Show the state of TARGETS (default: all).
   stop      Stop TARGETS and wait until their processes are gone (exit 5 if one cannot be...
