@@ -1,10 +1,26 @@
-"""Suite-wide rules: in CI (CI=true) a skipped test is a failure, not a pass."""
+"""Suite-wide rules: in CI (CI=true) a skipped test is a failure, not a pass. And the two
+fixtures of the control server's tests (unit and security): ``lt``, a daemon loop on a thread
+of its own (tests/unit/test_server_harness.py), and ``sock_path``."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+
+
+@pytest.fixture
+def lt() -> Iterator[Any]:
+    from tests.unit.test_server_harness import loop_thread_fixture
+    yield from loop_thread_fixture()
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> str:
+    return str(tmp_path / "ctl.sock")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -16,12 +16,7 @@ from supervisor.control.server import ControlServer
 from supervisor.runtime.events import EventBus
 from tests.support.daemon import DaemonFactory, DaemonProcess
 from tests.support.http import free_port, request
-from tests.unit.test_server_harness import LoopThread, connect, loop_thread_fixture, wait_for
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    yield from loop_thread_fixture()
+from tests.unit.test_server_harness import LoopThread, connect, wait_for
 
 
 def _connect_when_accepted(path: str) -> socket.socket:

@@ -13,7 +13,6 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +25,6 @@ from tests.support.daemon import DaemonProcess
 from tests.unit.test_server_harness import (
     LoopThread,
     connect,
-    loop_thread_fixture,
     roundtrip,
     start_server,
     wait_for,
@@ -190,16 +188,6 @@ def test_256_surrogate_requests_lock_nobody_out(sup: DaemonProcess) -> None:
 
 
 # -- the harness: short deadlines, the server's counters ---------------------------------------
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    yield from loop_thread_fixture()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> str:
-    return str(tmp_path / "ctl.sock")
-
-
 def test_handler_exception_is_logged_with_traceback_where_the_reply_says(
         lt: LoopThread, sock_path: str) -> None:
     logged: list[str] = []

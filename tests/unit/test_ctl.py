@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from supervisor import paths
 from supervisor.ctl.cli import cli
-from tests.unit.test_server_harness import LoopThread, Recorder, loop_thread_fixture, start_server
+from tests.unit.test_server_harness import LoopThread, Recorder, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 REPLY = {"code": 5, "out": "web:0 FATAL\n", "err": "web:0: could not start\n", "data": None}
@@ -31,11 +30,6 @@ class Fake:
     socket: str
     rec: Recorder
     lt: LoopThread
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    yield from loop_thread_fixture()
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from tests.support.wait import wait_until
 from tests.unit import test_ctl
 from tests.unit.test_ctl import Fake, child_env, ctl, ctl_argv
 
-# test_ctl's fixtures, shared by name
-lt = test_ctl.lt
+# test_ctl's fixtures, shared by name (lt: tests/conftest.py)
 run_dir = test_ctl.run_dir
 daemon = test_ctl.daemon
 

@@ -8,7 +8,6 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,12 @@ from supervisor.control.server import ServerError, SocketInUseError
 from tests.unit.test_server_harness import (
     LoopThread,
     connect,
-    loop_thread_fixture,
     read_all,
     readable,
     roundtrip,
     start_server,
     wait_for,
 )
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    yield from loop_thread_fixture()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> str:
-    return str(tmp_path / "ctl.sock")
 
 
 def line(doc: object) -> bytes:

@@ -10,8 +10,6 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +17,6 @@ from supervisor.control import linger
 from tests.unit.test_server_harness import (
     LoopThread,
     connect,
-    loop_thread_fixture,
     roundtrip,
     start_server,
     wait_for,
@@ -27,16 +24,6 @@ from tests.unit.test_server_harness import (
 
 TOO_LARGE = {"code": 2, "out": "", "data": None,
              "err": "supervisord: bad request: request too large (more than 65536 bytes)\n"}
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    yield from loop_thread_fixture()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> str:
-    return str(tmp_path / "ctl.sock")
 
 
 def _send_then_read(sock_path: str, data: bytes) -> tuple[bytes, BaseException | None]:

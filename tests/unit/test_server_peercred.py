@@ -13,13 +13,12 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from supervisor.control.server import ControlServer
-from tests.unit.test_server_harness import LoopThread, loop_thread_fixture, start_server
+from tests.unit.test_server_harness import LoopThread, start_server
 
 pytestmark = [
     pytest.mark.root,
@@ -28,11 +27,6 @@ pytestmark = [
 
 NOBODY, NOGROUP, DAEMON_GID = 65534, 65534, 1
 REQUEST = b'{"cmd": "echo"}\n'
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    yield from loop_thread_fixture()
 
 
 @pytest.fixture

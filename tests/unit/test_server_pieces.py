@@ -17,18 +17,12 @@ from supervisor.control.server import ControlServer, Responder
 from tests.unit.test_server_harness import (
     LoopThread,
     connect,
-    loop_thread_fixture,
     read_all,
     roundtrip,
     wait_for,
 )
 
 ROW = {"name": "w:1", "state": "RUNNING", "pid": 7, "text": "é \udcff \"q\"\n"}
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    yield from loop_thread_fixture()
 
 
 @pytest.mark.parametrize(("out", "data", "err"), [

@@ -8,10 +8,6 @@ import contextlib
 import functools
 import json
 import socket
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from supervisor.control.protocol import Reply
 from supervisor.control.server import ControlServer, Responder
@@ -20,23 +16,12 @@ from tests.unit.test_server_harness import (
     LoopThread,
     Recorder,
     connect,
-    loop_thread_fixture,
     read_all,
     start_server,
     wait_for,
 )
 
 HOLD = b'{"cmd": "hold"}\n'
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    yield from loop_thread_fixture()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> str:
-    return str(tmp_path / "ctl.sock")
 
 
 def open_stream(lt: LoopThread, rec: Recorder, path: str,
