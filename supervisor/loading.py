@@ -18,7 +18,10 @@ import os
 import threading
 from collections.abc import Callable
 
+from loguru import logger
+
 from supervisor.config import Config
+from supervisor.control.protocol import FAILED, Reply
 from supervisor.loop import Loop
 
 Loaded = Config | BaseException       # the new config, or what load_config raised
@@ -45,6 +48,19 @@ class ConfigLoads:
         if not self._running:
             self._start()
 
+    def _apply(self, loaded: Loaded, waiting: list[Callable[..., None]]) -> None:
+        """then(), in a reader callback of the loop: an exception it raises (a bug in applying
+        the config) would end the daemon there, where on the control socket's handler it cost
+        the reply only; it is logged, and the requests still waiting are told."""
+        try:
+            self._then(loaded, waiting)
+        except Exception as e:  # noqa: BLE001 -- a bug in a reload must not take the daemon down
+            logger.opt(exception=True).error(f"reload failed while applied: {type(e).__name__}: "
+                                             f"{e}")
+            for done in waiting:
+                done(Reply(FAILED, err=f"reload failed while applied: {type(e).__name__}: {e} "
+                                       "(a bug; see the daemon log)\n"))
+
     def _start(self) -> None:
         waiting, self._waiting = self._waiting, []
         result: list[Loaded] = []
@@ -68,9 +84,11 @@ class ConfigLoads:
             os.close(r)
             os.close(w)
             self._running = False
-            self._then(result[0], waiting)
-            if self._waiting:
-                self._start()
+            try:
+                self._apply(result[0], waiting)
+            finally:
+                if self._waiting:
+                    self._start()
 
         self._running = True
         try:
@@ -80,6 +98,6 @@ class ConfigLoads:
             os.close(w)
             work()
             self._running = False
-            self._then(result[0], waiting)
+            self._apply(result[0], waiting)
             return
         self._loop.add_reader(r, finished)
