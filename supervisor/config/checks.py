@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 
 from supervisor import safefs
-from supervisor.config.errors import unknown
+from supervisor.config.errors import MAX_SHOWN, unknown
 from supervisor.config.models import MAX_INSTANCES, Config, WorkerConfig
 from supervisor.config.yamlfile import Path
 from supervisor.http.token import TokenError, read_token
@@ -41,7 +41,8 @@ def cross_checks(config: Config) -> list[Problem]:
     for name, worker in config.workers.items():
         for i, dep in enumerate(worker.depends_on):
             if dep not in config.workers:
-                out.append((("workers", name, "depends_on", i), unknown("worker", dep, names)))
+                out.append((("workers", name, "depends_on", i),
+                            unknown("worker", dep, names, hints=len(out) < MAX_SHOWN)))
     out += _cycles(config)
     out += _instances(config)
     out += _log_collisions(config)
@@ -151,7 +152,8 @@ def _http(config: Config) -> list[Problem]:
                     "pip install 'pyvisor[http]' (into supervisord's venv)"))
     for i, name in enumerate(sup.http_ready or ()):
         if name not in config.workers:
-            out.append((("supervisor", "http_ready", i), unknown("worker", name, names)))
+            out.append((("supervisor", "http_ready", i),
+                        unknown("worker", name, names, hints=i < MAX_SHOWN)))
     if sup.http_token_file is not None:
         if sup.http is None:
             out.append((("supervisor", "http_token_file"), "has no effect without http; set "

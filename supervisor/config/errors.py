@@ -86,13 +86,23 @@ def suggest(word: str, choices: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-def unknown(kind: str, word: str, choices: Sequence[str]) -> str:
-    """``unknown worker 'dbb'; did you mean 'db'?`` or ``...; known: a, b``."""
+def unknown(kind: str, word: str, choices: Sequence[str], hints: bool = True) -> str:
+    """``unknown worker 'dbb'; did you mean 'db'?`` or ``...; known: a, b`` (the first
+    MAX_KNOWN of them). hints=False: neither (a difflib search and a sort of every name per
+    problem: 10,000 workers naming 10 missing ones each in depends_on took hours, and each
+    line held all 10,000 names)."""
+    if not hints:
+        return f"unknown {kind} {got(word)}"
     near = suggest(word, choices)
     if near is not None:
         return f"unknown {kind} {got(word)}; did you mean {near!r}?"
-    known = ", ".join(sorted(choices)) if choices else "none"
+    known = ", ".join(sorted(choices)[:MAX_KNOWN]) if choices else "none"
+    if len(choices) > MAX_KNOWN:
+        known += f", ... ({len(choices):,} in all)"
     return f"unknown {kind} {got(word)}; known: {known}"
+
+
+MAX_KNOWN = 20
 
 
 def dotted(path: Path) -> str:

@@ -297,6 +297,27 @@ def test_a_file_of_many_unknown_keys_is_refused_in_seconds() -> None:
     assert errs[-1] == "... and 29,900 more problems; fix these and check the file again"
     assert took < 5, f"{took:.1f} s"
 
+
+def test_many_unknown_workers_in_depends_on_are_refused_in_seconds() -> None:
+    """1,500 workers naming 10 missing ones each (0.2 MB): every problem searched all the
+    names with difflib and listed them all, sorted: 25 s and 150 MB here (10,000 workers:
+    hours, and gigabytes of error lines); a line names at most MAX_KNOWN."""
+    from supervisor.config.errors import MAX_KNOWN
+
+    def deps(i: int) -> str:
+        return ", ".join(f"zz{i}q{j}" for j in range(10))
+
+    text = "workers:\n" + "".join(f"  w{i}:\n    command: sleep 1\n    depends_on: [{deps(i)}]\n"
+                                   for i in range(1_500))
+    start = time.monotonic()
+    errs = errors(text)
+    took = time.monotonic() - start
+    assert errs[0].startswith("app.yaml:4: workers.w0.depends_on[0]: unknown worker 'zz0q0'; "
+                              "known: w0, w1, w10, "), errs[0]
+    assert errs[0].endswith(", ... (1,500 in all)") and errs[0].count(", w") == MAX_KNOWN - 1
+    assert errs[-1] == "... and 14,900 more problems; fix these and check the file again"
+    assert took < 5, f"{took:.1f} s"
+
 def test_load_config_turns_any_failure_into_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from supervisor.config import load as load_module
 
