@@ -37,6 +37,7 @@ class ConfigLoads:
         self._load = load
         self._then = then
         self._waiting: list[Callable[..., None]] = []
+        self._current: list[Callable[..., None]] = []   # those the running load is for
         self._running = False
 
     @property
@@ -61,8 +62,16 @@ class ConfigLoads:
                 done(Reply(FAILED, err=f"reload failed while applied: {type(e).__name__}: {e} "
                                        "(a bug; see the daemon log)\n"))
 
+    def abandon(self, reply: Reply) -> None:
+        """Answer every request waiting for a load (the running one's, the next one's) with
+        reply: the daemon re-executes before it would apply them, and their clients got EOF."""
+        for done in [*self._current, *self._waiting]:
+            done(reply)
+        self._waiting = []
+
     def _start(self) -> None:
         waiting, self._waiting = self._waiting, []
+        self._current = waiting
         result: list[Loaded] = []
 
         def work() -> None:
