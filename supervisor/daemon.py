@@ -378,6 +378,7 @@ class Daemon:
 
     def reexec(self) -> None:
         self.leaving = "re-executing"
+        self.loads.abandon(Reply(FAILED, err="supervisord is re-executing; reload refused\n"))
         logger.info("re-executing supervisord in place (same pid; workers keep running)")
         self.loop.call_later(0.05, self._exec)      # let the reply go out first
 

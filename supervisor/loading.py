@@ -18,7 +18,10 @@ import os
 import threading
 from collections.abc import Callable
 
+from loguru import logger
+
 from supervisor.config import Config
+from supervisor.control.protocol import FAILED, Reply
 from supervisor.loop import Loop
 
 Loaded = Config | BaseException       # the new config, or what load_config raised
@@ -34,6 +37,7 @@ class ConfigLoads:
         self._load = load
         self._then = then
         self._waiting: list[Callable[..., None]] = []
+        self._current: list[Callable[..., None]] = []   # those the running load is for
         self._running = False
 
     @property
@@ -45,8 +49,29 @@ class ConfigLoads:
         if not self._running:
             self._start()
 
+    def _apply(self, loaded: Loaded, waiting: list[Callable[..., None]]) -> None:
+        """then(), in a reader callback of the loop: an exception it raises (a bug in applying
+        the config) would end the daemon there, where on the control socket's handler it cost
+        the reply only; it is logged, and the requests still waiting are told."""
+        try:
+            self._then(loaded, waiting)
+        except Exception as e:  # noqa: BLE001 -- a bug in a reload must not take the daemon down
+            logger.opt(exception=True).error(f"reload failed while applied: {type(e).__name__}: "
+                                             f"{e}")
+            for done in waiting:
+                done(Reply(FAILED, err=f"reload failed while applied: {type(e).__name__}: {e} "
+                                       "(a bug; see the daemon log)\n"))
+
+    def abandon(self, reply: Reply) -> None:
+        """Answer every request waiting for a load (the running one's, the next one's) with
+        reply: the daemon re-executes before it would apply them, and their clients got EOF."""
+        for done in [*self._current, *self._waiting]:
+            done(reply)
+        self._waiting = []
+
     def _start(self) -> None:
         waiting, self._waiting = self._waiting, []
+        self._current = waiting
         result: list[Loaded] = []
 
         def work() -> None:
@@ -68,9 +93,11 @@ class ConfigLoads:
             os.close(r)
             os.close(w)
             self._running = False
-            self._then(result[0], waiting)
-            if self._waiting:
-                self._start()
+            try:
+                self._apply(result[0], waiting)
+            finally:
+                if self._waiting:
+                    self._start()
 
         self._running = True
         try:
@@ -80,6 +107,6 @@ class ConfigLoads:
             os.close(w)
             work()
             self._running = False
-            self._then(result[0], waiting)
+            self._apply(result[0], waiting)
             return
         self._loop.add_reader(r, finished)

@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 
 from supervisor import safefs
-from supervisor.config.errors import unknown
+from supervisor.config.errors import MAX_SHOWN, unknown
 from supervisor.config.models import MAX_INSTANCES, Config, WorkerConfig
 from supervisor.config.yamlfile import Path
 from supervisor.http.token import TokenError, read_token
@@ -41,7 +41,8 @@ def cross_checks(config: Config) -> list[Problem]:
     for name, worker in config.workers.items():
         for i, dep in enumerate(worker.depends_on):
             if dep not in config.workers:
-                out.append((("workers", name, "depends_on", i), unknown("worker", dep, names)))
+                out.append((("workers", name, "depends_on", i),
+                            unknown("worker", dep, names, hints=len(out) < MAX_SHOWN)))
     out += _cycles(config)
     out += _instances(config)
     out += _log_collisions(config)
@@ -151,7 +152,8 @@ def _http(config: Config) -> list[Problem]:
                     "pip install 'pyvisor[http]' (into supervisord's venv)"))
     for i, name in enumerate(sup.http_ready or ()):
         if name not in config.workers:
-            out.append((("supervisor", "http_ready", i), unknown("worker", name, names)))
+            out.append((("supervisor", "http_ready", i),
+                        unknown("worker", name, names, hints=i < MAX_SHOWN)))
     if sup.http_token_file is not None:
         if sup.http is None:
             out.append((("supervisor", "http_token_file"), "has no effect without http; set "
@@ -164,28 +166,40 @@ def _http(config: Config) -> list[Problem]:
 
 
 def _cycles(config: Config) -> list[Problem]:
+    """The dependency cycles, at most MAX_SHOWN of them (the ConfigError shows no more): a walk
+    with a stack of its own, each worker left once. Recursive, with a copy of the path per
+    step, a chain of 3,000 workers (a valid config) ended in RecursionError, and 700 workers
+    that depend on each other (2.9 MB) made 244,550 cycles of up to 700 names: 22 s, 4.8 GB."""
+    workers = config.workers
     out: list[Problem] = []
     seen: set[frozenset[str]] = set()
+    where: dict[str, int] = {}           # on the path: its place in it
     done: set[str] = set()
-
-    def visit(name: str, stack: list[str]) -> None:
-        if name in stack:
-            cycle = stack[stack.index(name):]
-            if frozenset(cycle) not in seen:
+    for root in workers:
+        if root in done:
+            continue
+        path, deps = [root], [iter(workers[root].depends_on)]
+        where[root] = 0
+        while deps:
+            dep = next(deps[-1], None)
+            if dep is None:
+                deps.pop()
+                done.add(path[-1])
+                del where[path.pop()]
+                continue
+            if dep in done or dep not in workers:
+                continue
+            at = where.get(dep)
+            if at is None:
+                where[dep] = len(path)
+                path.append(dep)
+                deps.append(iter(workers[dep].depends_on))
+            elif len(out) < MAX_SHOWN and frozenset(cycle := path[at:]) not in seen:
                 seen.add(frozenset(cycle))
-                start = min(cycle)
-                cycle = cycle[cycle.index(start):] + cycle[:cycle.index(start)]
-                out.append((("workers", start, "depends_on"),
-                            "dependency cycle: " + " -> ".join(cycle + [start])))
-            return
-        if name in done or name not in config.workers:
-            return
-        for dep in config.workers[name].depends_on:
-            visit(dep, stack + [name])
-        done.add(name)
-
-    for name in config.workers:
-        visit(name, [])
+                first = cycle.index(min(cycle))
+                cycle = cycle[first:] + cycle[:first]
+                out.append((("workers", cycle[0], "depends_on"),
+                            "dependency cycle: " + " -> ".join([*cycle, cycle[0]])))
     return out
 
 

@@ -86,13 +86,23 @@ def suggest(word: str, choices: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-def unknown(kind: str, word: str, choices: Sequence[str]) -> str:
-    """``unknown worker 'dbb'; did you mean 'db'?`` or ``...; known: a, b``."""
+def unknown(kind: str, word: str, choices: Sequence[str], hints: bool = True) -> str:
+    """``unknown worker 'dbb'; did you mean 'db'?`` or ``...; known: a, b`` (the first
+    MAX_KNOWN of them). hints=False: neither (a difflib search and a sort of every name per
+    problem: 10,000 workers naming 10 missing ones each in depends_on took hours, and each
+    line held all 10,000 names)."""
+    if not hints:
+        return f"unknown {kind} {got(word)}"
     near = suggest(word, choices)
     if near is not None:
         return f"unknown {kind} {got(word)}; did you mean {near!r}?"
-    known = ", ".join(sorted(choices)) if choices else "none"
+    known = ", ".join(sorted(choices)[:MAX_KNOWN]) if choices else "none"
+    if len(choices) > MAX_KNOWN:
+        known += f", ... ({len(choices):,} in all)"
     return f"unknown {kind} {got(word)}; known: {known}"
+
+
+MAX_KNOWN = 20
 
 
 def dotted(path: Path) -> str:
@@ -140,8 +150,10 @@ _BOUNDS = {"greater_than_equal": ("ge", "≥"), "greater_than": ("gt", ">"),
            "less_than_equal": ("le", "≤"), "less_than": ("lt", "<")}
 
 
-def translate(err: ErrorDetails, data: Any,
-              keys_at: Callable[[Path], Sequence[str]]) -> tuple[Path, str]:
+def translate(err: ErrorDetails, data: Any, keys_at: Callable[[Path], Sequence[str]],
+              hints: bool = True) -> tuple[Path, str]:
+    """One problem: its path and its words (hints: with a suggestion for an unknown key, a
+    difflib search over the valid keys)."""
     kind = err["type"]
     value = err.get("input")
     ctx = err.get("ctx") or {}
@@ -153,6 +165,8 @@ def translate(err: ErrorDetails, data: Any,
         from_supervisord = supervisord_names.hint(path)
         if from_supervisord is not None:
             return path, from_supervisord
+        if not hints:
+            return path, "unknown key"
         valid = keys_at(path[:-1])
         near = suggest(key, valid)
         if near is not None:
@@ -169,15 +183,18 @@ def translate(err: ErrorDetails, data: Any,
     return path, f"{msg[:1].lower()}{msg[1:]} (got {got(value)})"
 
 
+# Problems past these get no suggestion: a file of 300,000 unknown keys (16 MiB are allowed)
+# took ~0.15 ms of difflib each, and the check for a repeated problem was quadratic (40 min).
+MAX_HINTED = 1_000
+
+
 def from_validation_error(exc: ValidationError, data: Any,
                           keys_at: Callable[[Path], Sequence[str]]) -> list[tuple[Path, str]]:
     """The problems of a failed validation; a missing key that a misspelt one was meant to be
     is not reported twice (``worker:`` -> "did you mean 'workers'?", not also "missing")."""
-    out: list[tuple[Path, str]] = []
-    for err in exc.errors(include_url=False):
-        item = translate(err, data, keys_at)
-        if item not in out:
-            out.append(item)
+    out: dict[tuple[Path, str], None] = {}      # (in order, each once: a set's lookups)
+    for n, err in enumerate(exc.errors(include_url=False)):
+        out.setdefault(translate(err, data, keys_at, hints=n < MAX_HINTED))
     meant = {path[:-1] + (msg.split("'")[1],) for path, msg in out
              if msg.startswith("unknown key; did you mean")}
     return [(path, msg) for path, msg in out

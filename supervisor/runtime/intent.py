@@ -27,6 +27,7 @@ deadlines mean nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -137,8 +138,13 @@ class Intent:
             try:
                 fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                              | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                # one write; the line begins on a line of its own: the last one may be torn
+                # (a daemon killed in its write, a short write on a full disk) and would glue
+                # this one to it, both then ignored
+                data = b"\n" + line.encode() + b"\n"
                 try:
-                    os.write(fd, line.encode() + b"\n")    # (one write: whole or not at all)
+                    if os.write(fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, "a short write")
                 finally:
                     os.close(fd)
             finally:

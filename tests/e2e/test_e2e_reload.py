@@ -176,3 +176,34 @@ def test_the_daemon_answers_while_a_reload_loads_a_large_config(daemon: StartedD
                 rl.settimeout(120)
         assert b"no changes" in reply, reply
     assert answered >= 3, f"only {answered} pid requests answered during the reload"
+
+
+def test_a_reload_still_loading_when_the_daemon_re_executes_is_answered(
+        daemon: StartedDaemon) -> None:
+    """The load runs on a thread; a reexec asked meanwhile execs before it is applied: the
+    reload's client got EOF, no reply."""
+    import json
+    import socket
+
+    def ask(cmd: str) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(60)
+        s.connect(str(d.socket))
+        s.sendall(json.dumps({"cmd": cmd, "targets": [], "opts": {}}).encode() + b"\n")
+        return s
+
+    def read_all(s: socket.socket) -> bytes:
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+    many = {f"app-{i}": {**sleeper(1000), "autostart": False} for i in range(3000)}
+    d = daemon({"w": sleeper(1000), **many})
+    d.wait_state("w:0", "RUNNING", timeout=60)
+    with ask("reload") as rl:
+        with ask("reexec") as rx:
+            assert b"re-executing" in read_all(rx)
+        reply = read_all(rl)
+    assert b"re-executing; reload refused" in reply, reply    # (its load takes ~1 s)
+    d.wait_log(r"1 adopted", timeout=30)

@@ -283,6 +283,65 @@ def test_thousands_of_problems_are_named_up_to_a_bound() -> None:
     assert errs[-1] == "... and 50 more problems; fix these and check the file again"
 
 
+
+def test_a_file_of_many_unknown_keys_is_refused_in_seconds() -> None:
+    """One worker with 30,000 unknown keys (0.4 MB; 16 MiB hold 300,000): each problem was
+    looked for among those before it (quadratic) and got a difflib suggestion, 25 s here at
+    30,000 and some 40 minutes at 300,000 (a reload, --check and a start all waited)."""
+    text = "workers:\n  w:\n    command: sleep 1\n" + "".join(
+        f"    k{i}: v\n" for i in range(30_000))
+    start = time.monotonic()
+    errs = errors(text)
+    took = time.monotonic() - start
+    assert errs[0].startswith("app.yaml:4: workers.w.k0: unknown key; valid keys: command"), errs[0]
+    assert errs[-1] == "... and 29,900 more problems; fix these and check the file again"
+    assert took < 5, f"{took:.1f} s"
+
+
+def test_many_unknown_workers_in_depends_on_are_refused_in_seconds() -> None:
+    """1,500 workers naming 10 missing ones each (0.2 MB): every problem searched all the
+    names with difflib and listed them all, sorted: 25 s and 150 MB here (10,000 workers:
+    hours, and gigabytes of error lines); a line names at most MAX_KNOWN."""
+    from supervisor.config.errors import MAX_KNOWN
+
+    def deps(i: int) -> str:
+        return ", ".join(f"zz{i}q{j}" for j in range(10))
+
+    text = "workers:\n" + "".join(f"  w{i}:\n    command: sleep 1\n    depends_on: [{deps(i)}]\n"
+                                   for i in range(1_500))
+    start = time.monotonic()
+    errs = errors(text)
+    took = time.monotonic() - start
+    assert errs[0].startswith("app.yaml:4: workers.w0.depends_on[0]: unknown worker 'zz0q0'; "
+                              "known: w0, w1, w10, "), errs[0]
+    assert errs[0].endswith(", ... (1,500 in all)") and errs[0].count(", w") == MAX_KNOWN - 1
+    assert errs[-1] == "... and 14,900 more problems; fix these and check the file again"
+    assert took < 5, f"{took:.1f} s"
+
+
+def test_a_long_chain_of_depends_on_loads_and_dense_cycles_are_bounded() -> None:
+    """The cycle check recursed once per worker of a chain: 3,000 workers each depending on
+    the next (150 KB, a valid config) were refused, 'RecursionError'; and 300 workers that
+    depend on each other made 44,850 cycles of up to 300 names (8 s, 1 GB at 700 workers:
+    4.8 GB)."""
+    n = 3_000
+    chain = "workers:\n" + "".join(
+        f"  w{i}:\n    command: sleep 1\n    depends_on: [{f'w{i + 1}' if i + 1 < n else ''}]\n"
+        for i in range(n))
+    config = load_config(write(chain))
+    assert config.start_order()[:2] == ["w2999", "w2998"]
+    m = 300
+    def others(i: int) -> str:
+        return ", ".join(f"w{j}" for j in range(m) if j != i)
+
+    dense = "workers:\n" + "".join(f"  w{i}:\n    command: sleep 1\n    depends_on: [{others(i)}]\n"
+                                    for i in range(m))
+    start = time.monotonic()
+    errs = errors(dense)
+    took = time.monotonic() - start
+    assert errs[0] == "app.yaml:4: workers.w0.depends_on: dependency cycle: w0 -> w1 -> w0", errs
+    assert len(errs) == 100 and took < 5, (len(errs), took)
+
 def test_load_config_turns_any_failure_into_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from supervisor.config import load as load_module
 

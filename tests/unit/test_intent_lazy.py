@@ -188,3 +188,19 @@ def test_journal_lines_of_another_boot_or_torn_are_ignored(
         json.dumps({"boot_id": "00" * 16, "gen": 9, "name": "web:0",
                     "record": {"wanted": False}}) + "\n" + '{"boot_id": \n')
     assert Intent(intent.rt, "pvj").load()["web:0"] == {"wanted": True}
+
+
+def test_a_line_after_a_torn_one_still_counts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon killed (or out of space: a short write) in the middle of its line leaves the
+    journal without its last newline; its successor appends its own stop there: that line
+    must not be glued to the torn one and lost (the stop then forgotten after the next
+    SIGKILL, and the instance restarted)."""
+    intent, web, run = _journal_setup(tmp_path, monkeypatch)
+    intent.write()                                   # the file: gen 1, web:0 wanted
+    (run / "intent-pvj.journal").write_bytes(b'{"boot_id": "ab", "gen": 2, "na')   # torn
+    successor = Intent(intent.rt, "pvj")
+    assert successor.load()["web:0"] == {"wanted": True}
+    _stop(successor, web)                            # its stop, then a SIGKILL
+    got = Intent(intent.rt, "pvj").load()
+    assert got["web:0"]["wanted"] is False, got
