@@ -16,7 +16,7 @@ build the data ourselves, which lets us:
   an alias, nesting deeper than MAX_DEPTH, more than MAX_VALUES values once aliases are
   expanded (a few hundred bytes of aliases can stand for billions of values), more than
   MAX_NODES keys and values as written (refused while composing: the tree's memory is in
-  proportion to them, about 500 bytes each), integers longer
+  proportion to them, 500 bytes to 1 KB each), integers longer
   than MAX_INT_CHARS, NUL characters (no path, command, name or environment value can
   hold one) and lone surrogates (a ``"\\ud800"`` escape: half a UTF-16 pair, not text; no
   path or argument can be encoded from one).
