@@ -422,6 +422,9 @@ def _sweep_orphan_status_pages(prefix: str, blocks: dict[str, ControlBlock],
     touched. ``entries``: /dev/shm as listed at the start of the scan (a page made since is
     a new daemon's own)."""
     for e in entries:
+        if e.startswith(f".{prefix}.") and _hidden_page(e):
+            _remove_ours(e, "a control page made to be renamed over a squatted name")
+            continue
         if not e.startswith(prefix + "."):
             continue
         ctl = "/" + e.rsplit(".", 1)[0]
@@ -434,11 +437,26 @@ def _sweep_orphan_status_pages(prefix: str, blocks: dict[str, ControlBlock],
             # its ctl page is there, unread (not ours); looked at again: open_block removed
             # an unusable one (a daemon killed inside create) after the listing was made
             continue
-        try:
-            st = os.stat(os.path.join(blk.SHM_DIR, e), follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
-            logger.info(f"removing /dev/shm/{e}: a status page no control block names")
-            blk.unlink_name("/" + e)
+        _remove_ours(e, "a status page no control block names")
+
+
+def _hidden_page(entry: str) -> bool:
+    """Whether entry is named as runtime.spawning.create_block names a ctl page it makes to
+    rename over a squatted name: ".<prefix>.<instance>.<16 hex digits>.new". A daemon killed
+    between the two steps leaves it."""
+    stem, dot, new = entry.rpartition(".")
+    token = stem.rpartition(".")[2]
+    return bool(dot) and new == "new" and len(token) == 16 and all(
+        c in "0123456789abcdef" for c in token)
+
+
+def _remove_ours(entry: str, what: str) -> None:
+    """Unlink /dev/shm/entry if it is a regular file of ours (never another user's)."""
+    try:
+        st = os.stat(os.path.join(blk.SHM_DIR, entry), follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+        logger.info(f"removing /dev/shm/{entry}: {what}")
+        blk.unlink_name("/" + entry)
 

@@ -4,6 +4,7 @@ what the old path logged and did. Real daemons, real workers, real SIGKILLs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -229,3 +230,26 @@ def test_instances_that_ended_for_good_stay_ended_across_a_daemon_sigkill(
     # and an operator's start still starts them
     assert d.ctl("start", "job").returncode == 0
     wait_until(lambda: runs.read_text() == "ran\nran\n", 10, "the job run by the start")
+
+
+def test_a_hidden_page_left_by_a_killed_create_is_swept_at_start(
+        daemon_factory: DaemonFactory) -> None:
+    """create_block makes a ctl page under ".<prefix>.<instance>.<hex>.new" and renames it over
+    a squatted name; a daemon killed in between left it in /dev/shm for good. The next start
+    removes ours; another user's file of that name is left alone."""
+    d = daemon_factory({"w": {"command": ["sleep", "100000"], "start_seconds": 0.1}})
+    ours = f"/dev/shm/.{d.prefix}.w:0.{os.urandom(8).hex()}.new"
+    theirs = f"/dev/shm/.{d.prefix}.w:1.{os.urandom(8).hex()}.new"
+    try:
+        for path in (ours, theirs):
+            with open(path, "wb") as f:
+                f.write(b"\0" * 4096)
+        os.chown(theirs, 65534, 65534)
+        d.start()
+        d.wait_state("w:0", "RUNNING")
+        assert not os.path.lexists(ours), "the hidden page of a killed create was left"
+        assert os.path.exists(theirs), "another user's file was removed"
+    finally:
+        for path in (ours, theirs):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
