@@ -48,6 +48,7 @@ class HttpConn:
         self.timer: Timer | None = None
         self.write_timer: Timer | None = None
         self.close_after = False
+        self.refused = False         # closing after an error reply: more may be on its way
         self._in_process = False
         self._arm(self.server.request_timeout, self._on_request_timeout)
 
@@ -285,7 +286,7 @@ class HttpConn:
 
     def _error(self, status: int, why: str) -> None:
         """Refuse what h11 could not parse or we will not take, then close."""
-        self.close_after = True
+        self.close_after = self.refused = True
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self.exchange is not None:
             self.close()
             return
@@ -401,7 +402,9 @@ class HttpConn:
         self.held = 0
         self.out = bytearray()
         self.server.forget(self)
-        self.sock.close()
+        # after a refusal (413, 400) what the client still sends would reset it before it
+        # read the reply: the socket lingers, bounded (control/linger.py)
+        self.server.linger.close(self.sock, self.refused)
         on_close, self.streaming = self.streaming, None
         if on_close is not None:
             on_close()

@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from supervisor.control.linger import Linger
 from supervisor.control.sockfile import create_socket
 from supervisor.http.address import HttpAddress
 from supervisor.http.conn import HttpConn
@@ -106,6 +107,7 @@ class HttpServer:
         self._ident: tuple[int, int] | None = None
         self._paused: Timer | None = None
         self._closed = False
+        self.linger = Linger(loop)   # a connection closed with a request unread (a 413)
         self.sock = self._listen(unix_mode, unix_gid)
         self.loop.add_reader(self.sock.fileno(), self._on_accept)
 
@@ -191,6 +193,7 @@ class HttpServer:
         self.loop.remove(self.sock.fileno())
         for conn in list(self.conns.values()):
             conn.close()
+        self.linger.close_all()
         self.sock.close()
         if self._ident is not None:
             with contextlib.suppress(OSError):

@@ -163,3 +163,21 @@ def test_chunk_framing_counts_against_the_request(served: tuple[DaemonProcess, i
     out, _ = _exchange(port, b"POST /api/v1/instances/plain/stop HTTP/1.1\r\nHost: localhost\r\n"
                              b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body)
     assert out.startswith(b"HTTP/1.1 403 "), out[:300]     # no token file: refused, but read
+
+
+@pytest.mark.parametrize("size", [100_000, 900_000])
+def test_a_body_too_large_gets_its_413_and_a_clean_close(
+        served: tuple[DaemonProcess, int], size: int) -> None:
+    """A client that sends its whole too-large body and then reads: the server closed with
+    the body unread in its receive buffer, and the kernel answered with a reset, so the client
+    read ECONNRESET (or got EPIPE in sendall) instead of its 413. The connection lingers now
+    (control.linger), as the control socket's does."""
+    _d, port = served
+    head = (f"POST /api/v1/instances/plain/stop HTTP/1.1\r\nHost: localhost\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(head + b"x" * size)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 413 "), out[:300]
