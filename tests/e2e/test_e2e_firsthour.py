@@ -64,6 +64,13 @@ def test_a_crashed_workers_output_is_named_and_its_hint_pastes(daemon: StartedDa
     assert shlex.split(ctl)[-1] == str(d.config_path)
 
 
+def _check(config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """supervisord --check of config, with a plain PATH."""
+    return subprocess.run([f"{BIN_DIR}/supervisord", "-c", str(config), "--check"],
+                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
 def test_check_warns_of_a_program_its_user_cannot_run() -> None:
     """As root, os.access says yes to everything: a program under a directory of mode 0700
     (a venv's python is a link into /root/.pyenv) passed --check, and every spawn of a
@@ -89,9 +96,7 @@ def test_check_warns_of_a_program_its_user_cannot_run() -> None:
   c: {{command: [{private}/tool]}}
   d: {{command: [sleep, '1'], user: nobody}}
 """)
-        r = subprocess.run([f"{BIN_DIR}/supervisord", "-c", str(config), "--check"],
-                           env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                           timeout=60, check=False)
+        r = _check(config)
     why = f"{private} is mode 0700, owned by 0:0"
     assert (r.returncode, r.stdout, r.stderr) == (0, f"{config}: OK (4 workers, 2 warnings)\n", (
         f"{config}: workers.a.command: warning: '{private}/tool': user 'nobody' cannot run it "
@@ -114,9 +119,7 @@ def test_check_warns_of_a_program_that_is_not_there(tmp_path: Path) -> None:
   f: {command: ./plain.txt}
   g: {command: "no-such-{name}", numprocs: 2}
 """)
-    r = subprocess.run([f"{BIN_DIR}/supervisord", "-c", str(config), "--check"],
-                       env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                       timeout=60, check=False)
+    r = _check(config)
     path = f"{BIN_DIR}:/usr/bin:/bin"
     assert (r.returncode, r.stdout, r.stderr) == (0, f"{config}: OK (7 workers, 5 warnings)\n", (
         f"{config}: workers.a.command: warning: 'no-such-binary' is not found in the worker's "
@@ -151,9 +154,7 @@ def test_check_warns_of_output_files_a_spawn_would_refuse(tmp_path: Path) -> Non
   d: {{command: [sleep, '1'], stdout: {{path: 'ok-{{index}}.log'}}}}
 {many}""")
     before = sorted(os.listdir(tmp_path))
-    r = subprocess.run([f"{BIN_DIR}/supervisord", "-c", str(config), "--check"],
-                       env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                       timeout=120, check=False)
+    r = _check(config, timeout=120)
     t = tmp_path
     ok = f"{config}: OK (23 workers, 21 warnings)\n"
     assert (r.returncode, r.stdout) == (0, ok), r

@@ -124,12 +124,7 @@ def test_the_ioctl_and_the_proc_fallback_decide_alike(prefix: str, monkeypatch: 
             assert decided["theirs"] == (f"unverifiable: pid {theirs.pid} runs as uid 65534, "
                                          "not 0")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            assert p.stdout is not None
-            p.stdout.close()
+        _end(*procs)
 
 
 @pytest.fixture
@@ -192,11 +187,7 @@ def test_a_leader_that_exits_after_the_scan_is_judged_by_where_it_was(
             os.close(f.pidfd)
             f.block.close()
     finally:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        assert p.stdout is not None
-        p.stdout.close()
+        _end(p)
 
 
 @pytest.mark.parametrize("ioctl", [True, False], ids=["ioctl", "proc"])
@@ -235,11 +226,7 @@ def test_a_recorded_process_moved_to_another_cgroup_is_a_stray_either_way(
             os.close(f.pidfd)
             f.block.close()
     finally:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        assert p.stdout is not None
-        p.stdout.close()
+        _end(p)
 
 
 def test_a_pid_reused_between_the_proc_reads_is_not_judged_by_the_new_process(
@@ -280,12 +267,7 @@ def test_a_pid_reused_between_the_proc_reads_is_not_judged_by_the_new_process(
                 got = adopt.verify(name, b, {}, lambda _i, _p: None, None)
         assert got == "gone"
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            assert p.stdout is not None
-            p.stdout.close()
+        _end(*procs)
 
 
 def test_the_proc_fallback_verifies_a_process_whose_pidfd_is_past_1023(
@@ -312,15 +294,21 @@ def test_the_proc_fallback_verifies_a_process_whose_pidfd_is_past_1023(
             p.wait()
             assert _decide(name, b, False, monkeypatch) == "gone"
     finally:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        assert p.stdout is not None
-        p.stdout.close()
+        _end(p)
         for fd in held:
             os.close(fd)
         os.close(filler)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _end(*procs: subprocess.Popen[bytes]) -> None:
+    """Kill (if still running), reap and close each of these children of the test."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def _is_open(fd: int) -> bool:
